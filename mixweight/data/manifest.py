@@ -8,11 +8,11 @@ what the corpus is: domains, sizes, vocabulary and tokenizer all come from here.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from mixweight.errors import MixweightError
+from mixweight.jsonio import write_json_atomic
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "mixweight-corpus/1"
@@ -65,11 +65,7 @@ class Manifest:
 
     def write(self, corpus_dir: str | Path) -> Path:
         """Write atomically: a reader never sees a half-written manifest."""
-        path = Path(corpus_dir) / MANIFEST_NAME
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=2, sort_keys=False) + "\n")
-        os.replace(tmp, path)
-        return path
+        return write_json_atomic(Path(corpus_dir) / MANIFEST_NAME, self.to_json())
 
     @classmethod
     def from_json(cls, raw: dict, where: str = MANIFEST_NAME) -> "Manifest":

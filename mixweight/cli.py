@@ -1,0 +1,121 @@
+"""The `mixweight` command: parses, validates, calls the library. Nothing else lives here."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import typing
+
+from mixweight.errors import MixweightError
+
+BOOL_FLAGS_NEGATABLE = {"progress"}
+
+
+def _add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
+    """One flag per config field; defaults are suppressed so only given flags override the YAML."""
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        flag = "--" + field.name.replace("_", "-")
+        help_text = f"{field.metadata.get('help', '')} (default: {field.default})"
+        kind = hints[field.name]
+        if kind is bool:
+            action = argparse.BooleanOptionalAction if field.name in BOOL_FLAGS_NEGATABLE else "store_true"
+            parser.add_argument(flag, dest=field.name, action=action, default=argparse.SUPPRESS, help=help_text)
+        else:
+            scalar = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
+            parser.add_argument(flag, dest=field.name, type=scalar if scalar in (int, float) else str,
+                                default=argparse.SUPPRESS, help=help_text)
+
+
+def _overrides(args: argparse.Namespace, cls) -> dict:
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in vars(args).items() if k in names}
+
+
+def cmd_synth(args) -> None:
+    from mixweight.data.synthetic import write_synthetic_corpus
+
+    manifest = write_synthetic_corpus(args.out, seed=args.seed, tokens_per_domain=args.tokens_per_domain,
+                                      seq_len=args.seq_len, overwrite=args.overwrite)
+    blocks = {d: manifest.splits["train"][d].blocks for d in manifest.domains}
+    print(f"synthetic corpus in {args.out}: {len(manifest.domains)} domains, train blocks {blocks}")
+
+
+def cmd_prepare(args) -> None:
+    from mixweight.data.prepare import prepare_corpus
+
+    manifest = prepare_corpus(
+        args.input, args.out, domain_field=args.domain_field, text_field=args.text_field,
+        tokenizer=args.tokenizer, seq_len=args.seq_len, val_fraction=args.val_fraction, overwrite=args.overwrite,
+        num_proc=args.num_proc,
+    )
+    print(f"corpus in {args.out}: domains {manifest.domains}, vocab {manifest.vocab_size}")
+
+
+def cmd_train(args) -> None:
+    from mixweight.config import load_config
+    from mixweight.train.config import TrainConfig
+    from mixweight.train.loop import train
+
+    config = load_config(TrainConfig, args.config, _overrides(args, TrainConfig))
+    result = train(config)
+    print(json.dumps({"average_loss": result["average_loss"], "worst_domain": result["worst_domain"],
+                      "domains": {d: round(s["loss"], 4) for d, s in result["domains"].items()}}))
+
+
+def cmd_eval(args) -> None:
+    from mixweight.eval.run import evaluate_run
+
+    result = evaluate_run(args.run, data=args.data, checkpoint=args.checkpoint)
+    print(json.dumps(result, indent=2))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from mixweight.train.config import TrainConfig
+
+    parser = argparse.ArgumentParser(prog="mixweight", description=__import__("mixweight").__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    data = commands.add_parser("data", help="make a corpus").add_subparsers(dest="data_command", required=True)
+    synth = data.add_parser("synth", help="the built-in synthetic multi-domain corpus")
+    synth.add_argument("--out", required=True)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--tokens-per-domain", type=int, default=131_072)
+    synth.add_argument("--seq-len", type=int, default=128)
+    synth.add_argument("--overwrite", action="store_true", help="replace a different corpus already in --out")
+    synth.set_defaults(func=cmd_synth)
+
+    prepare = data.add_parser("prepare", help="tokenize real text (JSONL[.zst], Parquet, HF dataset dir) into per-domain streams")
+    prepare.add_argument("--input", required=True)
+    prepare.add_argument("--out", required=True)
+    prepare.add_argument("--domain-field", default="meta.redpajama_set_name")
+    prepare.add_argument("--text-field", default="text")
+    prepare.add_argument("--tokenizer", default="byte", help="byte | PATH (a local HF tokenizer dir) | bpe:VOCAB")
+    prepare.add_argument("--seq-len", type=int, default=512)
+    prepare.add_argument("--val-fraction", type=float, default=0.01)
+    prepare.add_argument("--num-proc", type=int, default=None, help="tokenizer processes (default: all cores)")
+    prepare.add_argument("--overwrite", action="store_true")
+    prepare.set_defaults(func=cmd_prepare)
+
+    train = commands.add_parser("train", help="train a model; every flag may also come from --config FILE.yaml")
+    train.add_argument("--config", default=None, help="YAML file with any of the keys below")
+    _add_config_flags(train, TrainConfig)
+    train.set_defaults(func=cmd_train)
+
+    evaluate = commands.add_parser("eval", help="per-domain validation loss of a run's checkpoint")
+    evaluate.add_argument("run")
+    evaluate.add_argument("--data", default=None, help="corpus directory (default: the run's)")
+    evaluate.add_argument("--checkpoint", default=None, help="step-N or a path (default: the newest)")
+    evaluate.set_defaults(func=cmd_eval)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except MixweightError as exc:
+        print(f"mixweight: error: {exc}", file=sys.stderr)
+        sys.exit(2)

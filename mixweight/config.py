@@ -1,0 +1,135 @@
+"""Typed configs loaded once from YAML and command-line flags.
+
+Each stage has one dataclass. Values come, in rising priority, from the dataclass
+defaults, a YAML file (``--config``), and explicit flags. Unknown keys are refused
+with the closest valid key, values are checked against the field's type, and the
+resolved config is what gets written into the output directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from mixweight.errors import MixweightError
+
+C = TypeVar("C")
+
+
+def closest_hint(name: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
+    return f"did you mean '{close[0]}'?" if close else f"valid keys: {', '.join(sorted(valid))}"
+
+
+def _field_types(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Check `value` against a field annotation; accept ints where floats are expected."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, where)
+            except MixweightError as exc:
+                errors.append(str(exc))
+        raise MixweightError(errors[0] if len(errors) == 1 else f"{where}: {value!r} matches none of {annotation}")
+    if origin is list:
+        (item,) = typing.get_args(annotation) or (Any,)
+        if not isinstance(value, list):
+            raise MixweightError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict or annotation is dict:
+        if not isinstance(value, dict):
+            raise MixweightError(f"{where}: expected a mapping, got {value!r}")
+        return value
+    if annotation is Any:
+        return value
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise MixweightError(f"{where}: expected true or false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise MixweightError(f"{where}: expected an integer, got {value!r}")
+    if annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML reads 1e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise MixweightError(f"{where}: expected a number, got {value!r}")
+    if annotation is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise MixweightError(f"{where}: expected a string, got {value!r}")
+    return value
+
+
+def build_config(cls: type[C], values: dict[str, Any], where: str) -> C:
+    """Make a `cls` from a mapping, refusing unknown keys and values of the wrong type."""
+    types_ = _field_types(cls)
+    valid = [f.name for f in dataclasses.fields(cls)]
+    for key in values:
+        if key not in types_:
+            raise MixweightError(f"{where}: unknown key '{key}'; {closest_hint(key, valid)}")
+    coerced = {k: _coerce(v, types_[k], f"{where}: '{k}'") for k, v in values.items()}
+    missing = [f.name for f in dataclasses.fields(cls)
+               if f.name not in coerced and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise MixweightError(f"{where}: missing required key(s) {missing}")
+    config = cls(**coerced)
+    validate = getattr(config, "validate", None)
+    if validate is not None:
+        validate()
+    return config
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise MixweightError(f"--config {path}: no such file")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise MixweightError(f"{path}: not valid YAML ({exc})") from exc
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise MixweightError(f"{path}: expected a mapping of keys to values at the top level")
+    return raw
+
+
+def load_config(cls: type[C], yaml_path: str | Path | None, overrides: dict[str, Any]) -> C:
+    """Defaults < YAML file < explicit overrides (flags); dashes in keys are read as underscores."""
+    values: dict[str, Any] = {}
+    if yaml_path is not None:
+        values.update({k.replace("-", "_"): v for k, v in read_yaml(yaml_path).items()})
+    values.update(overrides)
+    return build_config(cls, values, where=str(yaml_path) if yaml_path else "config")
+
+
+def to_yaml(config) -> str:
+    return yaml.safe_dump(dataclasses.asdict(config), sort_keys=False)
+
+
+def require(condition: bool, message: str) -> None:
+    """Config validation helper: raise a MixweightError with `message` unless `condition`."""
+    if not condition:
+        raise MixweightError(message)

@@ -1,0 +1,69 @@
+"""Per-domain validation loss and perplexity, plus the uniform average and the worst domain.
+
+Loss is the token-weighted mean next-token cross-entropy over a domain's validation
+blocks. Under torchrun each process scores a strided slice and the sums are
+all-reduced, so the numbers do not depend on the process count.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+from mixweight.data.manifest import Manifest
+from mixweight.data.streams import read_stream
+from mixweight.train.distributed import World, all_reduce_sum
+from mixweight.train.loss import token_loss_sums
+
+
+def load_validation(corpus_dir: str | Path, manifest: Manifest, max_blocks: int) -> dict[str, torch.Tensor]:
+    """The first `max_blocks` validation blocks of every domain, in write order (deterministic)."""
+    return {
+        d: torch.from_numpy(read_stream(manifest.stream_dir(corpus_dir, "val", d), limit=max_blocks))
+        for d in manifest.domains
+    }
+
+
+@torch.no_grad()
+def evaluate_domains(
+    model: torch.nn.Module, val_sets: dict[str, torch.Tensor], batch_size: int, world: World = World(),
+    irreducible: dict[str, float | None] | None = None, autocast=None,
+) -> dict:
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    domains = {}
+    for name, blocks in val_sets.items():
+        mine = blocks[world.rank :: world.size]
+        totals = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, token count
+        for start in range(0, len(mine), batch_size):
+            input_ids = mine[start : start + batch_size].to(device)
+            with autocast or nullcontext():
+                logits = model(input_ids=input_ids).logits
+            sums, counts = token_loss_sums(logits, input_ids)
+            totals += torch.stack([sums.double().sum(), counts.double().sum()])
+        all_reduce_sum(totals, world)
+        loss = (totals[0] / totals[1].clamp(min=1)).item()
+        domains[name] = {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "tokens": int(totals[1].item())}
+        if irreducible and irreducible.get(name) is not None:
+            domains[name]["gap_to_irreducible"] = loss - irreducible[name]
+    if was_training:
+        model.train()
+    return summarize(domains)
+
+
+def summarize(domains: dict[str, dict]) -> dict:
+    """Add the uniform (unweighted) average over domains and the worst domain."""
+    losses = {name: stats["loss"] for name, stats in domains.items()}
+    average = sum(losses.values()) / len(losses)
+    worst = max(losses, key=losses.get)
+    return {
+        "domains": domains,
+        "average_loss": average,
+        "average_perplexity": math.exp(min(average, 700.0)),
+        "worst_domain": worst,
+        "worst_loss": losses[worst],
+    }

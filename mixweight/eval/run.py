@@ -1,0 +1,60 @@
+"""`mixweight eval RUN`: recompute the per-domain evaluation of any checkpoint of a run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import yaml
+
+from mixweight.data.manifest import load_manifest
+from mixweight.errors import MixweightError
+from mixweight.eval.domains import evaluate_domains, load_validation
+from mixweight.jsonio import write_json_atomic
+from mixweight.train import checkpoint as ckpt
+from mixweight.train.model import load_model
+
+
+def _find_checkpoint(run_dir: Path, checkpoint: str | None) -> Path:
+    if checkpoint is None:
+        found = ckpt.latest_checkpoint(run_dir)
+        if found is None:
+            raise MixweightError(f"{run_dir}: no checkpoints (expected {run_dir}/checkpoints/step-N/)")
+        return found
+    for candidate in (Path(checkpoint), ckpt.checkpoints_dir(run_dir) / checkpoint):
+        if (candidate / "model").is_dir():
+            return candidate
+    available = [p.name for _, p in ckpt.list_checkpoints(run_dir)]
+    raise MixweightError(f"checkpoint '{checkpoint}' not found in {run_dir}; available: {available}")
+
+
+def evaluate_run(run: str, data: str | None = None, checkpoint: str | None = None) -> dict:
+    """Evaluate a checkpoint on the run's corpus (or `data`); writes RUN/eval/step-N.json.
+
+    The newest checkpoint's result also replaces RUN/eval.json.
+    """
+    run_dir = Path(run)
+    config_path = run_dir / "config.yaml"
+    if not config_path.is_file():
+        raise MixweightError(f"{run_dir}: not a run directory (no config.yaml)")
+    config = yaml.safe_load(config_path.read_text())
+    corpus = data or config["data"]
+    manifest = load_manifest(corpus)
+    path = _find_checkpoint(run_dir, checkpoint)
+    model = load_model(path / "model")
+    if model.config.vocab_size != manifest.vocab_size:
+        raise MixweightError(
+            f"checkpoint {path}: the model's vocabulary ({model.config.vocab_size}) differs from corpus {corpus}'s "
+            f"({manifest.vocab_size}); evaluate on a corpus made with the same tokenizer"
+        )
+    if torch.cuda.is_available():
+        model = model.cuda()
+    val_sets = load_validation(corpus, manifest, config.get("eval_blocks", 64))
+    result = evaluate_domains(model, val_sets, config.get("eval_batch_size", 32), irreducible=manifest.irreducible_loss)
+    step = ckpt.read_state(path)["step"]
+    record = {"step": step, "checkpoint": str(path), **result}
+    (run_dir / "eval").mkdir(exist_ok=True)
+    write_json_atomic(run_dir / "eval" / f"step-{step}.json", record)
+    if path == ckpt.latest_checkpoint(run_dir):
+        write_json_atomic(run_dir / "eval.json", {"step": step, **result})
+    return record

@@ -1,0 +1,92 @@
+"""The training data: one mosaicml-streaming `Stream` per domain, mixed by domain weights.
+
+`MixtureLoader` yields micro-batches ``{"input_ids": [B, L], "domain": [B]}`` for this
+process. Its state (epoch, samples consumed in the epoch) goes into every checkpoint;
+mosaicml-streaming's deterministic shuffle turns that state back into exactly the
+sample sequence an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from streaming import Stream, StreamingDataset
+from torch.utils.data import DataLoader
+
+from mixweight.data.manifest import Manifest
+from mixweight.errors import MixweightError
+from mixweight.train.distributed import World
+
+
+def domain_proportions(manifest: Manifest, spec: str) -> dict[str, float]:
+    """Sampling proportions from a name: `natural` (by training tokens) or `uniform`."""
+    if spec == "natural":
+        return manifest.natural_weights()
+    if spec == "uniform":
+        return {d: 1.0 / len(manifest.domains) for d in manifest.domains}
+    raise MixweightError(f"domain weights '{spec}': expected 'natural' or 'uniform'")
+
+
+def _collate(samples: list[dict]) -> dict[str, torch.Tensor]:
+    tokens = np.stack([np.asarray(s["tokens"]) for s in samples]).astype(np.int64)
+    domains = np.asarray([int(s["domain"]) for s in samples], dtype=np.int64)
+    return {"input_ids": torch.from_numpy(tokens), "domain": torch.from_numpy(domains)}
+
+
+class MixtureLoader:
+    def __init__(
+        self, corpus_dir, manifest: Manifest, proportions: dict[str, float], samples_per_epoch: int,
+        micro_batch_size: int, seed: int, world: World,
+    ):
+        self.micro_batch_size = micro_batch_size
+        self.world = world
+        self.samples_per_epoch = samples_per_epoch
+        streams = [
+            Stream(local=str(manifest.stream_dir(corpus_dir, "train", d)), proportion=proportions[d])
+            for d in manifest.domains
+        ]
+        self.dataset = StreamingDataset(
+            streams=streams,
+            epoch_size=samples_per_epoch,
+            shuffle=True,
+            shuffle_seed=seed,
+            batch_size=micro_batch_size,
+            # One canonical node regardless of the process count keeps the global sample order
+            # the same for 1 and N processes (what makes N ranks equal one rank).
+            num_canonical_nodes=1,
+            replication=None,
+        )
+        self.epoch = 0
+        self.sample_in_epoch = 0  # global samples (all ranks) consumed in the current epoch
+        self._iterator = None
+
+    def _loader(self):
+        return iter(DataLoader(self.dataset, batch_size=self.micro_batch_size, num_workers=0, collate_fn=_collate))
+
+    def next_batch(self) -> dict[str, torch.Tensor]:
+        if self._iterator is None:
+            self._iterator = self._loader()
+        try:
+            batch = next(self._iterator)
+        except StopIteration:
+            self.epoch += 1
+            self.sample_in_epoch = 0
+            self._iterator = self._loader()
+            batch = next(self._iterator)
+        self.sample_in_epoch += self.micro_batch_size * self.world.size
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "sample_in_epoch": self.sample_in_epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch = int(state["epoch"])
+        self.sample_in_epoch = int(state["sample_in_epoch"])
+        self.dataset.load_state_dict({
+            "epoch": self.epoch,
+            "sample_in_epoch": self.sample_in_epoch,
+            "num_canonical_nodes": 1,
+            "shuffle_seed": self.dataset.shuffle_seed,
+            "initial_physical_nodes": None,
+        })
+        self._iterator = None

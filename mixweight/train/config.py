@@ -1,0 +1,61 @@
+"""The training run's config: every field is a `mixweight train` flag and a YAML key."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+from mixweight.config import require
+
+HELP = "help"  # dataclass field metadata key holding the flag's help text
+
+
+def _f(default, help_text: str, **kwargs):
+    return field(default=default, metadata={HELP: help_text}, **kwargs)
+
+
+@dataclass
+class TrainConfig:
+    data: str = _f(None, "corpus directory (made by `mixweight data synth` or `data prepare`)")
+    out: str = _f(None, "run directory: config, metrics, checkpoints, eval")
+    model: str = _f("gpt2-tiny", "model spec: a name in proxies/ (gpt2-tiny, llama-tiny, gpt2-mini, ...) or a path to an HF config JSON")
+    steps: int = _f(200, "optimizer steps")
+    batch_size: int = _f(16, "sequences per micro-batch on each process")
+    grad_accum: int = _f(1, "micro-batches accumulated per optimizer step")
+    lr: float = _f(1e-3, "peak learning rate (after warmup)")
+    final_lr: float = _f(1e-4, "learning rate at the last step (cosine decay target)")
+    warmup_steps: int = _f(20, "linear warmup steps from 0 to lr")
+    weight_decay: float = _f(0.1, "AdamW decoupled weight decay (matrices only; not biases, norms or embeddings)")
+    adam_beta1: float = _f(0.9, "AdamW beta1")
+    adam_beta2: float = _f(0.95, "AdamW beta2")
+    grad_clip: float = _f(1.0, "clip the global gradient norm to this value (0 disables)")
+    seed: int = _f(0, "seed for model init and data order")
+    domain_weights: str = _f("natural", "sampling proportions of the domains: natural (by token count) or uniform")
+    eval_every: int = _f(50, "evaluate per-domain validation loss every N steps (0: only at the end)")
+    eval_blocks: int = _f(64, "validation blocks per domain used by evaluation")
+    eval_batch_size: int = _f(32, "sequences per evaluation batch")
+    checkpoint_every: int = _f(100, "save a checkpoint every N steps (the last step is always saved)")
+    keep_checkpoints: int = _f(2, "how many of the newest checkpoints to keep")
+    log_every: int = _f(10, "write training metrics every N steps")
+    precision: str = _f("auto", "auto (bf16 autocast on a GPU, fp32 on CPU), bf16 or fp32")
+    resume: bool = _f(False, "continue from the newest checkpoint in --out")
+    progress: bool = _f(True, "show a progress bar (only on a terminal)")
+
+    def validate(self) -> None:
+        require(self.data is not None, "train: --data is required (a corpus directory)")
+        require(self.out is not None, "train: --out is required (the run directory)")
+        for name in ("steps", "batch_size", "grad_accum", "eval_blocks", "eval_batch_size", "keep_checkpoints", "log_every", "checkpoint_every"):
+            value = getattr(self, name)
+            require(value > 0, f"train: '{name}' must be a positive integer, got {value}")
+        for name in ("warmup_steps", "eval_every"):
+            value = getattr(self, name)
+            require(value >= 0, f"train: '{name}' must be >= 0, got {value}")
+        require(self.lr > 0, f"train: 'lr' must be > 0, got {self.lr}")
+        require(0 <= self.final_lr <= self.lr, f"train: 'final_lr' must be in [0, lr={self.lr}], got {self.final_lr}")
+        require(self.weight_decay >= 0, f"train: 'weight_decay' must be >= 0, got {self.weight_decay}")
+        require(0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1, "train: adam betas must be in [0, 1)")
+        require(self.grad_clip >= 0, f"train: 'grad_clip' must be >= 0, got {self.grad_clip}")
+        require(self.precision in ("auto", "bf16", "fp32"), f"train: 'precision' must be auto, bf16 or fp32, got {self.precision!r}")
+
+
+def config_fields(cls=TrainConfig):
+    return fields(cls)

@@ -1,0 +1,191 @@
+"""The training loop: read top to bottom, one optimizer step per iteration.
+
+    build (corpus, model, optimizer, data) -> resume? -> for each step:
+        micro-batches -> per-sample losses -> sample weights -> backward -> clip -> step
+        log / evaluate per domain / checkpoint
+    -> final evaluation (eval.json) and checkpoint
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from safetensors.torch import load_file
+from tqdm.auto import tqdm
+
+from mixweight.config import to_yaml
+from mixweight.data.manifest import load_manifest
+from mixweight.errors import MixweightError
+from mixweight.jsonio import write_json_atomic
+from mixweight.eval.domains import evaluate_domains, load_validation
+from mixweight.sampling.loader import MixtureLoader, domain_proportions
+from mixweight.train import checkpoint as ckpt
+from mixweight.train.config import TrainConfig
+from mixweight.train.distributed import World, barrier, close_world, init_world
+from mixweight.train.metrics import MetricsLog
+from mixweight.train.model import build_model, count_parameters
+from mixweight.train.optim import build_optimizer, build_scheduler
+from mixweight.train.step import MeanReduction, SampleReduction, StepResult, accumulate_gradients
+
+# Keys that may change when resuming: they do not alter the training trajectory.
+RESUMABLE_CHANGES = {"resume", "progress", "steps", "eval_every", "eval_blocks", "eval_batch_size",
+                     "checkpoint_every", "keep_checkpoints", "log_every"}
+
+
+def autocast_context(precision: str, device: torch.device):
+    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else None
+
+
+def _device(world: World) -> torch.device:
+    return torch.device(f"cuda:{world.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def _prepare_run_dir(config: TrainConfig, world: World) -> Path | None:
+    """Check the run directory; returns the checkpoint to resume from, if any."""
+    run_dir = Path(config.out)
+    latest = ckpt.latest_checkpoint(run_dir)
+    if latest is not None and not config.resume:
+        raise MixweightError(f"{run_dir}: already holds checkpoints; pass --resume to continue it, or choose a new --out")
+    if latest is not None:
+        saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+        current = dataclasses.asdict(config)
+        changed = sorted(k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k])
+        if changed:
+            details = ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed)
+            raise MixweightError(f"{run_dir}: cannot resume with a different config ({details}); use a new --out")
+    if world.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(to_yaml(config))
+    return latest
+
+
+def _load_model_weights(model, checkpoint: Path) -> None:
+    files = sorted((checkpoint / "model").glob("*.safetensors"))
+    if not files:
+        raise MixweightError(f"checkpoint {checkpoint}: no model weights (model/*.safetensors)")
+    state = {}
+    for file in files:
+        state.update(load_file(str(file)))
+    expected = model.state_dict()
+    mismatched = [k for k, v in state.items() if k in expected and expected[k].shape != v.shape]
+    missing = [k for k in expected if k not in state and not _is_tied(model, k)]
+    if mismatched or missing or any(k not in expected for k in state):
+        raise MixweightError(
+            f"checkpoint {checkpoint}: its weights do not fit --model (shape mismatches: {mismatched[:3]}, "
+            f"missing: {missing[:3]}); it was written by a run with another model spec"
+        )
+    model.load_state_dict(state, strict=False)
+
+
+def _is_tied(model, key: str) -> bool:
+    """save_pretrained drops the output embedding when it is tied to the input embedding."""
+    return bool(getattr(model.config, "tie_word_embeddings", False)) and key.endswith("lm_head.weight")
+
+
+def _step_record(step: int, result: StepResult, lr: float, grad_norm: float, tokens: int, tokens_per_s: float,
+                 skipped: int, domains: list[str]) -> dict:
+    per_domain = {}
+    for index, name in enumerate(domains):
+        mask = (result.domains == index) & torch.isfinite(result.losses)
+        if mask.any():
+            per_domain[name] = {"loss": result.losses[mask].mean().item(), "share": mask.float().mean().item()}
+    return {
+        "step": step, "loss": result.mean_loss, "objective": result.objective, "lr": lr, "grad_norm": grad_norm,
+        "tokens": tokens, "nonfinite_samples": len(result.losses) - result.n_finite, "skipped_steps": skipped,
+        "domains": per_domain, "time": {"tokens_per_s": tokens_per_s},
+    }
+
+
+def train(config: TrainConfig, reduction: SampleReduction | None = None) -> dict:
+    """Run (or resume) a training run; returns the final evaluation."""
+    world = init_world()
+    try:
+        return _train(config, reduction or MeanReduction(), world)
+    finally:
+        close_world(world)
+
+
+def _train(config: TrainConfig, reduction: SampleReduction, world: World) -> dict:
+    manifest = load_manifest(config.data)
+    resume_from = _prepare_run_dir(config, world)
+    run_dir = Path(config.out)
+    device = _device(world)
+    autocast = autocast_context(config.precision, device)
+
+    model = build_model(config.model, manifest, config.seed).to(device)
+    optimizer = build_optimizer(model, config)
+    scheduler = build_scheduler(optimizer, config)
+    global_micro = config.batch_size * world.size
+    epoch_size = max(sum(s.blocks for s in manifest.splits["train"].values()) // global_micro, 1) * global_micro
+    loader = MixtureLoader(config.data, manifest, domain_proportions(manifest, config.domain_weights),
+                           epoch_size, config.batch_size, config.seed, world)
+    metrics = MetricsLog(run_dir / "metrics.jsonl", enabled=world.is_main)
+
+    start_step, skipped = 0, 0
+    if resume_from is not None:
+        state = ckpt.read_state(resume_from)
+        _load_model_weights(model, resume_from)
+        ckpt.load_trainer_state(resume_from, optimizer, scheduler)
+        loader.load_state_dict(state["loader"])
+        start_step, skipped = state["step"], state.get("skipped_steps", 0)
+        metrics.truncate_after(start_step)
+    if world.distributed:
+        model = torch.nn.parallel.DistributedDataParallel(model)
+
+    val_sets = load_validation(config.data, manifest, config.eval_blocks)
+    tokens_per_step = global_micro * config.grad_accum * manifest.seq_len
+
+    def evaluate(step: int) -> dict:
+        summary = evaluate_domains(model, val_sets, config.eval_batch_size, world, manifest.irreducible_loss, autocast)
+        metrics.write({"step": step, "eval": summary})
+        return summary
+
+    def save(step: int) -> None:
+        state = {"loader": loader.state_dict(), "skipped_steps": skipped}
+        if world.is_main:
+            ckpt.save_checkpoint(run_dir, step, model, optimizer, scheduler, state, config.keep_checkpoints)
+        barrier(world)
+
+    if world.is_main:
+        print(f"mixweight train: {count_parameters(model) / 1e6:.2f}M parameters, {len(manifest.domains)} domains, "
+              f"{tokens_per_step} tokens/step, steps {start_step}->{config.steps}", flush=True)
+    bar = tqdm(total=config.steps, initial=start_step, disable=not (world.is_main and config.progress) or None,
+               desc="train", unit="step", dynamic_ncols=True)
+    model.train()
+    for step in range(start_step, config.steps):
+        started = time.perf_counter()
+        micro_batches = [loader.next_batch() for _ in range(config.grad_accum)]
+        result = accumulate_gradients(model, micro_batches, reduction, step, world, autocast)
+        clip = config.grad_clip if config.grad_clip > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip).item()
+        lr = scheduler.get_last_lr()[0]
+        if result.n_finite == 0 or not torch.isfinite(torch.tensor(grad_norm)):
+            skipped += 1  # a non-finite gradient is never applied
+        else:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        done = step + 1
+        tokens_per_s = tokens_per_step / max(time.perf_counter() - started, 1e-9)
+        bar.update(1)
+        bar.set_postfix(loss=f"{result.mean_loss:.3f}", tok_s=f"{tokens_per_s:,.0f}")
+        if done % config.log_every == 0 or done == config.steps:
+            metrics.write(_step_record(done, result, lr, grad_norm, done * tokens_per_step, tokens_per_s,
+                                       skipped, manifest.domains))
+        if config.eval_every and done % config.eval_every == 0 and done != config.steps:
+            evaluate(done)
+        if done % config.checkpoint_every == 0 and done != config.steps:
+            save(done)
+    bar.close()
+
+    final = evaluate(config.steps)
+    save(config.steps)
+    if world.is_main:
+        write_json_atomic(run_dir / "eval.json", {"step": config.steps, **final})
+    return final
+

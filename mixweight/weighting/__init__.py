@@ -1,0 +1,23 @@
+"""Instance-level loss-based sample weights (Sow et al., ICLR 2025; ALGORITHMS.md section 1).
+
+Pure tensor functions: the caller computes per-sample losses, gathers them over ranks,
+and minimizes sum_i w_i l_i with ``w = sample_weights(losses)`` or
+``SampleWeighting(...).weights(losses, step)``.
+"""
+
+from mixweight.weighting.sample_weighting import SampleWeighting, uniform_weights
+from mixweight.weighting.schedule import SCHEDULES, RSchedule
+from mixweight.weighting.strategies import STRATEGIES, get_strategy, normalize_losses
+from mixweight.weighting.weights import sample_weights, weight_stats
+
+__all__ = [
+    "SCHEDULES",
+    "STRATEGIES",
+    "RSchedule",
+    "SampleWeighting",
+    "get_strategy",
+    "normalize_losses",
+    "sample_weights",
+    "uniform_weights",
+    "weight_stats",
+]

@@ -1,0 +1,260 @@
+"""`mixweight data prepare`: real text -> tokenized, packed, per-domain MDS streams + manifest.json.
+
+The result has exactly the layout of the synthetic corpus (``train/<domain>/``, ``val/<domain>/``,
+``manifest.json``), so nothing downstream knows or cares where a corpus came from.
+
+How it runs, and why:
+1. (``bpe:VOCAB`` only) one pass over the training texts to train the tokenizer.
+2. One pass that tokenizes documents (in a process pool when ``num_proc`` > 1, else in
+   process; Hugging Face fast tokenizers batch-encode on all cores by themselves), appends EOS,
+   and appends the ids to one flat spill file per (split, domain). Memory stays bounded by a
+   chunk of documents, whatever the corpus size.
+3. Per domain and split: cut the spill file into seq_len blocks (the remainder that does not
+   fill a block is dropped and counted) and write them with :func:`write_stream`.
+The validation split is a hash of the document text, so a document's split never depends on
+file order, on other documents, or on a seed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import shutil
+import sys
+from collections import Counter, deque
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from mixweight.data.manifest import DomainSplitStats, Manifest, load_manifest
+from mixweight.data.output import check_can_write, is_same_corpus, staged_directory
+from mixweight.data.readers import describe, get_field, input_fingerprint, iter_records, list_sources
+from mixweight.data.streams import token_dtype, write_stream
+from mixweight.data.tokenizer import ByteTokenizer, load_hf_tokenizer, parse_spec, train_bpe
+from mixweight.errors import MixweightError
+
+SPLITS = ("train", "val")
+CHUNK_DOCS = 512  # documents per tokenization task: big enough to amortize IPC, small enough to bound memory
+SPILL_DIR = ".spill"  # inside the staging directory; removed before the corpus is swapped in
+
+
+def val_score(text: str) -> float:
+    """A stable pseudo-random number in [0, 1) from the text alone (blake2b, first 8 bytes)."""
+    digest = hashlib.blake2b(text.encode("utf-8", errors="surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+def split_of(text: str, val_fraction: float) -> str:
+    return "val" if val_score(text) < val_fraction else "train"
+
+
+def _check_domain_name(name, where: str, field: str) -> str:
+    """Domain names become directory names: refuse anything that is not one plain path component."""
+    if not isinstance(name, str) or not name or name in (".", "..") or name.startswith(".") or any(c in name for c in "/\\\0"):
+        raise MixweightError(
+            f"{where}: domain {name!r} (field '{field}') cannot name a stream directory; "
+            "a domain must be a non-empty string without '/', '\\' or a leading '.'"
+        )
+    return name
+
+
+def iter_documents(input_path, domain_field: str, text_field: str) -> Iterator[tuple[str, str]]:
+    """(domain, text) for every record; empty or null text comes through as '' for the caller to count."""
+    for source, position, record in iter_records(input_path):
+        where = describe(source, position)
+        domain = _check_domain_name(get_field(record, domain_field, where, "--domain-field"), where, domain_field)
+        text = get_field(record, text_field, where, "--text-field")
+        if text is None:
+            text = ""
+        if not isinstance(text, str):
+            raise MixweightError(f"{where}: field '{text_field}' holds a {type(text).__name__}, not text")
+        yield domain, text
+
+
+# --- tokenization: in process, or in a pool of workers ---------------------------------------
+_worker_tokenizer = None
+
+
+def _init_worker(tok) -> None:
+    global _worker_tokenizer
+    _worker_tokenizer = tok
+
+
+def _encode_chunk(chunk: tuple[list, list[str]]) -> tuple[list, list[np.ndarray]]:
+    keys, texts = chunk
+    return keys, _worker_tokenizer.encode_batch(texts)
+
+
+def _chunks(documents, val_fraction: float, empty: Counter) -> Iterator[tuple[list, list[str]]]:
+    """Group non-empty documents into chunks of ((split, domain) keys, texts); count the empty ones."""
+    keys, texts = [], []
+    for domain, text in documents:
+        if not text.strip():
+            empty[domain] += 1
+            continue
+        keys.append((split_of(text, val_fraction), domain))
+        texts.append(text)
+        if len(texts) >= CHUNK_DOCS:
+            yield keys, texts
+            keys, texts = [], []
+    if texts:
+        yield keys, texts
+
+
+def encoded_chunks(tok, chunks, num_proc: int | None) -> Iterator[tuple[list, list[np.ndarray]]]:
+    """Encode chunks in order (so output bytes never depend on scheduling), at most 2*num_proc in flight."""
+    if not num_proc or num_proc <= 1:
+        for keys, texts in chunks:
+            yield keys, tok.encode_batch(texts)
+        return
+    # spawn, not fork: the parent may hold Rust (tokenizers) or torch thread pools that fork would corrupt.
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(num_proc, initializer=_init_worker, initargs=(tok,)) as pool:
+        pending: deque = deque()
+        for chunk in chunks:
+            pending.append(pool.apply_async(_encode_chunk, (chunk,)))
+            if len(pending) >= 2 * num_proc:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
+
+
+class SpillFiles:
+    """One flat token file per (split, domain), appended to as documents arrive."""
+
+    def __init__(self, root: Path, dtype: np.dtype, eos_id: int):
+        self.root, self.dtype = root, dtype
+        self.eos = np.asarray([eos_id], dtype=dtype).tobytes()
+        self.files: dict[tuple[str, str], object] = {}
+        self.paths: dict[tuple[str, str], Path] = {}
+        self.documents: Counter = Counter()
+        self.tokens: Counter = Counter()
+        root.mkdir(parents=True, exist_ok=True)
+
+    def append(self, key: tuple[str, str], ids: np.ndarray) -> None:
+        if key not in self.files:
+            self.paths[key] = self.root / f"{len(self.files)}.bin"  # numbered: domain names stay out of file names
+            self.files[key] = open(self.paths[key], "wb")
+        f = self.files[key]
+        f.write(ids.astype(self.dtype, copy=False).tobytes())
+        f.write(self.eos)
+        self.documents[key] += 1
+        self.tokens[key] += len(ids) + 1
+
+    def close(self) -> None:
+        for f in self.files.values():
+            f.close()
+
+    def blocks(self, key: tuple[str, str], seq_len: int) -> Iterator[np.ndarray]:
+        n = self.tokens[key] // seq_len
+        if n == 0:
+            return
+        data = np.memmap(self.paths[key], dtype=self.dtype, mode="r")
+        for i in range(n):
+            yield np.asarray(data[i * seq_len : (i + 1) * seq_len])
+
+
+def _check_sizes(domains: list[str], spill: SpillFiles, seq_len: int, val_fraction: float) -> None:
+    """Every domain needs a block in train (and in val when there is a val split); name them all at once."""
+    problems = []
+    for domain in domains:
+        for split in SPLITS if val_fraction > 0 else ("train",):
+            tokens = spill.tokens[(split, domain)]
+            if tokens < seq_len:
+                problems.append(f"'{domain}' has {tokens} {split} tokens")
+    if problems:
+        raise MixweightError(
+            f"domain(s) too small for one block of --seq-len {seq_len}: {'; '.join(problems)}. "
+            "Use a smaller --seq-len, more data for these domains"
+            + (", or a larger --val-fraction" if val_fraction > 0 else "")
+        )
+
+
+def prepare_config_hash(input_path, domain_field, text_field, tokenizer, tokenizer_fingerprint, seq_len, val_fraction) -> str:
+    """Hash of everything that decides the corpus bytes: input files (names, sizes, mtimes) and options."""
+    spec = {
+        "kind": "prepare", "version": 1, "input": str(Path(input_path).resolve()),
+        "files": input_fingerprint(input_path), "domain_field": domain_field, "text_field": text_field,
+        "tokenizer": str(tokenizer), "tokenizer_fingerprint": tokenizer_fingerprint,
+        "seq_len": seq_len, "val_fraction": val_fraction,
+    }
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def prepare_corpus(
+    input_path, out_dir, domain_field: str = "meta.redpajama_set_name", text_field: str = "text",
+    tokenizer: str = "byte", seq_len: int = 512, val_fraction: float = 0.01, overwrite: bool = False,
+    num_proc: int | None = None, progress: bool = True,
+) -> Manifest:
+    """Tokenize and pack the records under `input_path` into a corpus at `out_dir`; returns its Manifest.
+
+    Rerunning with the same input files and options on an existing copy is a no-op.
+    """
+    if not isinstance(seq_len, int) or seq_len < 2:
+        raise MixweightError(f"--seq-len {seq_len}: must be an integer >= 2 (a block needs an input and a target)")
+    if not 0 <= val_fraction < 1:
+        raise MixweightError(f"--val-fraction {val_fraction}: must be in [0, 1) (0 = no validation split)")
+    kind, arg = parse_spec(tokenizer)
+    sources = list_sources(input_path)  # fails early on a missing path or unsupported type
+    hf_tok = load_hf_tokenizer(arg) if kind == "hf" else None
+    fingerprint = hf_tok.info["fingerprint"] if hf_tok else None  # bpe and byte are fixed by the options
+    config_hash = prepare_config_hash(input_path, domain_field, text_field, tokenizer, fingerprint, seq_len, val_fraction)
+    out_dir = Path(out_dir)
+    if is_same_corpus(out_dir, config_hash):
+        return load_manifest(out_dir)
+    check_can_write(out_dir, overwrite)
+    show = progress and sys.stderr.isatty()
+
+    with staged_directory(out_dir) as staging:
+        if kind == "bpe":
+            texts = (t for d, t in iter_documents(input_path, domain_field, text_field)
+                     if t.strip() and split_of(t, val_fraction) == "train")
+            tok = train_bpe(tqdm(texts, desc="train bpe", unit="doc", disable=not show), arg, staging)
+        else:
+            tok = hf_tok or ByteTokenizer()
+
+        dtype = token_dtype(tok.vocab_size)
+        spill = SpillFiles(staging / SPILL_DIR, dtype, tok.eos_id)
+        empty: Counter = Counter()
+        chunks = _chunks(iter_documents(input_path, domain_field, text_field), val_fraction, empty)
+        with tqdm(desc="tokenize", unit="doc", disable=not show) as bar:
+            for keys, encoded in encoded_chunks(tok, chunks, num_proc):
+                for key, ids in zip(keys, encoded):
+                    spill.append(key, ids)
+                bar.update(len(keys))
+        spill.close()
+
+        domains = sorted({d for _, d in spill.tokens} | set(empty))
+        if not domains:
+            raise MixweightError(f"--input {input_path}: no records found")
+        _check_sizes(domains, spill, seq_len, val_fraction)
+
+        splits: dict[str, dict[str, DomainSplitStats]] = {s: {} for s in SPLITS}
+        skipped = {}
+        total = sum(spill.tokens[k] // seq_len for k in spill.tokens)
+        with tqdm(total=total, desc="write streams", unit="block", disable=not show) as bar:
+            for domain_id, domain in enumerate(domains):
+                dropped = {}
+                for split in SPLITS:
+                    key, rel = (split, domain), f"{split}/{domain}"
+                    n = write_stream(staging / rel, spill.blocks(key, seq_len), domain_id, seq_len, tok.vocab_size)
+                    bar.update(n)
+                    splits[split][domain] = DomainSplitStats(
+                        documents=spill.documents[key], tokens=n * seq_len, blocks=n, path=rel)
+                    dropped[split] = spill.tokens[key] - n * seq_len
+                skipped[domain] = {"empty_documents": empty[domain], "remainder_tokens": dropped}
+        shutil.rmtree(staging / SPILL_DIR)
+
+        manifest = Manifest(
+            domains=domains, seq_len=seq_len, vocab_size=tok.vocab_size, eos_id=tok.eos_id,
+            tokenizer=dict(tok.info), splits=splits,
+            source={"kind": "prepare", "input": str(Path(input_path).resolve()), "num_files": len(sources),
+                    "domain_field": domain_field, "text_field": text_field, "tokenizer": str(tokenizer),
+                    "val_fraction": val_fraction},
+            config_hash=config_hash, irreducible_loss={}, skipped=skipped,
+        )
+        manifest.write(staging)
+    return manifest

@@ -1,0 +1,183 @@
+"""Reading raw text records: JSONL (plain or zstd), Parquet, and `datasets` save_to_disk directories.
+
+Every reader yields ``(source, position, record)`` where ``position`` is a 1-based line
+number for JSONL and a 0-based row index for tabular sources, so an error can point at the
+exact record (see :func:`describe`). Everything streams: a corpus never has to fit in memory.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Iterator
+
+from mixweight.errors import MixweightError
+
+SUPPORTED = (
+    ".jsonl / .json (one JSON object per line), .jsonl.zst / .zst (the same, zstd-compressed), "
+    ".parquet, a Hugging Face `datasets` directory written with save_to_disk, "
+    "or a directory holding such files"
+)
+JSONL_SUFFIXES = (".jsonl", ".json")
+ZST_SUFFIXES = (".jsonl.zst", ".json.zst", ".zst")
+PARQUET_SUFFIXES = (".parquet",)
+Record = tuple[Path, int, dict]
+
+
+def is_datasets_dir(path: Path) -> bool:
+    """`save_to_disk` leaves state.json + dataset_info.json (a Dataset) or dataset_dict.json (a DatasetDict)."""
+    return path.is_dir() and (
+        (path / "dataset_dict.json").is_file() or ((path / "state.json").is_file() and (path / "dataset_info.json").is_file())
+    )
+
+
+def source_kind(path: Path) -> str | None:
+    """'jsonl', 'zst', 'parquet' or 'datasets'; None for anything we cannot read."""
+    if is_datasets_dir(path):
+        return "datasets"
+    name = path.name.lower()
+    if not path.is_file():
+        return None
+    if name.endswith(ZST_SUFFIXES):
+        return "zst"
+    if name.endswith(JSONL_SUFFIXES):
+        return "jsonl"
+    if name.endswith(PARQUET_SUFFIXES):
+        return "parquet"
+    return None
+
+
+def list_sources(input_path: str | Path) -> list[Path]:
+    """The readable sources under `input_path`, in sorted (hence reproducible) order."""
+    path = Path(input_path)
+    if not path.exists():
+        raise MixweightError(f"--input {path}: no such file or directory; expected {SUPPORTED}")
+    if path.is_file() or is_datasets_dir(path):
+        if source_kind(path) is None:
+            raise MixweightError(f"--input {path}: unsupported file type; expected {SUPPORTED}")
+        return [path]
+    sources: list[Path] = []
+    for child in sorted(path.iterdir(), key=lambda p: p.name):
+        if child.name.startswith("."):
+            continue  # editor droppings, our own staging dirs
+        if child.is_dir() and not is_datasets_dir(child):
+            sources.extend(list_sources(child))
+        elif source_kind(child) is not None:
+            sources.append(child)
+    if not sources:
+        raise MixweightError(f"--input {path}: directory holds no readable files; expected {SUPPORTED}")
+    return sources
+
+
+def describe(source: Path, position: int) -> str:
+    """'file line N' for line-based sources, 'file row N' for tabular ones."""
+    unit = "line" if source_kind(source) in ("jsonl", "zst") else "row"
+    return f"{source} {unit} {position}"
+
+
+def _json_lines(source: Path, stream: io.BufferedIOBase) -> Iterator[Record]:
+    """Decode strictly, so a corrupt byte is reported instead of silently becoming U+FFFD."""
+    for number, raw in enumerate(stream, start=1):
+        if not raw.strip():
+            continue
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise MixweightError(f"{source} line {number}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from exc
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise MixweightError(f"{source} line {number}: not valid JSON ({exc.msg} at column {exc.colno})") from exc
+        if not isinstance(record, dict):
+            raise MixweightError(f"{source} line {number}: expected a JSON object, got {type(record).__name__}")
+        yield source, number, record
+
+
+def read_jsonl(source: Path) -> Iterator[Record]:
+    with open(source, "rb") as f:
+        yield from _json_lines(source, f)
+
+
+def read_zst(source: Path) -> Iterator[Record]:
+    import zstandard
+
+    with open(source, "rb") as f:
+        # max_window_size: SlimPajama-style files use long windows; allow up to 2 GiB like the zstd CLI's --long=31.
+        reader = zstandard.ZstdDecompressor(max_window_size=2**31).stream_reader(f)
+        try:
+            yield from _json_lines(source, io.BufferedReader(reader))
+        except zstandard.ZstdError as exc:
+            raise MixweightError(f"{source}: not a valid zstd stream ({exc})") from exc
+
+
+def read_parquet(source: Path) -> Iterator[Record]:
+    import pyarrow
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.ParquetFile(source)
+    except (pyarrow.ArrowException, OSError) as exc:
+        raise MixweightError(f"{source}: not a readable Parquet file ({exc})") from exc
+    row = 0
+    for batch in table.iter_batches(batch_size=1024):
+        for record in batch.to_pylist():
+            yield source, row, record
+            row += 1
+
+
+def read_datasets_dir(source: Path) -> Iterator[Record]:
+    import datasets
+
+    try:
+        loaded = datasets.load_from_disk(str(source))
+    except Exception as exc:  # datasets raises many types for a broken directory
+        raise MixweightError(f"{source}: not a readable `datasets` directory ({exc})") from exc
+    # A DatasetDict's splits are concatenated in name order; the val split is ours to choose, by hash.
+    parts = [loaded[k] for k in sorted(loaded)] if isinstance(loaded, datasets.DatasetDict) else [loaded]
+    row = 0
+    for part in parts:
+        for batch in part.iter(batch_size=1024):
+            columns = list(batch)
+            for values in zip(*(batch[c] for c in columns)):
+                yield source, row, dict(zip(columns, values))
+                row += 1
+
+
+READERS = {"jsonl": read_jsonl, "zst": read_zst, "parquet": read_parquet, "datasets": read_datasets_dir}
+
+
+def iter_records(input_path: str | Path) -> Iterator[Record]:
+    """Every record of every source under `input_path`, sources in sorted order."""
+    for source in list_sources(input_path):
+        yield from READERS[source_kind(source)](source)
+
+
+def get_field(record: dict, dotted: str, where: str, flag: str):
+    """`record["a"]["b"]` for "a.b"; a missing key names the level it failed at and the keys found there."""
+    value = record
+    walked: list[str] = []
+    for key in dotted.split("."):
+        if not isinstance(value, dict) or key not in value:
+            found = sorted(value) if isinstance(value, dict) else f"a {type(value).__name__}, not an object"
+            level = f" under '{'.'.join(walked)}'" if walked else ""
+            raise MixweightError(
+                f"{where}: no field '{dotted}' (no '{key}'{level}; keys there: {found}); "
+                f"set {flag} to the field that holds it"
+            )
+        value = value[key]
+        walked.append(key)
+    return value
+
+
+def input_fingerprint(input_path: str | Path) -> list[list]:
+    """[relative name, size, mtime_ns] for every file read: cheap to compute, changes when the input does."""
+    root = Path(input_path)
+    entries = []
+    for source in list_sources(root):
+        files = sorted(p for p in source.rglob("*") if p.is_file()) if source.is_dir() else [source]
+        for f in files:
+            stat = f.stat()
+            rel = f.relative_to(root).as_posix() if f != root else f.name
+            entries.append([rel, stat.st_size, stat.st_mtime_ns])
+    return entries

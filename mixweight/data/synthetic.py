@@ -292,3 +292,25 @@ def write_synthetic_corpus(
         )
         manifest.write(staging)
     return manifest
+
+
+SYNTHETIC_ALIAS = "synthetic"
+
+
+def default_corpus_dir() -> "Path":
+    """Where `--data synthetic` keeps the default synthetic corpus (MIXWEIGHT_CACHE overrides)."""
+    import os
+    from pathlib import Path
+
+    root = Path(os.environ.get("MIXWEIGHT_CACHE", Path.home() / ".cache" / "mixweight"))
+    return root / "corpora" / f"synthetic-{synth_config_hash(0, 131_072, 128, max(8, 131_072 // 128 // 20))}"
+
+
+def resolve_corpus(data: str, is_main: bool = True) -> str:
+    """`synthetic` names the built-in default corpus, written on first use; anything else is a path."""
+    if data != SYNTHETIC_ALIAS:
+        return data
+    path = default_corpus_dir()
+    if is_main:
+        write_synthetic_corpus(path)
+    return str(path)

@@ -8,6 +8,7 @@ import torch
 import yaml
 
 from mixweight.data.manifest import load_manifest
+from mixweight.data.synthetic import resolve_corpus
 from mixweight.errors import MixweightError
 from mixweight.eval.domains import evaluate_domains, load_validation
 from mixweight.jsonio import write_json_atomic
@@ -38,7 +39,7 @@ def evaluate_run(run: str, data: str | None = None, checkpoint: str | None = Non
     if not config_path.is_file():
         raise MixweightError(f"{run_dir}: not a run directory (no config.yaml)")
     config = yaml.safe_load(config_path.read_text())
-    corpus = data or config["data"]
+    corpus = resolve_corpus(data or config["data"])
     manifest = load_manifest(corpus)
     path = _find_checkpoint(run_dir, checkpoint)
     model = load_model(path / "model")

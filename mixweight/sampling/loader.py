@@ -11,11 +11,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 from streaming import Stream, StreamingDataset
+from streaming.base.shared.memory import SharedMemory
 from torch.utils.data import DataLoader
 
 from mixweight.data.manifest import Manifest
 from mixweight.errors import MixweightError
-from mixweight.train.distributed import World
+from mixweight.train.distributed import World, barrier
 
 
 def domain_proportions(manifest: Manifest, spec: str) -> dict[str, float]:
@@ -60,6 +61,20 @@ class MixtureLoader:
         self.sample_in_epoch = 0  # global samples (all ranks) consumed in the current epoch
         self._iterator = None
 
+    def close(self) -> None:
+        """Release the dataset's shared-memory segments now.
+
+        mosaicml-streaming unlinks them only at interpreter exit, so a process that builds
+        several datasets (a pipeline, a test suite) would otherwise accumulate them.
+        """
+        self._iterator = None
+        threads = getattr(self.dataset, "_iterator", None)
+        if threads is not None:
+            threads.exit()  # its download/ready threads still touch the shared memory
+        barrier(self.world)  # no process may unlink segments a peer still uses
+        for segment in _shared_memory_of(self.dataset):
+            segment.cleanup()
+
     def _loader(self):
         return iter(DataLoader(self.dataset, batch_size=self.micro_batch_size, num_workers=0, collate_fn=_collate))
 
@@ -90,3 +105,14 @@ class MixtureLoader:
             "initial_physical_nodes": None,
         })
         self._iterator = None
+
+
+def _shared_memory_of(obj, depth: int = 2):
+    """The streaming SharedMemory objects held by `obj` or by its attributes (arrays, barriers)."""
+    found = []
+    for value in vars(obj).values():
+        if isinstance(value, SharedMemory):
+            found.append(value)
+        elif depth > 0 and hasattr(value, "__dict__") and type(value).__module__.startswith("streaming"):
+            found.extend(_shared_memory_of(value, depth - 1))
+    return found

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from typing import Optional
 
 from mixweight.config import require
 
+SAMPLE_WEIGHTINGS = ("none", "linupper", "quadratic", "extremes")
 HELP = "help"  # dataclass field metadata key holding the flag's help text
 
 
@@ -15,7 +17,7 @@ def _f(default, help_text: str, **kwargs):
 
 @dataclass
 class TrainConfig:
-    data: str = _f(None, "corpus directory (made by `mixweight data synth` or `data prepare`)")
+    data: str = _f(None, "corpus directory (made by `mixweight data synth` or `data prepare`), or `synthetic` for the built-in default corpus")
     out: str = _f(None, "run directory: config, metrics, checkpoints, eval")
     model: str = _f("gpt2-tiny", "model spec: a name in proxies/ (gpt2-tiny, llama-tiny, gpt2-mini, ...) or a path to an HF config JSON")
     steps: int = _f(200, "optimizer steps")
@@ -30,6 +32,13 @@ class TrainConfig:
     grad_clip: float = _f(1.0, "clip the global gradient norm to this value (0 disables)")
     seed: int = _f(0, "seed for model init and data order")
     domain_weights: str = _f("natural", "sampling proportions of the domains: natural (by token count) or uniform")
+    sample_weighting: str = _f("none", "loss-based sample weights inside each step: none, linupper, quadratic or extremes")
+    r: float = _f(0.4, "sample-weight temperature (the paper's r; large -> uniform, max/min weight ratio e^(1/r))")
+    r_schedule: str = _f("step", "how r reaches its target: step (r_start, then r after r_warmup_steps), linear, cosine, or burnin (plain mean loss first)")
+    r_warmup_steps: int = _f(0, "steps before r reaches its target (the paper's 1.4B runs: 2000 of 20k at r_start 100)")
+    r_start: float = _f(100.0, "r during warmup (step) or at step 0 (linear, cosine)")
+    weight_cap: Optional[float] = _f(None, "optional cap c: no sample weight above c/N (the convergence theorem's condition with c=2)")
+    weight_histogram_every: int = _f(100, "log a histogram of N*w every N steps")
     eval_every: int = _f(50, "evaluate per-domain validation loss every N steps (0: only at the end)")
     eval_blocks: int = _f(64, "validation blocks per domain used by evaluation")
     eval_batch_size: int = _f(32, "sequences per evaluation batch")
@@ -41,12 +50,20 @@ class TrainConfig:
     progress: bool = _f(True, "show a progress bar (only on a terminal)")
 
     def validate(self) -> None:
+        from mixweight.weighting import RSchedule
+
+        RSchedule(kind=self.r_schedule, r=self.r, r_start=self.r_start, warmup_steps=self.r_warmup_steps)
         require(self.data is not None, "train: --data is required (a corpus directory)")
         require(self.out is not None, "train: --out is required (the run directory)")
         for name in ("steps", "batch_size", "grad_accum", "eval_blocks", "eval_batch_size", "keep_checkpoints", "log_every", "checkpoint_every"):
             value = getattr(self, name)
             require(value > 0, f"train: '{name}' must be a positive integer, got {value}")
-        for name in ("warmup_steps", "eval_every"):
+        require(self.sample_weighting in SAMPLE_WEIGHTINGS,
+                f"train: 'sample_weighting' must be one of {', '.join(SAMPLE_WEIGHTINGS)}, got {self.sample_weighting!r}")
+        require(self.r > 0 and self.r_start > 0, f"train: 'r' and 'r_start' must be > 0, got {self.r}, {self.r_start}")
+        require(self.weight_cap is None or self.weight_cap >= 1,
+                f"train: 'weight_cap' must be >= 1 (c/N can be no less than the uniform 1/N), got {self.weight_cap}")
+        for name in ("warmup_steps", "eval_every", "r_warmup_steps", "weight_histogram_every"):
             value = getattr(self, name)
             require(value >= 0, f"train: '{name}' must be >= 0, got {value}")
         require(self.lr > 0, f"train: 'lr' must be > 0, got {self.lr}")

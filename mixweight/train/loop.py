@@ -12,6 +12,7 @@ import dataclasses
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 from safetensors.torch import load_file
@@ -19,6 +20,7 @@ from tqdm.auto import tqdm
 
 from mixweight.config import to_yaml
 from mixweight.data.manifest import load_manifest
+from mixweight.data.synthetic import resolve_corpus
 from mixweight.errors import MixweightError
 from mixweight.jsonio import write_json_atomic
 from mixweight.eval.domains import evaluate_domains, load_validation
@@ -29,7 +31,12 @@ from mixweight.train.distributed import World, barrier, close_world, init_world
 from mixweight.train.metrics import MetricsLog
 from mixweight.train.model import build_model, count_parameters
 from mixweight.train.optim import build_optimizer, build_scheduler
-from mixweight.train.step import MeanReduction, SampleReduction, StepResult, accumulate_gradients
+from mixweight.train.reductions import reduction_from_config
+from mixweight.train.step import SampleReduction, StepResult, accumulate_gradients
+from mixweight.weighting import weight_stats
+
+# Bins of N * w for the sample-weight histogram; the last bin catches everything above 4x uniform.
+HISTOGRAM_EDGES = np.array([0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0, 4.0, np.inf])
 
 # Keys that may change when resuming: they do not alter the training trajectory.
 RESUMABLE_CHANGES = {"resume", "progress", "steps", "eval_every", "eval_blocks", "eval_batch_size",
@@ -88,30 +95,39 @@ def _is_tied(model, key: str) -> bool:
 
 
 def _step_record(step: int, result: StepResult, lr: float, grad_norm: float, tokens: int, tokens_per_s: float,
-                 skipped: int, domains: list[str]) -> dict:
+                 skipped: int, domains: list[str], histogram: bool) -> dict:
+    n = len(result.losses)
+    scaled = result.weights * n  # N * w: 1 for every sample under the plain mean
     per_domain = {}
     for index, name in enumerate(domains):
         mask = (result.domains == index) & torch.isfinite(result.losses)
         if mask.any():
-            per_domain[name] = {"loss": result.losses[mask].mean().item(), "share": mask.float().mean().item()}
-    return {
+            per_domain[name] = {"loss": result.losses[mask].mean().item(), "share": mask.float().mean().item(),
+                                "weight_x_n": scaled[mask].mean().item()}
+    record = {
         "step": step, "loss": result.mean_loss, "objective": result.objective, "lr": lr, "grad_norm": grad_norm,
-        "tokens": tokens, "nonfinite_samples": len(result.losses) - result.n_finite, "skipped_steps": skipped,
-        "domains": per_domain, "time": {"tokens_per_s": tokens_per_s},
+        "tokens": tokens, "nonfinite_samples": n - result.n_finite, "skipped_steps": skipped,
+        "weights": weight_stats(result.weights), "domains": per_domain, "time": {"tokens_per_s": tokens_per_s},
     }
+    if histogram:
+        counts, edges = np.histogram(scaled.numpy(), bins=HISTOGRAM_EDGES)
+        record["weights"]["histogram_x_n"] = {"edges": edges.tolist(), "counts": counts.tolist()}
+    return record
 
 
 def train(config: TrainConfig, reduction: SampleReduction | None = None) -> dict:
     """Run (or resume) a training run; returns the final evaluation."""
     world = init_world()
     try:
-        return _train(config, reduction or MeanReduction(), world)
+        return _train(config, reduction or reduction_from_config(config), world)
     finally:
         close_world(world)
 
 
 def _train(config: TrainConfig, reduction: SampleReduction, world: World) -> dict:
-    manifest = load_manifest(config.data)
+    corpus = resolve_corpus(config.data, world.is_main)
+    barrier(world)  # the main process may be writing the default corpus
+    manifest = load_manifest(corpus)
     resume_from = _prepare_run_dir(config, world)
     run_dir = Path(config.out)
     device = _device(world)
@@ -122,70 +138,74 @@ def _train(config: TrainConfig, reduction: SampleReduction, world: World) -> dic
     scheduler = build_scheduler(optimizer, config)
     global_micro = config.batch_size * world.size
     epoch_size = max(sum(s.blocks for s in manifest.splits["train"].values()) // global_micro, 1) * global_micro
-    loader = MixtureLoader(config.data, manifest, domain_proportions(manifest, config.domain_weights),
+    loader = MixtureLoader(corpus, manifest, domain_proportions(manifest, config.domain_weights),
                            epoch_size, config.batch_size, config.seed, world)
-    metrics = MetricsLog(run_dir / "metrics.jsonl", enabled=world.is_main)
+    try:
+        metrics = MetricsLog(run_dir / "metrics.jsonl", enabled=world.is_main)
 
-    start_step, skipped = 0, 0
-    if resume_from is not None:
-        state = ckpt.read_state(resume_from)
-        _load_model_weights(model, resume_from)
-        ckpt.load_trainer_state(resume_from, optimizer, scheduler)
-        loader.load_state_dict(state["loader"])
-        start_step, skipped = state["step"], state.get("skipped_steps", 0)
-        metrics.truncate_after(start_step)
-    if world.distributed:
-        model = torch.nn.parallel.DistributedDataParallel(model)
+        start_step, skipped = 0, 0
+        if resume_from is not None:
+            state = ckpt.read_state(resume_from)
+            _load_model_weights(model, resume_from)
+            ckpt.load_trainer_state(resume_from, optimizer, scheduler)
+            loader.load_state_dict(state["loader"])
+            start_step, skipped = state["step"], state.get("skipped_steps", 0)
+            metrics.truncate_after(start_step)
+        if world.distributed:
+            model = torch.nn.parallel.DistributedDataParallel(model)
 
-    val_sets = load_validation(config.data, manifest, config.eval_blocks)
-    tokens_per_step = global_micro * config.grad_accum * manifest.seq_len
+        val_sets = load_validation(corpus, manifest, config.eval_blocks)
+        tokens_per_step = global_micro * config.grad_accum * manifest.seq_len
 
-    def evaluate(step: int) -> dict:
-        summary = evaluate_domains(model, val_sets, config.eval_batch_size, world, manifest.irreducible_loss, autocast)
-        metrics.write({"step": step, "eval": summary})
-        return summary
+        def evaluate(step: int) -> dict:
+            summary = evaluate_domains(model, val_sets, config.eval_batch_size, world, manifest.irreducible_loss, autocast)
+            metrics.write({"step": step, "eval": summary})
+            return summary
 
-    def save(step: int) -> None:
-        state = {"loader": loader.state_dict(), "skipped_steps": skipped}
+        def save(step: int) -> None:
+            state = {"loader": loader.state_dict(), "skipped_steps": skipped}
+            if world.is_main:
+                ckpt.save_checkpoint(run_dir, step, model, optimizer, scheduler, state, config.keep_checkpoints)
+            barrier(world)
+
         if world.is_main:
-            ckpt.save_checkpoint(run_dir, step, model, optimizer, scheduler, state, config.keep_checkpoints)
-        barrier(world)
+            print(f"mixweight train: {count_parameters(model) / 1e6:.2f}M parameters, {len(manifest.domains)} domains, "
+                  f"{tokens_per_step} tokens/step, steps {start_step}->{config.steps}", flush=True)
+        bar = tqdm(total=config.steps, initial=start_step, disable=not (world.is_main and config.progress) or None,
+                   desc="train", unit="step", dynamic_ncols=True)
+        model.train()
+        for step in range(start_step, config.steps):
+            started = time.perf_counter()
+            micro_batches = [loader.next_batch() for _ in range(config.grad_accum)]
+            result = accumulate_gradients(model, micro_batches, reduction, step, world, autocast)
+            clip = config.grad_clip if config.grad_clip > 0 else float("inf")
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip).item()
+            lr = scheduler.get_last_lr()[0]
+            if result.n_finite == 0 or not torch.isfinite(torch.tensor(grad_norm)):
+                skipped += 1  # a non-finite gradient is never applied
+            else:
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            done = step + 1
+            tokens_per_s = tokens_per_step / max(time.perf_counter() - started, 1e-9)
+            bar.update(1)
+            bar.set_postfix(loss=f"{result.mean_loss:.3f}", tok_s=f"{tokens_per_s:,.0f}")
+            histogram = done % config.weight_histogram_every == 0
+            if done % config.log_every == 0 or done == config.steps or histogram:
+                metrics.write(_step_record(done, result, lr, grad_norm, done * tokens_per_step, tokens_per_s,
+                                           skipped, manifest.domains, histogram))
+            if config.eval_every and done % config.eval_every == 0 and done != config.steps:
+                evaluate(done)
+            if done % config.checkpoint_every == 0 and done != config.steps:
+                save(done)
+        bar.close()
 
-    if world.is_main:
-        print(f"mixweight train: {count_parameters(model) / 1e6:.2f}M parameters, {len(manifest.domains)} domains, "
-              f"{tokens_per_step} tokens/step, steps {start_step}->{config.steps}", flush=True)
-    bar = tqdm(total=config.steps, initial=start_step, disable=not (world.is_main and config.progress) or None,
-               desc="train", unit="step", dynamic_ncols=True)
-    model.train()
-    for step in range(start_step, config.steps):
-        started = time.perf_counter()
-        micro_batches = [loader.next_batch() for _ in range(config.grad_accum)]
-        result = accumulate_gradients(model, micro_batches, reduction, step, world, autocast)
-        clip = config.grad_clip if config.grad_clip > 0 else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip).item()
-        lr = scheduler.get_last_lr()[0]
-        if result.n_finite == 0 or not torch.isfinite(torch.tensor(grad_norm)):
-            skipped += 1  # a non-finite gradient is never applied
-        else:
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        scheduler.step()
-        done = step + 1
-        tokens_per_s = tokens_per_step / max(time.perf_counter() - started, 1e-9)
-        bar.update(1)
-        bar.set_postfix(loss=f"{result.mean_loss:.3f}", tok_s=f"{tokens_per_s:,.0f}")
-        if done % config.log_every == 0 or done == config.steps:
-            metrics.write(_step_record(done, result, lr, grad_norm, done * tokens_per_step, tokens_per_s,
-                                       skipped, manifest.domains))
-        if config.eval_every and done % config.eval_every == 0 and done != config.steps:
-            evaluate(done)
-        if done % config.checkpoint_every == 0 and done != config.steps:
-            save(done)
-    bar.close()
-
-    final = evaluate(config.steps)
-    save(config.steps)
-    if world.is_main:
-        write_json_atomic(run_dir / "eval.json", {"step": config.steps, **final})
-    return final
+        final = evaluate(config.steps)
+        save(config.steps)
+        if world.is_main:
+            write_json_atomic(run_dir / "eval.json", {"step": config.steps, **final})
+        return final
+    finally:
+        loader.close()
 

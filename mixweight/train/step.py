@@ -31,6 +31,7 @@ import torch
 
 from mixweight.train.distributed import World, all_gather_cat
 from mixweight.train.loss import per_sample_loss
+from mixweight.weighting import uniform_weights
 
 
 class SampleReduction(Protocol):
@@ -47,8 +48,7 @@ class MeanReduction:
     needs_whole_step = False
 
     def weights(self, losses: torch.Tensor, domains: torch.Tensor, step: int) -> torch.Tensor:
-        finite = torch.isfinite(losses)
-        return finite.float() / finite.sum().clamp(min=1)
+        return uniform_weights(losses)
 
 
 @dataclass

@@ -1,0 +1,5 @@
+"""Hugging Face Trainer integration: `from mixweight.hf import ReweightingTrainer`."""
+
+from mixweight.train.hf import ReweightingTrainer
+
+__all__ = ["ReweightingTrainer"]

@@ -1,0 +1,28 @@
+"""The per-step reductions the trainer can use: the plain mean, or loss-based sample weights."""
+
+from __future__ import annotations
+
+import torch
+
+from mixweight.train.config import TrainConfig
+from mixweight.train.step import MeanReduction, SampleReduction
+from mixweight.weighting import RSchedule, SampleWeighting
+
+
+class SampleWeightingReduction:
+    """LinUpper / Quadratic / Extremes over the whole step's losses (all ranks, all micro-batches)."""
+
+    needs_whole_step = True
+
+    def __init__(self, weighting: SampleWeighting):
+        self.weighting = weighting
+
+    def weights(self, losses: torch.Tensor, domains: torch.Tensor, step: int) -> torch.Tensor:
+        return self.weighting.weights(losses, step).to(torch.float32)
+
+
+def reduction_from_config(config: TrainConfig) -> SampleReduction:
+    if config.sample_weighting == "none":
+        return MeanReduction()
+    schedule = RSchedule(kind=config.r_schedule, r=config.r, r_start=config.r_start, warmup_steps=config.r_warmup_steps)
+    return SampleWeightingReduction(SampleWeighting(config.sample_weighting, schedule, cap=config.weight_cap))

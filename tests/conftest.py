@@ -1,0 +1,43 @@
+"""Shared fixtures: a small synthetic corpus and a tiny model spec, built once per session.
+
+Nothing is downloaded: every corpus and model here is made from code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+# A 2-layer, 32-dim GPT-2: trains a step in milliseconds on a CPU.
+TINY_SPEC = {
+    "model_type": "gpt2", "n_layer": 2, "n_head": 2, "n_embd": 32, "n_positions": 128,
+    "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, "tie_word_embeddings": True,
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_spec(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("specs") / "tiny.json"
+    path.write_text(json.dumps(TINY_SPEC))
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def synth_corpus(tmp_path_factory) -> str:
+    from mixweight.data.synthetic import write_synthetic_corpus
+
+    out = tmp_path_factory.mktemp("corpus") / "synth"
+    write_synthetic_corpus(out, seed=0, tokens_per_domain=8192, seq_len=64)
+    return str(out)
+
+
+def shm_segments() -> set[str]:
+    """Shared-memory segments in /dev/shm (mosaicml-streaming's live there)."""
+    return set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()

@@ -12,6 +12,7 @@ from mixweight.eval.domains import evaluate_domains, load_validation
 from mixweight.train.checkpoint import list_checkpoints
 from mixweight.train.config import TrainConfig
 from mixweight.train.model import build_model
+from mixweight.train.objective import WeightedLoss
 from mixweight.train.optim import lr_multiplier
 
 from conftest import shm_segments
@@ -81,18 +82,18 @@ def test_resume_after_a_crash_is_exact(synth_corpus, tiny_spec, tmp_path, monkey
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     loop.train(_config(synth_corpus, tiny_spec, straight, grad_accum=grad_accum))
 
-    real_step = loop.accumulate_gradients
+    real_step = WeightedLoss.compute_gradients
 
-    def crash_at_step_13(model, micro_batches, reduction, step, world, autocast=None):
+    def crash_at_step_13(self, model, micro_batches, step, *args):
         if step == 13:
             raise KeyboardInterrupt("simulated crash")
-        return real_step(model, micro_batches, reduction, step, world, autocast)
+        return real_step(self, model, micro_batches, step, *args)
 
-    monkeypatch.setattr(loop, "accumulate_gradients", crash_at_step_13)
+    monkeypatch.setattr(WeightedLoss, "compute_gradients", crash_at_step_13)
     with pytest.raises(KeyboardInterrupt):
         loop.train(_config(synth_corpus, tiny_spec, resumed, grad_accum=grad_accum))
     assert [s for s, _ in list_checkpoints(resumed)] == [10]
-    monkeypatch.setattr(loop, "accumulate_gradients", real_step)
+    monkeypatch.setattr(WeightedLoss, "compute_gradients", real_step)
     loop.train(_config(synth_corpus, tiny_spec, resumed, grad_accum=grad_accum, resume=True))
 
     a, b = _params(straight, 20), _params(resumed, 20)

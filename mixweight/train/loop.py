@@ -32,7 +32,8 @@ from mixweight.train.metrics import MetricsLog
 from mixweight.train.model import build_model, count_parameters
 from mixweight.train.optim import build_optimizer, build_scheduler
 from mixweight.train.reductions import reduction_from_config
-from mixweight.train.step import SampleReduction, StepResult, accumulate_gradients
+from mixweight.train.objective import StepObjective, WeightedLoss
+from mixweight.train.step import StepResult
 from mixweight.weighting import weight_stats
 
 # Bins of N * w for the sample-weight histogram; the last bin catches everything above 4x uniform.
@@ -115,16 +116,20 @@ def _step_record(step: int, result: StepResult, lr: float, grad_norm: float, tok
     return record
 
 
-def train(config: TrainConfig, reduction: SampleReduction | None = None) -> dict:
-    """Run (or resume) a training run; returns the final evaluation."""
+def train(config: TrainConfig, objective: StepObjective | None = None) -> dict:
+    """Run (or resume) a training run; returns the final evaluation.
+
+    `objective` decides how each step's gradients are made; by default the per-sample
+    loss reduced by the config's sample weighting (plain mean when none).
+    """
     world = init_world()
     try:
-        return _train(config, reduction or reduction_from_config(config), world)
+        return _train(config, objective or WeightedLoss(reduction_from_config(config)), world)
     finally:
         close_world(world)
 
 
-def _train(config: TrainConfig, reduction: SampleReduction, world: World) -> dict:
+def _train(config: TrainConfig, objective: StepObjective, world: World) -> dict:
     corpus = resolve_corpus(config.data, world.is_main)
     barrier(world)  # the main process may be writing the default corpus
     manifest = load_manifest(corpus)
@@ -150,6 +155,7 @@ def _train(config: TrainConfig, reduction: SampleReduction, world: World) -> dic
             ckpt.load_trainer_state(resume_from, optimizer, scheduler)
             loader.load_state_dict(state["loader"])
             start_step, skipped = state["step"], state.get("skipped_steps", 0)
+            objective.load_state_dict(state.get("objective", {}))
             metrics.truncate_after(start_step)
         if world.distributed:
             model = torch.nn.parallel.DistributedDataParallel(model)
@@ -163,7 +169,7 @@ def _train(config: TrainConfig, reduction: SampleReduction, world: World) -> dic
             return summary
 
         def save(step: int) -> None:
-            state = {"loader": loader.state_dict(), "skipped_steps": skipped}
+            state = {"loader": loader.state_dict(), "skipped_steps": skipped, "objective": objective.state_dict()}
             if world.is_main:
                 ckpt.save_checkpoint(run_dir, step, model, optimizer, scheduler, state, config.keep_checkpoints)
             barrier(world)
@@ -177,10 +183,10 @@ def _train(config: TrainConfig, reduction: SampleReduction, world: World) -> dic
         for step in range(start_step, config.steps):
             started = time.perf_counter()
             micro_batches = [loader.next_batch() for _ in range(config.grad_accum)]
-            result = accumulate_gradients(model, micro_batches, reduction, step, world, autocast)
+            lr = scheduler.get_last_lr()[0]
+            result = objective.compute_gradients(model, micro_batches, step, world, autocast, lr)
             clip = config.grad_clip if config.grad_clip > 0 else float("inf")
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip).item()
-            lr = scheduler.get_last_lr()[0]
             if result.n_finite == 0 or not torch.isfinite(torch.tensor(grad_norm)):
                 skipped += 1  # a non-finite gradient is never applied
             else:
@@ -193,8 +199,9 @@ def _train(config: TrainConfig, reduction: SampleReduction, world: World) -> dic
             bar.set_postfix(loss=f"{result.mean_loss:.3f}", tok_s=f"{tokens_per_s:,.0f}")
             histogram = done % config.weight_histogram_every == 0
             if done % config.log_every == 0 or done == config.steps or histogram:
-                metrics.write(_step_record(done, result, lr, grad_norm, done * tokens_per_step, tokens_per_s,
-                                           skipped, manifest.domains, histogram))
+                record = _step_record(done, result, lr, grad_norm, done * tokens_per_step, tokens_per_s,
+                                      skipped, manifest.domains, histogram)
+                metrics.write({**record, **objective.step_metrics()})
             if config.eval_every and done % config.eval_every == 0 and done != config.steps:
                 evaluate(done)
             if done % config.checkpoint_every == 0 and done != config.steps:

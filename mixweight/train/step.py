@@ -35,11 +35,18 @@ from mixweight.weighting import uniform_weights
 
 
 class SampleReduction(Protocol):
-    """Maps the per-sample losses of a whole step (global order) to weights summing to 1."""
+    """Maps the per-sample losses of a whole step (global order) to weights summing to 1.
+
+    A reduction may also define ``sample_signal(input_ids, logits) -> Tensor[B, ...]``: a
+    per-sample statistic computed without gradient from each micro-batch's detached
+    logits (DoReMi's excess loss over a reference model, for example). The step gathers
+    it across processes like the losses and passes it to ``weights`` as ``signal``.
+    """
 
     needs_whole_step: bool  # True when a sample's weight depends on the other samples' losses
 
-    def weights(self, losses: torch.Tensor, domains: torch.Tensor, step: int) -> torch.Tensor: ...
+    def weights(self, losses: torch.Tensor, domains: torch.Tensor, step: int,
+                signal: torch.Tensor | None = None) -> torch.Tensor: ...
 
 
 class MeanReduction:
@@ -47,7 +54,8 @@ class MeanReduction:
 
     needs_whole_step = False
 
-    def weights(self, losses: torch.Tensor, domains: torch.Tensor, step: int) -> torch.Tensor:
+    def weights(self, losses: torch.Tensor, domains: torch.Tensor, step: int,
+                signal: torch.Tensor | None = None) -> torch.Tensor:
         return uniform_weights(losses)
 
 
@@ -65,9 +73,27 @@ class StepResult:
         return self.losses[finite].mean().item() if finite.any() else float("nan")
 
 
-def _forward_losses(model, batch: dict, autocast) -> torch.Tensor:
+class _SignalCollector:
+    """The reduction's sample signals of one step's micro-batches, in order."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.parts: list[torch.Tensor] = []
+
+    @torch.no_grad()
+    def add(self, input_ids: torch.Tensor, logits: torch.Tensor) -> None:
+        self.parts.append(self.fn(input_ids, logits.detach()).float())
+
+    def gathered(self, world: World) -> torch.Tensor:
+        return all_gather_cat(torch.cat(self.parts), world)
+
+
+def _forward_losses(model, batch: dict, autocast, signals: _SignalCollector | None = None) -> torch.Tensor:
+    """Per-sample losses of a micro-batch; records the reduction's sample signal when asked."""
     with autocast or nullcontext():
         logits = model(input_ids=batch["input_ids"]).logits
+    if signals is not None:
+        signals.add(batch["input_ids"], logits)
     return per_sample_loss(logits, batch["input_ids"])
 
 
@@ -98,31 +124,37 @@ def accumulate_gradients(
         offsets.append(offsets[-1] + len(mb["domain"]))
     mine = slice(world.rank * n_local, (world.rank + 1) * n_local)
     last = len(micro_batches) - 1
+    signal_fn = getattr(reduction, "sample_signal", None)
+    signals = _SignalCollector(signal_fn) if signal_fn is not None else None
+
+    def weigh(losses: torch.Tensor) -> torch.Tensor:
+        signal = signals.gathered(world) if signals is not None else None
+        return reduction.weights(losses, domains, step, signal=signal)
 
     if reduction.needs_whole_step and len(micro_batches) > 1:
         with torch.no_grad():
-            local_losses = torch.cat([_forward_losses(model, mb, autocast) for mb in micro_batches])
+            local_losses = torch.cat([_forward_losses(model, mb, autocast, signals) for mb in micro_batches])
         losses = all_gather_cat(local_losses.float(), world)
-        weights = reduction.weights(losses, domains, step)
+        weights = weigh(losses)
         for i, mb in enumerate(micro_batches):
             with _sync_context(model, i == last):
                 _weighted_backward(_forward_losses(model, mb, autocast), weights[mine][offsets[i] : offsets[i + 1]], world)
     elif reduction.needs_whole_step:
         with _sync_context(model, True):
-            mb_losses = _forward_losses(model, micro_batches[0], autocast)
+            mb_losses = _forward_losses(model, micro_batches[0], autocast, signals)
             losses = all_gather_cat(mb_losses.detach().float(), world)
-            weights = reduction.weights(losses, domains, step)
+            weights = weigh(losses)
             _weighted_backward(mb_losses, weights[mine], world)
     else:
         n_global = n_local * world.size
         collected = []
         for i, mb in enumerate(micro_batches):
             with _sync_context(model, i == last):
-                mb_losses = _forward_losses(model, mb, autocast)
+                mb_losses = _forward_losses(model, mb, autocast, signals)
                 _weighted_backward(mb_losses, torch.full_like(mb_losses, 1.0 / n_global), world)
             collected.append(mb_losses.detach().float())
         losses = all_gather_cat(torch.cat(collected), world)
-        weights = reduction.weights(losses, domains, step)
+        weights = weigh(losses)
         n_finite = int(torch.isfinite(losses).sum())
         if 0 < n_finite < n_global:  # linearity: rescale the 1/N gradient to 1/N_finite
             for param in model.parameters():

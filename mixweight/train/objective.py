@@ -1,0 +1,52 @@
+"""What one optimizer step computes: the seam where sample weights and domain methods plug in.
+
+The loop owns data, optimizer, clipping, logging and checkpoints; a `StepObjective`
+owns how the step's gradients are made. The default, `WeightedLoss`, reduces per-sample
+losses with a `SampleReduction` (the plain mean, LinUpper, ..., or DoReMi's domain-
+weighted objective). DoGE, which needs one backward per domain, is an objective of its own.
+An objective's state (domain weights, running averages) is saved in every checkpoint.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from mixweight.train.distributed import World
+from mixweight.train.step import SampleReduction, StepResult, accumulate_gradients
+
+
+class StepObjective(Protocol):
+    def compute_gradients(self, model, micro_batches: list[dict], step: int, world: World, autocast,
+                          lr: float) -> StepResult:
+        """Leave the step's gradients in `.grad`; `lr` is the learning rate this step will use."""
+
+    def state_dict(self) -> dict:
+        """JSON-serializable state, restored by `load_state_dict` on resume."""
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+    def step_metrics(self) -> dict:
+        """Extra fields for the latest step's metrics record (may be empty)."""
+
+
+class WeightedLoss:
+    """sum_i w_i * l_i over the step, with weights from a SampleReduction."""
+
+    def __init__(self, reduction: SampleReduction):
+        self.reduction = reduction
+
+    def compute_gradients(self, model, micro_batches, step, world, autocast, lr) -> StepResult:
+        return accumulate_gradients(model, micro_batches, self.reduction, step, world, autocast)
+
+    def state_dict(self) -> dict:
+        getter = getattr(self.reduction, "state_dict", None)
+        return getter() if getter is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        loader = getattr(self.reduction, "load_state_dict", None)
+        if loader is not None:
+            loader(state)
+
+    def step_metrics(self) -> dict:
+        getter = getattr(self.reduction, "step_metrics", None)
+        return getter() if getter is not None else {}

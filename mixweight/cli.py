@@ -72,6 +72,16 @@ def cmd_eval(args) -> None:
     print(json.dumps(result, indent=2))
 
 
+def cmd_compare(args) -> None:
+    from mixweight.report import compare_runs
+
+    weights = dict(item.split("=", 1) for item in args.weights) if args.weights else None
+    labels = args.labels.split(",") if args.labels else None
+    report = compare_runs(args.runs, args.out, weights_files=weights, corpus=args.data,
+                          labels=labels, baseline=args.baseline)
+    print(f"wrote {args.out}/report.md ({len(report['arms'])} arms, baseline {report['baseline']})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from mixweight.train.config import TrainConfig
 
@@ -109,6 +119,16 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", default=None, help="corpus directory (default: the run's)")
     evaluate.add_argument("--checkpoint", default=None, help="step-N or a path (default: the newest)")
     evaluate.set_defaults(func=cmd_eval)
+
+    compare = commands.add_parser("compare", help="tables and plots comparing finished runs")
+    compare.add_argument("runs", nargs="+", help="run directories; runs with the same --labels entry are seeds of one arm")
+    compare.add_argument("--out", required=True)
+    compare.add_argument("--labels", default=None, help="comma-separated arm name per run (default: directory names)")
+    compare.add_argument("--weights", action="append", default=None, metavar="METHOD=FILE",
+                         help="domain_weights.json to show (repeatable)")
+    compare.add_argument("--data", default=None, help="corpus directory (default: the runs')")
+    compare.add_argument("--baseline", default=None, help="arm whose final loss is the target (default: uniform, else the first)")
+    compare.set_defaults(func=cmd_compare)
     return parser
 
 

@@ -1,0 +1,177 @@
+"""`compare_runs`: finished runs in, `report.md` + `report.json` + PNG figures out.
+
+    run dirs -> arms (seeds grouped) -> same corpus? -> final numbers, curves, steps to the
+    baseline's loss, sample-weight diagnostics, domain weights -> figures -> report.json, report.md
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mixweight.errors import MixweightError
+from mixweight.jsonio import write_json_atomic
+from mixweight.report import figures, stats, tables
+from mixweight.report.mixtures import collect_mixtures
+from mixweight.report.runs import Arm, check_same_corpus, group_arms
+
+FORMAT = "mixweight-report/1"
+DEFAULT_BASELINE = "uniform"
+
+
+def _distinct(values) -> str:
+    seen = list(dict.fromkeys(str(v) for v in values))
+    return ", ".join(seen)
+
+
+def _model_name(spec) -> str:
+    spec = str(spec)
+    return Path(spec).stem if spec.endswith(".json") else spec
+
+
+def _weighting(config: dict) -> str:
+    kind = str(config.get("sample_weighting", "none"))
+    return kind if kind == "none" else f"{kind} (r={config.get('r')})"
+
+
+def _arm_info(arm: Arm) -> dict:
+    configs = [r.config for r in arm.runs]
+    return {
+        "runs": [str(r.path) for r in arm.runs],
+        "seeds": [c.get("seed") for c in configs],
+        "steps": [r.final.get("step", c.get("steps")) for r, c in zip(arm.runs, configs)],
+        "model": _distinct(_model_name(c.get("model")) for c in configs),
+        "domain_weights": _distinct(c.get("domain_weights") for c in configs),
+        "sample_weighting": _distinct(_weighting(c) for c in configs),
+    }
+
+
+def _baseline(names: list[str], baseline: str | None) -> str:
+    if baseline is None:
+        return DEFAULT_BASELINE if DEFAULT_BASELINE in names else names[0]
+    if baseline not in names:
+        raise MixweightError(f"compare: baseline arm '{baseline}' is not among the arms {names}")
+    return baseline
+
+
+def compare_runs(runs, out_dir, weights_files: dict | None = None, corpus=None, labels=None,
+                 baseline: str | None = None) -> dict:
+    """Compare finished runs; writes report.md, report.json and figures into `out_dir`.
+
+    runs: run directories (arm = directory name, or `labels[i]`; runs sharing a label are seeds
+    of one arm) or {arm name: [run dirs, one per seed]}. weights_files: {method: domain_weights.json}
+    shown side by side (default: the files the runs trained on). corpus: the corpus directory,
+    when the runs' configs do not point at it. baseline: the arm whose final average loss is the
+    target of "steps to target" (default: `uniform` if present, else the first arm).
+    Returns the report.json content.
+    """
+    arms = group_arms(runs, labels)
+    all_runs = [r for a in arms for r in a.runs]
+    manifest = check_same_corpus(all_runs, None if corpus is None else str(corpus))
+    domains = list(all_runs[0].final["domains"])
+    if manifest is not None and sorted(manifest.domains) == sorted(domains):
+        domains = list(manifest.domains)
+    irreducible = dict(manifest.irreducible_loss) if manifest is not None else {}
+    names = [a.name for a in arms]
+    base = _baseline(names, baseline)
+
+    finals = {a.name: stats.final_summary(a, domains, irreducible) for a in arms}
+    curves = {a.name: stats.eval_curves(a, domains) for a in arms}
+    speed = stats.speedups(curves, finals, base)
+    diagnostics = {a.name: d for a in arms if (d := stats.sample_weight_diagnostics(a)) is not None}
+    mixtures = collect_mixtures(arms, domains, manifest, weights_files)
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    figs = {"validation_curves": figures.validation_curves(out, curves, domains)}
+    if mixtures:
+        figs["domain_weights"] = figures.domain_weights_bars(out, mixtures, domains)
+    trajectories = {name: figures.weight_trajectory(out, name, m["trajectory"])
+                    for name, m in mixtures.items() if m["trajectory"] and m["trajectory"]["steps"]}
+    if diagnostics:
+        figs["sample_weights"] = figures.sample_weight_diagnostics(out, diagnostics)
+
+    report = {
+        "format": FORMAT,
+        "std": "sample standard deviation over seeds (ddof=1); 0 for one seed",
+        "corpus": {
+            "path": str(corpus) if corpus is not None else all_runs[0].corpus,
+            "config_hash": manifest.config_hash if manifest else None,
+            "domains": domains,
+            "irreducible_loss": {d: irreducible.get(d) for d in domains} if irreducible else None,
+        },
+        "baseline": base,
+        "arms": {a.name: {**_arm_info(a), "final": finals[a.name], "curve": curves[a.name]} for a in arms},
+        "steps_to_target": speed,
+        "sample_weights": diagnostics,
+        "domain_weights": mixtures,
+        "figures": {**figs, **{f"weights_trajectory:{k}": v for k, v in trajectories.items()}},
+    }
+    write_json_atomic(out / "report.json", report)
+    (out / "report.md").write_text(render_markdown(report, figs, trajectories))
+    return report
+
+
+def render_markdown(report: dict, figs: dict[str, str], trajectories: dict[str, str]) -> str:
+    arms, corpus, domains = report["arms"], report["corpus"], report["corpus"]["domains"]
+    finals = {name: arm["final"] for name, arm in arms.items()}
+    seeds = sum(len(arm["runs"]) for arm in arms.values())
+    speed = report["steps_to_target"]
+    parts = [
+        "# mixweight comparison",
+        f"Compared {len(arms)} arm(s) ({', '.join(arms)}) from {seeds} run(s); "
+        f"model {_distinct(a['model'] for a in arms.values())}; "
+        f"steps {_distinct(s for a in arms.values() for s in sorted(set(a['steps'])))}; "
+        f"corpus `{corpus['path']}` (config_hash {corpus['config_hash'] or 'unknown'}, {len(domains)} domains: "
+        f"{', '.join(domains)}). Baseline arm: `{report['baseline']}`. "
+        "Several seeds of an arm are shown as mean ± std (sample std over seeds).",
+        tables.arms_table(arms),
+        "## Final validation loss per domain",
+        "Token-weighted next-token cross-entropy (nats) on each domain's validation blocks, as in the "
+        "LinUpper paper's Table 1; *average* is the uniform mean over domains. Lower is better; the best "
+        "value of each column is in **bold**.",
+        tables.results_table(finals, domains, "loss"),
+        "## Final validation perplexity per domain",
+        "exp(loss); *average* is exp(average loss).",
+        tables.results_table(finals, domains, "perplexity"),
+    ]
+    if corpus["irreducible_loss"] and any(v is not None for v in corpus["irreducible_loss"].values()):
+        parts += ["## Gap to the irreducible loss (synthetic corpus)",
+                  "Final validation loss minus the domain's irreducible loss (the entropy of its generator, "
+                  "from manifest.json); 0 means nothing left to learn. Lower is better.",
+                  tables.gap_table(finals, domains, corpus["irreducible_loss"])]
+    base_steps = speed["baseline_steps"]
+    parts += [
+        "## Steps to reach the baseline's final loss",
+        f"Target: `{speed['baseline']}`'s final average validation loss, {tables.fmt(speed['target_average_loss'])} "
+        f"(mean over its seeds). Steps: the first step at which an arm's average validation loss (mean over "
+        "seeds, at the eval steps all seeds share) reaches the target, linearly interpolated between evaluations; "
+        f"the baseline itself reaches it at step {'n/a' if base_steps is None else tables.fmt(base_steps, 1)}. "
+        f"Ratio = {speed['baseline']}_steps / arm_steps, DoReMi's \"x fewer steps\" (> 1: faster than the baseline).",
+        tables.speedup_table(speed),
+    ]
+    mixtures = report["domain_weights"]
+    if mixtures:
+        parts += ["## Domain weights",
+                  "Sampling proportions of the domains: the corpus's natural mixture (train token counts) and "
+                  "each method's weights.",
+                  tables.weights_table(mixtures, domains),
+                  f"![domain weights]({figs['domain_weights']})"]
+        for name, path in trajectories.items():
+            parts += [f"### {name}: weights during the proxy run", f"![{name} trajectory]({path})"]
+        without = [n for n, m in mixtures.items() if m["method"].get("name") not in ("natural", "uniform")
+                   and n not in trajectories]
+        if without:
+            parts.append(f"No trajectory recorded for: {', '.join(without)}.")
+    if report["sample_weights"]:
+        parts += ["## Sample-weight diagnostics",
+                  "For arms that reweight samples: max_i(w_i)·N per logged step (the convergence theorem needs "
+                  "≤ 2; LinUpper does not enforce it) and the effective sample size (1/Σw²)/N (1 = plain mean).",
+                  tables.diagnostics_table(report["sample_weights"]),
+                  f"![sample-weight diagnostics]({figs['sample_weights']})"]
+    else:
+        parts += ["## Sample-weight diagnostics", "No arm reweights samples (all train on the plain mean loss)."]
+    parts += ["## Validation curves",
+              "Validation loss per domain and the uniform average during training, a line per arm "
+              "(band: ± std over seeds).",
+              f"![validation curves]({figs['validation_curves']})"]
+    return "\n\n".join(parts) + "\n"

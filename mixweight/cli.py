@@ -72,6 +72,40 @@ def cmd_eval(args) -> None:
     print(json.dumps(result, indent=2))
 
 
+def cmd_weights_doremi(args) -> None:
+    from mixweight.config import load_config
+    from mixweight.domain.doremi_run import DoReMiConfig, run_doremi
+
+    result = run_doremi(load_config(DoReMiConfig, args.config, _overrides(args, DoReMiConfig)))
+    print(json.dumps({"method": "doremi", "weights": result.as_dict()}))
+
+
+def cmd_weights_doge(args) -> None:
+    from mixweight.config import load_config
+    from mixweight.domain.doge_run import DoGEConfig, run_doge
+
+    result = run_doge(load_config(DoGEConfig, args.config, _overrides(args, DoGEConfig)))
+    print(json.dumps({"method": "doge", "weights": result.as_dict()}))
+
+
+def cmd_weights_export(args) -> None:
+    from mixweight.domain.artifact import load_domain_weights
+    from mixweight.domain.export import export_weights
+
+    print(export_weights(load_domain_weights(args.file), args.format))
+
+
+def cmd_pipeline(args) -> None:
+    import dataclasses
+
+    from mixweight.pipeline import load_pipeline_config, run_pipeline
+
+    config = load_pipeline_config(args.config)
+    if args.progress is not None:
+        config = dataclasses.replace(config, progress=args.progress)
+    run_pipeline(config, args.out)
+
+
 def cmd_compare(args) -> None:
     from mixweight.report import compare_runs
 
@@ -114,6 +148,27 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(train, TrainConfig)
     train.set_defaults(func=cmd_train)
 
+    weights = commands.add_parser("weights", help="domain weights: compute (doremi, doge) or export")
+    weights_commands = weights.add_subparsers(dest="weights_command", required=True)
+    for name, cls_path, func in (("doremi", "mixweight.domain.doremi_run:DoReMiConfig", cmd_weights_doremi),
+                                 ("doge", "mixweight.domain.doge_run:DoGEConfig", cmd_weights_doge)):
+        module, cls_name = cls_path.split(":")
+        cls = getattr(__import__(module, fromlist=[cls_name]), cls_name)
+        method = weights_commands.add_parser(name, help=f"{name} domain weights from a proxy model")
+        method.add_argument("--config", default=None, help="YAML file with any of the keys below")
+        _add_config_flags(method, cls)
+        method.set_defaults(func=func)
+    export = weights_commands.add_parser("export", help="print a weights file for other trainers")
+    export.add_argument("file")
+    export.add_argument("--format", required=True, choices=["streams-yaml", "megatron", "json"])
+    export.set_defaults(func=cmd_weights_export)
+
+    pipeline = commands.add_parser("pipeline", help="the main job: weights, arms and report from one YAML")
+    pipeline.add_argument("config")
+    pipeline.add_argument("--out", required=True)
+    pipeline.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    pipeline.set_defaults(func=cmd_pipeline)
+
     evaluate = commands.add_parser("eval", help="per-domain validation loss of a run's checkpoint")
     evaluate.add_argument("run")
     evaluate.add_argument("--data", default=None, help="corpus directory (default: the run's)")
@@ -134,8 +189,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    from mixweight.train.distributed import close_world, init_world
+
+    # Under torchrun, one process group serves every stage of the command (a DoReMi run trains twice).
+    world = init_world()
     try:
         args.func(args)
     except MixweightError as exc:
         print(f"mixweight: error: {exc}", file=sys.stderr)
         sys.exit(2)
+    finally:
+        close_world(world)

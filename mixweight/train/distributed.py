@@ -18,6 +18,7 @@ class World:
     rank: int = 0
     size: int = 1
     local_rank: int = 0
+    owns_group: bool = False  # this World created the process group, so closing it is ours to do
 
     @property
     def is_main(self) -> bool:
@@ -32,22 +33,24 @@ def init_world() -> World:
     """Join the process group torchrun describes in the environment (gloo on CPU, nccl on GPU)."""
     if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) == 1:
         return World()
-    if not dist.is_initialized():
+    created = not dist.is_initialized()
+    if created:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend=backend)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
-    return World(rank=dist.get_rank(), size=dist.get_world_size(), local_rank=local_rank)
+    return World(rank=dist.get_rank(), size=dist.get_world_size(), local_rank=local_rank, owns_group=created)
 
 
 def close_world(world: World) -> None:
-    if world.distributed and dist.is_initialized():
+    """Close the process group if this World opened it (a caller running several stages keeps its own)."""
+    if world.owns_group and dist.is_initialized():
         dist.destroy_process_group()
 
 
 def all_gather_cat(tensor: torch.Tensor, world: World) -> torch.Tensor:
-    """Concatenate equal-length 1-D tensors from all ranks in rank order (the global batch order)."""
+    """Concatenate equal-shaped tensors from all ranks along dim 0, in rank order (the global batch order)."""
     if not world.distributed:
         return tensor
     parts = [torch.empty_like(tensor) for _ in range(world.size)]

@@ -1,0 +1,190 @@
+"""DoReMi (Xie et al., 2023): the Group DRO domain-weight update and the proxy's step reduction.
+
+ALGORITHMS.md section 2. Per optimizer step t of the proxy:
+
+    lambda_t[i] = token-average of max(l_proxy - l_ref, 0) over domain i's tokens in the
+                  global batch (all ranks, all micro-batches); absent domains keep lambda_{t-1}[i]
+    alpha_t     = (1 - c) * softmax(log alpha_{t-1} + eta * lambda_t) + c / k
+    loss        = sum_i alpha_t[i] * (mean token loss of domain i in the batch)      ("paper")
+               or sum_tok (alpha_t[d]/s[d]) * l_tok / sum_tok (alpha_t[d]/s[d])        ("token")
+
+alpha_t is computed from detached statistics before the parameter step. The output is
+the average of alpha_1..alpha_T (alpha_0, the uniform start, is not counted: the paper's
+(1/T) sum_{t=1}^T alpha_t; the reference code also counts alpha_0, which only pulls the
+average towards uniform by 1/(T+1)).
+
+Everything is exact under gradient accumulation and torchrun: each sample's signal is
+[sum of clipped excess over its counted tokens, number of counted tokens], which the step
+gathers across micro-batches and ranks, so per-domain token averages are global.
+All domain-weight arithmetic is float64, so the JSON state round-trips exactly.
+"""
+
+from __future__ import annotations
+
+import warnings
+from contextlib import nullcontext
+
+import torch
+import torch.nn.functional as F
+
+from mixweight.errors import MixweightError
+from mixweight.train.loss import IGNORE_INDEX
+
+OBJECTIVES = ("paper", "token")
+MISSING_WARN_FRACTION = 0.1  # warn when a domain is absent from more than this share of steps
+MISSING_WARN_MIN_STEPS = 20  # ... once at least this many steps were seen
+
+
+def doremi_update(alpha: torch.Tensor, excess: torch.Tensor, eta: float, smoothing: float) -> torch.Tensor:
+    """alpha' = (1 - c) * softmax(log alpha + eta * lambda) + c / k (exponentiated gradient + smoothing)."""
+    k = alpha.numel()
+    mixed = torch.softmax(torch.log(alpha) + eta * excess, dim=0)
+    return (1.0 - smoothing) * mixed + smoothing / k
+
+
+def per_token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next-token cross-entropy per position [B, T-1] (0 where ignored) and the counted-token mask."""
+    shift_logits = logits[:, :-1, :].float()
+    shift_labels = labels[:, 1:]
+    loss = F.cross_entropy(shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1),
+                           ignore_index=IGNORE_INDEX, reduction="none").view(shift_labels.shape)
+    return loss, shift_labels != IGNORE_INDEX
+
+
+def objective_weights(alpha: torch.Tensor, domains: torch.Tensor, counts: torch.Tensor, valid: torch.Tensor,
+                      objective: str, sampling_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-sample weights (sum 1 over valid samples) that turn sum_s w_s * l_s into the proxy objective.
+
+    l_s is sample s's mean token loss and n_s its counted tokens; C_i = sum of n_s over domain i.
+    - paper: sum_i alpha'[i] * (token-mean loss of domain i) -> w_s = alpha'[d_s] * n_s / C_{d_s}, where
+      alpha' is alpha renormalized over the domains present in the batch (an absent domain has no
+      loss term; renormalizing keeps the weights summing to 1). Equal lengths: alpha'[d] / n_d(batch).
+    - token: the reference code's token-weighted mean with per-token weight v_d = alpha[d] / s[d]
+      (s: sampling proportions, uniform for the proxy) -> w_s = v_{d_s} n_s / sum_s' v_{d_s'} n_s'.
+    """
+    k = alpha.numel()
+    counts = torch.where(valid, counts, torch.zeros_like(counts))
+    per_domain = torch.zeros(k, dtype=torch.float64).index_add_(0, domains, counts)
+    if objective == "paper":
+        present = per_domain > 0
+        renormalized = torch.where(present, alpha, torch.zeros_like(alpha))
+        renormalized = renormalized / renormalized.sum()
+        weights = renormalized[domains] * counts / per_domain[domains].clamp(min=1e-300)
+    elif objective == "token":
+        scale = alpha if sampling_weights is None else alpha / sampling_weights
+        per_sample = scale[domains] * counts
+        weights = per_sample / per_sample.sum().clamp(min=1e-300)
+    else:
+        raise MixweightError(f"doremi: objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+    return torch.where(valid, weights, torch.zeros_like(weights))
+
+
+class DoReMiReduction:
+    """The DoReMi proxy's SampleReduction: excess-loss signal, alpha update, domain-weighted objective."""
+
+    needs_whole_step = True
+
+    def __init__(self, reference: torch.nn.Module, domains: list[str], eta: float = 1.0, smoothing: float = 1e-3,
+                 objective: str = "paper", log_every: int = 10, total_steps: int | None = None):
+        if objective not in OBJECTIVES:
+            raise MixweightError(f"doremi: objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+        self.reference = reference.eval().requires_grad_(False) if reference is not None else None
+        self.domains = list(domains)
+        self.eta, self.smoothing, self.objective = float(eta), float(smoothing), objective
+        self.log_every, self.total_steps = int(log_every), total_steps
+        k = len(self.domains)
+        self.alpha = torch.full((k,), 1.0 / k, dtype=torch.float64)
+        self.excess = torch.zeros(k, dtype=torch.float64)
+        self.alpha_sum = torch.zeros(k, dtype=torch.float64)
+        self.updates = 0  # number of alpha_t summed into alpha_sum
+        self.missing = [0] * k  # steps in which each domain was absent from the global batch
+        self.warned_missing = False
+        self.trajectory: list[dict] = []
+
+    # --- the step hooks --------------------------------------------------------------
+    @torch.no_grad()
+    def sample_signal(self, input_ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """[B, 2]: per sample, the sum of max(l_proxy - l_ref, 0) over counted tokens, and their count."""
+        if self.reference is None:
+            raise MixweightError("doremi: this reduction has no reference model (it was built for state only)")
+        if next(self.reference.parameters()).device != input_ids.device:
+            self.reference.to(input_ids.device)
+        use_bf16 = input_ids.device.type == "cuda" and logits.dtype == torch.bfloat16
+        with torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else nullcontext():  # as the proxy
+            ref_logits = self.reference(input_ids=input_ids).logits
+        proxy_loss, mask = per_token_losses(logits, input_ids)
+        ref_loss, _ = per_token_losses(ref_logits, input_ids)
+        excess = torch.clamp(proxy_loss - ref_loss, min=0.0) * mask
+        return torch.stack([excess.sum(dim=1), mask.sum(dim=1).float()], dim=1)
+
+    def weights(self, losses: torch.Tensor, domains: torch.Tensor, step: int,
+                signal: torch.Tensor | None = None) -> torch.Tensor:
+        if signal is None:
+            raise MixweightError("doremi: the step passed no sample signal; DoReMiReduction needs sample_signal")
+        signal = signal.detach().to("cpu", torch.float64)
+        domains = domains.detach().cpu().long()
+        excess_sum, counts = signal[:, 0], signal[:, 1]
+        valid = torch.isfinite(losses.detach().cpu()) & torch.isfinite(excess_sum) & (counts > 0)
+        k = len(self.domains)
+        zero = torch.zeros_like(excess_sum)
+        domain_excess = torch.zeros(k, dtype=torch.float64).index_add_(0, domains, torch.where(valid, excess_sum, zero))
+        domain_tokens = torch.zeros(k, dtype=torch.float64).index_add_(0, domains, torch.where(valid, counts, zero))
+        present = domain_tokens > 0
+        self.excess = torch.where(present, domain_excess / domain_tokens.clamp(min=1.0), self.excess)
+        self._count_missing(present)
+        self.alpha = doremi_update(self.alpha, self.excess, self.eta, self.smoothing)
+        self.alpha_sum += self.alpha
+        self.updates += 1
+        done = step + 1
+        if done % self.log_every == 0 or done == self.total_steps:
+            self.trajectory.append({"step": done, "weights": self.alpha.tolist(), "signal": self.excess.tolist()})
+        if not valid.any():
+            return torch.zeros(len(losses), dtype=torch.float32, device=losses.device)
+        weights = objective_weights(self.alpha, domains, counts, valid, self.objective)
+        return weights.to(device=losses.device, dtype=torch.float32)
+
+    def _count_missing(self, present: torch.Tensor) -> None:
+        for i, here in enumerate(present.tolist()):
+            self.missing[i] += 0 if here else 1
+        steps = self.updates + 1
+        if self.warned_missing or steps < MISSING_WARN_MIN_STEPS:
+            return
+        often = [d for d, m in zip(self.domains, self.missing) if m > MISSING_WARN_FRACTION * steps]
+        if often:
+            self.warned_missing = True
+            warnings.warn(
+                f"doremi: domain(s) {often} were absent from more than {MISSING_WARN_FRACTION:.0%} of the steps' "
+                f"global batches so far; their excess loss goes stale and weights can collapse. The batch is too "
+                f"small for {len(self.domains)} domains: raise batch_size or grad_accum",
+                stacklevel=2,
+            )
+
+    # --- results -----------------------------------------------------------------------
+    def average_weights(self) -> list[float]:
+        """(1/T) sum_{t=1}^T alpha_t; alpha_0 (uniform) before any update."""
+        if self.updates == 0:
+            return self.alpha.tolist()
+        return (self.alpha_sum / self.updates).tolist()
+
+    def step_metrics(self) -> dict:
+        return {"domain_weights": dict(zip(self.domains, self.alpha.tolist())),
+                "excess_loss": dict(zip(self.domains, self.excess.tolist()))}
+
+    # --- checkpoint state (JSON) ---------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"domains": list(self.domains), "alpha": self.alpha.tolist(), "excess": self.excess.tolist(),
+                "alpha_sum": self.alpha_sum.tolist(), "updates": self.updates, "missing": list(self.missing),
+                "warned_missing": self.warned_missing, "trajectory": [dict(e) for e in self.trajectory]}
+
+    def load_state_dict(self, state: dict) -> None:
+        if not state:
+            return
+        if state.get("domains") != self.domains:
+            raise MixweightError(f"doremi: checkpoint state is for domains {state.get('domains')}, this run has {self.domains}")
+        self.alpha = torch.tensor(state["alpha"], dtype=torch.float64)
+        self.excess = torch.tensor(state["excess"], dtype=torch.float64)
+        self.alpha_sum = torch.tensor(state["alpha_sum"], dtype=torch.float64)
+        self.updates = int(state["updates"])
+        self.missing = [int(m) for m in state["missing"]]
+        self.warned_missing = bool(state["warned_missing"])
+        self.trajectory = [dict(e) for e in state["trajectory"]]

@@ -1,0 +1,243 @@
+"""`mixweight weights doremi`: reference run -> DoReMi proxy run -> domain_weights.json.
+
+    for each round r:
+        reference: train(domain_weights = reference_weights | round r-1's weights)   (or reuse --reference)
+        proxy:     train(domain_weights = uniform, objective = DoReMi over the reference)
+        weights_r: the proxy's average alpha
+    -> <out> (the last round's weights, trajectory, provenance) + <stem>_trajectory.png, <stem>_bars.png
+
+Every run lives in `work_dir` (default `<out stem>.work/` next to `out`): a finished run is
+reused, an interrupted one is resumed from its newest checkpoint, so re-running the same
+command continues where it stopped. The weights file holds no timestamps and no paths of
+the run directories: the same seed and config give the same bytes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import yaml
+from transformers import AutoModelForCausalLM
+
+import mixweight
+from mixweight.config import require
+from mixweight.data.manifest import Manifest, load_manifest
+from mixweight.data.synthetic import resolve_corpus
+from mixweight.domain.artifact import DomainWeights, resolve_proportions
+from mixweight.domain.doremi import OBJECTIVES, DoReMiReduction
+from mixweight.errors import MixweightError
+from mixweight.train import checkpoint as ckpt
+from mixweight.train.config import TrainConfig, _f
+from mixweight.train.loop import RESUMABLE_CHANGES, train
+from mixweight.train.model import load_spec
+from mixweight.train.objective import WeightedLoss
+
+# Keys that do not change the weights: left out of the provenance's config hash.
+UNHASHED = ("out", "work_dir", "progress", "data")
+
+
+@dataclass
+class DoReMiConfig:
+    data: str = _f(None, "corpus directory (made by `mixweight data synth` or `data prepare`), or `synthetic`")
+    out: str = _f(None, "the domain weights JSON file to write")
+    proxy: str = _f("gpt2-tiny", "model spec of the reference and proxy models (a name in proxies/ or an HF config JSON)")
+    reference: Optional[str] = _f(None, "a finished reference run directory to reuse in round 1 (trained on this corpus)")
+    reference_weights: str = _f("natural", "domain weights the reference is trained on: natural, uniform or a weights JSON file")
+    steps: int = _f(200, "optimizer steps of each proxy run")
+    reference_steps: Optional[int] = _f(None, "optimizer steps of each reference run (default: steps)")
+    eta: float = _f(1.0, "step size of the exponentiated-gradient update of the domain weights (0.1 if they collapse)")
+    smoothing: float = _f(1e-3, "smoothing c: mix c/k of uniform into the domain weights at every update")
+    rounds: int = _f(1, "iterated DoReMi: round r+1 trains a new reference on round r's weights")
+    objective: str = _f("paper", "proxy loss: paper (sum_i alpha_i * mean loss of domain i) or token (reference code's token-weighted mean)")
+    batch_size: int = _f(32, "sequences per micro-batch on each process (the global batch should cover every domain)")
+    grad_accum: int = _f(1, "micro-batches accumulated per optimizer step")
+    lr: float = _f(1e-3, "peak learning rate (after warmup)")
+    final_lr: float = _f(1e-4, "learning rate at the last step (cosine decay target)")
+    warmup_steps: int = _f(20, "linear warmup steps from 0 to lr")
+    seed: int = _f(0, "seed for model init and data order (reference and proxy)")
+    work_dir: Optional[str] = _f(None, "directory of the reference and proxy runs (default: <out stem>.work/ next to out)")
+    log_every: int = _f(10, "record the domain weights in the trajectory and metrics every N steps")
+    checkpoint_every: int = _f(100, "save reference and proxy checkpoints every N steps (for resuming)")
+    progress: bool = _f(True, "show progress bars (only on a terminal)")
+
+    def validate(self) -> None:
+        require(self.data is not None, "weights doremi: --data is required (a corpus directory)")
+        require(self.out is not None, "weights doremi: --out is required (the weights JSON file to write)")
+        for name in ("steps", "rounds", "batch_size", "grad_accum", "log_every", "checkpoint_every"):
+            value = getattr(self, name)
+            require(value > 0, f"weights doremi: '{name}' must be a positive integer, got {value}")
+        require(self.reference_steps is None or self.reference_steps > 0,
+                f"weights doremi: 'reference_steps' must be a positive integer, got {self.reference_steps}")
+        require(self.eta > 0, f"weights doremi: 'eta' must be > 0, got {self.eta}")
+        require(0 <= self.smoothing < 1, f"weights doremi: 'smoothing' must be in [0, 1), got {self.smoothing}")
+        require(self.objective in OBJECTIVES,
+                f"weights doremi: 'objective' must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        require(self.lr > 0, f"weights doremi: 'lr' must be > 0, got {self.lr}")
+        require(0 <= self.final_lr <= self.lr, f"weights doremi: 'final_lr' must be in [0, lr={self.lr}], got {self.final_lr}")
+        require(self.warmup_steps >= 0, f"weights doremi: 'warmup_steps' must be >= 0, got {self.warmup_steps}")
+        require(self.reference_weights in ("natural", "uniform") or Path(self.reference_weights).is_file(),
+                f"weights doremi: 'reference_weights' must be natural, uniform or a weights JSON file; "
+                f"{self.reference_weights!r} is none of these")
+        require(self.reference is None or Path(self.reference).is_dir(),
+                f"weights doremi: 'reference' {self.reference!r} is not a run directory")
+
+    def resolved_work_dir(self) -> Path:
+        out = Path(self.out)
+        return Path(self.work_dir) if self.work_dir else out.with_name(f"{out.stem}.work")
+
+
+def config_hash(config: DoReMiConfig, manifest: Manifest) -> str:
+    """sha256 of the config's weight-determining keys, with the corpus named by its own config hash."""
+    values = {k: v for k, v in dataclasses.asdict(config).items() if k not in UNHASHED}
+    values["corpus_config_hash"] = manifest.config_hash
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
+
+
+def _is_main() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _train_config(config: DoReMiConfig, corpus: str, out: Path, steps: int, domain_weights: str) -> TrainConfig:
+    train_config = TrainConfig(
+        data=corpus, out=str(out), model=config.proxy, steps=steps, batch_size=config.batch_size,
+        grad_accum=config.grad_accum, lr=config.lr, final_lr=config.final_lr, warmup_steps=config.warmup_steps,
+        seed=config.seed, domain_weights=domain_weights, eval_every=0, checkpoint_every=config.checkpoint_every,
+        log_every=config.log_every, progress=config.progress,
+    )
+    train_config.validate()
+    return train_config
+
+
+def _train_or_reuse(config: TrainConfig, objective=None) -> None:
+    """Train, resume an interrupted run, or reuse a finished run made with the same config."""
+    run_dir = Path(config.out)
+    latest = ckpt.latest_checkpoint(run_dir)
+    if latest is not None and (run_dir / "eval.json").is_file() and ckpt.read_state(latest)["step"] == config.steps:
+        saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+        current = dataclasses.asdict(config)
+        changed = sorted(k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k])
+        if changed:
+            details = ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed)
+            raise MixweightError(f"{run_dir}: a finished run with a different config ({details}); "
+                                 "delete it or choose another work_dir")
+        return
+    train(dataclasses.replace(config, resume=latest is not None), objective)
+
+
+def check_reference_run(run_dir: str | Path, corpus: str, manifest: Manifest) -> Path:
+    """The reference run's newest checkpoint, after checking it was trained on this corpus and vocabulary."""
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.yaml"
+    latest = ckpt.latest_checkpoint(run_dir)
+    if not config_path.is_file() or latest is None:
+        raise MixweightError(f"reference run {run_dir}: needs config.yaml and a checkpoint (a `mixweight train` run directory)")
+    model_config = json.loads((latest / "model" / "config.json").read_text())
+    if model_config.get("vocab_size") != manifest.vocab_size:
+        raise MixweightError(
+            f"reference run {run_dir}: its model has vocab_size {model_config.get('vocab_size')}, the corpus {corpus} "
+            f"has {manifest.vocab_size} (tokenizer {manifest.tokenizer.get('fingerprint')}); train the reference on this corpus"
+        )
+    saved = yaml.safe_load(config_path.read_text()) or {}
+    their_corpus = resolve_corpus(str(saved.get("data")), is_main=False)
+    try:
+        theirs = load_manifest(their_corpus)
+    except MixweightError:
+        warnings.warn(f"reference run {run_dir}: its corpus {their_corpus} cannot be read; "
+                      f"cannot check that it is the same corpus as {corpus}", stacklevel=2)
+        return latest
+    if theirs.config_hash != manifest.config_hash or theirs.vocab_size != manifest.vocab_size:
+        raise MixweightError(
+            f"reference run {run_dir}: trained on corpus {their_corpus} (config_hash {theirs.config_hash[:12]}, "
+            f"vocab {theirs.vocab_size}), but DoReMi runs on corpus {corpus} (config_hash {manifest.config_hash[:12]}, "
+            f"vocab {manifest.vocab_size}); the reference must be trained on the same corpus"
+        )
+    return latest
+
+
+def _load_reference(run_dir: Path):
+    latest = ckpt.latest_checkpoint(run_dir)
+    if latest is None:
+        raise MixweightError(f"reference run {run_dir}: no checkpoint to load")
+    return AutoModelForCausalLM.from_pretrained(str(latest / "model"))
+
+
+def _l1(a: list[float], b: list[float]) -> float:
+    return sum(abs(x - y) for x, y in zip(a, b))
+
+
+def run_doremi(config: DoReMiConfig) -> DomainWeights:
+    """Compute DoReMi domain weights (ALGORITHMS.md section 2) and write them to `config.out`."""
+    config.validate()
+    corpus = resolve_corpus(config.data, _is_main())
+    manifest = load_manifest(corpus)
+    resolve_proportions(manifest, config.reference_weights)  # a bad weights file fails before any training
+    work = config.resolved_work_dir()
+    if _is_main():
+        work.mkdir(parents=True, exist_ok=True)
+        (work / "doremi_config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
+    reference_steps = config.reference_steps or config.steps
+
+    history: list[dict] = []
+    weights_spec = config.reference_weights
+    reduction = None
+    for r in range(config.rounds):
+        round_dir = work / f"round-{r}"
+        if r == 0 and config.reference is not None:
+            check_reference_run(config.reference, corpus, manifest)
+            reference_run = Path(config.reference)
+        else:
+            reference_run = round_dir / "reference"
+            _train_or_reuse(_train_config(config, corpus, reference_run, reference_steps, weights_spec))
+        reduction = DoReMiReduction(_load_reference(reference_run), manifest.domains, config.eta, config.smoothing,
+                                    config.objective, config.log_every, total_steps=config.steps)
+        proxy_run = round_dir / "proxy"
+        _train_or_reuse(_train_config(config, corpus, proxy_run, config.steps, "uniform"), WeightedLoss(reduction))
+        # the finished run's saved state: the same whether the proxy was trained now, resumed or reused
+        reduction.load_state_dict(ckpt.read_state(ckpt.latest_checkpoint(proxy_run)).get("objective", {}))
+        weights = reduction.average_weights()
+        l1 = _l1(weights, history[-1]["weights"]) if history else None
+        history.append({"round": r + 1, "weights": weights, "l1_to_previous": l1})
+        if _is_main():
+            summary = ", ".join(f"{d} {w:.3f}" for d, w in zip(manifest.domains, weights))
+            change = f"; L1 to round {r}: {l1:.4f}" if l1 is not None else ""
+            print(f"mixweight doremi: round {r + 1}/{config.rounds}: {summary}{change}", flush=True)
+        if r + 1 < config.rounds:
+            weights_file = round_dir / "weights.json"
+            if _is_main():
+                DomainWeights(domains=list(manifest.domains), weights=weights).write(weights_file)
+            weights_spec = str(weights_file)
+
+    result = DomainWeights(
+        domains=list(manifest.domains),
+        weights=history[-1]["weights"],
+        last_weights=reduction.alpha.tolist(),
+        method={"name": "doremi", "eta": config.eta, "smoothing": config.smoothing, "objective": config.objective,
+                "rounds": config.rounds, "steps": config.steps, "reference_steps": reference_steps,
+                "reference_weights": config.reference_weights, "average": "mean of alpha_1..alpha_T (alpha_0 not counted)",
+                "rounds_history": [{"round": h["round"], "weights": dict(zip(manifest.domains, h["weights"])),
+                                    "l1_to_previous": h["l1_to_previous"]} for h in history]},
+        trajectory=[{"step": e["step"], "weights": e["weights"], "signal": e["signal"]} for e in reduction.trajectory],
+        provenance={"seed": config.seed, "config_hash": config_hash(config, manifest),
+                    "proxy": {"name": config.proxy, "spec": load_spec(config.proxy)},
+                    "tokenizer_fingerprint": manifest.tokenizer.get("fingerprint"),
+                    "domain_token_counts": manifest.train_tokens(),
+                    "corpus": str(Path(corpus).resolve()), "corpus_config_hash": manifest.config_hash,
+                    "stream_paths": {d: manifest.splits["train"][d].path for d in manifest.domains},
+                    "mixweight_version": mixweight.__version__},
+    )
+    if _is_main():
+        from mixweight.domain.plots import plot_trajectory, plot_weights_vs_natural
+
+        out = Path(config.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        result.write(out)
+        plot_trajectory(result, out.with_name(f"{out.stem}_trajectory.png"))
+        plot_weights_vs_natural(result, manifest.natural_weights(), out.with_name(f"{out.stem}_bars.png"))
+    return result

@@ -1,0 +1,49 @@
+"""Domain weights in the formats other trainers take: llm-foundry streams, Megatron --data-path, plain JSON.
+
+Registry of name -> pure function (DomainWeights -> str). Stream paths come from the
+artifact's provenance (`corpus` and `stream_paths`, written by mixweight's weight runs);
+a hand-written weights file has none, so a placeholder path marks where to fill them in.
+"""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+
+from mixweight.domain.artifact import DomainWeights
+from mixweight.errors import MixweightError
+
+PLACEHOLDER_CORPUS = "/path/to/corpus"
+
+
+def stream_paths(weights: DomainWeights) -> dict[str, str]:
+    """Each domain's training stream: <corpus>/<manifest path>, or a placeholder when the corpus is unknown."""
+    corpus = weights.provenance.get("corpus") or PLACEHOLDER_CORPUS
+    known = weights.provenance.get("stream_paths") or {}
+    return {d: f"{corpus.rstrip('/')}/{known.get(d, f'train/{d}')}" for d in weights.domains}
+
+
+def to_streams_yaml(weights: DomainWeights) -> str:
+    paths = stream_paths(weights)
+    streams = {d: {"local": paths[d], "proportion": w} for d, w in zip(weights.domains, weights.weights)}
+    header = "" if weights.provenance.get("corpus") else f"# fill in the corpus location: {PLACEHOLDER_CORPUS} is a placeholder\n"
+    return header + yaml.safe_dump({"streams": streams}, sort_keys=False)
+
+
+def to_megatron(weights: DomainWeights) -> str:
+    paths = stream_paths(weights)
+    return " ".join(f"{w!r} {paths[d]}" for d, w in zip(weights.domains, weights.weights)) + "\n"
+
+
+def to_json(weights: DomainWeights) -> str:
+    return json.dumps(weights.as_dict(), indent=2) + "\n"
+
+
+FORMATS = {"streams-yaml": to_streams_yaml, "megatron": to_megatron, "json": to_json}
+
+
+def export_weights(weights: DomainWeights, fmt: str) -> str:
+    if fmt not in FORMATS:
+        raise MixweightError(f"weights export: unknown format {fmt!r}; valid formats: {', '.join(FORMATS)}")
+    return FORMATS[fmt](weights)

@@ -11,6 +11,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from mixweight.data.streams import verify_stream
 from mixweight.errors import MixweightError
 from mixweight.jsonio import write_json_atomic
 
@@ -112,9 +113,16 @@ def load_manifest(corpus_dir: str | Path) -> Manifest:
     for split in SPLITS:
         for domain in manifest.domains:
             stream = manifest.stream_dir(corpus_dir, split, domain)
+            where = f"{path}: domain '{domain}' ({split})"
             if not (stream / "index.json").is_file():
                 raise MixweightError(
-                    f"{path}: domain '{domain}' ({split}) should be an MDS stream at {stream}, "
-                    f"but {stream / 'index.json'} is missing; re-create the corpus"
+                    f"{where} should be an MDS stream at {stream}, but {stream / 'index.json'} is missing; "
+                    "re-create the corpus"
                 )
+            samples = verify_stream(stream, where)
+            if split == "train" and samples == 0:
+                raise MixweightError(f"{where} is empty: no training blocks; drop the domain or add data")
+            if samples != manifest.splits[split][domain].blocks:
+                raise MixweightError(f"{where}: the stream holds {samples} blocks, the manifest says "
+                                     f"{manifest.splits[split][domain].blocks}; re-create the corpus")
     return manifest

@@ -9,12 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable
 
+import json
+
 import numpy as np
 from streaming import MDSWriter
 from streaming.base.format import reader_from_json
 from streaming.base.format.index import get_index_basename
 
-import json
+from mixweight.errors import MixweightError
 
 # Shards of 32 MiB keep the file count low for big corpora and small for tiny ones.
 SHARD_SIZE_LIMIT = 1 << 25
@@ -37,6 +39,34 @@ def write_stream(out_dir: str | Path, blocks: Iterable[np.ndarray], domain_id: i
             writer.write({"tokens": block.astype(dtype, copy=False), "domain": np.int32(domain_id)})
             count += 1
     return count
+
+
+def verify_stream(stream_dir: str | Path, where: str) -> int:
+    """Check a local stream's shards against its index (present, complete); returns its sample count.
+
+    Size checks are cheap and catch truncated or missing shards before training starts,
+    where mosaicml-streaming would fail later inside a background thread.
+    """
+    stream_dir = Path(stream_dir)
+    index_path = stream_dir / get_index_basename()
+    try:
+        index = json.loads(index_path.read_text())
+        shards = index["shards"]
+    except (OSError, json.JSONDecodeError, KeyError) as exc:
+        raise MixweightError(f"{where}: cannot read the stream index {index_path} ({exc}); re-create the corpus") from exc
+    samples = 0
+    for shard in shards:
+        raw = shard["raw_data"]
+        path = stream_dir / raw["basename"]
+        if not path.is_file():
+            raise MixweightError(f"{where}: shard {path} is missing; re-create the corpus")
+        if path.stat().st_size != raw["bytes"]:
+            raise MixweightError(
+                f"{where}: shard {path} has {path.stat().st_size} bytes, its index says {raw['bytes']}: "
+                "the shard is truncated or corrupted; re-create the corpus"
+            )
+        samples += shard["samples"]
+    return samples
 
 
 def read_stream(stream_dir: str | Path, limit: int | None = None) -> np.ndarray:

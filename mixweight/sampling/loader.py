@@ -1,9 +1,17 @@
-"""The training data: one mosaicml-streaming `Stream` per domain, mixed by domain weights.
+"""The training data of one mixture phase: one mosaicml-streaming `Stream` per domain.
 
 `MixtureLoader` yields micro-batches ``{"input_ids": [B, L], "domain": [B]}`` for this
 process. Its state (epoch, samples consumed in the epoch) goes into every checkpoint;
 mosaicml-streaming's deterministic shuffle turns that state back into exactly the
-sample sequence an uninterrupted run would have seen.
+sample sequence an uninterrupted run would have seen, also across epoch boundaries.
+
+Proportions are fixed when the dataset is built (mosaicml-streaming picks
+``round(epoch_size * proportion)`` samples per stream per epoch, then shuffles them
+together); `mixweight.sampling.mixture` rebuilds one of these per schedule phase.
+
+A domain with weight 0 is never sampled: its stream is left out (mosaicml-streaming
+does not take a proportion of 0). Domain ids stay right because every sample carries
+its own ``domain`` field, written by `mixweight.data.streams`.
 """
 
 from __future__ import annotations
@@ -16,16 +24,28 @@ from torch.utils.data import DataLoader
 
 from mixweight.data.manifest import Manifest
 from mixweight.errors import MixweightError
+from mixweight.sampling.shm import remove_filelocks
 from mixweight.train.distributed import World, barrier
 
 
-def domain_proportions(manifest: Manifest, spec: str) -> dict[str, float]:
-    """Sampling proportions from a name: `natural` (by training tokens) or `uniform`."""
-    if spec == "natural":
-        return manifest.natural_weights()
-    if spec == "uniform":
-        return {d: 1.0 / len(manifest.domains) for d in manifest.domains}
-    raise MixweightError(f"domain weights '{spec}': expected 'natural' or 'uniform'")
+# mixweight name -> mosaicml-streaming `batching_method`. 'stratified' is refused (see below).
+BATCHING_METHODS = {"random": "random", "per_stream": "per_stream"}
+STRATIFIED_REFUSAL = (
+    "batching 'stratified' is not supported: mosaicml-streaming's stratified batching gives every "
+    "batch floor(batch_size * proportion) samples of each stream and drops the samples of a stream "
+    "that do not fill a whole batch share, so small domains lose samples and the achieved mixture "
+    "drifts from the domain weights without any warning; use 'random' (the default, exact per-epoch "
+    "counts shuffled together) or 'per_stream' (each batch from one domain)"
+)
+
+
+def check_batching(batching: str) -> str:
+    """The mosaicml-streaming batching method for a mixweight `batching` name."""
+    if batching == "stratified":
+        raise MixweightError(STRATIFIED_REFUSAL)
+    if batching not in BATCHING_METHODS:
+        raise MixweightError(f"batching {batching!r}: expected one of {', '.join(BATCHING_METHODS)}")
+    return BATCHING_METHODS[batching]
 
 
 def _collate(samples: list[dict]) -> dict[str, torch.Tensor]:
@@ -37,14 +57,17 @@ def _collate(samples: list[dict]) -> dict[str, torch.Tensor]:
 class MixtureLoader:
     def __init__(
         self, corpus_dir, manifest: Manifest, proportions: dict[str, float], samples_per_epoch: int,
-        micro_batch_size: int, seed: int, world: World,
+        micro_batch_size: int, seed: int, world: World, batching: str = "random",
     ):
         self.micro_batch_size = micro_batch_size
         self.world = world
         self.samples_per_epoch = samples_per_epoch
+        sampled = [d for d in manifest.domains if proportions[d] > 0]
+        if not sampled:
+            raise MixweightError(f"domain weights {proportions}: every weight is 0, nothing to sample")
         streams = [
             Stream(local=str(manifest.stream_dir(corpus_dir, "train", d)), proportion=proportions[d])
-            for d in manifest.domains
+            for d in sampled
         ]
         self.dataset = StreamingDataset(
             streams=streams,
@@ -56,6 +79,7 @@ class MixtureLoader:
             # the same for 1 and N processes (what makes N ranks equal one rank).
             num_canonical_nodes=1,
             replication=None,
+            batching_method=check_batching(batching),
         )
         self.epoch = 0
         self.sample_in_epoch = 0  # global samples (all ranks) consumed in the current epoch
@@ -74,6 +98,8 @@ class MixtureLoader:
         barrier(self.world)  # no process may unlink segments a peer still uses
         for segment in _shared_memory_of(self.dataset):
             segment.cleanup()
+        if self.world.local_rank == 0:
+            remove_filelocks(self.dataset._shm_prefix_int)
 
     def _loader(self):
         return iter(DataLoader(self.dataset, batch_size=self.micro_batch_size, num_workers=0, collate_fn=_collate))

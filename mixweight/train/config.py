@@ -31,7 +31,9 @@ class TrainConfig:
     adam_beta2: float = _f(0.95, "AdamW beta2")
     grad_clip: float = _f(1.0, "clip the global gradient norm to this value (0 disables)")
     seed: int = _f(0, "seed for model init and data order")
-    domain_weights: str = _f("natural", "sampling proportions of the domains: natural (by token count) or uniform")
+    domain_weights: str = _f("natural", "sampling proportions of the domains: natural (by token count), uniform, a domain_weights.json, or a schedule file (.yaml/.json list of {start_step, weights})")
+    domain_weights_every: int = _f(0, "follow the weights file's trajectory, entry i from step i*N (0: use its final weights)")
+    batching: str = _f("random", "how micro-batches mix domains: random (shuffled together) or per_stream (each micro-batch from one domain); stratified is refused, it drops samples")
     sample_weighting: str = _f("none", "loss-based sample weights inside each step: none, linupper, quadratic or extremes")
     r: float = _f(0.4, "sample-weight temperature (the paper's r; large -> uniform, max/min weight ratio e^(1/r))")
     r_schedule: str = _f("step", "how r reaches its target: step (r_start, then r after r_warmup_steps), linear, cosine, or burnin (plain mean loss first)")
@@ -71,6 +73,10 @@ class TrainConfig:
         require(self.weight_decay >= 0, f"train: 'weight_decay' must be >= 0, got {self.weight_decay}")
         require(0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1, "train: adam betas must be in [0, 1)")
         require(self.grad_clip >= 0, f"train: 'grad_clip' must be >= 0, got {self.grad_clip}")
+        require(self.domain_weights_every >= 0, f"train: 'domain_weights_every' must be >= 0, got {self.domain_weights_every}")
+        from mixweight.sampling.loader import check_batching
+
+        check_batching(self.batching)
         require(self.precision in ("auto", "bf16", "fp32"), f"train: 'precision' must be auto, bf16 or fp32, got {self.precision!r}")
 
 

@@ -24,7 +24,8 @@ from mixweight.data.synthetic import resolve_corpus
 from mixweight.errors import MixweightError
 from mixweight.jsonio import write_json_atomic
 from mixweight.eval.domains import evaluate_domains, load_validation
-from mixweight.sampling.loader import MixtureLoader, domain_proportions
+from mixweight.sampling.mixture import DomainMixture
+from mixweight.sampling.schedule import resolve_schedule
 from mixweight.train import checkpoint as ckpt
 from mixweight.train.config import TrainConfig
 from mixweight.train.distributed import World, barrier, close_world, init_world
@@ -143,8 +144,8 @@ def _train(config: TrainConfig, objective: StepObjective, world: World) -> dict:
     scheduler = build_scheduler(optimizer, config)
     global_micro = config.batch_size * world.size
     epoch_size = max(sum(s.blocks for s in manifest.splits["train"].values()) // global_micro, 1) * global_micro
-    loader = MixtureLoader(corpus, manifest, domain_proportions(manifest, config.domain_weights),
-                           epoch_size, config.batch_size, config.seed, world)
+    phases = resolve_schedule(manifest, config.domain_weights, config.domain_weights_every)
+    loader = DomainMixture(corpus, manifest, phases, epoch_size, config.batch_size, config.seed, world, config.batching)
     try:
         metrics = MetricsLog(run_dir / "metrics.jsonl", enabled=world.is_main)
 
@@ -182,7 +183,7 @@ def _train(config: TrainConfig, objective: StepObjective, world: World) -> dict:
         model.train()
         for step in range(start_step, config.steps):
             started = time.perf_counter()
-            micro_batches = [loader.next_batch() for _ in range(config.grad_accum)]
+            micro_batches = [loader.next_batch(step) for _ in range(config.grad_accum)]
             lr = scheduler.get_last_lr()[0]
             result = objective.compute_gradients(model, micro_batches, step, world, autocast, lr)
             clip = config.grad_clip if config.grad_clip > 0 else float("inf")
@@ -201,6 +202,7 @@ def _train(config: TrainConfig, objective: StepObjective, world: World) -> dict:
             if done % config.log_every == 0 or done == config.steps or histogram:
                 record = _step_record(done, result, lr, grad_norm, done * tokens_per_step, tokens_per_s,
                                       skipped, manifest.domains, histogram)
+                record["mixture"] = loader.mixture()  # cumulative achieved vs target share, this phase
                 metrics.write({**record, **objective.step_metrics()})
             if config.eval_every and done % config.eval_every == 0 and done != config.steps:
                 evaluate(done)

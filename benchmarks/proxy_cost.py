@@ -1,0 +1,98 @@
+"""Cost of one proxy step of DoReMi and of DoGE relative to a plain training step.
+
+Same model spec, same init, same fixed batches (every domain sampled uniformly, each
+sample carrying its domain id), timed through the objects the trainer uses
+(`StepObjective.compute_gradients` + clip + AdamW step), arms alternated within every
+repeat so machine noise hits them alike:
+  - plain:  `WeightedLoss(MeanReduction())`, the ordinary mean-loss step;
+  - DoReMi: `WeightedLoss(DoReMiReduction(reference, ...))`: the proxy step plus a no-grad
+    forward of a same-size reference model (the excess-loss signal) and the alpha update;
+  - DoGE:   `DoGEObjective`: one forward + backward per domain on its slice of the batch,
+    k flattened gradients, scores, alpha update, the mixed gradient written back.
+
+    python benchmarks/proxy_cost.py [--model gpt2-tiny] [--batch-size 32] [--seq-len 128] [--steps 12] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+
+import torch
+
+from mixweight.data.manifest import load_manifest
+from mixweight.data.streams import read_stream
+from mixweight.data.synthetic import write_synthetic_corpus
+from mixweight.domain.doge import DoGEObjective
+from mixweight.domain.doremi import DoReMiReduction
+from mixweight.train.config import TrainConfig
+from mixweight.train.distributed import World
+from mixweight.train.model import build_model, count_parameters
+from mixweight.train.objective import WeightedLoss
+from mixweight.train.optim import build_optimizer
+from mixweight.train.step import MeanReduction
+
+
+def time_steps(model, optimizer, batches, objective) -> float:
+    """Median seconds per optimizer step (one micro-batch per step), the first step left out."""
+    times = []
+    for step, batch in enumerate(batches):
+        began = time.perf_counter()
+        objective.compute_gradients(model, [batch], step, World(), None, 1e-3)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - began)
+    return statistics.median(times[1:])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="gpt2-tiny")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus = f"{tmp}/corpus"
+        write_synthetic_corpus(corpus, tokens_per_domain=16 * 1024, seq_len=args.seq_len)
+        manifest = load_manifest(corpus)
+        per_domain = [torch.from_numpy(read_stream(manifest.stream_dir(corpus, "train", d))) for d in manifest.domains]
+    k = len(manifest.domains)
+    generator = torch.Generator().manual_seed(0)
+    batches = []
+    for _ in range(args.steps):
+        domains = torch.randint(k, (args.batch_size,), generator=generator)  # uniform over domains, as a proxy samples
+        rows = [per_domain[d][torch.randint(len(per_domain[d]), (1,), generator=generator)].squeeze(0) for d in domains]
+        batches.append({"input_ids": torch.stack(rows), "domain": domains})
+
+    config = TrainConfig(data=".", out=".")
+    reference = build_model(args.model, manifest, seed=1)
+    arms = {
+        "plain step": lambda: WeightedLoss(MeanReduction()),
+        "DoReMi proxy step": lambda: WeightedLoss(DoReMiReduction(reference, manifest.domains)),
+        "DoGE proxy step": lambda: DoGEObjective(manifest.domains),
+    }
+    results: dict[str, list[float]] = {name: [] for name in arms}
+    for _ in range(args.repeats):
+        for name, make in arms.items():
+            model = build_model(args.model, manifest, seed=0)
+            results[name].append(time_steps(model, build_optimizer(model, config), batches, make()))
+    median = {name: statistics.median(times) for name, times in results.items()}
+    plain = median["plain step"]
+    print(f"model {args.model} ({count_parameters(reference) / 1e6:.2f}M parameters), {k} domains, "
+          f"{args.batch_size} sequences x {args.seq_len} tokens per step, torch threads {torch.get_num_threads()}, "
+          f"{args.repeats} repeats x {args.steps - 1} timed steps")
+    print("| arm | ms/step (median) | spread over repeats (ms) | vs plain |")
+    print("|---|---|---|---|")
+    for name, seconds in median.items():
+        spread = f"{min(results[name]) * 1e3:.1f}-{max(results[name]) * 1e3:.1f}"
+        print(f"| {name} | {seconds * 1e3:.1f} | {spread} | {seconds / plain:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()

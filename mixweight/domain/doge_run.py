@@ -1,0 +1,170 @@
+"""`mixweight weights doge`: train a DoGE proxy and write `domain_weights.json`.
+
+    DoGEConfig -> check targets against the corpus -> train the proxy (the training loop with a
+    DoGEObjective, uniform sampling over every domain, targets included) -> artifact
+
+The proxy run lives in a work directory (default `<out stem>.work/` beside `out`) and is
+resumed from its newest checkpoint when run again with the same config. The artifact holds
+no paths or timings, so the same seed and config give a byte-identical file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import mixweight
+from mixweight.config import require
+from mixweight.data.manifest import MANIFEST_NAME, load_manifest
+from mixweight.data.synthetic import resolve_corpus
+from mixweight.domain.artifact import DomainWeights
+from mixweight.domain.doge import SCORES, DoGEObjective
+from mixweight.errors import MixweightError
+from mixweight.train import checkpoint as ckpt
+from mixweight.train.config import HELP, TrainConfig
+from mixweight.train.loop import train
+from mixweight.train.model import load_spec
+
+# Keys that do not change the weights: left out of the config hash (and of the resume check).
+NOT_HASHED = {"out", "work_dir", "progress", "data"}
+PROXY_EVAL_BLOCKS = 16  # the proxy's final per-domain evaluation: informative only
+
+
+def _f(default, help_text: str):
+    return field(default=default, metadata={HELP: help_text})
+
+
+@dataclass
+class DoGEConfig:
+    data: str = _f(None, "corpus directory (made by `mixweight data synth` or `data prepare`), or `synthetic`")
+    out: str = _f(None, "the domain weights file to write (domain_weights.json)")
+    proxy: str = _f("gpt2-tiny", "proxy model spec: a name in proxies/ or a path to an HF config JSON")
+    target: str = _f("all", "all (universal generalization) or DOMAIN[,DOMAIN]: held-out target domains (sampled, never trained on)")
+    steps: int = _f(200, "proxy optimizer steps")
+    mu: float = _f(0.01, "temperature of the weight update (published: 0.01 universal, 0.05 out-of-domain)")
+    score: str = _f("paper", "paper (raw gradient inner products) or normalized-clipped (the reference code: / mean gradient norm, clipped)")
+    batch_size: int = _f(16, "sequences per micro-batch on each process")
+    grad_accum: int = _f(1, "micro-batches accumulated per optimizer step")
+    lr: float = _f(1e-3, "proxy peak learning rate (after warmup)")
+    final_lr: float = _f(1e-4, "proxy learning rate at the last step (cosine decay target)")
+    warmup_steps: int = _f(20, "linear warmup steps from 0 to lr")
+    seed: int = _f(0, "seed for proxy init and data order")
+    work_dir: str = _f(None, "directory for the proxy run and its checkpoints (default: <out stem>.work/ beside out)")
+    checkpoint_every: int = _f(100, "save a proxy checkpoint every N steps (a rerun resumes from the newest)")
+    log_every: int = _f(10, "record the weights and scores in the trajectory (and metrics) every N steps")
+    progress: bool = _f(True, "show a progress bar (only on a terminal)")
+
+    def validate(self) -> None:
+        require(self.data is not None, "weights doge: --data is required (a corpus directory)")
+        require(self.out is not None, "weights doge: --out is required (the weights file to write)")
+        for name in ("steps", "batch_size", "grad_accum", "checkpoint_every", "log_every"):
+            value = getattr(self, name)
+            require(value > 0, f"weights doge: '{name}' must be a positive integer, got {value}")
+        require(self.warmup_steps >= 0, f"weights doge: 'warmup_steps' must be >= 0, got {self.warmup_steps}")
+        require(self.mu > 0, f"weights doge: 'mu' must be > 0, got {self.mu}")
+        require(self.score in SCORES, f"weights doge: 'score' must be one of {', '.join(SCORES)}, got {self.score!r}")
+        require(self.lr > 0, f"weights doge: 'lr' must be > 0, got {self.lr}")
+        require(0 <= self.final_lr <= self.lr, f"weights doge: 'final_lr' must be in [0, lr={self.lr}], got {self.final_lr}")
+        require(self.target == "all" or all(t.strip() for t in self.target.split(",")),
+                f"weights doge: 'target' must be 'all' or comma-separated domain names, got {self.target!r}")
+
+    def targets(self) -> list[str]:
+        """Held-out target domain names ([] for the universal target)."""
+        return [] if self.target == "all" else [t.strip() for t in self.target.split(",")]
+
+    def resolved_work_dir(self) -> Path:
+        out = Path(self.out)
+        return Path(self.work_dir) if self.work_dir else out.with_name(f"{out.stem}.work")
+
+
+def check_targets(targets: list[str], domains: list[str]) -> None:
+    """Unknown names -> MixweightError naming them, the closest domain and the corpus's domains."""
+    for name in targets:
+        if name not in domains:
+            close = difflib.get_close_matches(name, domains, n=1, cutoff=0.4)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise MixweightError(f"weights doge: --target '{name}' is not a domain of the corpus; {hint}"
+                                 f"the corpus's domains are {', '.join(domains)}")
+    if len(set(targets)) == len(domains):
+        raise MixweightError(f"weights doge: --target names every domain ({', '.join(domains)}); leave at least one to train on")
+
+
+def _is_main() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _corpus(data: str) -> str:
+    """The corpus directory; other ranks wait while the main one writes the default synthetic corpus."""
+    corpus = resolve_corpus(data, _is_main())
+    deadline = time.monotonic() + 600
+    while not (Path(corpus) / MANIFEST_NAME).is_file() and not _is_main() and time.monotonic() < deadline:
+        time.sleep(1)
+    return corpus
+
+
+def _config_hash(config: DoGEConfig, corpus_hash: str) -> str:
+    values = {k: v for k, v in dataclasses.asdict(config).items() if k not in NOT_HASHED}
+    values["corpus"] = corpus_hash
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _check_work_dir(work_dir: Path, config_hash: str) -> None:
+    """A work directory belongs to one config: resuming with another would mix two runs."""
+    stamp = work_dir / "doge_config_hash"
+    if stamp.is_file() and stamp.read_text().strip() != config_hash:
+        raise MixweightError(f"{work_dir}: holds a DoGE proxy run made with a different config; "
+                             "pass another --work-dir (or remove this one) to start afresh")
+    if _is_main():
+        work_dir.mkdir(parents=True, exist_ok=True)
+        stamp.write_text(config_hash + "\n")
+
+
+def proxy_train_config(config: DoGEConfig, run_dir: Path) -> TrainConfig:
+    return TrainConfig(
+        data=config.data, out=str(run_dir), model=config.proxy, steps=config.steps, batch_size=config.batch_size,
+        grad_accum=config.grad_accum, lr=config.lr, final_lr=config.final_lr, warmup_steps=config.warmup_steps,
+        seed=config.seed, domain_weights="uniform", eval_every=0, eval_blocks=PROXY_EVAL_BLOCKS,
+        checkpoint_every=config.checkpoint_every, log_every=config.log_every, progress=config.progress,
+        resume=ckpt.latest_checkpoint(run_dir) is not None,
+    )
+
+
+def run_doge(config: DoGEConfig) -> DomainWeights:
+    """Train the DoGE proxy (or resume it) and write the weights artifact to `config.out`."""
+    config.validate()
+    manifest = load_manifest(_corpus(config.data))
+    targets = config.targets()
+    check_targets(targets, manifest.domains)
+    config_hash = _config_hash(config, manifest.config_hash)
+    work_dir = config.resolved_work_dir()
+    _check_work_dir(work_dir, config_hash)
+
+    objective = DoGEObjective(manifest.domains, targets, mu=config.mu, score=config.score,
+                              log_every=config.log_every, total_steps=config.steps)
+    train(proxy_train_config(config, work_dir / "proxy"), objective=objective)
+
+    weights = DomainWeights(
+        domains=objective.train_domains,
+        weights=objective.average_weights(),
+        last_weights=objective.last_weights(),
+        method={"name": "doge", "mu": config.mu, "score": config.score, "target": config.target, "steps": config.steps},
+        trajectory=objective.trajectory,
+        provenance={
+            "seed": config.seed,
+            "config_hash": config_hash,
+            "proxy": {"spec": config.proxy, "config": load_spec(config.proxy)},
+            "tokenizer_fingerprint": manifest.tokenizer.get("fingerprint"),
+            "domain_token_counts": manifest.train_tokens(),
+            "mixweight_version": mixweight.__version__,
+        },
+    )
+    if _is_main():
+        Path(config.out).parent.mkdir(parents=True, exist_ok=True)
+        weights.write(config.out)
+    return weights

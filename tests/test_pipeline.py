@@ -1,0 +1,89 @@
+"""The main job in miniature: every stage, the report, caching and partial reruns."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mixweight.errors import MixweightError
+from mixweight.pipeline import load_pipeline_config, run_pipeline
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _pipeline_yaml(tmp_path, spec, linupper_r=0.4) -> Path:
+    short = {"lr": 3e-3, "final_lr": 3e-4, "warmup_steps": 1, "batch_size": 14, "progress": False}
+    config = {
+        "data": {"synthetic": {"seed": 0, "tokens_per_domain": 4096, "seq_len": 64}},
+        "train": {"model": spec, "steps": 6, "batch_size": 8, "lr": 3e-3, "final_lr": 3e-4, "warmup_steps": 1,
+                  "eval_every": 3, "eval_blocks": 4, "checkpoint_every": 100},
+        "doremi": {"proxy": spec, "steps": 6, "reference_steps": 6, "log_every": 2, **short},
+        "doge": {"proxy": spec, "steps": 4, "log_every": 2, **short},
+        "arms": {
+            "uniform": {"domain_weights": "uniform"},
+            "linupper": {"domain_weights": "uniform", "sample_weighting": "linupper", "r": linupper_r},
+            "doremi": {"domain_weights": "doremi"},
+            "doge+linupper": {"domain_weights": "doge", "sample_weighting": "linupper"},
+        },
+        "seeds": [0],
+        "progress": False,
+    }
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _eval_mtimes(out: Path) -> dict[str, int]:
+    return {p.parent.name: p.stat().st_mtime_ns for p in (out / "runs").glob("*/eval.json")}
+
+
+def test_miniature_pipeline_end_to_end_then_cached_then_one_arm_rerun(tmp_path, tiny_spec, capsys):
+    out = tmp_path / "out"
+    report = run_pipeline(load_pipeline_config(_pipeline_yaml(tmp_path, tiny_spec)), out)
+
+    markdown = (out / "report" / "report.md").read_text()
+    for figure in ["validation_curves.png", "domain_weights.png", "sample_weights.png"]:
+        assert f"({figure})" in markdown and (out / "report" / figure).stat().st_size > 0
+    assert (out / "weights" / "doremi" / "domain_weights.json").is_file()
+    assert (out / "weights" / "doge" / "domain_weights.json").is_file()
+    written = json.loads((out / "report" / "report.json").read_text())
+    assert written == json.loads(json.dumps(report))
+    assert set(_eval_mtimes(out)) == {"uniform-seed0", "linupper-seed0", "doremi-seed0", "doge+linupper-seed0"}
+    for arm in ["uniform", "doremi"]:  # the report's numbers are the runs' own
+        run_eval = json.loads((out / "runs" / f"{arm}-seed0" / "eval.json").read_text())
+        final = written["arms"][arm]["final"]
+        for domain, stats in run_eval["domains"].items():
+            assert final["domains"][domain]["loss"]["mean"] == pytest.approx(stats["loss"], abs=1e-12)
+
+    capsys.readouterr()
+    before = _eval_mtimes(out)
+    run_pipeline(load_pipeline_config(_pipeline_yaml(tmp_path, tiny_spec)), out)
+    printed = capsys.readouterr().out
+    assert printed.count(": cached") == 4 + 3  # data, doremi, doge and the four arms
+    assert _eval_mtimes(out) == before
+
+    run_pipeline(load_pipeline_config(_pipeline_yaml(tmp_path, tiny_spec, linupper_r=0.8)), out)
+    after = _eval_mtimes(out)
+    assert after["linupper-seed0"] != before["linupper-seed0"]
+    assert {k: v for k, v in after.items() if k != "linupper-seed0"} == {
+        k: v for k, v in before.items() if k != "linupper-seed0"}
+
+
+@pytest.mark.parametrize("name", ["quickstart.yaml", "slimpajama-gpt2-mini.yaml"])
+def test_shipped_pipeline_configs_load_and_validate(name):
+    config = load_pipeline_config(REPO / "configs" / name)
+    assert {"uniform", "linupper", "doremi", "doremi+linupper", "doge", "doge+linupper"} <= set(config.arms)
+
+
+def test_pipeline_config_errors_name_the_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"train": {"stepz": 3}}))
+    with pytest.raises(MixweightError, match="unknown key 'stepz'; did you mean 'steps'"):
+        load_pipeline_config(bad)
+    bad.write_text(yaml.safe_dump({"doremi": None, "arms": {"x": {"domain_weights": "doremi"}}}))
+    with pytest.raises(MixweightError, match="arm 'x' uses domain_weights 'doremi'"):
+        load_pipeline_config(bad)
+    bad.write_text(yaml.safe_dump({"train": {"out": "somewhere"}}))
+    with pytest.raises(MixweightError, match="'out' is set by the pipeline"):
+        load_pipeline_config(bad)

@@ -170,3 +170,29 @@ def test_training_leaves_no_shared_memory_behind(synth_corpus, tiny_spec, tmp_pa
 
     gc.collect()
     assert shm_segments() - before == set()
+
+
+class _DivergedObjective(WeightedLoss):
+    """Every sample of domain 'noise' (and, from step 2 on, all samples) has a NaN loss."""
+
+    def compute_gradients(self, model, micro_batches, step, world, autocast, lr):
+        result = super().compute_gradients(model, micro_batches, step, world, autocast, lr)
+        if step >= 2:
+            result.losses[:] = float("nan")
+            result.n_finite = 0
+            model.zero_grad(set_to_none=True)
+        return result
+
+
+def test_non_finite_steps_are_skipped_then_stop_the_run(synth_corpus, tiny_spec, tmp_path):
+    from mixweight.train.step import MeanReduction
+
+    config = _config(synth_corpus, tiny_spec, tmp_path / "run", steps=20, checkpoint_every=2, max_nonfinite_steps=3)
+    with pytest.raises(MixweightError, match=r"steps 3-5: 3 consecutive steps .* domains with non-finite losses: \[.*'noise'"):
+        loop.train(config, objective=_DivergedObjective(MeanReduction()))
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["skipped_steps"] for r in records if "skipped_steps" in r][:5] == [0, 0, 1, 2]
+    # skipped steps changed nothing: the checkpoint after step 4 equals the one after step 2
+    assert [s for s, _ in list_checkpoints(tmp_path / "run")] == [2, 4]
+    a, b = _params(tmp_path / "run", 2), _params(tmp_path / "run", 4)
+    assert all(torch.equal(a[k], b[k]) for k in a)

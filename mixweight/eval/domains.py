@@ -37,14 +37,20 @@ def evaluate_domains(
     device = next(model.parameters()).device
     domains = {}
     for name, blocks in val_sets.items():
-        mine = blocks[world.rank :: world.size]
+        # Every process runs the same number of forwards (sharded models gather parameters in
+        # each one): a process short of blocks repeats block 0 with zero weight.
+        per_process = -(-len(blocks) // world.size)
+        indices = list(range(world.rank, len(blocks), world.size))
+        counted = torch.tensor([1.0] * len(indices) + [0.0] * (per_process - len(indices)), dtype=torch.float64)
+        mine = blocks[indices + [0] * (per_process - len(indices))]
         totals = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, token count
-        for start in range(0, len(mine), batch_size):
+        for start in range(0, per_process, batch_size):
             input_ids = mine[start : start + batch_size].to(device)
+            keep = counted[start : start + batch_size].to(device)
             with autocast or nullcontext():
                 logits = model(input_ids=input_ids).logits
             sums, counts = token_loss_sums(logits, input_ids)
-            totals += torch.stack([sums.double().sum(), counts.double().sum()])
+            totals += torch.stack([(sums.double() * keep).sum(), (counts.double() * keep).sum()])
         all_reduce_sum(totals, world)
         loss = (totals[0] / totals[1].clamp(min=1)).item()
         domains[name] = {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "tokens": int(totals[1].item())}

@@ -41,6 +41,8 @@ class TrainConfig:
     r_start: float = _f(100.0, "r during warmup (step) or at step 0 (linear, cosine)")
     weight_cap: Optional[float] = _f(None, "optional cap c: no sample weight above c/N (the convergence theorem's condition with c=2)")
     weight_histogram_every: int = _f(100, "log a histogram of N*w every N steps")
+    max_nonfinite_steps: int = _f(20, "stop the run after this many consecutive steps skipped for non-finite losses or gradients")
+    fsdp: bool = _f(False, "under torchrun, shard the model with PyTorch FSDP (fully_shard) instead of DDP")
     eval_every: int = _f(50, "evaluate per-domain validation loss every N steps (0: only at the end)")
     eval_blocks: int = _f(64, "validation blocks per domain used by evaluation")
     eval_batch_size: int = _f(32, "sequences per evaluation batch")
@@ -57,7 +59,7 @@ class TrainConfig:
         RSchedule(kind=self.r_schedule, r=self.r, r_start=self.r_start, warmup_steps=self.r_warmup_steps)
         require(self.data is not None, "train: --data is required (a corpus directory)")
         require(self.out is not None, "train: --out is required (the run directory)")
-        for name in ("steps", "batch_size", "grad_accum", "eval_blocks", "eval_batch_size", "keep_checkpoints", "log_every", "checkpoint_every"):
+        for name in ("max_nonfinite_steps", "steps", "batch_size", "grad_accum", "eval_blocks", "eval_batch_size", "keep_checkpoints", "log_every", "checkpoint_every"):
             value = getattr(self, name)
             require(value > 0, f"train: '{name}' must be a positive integer, got {value}")
         require(self.sample_weighting in SAMPLE_WEIGHTINGS,

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from pathlib import Path
 
@@ -117,6 +118,30 @@ def _step_record(step: int, result: StepResult, lr: float, grad_norm: float, tok
     return record
 
 
+class NonFiniteStreak:
+    """Consecutive skipped steps; too many means the run has diverged, and it stops with the facts."""
+
+    def __init__(self, limit: int, domains: list[str]):
+        self.limit, self.domains = limit, domains
+        self.first_step, self.count, self.bad_domains = None, 0, set()
+
+    def reset(self) -> None:
+        self.first_step, self.count, self.bad_domains = None, 0, set()
+
+    def record(self, step: int, result: StepResult) -> None:
+        self.first_step = step if self.first_step is None else self.first_step
+        self.count += 1
+        bad = result.domains[~torch.isfinite(result.losses)].unique().tolist()
+        self.bad_domains.update(self.domains[i] for i in bad)
+        if self.count >= self.limit:
+            where = sorted(self.bad_domains) or "none (the losses were finite, the gradient was not)"
+            raise MixweightError(
+                f"steps {self.first_step + 1}-{step + 1}: {self.count} consecutive steps had non-finite losses or "
+                f"gradients and were skipped; domains with non-finite losses: {where}. The run has diverged: lower "
+                "--lr, raise --warmup-steps or check the data; --resume continues from the last checkpoint"
+            )
+
+
 def train(config: TrainConfig, objective: StepObjective | None = None) -> dict:
     """Run (or resume) a training run; returns the final evaluation.
 
@@ -180,6 +205,7 @@ def _train(config: TrainConfig, objective: StepObjective, world: World) -> dict:
                   f"{tokens_per_step} tokens/step, steps {start_step}->{config.steps}", flush=True)
         bar = tqdm(total=config.steps, initial=start_step, disable=not (world.is_main and config.progress) or None,
                    desc="train", unit="step", dynamic_ncols=True)
+        streak = NonFiniteStreak(config.max_nonfinite_steps, manifest.domains)
         model.train()
         for step in range(start_step, config.steps):
             started = time.perf_counter()
@@ -188,10 +214,12 @@ def _train(config: TrainConfig, objective: StepObjective, world: World) -> dict:
             result = objective.compute_gradients(model, micro_batches, step, world, autocast, lr)
             clip = config.grad_clip if config.grad_clip > 0 else float("inf")
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip).item()
-            if result.n_finite == 0 or not torch.isfinite(torch.tensor(grad_norm)):
+            if result.n_finite == 0 or not math.isfinite(grad_norm):
                 skipped += 1  # a non-finite gradient is never applied
+                streak.record(step, result)
             else:
                 optimizer.step()
+                streak.reset()
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
             done = step + 1

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from mixweight.errors import MixweightError
+from mixweight.train.parallel import load_optimizer_state
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
 
@@ -59,18 +60,21 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(run_dir, step: int, model, optimizer, scheduler, state: dict, keep: int) -> Path:
-    """Write step-N atomically, then drop all but the `keep` newest checkpoints."""
+def save_checkpoint(run_dir, step: int, model, model_state: dict, optimizer_state: dict, scheduler, state: dict,
+                    keep: int) -> Path:
+    """Write step-N atomically, then drop all but the `keep` newest checkpoints.
+
+    `model` is the unwrapped HF model (for its config); the states are full, unsharded ones.
+    """
     root = checkpoints_dir(run_dir)
     root.mkdir(parents=True, exist_ok=True)
     for stale in root.glob(".step-*.tmp*"):
         shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".step-{step}.tmp", dir=root))
     try:
-        unwrapped = getattr(model, "module", model)
-        unwrapped.save_pretrained(tmp / "model", safe_serialization=True)
+        model.save_pretrained(tmp / "model", state_dict=model_state, safe_serialization=True)
         torch.save(
-            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
+            {"optimizer": optimizer_state, "scheduler": scheduler.state_dict(), "rng": rng_state()},
             tmp / "trainer_state.pt",
         )
         (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=2))
@@ -103,14 +107,14 @@ def read_state(checkpoint: str | Path) -> dict:
         raise MixweightError(f"checkpoint {checkpoint}: cannot read state.json ({exc})") from exc
 
 
-def load_trainer_state(checkpoint: str | Path, optimizer, scheduler) -> None:
+def load_trainer_state(checkpoint: str | Path, model, optimizer, scheduler) -> None:
     path = Path(checkpoint) / "trainer_state.pt"
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user-facing problem
         raise MixweightError(f"checkpoint {checkpoint}: cannot load trainer_state.pt ({exc})") from exc
     try:
-        optimizer.load_state_dict(blob["optimizer"])
+        load_optimizer_state(model, optimizer, blob["optimizer"])
     except (ValueError, KeyError) as exc:
         raise MixweightError(
             f"checkpoint {checkpoint}: its optimizer state does not fit this model ({exc}); "

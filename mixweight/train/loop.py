@@ -33,6 +33,7 @@ from mixweight.train.distributed import World, barrier, close_world, init_world
 from mixweight.train.metrics import MetricsLog
 from mixweight.train.model import build_model, count_parameters
 from mixweight.train.optim import build_optimizer, build_scheduler
+from mixweight.train.parallel import full_model_state, full_optimizer_state, grad_norm_value, wrap_model
 from mixweight.train.reductions import reduction_from_config
 from mixweight.train.objective import StepObjective, WeightedLoss
 from mixweight.train.step import StepResult
@@ -165,7 +166,11 @@ def _train(config: TrainConfig, objective: StepObjective, world: World) -> dict:
     autocast = autocast_context(config.precision, device)
 
     model = build_model(config.model, manifest, config.seed).to(device)
-    optimizer = build_optimizer(model, config)
+    if resume_from is not None:
+        _load_model_weights(model, resume_from)
+    hf_model = model
+    model = wrap_model(model, world, config.fsdp)
+    optimizer = build_optimizer(model, config)  # after wrapping: FSDP replaces the parameters
     scheduler = build_scheduler(optimizer, config)
     global_micro = config.batch_size * world.size
     epoch_size = max(sum(s.blocks for s in manifest.splits["train"].values()) // global_micro, 1) * global_micro
@@ -177,14 +182,11 @@ def _train(config: TrainConfig, objective: StepObjective, world: World) -> dict:
         start_step, skipped = 0, 0
         if resume_from is not None:
             state = ckpt.read_state(resume_from)
-            _load_model_weights(model, resume_from)
-            ckpt.load_trainer_state(resume_from, optimizer, scheduler)
+            ckpt.load_trainer_state(resume_from, model, optimizer, scheduler)
             loader.load_state_dict(state["loader"])
             start_step, skipped = state["step"], state.get("skipped_steps", 0)
             objective.load_state_dict(state.get("objective", {}))
             metrics.truncate_after(start_step)
-        if world.distributed:
-            model = torch.nn.parallel.DistributedDataParallel(model)
 
         val_sets = load_validation(corpus, manifest, config.eval_blocks)
         tokens_per_step = global_micro * config.grad_accum * manifest.seq_len
@@ -196,8 +198,10 @@ def _train(config: TrainConfig, objective: StepObjective, world: World) -> dict:
 
         def save(step: int) -> None:
             state = {"loader": loader.state_dict(), "skipped_steps": skipped, "objective": objective.state_dict()}
+            model_state, optimizer_state = full_model_state(model), full_optimizer_state(model, optimizer)
             if world.is_main:
-                ckpt.save_checkpoint(run_dir, step, model, optimizer, scheduler, state, config.keep_checkpoints)
+                ckpt.save_checkpoint(run_dir, step, hf_model, model_state, optimizer_state, scheduler, state,
+                                     config.keep_checkpoints)
             barrier(world)
 
         if world.is_main:
@@ -213,7 +217,7 @@ def _train(config: TrainConfig, objective: StepObjective, world: World) -> dict:
             lr = scheduler.get_last_lr()[0]
             result = objective.compute_gradients(model, micro_batches, step, world, autocast, lr)
             clip = config.grad_clip if config.grad_clip > 0 else float("inf")
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip).item()
+            grad_norm = grad_norm_value(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
             if result.n_finite == 0 or not math.isfinite(grad_norm):
                 skipped += 1  # a non-finite gradient is never applied
                 streak.record(step, result)

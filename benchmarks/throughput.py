@@ -44,6 +44,7 @@ from mixweight.data.synthetic import write_synthetic_corpus
 from mixweight.train.config import TrainConfig
 from mixweight.train.loop import train
 from mixweight.train.model import build_model
+from mixweight.train.objective import WeightedLoss
 from mixweight.train.step import MeanReduction
 
 LR, FINAL_LR, WEIGHT_DECAY, BETAS, CLIP = 1e-3, 1e-4, 0.1, (0.9, 0.95), 1.0
@@ -58,7 +59,7 @@ class TimedMeanReduction(MeanReduction):
     def __init__(self):
         self.stamps: list[float] = []
 
-    def weights(self, losses, domains, step):
+    def weights(self, losses, domains, step, signal=None):
         self.stamps.append(time.perf_counter())
         return super().weights(losses, domains, step)
 
@@ -73,7 +74,7 @@ def run_mixweight(corpus: Path, out: Path, args) -> dict:
     config.validate()
     reduction = TimedMeanReduction()
     started = time.perf_counter()
-    train(config, reduction)
+    train(config, WeightedLoss(reduction))
     total = time.perf_counter() - started
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line]
     steps = [r for r in records if "time" in r]

@@ -7,6 +7,8 @@
     arms:    {name: TrainConfig overrides}; domain_weights may name a method: doremi | doge
     seeds:   [0, 1, ...]  every arm runs once per seed
     report:  {baseline: uniform}
+    eval:    {lm_eval: {tasks: [...], num_fewshot: 5, include_path: DIR, limit: N}}  (optional;
+             needs `pip install -e ".[eval]"`; each arm's final checkpoint is scored)
 
 Each section is checked against its stage's typed config when the pipeline is loaded,
 so a typo fails before any training starts.
@@ -35,6 +37,7 @@ DEFAULT_ARMS = {
     "doge": {"domain_weights": "doge"},
     "doge+linupper": {"domain_weights": "doge", "sample_weighting": "linupper"},
 }
+LM_EVAL_KEYS = ["tasks", "num_fewshot", "include_path", "limit", "batch_size"]
 # Keys each stage gets from the pipeline itself, never from the YAML.
 OWNED_BY_PIPELINE = {"data", "out", "work_dir", "resume"}
 
@@ -48,6 +51,7 @@ class PipelineConfig:
     arms: dict = field(default_factory=lambda: dict(DEFAULT_ARMS))
     seeds: list[int] = field(default_factory=lambda: [0])
     report: dict = field(default_factory=dict)
+    eval: dict = field(default_factory=dict)
     progress: bool = True
 
     def validate(self) -> None:
@@ -70,6 +74,14 @@ class PipelineConfig:
                         f"pipeline: arm '{name}' uses domain_weights '{method}' but the '{method}' section is null")
                 arm = {**arm, "domain_weights": "uniform"}  # the file exists only once the method has run
             stage_config(TrainConfig, arm, f"pipeline arm '{name}'")
+        unknown_eval = set(self.eval) - {"lm_eval"}
+        require(not unknown_eval, f"pipeline: unknown key(s) in 'eval': {sorted(unknown_eval)}; valid: ['lm_eval']")
+        lm_eval = self.eval.get("lm_eval")
+        if lm_eval is not None:
+            unknown = set(lm_eval) - set(LM_EVAL_KEYS)
+            require(not unknown, f"pipeline: unknown key(s) in 'eval.lm_eval': {sorted(unknown)}; valid: {LM_EVAL_KEYS}")
+            require(isinstance(lm_eval.get("tasks"), list) and lm_eval["tasks"],
+                    "pipeline: 'eval.lm_eval.tasks' must be a non-empty list of lm-eval task names")
         baseline = self.report.get("baseline")
         require(baseline is None or baseline in self.arms, f"pipeline: report baseline '{baseline}' is not an arm")
 

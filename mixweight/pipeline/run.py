@@ -3,6 +3,7 @@
     OUT/corpus/                      the data stage (synthetic, prepared, or a link to a path)
     OUT/weights/doremi/, doge/       domain_weights.json (+ plots, + the proxy runs in work/)
     OUT/runs/<arm>-seed<S>/          one training run per arm and seed
+    OUT/downstream/<arm>-seed<S>/    lm-eval-harness accuracy of the run's final checkpoint (optional)
     OUT/report/                      report.md, report.json, figures
 
 Every stage is cached by the hash of its inputs (see stages.py): rerunning skips what is
@@ -52,7 +53,8 @@ def _method_stage(method: str, section: dict, corpus: str, data_key: str, out: P
     stage_cfg = stage_config(cls, {"progress": progress, **section}, f"pipeline '{method}'", data=corpus,
                              out=str(directory / WEIGHTS_FILE), work_dir=str(directory / "work"))
     steps = stage_cfg.steps * (2 * getattr(stage_cfg, "rounds", 1) if method == "doremi" else 3)
-    return Stage(f"weights {method}", directory, stage_key(method, section, data_key), steps,
+    key_section = {k: v for k, v in section.items() if k != "progress"}
+    return Stage(f"weights {method}", directory, stage_key(method, key_section, data_key), steps,
                  lambda: runner(stage_cfg))
 
 
@@ -70,7 +72,27 @@ def _arm_stage(config: PipelineConfig, name: str, seed: int, corpus: str, upstre
         resume = (directory / "checkpoints").is_dir()  # an interrupted attempt of this same stage
         train(dataclasses.replace(train_cfg, resume=resume))
 
-    return Stage(f"arm {name} (seed {seed})", directory, stage_key("arm", values, inputs), train_cfg.steps, run)
+    key_values = {k: v for k, v in values.items() if k != "progress"}  # display only: must not rerun a stage
+    return Stage(f"arm {name} (seed {seed})", directory, stage_key("arm", key_values, inputs), train_cfg.steps, run)
+
+
+def _downstream_stage(options: dict, arm: Stage) -> Stage:
+    """lm-eval-harness on an arm's final checkpoint; the result lands in the run directory for the report."""
+    run_dir = arm.directory
+    directory = run_dir.parent.parent / "downstream" / run_dir.name
+
+    def run() -> None:
+        from mixweight.eval.downstream import run_lm_eval
+        from mixweight.jsonio import write_json_atomic
+        from mixweight.report.stats import DOWNSTREAM_FILE
+
+        result = run_lm_eval(run_dir, list(options["tasks"]), int(options.get("num_fewshot", 5)),
+                             include_path=options.get("include_path"), limit=options.get("limit"),
+                             batch_size=int(options.get("batch_size", 16)))
+        write_json_atomic(run_dir / DOWNSTREAM_FILE, result)
+        write_json_atomic(directory / DOWNSTREAM_FILE, result)
+
+    return Stage(f"lm-eval {run_dir.name}", directory, stage_key("lm_eval", options, arm.key), 0, run)
 
 
 def build_stages(config: PipelineConfig, out: Path) -> tuple[list[Stage], dict[str, list[str]]]:
@@ -89,6 +111,8 @@ def build_stages(config: PipelineConfig, out: Path) -> tuple[list[Stage], dict[s
             stage = _arm_stage(config, name, seed, corpus, keys, out)
             stages.append(stage)
             arms.setdefault(name, []).append(str(stage.directory))
+            if config.eval.get("lm_eval"):
+                stages.append(_downstream_stage(config.eval["lm_eval"], stage))
     return stages, arms
 
 

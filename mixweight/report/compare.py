@@ -79,6 +79,7 @@ def compare_runs(runs, out_dir, weights_files: dict | None = None, corpus=None, 
     speed = stats.speedups(curves, finals, base)
     diagnostics = {a.name: d for a in arms if (d := stats.sample_weight_diagnostics(a)) is not None}
     mixtures = collect_mixtures(arms, domains, manifest, weights_files)
+    downstream = {a.name: d for a in arms if (d := stats.downstream_summary(a)) is not None}
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -104,6 +105,7 @@ def compare_runs(runs, out_dir, weights_files: dict | None = None, corpus=None, 
         "steps_to_target": speed,
         "sample_weights": diagnostics,
         "domain_weights": mixtures,
+        "downstream": downstream,
         "figures": {**figs, **{f"weights_trajectory:{k}": v for k, v in trajectories.items()}},
     }
     write_json_atomic(out / "report.json", report)
@@ -170,6 +172,11 @@ def render_markdown(report: dict, figs: dict[str, str], trajectories: dict[str, 
                   f"![sample-weight diagnostics]({figs['sample_weights']})"]
     else:
         parts += ["## Sample-weight diagnostics", "No arm reweights samples (all train on the plain mean loss)."]
+    if report["downstream"]:
+        parts += ["## Downstream accuracy (lm-eval-harness)",
+                  "Few-shot accuracy of each arm's final checkpoint per task (mean ± std over seeds), as in the "
+                  "LinUpper paper's Tables 2 and 3. Higher is better; the best value of each column is in **bold**.",
+                  tables.downstream_table(report["downstream"])]
     parts += ["## Validation curves",
               "Validation loss per domain and the uniform average during training, a line per arm "
               "(band: ± std over seeds).",

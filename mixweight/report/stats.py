@@ -6,6 +6,8 @@ Seeds aggregate as mean and sample standard deviation (ddof=1; 0 for a single se
 
 from __future__ import annotations
 
+import json
+
 import math
 
 import numpy as np
@@ -124,3 +126,18 @@ def sample_weight_diagnostics(arm: Arm) -> dict | None:
         "logged_steps": len(all_max),
         "curve": {"steps": common, "max_weight_x_n": mean_series(1), "ess_fraction": mean_series(2)},
     }
+
+
+DOWNSTREAM_FILE = "lm_eval.json"  # written into a run directory by the pipeline's downstream stage
+
+
+def downstream_summary(arm: Arm) -> dict[str, dict] | None:
+    """Few-shot accuracy per task (mean ± std over the arm's seeds), or None if no run was evaluated."""
+    per_task: dict[str, list[float]] = {}
+    for run in arm.runs:
+        path = run.path / DOWNSTREAM_FILE
+        if path.is_file():
+            for task, result in json.loads(path.read_text()).items():
+                if result.get("acc") is not None:
+                    per_task.setdefault(task, []).append(result["acc"])
+    return {task: mean_std(values) for task, values in per_task.items()} or None

@@ -103,3 +103,17 @@ def arms_table(arms_info: dict[str, dict]) -> str:
              info["model"], info["domain_weights"], info["sample_weighting"], ", ".join(info["runs"])]
             for name, info in arms_info.items()]
     return table(["arm", "runs", "seeds", "steps", "model", "domain weights", "sample weighting", "run dirs"], rows)
+
+
+def downstream_table(downstream: dict[str, dict[str, dict]]) -> str:
+    """Rows arms, columns tasks (the LinUpper paper's Tables 2 and 3): few-shot accuracy, best in bold."""
+    tasks = sorted({t for per_task in downstream.values() for t in per_task})
+    arms = list(downstream)
+    rows = [[arm] for arm in arms]
+    for task in tasks:
+        stats = [downstream[arm].get(task) for arm in arms]
+        best = max((s["mean"] for s in stats if s), default=None)
+        for row, stat in zip(rows, stats):
+            cell = "n/a" if stat is None else fmt_stat(stat, 4)
+            row.append(f"**{cell}**" if stat and stat["mean"] == best and len(arms) > 1 else cell)
+    return table(["arm", *tasks], rows)

@@ -8,6 +8,7 @@ import json
 import sys
 import typing
 
+from mixweight.config import HELP
 from mixweight.errors import MixweightError
 
 BOOL_FLAGS_NEGATABLE = {"progress"}
@@ -18,7 +19,7 @@ def _add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
         flag = "--" + field.name.replace("_", "-")
-        help_text = f"{field.metadata.get('help', '')} (default: {field.default})"
+        help_text = f"{field.metadata.get(HELP, '')} (default: {field.default})"
         kind = hints[field.name]
         if kind is bool:
             action = argparse.BooleanOptionalAction if field.name in BOOL_FLAGS_NEGATABLE else "store_true"

@@ -22,6 +22,14 @@ from mixweight.errors import MixweightError
 C = TypeVar("C")
 
 
+HELP = "help"  # dataclass field metadata key: the flag's help text in `mixweight ... --help`
+
+
+def option(default, help_text: str):
+    """A config field with its help text: one definition serves the YAML key and the flag."""
+    return dataclasses.field(default=default, metadata={HELP: help_text})
+
+
 def closest_hint(name: str, valid: list[str]) -> str:
     close = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
     return f"did you mean '{close[0]}'?" if close else f"valid keys: {', '.join(sorted(valid))}"

@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import mixweight
@@ -27,7 +27,8 @@ from mixweight.domain.artifact import DomainWeights
 from mixweight.domain.doge import SCORES, DoGEObjective
 from mixweight.errors import MixweightError
 from mixweight.train import checkpoint as ckpt
-from mixweight.train.config import HELP, TrainConfig
+from mixweight.config import option as _f
+from mixweight.train.config import TrainConfig
 from mixweight.train.loop import train
 from mixweight.train.model import load_spec
 
@@ -35,9 +36,6 @@ from mixweight.train.model import load_spec
 NOT_HASHED = {"out", "work_dir", "progress", "data"}
 PROXY_EVAL_BLOCKS = 16  # the proxy's final per-domain evaluation: informative only
 
-
-def _f(default, help_text: str):
-    return field(default=default, metadata={HELP: help_text})
 
 
 @dataclass

@@ -34,7 +34,8 @@ from mixweight.domain.artifact import DomainWeights, resolve_proportions
 from mixweight.domain.doremi import OBJECTIVES, DoReMiReduction
 from mixweight.errors import MixweightError
 from mixweight.train import checkpoint as ckpt
-from mixweight.train.config import TrainConfig, _f
+from mixweight.config import option as _f
+from mixweight.train.config import TrainConfig
 from mixweight.train.loop import RESUMABLE_CHANGES, train
 from mixweight.train.model import load_spec
 from mixweight.train.objective import WeightedLoss

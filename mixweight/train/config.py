@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Optional
 
-from mixweight.config import require
+from mixweight.config import option as _f, require
 
 SAMPLE_WEIGHTINGS = ("none", "linupper", "quadratic", "extremes")
-HELP = "help"  # dataclass field metadata key holding the flag's help text
-
-
-def _f(default, help_text: str, **kwargs):
-    return field(default=default, metadata={HELP: help_text}, **kwargs)
 
 
 @dataclass

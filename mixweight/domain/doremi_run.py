@@ -36,7 +36,7 @@ from mixweight.errors import MixweightError
 from mixweight.train import checkpoint as ckpt
 from mixweight.config import option as _f
 from mixweight.train.config import TrainConfig
-from mixweight.train.loop import RESUMABLE_CHANGES, train
+from mixweight.train.loop import config_changes, train
 from mixweight.train.model import load_spec
 from mixweight.train.objective import WeightedLoss
 
@@ -121,11 +121,8 @@ def _train_or_reuse(config: TrainConfig, objective=None) -> None:
     run_dir = Path(config.out)
     latest = ckpt.latest_checkpoint(run_dir)
     if latest is not None and (run_dir / "eval.json").is_file() and ckpt.read_state(latest)["step"] == config.steps:
-        saved = yaml.safe_load((run_dir / "config.yaml").read_text())
-        current = dataclasses.asdict(config)
-        changed = sorted(k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k])
-        if changed:
-            details = ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed)
+        details = config_changes(run_dir, config)
+        if details:
             raise MixweightError(f"{run_dir}: a finished run with a different config ({details}); "
                                  "delete it or choose another work_dir")
         return

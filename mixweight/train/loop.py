@@ -47,6 +47,14 @@ RESUMABLE_CHANGES = {"resume", "progress", "steps", "eval_every", "eval_blocks",
                      "checkpoint_every", "keep_checkpoints", "log_every"}
 
 
+def config_changes(run_dir: Path, config: TrainConfig) -> str:
+    """The trajectory-changing differences between a run's saved config.yaml and `config` ('' if none)."""
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    current = dataclasses.asdict(config)
+    changed = sorted(k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k])
+    return ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed)
+
+
 def autocast_context(precision: str, device: torch.device):
     use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
     return torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else None
@@ -63,11 +71,8 @@ def _prepare_run_dir(config: TrainConfig, world: World) -> Path | None:
     if latest is not None and not config.resume:
         raise MixweightError(f"{run_dir}: already holds checkpoints; pass --resume to continue it, or choose a new --out")
     if latest is not None:
-        saved = yaml.safe_load((run_dir / "config.yaml").read_text())
-        current = dataclasses.asdict(config)
-        changed = sorted(k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k])
-        if changed:
-            details = ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed)
+        details = config_changes(run_dir, config)
+        if details:
             raise MixweightError(f"{run_dir}: cannot resume with a different config ({details}); use a new --out")
     if world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)

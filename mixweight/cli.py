@@ -35,6 +35,14 @@ def _overrides(args: argparse.Namespace, cls) -> dict:
     return {k: v for k, v in vars(args).items() if k in names}
 
 
+def report_result(text: str) -> None:
+    """A command's one-line result, from the main process only (every process computes it under torchrun)."""
+    from mixweight.train.distributed import is_main_process
+
+    if is_main_process():
+        print(text)
+
+
 def cmd_synth(args) -> None:
     from mixweight.data.synthetic import write_synthetic_corpus
 
@@ -62,7 +70,7 @@ def cmd_train(args) -> None:
 
     config = load_config(TrainConfig, args.config, _overrides(args, TrainConfig))
     result = train(config)
-    print(json.dumps({"average_loss": result["average_loss"], "worst_domain": result["worst_domain"],
+    report_result(json.dumps({"average_loss": result["average_loss"], "worst_domain": result["worst_domain"],
                       "domains": {d: round(s["loss"], 4) for d, s in result["domains"].items()}}))
 
 
@@ -78,7 +86,7 @@ def cmd_weights_doremi(args) -> None:
     from mixweight.domain.doremi_run import DoReMiConfig, run_doremi
 
     result = run_doremi(load_config(DoReMiConfig, args.config, _overrides(args, DoReMiConfig)))
-    print(json.dumps({"method": "doremi", "weights": result.as_dict()}))
+    report_result(json.dumps({"method": "doremi", "weights": result.as_dict()}))
 
 
 def cmd_weights_doge(args) -> None:
@@ -86,7 +94,7 @@ def cmd_weights_doge(args) -> None:
     from mixweight.domain.doge_run import DoGEConfig, run_doge
 
     result = run_doge(load_config(DoGEConfig, args.config, _overrides(args, DoGEConfig)))
-    print(json.dumps({"method": "doge", "weights": result.as_dict()}))
+    report_result(json.dumps({"method": "doge", "weights": result.as_dict()}))
 
 
 def cmd_weights_export(args) -> None:

@@ -1,7 +1,6 @@
 """Crashes for real: kill -9 a training process, mid-run and mid-checkpoint, then resume."""
 
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -17,6 +17,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -297,7 +298,7 @@ def write_synthetic_corpus(
 SYNTHETIC_ALIAS = "synthetic"
 
 
-def default_corpus_dir() -> "Path":
+def default_corpus_dir() -> Path:
     """Where `--data synthetic` keeps the default synthetic corpus (MIXWEIGHT_CACHE overrides)."""
     import os
     from pathlib import Path
@@ -313,4 +314,8 @@ def resolve_corpus(data: str, is_main: bool = True) -> str:
     path = default_corpus_dir()
     if is_main:
         write_synthetic_corpus(path)
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()  # the other processes read the corpus only once the main one has written it
     return str(path)

@@ -14,14 +14,12 @@ import dataclasses
 import difflib
 import hashlib
 import json
-import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import mixweight
 from mixweight.config import require
-from mixweight.data.manifest import MANIFEST_NAME, load_manifest
+from mixweight.data.manifest import load_manifest
 from mixweight.data.synthetic import resolve_corpus
 from mixweight.domain.artifact import DomainWeights
 from mixweight.domain.doge import SCORES, DoGEObjective
@@ -29,6 +27,7 @@ from mixweight.errors import MixweightError
 from mixweight.train import checkpoint as ckpt
 from mixweight.config import option as _f
 from mixweight.train.config import TrainConfig
+from mixweight.train.distributed import is_main_process
 from mixweight.train.loop import train
 from mixweight.train.model import load_spec
 
@@ -93,17 +92,6 @@ def check_targets(targets: list[str], domains: list[str]) -> None:
         raise MixweightError(f"weights doge: --target names every domain ({', '.join(domains)}); leave at least one to train on")
 
 
-def _is_main() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def _corpus(data: str) -> str:
-    """The corpus directory; other ranks wait while the main one writes the default synthetic corpus."""
-    corpus = resolve_corpus(data, _is_main())
-    deadline = time.monotonic() + 600
-    while not (Path(corpus) / MANIFEST_NAME).is_file() and not _is_main() and time.monotonic() < deadline:
-        time.sleep(1)
-    return corpus
 
 
 def _config_hash(config: DoGEConfig, corpus_hash: str) -> str:
@@ -118,7 +106,7 @@ def _check_work_dir(work_dir: Path, config_hash: str) -> None:
     if stamp.is_file() and stamp.read_text().strip() != config_hash:
         raise MixweightError(f"{work_dir}: holds a DoGE proxy run made with a different config; "
                              "pass another --work-dir (or remove this one) to start afresh")
-    if _is_main():
+    if is_main_process():
         work_dir.mkdir(parents=True, exist_ok=True)
         stamp.write_text(config_hash + "\n")
 
@@ -136,7 +124,7 @@ def proxy_train_config(config: DoGEConfig, run_dir: Path) -> TrainConfig:
 def run_doge(config: DoGEConfig) -> DomainWeights:
     """Train the DoGE proxy (or resume it) and write the weights artifact to `config.out`."""
     config.validate()
-    manifest = load_manifest(_corpus(config.data))
+    manifest = load_manifest(resolve_corpus(config.data, is_main_process()))
     targets = config.targets()
     check_targets(targets, manifest.domains)
     config_hash = _config_hash(config, manifest.config_hash)
@@ -162,7 +150,7 @@ def run_doge(config: DoGEConfig) -> DomainWeights:
             "mixweight_version": mixweight.__version__,
         },
     )
-    if _is_main():
+    if is_main_process():
         Path(config.out).parent.mkdir(parents=True, exist_ok=True)
         weights.write(config.out)
     return weights

@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ from mixweight.errors import MixweightError
 from mixweight.train import checkpoint as ckpt
 from mixweight.config import option as _f
 from mixweight.train.config import TrainConfig
+from mixweight.train.distributed import is_main_process
 from mixweight.train.loop import config_changes, train
 from mixweight.train.model import load_spec
 from mixweight.train.objective import WeightedLoss
@@ -100,9 +100,6 @@ def config_hash(config: DoReMiConfig, manifest: Manifest) -> str:
     values["corpus_config_hash"] = manifest.config_hash
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
 
-
-def _is_main() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _train_config(config: DoReMiConfig, corpus: str, out: Path, steps: int, domain_weights: str) -> TrainConfig:
@@ -173,11 +170,11 @@ def _l1(a: list[float], b: list[float]) -> float:
 def run_doremi(config: DoReMiConfig) -> DomainWeights:
     """Compute DoReMi domain weights (ALGORITHMS.md section 2) and write them to `config.out`."""
     config.validate()
-    corpus = resolve_corpus(config.data, _is_main())
+    corpus = resolve_corpus(config.data, is_main_process())
     manifest = load_manifest(corpus)
     resolve_proportions(manifest, config.reference_weights)  # a bad weights file fails before any training
     work = config.resolved_work_dir()
-    if _is_main():
+    if is_main_process():
         work.mkdir(parents=True, exist_ok=True)
         (work / "doremi_config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
     reference_steps = config.reference_steps or config.steps
@@ -202,13 +199,13 @@ def run_doremi(config: DoReMiConfig) -> DomainWeights:
         weights = reduction.average_weights()
         l1 = _l1(weights, history[-1]["weights"]) if history else None
         history.append({"round": r + 1, "weights": weights, "l1_to_previous": l1})
-        if _is_main():
+        if is_main_process():
             summary = ", ".join(f"{d} {w:.3f}" for d, w in zip(manifest.domains, weights))
             change = f"; L1 to round {r}: {l1:.4f}" if l1 is not None else ""
             print(f"mixweight doremi: round {r + 1}/{config.rounds}: {summary}{change}", flush=True)
         if r + 1 < config.rounds:
             weights_file = round_dir / "weights.json"
-            if _is_main():
+            if is_main_process():
                 DomainWeights(domains=list(manifest.domains), weights=weights).write(weights_file)
             weights_spec = str(weights_file)
 
@@ -230,7 +227,7 @@ def run_doremi(config: DoReMiConfig) -> DomainWeights:
                     "stream_paths": {d: manifest.splits["train"][d].path for d in manifest.domains},
                     "mixweight_version": mixweight.__version__},
     )
-    if _is_main():
+    if is_main_process():
         from mixweight.domain.plots import plot_trajectory, plot_weights_vs_natural
 
         out = Path(config.out)

@@ -29,6 +29,11 @@ class World:
         return self.size > 1
 
 
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun job, or a single process; true before the process group exists too."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def init_world() -> World:
     """Join the process group torchrun describes in the environment (gloo on CPU, nccl on GPU)."""
     if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) == 1:

@@ -163,7 +163,6 @@ def train(config: TrainConfig, objective: StepObjective | None = None) -> dict:
 
 def _train(config: TrainConfig, objective: StepObjective, world: World) -> dict:
     corpus = resolve_corpus(config.data, world.is_main)
-    barrier(world)  # the main process may be writing the default corpus
     manifest = load_manifest(corpus)
     resume_from = _prepare_run_dir(config, world)
     run_dir = Path(config.out)

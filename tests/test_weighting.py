@@ -30,8 +30,51 @@ def close(actual, expected, tol=1e-6):
 def test_normalize_losses():
     close(normalize_losses(LOSSES), [-1.0, -1 / 3, 1 / 3, 1.0])
     close(normalize_losses(torch.tensor([5.0, 5.0, 5.0])), [0.0, 0.0, 0.0])
-    # span below the 1e-6 floor: the formula divides by 1e-6, so x stays near -1
-    close(normalize_losses(torch.tensor([1.0, 1.0 + 1e-7], dtype=torch.float64)), [-1.0, -0.8])
+    # span below the 1e-6 floor: centred on 0 and shrunk by span / 1e-6 (not pushed towards -1)
+    close(normalize_losses(torch.tensor([1.0, 1.0 + 1e-7], dtype=torch.float64)), [-0.1, 0.1], tol=1e-9)
+
+
+FLOOR = 1e-6
+
+
+@pytest.mark.parametrize("factor", [1e-6, 0.5, 1 - 1e-9, 1.0, 1 + 1e-9, 3.0])
+def test_normalize_losses_at_the_spread_floor(factor):
+    """Spreads s below, at and above the floor: x = [-1, 0, 1] * min(s / floor, 1), continuous at the floor."""
+    s = FLOOR * factor
+    x = normalize_losses(torch.tensor([0.0, s / 2, s], dtype=torch.float64))
+    scale = min(factor, 1.0)
+    close(x, [-scale, 0.0, scale], tol=1e-12)
+
+
+def test_normalize_losses_above_the_floor_is_the_papers_formula_bit_for_bit():
+    """The centring changes nothing at or above the floor: same bits as 2 (l - l_min) / spread - 1."""
+    gen = torch.Generator().manual_seed(0)
+    cases = [torch.rand(257, generator=gen, dtype=torch.float64) * 5, torch.rand(64, generator=gen) + 3.0,
+             torch.tensor([0.0, 0.3e-6, FLOOR], dtype=torch.float64)]  # spread exactly at the floor
+    for losses in cases:
+        lo, span = losses.min(), losses.max() - losses.min()
+        assert float(span) >= FLOOR
+        assert torch.equal(normalize_losses(losses), 2.0 * (losses - lo) / span - 1.0)
+
+
+def test_near_equal_losses_get_near_uniform_weights():
+    """31 losses of 5.0 and one a float32 ulp above (spread 4.8e-7, below the floor).
+
+    The uncentred floor gave the odd one x = -0.05 and the rest x = -1: LinUpper weights with
+    max/min 10.9 and max w x N 8.3. Centred, x = +-0.48: max/min = e^(0.48 / r) = 3.3.
+    """
+    five = torch.tensor(5.0, dtype=torch.float32)
+    losses = torch.full((32,), 5.0, dtype=torch.float32)
+    losses[7] = torch.nextafter(five, torch.tensor(6.0))
+    spread = float(losses[7].double() - 5.0)
+    w = sample_weights(losses, "linupper", r=0.4)
+    ratio = float(w.max() / w.min())
+    assert ratio == pytest.approx(math.exp(spread / FLOOR / 0.4), rel=1e-6)
+    assert ratio < 3.4 and float(w.max()) * 32 < 3.1
+    assert int(w.argmax()) == 7
+    # the weights shrink continuously to uniform as the spread goes to 0
+    tiny = torch.tensor([5.0] * 31 + [5.0 + 1e-12], dtype=torch.float64)
+    close(sample_weights(tiny, "linupper", r=0.4), [1 / 32] * 32, tol=1e-7)
 
 
 @pytest.mark.parametrize(

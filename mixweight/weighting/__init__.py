@@ -1,4 +1,4 @@
-"""Instance-level loss-based sample weights (Sow et al., ICLR 2025; ALGORITHMS.md section 1).
+"""Instance-level loss-based sample weights (Sow et al., ICLR 2025).
 
 Pure tensor functions: the caller computes per-sample losses, gathers them over ranks,
 and minimizes sum_i w_i l_i with ``w = sample_weights(losses)`` or

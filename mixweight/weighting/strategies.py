@@ -1,9 +1,9 @@
 """Sample-weighting strategies of Sow et al. (ICLR 2025), as pure functions of normalized loss.
 
 Each strategy maps x in [-1, 1] (the batch's losses rescaled so the lowest is -1 and the
-highest +1) to a score f(x); ``weights.sample_weights`` turns scores into weights with a
+highest +1; see ``normalize_losses`` for near-equal losses) to a score f(x); ``weights.sample_weights`` turns scores into weights with a
 softmax at temperature r. Keeping f a registry of tiny pure functions lets the tests check
-every formula by hand and lets a new strategy be one line (ALGORITHMS.md section 1.2).
+every formula by hand and lets a new strategy be one line.
 """
 
 from __future__ import annotations
@@ -65,14 +65,21 @@ def get_strategy(name: str) -> Strategy:
     return STRATEGIES[key]
 
 
-def normalize_losses(losses: torch.Tensor) -> torch.Tensor:
-    """x_i = 2 (l_i - l_min) / max(l_max - l_min, 1e-6) - 1, over all entries of ``losses``.
+SPREAD_FLOOR = 1e-6  # the paper's code: spreads below this are rounding noise, not a ranking
 
-    The 1e-6 floor (from the paper's code) keeps near-equal batches from being stretched
-    to the full [-1, 1] range by rounding noise. All-equal losses give x = 0 everywhere (so
-    every strategy gives uniform weights), not the -1 the formula would give. Losses must be
-    finite (``sample_weights`` drops non-finite ones before calling this). Works in the
-    input's dtype; pass float64 to keep huge losses (1e30) exact.
+
+def normalize_losses(losses: torch.Tensor) -> torch.Tensor:
+    """x_i = (2 l_i - l_max - l_min) / max(l_max - l_min, 1e-6), over all entries of ``losses``.
+
+    For a spread at or above the floor this is exactly the paper's 2 (l_i - l_min) / spread - 1:
+    the lowest loss maps to -1, the highest to +1. Below the floor the range is centred on 0
+    and shrinks with the spread (x in [-spread/1e-6, spread/1e-6]), so near-equal losses get
+    near-uniform weights and equal losses get x = 0 (uniform weights). The uncentred form
+    2 (l_i - l_min) / 1e-6 - 1 would put near-equal losses near -1 and a single loss one ulp
+    above them near 0: at r = 0.4 LinUpper then gives it about 11x the others' weight.
+    x is continuous in the losses across the floor. Losses must be finite (``sample_weights``
+    drops non-finite ones first). Works in the input's dtype; pass float64 to keep huge
+    losses (1e30) exact.
     """
     if losses.numel() == 0:
         return losses.clone()
@@ -80,4 +87,7 @@ def normalize_losses(losses: torch.Tensor) -> torch.Tensor:
     span = hi - lo
     if span == 0:
         return torch.zeros_like(losses)
-    return 2.0 * (losses - lo) / torch.clamp(span, min=1e-6) - 1.0
+    denom = torch.clamp(span, min=SPREAD_FLOOR)
+    # span / denom is exactly 1.0 when span >= the floor, so there the result is bit-identical
+    # to the paper's formula; below it, subtracting span / denom (not 1) centres the range.
+    return 2.0 * (losses - lo) / denom - span / denom

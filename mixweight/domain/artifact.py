@@ -1,22 +1,59 @@
 """`domain_weights.json`: domain weights with the story of how they were made.
 
-Fields (see DESIGN.md): ``domains``, ``weights`` (final, sum 1), ``last_weights``,
-``method`` (name and hyperparameters), ``trajectory`` (per logged step: step, weights,
-and the per-domain signal that drove the update), ``provenance`` (seed, config hash,
-proxy spec, tokenizer fingerprint, domain token counts, mixweight version).
+Fields (docs/weights-methods.md):
+
+- ``domains``: EVERY domain of the corpus the weights were computed on, in corpus order;
+- ``weights`` (final, sum 1), ``last_weights`` (the last step's), both in ``domains`` order;
+- ``targets``: names of held-out evaluation targets (DoGE out-of-domain); they sit at
+  weight 0 in ``weights`` and are never sampled. Weights over the other domains sum to 1;
+- ``method`` (name and hyperparameters), ``provenance`` (seed, config hash, proxy spec,
+  tokenizer fingerprint, domain token counts, mixweight version): mappings;
+- ``trajectory``: per logged step ``{"step", "weights" (in ``domains`` order), "signal"}``;
+- ``warnings``: what `mixweight.domain.health.weight_warnings` found (collapse, floor, not
+  converged), each ``{"code", "step", "domains", "message"}``;
+- ``replay``: everything `mixweight weights verify` needs to recompute the trajectory::
+
+      {"domains": [...],            # the domains the update rule runs over (arrays below use this order):
+                                     #   every domain for DoReMi, the training domains for DoGE
+       "steps": T,                   # number of updates
+       "initial_weights": [k],       # the weights before step 1
+       "signals": [[k] x T],         # step t's per-domain signal as measured (DoReMi: excess loss,
+                                     #   DoGE: score); a value where present[t][i] is false is unused
+       "present": [[bool x k] x T],  # which domains the step's global batch held
+       "average_start": 1,           # the final weights average rows average_start..T of the trajectory
+       ...}                          # method parameters and per-step arrays (DoReMi: eta, smoothing,
+                                     #   initial_signal; DoGE: mu, "lr": [T], ...)
+
+  `mixweight.domain.<method>.replay(artifact)` turns it back into the per-step weights,
+  a numpy array [T + 1, k] whose row 0 is ``initial_weights``.
 
 A hand-written file with only ``domains`` and ``weights`` (a list in domain order, or a
-``{domain: weight}`` map; then ``domains`` may be omitted) is valid input anywhere.
+``{domain: weight}`` map; then ``domains`` may be omitted) is valid input anywhere. It must
+name every corpus domain, unless it says ``"missing": "zero"``: then the corpus domains it
+omits get weight 0 (and the run says so), because a silent zero is how data goes missing.
 
 Weights that do not sum to 1: within 1e-3 of 1 they are renormalized (published
 weights are rounded to two or three digits); further off they are refused, because
 that is a mistake (percentages, a missing domain) that silent normalizing would hide.
+
+API for the weights commands (stable):
+
+- ``DomainWeights(domains, weights, last_weights=None, method={}, trajectory=[], provenance={},
+  targets=[], warnings=[], replay={}, missing=None)``; ``.validate(where)`` checks it and
+  ``.write(path)`` validates, then writes atomically;
+- ``corpus_weights(corpus_domains, by_domain) -> list[float]``: weights in corpus order, 0.0
+  for every domain `by_domain` does not name (the held-out targets);
+- ``check_output_file(path, flag) -> Path``: refuses, before any training, an output path
+  that is a directory or cannot be written;
+- ``read_json(path, what)``: strict JSON reading (duplicate keys, huge numbers, bad bytes
+  are one-line errors); ``load_domain_weights(path)``, ``parse_domain_weights(raw, where)``.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,6 +63,10 @@ from mixweight.errors import MixweightError
 from mixweight.jsonio import write_json_atomic
 
 SUM_TOLERANCE = 1e-3
+MISSING_POLICIES = ("zero",)
+MAX_INT_DIGITS = 300  # longer integer literals are read as floats (inf beyond 1e308), not as giant ints
+# Written only when set: a plain weights file stays {domains, weights, ...} as before.
+OPTIONAL_FIELDS = ("targets", "warnings", "replay", "missing")
 
 
 @dataclass
@@ -36,81 +77,220 @@ class DomainWeights:
     method: dict = field(default_factory=dict)
     trajectory: list[dict] = field(default_factory=list)
     provenance: dict = field(default_factory=dict)
+    targets: list[str] = field(default_factory=list)
+    warnings: list[dict] = field(default_factory=list)
+    replay: dict = field(default_factory=dict)
+    missing: str | None = None
 
     def as_dict(self) -> dict[str, float]:
         return dict(zip(self.domains, self.weights))
 
+    def validate(self, where: str = "domain weights") -> None:
+        """Distinct names, targets among them at weight 0, the other weights finite, >= 0, summing to 1."""
+        _check_names(self.domains, where, "domains")
+        _check_targets(self.targets, self.domains, self.weights, where)
+        _validated_weights(self.weights, self.domains, where, self.targets)
+
     def write(self, path: str | Path) -> Path:
-        return write_json_atomic(path, asdict(self))
+        self.validate(f"domain weights for {path}")
+        data = asdict(self)
+        for key in OPTIONAL_FIELDS:
+            if not data[key]:
+                del data[key]
+        return write_json_atomic(path, data)
 
 
-def _validated_weights(values, domains: list[str], where: str) -> list[float]:
+def corpus_weights(corpus_domains: list[str], by_domain: dict[str, float]) -> list[float]:
+    """`by_domain`'s weights in corpus order, 0.0 for the domains it does not name (held-out targets)."""
+    unknown = [d for d in by_domain if d not in corpus_domains]
+    if unknown:
+        raise MixweightError(f"domain weights: {unknown} are not domains of the corpus {corpus_domains}")
+    return [float(by_domain.get(d, 0.0)) for d in corpus_domains]
+
+
+def check_output_file(path: str | Path, flag: str = "--out") -> Path:
+    """`path` as a file to write later: refused now (one line) if it is a directory or cannot be written."""
+    path = Path(path)
+    if path.is_dir():
+        raise MixweightError(f"{flag} {path} is a directory; give a file path, e.g. {path / 'domain_weights.json'}")
+    if path.exists() and not path.is_file():
+        raise MixweightError(f"{flag} {path} exists and is not a regular file; give a file path")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent  # the folders that do not exist yet are made by the writer
+    if not parent.is_dir():
+        raise MixweightError(f"{flag} {path}: {parent} is not a directory, so the file cannot be written there")
+    if not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise MixweightError(f"{flag} {path}: not writable (no write permission in {parent}); choose another path")
+    return path
+
+
+# --- validation ----------------------------------------------------------------------
+def _check_names(names, where: str, key: str) -> list[str]:
+    if not isinstance(names, list) or not all(isinstance(d, str) for d in names):
+        raise MixweightError(f"{where}: '{key}' must be a list of domain names (strings), got {_short(names)}")
+    if len(set(names)) != len(names):
+        raise MixweightError(f"{where}: '{key}' must be distinct names, got {_short(names)}")
+    return names
+
+
+def _check_targets(targets, domains: list[str], values, where: str) -> list[str]:
+    _check_names(targets, where, "targets")
+    for name in targets:
+        if name not in domains:
+            raise MixweightError(f"{where}: target '{name}' is not one of the 'domains' {domains}")
+        value = values[domains.index(name)] if isinstance(values, list) and len(values) == len(domains) else 0
+        if value != 0:
+            raise MixweightError(f"{where}: target '{name}' has weight {_short(value)}; held-out targets have weight 0")
+    return targets
+
+
+def _validated_weights(values, domains: list[str], where: str, targets=()) -> list[float]:
+    if not isinstance(values, list):
+        raise MixweightError(f"{where}: 'weights' must be a list of numbers, got {_short(values)}")
     if len(values) != len(domains):
         raise MixweightError(f"{where}: {len(values)} weights for {len(domains)} domains {domains}")
     out = []
     for domain, value in zip(domains, values):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise MixweightError(f"{where}: weight of '{domain}' is {value!r}, expected a number")
+            raise MixweightError(f"{where}: weight of '{domain}' is {_short(value)}, expected a number")
+        value = float(value) if isinstance(value, float) or abs(value) < 10 ** MAX_INT_DIGITS else math.inf
         if not math.isfinite(value) or value < 0:
             raise MixweightError(f"{where}: weight of '{domain}' is {value}; weights must be finite and >= 0")
-        out.append(float(value))
+        out.append(value)
     total = sum(out)
     if abs(total - 1.0) > SUM_TOLERANCE:
+        over = " (held-out targets are 0)" if targets else ""
         raise MixweightError(
-            f"{where}: weights sum to {total:.6g}, not 1; give proportions that sum to 1 "
+            f"{where}: weights sum to {total:.6g}, not 1{over}; give proportions that sum to 1 "
             f"(sums within {SUM_TOLERANCE} of 1 are renormalized, larger gaps are refused as likely mistakes)"
         )
     return [v / total for v in out]
 
 
+def _short(value, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _mapping(raw: dict, key: str, where: str) -> dict:
+    value = raw.get(key, {})
+    if not isinstance(value, dict):
+        raise MixweightError(f"{where}: '{key}' must be a mapping (a JSON object), got {_short(value)}")
+    return dict(value)
+
+
+def _list_of_maps(raw: dict, key: str, where: str) -> list[dict]:
+    value = raw.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(e, dict) for e in value):
+        raise MixweightError(f"{where}: '{key}' must be a list of JSON objects, got {_short(value)}")
+    return [dict(e) for e in value]
+
+
 def parse_domain_weights(raw, where: str) -> DomainWeights:
     if not isinstance(raw, dict) or "weights" not in raw:
-        raise MixweightError(f"{where}: expected a JSON object with 'weights' (and 'domains'), see DESIGN.md")
+        raise MixweightError(f"{where}: expected a JSON object with 'weights' (and 'domains'), "
+                             f"see docs/weights-methods.md; got {_short(raw, 60)}")
     weights = raw["weights"]
     if isinstance(weights, dict):
         domains = list(weights)
-        if "domains" in raw and sorted(raw["domains"]) != sorted(domains):
-            raise MixweightError(f"{where}: 'domains' {raw['domains']} and the keys of 'weights' {domains} differ")
+        if "domains" in raw:
+            given = _check_names(raw["domains"], where, "domains")
+            if sorted(given) != sorted(domains):
+                raise MixweightError(f"{where}: 'domains' {given} and the keys of 'weights' {domains} differ")
         values = list(weights.values())
     elif isinstance(weights, list):
         if "domains" not in raw:
             raise MixweightError(f"{where}: 'weights' is a list, so 'domains' (the names in the same order) is required")
-        domains, values = list(raw["domains"]), weights
+        domains, values = _check_names(raw["domains"], where, "domains"), weights
     else:
-        raise MixweightError(f"{where}: 'weights' must be a list or a {{domain: weight}} map")
-    if len(set(domains)) != len(domains) or not all(isinstance(d, str) for d in domains):
-        raise MixweightError(f"{where}: 'domains' must be distinct names, got {domains}")
+        raise MixweightError(f"{where}: 'weights' must be a list or a {{domain: weight}} map, got {_short(weights)}")
+    _check_names(domains, where, "domains")
+    targets = _check_targets(raw.get("targets", []), domains, values, where)
+    missing = raw.get("missing")
+    if missing is not None and missing not in MISSING_POLICIES:
+        raise MixweightError(f"{where}: 'missing' must be \"zero\" (omitted corpus domains get weight 0), "
+                             f"got {_short(missing)}")
     last = raw.get("last_weights")
+    if isinstance(last, dict):
+        last = [last.get(d) for d in domains]
+    if last is not None and (not isinstance(last, list) or len(last) != len(domains) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in last)):
+        raise MixweightError(f"{where}: 'last_weights' must be {len(domains)} numbers in 'domains' order, "
+                             f"got {_short(raw.get('last_weights'))}")
     return DomainWeights(
         domains=domains,
-        weights=_validated_weights(values, domains, where),
-        last_weights=list(last.values()) if isinstance(last, dict) else last,
-        method=dict(raw.get("method", {})),
-        trajectory=list(raw.get("trajectory", [])),
-        provenance=dict(raw.get("provenance", {})),
+        weights=_validated_weights(values, domains, where, targets),
+        last_weights=last,
+        method=_mapping(raw, "method", where),
+        trajectory=_list_of_maps(raw, "trajectory", where),
+        provenance=_mapping(raw, "provenance", where),
+        targets=targets,
+        warnings=_list_of_maps(raw, "warnings", where),
+        replay=_mapping(raw, "replay", where),
+        missing=missing,
     )
+
+
+# --- strict JSON -----------------------------------------------------------------------
+class _DuplicateKey(Exception):
+    pass
+
+
+def _no_duplicates(pairs: list) -> dict:
+    out = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)  # json would keep the last one silently: a hand edit that went wrong
+        out[key] = value
+    return out
+
+
+def _parse_int(text: str):
+    return int(text) if len(text.lstrip("-")) <= MAX_INT_DIGITS else float(text)
+
+
+def read_json(path: str | Path, what: str = "domain weights file"):
+    """The JSON in `path`; any defect is a one-line MixweightError naming the file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise MixweightError(f"{what} {path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    except OSError as exc:
+        raise MixweightError(f"{what} {path}: cannot be read ({exc.strerror})") from exc
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicates, parse_int=_parse_int)
+    except _DuplicateKey as exc:
+        raise MixweightError(f"{what} {path}: key {_short(exc.args[0])} appears twice in one object; "
+                             "keep one (JSON readers disagree on which wins)") from None
+    except json.JSONDecodeError as exc:
+        raise MixweightError(f"{what} {path}: not valid JSON ({exc})") from exc
+    except RecursionError:
+        raise MixweightError(f"{what} {path}: nested too deeply to be a weights file") from None
 
 
 def load_domain_weights(path: str | Path) -> DomainWeights:
     path = Path(path)
     if not path.is_file():
         raise MixweightError(f"domain weights file {path}: not found")
-    try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise MixweightError(f"domain weights file {path}: not valid JSON ({exc})") from exc
-    return parse_domain_weights(raw, str(path))
+    return parse_domain_weights(read_json(path), str(path))
 
 
 def check_against_manifest(weights: DomainWeights, manifest: Manifest, where: str) -> dict[str, float]:
-    """The weights in the corpus's domain order; names must match exactly."""
+    """The weights in the corpus's domain order; names must match exactly (or `"missing": "zero"`)."""
     missing = [d for d in manifest.domains if d not in weights.domains]
     extra = [d for d in weights.domains if d not in manifest.domains]
-    if missing or extra:
+    if extra or (missing and weights.missing != "zero"):
+        hint = (' (to give them weight 0 on purpose, add "missing": "zero" to the file)' if missing and not extra
+                else "")
         raise MixweightError(
             f"{where}: domains do not match the corpus; not in the corpus: {extra}, missing for corpus domains: {missing} "
-            f"(the corpus has {manifest.domains})"
+            f"(the corpus has {manifest.domains}){hint}"
         )
+    if missing:
+        warnings.warn(f"{where}: \"missing\": \"zero\": corpus domain(s) {missing} get weight 0 and are not sampled",
+                      stacklevel=2)
     theirs = weights.provenance.get("tokenizer_fingerprint")
     ours = manifest.tokenizer.get("fingerprint")
     if theirs and ours and theirs != ours:
@@ -120,7 +300,7 @@ def check_against_manifest(weights: DomainWeights, manifest: Manifest, where: st
             stacklevel=2,
         )
     by_name = weights.as_dict()
-    return {d: by_name[d] for d in manifest.domains}
+    return {d: by_name.get(d, 0.0) for d in manifest.domains}
 
 
 def resolve_proportions(manifest: Manifest, spec: str) -> dict[str, float]:

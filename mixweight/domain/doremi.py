@@ -1,6 +1,6 @@
 """DoReMi (Xie et al., 2023): the Group DRO domain-weight update and the proxy's step reduction.
 
-ALGORITHMS.md section 2. Per optimizer step t of the proxy:
+docs/algorithms.md section 2. Per optimizer step t of the proxy:
 
     lambda_t[i] = token-average of max(l_proxy - l_ref, 0) over domain i's tokens in the
                   global batch (all ranks, all micro-batches); absent domains keep lambda_{t-1}[i]

@@ -8,7 +8,7 @@ import json
 import sys
 import typing
 
-from mixweight.config import HELP
+from mixweight.config import FLAGS, HELP
 from mixweight.errors import MixweightError
 
 BOOL_FLAGS_NEGATABLE = {"progress"}
@@ -18,15 +18,15 @@ def _add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
     """One flag per config field; defaults are suppressed so only given flags override the YAML."""
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
-        flag = "--" + field.name.replace("_", "-")
+        flags = field.metadata.get(FLAGS) or ("--" + field.name.replace("_", "-"),)
         help_text = f"{field.metadata.get(HELP, '')} (default: {field.default})"
         kind = hints[field.name]
         if kind is bool:
             action = argparse.BooleanOptionalAction if field.name in BOOL_FLAGS_NEGATABLE else "store_true"
-            parser.add_argument(flag, dest=field.name, action=action, default=argparse.SUPPRESS, help=help_text)
+            parser.add_argument(*flags, dest=field.name, action=action, default=argparse.SUPPRESS, help=help_text)
         else:
             scalar = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
-            parser.add_argument(flag, dest=field.name, type=scalar if scalar in (int, float) else str,
+            parser.add_argument(*flags, dest=field.name, type=scalar if scalar in (int, float) else str,
                                 default=argparse.SUPPRESS, help=help_text)
 
 
@@ -53,13 +53,15 @@ def cmd_synth(args) -> None:
 
 
 def cmd_prepare(args) -> None:
-    from mixweight.data.prepare import prepare_corpus
+    from mixweight.data.prepare import prepare_corpus, report_lines
 
     manifest = prepare_corpus(
         args.input, args.out, domain_field=args.domain_field, text_field=args.text_field,
         tokenizer=args.tokenizer, seq_len=args.seq_len, val_fraction=args.val_fraction, overwrite=args.overwrite,
         num_proc=args.num_proc,
     )
+    for line in report_lines(manifest):
+        print(line)
     print(f"corpus in {args.out}: domains {manifest.domains}, vocab {manifest.vocab_size}")
 
 
@@ -104,6 +106,12 @@ def cmd_weights_export(args) -> None:
     print(export_weights(load_domain_weights(args.file), args.format))
 
 
+def cmd_weights_verify(args) -> None:
+    from mixweight.domain.verify import verify_file
+
+    print(verify_file(args.file, args.tolerance))
+
+
 def cmd_pipeline(args) -> None:
     import dataclasses
 
@@ -112,12 +120,15 @@ def cmd_pipeline(args) -> None:
     config = load_pipeline_config(args.config)
     if args.progress is not None:
         config = dataclasses.replace(config, progress=args.progress)
-    run_pipeline(config, args.out)
+    run_pipeline(config, args.out, rerun_changed=args.rerun_changed)
 
 
 def cmd_compare(args) -> None:
     from mixweight.report import compare_runs
 
+    bad = [item for item in args.weights or [] if "=" not in item or not item.split("=", 1)[0]]
+    if bad:
+        raise MixweightError(f"compare: --weights {bad[0]!r}: expected METHOD=FILE, e.g. doremi=weights/doremi.json")
     weights = dict(item.split("=", 1) for item in args.weights) if args.weights else None
     labels = args.labels.split(",") if args.labels else None
     report = compare_runs(args.runs, args.out, weights_files=weights, corpus=args.data,
@@ -133,27 +144,47 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = commands.add_parser("data", help="make a corpus").add_subparsers(dest="data_command", required=True)
     synth = data.add_parser("synth", help="the built-in synthetic multi-domain corpus")
-    synth.add_argument("--out", required=True)
-    synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--tokens-per-domain", type=int, default=131_072)
-    synth.add_argument("--seq-len", type=int, default=128)
-    synth.add_argument("--overwrite", action="store_true", help="replace a different corpus already in --out")
+    synth.add_argument("--out", required=True,
+                       help="corpus directory to write (new, empty, or a corpus to replace with --overwrite); required")
+    synth.add_argument("--seed", type=int, default=0, help="seed of every random draw (default: %(default)s)")
+    synth.add_argument("--tokens-per-domain", type=int, default=131_072,
+                       help="training tokens per domain, rounded down to whole blocks (default: %(default)s)")
+    synth.add_argument("--seq-len", type=int, default=128, help="tokens per block (default: %(default)s)")
+    synth.add_argument("--overwrite", action="store_true",
+                       help="replace a different mixweight corpus already in --out; never other files "
+                            "(default: %(default)s)")
     synth.set_defaults(func=cmd_synth)
 
-    prepare = data.add_parser("prepare", help="tokenize real text (JSONL[.zst], Parquet, HF dataset dir) into per-domain streams")
-    prepare.add_argument("--input", required=True)
-    prepare.add_argument("--out", required=True)
-    prepare.add_argument("--domain-field", default="meta.redpajama_set_name")
-    prepare.add_argument("--text-field", default="text")
-    prepare.add_argument("--tokenizer", default="byte", help="byte | PATH (a local HF tokenizer dir) | bpe:VOCAB")
-    prepare.add_argument("--seq-len", type=int, default=512)
-    prepare.add_argument("--val-fraction", type=float, default=0.01)
-    prepare.add_argument("--num-proc", type=int, default=None, help="tokenizer processes (default: all cores)")
-    prepare.add_argument("--overwrite", action="store_true")
+    prepare = data.add_parser("prepare", help="tokenize real text (JSONL[.gz|.zst], Parquet, HF dataset dir) "
+                                              "into per-domain streams")
+    prepare.add_argument("--input", required=True,
+                         help="a .jsonl/.json[.gz|.zst] or .parquet file, a `datasets` save_to_disk directory, or a "
+                              "directory of such files (other files are skipped and listed); required")
+    prepare.add_argument("--out", required=True,
+                         help="corpus directory to write, outside --input (new, empty, or a corpus to replace with "
+                              "--overwrite); required")
+    prepare.add_argument("--domain-field", default="meta.redpajama_set_name",
+                         help="record field holding the domain name, dotted for nested fields (default: %(default)s)")
+    prepare.add_argument("--text-field", default="text",
+                         help="record field holding the document text, dotted for nested fields (default: %(default)s)")
+    prepare.add_argument("--tokenizer", default="byte",
+                         help="byte (UTF-8 bytes + EOS) | PATH (a local Hugging Face tokenizer directory) | "
+                              "bpe:VOCAB (train a byte-level BPE of VOCAB ids on the training text) "
+                              "(default: %(default)s)")
+    prepare.add_argument("--seq-len", type=int, default=512, help="tokens per block (default: %(default)s)")
+    prepare.add_argument("--val-fraction", type=float, default=0.01,
+                         help="fraction of each domain's documents held out for validation, chosen by a hash of "
+                              "the text; in (0, 1), and every domain gets at least one block (default: %(default)s)")
+    prepare.add_argument("--num-proc", type=int, default=None,
+                         help="tokenizer processes; unset or 1 tokenizes in this process (default: %(default)s)")
+    prepare.add_argument("--overwrite", action="store_true",
+                         help="replace a different mixweight corpus already in --out; never other files "
+                              "(default: %(default)s)")
     prepare.set_defaults(func=cmd_prepare)
 
     train = commands.add_parser("train", help="train a model; every flag may also come from --config FILE.yaml")
-    train.add_argument("--config", default=None, help="YAML file with any of the keys below")
+    train.add_argument("--config", default=None,
+                       help="YAML file with any of the keys below; flags given override it (default: none)")
     _add_config_flags(train, TrainConfig)
     train.set_defaults(func=cmd_train)
 
@@ -164,32 +195,49 @@ def build_parser() -> argparse.ArgumentParser:
         module, cls_name = cls_path.split(":")
         cls = getattr(__import__(module, fromlist=[cls_name]), cls_name)
         method = weights_commands.add_parser(name, help=f"{name} domain weights from a proxy model")
-        method.add_argument("--config", default=None, help="YAML file with any of the keys below")
+        method.add_argument("--config", default=None,
+                            help="YAML file with any of the keys below; flags given override it (default: none)")
         _add_config_flags(method, cls)
         method.set_defaults(func=func)
     export = weights_commands.add_parser("export", help="print a weights file for other trainers")
-    export.add_argument("file")
-    export.add_argument("--format", required=True, choices=["streams-yaml", "megatron", "json"])
+    export.add_argument("file", help="a domain_weights.json (from weights doremi/doge, or hand-written)")
+    export.add_argument("--format", required=True, choices=["streams-yaml", "megatron", "json"],
+                        help="streams-yaml (llm-foundry streams with proportions), megatron (a --data-path list: "
+                             "weight path ...) or json ({domain: weight}); required, no default")
     export.set_defaults(func=cmd_weights_export)
+    verify = weights_commands.add_parser(
+        "verify", help="replay a doremi/doge artifact's update rule from the file alone; exit 0 if it matches")
+    verify.add_argument("file", help="a domain_weights.json written by `weights doremi` or `weights doge`")
+    verify.add_argument("--tolerance", type=float, default=1e-6,
+                        help="largest allowed deviation of a recorded weight from the replay (default: 1e-6)")
+    verify.set_defaults(func=cmd_weights_verify)
 
     pipeline = commands.add_parser("pipeline", help="the main job: weights, arms and report from one YAML")
-    pipeline.add_argument("config")
-    pipeline.add_argument("--out", required=True)
-    pipeline.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    pipeline.add_argument("config", help="pipeline YAML: data, train, doremi, doge, arms, seeds, report, eval")
+    pipeline.add_argument("--out", required=True,
+                          help="output directory: corpus, weights, one run per arm and seed, report (required)")
+    pipeline.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                          help="show progress bars (only on a terminal); overrides the YAML's progress "
+                               "(default: the YAML's, else on)")
+    pipeline.add_argument("--rerun-changed", action="store_true",
+                          help="when the config changed for stages already run in --out, move their directories "
+                               "aside (<stage dir>.replaced-<time>-<keys>; nothing is deleted) and run them again; "
+                               "without it the pipeline stops and names the changed keys (default: off)")
     pipeline.set_defaults(func=cmd_pipeline)
 
     evaluate = commands.add_parser("eval", help="per-domain validation loss of a run's checkpoint")
-    evaluate.add_argument("run")
+    evaluate.add_argument("run", help="a run directory written by mixweight train")
     evaluate.add_argument("--data", default=None, help="corpus directory (default: the run's)")
     evaluate.add_argument("--checkpoint", default=None, help="step-N or a path (default: the newest)")
     evaluate.set_defaults(func=cmd_eval)
 
     compare = commands.add_parser("compare", help="tables and plots comparing finished runs")
     compare.add_argument("runs", nargs="+", help="run directories; runs with the same --labels entry are seeds of one arm")
-    compare.add_argument("--out", required=True)
+    compare.add_argument("--out", required=True, help="directory for report.md, report.json and figures (required)")
     compare.add_argument("--labels", default=None, help="comma-separated arm name per run (default: directory names)")
     compare.add_argument("--weights", action="append", default=None, metavar="METHOD=FILE",
-                         help="domain_weights.json to show (repeatable)")
+                         help="a domain_weights.json to show, labelled METHOD (repeatable; default: the files "
+                              "the runs trained on)")
     compare.add_argument("--data", default=None, help="corpus directory (default: the runs')")
     compare.add_argument("--baseline", default=None, help="arm whose final loss is the target (default: uniform, else the first)")
     compare.set_defaults(func=cmd_compare)

@@ -222,7 +222,7 @@ def test_empty_documents_are_counted(tmp_path, records):
 def bad(tmp_path, lines: list[str], name="bad.jsonl", **kwargs) -> str:
     path = tmp_path / name
     path.write_bytes(b"".join((l if isinstance(l, bytes) else l.encode()) + b"\n" for l in lines))
-    kwargs = {"seq_len": 4, "val_fraction": 0.0, "progress": False, **kwargs}
+    kwargs = {"seq_len": 4, "val_fraction": 0.5, "progress": False, **kwargs}
     with pytest.raises(MixweightError) as err:
         prepare_corpus(path, tmp_path / "out", **kwargs)
     return str(err.value)
@@ -267,10 +267,12 @@ def test_undecodable_lines(tmp_path):
 def test_domain_too_small(tmp_path, records):
     lines = [json.dumps(r) for r in records] + [json.dumps({"text": "tiny", "meta": {"redpajama_set_name": "Tiny"}})]
     msg = bad(tmp_path, lines, seq_len=32)
-    assert "'Tiny' has 5 train tokens" in msg and "--seq-len" in msg and "more data" in msg
-    # With a val split, a domain whose documents all hash into train has no val block.
+    assert "'Tiny' has 5 tokens in 1 document(s)" in msg and "one training block and one validation block" in msg
+    assert "at least 64 tokens" in msg and "--seq-len" in msg and "more data" in msg
+    assert "RedPajama" not in msg  # only the small domain is named
+    # One document per domain cannot give both a training and a validation block, whatever its length.
     msg = bad(tmp_path, [json.dumps(r) for r in records[:3]], seq_len=8, val_fraction=0.01)
-    assert "val tokens" in msg
+    assert "in 1 document(s)" in msg and "left for training" in msg
 
 
 def test_bad_domain_name(tmp_path):

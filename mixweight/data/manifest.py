@@ -11,6 +11,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from mixweight.data.names import NAME_RULE, name_problem
 from mixweight.data.streams import verify_stream
 from mixweight.errors import MixweightError
 from mixweight.jsonio import write_json_atomic
@@ -70,28 +71,56 @@ class Manifest:
 
     @classmethod
     def from_json(cls, raw: dict, where: str = MANIFEST_NAME) -> "Manifest":
+        if not isinstance(raw, dict):
+            raise MixweightError(f"{where}: expected a JSON object, got {type(raw).__name__}; re-create the corpus")
         required = ["domains", "seq_len", "vocab_size", "tokenizer", "splits"]
         missing = [k for k in required if k not in raw]
         if missing:
             raise MixweightError(f"{where}: missing field(s) {missing}; a mixweight manifest has {required}")
+        domains = raw["domains"]
+        if not isinstance(domains, list) or not domains:
+            raise MixweightError(f"{where}: 'domains' must be a non-empty list of names, got {domains!r}")
+        for domain in domains:
+            problem = name_problem(domain)
+            if problem:  # a hand-edited manifest meets the rule `data prepare` enforces
+                raise MixweightError(f"{where}: domain {domain!r} {problem}; {NAME_RULE}")
+        if len(set(domains)) != len(domains):
+            raise MixweightError(f"{where}: 'domains' lists a name twice: {domains}")
+        for key in ("seq_len", "vocab_size"):
+            if not isinstance(raw[key], int) or isinstance(raw[key], bool) or raw[key] < 2:
+                raise MixweightError(f"{where}: '{key}' must be an integer >= 2, got {raw[key]!r}")
+        if not isinstance(raw["splits"], dict) or not isinstance(raw["tokenizer"], dict):
+            raise MixweightError(f"{where}: 'splits' and 'tokenizer' must be JSON objects")
         splits = {}
         for split, per_domain in raw["splits"].items():
-            splits[split] = {d: DomainSplitStats(**stats) for d, stats in per_domain.items()}
+            try:
+                splits[split] = {d: DomainSplitStats(**stats) for d, stats in per_domain.items()}
+            except (AttributeError, TypeError) as exc:
+                raise MixweightError(f"{where}: split '{split}' is malformed ({exc}); each domain needs "
+                                     "{documents, tokens, blocks, path}") from exc
         for split in SPLITS:
-            absent = [d for d in raw["domains"] if d not in splits.get(split, {})]
+            absent = [d for d in domains if d not in splits.get(split, {})]
             if absent:
                 raise MixweightError(f"{where}: split '{split}' has no entry for domain(s) {absent}")
+            for d in domains:
+                stats = splits[split][d]
+                inside = isinstance(stats.path, str) and stats.path and not Path(stats.path).is_absolute() \
+                    and ".." not in Path(stats.path).parts  # streams live inside the corpus directory
+                if not inside or not isinstance(stats.blocks, int):
+                    raise MixweightError(f"{where}: split '{split}', domain '{d}': expected a path inside the corpus "
+                                         f"(like '{split}/{d}') and an integer block count, got path {stats.path!r}, "
+                                         f"blocks {stats.blocks!r}")
         return cls(
-            domains=list(raw["domains"]),
+            domains=list(domains),
             seq_len=int(raw["seq_len"]),
             vocab_size=int(raw["vocab_size"]),
             eos_id=raw.get("eos_id"),
             tokenizer=dict(raw["tokenizer"]),
             splits=splits,
-            source=dict(raw.get("source", {})),
+            source=dict(raw.get("source") or {}),
             config_hash=str(raw.get("config_hash", "")),
-            irreducible_loss=dict(raw.get("irreducible_loss", {})),
-            skipped=dict(raw.get("skipped", {})),
+            irreducible_loss=dict(raw.get("irreducible_loss") or {}),
+            skipped=dict(raw.get("skipped") or {}),
             format=str(raw.get("format", FORMAT)),
         )
 
@@ -106,8 +135,8 @@ def load_manifest(corpus_dir: str | Path) -> Manifest:
             f"`mixweight data synth --out {corpus_dir}` or `mixweight data prepare --input ... --out {corpus_dir}`"
         )
     try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise MixweightError(f"{path}: not valid JSON ({exc}); re-create the corpus") from exc
     manifest = Manifest.from_json(raw, where=str(path))
     for split in SPLITS:
@@ -119,9 +148,13 @@ def load_manifest(corpus_dir: str | Path) -> Manifest:
                     f"{where} should be an MDS stream at {stream}, but {stream / 'index.json'} is missing; "
                     "re-create the corpus"
                 )
-            samples = verify_stream(stream, where)
+            samples = verify_stream(stream, where, manifest.seq_len)
             if split == "train" and samples == 0:
                 raise MixweightError(f"{where} is empty: no training blocks; drop the domain or add data")
+            if split == "val" and samples == 0:
+                # Every command reports per-domain validation loss; zero blocks would read as a loss of 0.0.
+                raise MixweightError(f"{where} is empty: no validation blocks, so its loss cannot be measured; "
+                                     "re-create the corpus with `mixweight data prepare --val-fraction` > 0")
             if samples != manifest.splits[split][domain].blocks:
                 raise MixweightError(f"{where}: the stream holds {samples} blocks, the manifest says "
                                      f"{manifest.splits[split][domain].blocks}; re-create the corpus")

@@ -12,14 +12,19 @@ How it runs, and why:
 3. Per domain and split: cut the spill file into seq_len blocks (the remainder that does not
    fill a block is dropped and counted) and write them with :func:`write_stream`.
 The validation split is a hash of the document text, so a document's split never depends on
-file order, on other documents, or on a seed.
+file order or on a seed. Every domain is guaranteed one validation block: when the hash puts
+too few of a domain's documents in validation (a big domain of few long documents), its
+training documents with the lowest hash scores move to validation until one block is
+filled; how many moved is recorded in the manifest (``source.moved_to_val``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 import multiprocessing
+import os
 import shutil
 import sys
 from collections import Counter, deque
@@ -30,8 +35,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from mixweight.data.manifest import DomainSplitStats, Manifest, load_manifest
-from mixweight.data.output import check_can_write, is_same_corpus, staged_directory
-from mixweight.data.readers import describe, get_field, input_fingerprint, iter_records, list_sources
+from mixweight.data.names import NAME_RULE, name_problem
+from mixweight.data.output import check_can_write, is_same_corpus, resolve_output, staged_directory
+from mixweight.data.readers import describe, get_field, input_fingerprint, iter_records, scan_sources
 from mixweight.data.streams import token_dtype, write_stream
 from mixweight.data.tokenizer import ByteTokenizer, load_hf_tokenizer, parse_spec, train_bpe
 from mixweight.errors import MixweightError
@@ -52,12 +58,11 @@ def split_of(text: str, val_fraction: float) -> str:
 
 
 def _check_domain_name(name, where: str, field: str) -> str:
-    """Domain names become directory names: refuse anything that is not one plain path component."""
-    if not isinstance(name, str) or not name or name in (".", "..") or name.startswith(".") or any(c in name for c in "/\\\0"):
-        raise MixweightError(
-            f"{where}: domain {name!r} (field '{field}') cannot name a stream directory; "
-            "a domain must be a non-empty string without '/', '\\' or a leading '.'"
-        )
+    """Domain names become directory names and export entries: one plain, short path component."""
+    problem = name_problem(name)
+    if problem:
+        shown = name if not isinstance(name, str) or len(name) <= 60 else name[:60] + "..."
+        raise MixweightError(f"{where}: domain {shown!r} (field '{field}') {problem}; {NAME_RULE}")
     return name
 
 
@@ -89,13 +94,14 @@ def _encode_chunk(chunk: tuple[list, list[str]]) -> tuple[list, list[np.ndarray]
 
 
 def _chunks(documents, val_fraction: float, empty: Counter) -> Iterator[tuple[list, list[str]]]:
-    """Group non-empty documents into chunks of ((split, domain) keys, texts); count the empty ones."""
+    """Group non-empty documents into chunks of ((split, domain, score) keys, texts); count the empty ones."""
     keys, texts = [], []
     for domain, text in documents:
         if not text.strip():
             empty[domain] += 1
             continue
-        keys.append((split_of(text, val_fraction), domain))
+        score = val_score(text)
+        keys.append(("val" if score < val_fraction else "train", domain, score))
         texts.append(text)
         if len(texts) >= CHUNK_DOCS:
             yield keys, texts
@@ -134,19 +140,48 @@ class SpillFiles:
         self.tokens: Counter = Counter()
         root.mkdir(parents=True, exist_ok=True)
 
-    def append(self, key: tuple[str, str], ids: np.ndarray) -> None:
+    def _path(self, key: tuple[str, str]) -> Path:
+        if key not in self.paths:
+            self.paths[key] = self.root / f"{len(self.paths)}.bin"  # numbered: domain names stay out of file names
+        return self.paths[key]
+
+    def append(self, key: tuple[str, str], ids: np.ndarray) -> int:
+        """Append one document and its EOS; returns its offset (in tokens) in the spill file."""
         if key not in self.files:
-            self.paths[key] = self.root / f"{len(self.files)}.bin"  # numbered: domain names stay out of file names
-            self.files[key] = open(self.paths[key], "wb")
+            self.files[key] = open(self._path(key), "wb")
         f = self.files[key]
         f.write(ids.astype(self.dtype, copy=False).tobytes())
         f.write(self.eos)
+        offset = self.tokens[key]
         self.documents[key] += 1
         self.tokens[key] += len(ids) + 1
+        return offset
 
     def close(self) -> None:
         for f in self.files.values():
             f.close()
+
+    def move_to_val(self, domain: str, spans: list[tuple[int, int]], chunk: int = 1 << 24) -> None:
+        """Move whole documents ((offset, length) in the train file, sorted) to the end of the val file."""
+        train, val = ("train", domain), ("val", domain)
+        data = np.memmap(self.paths[train], dtype=self.dtype, mode="r")
+        with open(self._path(val), "ab") as f:
+            for offset, length in spans:
+                f.write(data[offset : offset + length].tobytes())
+        kept = self.paths[train].with_suffix(".kept")
+        with open(kept, "wb") as f:  # the train file without the moved spans, copied in bounded chunks
+            start = 0
+            for end, next_start in [(o, o + n) for o, n in spans] + [(len(data), len(data))]:
+                for i in range(start, end, chunk):
+                    f.write(data[i : min(i + chunk, end)].tobytes())
+                start = next_start
+        del data
+        os.replace(kept, self.paths[train])
+        moved = sum(n for _, n in spans)
+        self.tokens[train] -= moved
+        self.tokens[val] += moved
+        self.documents[train] -= len(spans)
+        self.documents[val] += len(spans)
 
     def blocks(self, key: tuple[str, str], seq_len: int) -> Iterator[np.ndarray]:
         n = self.tokens[key] // seq_len
@@ -157,26 +192,70 @@ class SpillFiles:
             yield np.asarray(data[i * seq_len : (i + 1) * seq_len])
 
 
-def _check_sizes(domains: list[str], spill: SpillFiles, seq_len: int, val_fraction: float) -> None:
-    """Every domain needs a block in train (and in val when there is a val split); name them all at once."""
+class ValCandidates:
+    """Per domain, the training documents with the lowest hash scores: just enough to fill one block.
+
+    Which documents these are depends on the texts alone (their scores), not on file order, and
+    memory stays bounded by one block's worth of documents per domain.
+    """
+
+    def __init__(self, seq_len: int):
+        self.seq_len = seq_len
+        self.heaps: dict[str, list] = {}  # max-heap by score: (-score, offset, length)
+        self.totals: Counter = Counter()
+
+    def offer(self, domain: str, score: float, offset: int, length: int) -> None:
+        heap = self.heaps.setdefault(domain, [])
+        heapq.heappush(heap, (-score, offset, length))
+        self.totals[domain] += length
+        # Drop the highest score while the rest still fill a block: they would never be needed.
+        while len(heap) > 1 and self.totals[domain] - heap[0][2] >= self.seq_len:
+            self.totals[domain] -= heapq.heappop(heap)[2]
+
+    def lowest(self, domain: str, tokens: int) -> list[tuple[int, int]]:
+        """(offset, length) of the lowest-scoring documents holding at least `tokens`, sorted by offset."""
+        chosen, total = [], 0
+        for neg_score, offset, length in sorted(self.heaps.get(domain, []), key=lambda c: (-c[0], c[1])):
+            if total >= tokens:
+                break
+            chosen.append((offset, length))
+            total += length
+        return sorted(chosen)
+
+
+def guarantee_val_block(domains: list[str], spill: SpillFiles, candidates: ValCandidates, seq_len: int) -> dict:
+    """Give every domain one validation block, moving its lowest-scoring training documents; returns the moves."""
+    moved = {}
+    for domain in domains:
+        need = seq_len - spill.tokens[("val", domain)]
+        spans = candidates.lowest(domain, need) if need > 0 else []
+        if spans:
+            spill.move_to_val(domain, spans)
+        moved[domain] = {"documents": len(spans), "tokens": sum(n for _, n in spans)}
+    return moved
+
+
+def _check_sizes(domains: list[str], spill: SpillFiles, seq_len: int) -> None:
+    """Every domain needs a training block and a validation block, of whole documents; name them all at once."""
     problems = []
     for domain in domains:
-        for split in SPLITS if val_fraction > 0 else ("train",):
-            tokens = spill.tokens[(split, domain)]
-            if tokens < seq_len:
-                problems.append(f"'{domain}' has {tokens} {split} tokens")
+        train, val = spill.tokens[("train", domain)], spill.tokens[("val", domain)]
+        if train < seq_len or val < seq_len:
+            documents = spill.documents[("train", domain)] + spill.documents[("val", domain)]
+            problems.append(f"'{domain}' has {train + val} tokens in {documents} document(s) "
+                            f"({train} left for training after {val} for validation)")
     if problems:
         raise MixweightError(
-            f"domain(s) too small for one block of --seq-len {seq_len}: {'; '.join(problems)}. "
-            "Use a smaller --seq-len, more data for these domains"
-            + (", or a larger --val-fraction" if val_fraction > 0 else "")
+            f"domain(s) too small for one training block and one validation block of --seq-len {seq_len} "
+            f"(at least {2 * seq_len} tokens, each block from whole documents): {'; '.join(problems)}. "
+            "Use a smaller --seq-len or more data for these domains"
         )
 
 
 def prepare_config_hash(input_path, domain_field, text_field, tokenizer, tokenizer_fingerprint, seq_len, val_fraction) -> str:
     """Hash of everything that decides the corpus bytes: input files (names, sizes, mtimes) and options."""
     spec = {
-        "kind": "prepare", "version": 1, "input": str(Path(input_path).resolve()),
+        "kind": "prepare", "version": 2,  # 2: every domain gets a validation block "input": str(Path(input_path).resolve()),
         "files": input_fingerprint(input_path), "domain_field": domain_field, "text_field": text_field,
         "tokenizer": str(tokenizer), "tokenizer_fingerprint": tokenizer_fingerprint,
         "seq_len": seq_len, "val_fraction": val_fraction,
@@ -195,14 +274,17 @@ def prepare_corpus(
     """
     if not isinstance(seq_len, int) or seq_len < 2:
         raise MixweightError(f"--seq-len {seq_len}: must be an integer >= 2 (a block needs an input and a target)")
-    if not 0 <= val_fraction < 1:
-        raise MixweightError(f"--val-fraction {val_fraction}: must be in [0, 1) (0 = no validation split)")
+    if not isinstance(val_fraction, (int, float)) or not 0 < val_fraction < 1:
+        # Training and evaluation report per-domain validation loss: a corpus without validation
+        # blocks would report nothing (or, worse, 0.0). A tiny fraction costs at most a block per domain.
+        raise MixweightError(f"--val-fraction {val_fraction}: must be in (0, 1); every domain needs validation "
+                             "data for its loss (each gets at least one block whatever the fraction, e.g. 0.001)")
     kind, arg = parse_spec(tokenizer)
-    sources = list_sources(input_path)  # fails early on a missing path or unsupported type
+    sources, skipped_files = scan_sources(input_path)  # fails early on a missing path or unsupported type
+    out_dir = resolve_output(out_dir, input_path)
     hf_tok = load_hf_tokenizer(arg) if kind == "hf" else None
     fingerprint = hf_tok.info["fingerprint"] if hf_tok else None  # bpe and byte are fixed by the options
     config_hash = prepare_config_hash(input_path, domain_field, text_field, tokenizer, fingerprint, seq_len, val_fraction)
-    out_dir = Path(out_dir)
     if is_same_corpus(out_dir, config_hash):
         return load_manifest(out_dir)
     check_can_write(out_dir, overwrite)
@@ -218,19 +300,24 @@ def prepare_corpus(
 
         dtype = token_dtype(tok.vocab_size)
         spill = SpillFiles(staging / SPILL_DIR, dtype, tok.eos_id)
+        candidates = ValCandidates(seq_len)
         empty: Counter = Counter()
         chunks = _chunks(iter_documents(input_path, domain_field, text_field), val_fraction, empty)
         with tqdm(desc="tokenize", unit="doc", disable=not show) as bar:
             for keys, encoded in encoded_chunks(tok, chunks, num_proc):
-                for key, ids in zip(keys, encoded):
-                    spill.append(key, ids)
+                for (split, domain, score), ids in zip(keys, encoded):
+                    offset = spill.append((split, domain), ids)
+                    if split == "train":
+                        candidates.offer(domain, score, offset, len(ids) + 1)
                 bar.update(len(keys))
         spill.close()
 
         domains = sorted({d for _, d in spill.tokens} | set(empty))
         if not domains:
             raise MixweightError(f"--input {input_path}: no records found")
-        _check_sizes(domains, spill, seq_len, val_fraction)
+        # (bpe: the moved documents were among the tokenizer's training texts; they are a block's worth.)
+        moved = guarantee_val_block(domains, spill, candidates, seq_len)
+        _check_sizes(domains, spill, seq_len)
 
         splits: dict[str, dict[str, DomainSplitStats]] = {s: {} for s in SPLITS}
         skipped = {}
@@ -253,8 +340,22 @@ def prepare_corpus(
             tokenizer=dict(tok.info), splits=splits,
             source={"kind": "prepare", "input": str(Path(input_path).resolve()), "num_files": len(sources),
                     "domain_field": domain_field, "text_field": text_field, "tokenizer": str(tokenizer),
-                    "val_fraction": val_fraction},
+                    "val_fraction": val_fraction, "skipped_files": skipped_files, "moved_to_val": moved},
             config_hash=config_hash, irreducible_loss={}, skipped=skipped,
         )
         manifest.write(staging)
     return manifest
+
+
+def report_lines(manifest: Manifest) -> list[str]:
+    """What `data prepare` did besides the obvious: input files it skipped, documents it moved to validation."""
+    lines = []
+    skipped = manifest.source.get("skipped_files") or []
+    if skipped:
+        lines.append(f"skipped {len(skipped)} file(s) under {manifest.source.get('input')} that are not a supported "
+                     f"input: {', '.join(skipped)}")
+    for domain, move in (manifest.source.get("moved_to_val") or {}).items():
+        if move.get("documents"):
+            lines.append(f"domain '{domain}': moved {move['documents']} document(s) ({move['tokens']} tokens) "
+                         "with the lowest hash scores from train to validation, so it has one validation block")
+    return lines

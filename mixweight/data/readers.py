@@ -1,4 +1,4 @@
-"""Reading raw text records: JSONL (plain or zstd), Parquet, and `datasets` save_to_disk directories.
+"""Reading raw text records: JSONL (plain, gzip or zstd), Parquet, and `datasets` save_to_disk directories.
 
 Every reader yields ``(source, position, record)`` where ``position`` is a 1-based line
 number for JSONL and a 0-based row index for tabular sources, so an error can point at the
@@ -15,12 +15,14 @@ from typing import Iterator
 from mixweight.errors import MixweightError
 
 SUPPORTED = (
-    ".jsonl / .json (one JSON object per line), .jsonl.zst / .zst (the same, zstd-compressed), "
+    ".jsonl / .json (one JSON object per line), .jsonl.gz / .json.gz (the same, gzip-compressed), "
+    ".jsonl.zst / .zst (the same, zstd-compressed), "
     ".parquet, a Hugging Face `datasets` directory written with save_to_disk, "
     "or a directory holding such files"
 )
 JSONL_SUFFIXES = (".jsonl", ".json")
 ZST_SUFFIXES = (".jsonl.zst", ".json.zst", ".zst")
+GZ_SUFFIXES = (".jsonl.gz", ".json.gz")
 PARQUET_SUFFIXES = (".parquet",)
 Record = tuple[Path, int, dict]
 
@@ -33,7 +35,7 @@ def is_datasets_dir(path: Path) -> bool:
 
 
 def source_kind(path: Path) -> str | None:
-    """'jsonl', 'zst', 'parquet' or 'datasets'; None for anything we cannot read."""
+    """'jsonl', 'gz', 'zst', 'parquet' or 'datasets'; None for anything we cannot read."""
     if is_datasets_dir(path):
         return "datasets"
     name = path.name.lower()
@@ -41,6 +43,8 @@ def source_kind(path: Path) -> str | None:
         return None
     if name.endswith(ZST_SUFFIXES):
         return "zst"
+    if name.endswith(GZ_SUFFIXES):
+        return "gz"
     if name.endswith(JSONL_SUFFIXES):
         return "jsonl"
     if name.endswith(PARQUET_SUFFIXES):
@@ -48,31 +52,49 @@ def source_kind(path: Path) -> str | None:
     return None
 
 
-def list_sources(input_path: str | Path) -> list[Path]:
-    """The readable sources under `input_path`, in sorted (hence reproducible) order."""
+def scan_sources(input_path: str | Path) -> tuple[list[Path], list[str]]:
+    """The readable sources under `input_path` in sorted (hence reproducible) order, and what was skipped.
+
+    Skipped entries are 'relative/path (reason)': files of a kind we cannot read, and hidden
+    entries (editor droppings, version-control directories), which are not walked into.
+    """
     path = Path(input_path)
     if not path.exists():
         raise MixweightError(f"--input {path}: no such file or directory; expected {SUPPORTED}")
     if path.is_file() or is_datasets_dir(path):
         if source_kind(path) is None:
             raise MixweightError(f"--input {path}: unsupported file type; expected {SUPPORTED}")
-        return [path]
+        return [path], []
     sources: list[Path] = []
-    for child in sorted(path.iterdir(), key=lambda p: p.name):
-        if child.name.startswith("."):
-            continue  # editor droppings, our own staging dirs
-        if child.is_dir() and not is_datasets_dir(child):
-            sources.extend(list_sources(child))
-        elif source_kind(child) is not None:
-            sources.append(child)
+    skipped: list[str] = []
+
+    def walk(directory: Path) -> None:
+        for child in sorted(directory.iterdir(), key=lambda p: p.name):
+            rel = child.relative_to(path).as_posix()
+            if child.name.startswith("."):
+                skipped.append(f"{rel} (hidden)")
+            elif child.is_dir() and not is_datasets_dir(child):
+                walk(child)
+            elif source_kind(child) is not None:
+                sources.append(child)
+            else:
+                skipped.append(f"{rel} (unsupported type)")
+
+    walk(path)
     if not sources:
-        raise MixweightError(f"--input {path}: directory holds no readable files; expected {SUPPORTED}")
-    return sources
+        found = f"found only: {', '.join(skipped[:10])}{', ...' if len(skipped) > 10 else ''}" if skipped else "it is empty"
+        raise MixweightError(f"--input {path}: directory holds no readable files ({found}); expected {SUPPORTED}")
+    return sources, skipped
+
+
+def list_sources(input_path: str | Path) -> list[Path]:
+    """The readable sources under `input_path`, in sorted (hence reproducible) order."""
+    return scan_sources(input_path)[0]
 
 
 def describe(source: Path, position: int) -> str:
     """'file line N' for line-based sources, 'file row N' for tabular ones."""
-    unit = "line" if source_kind(source) in ("jsonl", "zst") else "row"
+    unit = "line" if source_kind(source) in ("jsonl", "gz", "zst") else "row"
     return f"{source} {unit} {position}"
 
 
@@ -97,6 +119,17 @@ def _json_lines(source: Path, stream: io.BufferedIOBase) -> Iterator[Record]:
 def read_jsonl(source: Path) -> Iterator[Record]:
     with open(source, "rb") as f:
         yield from _json_lines(source, f)
+
+
+def read_gz(source: Path) -> Iterator[Record]:
+    import gzip
+    import zlib
+
+    try:
+        with gzip.open(source, "rb") as f:
+            yield from _json_lines(source, f)
+    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+        raise MixweightError(f"{source}: not a valid gzip stream ({exc})") from exc
 
 
 def read_zst(source: Path) -> Iterator[Record]:
@@ -144,7 +177,7 @@ def read_datasets_dir(source: Path) -> Iterator[Record]:
                 row += 1
 
 
-READERS = {"jsonl": read_jsonl, "zst": read_zst, "parquet": read_parquet, "datasets": read_datasets_dir}
+READERS = {"jsonl": read_jsonl, "gz": read_gz, "zst": read_zst, "parquet": read_parquet, "datasets": read_datasets_dir}
 
 
 def iter_records(input_path: str | Path) -> Iterator[Record]:

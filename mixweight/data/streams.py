@@ -6,10 +6,9 @@ index in the manifest), so any loader over several streams knows where a sample 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Iterable
-
-import json
 
 import numpy as np
 from streaming import MDSWriter
@@ -41,44 +40,104 @@ def write_stream(out_dir: str | Path, blocks: Iterable[np.ndarray], domain_id: i
     return count
 
 
-def verify_stream(stream_dir: str | Path, where: str) -> int:
-    """Check a local stream's shards against its index (present, complete); returns its sample count.
+TOKEN_DTYPES = ("uint16", "uint32")  # what token_dtype can choose
 
-    Size checks are cheap and catch truncated or missing shards before training starts,
-    where mosaicml-streaming would fail later inside a background thread.
-    """
-    stream_dir = Path(stream_dir)
-    index_path = stream_dir / get_index_basename()
+
+def accepted_columns(seq_len: int | str) -> dict[str, str]:
+    """The columns write_stream writes, as index.json spells them (names sorted, as MDSWriter stores them)."""
+    return {"domain": "int32", "tokens": f"ndarray:{'|'.join(TOKEN_DTYPES)}:{seq_len}"}
+
+
+def _read_index(index_path: Path, where: str) -> list[dict]:
     try:
         index = json.loads(index_path.read_text())
         shards = index["shards"]
-    except (OSError, json.JSONDecodeError, KeyError) as exc:
+        if not isinstance(shards, list) or not all(isinstance(s, dict) for s in shards):
+            raise TypeError("'shards' is not a list of objects")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
         raise MixweightError(f"{where}: cannot read the stream index {index_path} ({exc}); re-create the corpus") from exc
+    return shards
+
+
+def check_encodings(shards: list[dict], index_path: Path, where: str, seq_len: int | None = None) -> None:
+    """Refuse any shard whose columns are not exactly what write_stream writes, before a sample is decoded.
+
+    MDS decodes a `pkl` column with pickle (and `json` with a parser of another's choosing): a corpus
+    is shared data, so reading one must never run code. Only mixweight's own encodings pass; with
+    `seq_len`, the token arrays must also have the manifest's block length.
+    """
+    wanted = accepted_columns(seq_len if seq_len is not None else "SEQ_LEN")
+    accepted = f"accepted: uncompressed MDS shards with columns {wanted}"
+    for number, shard in enumerate(shards):
+        names, encodings = shard.get("column_names"), shard.get("column_encodings")
+        well_formed = (isinstance(names, list) and isinstance(encodings, list) and len(names) == len(encodings)
+                       and all(isinstance(x, str) for x in names + encodings) and len(set(names)) == len(names))
+        found = dict(zip(names, encodings)) if well_formed else {}
+        problem = None
+        if shard.get("format") != "mds" or shard.get("compression") is not None:
+            problem = f"format {shard.get('format')!r}, compression {shard.get('compression')!r}"
+        elif not well_formed or sorted(found) != sorted(wanted):
+            problem = f"columns {names!r} with encodings {encodings!r}"
+        else:
+            token_kind = str(found["tokens"]).split(":")
+            bad_tokens = (len(token_kind) != 3 or token_kind[0] != "ndarray" or token_kind[1] not in TOKEN_DTYPES
+                          or not token_kind[2].isdigit() or (seq_len is not None and int(token_kind[2]) != seq_len))
+            if found["domain"] != "int32":
+                problem = f"column 'domain' encoded as {found['domain']!r}"
+            elif bad_tokens:
+                problem = f"column 'tokens' encoded as {found['tokens']!r}"
+        if problem is not None:
+            raise MixweightError(
+                f"{where}: shard {number} of {index_path} has {problem}, which mixweight does not read "
+                f"(a stream of another tool, or one that could run code when decoded); {accepted}"
+            )
+
+
+def verify_stream(stream_dir: str | Path, where: str, seq_len: int | None = None) -> int:
+    """Check a local stream's index (mixweight's encodings only) and shards (present, complete).
+
+    Returns its sample count. Size checks are cheap and catch truncated or missing shards before
+    training starts, where mosaicml-streaming would fail later inside a background thread.
+    """
+    stream_dir = Path(stream_dir)
+    index_path = stream_dir / get_index_basename()
+    shards = _read_index(index_path, where)
+    check_encodings(shards, index_path, where, seq_len)
     samples = 0
-    for shard in shards:
-        raw = shard["raw_data"]
-        path = stream_dir / raw["basename"]
+    for number, shard in enumerate(shards):
+        try:
+            raw, count = shard["raw_data"], int(shard["samples"])
+            basename, size = raw["basename"], int(raw["bytes"])
+            if not isinstance(basename, str) or "/" in basename or "\\" in basename or basename.startswith("."):
+                raise ValueError(f"shard file name {basename!r} is not a file of this directory")
+        except (KeyError, TypeError, ValueError) as exc:
+            raise MixweightError(f"{where}: shard {number} of {index_path} is malformed ({exc}); "
+                                 "re-create the corpus") from exc
+        path = stream_dir / basename
         if not path.is_file():
             raise MixweightError(f"{where}: shard {path} is missing; re-create the corpus")
-        if path.stat().st_size != raw["bytes"]:
+        if path.stat().st_size != size:
             raise MixweightError(
-                f"{where}: shard {path} has {path.stat().st_size} bytes, its index says {raw['bytes']}: "
+                f"{where}: shard {path} has {path.stat().st_size} bytes, its index says {size}: "
                 "the shard is truncated or corrupted; re-create the corpus"
             )
-        samples += shard["samples"]
+        samples += count
     return samples
 
 
-def read_stream(stream_dir: str | Path, limit: int | None = None) -> np.ndarray:
+def read_stream(stream_dir: str | Path, limit: int | None = None, seq_len: int | None = None) -> np.ndarray:
     """All blocks of a local stream as an int64 array [n, seq_len], in write order.
 
-    Reads shards directly (no StreamingDataset), so it needs no shared memory: the
-    right tool for small splits such as validation sets and for tests.
+    Reads shards directly (no StreamingDataset, hence none of its unsafe-type checks: the
+    encodings are checked here), so it needs no shared memory: the right tool for small
+    splits such as validation sets and for tests.
     """
     stream_dir = Path(stream_dir)
-    index = json.loads((stream_dir / get_index_basename()).read_text())
+    index_path = stream_dir / get_index_basename()
+    shards = _read_index(index_path, str(stream_dir))
+    check_encodings(shards, index_path, str(stream_dir), seq_len)
     blocks = []
-    for shard_info in index["shards"]:
+    for shard_info in shards:
         shard = reader_from_json(str(stream_dir), None, shard_info)
         for i in range(shard.samples):
             blocks.append(np.asarray(shard[i]["tokens"], dtype=np.int64))

@@ -250,7 +250,7 @@ def write_synthetic_corpus(
     from pathlib import Path
 
     from mixweight.data.manifest import DomainSplitStats, Manifest, load_manifest
-    from mixweight.data.output import check_can_write, is_same_corpus, staged_directory
+    from mixweight.data.output import check_can_write, is_same_corpus, resolve_output, staged_directory
     from mixweight.data.streams import write_stream
     from mixweight.errors import MixweightError
 
@@ -261,7 +261,9 @@ def write_synthetic_corpus(
         raise MixweightError(f"--tokens-per-domain {tokens_per_domain} is less than one block of --seq-len {seq_len}")
     if val_blocks is None:
         val_blocks = max(8, train_blocks // 20)
-    out_dir = Path(out_dir)
+    if val_blocks < 1:  # every command reports per-domain validation loss
+        raise MixweightError(f"val_blocks {val_blocks}: every domain needs at least one validation block")
+    out_dir = resolve_output(out_dir)
     config_hash = synth_config_hash(seed, tokens_per_domain, seq_len, val_blocks)
     if is_same_corpus(out_dir, config_hash):
         return load_manifest(out_dir)

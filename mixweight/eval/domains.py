@@ -15,16 +15,25 @@ import torch
 
 from mixweight.data.manifest import Manifest
 from mixweight.data.streams import read_stream
+from mixweight.errors import MixweightError
 from mixweight.train.distributed import World, all_reduce_sum
 from mixweight.train.loss import token_loss_sums
 
 
 def load_validation(corpus_dir: str | Path, manifest: Manifest, max_blocks: int) -> dict[str, torch.Tensor]:
-    """The first `max_blocks` validation blocks of every domain, in write order (deterministic)."""
-    return {
-        d: torch.from_numpy(read_stream(manifest.stream_dir(corpus_dir, "val", d), limit=max_blocks))
-        for d in manifest.domains
-    }
+    """The first `max_blocks` validation blocks of every domain, in write order (deterministic).
+
+    Shards are read with the manifest's seq_len, so a stream whose encodings are not
+    mixweight's own is refused before any sample is decoded (see `check_encodings`).
+    """
+    val_sets = {}
+    for d in manifest.domains:
+        stream = manifest.stream_dir(corpus_dir, "val", d)
+        val_sets[d] = torch.from_numpy(read_stream(stream, limit=max_blocks, seq_len=manifest.seq_len))
+        if len(val_sets[d]) == 0:
+            raise MixweightError(f"{stream}: domain '{d}' has no validation blocks, so its loss cannot be measured; "
+                                 "re-create the corpus with `mixweight data prepare --val-fraction` > 0")
+    return val_sets
 
 
 @torch.no_grad()
@@ -37,6 +46,8 @@ def evaluate_domains(
     device = next(model.parameters()).device
     domains = {}
     for name, blocks in val_sets.items():
+        if len(blocks) == 0:  # a mean over nothing is not a loss of 0.0
+            raise MixweightError(f"domain '{name}' has no validation blocks: its validation loss is undefined")
         # Every process runs the same number of forwards (sharded models gather parameters in
         # each one): a process short of blocks repeats block 0 with zero weight.
         per_process = -(-len(blocks) // world.size)

@@ -25,9 +25,18 @@ C = TypeVar("C")
 HELP = "help"  # dataclass field metadata key: the flag's help text in `mixweight ... --help`
 
 
-def option(default, help_text: str):
-    """A config field with its help text: one definition serves the YAML key and the flag."""
-    return dataclasses.field(default=default, metadata={HELP: help_text})
+FLAGS = "flags"  # field metadata key: the flag names when --<field-name> will not do (see option's flags)
+
+
+def option(default, help_text: str, flags: tuple[str, ...] = ()):
+    """A config field with its help text: one definition serves the YAML key and the flag.
+
+    ``flags`` replaces the flag ``--<name-with-dashes>`` (the first is the documented one, the
+    rest aliases), for a field whose plain flag a launcher would take as its own: torchrun's
+    parser reads ``--r`` as an ambiguous abbreviation of its ``--rdzv-*`` options.
+    """
+    metadata = {HELP: help_text, FLAGS: tuple(flags)} if flags else {HELP: help_text}
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 def closest_hint(name: str, valid: list[str]) -> str:

@@ -42,6 +42,7 @@ def test_synth_train_eval_from_the_command_line(tmp_path, tiny_spec):
         ("steps: 0\n", "'steps' must be a positive integer"),
         ("batch_size: -2\n", "'batch_size' must be a positive integer"),
         ("lr: 0\n", "'lr' must be > 0"),
+        ("weight_histogram_every: 0\n", "'weight_histogram_every' must be a positive integer"),  # was ZeroDivisionError
         ("resume: maybe\n", "'resume': expected true or false"),
         ("- a list\n", "expected a mapping"),
     ],
@@ -60,3 +61,13 @@ def test_missing_corpus_says_how_to_make_one(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["train", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "run")])
     assert "mixweight data synth" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("item", ["doremi", "=w.json"])
+def test_compare_weights_needs_method_equals_file(tmp_path, capsys, item):
+    """A --weights entry without METHOD= is named (it was a ValueError traceback from dict())."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["compare", str(tmp_path), "--out", str(tmp_path / "report"), "--weights", item])
+    assert exit_info.value.code == 2
+    assert f"--weights {item!r}: expected METHOD=FILE" in capsys.readouterr().err
+    assert not (tmp_path / "report").exists()

@@ -30,12 +30,14 @@ class TrainConfig:
     domain_weights_every: int = _f(0, "follow the weights file's trajectory, entry i from step i*N (0: use its final weights)")
     batching: str = _f("random", "how micro-batches mix domains: random (shuffled together) or per_stream (each micro-batch from one domain); stratified is refused, it drops samples")
     sample_weighting: str = _f("none", "loss-based sample weights inside each step: none, linupper, quadratic or extremes")
-    r: float = _f(0.4, "sample-weight temperature (the paper's r; large -> uniform, max/min weight ratio e^(1/r))")
-    r_schedule: str = _f("step", "how r reaches its target: step (r_start, then r after r_warmup_steps), linear, cosine, or burnin (plain mean loss first)")
-    r_warmup_steps: int = _f(0, "steps before r reaches its target (the paper's 1.4B runs: 2000 of 20k at r_start 100)")
-    r_start: float = _f(100.0, "r during warmup (step) or at step 0 (linear, cosine)")
+    r: float = _f(0.4, "sample-weight temperature, the paper's r (YAML key r): large -> uniform weights; the max/min "
+                  "weight ratio is at most e^(1/r). --r is an alias that torchrun's own parser refuses (it reads it as "
+                  "--rdzv-*), so under torchrun write --temperature", flags=("--temperature", "--r"))
+    r_schedule: str = _f("step", "how r reaches its target: step (r_start, then r after r_warmup_steps), linear or cosine (anneal from r_start to r over r_warmup_steps), or burnin (plain mean loss for r_warmup_steps, then r)")
+    r_warmup_steps: int = _f(0, "optimizer steps before r reaches its target (0: the target r from the first step; the 1.4B/7B reference code, IBM fms-fsdp branch reweighted-train, defaults to 2000 at r_start 100)")
+    r_start: float = _f(100.0, "r during the warmup (step) or at step 0 (linear, cosine); unused by burnin")
     weight_cap: Optional[float] = _f(None, "optional cap c: no sample weight above c/N (the convergence theorem's condition with c=2)")
-    weight_histogram_every: int = _f(100, "log a histogram of N*w every N steps")
+    weight_histogram_every: int = _f(100, "log a histogram of the sample weights (each times the batch size) every this many steps")
     max_nonfinite_steps: int = _f(20, "stop the run after this many consecutive steps skipped for non-finite losses or gradients")
     fsdp: bool = _f(False, "under torchrun, shard the model with PyTorch FSDP (fully_shard) instead of DDP")
     eval_every: int = _f(50, "evaluate per-domain validation loss every N steps (0: only at the end)")
@@ -54,7 +56,7 @@ class TrainConfig:
         RSchedule(kind=self.r_schedule, r=self.r, r_start=self.r_start, warmup_steps=self.r_warmup_steps)
         require(self.data is not None, "train: --data is required (a corpus directory)")
         require(self.out is not None, "train: --out is required (the run directory)")
-        for name in ("max_nonfinite_steps", "steps", "batch_size", "grad_accum", "eval_blocks", "eval_batch_size", "keep_checkpoints", "log_every", "checkpoint_every"):
+        for name in ("max_nonfinite_steps", "steps", "batch_size", "grad_accum", "eval_blocks", "eval_batch_size", "keep_checkpoints", "log_every", "checkpoint_every", "weight_histogram_every"):
             value = getattr(self, name)
             require(value > 0, f"train: '{name}' must be a positive integer, got {value}")
         require(self.sample_weighting in SAMPLE_WEIGHTINGS,
@@ -62,7 +64,7 @@ class TrainConfig:
         require(self.r > 0 and self.r_start > 0, f"train: 'r' and 'r_start' must be > 0, got {self.r}, {self.r_start}")
         require(self.weight_cap is None or self.weight_cap >= 1,
                 f"train: 'weight_cap' must be >= 1 (c/N can be no less than the uniform 1/N), got {self.weight_cap}")
-        for name in ("warmup_steps", "eval_every", "r_warmup_steps", "weight_histogram_every"):
+        for name in ("warmup_steps", "eval_every", "r_warmup_steps"):
             value = getattr(self, name)
             require(value >= 0, f"train: '{name}' must be >= 0, got {value}")
         require(self.lr > 0, f"train: 'lr' must be > 0, got {self.lr}")

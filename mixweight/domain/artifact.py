@@ -45,6 +45,8 @@ API for the weights commands (stable):
   for every domain `by_domain` does not name (the held-out targets);
 - ``check_output_file(path, flag) -> Path``: refuses, before any training, an output path
   that is a directory or cannot be written;
+- ``replay_arrays(artifact, method, params) -> (block, where)``: the ``replay`` block checked
+  (shape, finiteness, lengths); ``replay_steps_array(block, key, where)`` for per-step arrays;
 - ``read_json(path, what)``: strict JSON reading (duplicate keys, huge numbers, bad bytes
   are one-line errors); ``load_domain_weights(path)``, ``parse_domain_weights(raw, where)``.
 """
@@ -138,10 +140,10 @@ def _check_targets(targets, domains: list[str], values, where: str) -> list[str]
     _check_names(targets, where, "targets")
     for name in targets:
         if name not in domains:
-            raise MixweightError(f"{where}: target '{name}' is not one of the 'domains' {domains}")
+            raise MixweightError(f"{where}: target {name!r} is not one of the 'domains' {domains}")
         value = values[domains.index(name)] if isinstance(values, list) and len(values) == len(domains) else 0
         if value != 0:
-            raise MixweightError(f"{where}: target '{name}' has weight {_short(value)}; held-out targets have weight 0")
+            raise MixweightError(f"{where}: target {name!r} has weight {_short(value)}; held-out targets have weight 0")
     return targets
 
 
@@ -153,10 +155,10 @@ def _validated_weights(values, domains: list[str], where: str, targets=()) -> li
     out = []
     for domain, value in zip(domains, values):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise MixweightError(f"{where}: weight of '{domain}' is {_short(value)}, expected a number")
+            raise MixweightError(f"{where}: weight of {domain!r} is {_short(value)}, expected a number")
         value = float(value) if isinstance(value, float) or abs(value) < 10 ** MAX_INT_DIGITS else math.inf
         if not math.isfinite(value) or value < 0:
-            raise MixweightError(f"{where}: weight of '{domain}' is {value}; weights must be finite and >= 0")
+            raise MixweightError(f"{where}: weight of {domain!r} is {value}; weights must be finite and >= 0")
         out.append(value)
     total = sum(out)
     if abs(total - 1.0) > SUM_TOLERANCE:
@@ -166,6 +168,12 @@ def _validated_weights(values, domains: list[str], where: str, targets=()) -> li
             f"(sums within {SUM_TOLERANCE} of 1 are renormalized, larger gaps are refused as likely mistakes)"
         )
     return [v / total for v in out]
+
+
+def shown(text) -> str:
+    """A user's string for a one-line message: as is when printable, else its repr (no raw newlines)."""
+    text = str(text)
+    return text if text.isprintable() else repr(text)
 
 
 def _short(value, limit: int = 80) -> str:
@@ -232,6 +240,61 @@ def parse_domain_weights(raw, where: str) -> DomainWeights:
     )
 
 
+# --- the replay block ------------------------------------------------------------------
+def _numbers(value, length: int, key: str, where: str, kind=(int, float)) -> None:
+    if (not isinstance(value, list) or len(value) != length
+            or not all(isinstance(v, kind) and not (isinstance(v, bool) and kind is not bool) for v in value)
+            or (kind is not bool and not all(math.isfinite(v) for v in value))):
+        what = "true/false values" if kind is bool else "finite numbers"
+        raise MixweightError(f"{where}: 'replay.{key}' must be {length} {what}, got {_short(value)}")
+
+
+def replay_arrays(artifact, method: str, params: tuple[str, ...] = ()) -> tuple[dict, str]:
+    """An artifact's ``replay`` block after checking its common shape (module docstring), and a `where` for errors.
+
+    `artifact` is a DomainWeights or the loaded JSON dict; `params` are the method's scalar
+    parameters that must be finite numbers. Per-step method arrays (DoGE's ``lr``) are the
+    method's to check, with `replay_steps_array`.
+    """
+    raw = asdict(artifact) if isinstance(artifact, DomainWeights) else artifact
+    where = f"{method} artifact"
+    block = raw.get("replay") if isinstance(raw, dict) else None
+    if not block:
+        raise MixweightError(f"{where}: no 'replay' block (written by an older mixweight, or by hand); "
+                             "recompute the weights with this version to get a replayable artifact")
+    if not isinstance(block, dict):
+        raise MixweightError(f"{where}: 'replay' must be a mapping, got {_short(block)}")
+    domains = _check_names(block.get("domains"), where, "replay.domains")
+    unknown = [d for d in domains if d not in raw.get("domains", domains)]
+    if unknown:
+        raise MixweightError(f"{where}: 'replay.domains' {unknown} are not in the artifact's 'domains'")
+    steps = block.get("steps")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise MixweightError(f"{where}: 'replay.steps' must be an integer >= 0, got {_short(steps)}")
+    k = len(domains)
+    _numbers(block.get("initial_weights"), k, "initial_weights", where)
+    for key, kind in (("signals", (int, float)), ("present", bool)):
+        rows = block.get(key)
+        if not isinstance(rows, list) or len(rows) != steps:
+            raise MixweightError(f"{where}: 'replay.{key}' must hold one row per step ({steps}), got {_short(rows)}")
+        for index, row in enumerate(rows):
+            _numbers(row, k, f"{key}[{index}]", where, kind)
+    start = block.get("average_start", 1)
+    if start not in (0, 1) or isinstance(start, bool):
+        raise MixweightError(f"{where}: 'replay.average_start' must be 0 or 1, got {_short(start)}")
+    for name in params:
+        value = block.get(name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise MixweightError(f"{where}: 'replay.{name}' must be a finite number, got {_short(value)}")
+    return block, where
+
+
+def replay_steps_array(block: dict, key: str, where: str) -> list[float]:
+    """A method's per-step scalar array (e.g. DoGE's ``lr``): one finite number per step."""
+    _numbers(block.get(key), block["steps"], key, where)
+    return [float(v) for v in block[key]]
+
+
 # --- strict JSON -----------------------------------------------------------------------
 class _DuplicateKey(Exception):
     pass
@@ -270,10 +333,18 @@ def read_json(path: str | Path, what: str = "domain weights file"):
         raise MixweightError(f"{what} {path}: nested too deeply to be a weights file") from None
 
 
+def is_file(path: str | Path) -> bool:
+    """Path.is_file() that says False (not OSError) for names the OS refuses: too long, NUL bytes."""
+    try:
+        return Path(path).is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def load_domain_weights(path: str | Path) -> DomainWeights:
     path = Path(path)
-    if not path.is_file():
-        raise MixweightError(f"domain weights file {path}: not found")
+    if not is_file(path):
+        raise MixweightError(f"domain weights file {shown(path)}: not found")
     return parse_domain_weights(read_json(path), str(path))
 
 
@@ -310,6 +381,6 @@ def resolve_proportions(manifest: Manifest, spec: str) -> dict[str, float]:
     if spec == "uniform":
         return {d: 1.0 / len(manifest.domains) for d in manifest.domains}
     path = Path(spec)
-    if not path.exists():
-        raise MixweightError(f"domain weights '{spec}': expected natural, uniform, or a domain_weights.json file")
+    if not is_file(path):
+        raise MixweightError(f"domain weights '{_short(spec)}': expected natural, uniform, or a domain_weights.json file")
     return check_against_manifest(load_domain_weights(path), manifest, str(path))

@@ -17,6 +17,20 @@ Everything is exact under gradient accumulation and torchrun: each sample's sign
 [sum of clipped excess over its counted tokens, number of counted tokens], which the step
 gathers across micro-batches and ranks, so per-domain token averages are global.
 All domain-weight arithmetic is float64, so the JSON state round-trips exactly.
+
+A domain absent from the first steps starts at excess loss 0 (INITIAL_EXCESS), not at
+log(vocab size) as the official DoReMi code initializes its per-domain scores. Chosen
+deliberately: lambda is an estimate of how much the proxy lags the reference, and a domain
+that has not been measured has no estimate. log(V) (10.8 nats for GPT-2's vocabulary) is
+an optimistic "as bad as uniform guessing" prior that multiplies the unseen domain's weight
+by V**eta per step (50257x at eta 1), so after one or two steps the weights are near one-hot
+on a domain nobody has measured, and that spike stays in the average. 0 can only shrink an
+unseen domain relative to the others by exp(-eta * their excess) per step (a few nats at
+most, and never below the smoothing floor c/k), so its first real measurement corrects it.
+In a batch that covers every domain (the recommended setting) the choice has no effect.
+
+The proxy records every step's measured lambda and which domains were present (``replay``
+in the artifact), so `replay` recomputes the whole trajectory from the artifact alone.
 """
 
 from __future__ import annotations
@@ -24,6 +38,7 @@ from __future__ import annotations
 import warnings
 from contextlib import nullcontext
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -33,6 +48,7 @@ from mixweight.train.loss import IGNORE_INDEX
 OBJECTIVES = ("paper", "token")
 MISSING_WARN_FRACTION = 0.1  # warn when a domain is absent from more than this share of steps
 MISSING_WARN_MIN_STEPS = 20  # ... once at least this many steps were seen
+INITIAL_EXCESS = 0.0  # lambda_0 of every domain (see the module docstring for why not log(vocab size))
 
 
 def doremi_update(alpha: torch.Tensor, excess: torch.Tensor, eta: float, smoothing: float) -> torch.Tensor:
@@ -94,12 +110,16 @@ class DoReMiReduction:
         self.log_every, self.total_steps = int(log_every), total_steps
         k = len(self.domains)
         self.alpha = torch.full((k,), 1.0 / k, dtype=torch.float64)
-        self.excess = torch.zeros(k, dtype=torch.float64)
+        self.initial_weights = self.alpha.tolist()
+        self.excess = torch.full((k,), INITIAL_EXCESS, dtype=torch.float64)
         self.alpha_sum = torch.zeros(k, dtype=torch.float64)
         self.updates = 0  # number of alpha_t summed into alpha_sum
         self.missing = [0] * k  # steps in which each domain was absent from the global batch
         self.warned_missing = False
         self.trajectory: list[dict] = []
+        # every step's measured lambda (0.0 where absent) and presence: the artifact's replay block
+        self.step_signals: list[list[float]] = []
+        self.step_present: list[list[bool]] = []
 
     # --- the step hooks --------------------------------------------------------------
     @torch.no_grad()
@@ -130,7 +150,10 @@ class DoReMiReduction:
         domain_excess = torch.zeros(k, dtype=torch.float64).index_add_(0, domains, torch.where(valid, excess_sum, zero))
         domain_tokens = torch.zeros(k, dtype=torch.float64).index_add_(0, domains, torch.where(valid, counts, zero))
         present = domain_tokens > 0
-        self.excess = torch.where(present, domain_excess / domain_tokens.clamp(min=1.0), self.excess)
+        measured = torch.where(present, domain_excess / domain_tokens.clamp(min=1.0), torch.zeros_like(self.excess))
+        self.step_signals.append(measured.tolist())
+        self.step_present.append(present.tolist())
+        self.excess = torch.where(present, measured, self.excess)
         self._count_missing(present)
         self.alpha = doremi_update(self.alpha, self.excess, self.eta, self.smoothing)
         self.alpha_sum += self.alpha
@@ -166,6 +189,17 @@ class DoReMiReduction:
             return self.alpha.tolist()
         return (self.alpha_sum / self.updates).tolist()
 
+    def replay_block(self) -> dict:
+        """The artifact's ``replay``: everything `replay` needs (artifact.py documents the shape)."""
+        if len(self.step_signals) != self.updates:
+            raise MixweightError(f"doremi: the proxy's state records {len(self.step_signals)} of its {self.updates} "
+                                 "steps' signals (a checkpoint from an older mixweight); retrain the proxy "
+                                 "(delete its work directory) to get a replayable artifact")
+        return {"domains": list(self.domains), "steps": self.updates, "initial_weights": list(self.initial_weights),
+                "signals": [list(s) for s in self.step_signals], "present": [list(p) for p in self.step_present],
+                "average_start": 1, "eta": self.eta, "smoothing": self.smoothing,
+                "initial_signal": [INITIAL_EXCESS] * len(self.domains)}
+
     def step_metrics(self) -> dict:
         return {"domain_weights": dict(zip(self.domains, self.alpha.tolist())),
                 "excess_loss": dict(zip(self.domains, self.excess.tolist()))}
@@ -174,7 +208,9 @@ class DoReMiReduction:
     def state_dict(self) -> dict:
         return {"domains": list(self.domains), "alpha": self.alpha.tolist(), "excess": self.excess.tolist(),
                 "alpha_sum": self.alpha_sum.tolist(), "updates": self.updates, "missing": list(self.missing),
-                "warned_missing": self.warned_missing, "trajectory": [dict(e) for e in self.trajectory]}
+                "warned_missing": self.warned_missing, "trajectory": [dict(e) for e in self.trajectory],
+                "initial_weights": list(self.initial_weights), "step_signals": [list(s) for s in self.step_signals],
+                "step_present": [list(p) for p in self.step_present]}
 
     def load_state_dict(self, state: dict) -> None:
         if not state:
@@ -188,3 +224,28 @@ class DoReMiReduction:
         self.missing = [int(m) for m in state["missing"]]
         self.warned_missing = bool(state["warned_missing"])
         self.trajectory = [dict(e) for e in state["trajectory"]]
+        self.initial_weights = list(state.get("initial_weights", self.initial_weights))
+        self.step_signals = [list(s) for s in state.get("step_signals", [])]
+        self.step_present = [list(p) for p in state.get("step_present", [])]
+
+
+def replay(artifact) -> np.ndarray:
+    """The per-step weights [T + 1, k] (row 0: the initial weights) recomputed from a DoReMi artifact's ``replay``.
+
+    Same arithmetic as the proxy (`doremi_update` in float64): lambda_t is step t's measured
+    excess for the present domains and the carried-forward lambda_{t-1} for the absent ones.
+    """
+    from mixweight.domain.artifact import replay_arrays
+
+    block, where = replay_arrays(artifact, "doremi", ("eta", "smoothing"))
+    eta, smoothing = float(block["eta"]), float(block["smoothing"])
+    alpha = torch.tensor(block["initial_weights"], dtype=torch.float64)
+    excess = torch.tensor(block.get("initial_signal", [INITIAL_EXCESS] * len(alpha)), dtype=torch.float64)
+    if excess.shape != alpha.shape:
+        raise MixweightError(f"{where}: 'replay.initial_signal' must have one value per replay domain")
+    rows = [alpha.clone()]
+    for signal, present in zip(block["signals"], block["present"]):
+        excess = torch.where(torch.tensor(present), torch.tensor(signal, dtype=torch.float64), excess)
+        alpha = doremi_update(alpha, excess, eta, smoothing)
+        rows.append(alpha.clone())
+    return torch.stack(rows).numpy()

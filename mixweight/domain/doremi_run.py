@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,10 +30,12 @@ import mixweight
 from mixweight.config import require
 from mixweight.data.manifest import Manifest, load_manifest
 from mixweight.data.synthetic import resolve_corpus
-from mixweight.domain.artifact import DomainWeights, resolve_proportions
-from mixweight.domain.doremi import OBJECTIVES, DoReMiReduction
+from mixweight.domain.artifact import DomainWeights, check_output_file, resolve_proportions
+from mixweight.domain.doremi import OBJECTIVES, DoReMiReduction, replay
+from mixweight.domain.health import format_warning, weight_warnings
 from mixweight.errors import MixweightError
 from mixweight.train import checkpoint as ckpt
+from mixweight.yamlio import load_yaml
 from mixweight.config import option as _f
 from mixweight.train.config import TrainConfig
 from mixweight.train.distributed import is_main_process
@@ -139,7 +142,7 @@ def check_reference_run(run_dir: str | Path, corpus: str, manifest: Manifest) ->
             f"reference run {run_dir}: its model has vocab_size {model_config.get('vocab_size')}, the corpus {corpus} "
             f"has {manifest.vocab_size} (tokenizer {manifest.tokenizer.get('fingerprint')}); train the reference on this corpus"
         )
-    saved = yaml.safe_load(config_path.read_text()) or {}
+    saved = load_yaml(config_path.read_text()) or {}
     their_corpus = resolve_corpus(str(saved.get("data")), is_main=False)
     try:
         theirs = load_manifest(their_corpus)
@@ -167,9 +170,22 @@ def _l1(a: list[float], b: list[float]) -> float:
     return sum(abs(x - y) for x, y in zip(a, b))
 
 
+def _add_replay_and_warnings(result: DomainWeights, reduction: DoReMiReduction, floor: float) -> None:
+    """The last proxy's replay block, and the health warnings of its per-step trajectory."""
+    try:
+        result.replay = reduction.replay_block()
+    except MixweightError as exc:  # a proxy resumed from an older checkpoint: weights stand, no replay
+        warnings.warn(f"{exc}; the artifact is written without 'replay'", stacklevel=2)
+        rows = [reduction.initial_weights] + [e["weights"] for e in reduction.trajectory]
+    else:
+        rows = replay(result)
+    result.warnings = weight_warnings(rows, result.domains, floor)
+
+
 def run_doremi(config: DoReMiConfig) -> DomainWeights:
-    """Compute DoReMi domain weights (ALGORITHMS.md section 2) and write them to `config.out`."""
+    """Compute DoReMi domain weights (docs/algorithms.md section 2) and write them to `config.out`."""
     config.validate()
+    check_output_file(config.out, "weights doremi: --out")  # before any training, not after the proxy finished
     corpus = resolve_corpus(config.data, is_main_process())
     manifest = load_manifest(corpus)
     resolve_proportions(manifest, config.reference_weights)  # a bad weights file fails before any training
@@ -227,8 +243,12 @@ def run_doremi(config: DoReMiConfig) -> DomainWeights:
                     "stream_paths": {d: manifest.splits["train"][d].path for d in manifest.domains},
                     "mixweight_version": mixweight.__version__},
     )
+    _add_replay_and_warnings(result, reduction, config.smoothing / len(manifest.domains))
     if is_main_process():
         from mixweight.domain.plots import plot_trajectory, plot_weights_vs_natural
+
+        for warning in result.warnings:
+            print(f"mixweight doremi: warning: {format_warning(warning)}", file=sys.stderr, flush=True)
 
         out = Path(config.out)
         out.parent.mkdir(parents=True, exist_ok=True)

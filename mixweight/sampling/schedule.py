@@ -23,15 +23,16 @@ from __future__ import annotations
 
 import bisect
 import difflib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from mixweight.data.manifest import Manifest
-from mixweight.domain.artifact import check_against_manifest, load_domain_weights, parse_domain_weights, resolve_proportions
+from mixweight.domain.artifact import (check_against_manifest, is_file, load_domain_weights, parse_domain_weights,
+                                       read_json, resolve_proportions, shown)
 from mixweight.errors import MixweightError
+from mixweight.yamlio import load_yaml
 
 PHASE_KEYS = ("start_step", "weights")
 NAMED = ("natural", "uniform")
@@ -58,8 +59,8 @@ def resolve_schedule(manifest: Manifest, spec: str, every: int = 0) -> list[Phas
                                  f"not '{spec}'")
         return [Phase(0, resolve_proportions(manifest, spec))]
     path = Path(spec)
-    if not path.is_file():
-        raise MixweightError(f"domain weights '{spec}': expected natural, uniform, a domain_weights.json file, "
+    if not is_file(path):
+        raise MixweightError(f"domain weights '{shown(spec)}': expected natural, uniform, a domain_weights.json file, "
                              "or a schedule file (.yaml/.json list of {start_step, weights})")
     raw = _read_schedule(path)
     if raw is not None:
@@ -73,21 +74,27 @@ def resolve_schedule(manifest: Manifest, spec: str, every: int = 0) -> list[Phas
 
 def _read_schedule(path: Path):
     """The schedule list in `path`, or None when `path` is a domain-weights file."""
-    text = path.read_text()
     if path.suffix in (".yaml", ".yml"):
         try:
-            raw = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise MixweightError(f"schedule file {path}: not valid YAML ({exc})") from exc
+            raw = load_yaml(path.read_text(encoding="utf-8"))  # refuses duplicate keys
+        except UnicodeDecodeError as exc:
+            raise MixweightError(f"schedule file {path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+        except yaml.YAMLError as exc:  # PyYAML's messages span lines (with a caret); one line here
+            raise MixweightError(f"schedule file {path}: not valid YAML ({' '.join(str(exc).split())})") from exc
+        except ValueError as exc:  # an integer literal beyond Python's digit limit
+            raise MixweightError(f"schedule file {path}: a number cannot be read ({exc})") from exc
+        except RecursionError:
+            raise MixweightError(f"schedule file {path}: nested too deeply to be a schedule") from None
         if not isinstance(raw, list):
             raise MixweightError(f"schedule file {path}: expected a list of {{start_step, weights}} phases, "
                                  f"got {type(raw).__name__}")
         return raw
-    try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise MixweightError(f"domain weights file {path}: not valid JSON ({exc})") from exc
+    raw = read_json(path, "domain weights or schedule file")  # duplicate keys, huge numbers: one-line errors
     return raw if isinstance(raw, list) else None
+
+
+def _key(key) -> str:
+    return f"'{key}'" if isinstance(key, str) and key.isprintable() else repr(key)
 
 
 def _parse_schedule(raw: list, manifest: Manifest, path: Path) -> list[Phase]:
@@ -102,7 +109,7 @@ def _parse_schedule(raw: list, manifest: Manifest, path: Path) -> list[Phase]:
             if key not in PHASE_KEYS:
                 close = difflib.get_close_matches(str(key), PHASE_KEYS, n=1)
                 hint = f"; did you mean '{close[0]}'?" if close else ""
-                raise MixweightError(f"{where}: unknown key '{key}' (allowed: {', '.join(PHASE_KEYS)}){hint}")
+                raise MixweightError(f"{where}: unknown key {_key(key)} (allowed: {', '.join(PHASE_KEYS)}){hint}")
         missing = [k for k in PHASE_KEYS if k not in item]
         if missing:
             raise MixweightError(f"{where}: missing {', '.join(missing)}")
@@ -128,8 +135,8 @@ def _phase_weights(value, manifest: Manifest, schedule: Path, where: str) -> dic
     if value in NAMED:
         return resolve_proportions(manifest, value)
     file = Path(value) if Path(value).is_absolute() else schedule.parent / value
-    if not file.is_file():
-        raise MixweightError(f"{where}: weights file {file} not found")
+    if not is_file(file):
+        raise MixweightError(f"{where}: weights file {shown(file)} not found")
     return resolve_proportions(manifest, str(file))
 
 

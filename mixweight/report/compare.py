@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mixweight.domain.health import format_warning
 from mixweight.errors import MixweightError
 from mixweight.jsonio import write_json_atomic
 from mixweight.report import figures, stats, tables
@@ -51,6 +52,13 @@ def _baseline(names: list[str], baseline: str | None) -> str:
     if baseline not in names:
         raise MixweightError(f"compare: baseline arm '{baseline}' is not among the arms {names}")
     return baseline
+
+
+def _weight_warnings(mixtures: dict) -> list[str]:
+    """The methods' own health warnings (weight_warnings), right under the weights they qualify."""
+    lines = [f"- **{name}** {format_warning(w)} (step {w.get('step')})"
+             for name, m in mixtures.items() for w in m.get("warnings") or []]
+    return ["**Warnings about these weights:**\n\n" + "\n".join(lines)] if lines else []
 
 
 def compare_runs(runs, out_dir, weights_files: dict | None = None, corpus=None, labels=None,
@@ -157,6 +165,7 @@ def render_markdown(report: dict, figs: dict[str, str], trajectories: dict[str, 
                   "Sampling proportions of the domains: the corpus's natural mixture (train token counts) and "
                   "each method's weights.",
                   tables.weights_table(mixtures, domains),
+                  *_weight_warnings(mixtures),
                   f"![domain weights]({figs['domain_weights']})"]
         for name, path in trajectories.items():
             parts += [f"### {name}: weights during the proxy run", f"![{name} trajectory]({path})"]

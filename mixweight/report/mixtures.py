@@ -27,15 +27,18 @@ def _trajectory(entries: list[dict], file_domains: list[str], where: str) -> dic
 
 def load_mixture(path: str | Path, domains: list[str]) -> dict:
     """A weights file over the runs' domains, or a subset of them: DoGE's out-of-domain weights
-    leave the held-out target domains out; they count as weight 0 and are listed as held out."""
+    leave the held-out target domains out (older files) or list them as ``targets`` at weight 0;
+    either way they count as weight 0 and are listed as held out. The artifact's health
+    ``warnings`` (collapse, floor, not converged) come along, to be shown next to the weights."""
     dw = load_domain_weights(path)
     extra = [d for d in dw.domains if d not in domains]
     if extra:
         raise MixweightError(f"domain weights file {path}: domains {extra} are not among the runs' domains {domains}")
     by_name = dw.as_dict()
     return {"weights": {d: by_name.get(d, 0.0) for d in domains}, "method": dw.method, "source": str(path),
-            "held_out": [d for d in domains if d not in by_name],
-            "trajectory": _trajectory(dw.trajectory, dw.domains, str(path)) if dw.trajectory else None}
+            "held_out": [d for d in domains if d not in by_name or d in dw.targets],
+            "trajectory": _trajectory(dw.trajectory, dw.domains, str(path)) if dw.trajectory else None,
+            "warnings": list(dw.warnings)}
 
 
 def _weights_files_of_runs(arms: list[Arm]) -> dict[str, Path]:

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import yaml
 
 from mixweight.errors import MixweightError
+from mixweight.yamlio import load_yaml
 
 C = TypeVar("C")
 
@@ -123,9 +124,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise MixweightError(f"--config {path}: no such file")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = load_yaml(path.read_text())  # refuses duplicate keys
     except yaml.YAMLError as exc:
-        raise MixweightError(f"{path}: not valid YAML ({exc})") from exc
+        raise MixweightError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from exc
     if raw is None:
         return {}
     if not isinstance(raw, dict):

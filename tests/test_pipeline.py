@@ -36,7 +36,8 @@ def _pipeline_yaml(tmp_path, spec, linupper_r=0.4) -> Path:
 
 
 def _eval_mtimes(out: Path) -> dict[str, int]:
-    return {p.parent.name: p.stat().st_mtime_ns for p in (out / "runs").glob("*/eval.json")}
+    return {p.parent.name: p.stat().st_mtime_ns for p in (out / "runs").glob("*/eval.json")
+            if ".replaced-" not in p.parent.name}
 
 
 def test_miniature_pipeline_end_to_end_then_cached_then_one_arm_rerun(tmp_path, tiny_spec, capsys):
@@ -65,7 +66,12 @@ def test_miniature_pipeline_end_to_end_then_cached_then_one_arm_rerun(tmp_path, 
     assert printed.count(": cached") == 4 + 3  # data, doremi, doge and the four arms
     assert _eval_mtimes(out) == before
 
-    run_pipeline(load_pipeline_config(_pipeline_yaml(tmp_path, tiny_spec, linupper_r=0.8)), out)
+    changed = load_pipeline_config(_pipeline_yaml(tmp_path, tiny_spec, linupper_r=0.8))
+    with pytest.raises(MixweightError, match=r"arm linupper \(seed 0\) \(r: 0.4 -> 0.8\)"):
+        run_pipeline(changed, out)  # a changed arm is never replaced silently
+    assert _eval_mtimes(out) == before
+    run_pipeline(changed, out, rerun_changed=True)
+    assert len(list((out / "runs").glob("linupper-seed0.replaced-*-r"))) == 1  # the old run, kept
     after = _eval_mtimes(out)
     assert after["linupper-seed0"] != before["linupper-seed0"]
     assert {k: v for k, v in after.items() if k != "linupper-seed0"} == {

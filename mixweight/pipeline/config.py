@@ -1,17 +1,26 @@
 """The pipeline's YAML: data, domain-weight methods, the main arms, seeds and the report.
 
-    data:    {synthetic: {seed, tokens_per_domain, seq_len}} | {prepare: {input, ...}} | {path: DIR}
+    data:    exactly one of
+               {synthetic: {seed, tokens_per_domain, seq_len, val_blocks}}   the built-in corpus
+               {prepare: {input, domain_field, text_field, tokenizer, seq_len, val_fraction, num_proc}}
+                                                        `mixweight data prepare` of INPUT (JSONL, Parquet, ...)
+               {path: DIR}                              an existing corpus directory (also {path: {dir: DIR}})
     train:   TrainConfig keys shared by every arm (model, steps, batch_size, lr, ...)
     doremi:  DoReMiConfig keys (proxy, steps, eta, ...), or null to skip DoReMi
     doge:    DoGEConfig keys (proxy, steps, mu, ...), or null to skip DoGE
-    arms:    {name: TrainConfig overrides}; domain_weights may name a method: doremi | doge
+    arms:    {name: TrainConfig overrides}; domain_weights may name a method: doremi | doge.
+             A name becomes the directory runs/<name>-seed<S>: one plain path component.
     seeds:   [0, 1, ...]  every arm runs once per seed
     report:  {baseline: uniform}
-    eval:    {lm_eval: {tasks: [...], num_fewshot: 5, include_path: DIR, limit: N}}  (optional;
-             needs `pip install -e ".[eval]"`; each arm's final checkpoint is scored)
+    eval:    {lm_eval: {tasks: [...], num_fewshot: 5, include_path: DIR, limit: N, batch_size: 16}}
+             (optional; needs `pip install -e ".[eval]"`; each arm's final checkpoint is scored).
+             Beware: lm-eval-harness task YAML under `include_path` can run Python by design
+             (its `!function` tag imports a module next to the YAML), so point it only at task
+             files you trust; everything else the pipeline reads is plain data.
 
-Each section is checked against its stage's typed config when the pipeline is loaded,
-so a typo fails before any training starts.
+Every section is checked against a typed config when the pipeline is loaded (unknown keys
+get the closest valid one, values their type), so a typo fails before any stage runs.
+A key given twice in one mapping (the same arm twice) is an error, not a silent overwrite.
 """
 
 from __future__ import annotations
@@ -19,16 +28,16 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from mixweight.config import build_config, closest_hint, read_yaml, require
+from mixweight.data.names import NAME_RULE, name_problem
 from mixweight.domain.doge_run import DoGEConfig
 from mixweight.domain.doremi_run import DoReMiConfig
 from mixweight.errors import MixweightError
 from mixweight.train.config import TrainConfig
 
 METHODS = ("doremi", "doge")
-DATA_KINDS = ("synthetic", "prepare", "path")
 DEFAULT_ARMS = {
     "uniform": {"domain_weights": "uniform"},
     "linupper": {"domain_weights": "uniform", "sample_weighting": "linupper"},
@@ -37,9 +46,100 @@ DEFAULT_ARMS = {
     "doge": {"domain_weights": "doge"},
     "doge+linupper": {"domain_weights": "doge", "sample_weighting": "linupper"},
 }
-LM_EVAL_KEYS = ["tasks", "num_fewshot", "include_path", "limit", "batch_size"]
 # Keys each stage gets from the pipeline itself, never from the YAML.
 OWNED_BY_PIPELINE = {"data", "out", "work_dir", "resume"}
+
+
+# The data forms. A key left out (None) takes the command's own default (`mixweight data synth` /
+# `data prepare`), so the defaults live in one place.
+@dataclass
+class SyntheticData:
+    seed: Optional[int] = None
+    tokens_per_domain: Optional[int] = None
+    seq_len: Optional[int] = None
+    val_blocks: Optional[int] = None
+
+    def validate(self) -> None:
+        for name in ("tokens_per_domain", "seq_len", "val_blocks"):
+            value = getattr(self, name)
+            require(value is None or value > 0, f"pipeline 'data.synthetic': '{name}' must be > 0, got {value}")
+
+
+@dataclass
+class PrepareData:
+    input: str
+    domain_field: Optional[str] = None
+    text_field: Optional[str] = None
+    tokenizer: Optional[str] = None
+    seq_len: Optional[int] = None
+    val_fraction: Optional[float] = None
+    num_proc: Optional[int] = None
+
+    def validate(self) -> None:
+        require(self.seq_len is None or self.seq_len >= 2,
+                f"pipeline 'data.prepare': 'seq_len' must be >= 2 (a block needs an input and a target), got {self.seq_len}")
+        require(self.val_fraction is None or 0 <= self.val_fraction < 1,
+                f"pipeline 'data.prepare': 'val_fraction' must be in [0, 1), got {self.val_fraction}")
+        require(self.num_proc is None or self.num_proc >= 1,
+                f"pipeline 'data.prepare': 'num_proc' must be >= 1, got {self.num_proc}")
+
+
+@dataclass
+class PathData:
+    dir: str
+
+
+DATA_FORMS = {"synthetic": SyntheticData, "prepare": PrepareData, "path": PathData}
+DATA_KINDS = tuple(DATA_FORMS)
+
+
+@dataclass
+class ReportSection:
+    baseline: Optional[str] = None
+
+
+@dataclass
+class LmEvalSection:
+    tasks: list[str]
+    num_fewshot: int = 5
+    include_path: Optional[str] = None  # lm-eval task YAML here may run Python (`!function`): trusted files only
+    limit: Optional[Union[int, float]] = None
+    batch_size: int = 16
+
+    def validate(self) -> None:
+        require(bool(self.tasks), "pipeline 'eval.lm_eval': 'tasks' must be a non-empty list of lm-eval task names")
+        require(self.num_fewshot >= 0, f"pipeline 'eval.lm_eval': 'num_fewshot' must be >= 0, got {self.num_fewshot}")
+        require(self.batch_size >= 1, f"pipeline 'eval.lm_eval': 'batch_size' must be >= 1, got {self.batch_size}")
+
+
+@dataclass
+class EvalSection:
+    lm_eval: Optional[dict] = None
+
+
+LM_EVAL_KEYS = [f.name for f in dataclasses.fields(LmEvalSection)]
+
+
+def data_form(data: dict) -> tuple[str, Any]:
+    """('synthetic' | 'prepare' | 'path', its typed config) from the pipeline's `data` section."""
+    require(isinstance(data, dict) and len(data) == 1,
+            f"pipeline: 'data' needs exactly one of {list(DATA_KINDS)}, got {sorted(data) if isinstance(data, dict) else data!r}")
+    (kind, options), = data.items()
+    if kind not in DATA_FORMS:
+        raise MixweightError(f"pipeline: unknown 'data' form '{kind}'; {closest_hint(str(kind), list(DATA_KINDS))}")
+    if kind == "path" and isinstance(options, str):
+        options = {"dir": options}  # the short form: data: {path: DIR}
+    if options is None:
+        options = {}
+    require(isinstance(options, dict), f"pipeline 'data.{kind}': expected a mapping of keys, got {options!r}")
+    return kind, build_config(DATA_FORMS[kind], options, f"pipeline 'data.{kind}'")
+
+
+def check_arm_name(name) -> None:
+    problem = name_problem(name)
+    if problem is not None:
+        raise MixweightError(f"pipeline: arm name {name!r} {problem}; an arm name becomes the run directory "
+                             f"runs/<arm>-seed<S>, so {NAME_RULE}")
 
 
 @dataclass
@@ -55,17 +155,17 @@ class PipelineConfig:
     progress: bool = True
 
     def validate(self) -> None:
-        require(len(self.data) == 1 and next(iter(self.data)) in DATA_KINDS,
-                f"pipeline: 'data' needs exactly one of {DATA_KINDS}, got {sorted(self.data)}")
+        data_form(self.data)
         require(bool(self.seeds) and len(set(self.seeds)) == len(self.seeds), "pipeline: 'seeds' must be distinct, non-empty")
+        require(all(seed >= 0 for seed in self.seeds), f"pipeline: 'seeds' must be >= 0, got {self.seeds}")
         require(bool(self.arms), "pipeline: 'arms' is empty")
-        unknown_report = set(self.report) - {"baseline"}
-        require(not unknown_report, f"pipeline: unknown key(s) in 'report': {sorted(unknown_report)}; valid: ['baseline']")
+        report = build_config(ReportSection, self.report, "pipeline 'report'")
         for section, cls in (("train", TrainConfig), ("doremi", DoReMiConfig), ("doge", DoGEConfig)):
             values = getattr(self, section)
             if values is not None:
                 stage_config(cls, values, f"pipeline '{section}'")
         for name, overrides in self.arms.items():
+            check_arm_name(name)
             require(isinstance(overrides, dict), f"pipeline: arm '{name}' must be a mapping of train keys")
             arm = arm_values(self, name)
             method = arm.get("domain_weights")
@@ -74,16 +174,15 @@ class PipelineConfig:
                         f"pipeline: arm '{name}' uses domain_weights '{method}' but the '{method}' section is null")
                 arm = {**arm, "domain_weights": "uniform"}  # the file exists only once the method has run
             stage_config(TrainConfig, arm, f"pipeline arm '{name}'")
-        unknown_eval = set(self.eval) - {"lm_eval"}
-        require(not unknown_eval, f"pipeline: unknown key(s) in 'eval': {sorted(unknown_eval)}; valid: ['lm_eval']")
-        lm_eval = self.eval.get("lm_eval")
-        if lm_eval is not None:
-            unknown = set(lm_eval) - set(LM_EVAL_KEYS)
-            require(not unknown, f"pipeline: unknown key(s) in 'eval.lm_eval': {sorted(unknown)}; valid: {LM_EVAL_KEYS}")
-            require(isinstance(lm_eval.get("tasks"), list) and lm_eval["tasks"],
-                    "pipeline: 'eval.lm_eval.tasks' must be a non-empty list of lm-eval task names")
-        baseline = self.report.get("baseline")
-        require(baseline is None or baseline in self.arms, f"pipeline: report baseline '{baseline}' is not an arm")
+        eval_section = build_config(EvalSection, self.eval, "pipeline 'eval'")
+        if eval_section.lm_eval is not None:
+            build_config(LmEvalSection, eval_section.lm_eval, "pipeline 'eval.lm_eval'")
+        require(report.baseline is None or report.baseline in self.arms,
+                f"pipeline: report baseline '{report.baseline}' is not an arm; arms: {sorted(self.arms)}")
+
+    def lm_eval(self) -> Optional[LmEvalSection]:
+        options = self.eval.get("lm_eval")
+        return None if options is None else build_config(LmEvalSection, options, "pipeline 'eval.lm_eval'")
 
 
 def stage_config(cls, values: dict, where: str, **owned):

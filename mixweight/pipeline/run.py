@@ -7,30 +7,60 @@
     OUT/report/                      report.md, report.json, figures
 
 Every stage is cached by the hash of its inputs (see stages.py): rerunning skips what is
-done, a changed stage reruns with everything downstream, an interrupted one resumes.
+done, an interrupted stage resumes, and an arm whose only changes are ones the trainer can
+resume (more steps, other eval/checkpoint/log intervals) continues from its last checkpoint.
+Any other change stops the pipeline before it runs anything, naming the stages and keys;
+`--rerun-changed` then moves each changed stage's directory aside (nothing is deleted) and
+reruns it with everything downstream.
+
+OUT/pipeline.yaml records the config that made the directory (an earlier one is kept as
+pipeline.replaced-<time>.yaml), and OUT/.pipeline.lock keeps two pipelines out of one --out.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import fcntl
+import inspect
+import os
+import socket
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
-from mixweight.domain.doge_run import DoGEConfig, run_doge
+import yaml
+
+from mixweight.data.manifest import load_manifest
+from mixweight.domain.doge_run import DoGEConfig, check_targets, run_doge
 from mixweight.domain.doremi_run import DoReMiConfig, run_doremi
-from mixweight.pipeline.config import METHODS, PipelineConfig, arm_values, stage_config
-from mixweight.pipeline.stages import Stage, stage_key
+from mixweight.errors import MixweightError
+from mixweight.pipeline.config import METHODS, PipelineConfig, arm_values, data_form, stage_config
+from mixweight.pipeline.inputs import input_fingerprints, manifest_sha256
+from mixweight.pipeline.stages import CHANGED, DONE, EXTEND, Stage, stage_key
 from mixweight.train.config import TrainConfig
-from mixweight.train.loop import train
+from mixweight.train.distributed import is_main_process
+from mixweight.train.loop import RESUMABLE_CHANGES, train
+from mixweight.yamlio import load_yaml
 
 WEIGHTS_FILE = "domain_weights.json"
+CONFIG_FILE = "pipeline.yaml"
+LOCK_FILE = ".pipeline.lock"
 
 
 def _data_stage(config: PipelineConfig, out: Path) -> tuple[Stage, str]:
     """The corpus stage and the corpus directory the other stages read."""
-    (kind, options), = config.data.items()
+    kind, form = data_form(config.data)
+    options = {k: v for k, v in dataclasses.asdict(form).items() if v is not None}  # None: the command's default
     corpus = out / "corpus"
-    options = dict(options or {})
+    values = {"kind": kind, **options}
+    if kind == "prepare":
+        try:
+            values["input_files"] = input_fingerprints(form.input)
+        except MixweightError as exc:
+            raise MixweightError(f"pipeline 'data.prepare.input': {exc}") from exc
+    if kind == "path":
+        load_manifest(form.dir)  # a missing or broken corpus fails now, before anything is written
+        values["manifest_sha256"] = manifest_sha256(form.dir)
 
     def make() -> None:
         if kind == "synthetic":
@@ -40,11 +70,11 @@ def _data_stage(config: PipelineConfig, out: Path) -> tuple[Stage, str]:
         elif kind == "prepare":
             from mixweight.data.prepare import prepare_corpus
 
-            prepare_corpus(out_dir=corpus / "data", overwrite=True, **options)
+            prepare_options = {k: v for k, v in options.items() if k != "input"}
+            prepare_corpus(input_path=form.input, out_dir=corpus / "data", overwrite=True, progress=config.progress,
+                           **prepare_options)
 
-    directory = Path(options["dir"]) if kind == "path" else corpus
-    return Stage("data", corpus, stage_key("data", kind, options), 0, make), (
-        str(directory) if kind == "path" else str(corpus / "data"))
+    return Stage("data", corpus, values, {}, 0, make), form.dir if kind == "path" else str(corpus / "data")
 
 
 def _method_stage(method: str, section: dict, corpus: str, data_key: str, out: Path, progress: bool) -> Stage:
@@ -54,30 +84,51 @@ def _method_stage(method: str, section: dict, corpus: str, data_key: str, out: P
                              out=str(directory / WEIGHTS_FILE), work_dir=str(directory / "work"))
     steps = stage_cfg.steps * (2 * getattr(stage_cfg, "rounds", 1) if method == "doremi" else 3)
     key_section = {k: v for k, v in section.items() if k != "progress"}
-    return Stage(f"weights {method}", directory, stage_key(method, key_section, data_key), steps,
-                 lambda: runner(stage_cfg))
+    return Stage(f"weights {method}", directory, key_section, {"data": data_key}, steps, lambda: runner(stage_cfg))
+
+
+def _arm_can_continue(old: dict, new: dict, changed: list[str]) -> bool:
+    """The trainer resumes across these changes; fewer steps than were trained is not one (the run is past it)."""
+    return set(changed) <= RESUMABLE_CHANGES and (new.get("steps") or 0) >= (old.get("steps") or 0)
+
+
+def _trained_to(run_dir: Path) -> int | None:
+    import json
+
+    try:
+        return int(json.loads((run_dir / "eval.json").read_text())["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _arm_stage(config: PipelineConfig, name: str, seed: int, corpus: str, upstream: dict[str, str], out: Path) -> Stage:
     values = {"seed": seed, "progress": config.progress, **arm_values(config, name)}
     method = values.get("domain_weights")
-    inputs = [upstream["data"]]
+    inputs = {"data": upstream["data"]}
     if method in METHODS:
         values["domain_weights"] = str(out / "weights" / method / WEIGHTS_FILE)
-        inputs.append(upstream[method])
+        inputs[method] = upstream[method]
     directory = out / "runs" / f"{name}-seed{seed}"
     train_cfg = stage_config(TrainConfig, values, f"pipeline arm '{name}'", data=corpus, out=str(directory))
 
     def run() -> None:
-        resume = (directory / "checkpoints").is_dir()  # an interrupted attempt of this same stage
+        if _trained_to(directory) == train_cfg.steps:
+            return  # finished, and only intervals changed since: there is nothing left to train
+        resume = (directory / "checkpoints").is_dir()  # interrupted, or continued to more steps
         train(dataclasses.replace(train_cfg, resume=resume))
 
-    key_values = {k: v for k, v in values.items() if k != "progress"}  # display only: must not rerun a stage
-    return Stage(f"arm {name} (seed {seed})", directory, stage_key("arm", key_values, inputs), train_cfg.steps, run)
+    # progress is display only: it must not rerun a stage; steps always recorded, to tell "more steps" from "fewer"
+    key_values = {**{k: v for k, v in values.items() if k != "progress"}, "steps": train_cfg.steps}
+    return Stage(f"arm {name} (seed {seed})", directory, key_values, inputs, train_cfg.steps, run,
+                 resumable=_arm_can_continue)
 
 
 def _downstream_stage(options: dict, arm: Stage) -> Stage:
-    """lm-eval-harness on an arm's final checkpoint; the result lands in the run directory for the report."""
+    """lm-eval-harness on an arm's final checkpoint; the result lands in the run directory for the report.
+
+    Its input is the arm's trajectory (the arm's key without the keys a resume may change) and its
+    final step: an arm continued to more steps is scored again, in place.
+    """
     run_dir = arm.directory
     directory = run_dir.parent.parent / "downstream" / run_dir.name
 
@@ -86,16 +137,19 @@ def _downstream_stage(options: dict, arm: Stage) -> Stage:
         from mixweight.jsonio import write_json_atomic
         from mixweight.report.stats import DOWNSTREAM_FILE
 
-        result = run_lm_eval(run_dir, list(options["tasks"]), int(options.get("num_fewshot", 5)),
+        result = run_lm_eval(run_dir, list(options["tasks"]), int(options["num_fewshot"]),
                              include_path=options.get("include_path"), limit=options.get("limit"),
-                             batch_size=int(options.get("batch_size", 16)))
+                             batch_size=int(options["batch_size"]))
         write_json_atomic(run_dir / DOWNSTREAM_FILE, result)
         write_json_atomic(directory / DOWNSTREAM_FILE, result)
 
-    return Stage(f"lm-eval {run_dir.name}", directory, stage_key("lm_eval", options, arm.key), 0, run)
+    trajectory = stage_key({k: v for k, v in arm.values.items() if k not in RESUMABLE_CHANGES}, arm.inputs)
+    return Stage(f"lm-eval {run_dir.name}", directory, {**options, "arm_steps": arm.values["steps"]},
+                 {"arm": trajectory}, 0, run, resumable=lambda old, new, changed: changed == ["arm_steps"])
 
 
-def build_stages(config: PipelineConfig, out: Path) -> tuple[list[Stage], dict[str, list[str]]]:
+def build_stages(config: PipelineConfig, out: Path) -> tuple[list[Stage], dict[str, list[str]], str]:
+    """Every stage in run order, the run directories per arm, and the corpus directory."""
     data, corpus = _data_stage(config, out)
     stages, keys = [data], {"data": data.key}
     for method in METHODS:
@@ -105,15 +159,105 @@ def build_stages(config: PipelineConfig, out: Path) -> tuple[list[Stage], dict[s
             stage = _method_stage(method, section, corpus, data.key, out, config.progress)
             stages.append(stage)
             keys[method] = stage.key
+    lm_eval = config.lm_eval()
     arms: dict[str, list[str]] = {}
     for name in config.arms:
         for seed in config.seeds:
             stage = _arm_stage(config, name, seed, corpus, keys, out)
             stages.append(stage)
             arms.setdefault(name, []).append(str(stage.directory))
-            if config.eval.get("lm_eval"):
-                stages.append(_downstream_stage(config.eval["lm_eval"], stage))
-    return stages, arms
+            if lm_eval is not None:
+                stages.append(_downstream_stage(dataclasses.asdict(lm_eval), stage))
+    return stages, arms, corpus
+
+
+def _held_out_targets(doge: DoGEConfig, domains: list[str]) -> list[str]:
+    # DoGEConfig.targets takes the corpus's domains where 'mix'/'all' may also name a corpus domain
+    takes_domains = len(inspect.signature(doge.targets).parameters) == 1
+    return doge.targets(domains) if takes_domains else doge.targets()
+
+
+def check_against_corpus(config: PipelineConfig, corpus: str) -> None:
+    """Checks that need the corpus's domains, run before the first proxy trains (not when an arm meets them)."""
+    from mixweight.sampling.schedule import resolve_schedule
+
+    manifest = load_manifest(corpus)
+    if config.doge is not None:
+        doge = stage_config(DoGEConfig, config.doge, "pipeline 'doge'")
+        try:
+            check_targets(_held_out_targets(doge, manifest.domains), manifest.domains)
+        except MixweightError as exc:
+            raise MixweightError(f"pipeline 'doge.target': {exc}") from exc
+    for name in config.arms:
+        values = arm_values(config, name)
+        spec = values.get("domain_weights", "natural")
+        if spec not in METHODS:  # a named mixture or a file: check it against the corpus now
+            try:
+                resolve_schedule(manifest, str(spec), int(values.get("domain_weights_every", 0) or 0))
+            except MixweightError as exc:
+                raise MixweightError(f"pipeline arm '{name}': {exc}") from exc
+
+
+@contextmanager
+def pipeline_lock(out: Path):
+    """An exclusive lock on OUT for this process (rank 0 under torchrun), naming the holder to whoever waits."""
+    if not is_main_process():
+        yield
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    handle = (out / LOCK_FILE).open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise MixweightError(f"{out}: another pipeline is running in this directory ({holder}); wait for it to finish, "
+                             "or choose another --out") from None
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on host {socket.gethostname()}\n")
+        handle.flush()
+        yield
+    finally:
+        handle.close()  # closing releases the lock
+
+
+def _config_text(config: PipelineConfig) -> str:
+    recorded = {k: v for k, v in dataclasses.asdict(config).items() if k != "progress"}
+    return yaml.safe_dump(recorded, sort_keys=False)
+
+
+def _record_config(config: PipelineConfig, out: Path) -> None:
+    """OUT/pipeline.yaml: the config that made this directory; a different earlier one is kept beside it."""
+    path, text = out / CONFIG_FILE, _config_text(config)
+    if path.is_file():
+        old = path.read_text()
+        if old == text:
+            return
+        try:
+            previous = load_yaml(old) or {}
+        except yaml.YAMLError:
+            previous = {}
+        current = load_yaml(text)
+        sections = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        kept = out / f"pipeline.replaced-{stamp}.yaml"
+        path.rename(kept)
+        print(f"[pipeline] config differs from the one that made {out} (sections: {', '.join(sections)}); "
+              f"the earlier config is kept as {kept.name}", flush=True)
+    tmp = path.with_name(f".{CONFIG_FILE}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _refusal(out: Path, changed: list) -> MixweightError:
+    described = "; ".join(f"{stage.name} ({', '.join(plan.changes)})" for stage, plan in changed)
+    return MixweightError(
+        f"pipeline {out}: the config changed for stage(s) already run here, and continuing would replace their "
+        f"results: {described}. Rerun with --rerun-changed to move their directories aside (nothing is deleted) "
+        "and run them again, restore the old values, or choose another --out")
 
 
 def _eta(seconds: float) -> str:
@@ -121,28 +265,48 @@ def _eta(seconds: float) -> str:
     return f"{minutes}m{secs:02d}s"
 
 
-def run_pipeline(config: PipelineConfig, out: str | Path) -> dict:
+def run_pipeline(config: PipelineConfig, out: str | Path, rerun_changed: bool = False) -> dict:
     """Run every stage that is not already done, then write the report; returns report.json's content."""
     from mixweight.report import compare_runs
 
     out = Path(out)
-    stages, arms = build_stages(config, out)
-    total_steps = sum(s.steps for s in stages if not s.done)
-    done_steps, seconds_per_step, started = 0, None, time.perf_counter()
-    for index, stage in enumerate(stages, 1):
-        prefix = f"[{index}/{len(stages)}] {stage.name}"
-        if stage.done:
-            print(f"{prefix}: cached ({stage.directory})", flush=True)
-            continue
-        eta = f", pipeline ETA {_eta((total_steps - done_steps) * seconds_per_step)}" if seconds_per_step else ""
-        print(f"{prefix}: running into {stage.directory} ({stage.steps} steps{eta})", flush=True)
-        began = time.perf_counter()
-        stage.run()
-        done_steps += stage.steps
-        if done_steps:
-            seconds_per_step = (time.perf_counter() - started) / done_steps
-        print(f"{prefix}: done in {_eta(time.perf_counter() - began)}", flush=True)
-    weights = {m: str(out / "weights" / m / WEIGHTS_FILE) for m in METHODS if (out / "weights" / m / WEIGHTS_FILE).is_file()}
-    report = compare_runs(arms, out / "report", weights_files=weights or None, baseline=config.report.get("baseline"))
-    print(f"[report] {out / 'report' / 'report.md'} (pipeline took {_eta(time.perf_counter() - started)})", flush=True)
+    stages, arms, corpus = build_stages(config, out)  # checks the inputs outside OUT before anything is written
+    with pipeline_lock(out):
+        plans = [stage.plan() for stage in stages]
+        changed = [(stage, plan) for stage, plan in zip(stages, plans) if plan.state == CHANGED]
+        if changed and not rerun_changed:
+            raise _refusal(out, changed)
+        main = is_main_process()
+        if main:
+            _record_config(config, out)
+            for stage, plan in changed:
+                kept = stage.move_aside(plan)
+                print(f"[pipeline] {stage.name} changed ({', '.join(plan.changes)}): "
+                      f"the old directory is kept as {kept}", flush=True)
+        total_steps = sum(s.steps for s, p in zip(stages, plans) if p.state != DONE)
+        done_steps, seconds_per_step, started = 0, None, time.perf_counter()
+        corpus_checked = False
+        for index, (stage, plan) in enumerate(zip(stages, plans), 1):
+            if index > 1 and not corpus_checked:  # the data stage is first: its corpus now exists
+                check_against_corpus(config, corpus)
+                corpus_checked = True
+            prefix = f"[{index}/{len(stages)}] {stage.name}"
+            if plan.state == DONE:
+                print(f"{prefix}: cached ({stage.directory})", flush=True)
+                continue
+            eta = f", pipeline ETA {_eta((total_steps - done_steps) * seconds_per_step)}" if seconds_per_step else ""
+            how = f"continuing in place ({', '.join(plan.changes)})" if plan.state == EXTEND else "running"
+            print(f"{prefix}: {how} into {stage.directory} ({stage.steps} steps{eta})", flush=True)
+            began = time.perf_counter()
+            stage.run()
+            done_steps += stage.steps
+            if done_steps:
+                seconds_per_step = (time.perf_counter() - started) / done_steps
+            print(f"{prefix}: done in {_eta(time.perf_counter() - began)}", flush=True)
+        weights = {m: str(out / "weights" / m / WEIGHTS_FILE) for m in METHODS
+                   if (out / "weights" / m / WEIGHTS_FILE).is_file()}
+        report = compare_runs(arms, out / "report", weights_files=weights or None,
+                              baseline=config.report.get("baseline"))
+        print(f"[report] {out / 'report' / 'report.md'} (pipeline took {_eta(time.perf_counter() - started)})",
+              flush=True)
     return report

@@ -12,11 +12,10 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from mixweight.data.manifest import MANIFEST_NAME, Manifest
 from mixweight.data.synthetic import SYNTHETIC_ALIAS, default_corpus_dir
 from mixweight.errors import MixweightError
+from mixweight.yamlio import load_yaml
 
 
 @dataclass
@@ -87,7 +86,7 @@ def load_run(path: str | Path) -> Run:
             f"{path}: no eval.json, so the run has not finished; let `mixweight train` finish "
             f"(--resume continues it) or evaluate its latest checkpoint with `mixweight eval {path}`"
         )
-    config = yaml.safe_load((path / "config.yaml").read_text()) or {}
+    config = load_yaml((path / "config.yaml").read_text()) or {}
     try:
         final = json.loads((path / "eval.json").read_text())
     except json.JSONDecodeError as exc:

@@ -11,12 +11,15 @@ import torch
 from mixweight.data.manifest import load_manifest
 from mixweight.data.streams import read_stream
 from mixweight.domain.artifact import load_domain_weights
-from mixweight.domain.doge import DoGEObjective, doge_scores, doge_update
+from mixweight.domain.doge import (DoGEObjective, clip_rows, doge_scores, doge_update, heldout_mix_mask, replay,
+                                   resolve_target)
 from mixweight.domain.doge_run import DoGEConfig, run_doge
 from mixweight.errors import MixweightError
 from mixweight.train.checkpoint import list_checkpoints
+from mixweight.train.config import TrainConfig
 from mixweight.train.distributed import World
 from mixweight.train.loss import per_sample_loss
+from mixweight.train.loop import train
 from mixweight.train.model import build_model
 
 # --- pure pieces -------------------------------------------------------------------------
@@ -25,23 +28,75 @@ from mixweight.train.model import build_model
 def test_universal_scores_exclude_the_self_term():
     grads = torch.tensor([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
     # s_i = <g_i, sum_{j != i} g_j>: <[1,0],[1,3]> = 1, <[0,2],[2,1]> = 2, <[1,1],[1,2]> = 3
-    torch.testing.assert_close(doge_scores(grads, "all"), torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))
+    torch.testing.assert_close(doge_scores(grads, "all", score="paper"),
+                               torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))
 
 
-def test_out_of_domain_scores_use_the_mean_target_gradient():
+def test_paper_out_of_domain_scores_use_the_mean_target_gradient():
     grads = torch.tensor([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
     targets = torch.tensor([[2.0, 0.0], [0.0, 2.0], [9.0, 9.0]])
     # g_target = mean of rows 0 and 1 = [1, 1]
-    torch.testing.assert_close(doge_scores(grads, [0, 1], target_grads=targets),
+    torch.testing.assert_close(doge_scores(grads, [0, 1], score="paper", target_grads=targets),
                                torch.tensor([1.0, 2.0, 2.0], dtype=torch.float64))
 
 
-def test_normalized_clipped_scores_divide_by_the_mean_norm_and_clip_to_0_5():
-    grads = torch.tensor([[3.0, 0.0], [-1.0, 0.0], [10.0, 0.0]])
-    # raw: <[3],[9]> = 27, <[-1],[13]> = -13, <[10],[2]> = 20; mean norm (3 + 1 + 10) / 3 = 14/3
-    expected = torch.tensor([min(27 * 3 / 14, 5.0), 0.0, 20 * 3 / 14], dtype=torch.float64)
-    got = doge_scores(grads, "all", score="normalized-clipped", lr=0.1)
-    torch.testing.assert_close(got, expected, rtol=1e-6, atol=0)
+def test_reference_scores_sum_the_targets_divide_by_the_mean_norm_and_clip_to_0_5():
+    grads = torch.tensor([[3.0, 0.0], [0.0, -1.0], [30.0, 0.0]])
+    targets = torch.tensor([[1.0, 1.0], [1.0, 1.0], [9.0, 9.0]])
+    # g_target = SUM of rows 0, 1 = [2, 2]; raw = 6, -2, 60; mean norm (3 + 1 + 30) / 3 = 34/3
+    norm = 34 / 3 + 1e-6
+    expected = torch.tensor([6 / norm, 0.0, 5.0], dtype=torch.float64)  # 60 / norm = 5.29 is clipped to 5
+    got = doge_scores(grads, [0, 1], score="reference", target_grads=targets)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=0)
+    assert got[2].item() == 5.0 and got[1].item() == 0.0  # both clip bounds are reached
+
+
+def test_clip_rows_is_clip_grad_norm_per_row():
+    rows = torch.tensor([[3.0, 4.0], [0.3, 0.4], [0.0, 0.0]])
+    clip_rows(rows, 1.0)
+    # ||[3, 4]|| = 5 > 1: scaled by 1 / (5 + 1e-6); the others are below the bound and kept
+    torch.testing.assert_close(rows, torch.tensor([[3 / (5 + 1e-6), 4 / (5 + 1e-6)], [0.3, 0.4], [0.0, 0.0]]))
+    for row in ([3.0, 4.0], [0.3, 0.4]):
+        param = torch.nn.Parameter(torch.zeros(2))
+        param.grad = torch.tensor(row)
+        torch.nn.utils.clip_grad_norm_([param], 1.0)
+        torch.testing.assert_close(clip_rows(torch.tensor([row]), 1.0)[0], param.grad)
+    kept = torch.tensor([[30.0, 40.0]])
+    torch.testing.assert_close(clip_rows(kept, 0.0), torch.tensor([[30.0, 40.0]]))  # 0: no clipping
+
+
+def test_a_reference_step_by_hand():
+    """The official code's step on two training domains and one target, computed by hand."""
+    train = torch.tensor([[6.0, 8.0], [0.0, 0.5]])  # norms 10 and 0.5
+    target = torch.tensor([[0.0, 2.0]])  # norm 2
+    clip_rows(train, 5.0)
+    clip_rows(target, 5.0)
+    # clipped: [3, 4] (x 5 / (10 + 1e-6)), [0, 0.5] kept, target kept
+    c = 5 / (10 + 1e-6)
+    scores = doge_scores(train, [0], score="reference", target_grads=target)
+    mean_norm = (10 * c + 0.5) / 2 + 1e-6
+    expected = [min(16 * c / mean_norm, 5.0), 1.0 / mean_norm]  # <[6c, 8c], [0, 2]> = 16c, <[0, .5], [0, 2]> = 1
+    torch.testing.assert_close(scores, torch.tensor(expected, dtype=torch.float64), rtol=1e-6, atol=0)
+    alpha = doge_update(torch.tensor([0.5, 0.5]), scores, lr=1e-3, mu=0.01)
+    logits = [math.log(0.5) + 1e-3 * s / 0.01 for s in expected]
+    z = sum(math.exp(v) for v in logits)
+    torch.testing.assert_close(alpha, torch.tensor([math.exp(v) / z for v in logits], dtype=torch.float64))
+
+
+def test_held_out_mix_depends_on_the_block_alone():
+    blocks = torch.randint(0, 256, (400, 64), generator=torch.Generator().manual_seed(0))
+    mask = heldout_mix_mask(blocks, 8)
+    assert 25 <= int(mask.sum()) <= 75  # about 1 in 8 of 400
+    order = torch.randperm(400, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(heldout_mix_mask(blocks[order], 8), mask[order])  # not the position, not the batch
+    assert torch.equal(heldout_mix_mask(blocks[:7], 8), mask[:7])
+
+
+def test_target_names():
+    assert resolve_target("mix", ["a", "b"]) == "mix"
+    assert resolve_target("all", ["a", "b"]) == "all"
+    assert resolve_target("a, b", ["a", "b", "c"]) == ["a", "b"]
+    assert resolve_target("mix", ["a", "mix"]) == ["mix"]  # a corpus domain of that name is held out as itself
 
 
 def test_update_matches_hand_computed_values_and_sums_to_one():
@@ -61,56 +116,69 @@ def test_update_keeps_absent_domains_and_is_stable_for_huge_scores():
 
 
 def test_bad_score_name_is_refused():
-    with pytest.raises(MixweightError, match="normalized-clipped"):
+    with pytest.raises(MixweightError, match="reference, paper"):
         doge_scores(torch.ones(2, 3), "all", score="cosine")
 
 
 # --- the objective's gradients ---------------------------------------------------------------
 
 
-def _batch(corpus, domains):
+def _batch(corpus, domains, mix_blocks=0):
+    """Blocks of `domains` that are not in the held-out mixture, then `mix_blocks` that are (from domains 0, 1, ...)."""
     manifest = load_manifest(corpus)
-    blocks = {d: torch.from_numpy(read_stream(manifest.stream_dir(corpus, "train", name), limit=4))
+    blocks = {d: torch.from_numpy(read_stream(manifest.stream_dir(corpus, "train", name), limit=64))
               for d, name in enumerate(manifest.domains)}
-    used = {d: 0 for d in blocks}
-    rows = []
-    for d in domains:
-        rows.append(blocks[d][used[d]])
-        used[d] += 1
-    return manifest, {"input_ids": torch.stack(rows), "domain": torch.tensor(domains)}
+    in_mix = {d: heldout_mix_mask(b, len(manifest.domains) + 1) for d, b in blocks.items()}
+    plain = {d: iter(b[~in_mix[d]]) for d, b in blocks.items()}
+    rows, ids = [next(plain[d]) for d in domains], list(domains)
+    for i in range(mix_blocks):
+        rows.append(blocks[i][in_mix[i]][0])
+        ids.append(i)
+    return manifest, {"input_ids": torch.stack(rows), "domain": torch.tensor(ids)}
 
 
 def _flat_grad(model):
     return torch.cat([p.grad.reshape(-1) for p in model.parameters()])
 
 
-def _direct_domain_grads(model, batch, ids):
-    """g_i by autograd on the mean loss of domain i's samples, without the objective."""
+def _direct_grads(model, batch, masks):
+    """The gradient of the mean loss over each mask's samples, by autograd, without the objective."""
     out = []
-    for d in ids:
-        x = batch["input_ids"][batch["domain"] == d]
+    for mask in masks:
+        x = batch["input_ids"][mask]
         loss = per_sample_loss(model(input_ids=x).logits, x).mean()
         out.append(torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, list(model.parameters()))]))
     return torch.stack(out)
 
 
 DOMAINS_OF_8 = [0, 0, 0, 1, 2, 3, 5, 6]  # domain 0 three times, domain 4 absent
+CASES = [("all", "paper", 0.0), ("copy", "paper", 0.0), ("copy,arithmetic", "reference", 0.05),
+         ("mix", "reference", 0.05)]
 
 
-@pytest.mark.parametrize("targets", [None, ["copy"]])
-def test_domain_gradients_are_mean_loss_gradients_and_the_applied_gradient_mixes_them(synth_corpus, tiny_spec, targets):
-    manifest, batch = _batch(synth_corpus, DOMAINS_OF_8)
+@pytest.mark.parametrize("target, score, clip", CASES)
+def test_domain_gradients_are_mean_loss_gradients_and_the_applied_gradient_mixes_them(synth_corpus, tiny_spec,
+                                                                                     target, score, clip):
+    mix_blocks = 2 if target == "mix" else 0
+    manifest, batch = _batch(synth_corpus, DOMAINS_OF_8, mix_blocks)
     model = build_model(tiny_spec, manifest, seed=0)
-    objective = DoGEObjective(manifest.domains, targets, mu=0.01)
+    objective = DoGEObjective(manifest.domains, target, mu=0.01, score=score, max_grad_norm=clip)
     lr = 0.05
     result = objective.compute_gradients(model, [batch], step=0, world=World(), autocast=None, lr=lr)
 
-    train_ids = [d for d in range(7) if d != 4 and (targets is None or d != 6)]
-    grads = _direct_domain_grads(model, batch, train_ids)
-    if targets is None:
-        scores = doge_scores(grads, "all")
+    held_out = [manifest.domains.index(t) for t in target.split(",")] if target not in ("all", "mix") else []
+    is_mix = torch.arange(len(batch["domain"])) >= len(DOMAINS_OF_8)  # the appended blocks
+    train_ids = [d for d in range(7) if d != 4 and d not in held_out]
+    grads = _direct_grads(model, batch, [(batch["domain"] == d) & ~is_mix for d in train_ids])
+    target_masks = [is_mix] if target == "mix" else [batch["domain"] == d for d in held_out if d in DOMAINS_OF_8]
+    if clip:
+        assert grads.norm(dim=1).max() > clip  # the clipping is exercised
+    clip_rows(grads, clip)
+    if target == "all":
+        scores = doge_scores(grads, "all", score=score)
     else:
-        scores = doge_scores(grads, [0], target_grads=_direct_domain_grads(model, batch, [6]))
+        target_grads = clip_rows(_direct_grads(model, batch, target_masks), clip)
+        scores = doge_scores(grads, list(range(len(target_masks))), score=score, target_grads=target_grads)
     slots = [objective.train_ids.index(d) for d in train_ids]
     present = torch.zeros(len(objective.train_ids), dtype=torch.bool)
     present[slots] = True
@@ -124,25 +192,32 @@ def test_domain_gradients_are_mean_loss_gradients_and_the_applied_gradient_mixes
     torch.testing.assert_close(torch.tensor(got_scores, dtype=torch.float64), scores, rtol=1e-4, atol=1e-7)
     assert logged["scores"]["markov2"] is None  # absent: no score, alpha kept
     assert logged["alpha"]["markov2"] == pytest.approx(1 / k, abs=1e-6)
-    torch.testing.assert_close(torch.tensor(objective.last_weights(), dtype=torch.float64), expected_alpha, rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(torch.tensor(objective.last_weights(), dtype=torch.float64), expected_alpha,
+                               rtol=1e-5, atol=1e-8)
 
     mix = expected_alpha[present] / expected_alpha[present].sum()
     torch.testing.assert_close(_flat_grad(model), (mix.float() @ grads), rtol=1e-4, atol=1e-7)
     assert result.weights.sum().item() == pytest.approx(1.0, abs=1e-6)
-    assert (result.weights[batch["domain"] == 6] == 0).all() if targets else True
+    never_trained = is_mix | torch.isin(batch["domain"], torch.tensor(held_out or [-1]))
+    assert (result.weights[never_trained] == 0).all() and (result.weights[~never_trained] > 0).all()
     assert result.losses.isfinite().all()
+    assert objective.present[0] == present.tolist() and objective.lrs == [lr]
 
 
 def test_one_micro_batch_of_8_equals_two_of_4(synth_corpus, tiny_spec):
-    manifest, batch = _batch(synth_corpus, [0, 1, 2, 3, 4, 5, 6, 2])
+    manifest, batch = _batch(synth_corpus, [0, 1, 2, 3, 4, 5], mix_blocks=2)  # the mixture's blocks split too
     runs = []
     for split in ([batch], [{k: v[:4] for k, v in batch.items()}, {k: v[4:] for k, v in batch.items()}]):
         model = build_model(tiny_spec, manifest, seed=0)
-        objective = DoGEObjective(manifest.domains, mu=0.01)
+        objective = DoGEObjective(manifest.domains, "mix", mu=0.01, max_grad_norm=0.05)
         result = objective.compute_gradients(model, split, step=0, world=World(), autocast=None, lr=0.05)
         runs.append((objective.step_metrics()["doge"], objective.last_weights(), _flat_grad(model), result))
     (m1, a1, g1, r1), (m2, a2, g2, r2) = runs
+    assert m1["updated"] and m2["updated"]
     for name in manifest.domains:
+        if name == "copy":
+            assert m1["scores"][name] is None and m2["scores"][name] is None  # absent in this batch
+            continue
         assert m1["scores"][name] == pytest.approx(m2["scores"][name], rel=1e-4, abs=1e-7)
     torch.testing.assert_close(torch.tensor(a1), torch.tensor(a2), rtol=1e-6, atol=1e-9)
     torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-7)
@@ -169,18 +244,72 @@ def test_a_short_run_writes_a_valid_deterministic_artifact(synth_corpus, tiny_sp
     assert sum(loaded.weights) == pytest.approx(1.0, abs=1e-9) and all(math.isfinite(w) for w in loaded.weights)
     assert sum(first.last_weights) == pytest.approx(1.0, abs=1e-9)
     raw = json.loads(a)
-    assert raw["method"] == {"name": "doge", "mu": 0.01, "score": "paper", "target": "all", "steps": 6}
+    # the published universal configuration is the default: the held-out mixture, the official code's score
+    assert raw["method"] == {"name": "doge", "score": "reference", "target": "mix", "mu": 0.01, "max_grad_norm": 5.0,
+                             "steps": 6}
+    assert "targets" not in raw and len(raw["replay"]["lr"]) == 6
     assert [e["step"] for e in raw["trajectory"]] == [2, 4, 6]
     assert set(raw["provenance"]) >= {"seed", "config_hash", "proxy", "tokenizer_fingerprint", "domain_token_counts",
                                       "mixweight_version"}
     assert (tmp_path / "a" / "weights.work" / "proxy" / "metrics.jsonl").is_file()
 
 
-def test_out_of_domain_target_is_not_weighted(synth_corpus, tiny_spec, tmp_path):
-    weights = run_doge(_config(synth_corpus, tiny_spec, tmp_path / "w.json", steps=3, target="copy",
-                               mu=0.05, score="normalized-clipped"))
-    assert weights.domains == [d for d in load_manifest(synth_corpus).domains if d != "copy"]
+@pytest.fixture(scope="module")
+def copy_target_artifact(synth_corpus, tiny_spec, tmp_path_factory):
+    """A 4-step DoGE run with `copy` held out, every step logged."""
+    out = tmp_path_factory.mktemp("doge_copy") / "w.json"
+    run_doge(_config(synth_corpus, tiny_spec, out, steps=4, log_every=1, target="copy"))
+    return out
+
+
+def test_out_of_domain_artifact_lists_every_domain_and_trains(copy_target_artifact, synth_corpus, tiny_spec, tmp_path):
+    weights = load_domain_weights(copy_target_artifact)
+    assert weights.domains == load_manifest(synth_corpus).domains  # every corpus domain, the target included
+    assert weights.targets == ["copy"] and weights.as_dict()["copy"] == 0.0
     assert sum(weights.weights) == pytest.approx(1.0, abs=1e-9)
+    assert weights.method["mu"] == 0.05 and weights.method["max_grad_norm"] == 1.0  # the published OOD config
+
+    run = tmp_path / "run"
+    train(TrainConfig(data=synth_corpus, out=str(run), model=tiny_spec, steps=3, batch_size=8, log_every=1,
+                      eval_every=0, checkpoint_every=100, progress=False, domain_weights=str(copy_target_artifact)))
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    mixtures = [r["mixture"]["domains"] for r in records if "mixture" in r]
+    assert mixtures and all(m["copy"]["samples"] == 0 for m in mixtures)
+    assert sum(mixtures[-1][d]["samples"] for d in mixtures[-1]) == 3 * 8
+
+
+def test_replay_recomputes_the_recorded_trajectory(copy_target_artifact):
+    weights = load_domain_weights(copy_target_artifact)
+    block = weights.replay
+    assert block["steps"] == 4 and block["domains"] == [d for d in weights.domains if d != "copy"]
+    rows = replay(weights)
+    assert rows.shape == (5, 6)
+    for entry in weights.trajectory:  # every step is logged here
+        logged = [entry["weights"][d] for d in block["domains"]]
+        assert abs(rows[entry["step"]] - logged).max() < 1e-6
+    by_name = weights.as_dict()
+    assert abs(rows[1:].mean(axis=0) - [by_name[d] for d in block["domains"]]).max() < 1e-6
+    assert rows[0].tolist() == [1 / 6] * 6
+
+    raw = json.loads(copy_target_artifact.read_text())
+    step = next(t for t, present in enumerate(raw["replay"]["present"]) if any(present) and raw["replay"]["lr"][t] > 0)
+    first_present = raw["replay"]["present"][step].index(True)
+    raw["replay"]["signals"][step][first_present] += 3.0  # one edited score moves the trajectory
+    edited = replay(raw)
+    logged = [raw["trajectory"][step]["weights"][d] for d in block["domains"]]
+    assert abs(edited[step + 1] - logged).max() > 1e-6
+
+
+def test_replay_refuses_an_incomplete_block():
+    with pytest.raises(MixweightError, match="replay"):
+        replay({"replay": {"steps": 2, "initial_weights": [0.5, 0.5]}})
+
+
+def test_out_naming_a_directory_is_refused_before_training(synth_corpus, tiny_spec, tmp_path):
+    (tmp_path / "weights").mkdir()
+    with pytest.raises(MixweightError, match="is a directory"):
+        run_doge(_config(synth_corpus, tiny_spec, tmp_path / "weights"))
+    assert not (tmp_path / "weights.work").exists() and list((tmp_path / "weights").iterdir()) == []
 
 
 def test_resume_after_a_crash_gives_the_same_weights(synth_corpus, tiny_spec, tmp_path, monkeypatch):
@@ -224,6 +353,20 @@ def test_bad_config_values_are_refused():
         DoGEConfig(data="d", out="o", score="cosine").validate()
     with pytest.raises(MixweightError, match="target"):
         DoGEConfig(data="d", out="o", target="noise,").validate()
+    with pytest.raises(MixweightError, match="not the official code's form; use 'reference'"):
+        DoGEConfig(data="d", out="o", score="normalized-clipped").validate()
+    with pytest.raises(MixweightError, match="max_grad_norm"):
+        DoGEConfig(data="d", out="o", max_grad_norm=-1.0).validate()
+
+
+def test_published_defaults_follow_the_target_kind():
+    domains = ["a", "b", "c"]
+    assert (DoGEConfig(data="d", out="o").resolved(domains).mu, DoGEConfig(data="d", out="o").resolved(domains)
+            .max_grad_norm) == (0.01, 5.0)
+    ood = DoGEConfig(data="d", out="o", target="c").resolved(domains)
+    assert (ood.mu, ood.max_grad_norm) == (0.05, 1.0)
+    paper = DoGEConfig(data="d", out="o", score="paper", mu=0.2).resolved(domains)
+    assert (paper.mu, paper.max_grad_norm) == (0.2, 0.0)
 
 
 TWO_RANK_SCRIPT = """

@@ -1,24 +1,45 @@
-"""DoGE (Fan, Pagliardini, Jaggi, 2023): domain weights from gradient alignment (ALGORITHMS.md section 3).
+"""DoGE (Fan, Pagliardini, Jaggi, 2023): domain weights from gradient alignment (docs/algorithms.md section 3).
 
 A proxy is trained on batches that sample every domain uniformly. At each optimizer step:
 
-    g_i    = gradient of the mean loss of domain i's samples in the step (all micro-batches, all ranks)
-    s_i    = <g_i, g_target>          (doge_scores)
-    alpha' = alpha * exp(lr * s / mu), normalized        (doge_update)
+    g_i    = gradient of the mean loss of domain i's samples in the step (all micro-batches, all ranks),
+             clipped to norm `max_grad_norm`                                       (clip_rows)
+    s_i    = score of <g_i, g_target>                                             (doge_scores)
+    alpha' = alpha * exp(lr * s / mu), normalized                                 (doge_update)
     grad   = sum_i alpha'_i g_i       (then the loop clips and steps the optimizer)
 
-and the output is the average of alpha' over the steps.
+and the output is the average of alpha' over the steps. `replay` recomputes every alpha'
+from what the artifact records (the initial weights, each step's scores, lr and present domains).
 
-Pure pieces (`doge_scores`, `doge_update`) act on tensors; `DoGEObjective` is the training
-loop's `StepObjective` that makes the per-domain gradients.
+Scores (`score=`):
+- "reference" (default): the official code (github.com/Olivia-fsm/DoGE, `src/trainer.py`,
+  `update_domain_weights_distributed`): every per-domain gradient, targets included, is first
+  clipped to `max_grad_norm` the way torch.nn.utils.clip_grad_norm_ does it (scale
+  max / (||g|| + 1e-6) when below 1); the target gradient is the SUM of the target rows; the
+  inner product is divided by the mean L2 norm of the (clipped) training-domain gradients plus
+  1e-6 and clipped to [0, 5] (the code clips lr * s / norm to [lr * dw_min, lr * dw_max] with
+  dw_min 0, dw_max 5; as lr >= 0 multiplies the score in `doge_update`, that is the same).
+- "paper": the raw inner product of the paper's Algorithm 1, no normalization; several targets
+  are averaged. Per-domain clipping only if `max_grad_norm` > 0 (its default is 0).
 
-Choices where the paper leaves room (all documented at the function that makes them):
+Targets:
+- "mix" (default, the published universal configuration `config/doge.json`): a held-out
+  mixture of the training domains. The reference carves it from each domain's training data as
+  an extra domain sampled like the others (1 of k + 1 sources) and never trained on; here a
+  fixed 1 / (k + 1) of every domain's blocks, chosen by a hash of the block's tokens
+  (`heldout_mix_mask`), forms it: the same blocks at every step and on every rank, never
+  trained on. Its gradient includes domain i's own data, so the self term stays.
+- "all": the paper's universal form without held-out data, s_i = <g_i, sum_{j != i} g_j>.
+- a list of domain names (out-of-domain): held-out domains, sampled but never trained on.
+
+Choices where paper and code leave room (each documented at the code that makes it):
 - Domains absent from a step (no finite sample of theirs on any rank) have no gradient: they
   get no score, keep their alpha, and contribute nothing; the present domains share the
   mass they held before (sum over present alpha is preserved), and the applied gradient is
   sum over present of alpha'_i g_i / sum over present alpha'_i, so its scale is that of a mean loss.
-- OOD target domains are sampled but never trained on. A step without any target sample
-  makes no update (alpha kept) but still trains with the current alpha.
+  (The reference code scores an absent domain with its previous step's gradient.) With every
+  domain in every step, which large batches give, both agree.
+- A step without any target sample makes no update (alpha kept) but still trains.
 - The running average counts every optimizer step (alpha after the step's update).
 
 Cost. Time: each present domain gets its own forward and backward over its slice of the
@@ -33,8 +54,10 @@ On several ranks the rows are all-reduced in one collective of k * P floats per 
 
 from __future__ import annotations
 
+import functools
 from contextlib import nullcontext
 
+import numpy as np
 import torch
 
 from mixweight.errors import MixweightError
@@ -42,45 +65,58 @@ from mixweight.train.distributed import World, all_gather_cat, all_reduce_sum
 from mixweight.train.loss import per_sample_loss
 from mixweight.train.step import StepResult
 
-SCORES = ("paper", "normalized-clipped")
+SCORES = ("reference", "paper")
+MIX, ALL = "mix", "all"  # the universal targets; anything else names held-out domains
 NORM_EPS = 1e-6  # added to the mean gradient norm, as the reference code does
-CLIP_MAX = 5.0  # the reference clips lr * s / norm to [0, 5 lr]
+CLIP_EPS = 1e-6  # torch.nn.utils.clip_grad_norm_'s: scale = max_norm / (norm + 1e-6)
+SCORE_MAX = 5.0  # the reference clips lr * s / norm to [0, 5 lr] (dw_min, dw_max)
+# The published configurations (config/doge.json, config/doge_ood/*.json): mu and max_grad_norm.
+PUBLISHED = {"universal": {"mu": 0.01, "max_grad_norm": 5.0}, "out-of-domain": {"mu": 0.05, "max_grad_norm": 1.0}}
+HASH_PRIME, HASH_BASE = 2_147_483_647, 257  # the held-out mixture's block hash (a polynomial hash mod 2^31 - 1)
 
 
-def doge_scores(domain_grads: torch.Tensor, target="all", score: str = "paper", lr: float | None = None,
+def clip_rows(grads: torch.Tensor, max_norm: float) -> torch.Tensor:
+    """Scale each row to norm <= max_norm as clip_grad_norm_ does (x max / (||g|| + 1e-6) if < 1); in place.
+
+    max_norm <= 0 leaves the rows as they are (the reference code clips only when max_grad_norm > 0).
+    """
+    if max_norm <= 0 or len(grads) == 0:
+        return grads
+    norms = grads.double().norm(dim=1)
+    scale = (max_norm / (norms + CLIP_EPS)).clamp(max=1.0)
+    grads.mul_(scale.to(grads.dtype).unsqueeze(1))
+    return grads
+
+
+def doge_scores(domain_grads: torch.Tensor, target="all", score: str = "reference",
                 target_grads: torch.Tensor | None = None) -> torch.Tensor:
-    """Alignment score of each training domain's gradient with the target gradient: [k].
+    """Alignment score of each training domain's gradient with the target gradient: [k], float64.
 
-    domain_grads: [k, P], one flattened gradient per training domain.
-    target: "all" (universal generalization): s_i = <g_i, sum_{j != i} g_j>, the self term
-        <g_i, g_i> excluded; or a non-empty list of row indices into `target_grads` ([m, P],
-        the held-out target domains' gradients): s_i = <g_i, g_target> with g_target the
-        mean of those rows (out-of-domain).
-    score: "paper" (the raw inner product) or "normalized-clipped" (the reference code):
-        s_i / (mean_j ||g_j||_2 + 1e-6), the mean taken over the k training domains' L2 norms,
-        then clipped to [0, 5]. The reference clips the update exponent lr * s / norm to
-        [0, 5 lr]; as `doge_update` multiplies the score by lr (>= 0), clipping the score to
-        [0, 5] is the same thing. `lr` is therefore accepted but not needed: it is only
-        checked to be >= 0.
+    domain_grads: [k, P], one flattened (already clipped, see `clip_rows`) gradient per training domain.
+    target: "all": s_i = <g_i, sum_{j != i} g_j>, the self term <g_i, g_i> excluded; or a
+        non-empty list of row indices into `target_grads` ([m, P], the held-out targets' gradients:
+        domains, or the held-out mixture): s_i = <g_i, g_target>, g_target the SUM of those rows
+        for "reference" (as the official code), their mean for "paper".
+    score: "reference": s_i / (mean_j ||g_j||_2 + 1e-6), the mean over the k training domains'
+        norms, clipped to [0, 5]; "paper": the raw inner product.
     """
     if score not in SCORES:
         raise MixweightError(f"doge: score must be one of {', '.join(SCORES)}, got {score!r}")
-    if lr is not None and lr < 0:
-        raise MixweightError(f"doge: lr must be >= 0, got {lr}")
     grads = domain_grads.double()
     if isinstance(target, str):
-        if target != "all":
+        if target != ALL:
             raise MixweightError(f"doge: target must be 'all' or a list of target indices, got {target!r}")
         total = grads.sum(dim=0)
         raw = grads @ total - (grads * grads).sum(dim=1)
     else:
         if target_grads is None or len(target) == 0:
-            raise MixweightError("doge: an out-of-domain target needs target_grads and at least one target index")
-        raw = grads @ target_grads.double()[list(target)].mean(dim=0)
+            raise MixweightError("doge: a held-out target needs target_grads and at least one target index")
+        rows = target_grads.double()[list(target)]
+        raw = grads @ (rows.sum(dim=0) if score == "reference" else rows.mean(dim=0))
     if score == "paper":
         return raw
     mean_norm = grads.norm(dim=1).mean()
-    return (raw / (mean_norm + NORM_EPS)).clamp(0.0, CLIP_MAX)
+    return (raw / (mean_norm + NORM_EPS)).clamp(0.0, SCORE_MAX)
 
 
 def doge_update(alpha: torch.Tensor, scores: torch.Tensor, lr: float, mu: float,
@@ -104,21 +140,93 @@ def doge_update(alpha: torch.Tensor, scores: torch.Tensor, lr: float, mu: float,
     return out
 
 
+def replay(artifact) -> np.ndarray:
+    """The per-step weights [T + 1, k] recomputed from a DoGE artifact's `replay` block alone.
+
+    `artifact`: a DomainWeights (or its dict). Row 0 is `initial_weights`; row t applies
+    `doge_update` with step t's recorded scores, lr and present domains, and the method's mu.
+    A step that made no update is recorded with no domain present.
+    """
+    block = artifact.replay if hasattr(artifact, "replay") else artifact.get("replay", {})
+    try:
+        steps, mu = int(block["steps"]), float(block["mu"])
+        alpha = torch.tensor(block["initial_weights"], dtype=torch.float64)
+        signals = torch.tensor(block["signals"], dtype=torch.float64).reshape(steps, len(alpha))
+        present = torch.tensor(block["present"], dtype=torch.bool).reshape(steps, len(alpha))
+        lrs = [float(v) for v in block["lr"]]
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise MixweightError(f"doge replay: the artifact's 'replay' block is incomplete or malformed ({exc}); "
+                             "it needs steps, mu, initial_weights, signals, present and lr") from None
+    if len(lrs) != steps:
+        raise MixweightError(f"doge replay: 'lr' has {len(lrs)} entries for {steps} steps")
+    rows = [alpha]
+    for t in range(steps):
+        alpha = doge_update(alpha, signals[t], lrs[t], mu, present[t])
+        rows.append(alpha)
+    return torch.stack(rows).numpy()
+
+
+@functools.lru_cache(maxsize=8)
+def _hash_powers(length: int) -> torch.Tensor:
+    return torch.tensor([pow(HASH_BASE, j, HASH_PRIME) for j in range(length)], dtype=torch.long)
+
+
+def heldout_mix_mask(input_ids: torch.Tensor, parts: int) -> torch.Tensor:
+    """True for the blocks [B, L] that belong to the held-out mixture: about 1 in `parts`.
+
+    A polynomial hash of the block's tokens modulo 2^31 - 1 (exact in int64: every product is
+    below 2^62), so membership depends on the block alone: not on the step, the rank, the
+    micro-batch or the order, and a block of the mixture is never trained on.
+    """
+    ids = input_ids.long() % HASH_PRIME
+    powers = _hash_powers(ids.shape[1]).to(ids.device)
+    h = ((ids * powers) % HASH_PRIME).sum(dim=1) % HASH_PRIME
+    return h % parts == 0
+
+
+def resolve_target(target, domains: list[str]) -> str | list[str]:
+    """"mix" | "all" | [held-out domain names], from a `--target` value (None: "mix").
+
+    "mix" or "all" name the corpus domain of that name when there is one (held out like any
+    target, as the reference's own "mix" domain is); otherwise the universal targets above.
+    """
+    if target is None:
+        target = MIX
+    if isinstance(target, str):
+        if target in (MIX, ALL) and target not in domains:
+            return target
+        target = [t.strip() for t in target.split(",")]
+    target = list(target)
+    if not target:
+        raise MixweightError("doge: give a target: 'mix', 'all' or held-out domain names")
+    return target
+
+
+def published_defaults(target) -> dict:
+    """mu and max_grad_norm of the published configuration for this kind of target."""
+    return PUBLISHED["universal" if target in (MIX, ALL) else "out-of-domain"]
+
+
 class DoGEObjective:
     """The DoGE proxy step as a `StepObjective` for `mixweight.train.loop.train`.
 
     domains: the corpus's domain names (manifest order; a micro-batch's `domain` ids index it).
-    targets: names of held-out target domains (out-of-domain mode), or None/[] for the
-        universal target ("all" training domains). Target domains are sampled but never trained on.
+    target: "mix", "all" or held-out domain names (see `resolve_target`). Held-out domains and
+        the held-out mixture's blocks are sampled but never trained on.
+    max_grad_norm: each per-domain gradient (targets included) is clipped to this norm before
+        the scores and the applied gradient (0: no clipping).
     """
 
-    def __init__(self, domains: list[str], targets: list[str] | None = None, mu: float = 0.01,
-                 score: str = "paper", log_every: int = 1, total_steps: int | None = None):
+    def __init__(self, domains: list[str], target="mix", mu: float = 0.01, score: str = "reference",
+                 max_grad_norm: float = 0.0, log_every: int = 1, total_steps: int | None = None):
         if score not in SCORES:
             raise MixweightError(f"doge: score must be one of {', '.join(SCORES)}, got {score!r}")
         if mu <= 0:
             raise MixweightError(f"doge: mu must be > 0, got {mu}")
-        targets = list(targets or [])
+        if max_grad_norm < 0:
+            raise MixweightError(f"doge: max_grad_norm must be >= 0 (0: no clipping), got {max_grad_norm}")
+        self.target = resolve_target(target, domains)
+        targets = [] if isinstance(self.target, str) else self.target
         unknown = [t for t in targets if t not in domains]
         if unknown:
             raise MixweightError(f"doge: target domain(s) {unknown} not in the corpus's domains {domains}")
@@ -128,12 +236,19 @@ class DoGEObjective:
         if not self.train_ids:
             raise MixweightError(f"doge: every domain is a target ({targets}); leave at least one domain to train on")
         self.train_domains = [domains[i] for i in self.train_ids]
-        self.mu, self.score, self.log_every, self.total_steps = mu, score, log_every, total_steps
+        self.mix = self.target == MIX
+        self.mu, self.score, self.max_grad_norm = mu, score, max_grad_norm
+        self.log_every, self.total_steps = log_every, total_steps
         k = len(self.train_ids)
-        self.alpha = torch.full((k,), 1.0 / k, dtype=torch.float64)
+        self.initial = torch.full((k,), 1.0 / k, dtype=torch.float64)
+        self.alpha = self.initial.clone()
         self.alpha_sum = torch.zeros(k, dtype=torch.float64)
         self.updates = 0
         self.trajectory: list[dict] = []
+        # Every step's inputs to the update, for `replay`: scores (0.0 where unused), present, lr.
+        self.signals: list[list[float]] = []
+        self.present: list[list[bool]] = []
+        self.lrs: list[float] = []
         self._last: dict = {}
 
     # --- results ---------------------------------------------------------------------
@@ -147,17 +262,33 @@ class DoGEObjective:
     def last_weights(self) -> list[float]:
         return self.alpha.tolist()
 
+    def replay_block(self) -> dict:
+        """The artifact's `replay` block: what `replay` needs to recompute every step's alpha."""
+        return {"domains": self.train_domains, "steps": len(self.lrs), "initial_weights": self.initial.tolist(),
+                "signals": self.signals, "present": self.present, "lr": self.lrs, "mu": self.mu,
+                "score": self.score, "average_start": 1}
+
     # --- the step --------------------------------------------------------------------
+    def _groups(self, micro_batch: dict) -> torch.Tensor:
+        """Each sample's gradient row: its domain id, or len(domains) for a block of the held-out mixture."""
+        groups = micro_batch["domain"].clone()
+        if self.mix:
+            held_out = heldout_mix_mask(micro_batch["input_ids"], len(self.train_ids) + 1)
+            groups[held_out] = len(self.domains)
+        return groups
+
     def compute_gradients(self, model, micro_batches, step, world: World, autocast, lr) -> StepResult:
         module = getattr(model, "module", model)  # never through DDP: we reduce gradients ourselves
         params = [p for p in module.parameters() if p.requires_grad]
         device = params[0].device
         micro_batches = [{k: v.to(device) for k, v in mb.items()} for mb in micro_batches]
+        groups = [self._groups(mb) for mb in micro_batches]
         local_domains = torch.cat([mb["domain"] for mb in micro_batches])
         local_losses = torch.full((len(local_domains),), float("nan"), device=device)
-        n_domains = len(self.domains)
-        counts = all_reduce_sum(torch.bincount(local_domains, minlength=n_domains).to(device), world)
-        rows = [d for d in self.train_ids + self.target_ids if counts[d] > 0]  # same on every rank
+        mix_group = len(self.domains)
+        counts = all_reduce_sum(torch.bincount(torch.cat(groups), minlength=mix_group + 1).to(device), world)
+        target_groups = [mix_group] if self.mix else self.target_ids
+        rows = [d for d in self.train_ids + target_groups if counts[d] > 0]  # same on every rank
         sizes = [p.numel() for p in params]
         grads = torch.zeros(len(rows), sum(sizes), device=device)
         finite = torch.zeros(len(rows), device=device)
@@ -166,8 +297,8 @@ class DoGEObjective:
         with sync() if sync is not None else nullcontext():
             for row, d in enumerate(rows):
                 offset = 0
-                for mb in micro_batches:
-                    mask = mb["domain"] == d
+                for mb, group in zip(micro_batches, groups):
+                    mask = group == d
                     if mask.any():
                         with autocast or nullcontext():
                             logits = module(input_ids=mb["input_ids"][mask]).logits
@@ -184,18 +315,20 @@ class DoGEObjective:
         all_reduce_sum(grads, world)
         all_reduce_sum(finite, world)
         kept = [r for r in range(len(rows)) if finite[r] > 0]  # a domain whose losses are all non-finite is absent
-        grads = grads / finite.clamp(min=1).unsqueeze(1)
+        grads.div_(finite.clamp(min=1).unsqueeze(1))
+        # Clipped on the global mean-loss gradient (the same on every rank), before scores and mixing.
+        clip_rows(grads, self.max_grad_norm)
 
         train_rows = [r for r in kept if rows[r] in self.train_ids]
-        target_rows = [r for r in kept if rows[r] in self.target_ids]
+        target_rows = [r for r in kept if rows[r] in target_groups]
         present = torch.zeros(len(self.train_ids), dtype=torch.bool)
         slot = {d: i for i, d in enumerate(self.train_ids)}
         present[[slot[rows[r]] for r in train_rows]] = True
         scores = torch.zeros(len(self.train_ids), dtype=torch.float64)
-        updated = bool(train_rows) and (not self.target_ids or bool(target_rows))
+        updated = bool(train_rows) and (self.target == ALL or bool(target_rows))
         if updated:
-            target = "all" if not self.target_ids else list(range(len(target_rows)))
-            scores[present] = doge_scores(grads[train_rows], target, self.score, lr,
+            target = ALL if self.target == ALL else list(range(len(target_rows)))
+            scores[present] = doge_scores(grads[train_rows], target, self.score,
                                           target_grads=grads[target_rows] if target_rows else None).cpu()
             self.alpha = doge_update(self.alpha, scores, lr, self.mu, present)
         mix = torch.zeros(len(self.train_ids), dtype=torch.float64)
@@ -208,30 +341,35 @@ class DoGEObjective:
 
         self.alpha_sum += self.alpha
         self.updates += 1
-        signal = {self.train_domains[i]: (scores[i].item() if present[i] and updated else None)
-                  for i in range(len(self.train_ids))}
-        self._last = {"doge": {"alpha": dict(zip(self.train_domains, self.alpha.tolist())), "scores": signal,
-                               "updated": updated}}
+        used = present if updated else torch.zeros_like(present)  # no update: recorded with no domain present
+        self.signals.append([float(s) if u else 0.0 for s, u in zip(scores.tolist(), used.tolist())])
+        self.present.append(used.tolist())
+        self.lrs.append(float(lr))
+        signal = {self.train_domains[i]: (scores[i].item() if used[i] else None) for i in range(len(self.train_ids))}
+        alpha_by_name = dict(zip(self.train_domains, self.alpha.tolist()))
+        self._last = {"doge": {"alpha": alpha_by_name, "scores": signal, "updated": updated}}
         done = step + 1
         if done % self.log_every == 0 or done == self.total_steps:
-            self.trajectory.append({"step": done, "weights": dict(zip(self.train_domains, self.alpha.tolist())),
+            self.trajectory.append({"step": done, "weights": {d: alpha_by_name.get(d, 0.0) for d in self.domains},
                                     "signal": signal})
 
         losses = all_gather_cat(local_losses, world).cpu()
         domains = all_gather_cat(local_domains, world).cpu()
+        sample_groups = all_gather_cat(torch.cat(groups), world).cpu()
         n_finite = finite.cpu()
         weights = torch.zeros(len(losses))
         ok = torch.isfinite(losses)
         for r in train_rows:
             d = rows[r]
-            weights[(domains == d) & ok] = float(mix[slot[d]] / n_finite[r])
+            weights[(sample_groups == d) & ok] = float(mix[slot[d]] / n_finite[r])
         objective = (weights * torch.where(ok, losses, torch.zeros_like(losses))).sum().item()
         return StepResult(losses, domains, weights, objective, int(ok.sum()))
 
     # --- state -------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {"alpha": self.alpha.tolist(), "alpha_sum": self.alpha_sum.tolist(), "updates": self.updates,
-                "trajectory": self.trajectory, "train_domains": self.train_domains}
+                "trajectory": self.trajectory, "train_domains": self.train_domains,
+                "signals": self.signals, "present": self.present, "lrs": self.lrs}
 
     def load_state_dict(self, state: dict) -> None:
         if not state:
@@ -243,6 +381,11 @@ class DoGEObjective:
         self.alpha_sum = torch.tensor(state["alpha_sum"], dtype=torch.float64)
         self.updates = int(state["updates"])
         self.trajectory = [dict(entry) for entry in state["trajectory"]]
+        if "lrs" not in state:
+            raise MixweightError("doge: this checkpoint predates per-step replay records; use a new work directory")
+        self.signals = [list(s) for s in state["signals"]]
+        self.present = [list(p) for p in state["present"]]
+        self.lrs = [float(v) for v in state["lrs"]]
 
     def step_metrics(self) -> dict:
         return self._last

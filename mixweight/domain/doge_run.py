@@ -1,7 +1,12 @@
 """`mixweight weights doge`: train a DoGE proxy and write `domain_weights.json`.
 
-    DoGEConfig -> check targets against the corpus -> train the proxy (the training loop with a
+    DoGEConfig -> check --out and the targets against the corpus -> fill in the published
+    defaults for the target kind (mu, max_grad_norm) -> train the proxy (the training loop with a
     DoGEObjective, uniform sampling over every domain, targets included) -> artifact
+
+The artifact lists every corpus domain (held-out targets at weight 0, named in `targets`), so
+`train --domain-weights` takes it as it is, and holds the `replay` block from which
+`mixweight.domain.doge.replay` recomputes every step's weights.
 
 The proxy run lives in a work directory (default `<out stem>.work/` beside `out`) and is
 resumed from its newest checkpoint when run again with the same config. The artifact holds
@@ -21,8 +26,8 @@ import mixweight
 from mixweight.config import require
 from mixweight.data.manifest import load_manifest
 from mixweight.data.synthetic import resolve_corpus
-from mixweight.domain.artifact import DomainWeights
-from mixweight.domain.doge import SCORES, DoGEObjective
+from mixweight.domain.artifact import DomainWeights, check_output_file, corpus_weights
+from mixweight.domain.doge import SCORES, DoGEObjective, published_defaults, resolve_target
 from mixweight.errors import MixweightError
 from mixweight.train import checkpoint as ckpt
 from mixweight.config import option as _f
@@ -34,6 +39,8 @@ from mixweight.train.model import load_spec
 # Keys that do not change the weights: left out of the config hash (and of the resume check).
 NOT_HASHED = {"out", "work_dir", "progress", "data"}
 PROXY_EVAL_BLOCKS = 16  # the proxy's final per-domain evaluation: informative only
+RENAMED_SCORE = "normalized-clipped"  # an earlier score that claimed to be the official code's form
+PROXY_GRAD_CLIP = 1.0  # the applied gradient's clip for score paper (every mixweight run's default)
 
 
 
@@ -42,10 +49,19 @@ class DoGEConfig:
     data: str = _f(None, "corpus directory (made by `mixweight data synth` or `data prepare`), or `synthetic`")
     out: str = _f(None, "the domain weights file to write (domain_weights.json)")
     proxy: str = _f("gpt2-tiny", "proxy model spec: a name in proxies/ or a path to an HF config JSON")
-    target: str = _f("all", "all (universal generalization) or DOMAIN[,DOMAIN]: held-out target domains (sampled, never trained on)")
+    target: str = _f("mix", "mix (the published universal setting: a held-out mixture of the training domains, "
+                      "1 in k+1 blocks chosen by a hash of their tokens, never trained on), all (the paper's "
+                      "universal form: the other training domains, self term excluded) or DOMAIN[,DOMAIN] "
+                      "(held-out target domains: sampled, never trained on, weight 0 in the artifact)")
     steps: int = _f(200, "proxy optimizer steps")
-    mu: float = _f(0.01, "temperature of the weight update (published: 0.01 universal, 0.05 out-of-domain)")
-    score: str = _f("paper", "paper (raw gradient inner products) or normalized-clipped (the reference code: / mean gradient norm, clipped)")
+    mu: float | None = _f(None, "temperature of the weight update; default: the published 0.01 (mix, all) "
+                                "or 0.05 (held-out domains)")
+    score: str = _f("reference", "reference (the official code: clipped per-domain gradients, inner product over "
+                                 "the mean gradient norm, clipped to [0, 5]) or paper (the raw inner product)")
+    max_grad_norm: float | None = _f(None, "clip each domain's gradient (targets too) to this norm before the "
+                                           "scores, 0 = off; with score reference also the proxy's applied "
+                                           "gradient (the official code's max_grad_norm). Default: reference "
+                                           "5.0 (mix, all) or 1.0 (held-out domains); paper 0")
     batch_size: int = _f(16, "sequences per micro-batch on each process")
     grad_accum: int = _f(1, "micro-batches accumulated per optimizer step")
     lr: float = _f(1e-3, "proxy peak learning rate (after warmup)")
@@ -64,16 +80,33 @@ class DoGEConfig:
             value = getattr(self, name)
             require(value > 0, f"weights doge: '{name}' must be a positive integer, got {value}")
         require(self.warmup_steps >= 0, f"weights doge: 'warmup_steps' must be >= 0, got {self.warmup_steps}")
-        require(self.mu > 0, f"weights doge: 'mu' must be > 0, got {self.mu}")
+        require(self.mu is None or self.mu > 0, f"weights doge: 'mu' must be > 0, got {self.mu}")
+        require(self.max_grad_norm is None or self.max_grad_norm >= 0,
+                f"weights doge: 'max_grad_norm' must be >= 0 (0: no clipping), got {self.max_grad_norm}")
+        require(self.score != RENAMED_SCORE,
+                f"weights doge: score '{RENAMED_SCORE}' is gone: it was not the official code's form; use "
+                "'reference' (the official code exactly), or 'reference' with max_grad_norm 0 for the old "
+                "unclipped gradients")
         require(self.score in SCORES, f"weights doge: 'score' must be one of {', '.join(SCORES)}, got {self.score!r}")
         require(self.lr > 0, f"weights doge: 'lr' must be > 0, got {self.lr}")
         require(0 <= self.final_lr <= self.lr, f"weights doge: 'final_lr' must be in [0, lr={self.lr}], got {self.final_lr}")
-        require(self.target == "all" or all(t.strip() for t in self.target.split(",")),
-                f"weights doge: 'target' must be 'all' or comma-separated domain names, got {self.target!r}")
+        require(all(t.strip() for t in self.target.split(",")),
+                f"weights doge: 'target' must be mix, all or comma-separated domain names, got {self.target!r}")
 
-    def targets(self) -> list[str]:
-        """Held-out target domain names ([] for the universal target)."""
-        return [] if self.target == "all" else [t.strip() for t in self.target.split(",")]
+    def resolved(self, domains: list[str]) -> "DoGEConfig":
+        """This config with the published defaults filled in (mu, max_grad_norm) for its target kind."""
+        published = published_defaults(resolve_target(self.target, domains))
+        mu = published["mu"] if self.mu is None else self.mu
+        if self.max_grad_norm is not None:
+            clip = self.max_grad_norm
+        else:
+            clip = published["max_grad_norm"] if self.score == "reference" else 0.0
+        return dataclasses.replace(self, mu=mu, max_grad_norm=clip)
+
+    def targets(self, domains: list[str]) -> list[str]:
+        """Held-out target domain names ([] for the universal targets mix and all)."""
+        target = resolve_target(self.target, domains)
+        return [] if isinstance(target, str) else target
 
     def resolved_work_dir(self) -> Path:
         out = Path(self.out)
@@ -90,8 +123,6 @@ def check_targets(targets: list[str], domains: list[str]) -> None:
                                  f"the corpus's domains are {', '.join(domains)}")
     if len(set(targets)) == len(domains):
         raise MixweightError(f"weights doge: --target names every domain ({', '.join(domains)}); leave at least one to train on")
-
-
 
 
 def _config_hash(config: DoGEConfig, corpus_hash: str) -> str:
@@ -112,35 +143,47 @@ def _check_work_dir(work_dir: Path, config_hash: str) -> None:
 
 
 def proxy_train_config(config: DoGEConfig, run_dir: Path) -> TrainConfig:
+    """The proxy's training run; `config` resolved. Score reference clips the applied gradient at
+    max_grad_norm as the official code's trainer does (0: not at all); score paper at PROXY_GRAD_CLIP."""
+    grad_clip = config.max_grad_norm if config.score == "reference" else PROXY_GRAD_CLIP
     return TrainConfig(
         data=config.data, out=str(run_dir), model=config.proxy, steps=config.steps, batch_size=config.batch_size,
         grad_accum=config.grad_accum, lr=config.lr, final_lr=config.final_lr, warmup_steps=config.warmup_steps,
         seed=config.seed, domain_weights="uniform", eval_every=0, eval_blocks=PROXY_EVAL_BLOCKS,
         checkpoint_every=config.checkpoint_every, log_every=config.log_every, progress=config.progress,
-        resume=ckpt.latest_checkpoint(run_dir) is not None,
+        grad_clip=grad_clip, resume=ckpt.latest_checkpoint(run_dir) is not None,
     )
 
 
 def run_doge(config: DoGEConfig) -> DomainWeights:
     """Train the DoGE proxy (or resume it) and write the weights artifact to `config.out`."""
     config.validate()
+    check_output_file(config.out, "weights doge: --out")  # before any training, not after it
     manifest = load_manifest(resolve_corpus(config.data, is_main_process()))
-    targets = config.targets()
+    targets = config.targets(manifest.domains)
     check_targets(targets, manifest.domains)
+    config = config.resolved(manifest.domains)
     config_hash = _config_hash(config, manifest.config_hash)
     work_dir = config.resolved_work_dir()
     _check_work_dir(work_dir, config_hash)
 
-    objective = DoGEObjective(manifest.domains, targets, mu=config.mu, score=config.score,
-                              log_every=config.log_every, total_steps=config.steps)
+    objective = DoGEObjective(manifest.domains, config.target, mu=config.mu, score=config.score,
+                              max_grad_norm=config.max_grad_norm, log_every=config.log_every,
+                              total_steps=config.steps)
     train(proxy_train_config(config, work_dir / "proxy"), objective=objective)
 
+    # Every corpus domain is listed (held-out targets at weight 0), so `train --domain-weights` takes the file.
+    by_name = dict(zip(objective.train_domains, objective.average_weights()))
+    last_by_name = dict(zip(objective.train_domains, objective.last_weights()))
     weights = DomainWeights(
-        domains=objective.train_domains,
-        weights=objective.average_weights(),
-        last_weights=objective.last_weights(),
-        method={"name": "doge", "mu": config.mu, "score": config.score, "target": config.target, "steps": config.steps},
+        domains=list(manifest.domains),
+        weights=corpus_weights(manifest.domains, by_name),
+        last_weights=corpus_weights(manifest.domains, last_by_name),
+        targets=targets,
+        method={"name": "doge", "score": config.score, "target": config.target, "mu": config.mu,
+                "max_grad_norm": config.max_grad_norm, "steps": config.steps},
         trajectory=objective.trajectory,
+        replay=objective.replay_block(),
         provenance={
             "seed": config.seed,
             "config_hash": config_hash,

@@ -99,7 +99,8 @@ def test_only_mixweight_encodings_are_accepted(corpus, columns, sample, named):
 # --- 2. --overwrite replaces only a corpus -----------------------------------------------------
 def jsonl_records(path: Path, domains=("a", "b"), n=40) -> Path:
     rng = random.Random(0)
-    lines = [json.dumps({"text": " ".join(rng.choice("lorem ipsum dolor sit amet".split()) for _ in range(30)) + f" {i}",
+    words = "lorem ipsum dolor sit amet".split()
+    lines = [json.dumps({"text": " ".join(rng.choice(words) for _ in range(30)) + f" {i}",
                          "meta": {"redpajama_set_name": d}}) for i in range(n) for d in domains]
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -300,3 +300,16 @@ def test_bad_paths_and_options(tmp_path, jsonl):
         with pytest.raises(MixweightError, match="val-fraction"):
             prepare_corpus(jsonl, tmp_path / "out", val_fraction=fraction)
     assert not (tmp_path / "out").exists()
+
+
+def test_config_hash_names_the_input_path(tmp_path, jsonl):
+    import shutil
+
+    from mixweight.data.prepare import prepare_config_hash
+
+    twin = tmp_path / "twin"
+    twin.mkdir()
+    shutil.copy2(jsonl, twin / jsonl.name)  # same name, size and mtime: only the path differs
+    args = ("meta.redpajama_set_name", "text", "byte", None, 32, 0.1)
+    assert prepare_config_hash(jsonl, *args) == prepare_config_hash(jsonl, *args)
+    assert prepare_config_hash(jsonl, *args) != prepare_config_hash(twin / jsonl.name, *args)

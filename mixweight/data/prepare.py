@@ -252,10 +252,12 @@ def _check_sizes(domains: list[str], spill: SpillFiles, seq_len: int) -> None:
         )
 
 
-def prepare_config_hash(input_path, domain_field, text_field, tokenizer, tokenizer_fingerprint, seq_len, val_fraction) -> str:
+def prepare_config_hash(input_path, domain_field, text_field, tokenizer, tokenizer_fingerprint, seq_len,
+                        val_fraction) -> str:
     """Hash of everything that decides the corpus bytes: input files (names, sizes, mtimes) and options."""
     spec = {
-        "kind": "prepare", "version": 2,  # 2: every domain gets a validation block "input": str(Path(input_path).resolve()),
+        "kind": "prepare", "version": 2,  # 2: every domain gets a validation block
+        "input": str(Path(input_path).resolve()),
         "files": input_fingerprint(input_path), "domain_field": domain_field, "text_field": text_field,
         "tokenizer": str(tokenizer), "tokenizer_fingerprint": tokenizer_fingerprint,
         "seq_len": seq_len, "val_fraction": val_fraction,
@@ -284,7 +286,8 @@ def prepare_corpus(
     out_dir = resolve_output(out_dir, input_path)
     hf_tok = load_hf_tokenizer(arg) if kind == "hf" else None
     fingerprint = hf_tok.info["fingerprint"] if hf_tok else None  # bpe and byte are fixed by the options
-    config_hash = prepare_config_hash(input_path, domain_field, text_field, tokenizer, fingerprint, seq_len, val_fraction)
+    config_hash = prepare_config_hash(input_path, domain_field, text_field, tokenizer, fingerprint, seq_len,
+                                      val_fraction)
     if is_same_corpus(out_dir, config_hash):
         return load_manifest(out_dir)
     check_can_write(out_dir, overwrite)

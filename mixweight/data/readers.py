@@ -82,7 +82,8 @@ def scan_sources(input_path: str | Path) -> tuple[list[Path], list[str]]:
 
     walk(path)
     if not sources:
-        found = f"found only: {', '.join(skipped[:10])}{', ...' if len(skipped) > 10 else ''}" if skipped else "it is empty"
+        listed = ", ".join(skipped[:10]) + (", ..." if len(skipped) > 10 else "")
+        found = f"found only: {listed}" if skipped else "it is empty"
         raise MixweightError(f"--input {path}: directory holds no readable files ({found}); expected {SUPPORTED}")
     return sources, skipped
 

@@ -55,7 +55,8 @@ def _read_index(index_path: Path, where: str) -> list[dict]:
         if not isinstance(shards, list) or not all(isinstance(s, dict) for s in shards):
             raise TypeError("'shards' is not a list of objects")
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise MixweightError(f"{where}: cannot read the stream index {index_path} ({exc}); re-create the corpus") from exc
+        raise MixweightError(f"{where}: cannot read the stream index {index_path} ({exc}); "
+                             "re-create the corpus") from exc
     return shards
 
 

@@ -3,6 +3,8 @@
 import json
 import subprocess
 import sys
+from contextlib import contextmanager
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -41,6 +43,28 @@ def _assert_close_params(a, b, atol):
         torch.testing.assert_close(a[key], b[key], atol=atol, rtol=0, msg=key)
 
 
+# Runs that must be equal but sum in another order (one batch of 8 or two of 4, one process or two)
+# are compared in float64. In float32 the orders differ by ~1e-7 relative, and Adam, which divides
+# each gradient by its own running RMS, turns that noise on near-zero gradients into parameter
+# differences of up to ~lr per step: 1.5e-6 on one machine, 2.1e-5 on another after 6 steps. In
+# float64 the same runs differ by ~4e-15 (measured), so EXACT_ATOL leaves 10^5 of headroom for other
+# BLAS builds while any real error (a micro-batch or sample weighted wrongly) moves parameters by
+# ~lr = 3e-3 within the first step.
+EXACT_ATOL = 1e-10
+FLOAT64_MIXWEIGHT = [sys.executable, str(Path(__file__).parent / "scripts" / "float64_mixweight.py")]
+
+
+@contextmanager
+def _float64():
+    """Models built (and so trained) in float64: the per-sample losses stay float32, per row, as in float32 runs."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
 def _batch(corpus, n=8):
     manifest = load_manifest(corpus)
     blocks = [torch.from_numpy(read_stream(manifest.stream_dir(corpus, "train", d), limit=2)) for d in manifest.domains]
@@ -62,6 +86,8 @@ def test_two_accumulated_micro_batches_equal_one_batch(synth_corpus, tiny_spec):
         grads.append(_grads(model))
     torch.testing.assert_close(results[0].weights, results[1].weights)
     assert not torch.allclose(results[0].weights, torch.full((8,), 1 / 8))  # really reweighted
+    # First-step gradients, no optimizer: float32 summation order moves them by ~eps32 x |g| (measured
+    # 4e-9 with |g| <= 0.09), far inside atol 1e-6; a wrongly weighted micro-batch moves them by ~|g|.
     for name in grads[0]:
         torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-6, rtol=1e-5)
 
@@ -101,17 +127,21 @@ def test_a_non_finite_sample_gets_zero_weight_and_poisons_nothing(reduction):
 
 
 def test_trainer_accumulation_equals_one_big_batch(synth_corpus, tiny_spec, tmp_path):
-    loop.train(_config(synth_corpus, tiny_spec, tmp_path / "one", batch_size=8, grad_accum=1))
-    loop.train(_config(synth_corpus, tiny_spec, tmp_path / "two", batch_size=4, grad_accum=2))
-    _assert_close_params(_final_params(tmp_path / "one"), _final_params(tmp_path / "two"), atol=1e-5)
+    with _float64():  # see EXACT_ATOL
+        loop.train(_config(synth_corpus, tiny_spec, tmp_path / "one", batch_size=8, grad_accum=1))
+        loop.train(_config(synth_corpus, tiny_spec, tmp_path / "two", batch_size=4, grad_accum=2))
+    one = _final_params(tmp_path / "one")
+    assert all(v.dtype == torch.float64 for v in one.values())
+    _assert_close_params(one, _final_params(tmp_path / "two"), atol=EXACT_ATOL)
 
 
 def test_huge_r_reproduces_the_unweighted_run(synth_corpus, tiny_spec, tmp_path):
-    loop.train(_config(synth_corpus, tiny_spec, tmp_path / "plain", sample_weighting="none"))
-    loop.train(_config(synth_corpus, tiny_spec, tmp_path / "big-r", r=1e9, grad_accum=2, batch_size=4))
-    loop.train(_config(synth_corpus, tiny_spec, tmp_path / "linupper"))
+    with _float64():  # see EXACT_ATOL; at r = 1e9 the weights are 1/N to float32 precision
+        loop.train(_config(synth_corpus, tiny_spec, tmp_path / "plain", sample_weighting="none"))
+        loop.train(_config(synth_corpus, tiny_spec, tmp_path / "big-r", r=1e9, grad_accum=2, batch_size=4))
+        loop.train(_config(synth_corpus, tiny_spec, tmp_path / "linupper"))
     plain = _final_params(tmp_path / "plain")
-    _assert_close_params(plain, _final_params(tmp_path / "big-r"), atol=1e-5)
+    _assert_close_params(plain, _final_params(tmp_path / "big-r"), atol=EXACT_ATOL)
     linupper = _final_params(tmp_path / "linupper")
     assert any(not torch.allclose(plain[k], linupper[k], atol=1e-4) for k in plain)  # weighting changes training
 
@@ -135,15 +165,14 @@ def test_weight_metrics_are_logged(synth_corpus, tiny_spec, tmp_path):
 def test_two_processes_equal_one_process(synth_corpus, tiny_spec, tmp_path):
     common = ["--data", synth_corpus, "--model", tiny_spec, "--steps", "4", "--lr", "3e-3", "--warmup-steps", "1",
               "--eval-every", "0", "--eval-blocks", "4", "--sample-weighting", "linupper", "--no-progress"]
-    subprocess.run([sys.executable, "-m", "mixweight", "train", "--out", str(tmp_path / "one"), "--batch-size", "8",
+    # Both in float64: the summation order differs between 1 and 2 processes (see EXACT_ATOL).
+    subprocess.run([*FLOAT64_MIXWEIGHT, "train", "--out", str(tmp_path / "one"), "--batch-size", "8",
                     *common], check=True, capture_output=True)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517"]
-    done = subprocess.run([*torchrun, "-m", "mixweight", "train", "--out", str(tmp_path / "two"), "--batch-size", "4",
-                           *common], capture_output=True, text=True)
+    done = subprocess.run([*torchrun, *FLOAT64_MIXWEIGHT[1:], "train", "--out", str(tmp_path / "two"),
+                           "--batch-size", "4", *common], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
-    # Summation order differs between 1 and 2 processes; Adam divides by sqrt(v), which turns rounding
-    # noise on near-zero gradients into updates of up to a few lr-percent: compare at lr / 10.
-    _assert_close_params(_final_params(tmp_path / "one", 4), _final_params(tmp_path / "two", 4), atol=3e-4)
+    _assert_close_params(_final_params(tmp_path / "one", 4), _final_params(tmp_path / "two", 4), atol=EXACT_ATOL)
     metrics = [[json.loads(l) for l in (tmp_path / run / "metrics.jsonl").read_text().splitlines()] for run in ("one", "two")]
     for a, b in zip(*metrics):
         if "weights" in a:

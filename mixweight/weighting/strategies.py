@@ -1,8 +1,8 @@
 """Sample-weighting strategies of Sow et al. (ICLR 2025), as pure functions of normalized loss.
 
 Each strategy maps x in [-1, 1] (the batch's losses rescaled so the lowest is -1 and the
-highest +1; see ``normalize_losses`` for near-equal losses) to a score f(x); ``weights.sample_weights`` turns scores into weights with a
-softmax at temperature r. Keeping f a registry of tiny pure functions lets the tests check
+highest +1; see ``normalize_losses`` for near-equal losses) to a score f(x);
+``weights.sample_weights`` turns scores into weights with a softmax at temperature r. Keeping f a registry of tiny pure functions lets the tests check
 every formula by hand and lets a new strategy be one line.
 """
 

@@ -10,7 +10,9 @@ with no tokenizer of its own, so :func:`tokenizer_for_model` supplies one:
   corpus (no EOS) when it has 256.
 
 Public harness tasks download their data from the Hugging Face hub; local tasks (a YAML
-file in ``include_path`` whose dataset is a local JSON file) run offline.
+file in ``include_path`` whose dataset is a local JSON file) run offline. Unlike every other
+file mixweight reads, task YAML can run code: the harness's ``!function`` tag imports a Python
+module beside the YAML (its design, not a mixweight choice), so use only task files you trust.
 """
 
 from __future__ import annotations

@@ -190,7 +190,7 @@ def check_against_corpus(config: PipelineConfig, corpus: str) -> None:
             raise MixweightError(f"pipeline 'doge.target': {exc}") from exc
     for name in config.arms:
         values = arm_values(config, name)
-        spec = values.get("domain_weights", "natural")
+        spec = values.get("domain_weights", TrainConfig.domain_weights)
         if spec not in METHODS:  # a named mixture or a file: check it against the corpus now
             try:
                 resolve_schedule(manifest, str(spec), int(values.get("domain_weights_every", 0) or 0))

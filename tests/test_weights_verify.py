@@ -150,3 +150,16 @@ def test_out_naming_a_directory_is_refused_before_training(synth_corpus, tiny_sp
 def test_check_output_file_accepts_a_new_path_under_missing_folders(tmp_path):
     assert check_output_file(tmp_path / "new" / "deeper" / "w.json", "--out") == tmp_path / "new" / "deeper" / "w.json"
     assert not (tmp_path / "new").exists()
+
+
+def test_trajectory_weights_as_maps_verify_too(artifact, tmp_path):
+    raw = json.loads(artifact.read_text())  # DoGE writes {domain: weight} maps in its trajectory
+    for entry in raw["trajectory"]:
+        entry["weights"] = dict(zip(raw["domains"], entry["weights"]))
+    maps = tmp_path / "maps.json"
+    maps.write_text(json.dumps(raw))
+    assert "5 recorded weight vectors match" in verify_file(maps)
+    raw["trajectory"][0]["weights"]["elsewhere"] = 0.0
+    maps.write_text(json.dumps(raw))
+    with pytest.raises(MixweightError, match=r"trajectory step 2 names domains \['elsewhere'\]"):
+        verify_file(maps)

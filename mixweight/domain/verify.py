@@ -63,7 +63,15 @@ def verify_weights(weights: DomainWeights, where: str = "weights file", toleranc
 
     def compare(recorded, expected: np.ndarray, label: str) -> None:
         nonlocal worst, first, compared
-        recorded = np.asarray(recorded, dtype=np.float64)
+        if isinstance(recorded, dict):  # DoGE's trajectory keeps {domain: weight} maps
+            unknown = [d for d in recorded if d not in weights.domains]
+            if unknown:
+                raise MixweightError(f"{where}: {label} names domains {unknown} that are not in 'domains'")
+            recorded = [recorded.get(d, 0.0) for d in weights.domains]
+        try:
+            recorded = np.asarray(recorded, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise MixweightError(f"{where}: {label} holds weights that are not numbers") from None
         if recorded.shape != (len(weights.domains),):
             raise MixweightError(f"{where}: {label} has {recorded.size} weights for {len(weights.domains)} domains")
         full = np.zeros(len(weights.domains))  # domains outside the replay (held-out targets) must be 0
@@ -81,8 +89,8 @@ def verify_weights(weights: DomainWeights, where: str = "weights file", toleranc
         step = entry.get("step")
         if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= steps:
             raise MixweightError(f"{where}: trajectory entry {index} has step {step!r}, outside the replay's 0..{steps}")
-        if not isinstance(entry.get("weights"), list):
-            raise MixweightError(f"{where}: trajectory entry {index} (step {step}) has no 'weights' list")
+        if not isinstance(entry.get("weights"), (list, dict)):
+            raise MixweightError(f"{where}: trajectory entry {index} (step {step}) has no 'weights' list or map")
         compare(entry["weights"], rows[step], f"trajectory step {step}")
     if weights.last_weights is not None:
         compare(weights.last_weights, rows[steps], f"last_weights (step {steps})")

@@ -339,3 +339,13 @@ def test_every_data_flag_has_help_and_its_default(command):
             continue
         assert action.help and len(action.help) > 15, action.option_strings
         assert "%(default)s" in action.help or (action.required and "required" in action.help), action.option_strings
+
+
+def test_stale_staging_of_another_corpus_is_left_alone(tmp_path):
+    """`corpus[1]` as a glob would match `.corpus1.partial-*`: another corpus's staging is not ours to remove."""
+    other = tmp_path / ".corpus1.partial-xyz"
+    other.mkdir()
+    stale = tmp_path / ".corpus[1].partial-old"
+    stale.mkdir()
+    write_synthetic_corpus(tmp_path / "corpus[1]", tokens_per_domain=1024, seq_len=SEQ)
+    assert other.is_dir() and not stale.exists()

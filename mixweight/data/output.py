@@ -137,8 +137,10 @@ def staged_directory(out_dir: Path) -> Iterator[Path]:
     out_dir = Path(out_dir)
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
-        for stale in out_dir.parent.glob(f".{out_dir.name}.partial-*"):
-            shutil.rmtree(stale, ignore_errors=True)
+        prefix = f".{out_dir.name}.partial-"  # matched as a prefix, not a glob: names may hold '[' or '*'
+        for stale in out_dir.parent.iterdir():
+            if stale.name.startswith(prefix) and stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
     except OSError as exc:
         raise _write_error(out_dir, exc) from exc

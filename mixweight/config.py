@@ -124,7 +124,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise MixweightError(f"--config {path}: no such file")
     try:
-        raw = load_yaml(path.read_text())  # refuses duplicate keys
+        raw = load_yaml(path.read_text(encoding="utf-8"))  # refuses duplicate keys
+    except UnicodeDecodeError as exc:
+        raise MixweightError(f"{path}: not UTF-8 text (byte {exc.start}); a config is a YAML text file") from exc
     except yaml.YAMLError as exc:
         raise MixweightError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from exc
     if raw is None:

@@ -289,3 +289,10 @@ def test_yaml_merge_keys_are_not_duplicates():
     from mixweight.yamlio import load_yaml
 
     assert load_yaml("base: &b {lr: 1, steps: 2}\narm:\n  <<: *b\n  lr: 3\n")["arm"] == {"lr": 3, "steps": 2}
+
+
+def test_a_pipeline_yaml_that_is_not_text_is_one_line(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_bytes(b"\xaa\xe0V(\xac")
+    with pytest.raises(MixweightError, match=rf"{path}: not UTF-8 text \(byte 0\)"):
+        load_pipeline_config(path)

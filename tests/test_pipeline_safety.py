@@ -119,6 +119,23 @@ def test_other_changes_stop_naming_the_keys_then_rerun_changed_moves_the_old_run
     assert load_pipeline_config(out / "pipeline.yaml").train["lr"] == 1e-2
 
 
+def test_a_changed_weights_section_stops_then_moves_the_old_weights_aside(tmp_path, tiny_spec):
+    doremi = {"proxy": tiny_spec, "steps": 2, "reference_steps": 2, "batch_size": 7, "eta": 1.0, "progress": False}
+    config = _config(tiny_spec, steps=2, arms={"doremi": {"domain_weights": "doremi"}}, doremi=doremi)
+    out = tmp_path / "out"
+    _run(tmp_path, config, out)
+    old = (out / "weights" / "doremi" / "domain_weights.json").read_text()
+    config["doremi"]["eta"] = 0.5
+    with pytest.raises(MixweightError, match=r"weights doremi \(eta: 1\.0 -> 0\.5\); arm doremi \(seed 0\) "
+                                             r"\(input 'doremi' changed\)"):
+        _run(tmp_path, config, out)
+    _run(tmp_path, config, out, rerun_changed=True)
+    (kept,) = (out / "weights").glob("doremi.replaced-*-eta")
+    assert (kept / "domain_weights.json").read_text() == old
+    assert len(list((out / "runs").glob("doremi-seed0.replaced-*-doremi"))) == 1
+    assert (out / "weights" / "doremi" / "domain_weights.json").is_file()
+
+
 def test_a_directory_the_pipeline_did_not_make_is_never_reused_or_deleted(tmp_path, tiny_spec):
     out = tmp_path / "out"
     foreign = out / "runs" / "uniform-seed0"

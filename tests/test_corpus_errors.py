@@ -60,3 +60,20 @@ def test_a_broken_manifest_is_named(corpus):
     (corpus / "manifest.json").write_text("{not json")
     with pytest.raises(MixweightError, match="manifest.json: not valid JSON"):
         load_manifest(corpus)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda raw: raw.update(source=[1, []]), "'source' must be a JSON object"),
+    (lambda raw: raw.update(irreducible_loss={"noise": "high"}), "'irreducible_loss' values must be numbers"),
+    (lambda raw: raw.update(eos_id=10**9), "'eos_id' must be null or a token id"),
+    (lambda raw: raw.update(seq_len="64"), "'seq_len' must be an integer >= 2"),
+    (lambda raw: raw["splits"]["val"]["copy"].update(path="../../elsewhere"), "expected a path inside the corpus"),
+    (lambda raw: raw["splits"]["train"]["copy"].update(blocks=-1), "counts >= 0"),
+    (lambda raw: raw.update(domains="copy"), "'domains' must be a non-empty list"),
+])
+def test_a_malformed_manifest_is_one_line(corpus, edit, message):
+    raw = json.loads((corpus / "manifest.json").read_text())
+    edit(raw)
+    (corpus / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(MixweightError, match=message):
+        load_manifest(corpus)

@@ -106,22 +106,35 @@ class Manifest:
                 stats = splits[split][d]
                 inside = isinstance(stats.path, str) and stats.path and not Path(stats.path).is_absolute() \
                     and ".." not in Path(stats.path).parts  # streams live inside the corpus directory
-                if not inside or not isinstance(stats.blocks, int):
+                if not inside or not all(isinstance(getattr(stats, k), int) and not isinstance(getattr(stats, k), bool)
+                                         and getattr(stats, k) >= 0 for k in ("blocks", "tokens", "documents")):
                     raise MixweightError(f"{where}: split '{split}', domain '{d}': expected a path inside the corpus "
-                                         f"(like '{split}/{d}') and an integer block count, got path {stats.path!r}, "
-                                         f"blocks {stats.blocks!r}")
+                                         f"(like '{split}/{d}') and counts >= 0, got path {stats.path!r}, "
+                                         f"blocks {stats.blocks!r}, tokens {stats.tokens!r}, "
+                                         f"documents {stats.documents!r}")
+        optional = {}
+        for key in ("source", "irreducible_loss", "skipped"):
+            value = raw.get(key) or {}
+            if not isinstance(value, dict):
+                raise MixweightError(f"{where}: '{key}' must be a JSON object, got {type(value).__name__}")
+            optional[key] = dict(value)
+        floors = optional["irreducible_loss"]
+        if any(v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool)) for v in floors.values()):
+            raise MixweightError(f"{where}: 'irreducible_loss' values must be numbers or null, got {floors}")
+        eos_id = raw.get("eos_id")
+        if eos_id is not None and (not isinstance(eos_id, int) or isinstance(eos_id, bool)
+                                   or not 0 <= eos_id < raw["vocab_size"]):
+            raise MixweightError(f"{where}: 'eos_id' must be null or a token id below vocab_size, got {eos_id!r}")
         return cls(
             domains=list(domains),
             seq_len=int(raw["seq_len"]),
             vocab_size=int(raw["vocab_size"]),
-            eos_id=raw.get("eos_id"),
+            eos_id=eos_id,
             tokenizer=dict(raw["tokenizer"]),
             splits=splits,
-            source=dict(raw.get("source") or {}),
             config_hash=str(raw.get("config_hash", "")),
-            irreducible_loss=dict(raw.get("irreducible_loss") or {}),
-            skipped=dict(raw.get("skipped") or {}),
             format=str(raw.get("format", FORMAT)),
+            **optional,
         )
 
 

@@ -301,8 +301,25 @@ def test_replay_recomputes_the_recorded_trajectory(copy_target_artifact):
 
 
 def test_replay_refuses_an_incomplete_block():
-    with pytest.raises(MixweightError, match="replay"):
-        replay({"replay": {"steps": 2, "initial_weights": [0.5, 0.5]}})
+    block = {"domains": ["a", "b"], "steps": 1, "initial_weights": [0.5, 0.5], "signals": [[0.0, 1.0]],
+             "present": [[True, True]], "mu": 0.01, "lr": [1e-3]}
+    replay({"domains": ["a", "b"], "replay": block})  # complete: replays
+    for key, value, message in (("lr", None, "'replay.lr' must be 1 finite numbers"),
+                                ("mu", None, "'replay.mu' must be a finite number"),
+                                ("mu", 0.0, "'replay.mu' must be > 0")):
+        with pytest.raises(MixweightError, match=message):
+            replay({"domains": ["a", "b"], "replay": {**block, key: value}})
+
+
+def test_collapsed_weights_are_warned_recorded_and_printed(synth_corpus, tiny_spec, tmp_path, capsys):
+    # a raw score with a tiny temperature: the weights go one-hot within the first steps
+    weights = run_doge(_config(synth_corpus, tiny_spec, tmp_path / "w.json", steps=4, score="paper", target="all",
+                               mu=1e-7))
+    codes = [w["code"] for w in weights.warnings]
+    assert "one-hot" in codes
+    recorded = json.loads((tmp_path / "w.json").read_text())["warnings"]
+    assert recorded == weights.warnings and all(set(w["domains"]) <= set(weights.domains) for w in recorded)
+    assert "mixweight doge: warning: [one-hot]" in capsys.readouterr().err
 
 
 def test_out_naming_a_directory_is_refused_before_training(synth_corpus, tiny_spec, tmp_path):

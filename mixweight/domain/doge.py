@@ -60,6 +60,7 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
+from mixweight.domain.artifact import replay_arrays, replay_steps_array
 from mixweight.errors import MixweightError
 from mixweight.train.distributed import World, all_gather_cat, all_reduce_sum
 from mixweight.train.loss import per_sample_loss
@@ -147,18 +148,14 @@ def replay(artifact) -> np.ndarray:
     `doge_update` with step t's recorded scores, lr and present domains, and the method's mu.
     A step that made no update is recorded with no domain present.
     """
-    block = artifact.replay if hasattr(artifact, "replay") else artifact.get("replay", {})
-    try:
-        steps, mu = int(block["steps"]), float(block["mu"])
-        alpha = torch.tensor(block["initial_weights"], dtype=torch.float64)
-        signals = torch.tensor(block["signals"], dtype=torch.float64).reshape(steps, len(alpha))
-        present = torch.tensor(block["present"], dtype=torch.bool).reshape(steps, len(alpha))
-        lrs = [float(v) for v in block["lr"]]
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        raise MixweightError(f"doge replay: the artifact's 'replay' block is incomplete or malformed ({exc}); "
-                             "it needs steps, mu, initial_weights, signals, present and lr") from None
-    if len(lrs) != steps:
-        raise MixweightError(f"doge replay: 'lr' has {len(lrs)} entries for {steps} steps")
+    block, where = replay_arrays(artifact, "doge", params=("mu",))
+    lrs = replay_steps_array(block, "lr", where)
+    steps, mu = block["steps"], float(block["mu"])
+    if mu <= 0:
+        raise MixweightError(f"{where}: 'replay.mu' must be > 0, got {mu}")
+    alpha = torch.tensor(block["initial_weights"], dtype=torch.float64)
+    signals = torch.tensor(block["signals"], dtype=torch.float64).reshape(steps, len(alpha))
+    present = torch.tensor(block["present"], dtype=torch.bool).reshape(steps, len(alpha))
     rows = [alpha]
     for t in range(steps):
         alpha = doge_update(alpha, signals[t], lrs[t], mu, present[t])

@@ -19,6 +19,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +28,8 @@ from mixweight.config import require
 from mixweight.data.manifest import load_manifest
 from mixweight.data.synthetic import resolve_corpus
 from mixweight.domain.artifact import DomainWeights, check_output_file, corpus_weights
-from mixweight.domain.doge import SCORES, DoGEObjective, published_defaults, resolve_target
+from mixweight.domain.doge import SCORES, DoGEObjective, published_defaults, replay, resolve_target
+from mixweight.domain.health import format_warning, weight_warnings
 from mixweight.errors import MixweightError
 from mixweight.train import checkpoint as ckpt
 from mixweight.config import option as _f
@@ -193,7 +195,11 @@ def run_doge(config: DoGEConfig) -> DomainWeights:
             "mixweight_version": mixweight.__version__,
         },
     )
+    # Collapse, starved domains, weights still moving: judged on every step, recomputed from the record.
+    weights.warnings = weight_warnings(replay(weights), objective.train_domains)
     if is_main_process():
         Path(config.out).parent.mkdir(parents=True, exist_ok=True)
         weights.write(config.out)
+        for warning in weights.warnings:
+            print(f"mixweight doge: warning: {format_warning(warning)}", file=sys.stderr, flush=True)
     return weights

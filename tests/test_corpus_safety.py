@@ -349,3 +349,33 @@ def test_stale_staging_of_another_corpus_is_left_alone(tmp_path):
     stale.mkdir()
     write_synthetic_corpus(tmp_path / "corpus[1]", tokens_per_domain=1024, seq_len=SEQ)
     assert other.is_dir() and not stale.exists()
+
+
+def test_moving_several_short_documents_keeps_both_splits_whole(tmp_path):
+    docs = long_documents("note", 12, 25, cutoff=0.05)  # about 33 bytes each: a 64-token block needs 2
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(json.dumps({"text": t, "meta": {"redpajama_set_name": "N"}}) + "\n" for t in docs))
+    manifest = prepare_corpus(source, tmp_path / "out", seq_len=64, val_fraction=0.05, progress=False)
+    moved = sorted(docs, key=val_score)[:2]
+    assert manifest.source["moved_to_val"]["N"]["documents"] == 2
+
+    def decoded(split):
+        ids = read_stream(tmp_path / "out" / split / "N").reshape(-1).tolist()
+        return bytes(i for i in ids if i != 256).decode(errors="replace"), ids.count(256)
+
+    val_text, _ = decoded("val")
+    assert val_text == "".join(d for d in docs if d in moved)[: len(val_text)]  # in input order
+    train_text, _ = decoded("train")
+    kept = "".join(d for d in docs if d not in moved)
+    assert train_text == kept[: len(train_text)] and len(train_text) >= 64 * 4 - 8
+    assert manifest.splits["train"]["N"].documents == 10 and manifest.splits["val"]["N"].documents == 2
+
+
+def test_an_identical_corpus_is_a_noop_even_from_inside_it(corpus, monkeypatch):
+    monkeypatch.chdir(corpus / "train")  # e.g. --data synthetic while the shell sits in the cached corpus
+    stamp = (corpus / "manifest.json").stat().st_mtime_ns
+    write_synthetic_corpus(corpus, tokens_per_domain=1024, seq_len=SEQ)
+    assert (corpus / "manifest.json").stat().st_mtime_ns == stamp
+    with pytest.raises(MixweightError, match="current directory or holds it"):
+        write_synthetic_corpus(corpus, seed=3, tokens_per_domain=1024, seq_len=SEQ, overwrite=True)
+    assert load_manifest(corpus).source["seed"] == 0

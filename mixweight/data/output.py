@@ -83,12 +83,6 @@ def recover_swap(out_dir: Path) -> None:
 def resolve_output(out_dir, input_path=None) -> Path:
     """The absolute `--out`, refused when replacing it would pull the rug from under the user or the input."""
     out_dir = Path(out_dir).resolve()
-    cwd = Path.cwd().resolve()
-    if out_dir == cwd or out_dir in cwd.parents:
-        raise MixweightError(
-            f"--out {out_dir} is the current directory or holds it; a corpus is written beside its --out and "
-            f"swapped in whole, so name a directory of its own (for example --out {out_dir / 'corpus'})"
-        )
     if input_path is not None:
         source = Path(input_path).resolve()
         if out_dir == source or source in out_dir.parents or out_dir in source.parents:
@@ -101,7 +95,16 @@ def resolve_output(out_dir, input_path=None) -> Path:
 
 
 def check_can_write(out_dir: Path, overwrite: bool) -> None:
-    """Refuse to replace anything but an empty directory or, with `overwrite`, a mixweight corpus."""
+    """Refuse to replace anything but an empty directory or, with `overwrite`, a mixweight corpus.
+
+    Called only when a corpus is about to be written (an identical corpus already there is a no-op).
+    """
+    cwd = Path.cwd().resolve()
+    if out_dir == cwd or out_dir in cwd.parents:  # the swap would pull the directory from under the shell
+        raise MixweightError(
+            f"--out {out_dir} is the current directory or holds it; a corpus is written beside its --out and "
+            f"swapped in whole, so name a directory of its own (for example --out {out_dir / 'corpus'})"
+        )
     if not out_dir.exists():
         return
     if not out_dir.is_dir():

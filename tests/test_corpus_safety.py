@@ -297,10 +297,10 @@ def test_unsafe_domain_names_are_one_line_errors(tmp_path, capsys, name, problem
     source = tmp_path / "in.jsonl"
     source.write_text(json.dumps({"text": "hello world " * 20, "meta": {"redpajama_set_name": "ok"}}) + "\n"
                       + json.dumps({"text": "more text " * 20, "meta": {"redpajama_set_name": name}}) + "\n")
-    line = one_line_error(capsys, ["data", "prepare", "--input", str(source), "--out", str(tmp_path / "out"),
+    line = one_line_error(capsys, ["data", "prepare", "--input", str(source), "--out", str(tmp_path / "new" / "out"),
                                    "--seq-len", "16"])
     assert "in.jsonl line 2" in line and problem in line and "1-100 UTF-8 bytes" in line
-    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.*"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]  # not even the parent it made
 
 
 def test_a_hand_edited_manifest_meets_the_same_name_rule(corpus):

@@ -138,6 +138,7 @@ def staged_directory(out_dir: Path) -> Iterator[Path]:
     with the staging directory removed: nothing partial is left.
     """
     out_dir = Path(out_dir)
+    made = [p for p in [out_dir.parent, *out_dir.parent.parents] if not p.exists()]  # removed again on failure
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         prefix = f".{out_dir.name}.partial-"  # matched as a prefix, not a glob: names may hold '[' or '*'
@@ -146,15 +147,26 @@ def staged_directory(out_dir: Path) -> Iterator[Path]:
                 shutil.rmtree(stale, ignore_errors=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
     except OSError as exc:
+        _remove_empty(made)
         raise _write_error(out_dir, exc) from exc
     try:
         yield staging
         _swap(staging, out_dir)
     except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
+        _remove_empty(made)
         if isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS:
             raise _write_error(out_dir, exc) from exc
         raise
+
+
+def _remove_empty(directories: list[Path]) -> None:
+    """Remove the parent directories a refused write created (deepest first), if still empty."""
+    for directory in directories:
+        try:
+            directory.rmdir()
+        except OSError:
+            return
 
 
 def _swap(staging: Path, out_dir: Path) -> None:

@@ -48,7 +48,8 @@ def _run(tmp_path, config, out, **kwargs):
 
 def _tree(root: Path) -> dict[str, int]:
     """Every file under root with its mtime: what a refused command must leave alone (the lock file aside)."""
-    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file() and p.name != LOCK_FILE}
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*")
+            if p.is_file() and p.name != LOCK_FILE}
 
 
 # 10.1: a changed config never deletes finished work -------------------------------------------------------------
@@ -204,7 +205,8 @@ def test_bad_data_sections_are_refused_at_load(tmp_path, data, message):
     ({"report": {"baselin": "uniform"}}, r"'report': unknown key 'baselin'; did you mean 'baseline'"),
     ({"report": {"baseline": "nosuch"}}, r"report baseline 'nosuch' is not an arm"),
     ({"eval": {"lm_evl": {}}}, r"'eval': unknown key 'lm_evl'; did you mean 'lm_eval'"),
-    ({"eval": {"lm_eval": {"tasks": ["x"], "num_fewshots": 5}}}, r"unknown key 'num_fewshots'; did you mean 'num_fewshot'"),
+    ({"eval": {"lm_eval": {"tasks": ["x"], "num_fewshots": 5}}}, r"'num_fewshots'; did you mean 'num_fewshot'"),
+    ({"data": {1: {}, "a": {}}}, r"'data' needs exactly one of .*got \[1, 'a'\]"),
     ({"eval": {"lm_eval": {"tasks": "hellaswag"}}}, r"'tasks': expected a list"),
     ({"seeds": ["a"]}, r"'seeds'\[0\]: expected an integer"),
 ])

@@ -76,8 +76,8 @@ class PrepareData:
     num_proc: Optional[int] = None
 
     def validate(self) -> None:
-        require(self.seq_len is None or self.seq_len >= 2,
-                f"pipeline 'data.prepare': 'seq_len' must be >= 2 (a block needs an input and a target), got {self.seq_len}")
+        require(self.seq_len is None or self.seq_len >= 2, "pipeline 'data.prepare': 'seq_len' must be >= 2 "
+                f"(a block needs an input and a target), got {self.seq_len}")
         require(self.val_fraction is None or 0 <= self.val_fraction < 1,
                 f"pipeline 'data.prepare': 'val_fraction' must be in [0, 1), got {self.val_fraction}")
         require(self.num_proc is None or self.num_proc >= 1,
@@ -122,8 +122,9 @@ LM_EVAL_KEYS = [f.name for f in dataclasses.fields(LmEvalSection)]
 
 def data_form(data: dict) -> tuple[str, Any]:
     """('synthetic' | 'prepare' | 'path', its typed config) from the pipeline's `data` section."""
+    given = list(data) if isinstance(data, dict) else data  # keys as given: YAML keys may mix types, so no sort
     require(isinstance(data, dict) and len(data) == 1,
-            f"pipeline: 'data' needs exactly one of {list(DATA_KINDS)}, got {sorted(data) if isinstance(data, dict) else data!r}")
+            f"pipeline: 'data' needs exactly one of {list(DATA_KINDS)}, got {given!r}")
     (kind, options), = data.items()
     if kind not in DATA_FORMS:
         raise MixweightError(f"pipeline: unknown 'data' form '{kind}'; {closest_hint(str(kind), list(DATA_KINDS))}")
@@ -156,7 +157,8 @@ class PipelineConfig:
 
     def validate(self) -> None:
         data_form(self.data)
-        require(bool(self.seeds) and len(set(self.seeds)) == len(self.seeds), "pipeline: 'seeds' must be distinct, non-empty")
+        require(bool(self.seeds) and len(set(self.seeds)) == len(self.seeds),
+                "pipeline: 'seeds' must be distinct, non-empty")
         require(all(seed >= 0 for seed in self.seeds), f"pipeline: 'seeds' must be >= 0, got {self.seeds}")
         require(bool(self.arms), "pipeline: 'arms' is empty")
         report = build_config(ReportSection, self.report, "pipeline 'report'")

@@ -71,10 +71,6 @@ class Stage:
             return {}
         return state if isinstance(state, dict) else {}
 
-    @property
-    def done(self) -> bool:
-        return self.plan().state == DONE
-
     def plan(self) -> Plan:
         state = self.state()
         if not state:

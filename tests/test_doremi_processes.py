@@ -8,6 +8,8 @@ import time
 
 import pytest
 
+from mixweight.domain.verify import verify_file
+
 
 def _args(corpus, spec, out, batch, *extra):
     return ["-m", "mixweight", "weights", "doremi", "--data", corpus, "--out", str(out), "--proxy", spec,
@@ -38,6 +40,8 @@ def test_two_processes_give_the_weights_of_one(synth_corpus, tiny_spec, tmp_path
     for a, b in zip(one["trajectory"], two["trajectory"]):
         assert a["step"] == b["step"]
         assert max(abs(x - y) for x, y in zip(a["signal"], b["signal"])) < 2e-3
+    # every rank holds the global per-step signals: the 2-process artifact replays alone
+    assert two["replay"]["steps"] == 40 and "replayed 40 doremi steps" in verify_file(tmp_path / "two.json")
 
 
 def test_kill_9_during_the_proxy_then_rerun_gives_the_same_weights(synth_corpus, tiny_spec, tmp_path):
@@ -55,3 +59,6 @@ def test_kill_9_during_the_proxy_then_rerun_gives_the_same_weights(synth_corpus,
     _run([sys.executable, *_args(synth_corpus, tiny_spec, out, 16)])  # the same command resumes
     straight, resumed = _weights(tmp_path / "straight.json"), _weights(out)
     assert resumed["weights"] == straight["weights"] and resumed["trajectory"] == straight["trajectory"]
+    # the per-step record survives the checkpoint: the resumed artifact replays alone, like the straight one
+    assert resumed["replay"] == straight["replay"] and len(resumed["replay"]["signals"]) == 40
+    assert "replayed 40 doremi steps" in verify_file(out)

@@ -46,3 +46,13 @@ def test_plots_are_written(tmp_path):
     b = plot_weights_vs_natural(_weights(), {"web": 0.5, "code": 0.5}, tmp_path / "b.png")
     for path in (a, b):
         assert path.stat().st_size > 1000 and path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_held_out_targets_are_left_out_of_the_trainer_formats():
+    weights = DomainWeights(domains=["web", "copy", "code"], weights=[0.75, 0.0, 0.25], targets=["copy"],
+                            provenance={"corpus": "/c"})
+    text = export_weights(weights, "streams-yaml")
+    assert "# not sampled (weight 0), so left out: copy (held-out target)" in text
+    assert list(yaml.safe_load(text)["streams"]) == ["web", "code"]
+    assert export_weights(weights, "megatron") == "0.75 /c/train/web 0.25 /c/train/code\n"
+    assert yaml.safe_load(export_weights(weights, "json")) == {"web": 0.75, "copy": 0.0, "code": 0.25}

@@ -3,6 +3,8 @@
 Registry of name -> pure function (DomainWeights -> str). Stream paths come from the
 artifact's provenance (`corpus` and `stream_paths`, written by mixweight's weight runs);
 a hand-written weights file has none, so a placeholder path marks where to fill them in.
+Domains at weight 0 (held-out targets) are left out of the trainer formats, as mixweight's
+own loader leaves them out; the JSON format keeps every domain.
 """
 
 from __future__ import annotations
@@ -24,16 +26,25 @@ def stream_paths(weights: DomainWeights) -> dict[str, str]:
     return {d: f"{corpus.rstrip('/')}/{known.get(d, f'train/{d}')}" for d in weights.domains}
 
 
+def _sampled(weights: DomainWeights) -> list[tuple[str, float]]:
+    """Domains with weight > 0: a weight-0 domain (a held-out target) is left out, as mixweight's loader does."""
+    return [(d, w) for d, w in zip(weights.domains, weights.weights) if w > 0]
+
+
 def to_streams_yaml(weights: DomainWeights) -> str:
     paths = stream_paths(weights)
-    streams = {d: {"local": paths[d], "proportion": w} for d, w in zip(weights.domains, weights.weights)}
+    streams = {d: {"local": paths[d], "proportion": w} for d, w in _sampled(weights)}
     header = "" if weights.provenance.get("corpus") else f"# fill in the corpus location: {PLACEHOLDER_CORPUS} is a placeholder\n"
+    unsampled = [d + (" (held-out target)" if d in weights.targets else "") for d, w in
+                 zip(weights.domains, weights.weights) if w <= 0]
+    if unsampled:
+        header += f"# not sampled (weight 0), so left out: {', '.join(unsampled)}\n"
     return header + yaml.safe_dump({"streams": streams}, sort_keys=False)
 
 
 def to_megatron(weights: DomainWeights) -> str:
     paths = stream_paths(weights)
-    return " ".join(f"{w!r} {paths[d]}" for d, w in zip(weights.domains, weights.weights)) + "\n"
+    return " ".join(f"{w!r} {paths[d]}" for d, w in _sampled(weights)) + "\n"
 
 
 def to_json(weights: DomainWeights) -> str:

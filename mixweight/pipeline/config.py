@@ -78,8 +78,9 @@ class PrepareData:
     def validate(self) -> None:
         require(self.seq_len is None or self.seq_len >= 2, "pipeline 'data.prepare': 'seq_len' must be >= 2 "
                 f"(a block needs an input and a target), got {self.seq_len}")
-        require(self.val_fraction is None or 0 <= self.val_fraction < 1,
-                f"pipeline 'data.prepare': 'val_fraction' must be in [0, 1), got {self.val_fraction}")
+        require(self.val_fraction is None or 0 < self.val_fraction < 1,  # the same rule as `data prepare`
+                f"pipeline 'data.prepare': 'val_fraction' must be in (0, 1): every domain needs validation data, "
+                f"got {self.val_fraction}")
         require(self.num_proc is None or self.num_proc >= 1,
                 f"pipeline 'data.prepare': 'num_proc' must be >= 1, got {self.num_proc}")
 

@@ -163,3 +163,30 @@ def test_trajectory_weights_as_maps_verify_too(artifact, tmp_path):
     maps.write_text(json.dumps(raw))
     with pytest.raises(MixweightError, match=r"trajectory step 2 names domains \['elsewhere'\]"):
         verify_file(maps)
+
+
+ODD = [None, True, 0, -1, 2**70, 1e308, float("nan"), "x", "", [], {}, [[]], [True], [0.5], {"a": 1}]
+
+
+def test_mangled_replay_blocks_are_one_line_errors_never_tracebacks(artifact, tmp_path):
+    import random
+
+    rng = random.Random(0)
+    original = json.loads(artifact.read_text())
+    keys = ["domains", "steps", "initial_weights", "signals", "present", "average_start", "eta", "smoothing",
+            "initial_signal"]
+    for case in range(150):
+        raw = json.loads(json.dumps(original))
+        block = raw["replay"]
+        key = rng.choice(keys)
+        if key in ("signals", "present") and rng.random() < 0.5 and block[key]:
+            row = rng.randrange(len(block[key]))
+            block[key][row] = rng.choice(ODD) if rng.random() < 0.5 else block[key][row][:-1]
+        else:
+            block[key] = rng.choice(ODD)
+        path = tmp_path / f"m{case}.json"
+        path.write_text(json.dumps(raw))
+        try:
+            verify_file(path)
+        except MixweightError as exc:
+            assert "\n" not in str(exc)

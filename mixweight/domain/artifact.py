@@ -45,7 +45,7 @@ API for the weights commands (stable):
   for every domain `by_domain` does not name (the held-out targets);
 - ``check_output_file(path, flag) -> Path``: refuses, before any training, an output path
   that is a directory or cannot be written;
-- ``replay_arrays(artifact, method, params) -> (block, where)``: the ``replay`` block checked
+- ``replay_arrays(artifact, method, params, vectors) -> (block, where)``: the ``replay`` block checked
   (shape, finiteness, lengths); ``replay_steps_array(block, key, where)`` for per-step arrays;
 - ``read_json(path, what)``: strict JSON reading (duplicate keys, huge numbers, bad bytes
   are one-line errors); ``load_domain_weights(path)``, ``parse_domain_weights(raw, where)``.
@@ -249,11 +249,13 @@ def _numbers(value, length: int, key: str, where: str, kind=(int, float)) -> Non
         raise MixweightError(f"{where}: 'replay.{key}' must be {length} {what}, got {_short(value)}")
 
 
-def replay_arrays(artifact, method: str, params: tuple[str, ...] = ()) -> tuple[dict, str]:
+def replay_arrays(artifact, method: str, params: tuple[str, ...] = (),
+                  vectors: tuple[str, ...] = ()) -> tuple[dict, str]:
     """An artifact's ``replay`` block after checking its common shape (module docstring), and a `where` for errors.
 
     `artifact` is a DomainWeights or the loaded JSON dict; `params` are the method's scalar
-    parameters that must be finite numbers. Per-step method arrays (DoGE's ``lr``) are the
+    parameters that must be finite numbers; `vectors` its optional per-domain arrays (one
+    finite number per replay domain when present). Per-step method arrays (DoGE's ``lr``) are the
     method's to check, with `replay_steps_array`.
     """
     raw = asdict(artifact) if isinstance(artifact, DomainWeights) else artifact
@@ -282,6 +284,9 @@ def replay_arrays(artifact, method: str, params: tuple[str, ...] = ()) -> tuple[
     start = block.get("average_start", 1)
     if start not in (0, 1) or isinstance(start, bool):
         raise MixweightError(f"{where}: 'replay.average_start' must be 0 or 1, got {_short(start)}")
+    for name in vectors:
+        if name in block:
+            _numbers(block[name], k, name, where)
     for name in params:
         value = block.get(name)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):

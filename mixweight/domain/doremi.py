@@ -237,12 +237,10 @@ def replay(artifact) -> np.ndarray:
     """
     from mixweight.domain.artifact import replay_arrays
 
-    block, where = replay_arrays(artifact, "doremi", ("eta", "smoothing"))
+    block, _ = replay_arrays(artifact, "doremi", ("eta", "smoothing"), ("initial_signal",))
     eta, smoothing = float(block["eta"]), float(block["smoothing"])
     alpha = torch.tensor(block["initial_weights"], dtype=torch.float64)
     excess = torch.tensor(block.get("initial_signal", [INITIAL_EXCESS] * len(alpha)), dtype=torch.float64)
-    if excess.shape != alpha.shape:
-        raise MixweightError(f"{where}: 'replay.initial_signal' must have one value per replay domain")
     rows = [alpha.clone()]
     for signal, present in zip(block["signals"], block["present"]):
         excess = torch.where(torch.tensor(present), torch.tensor(signal, dtype=torch.float64), excess)

@@ -7,8 +7,10 @@ repeat so machine noise hits them alike:
   - plain:  `WeightedLoss(MeanReduction())`, the ordinary mean-loss step;
   - DoReMi: `WeightedLoss(DoReMiReduction(reference, ...))`: the proxy step plus a no-grad
     forward of a same-size reference model (the excess-loss signal) and the alpha update;
-  - DoGE:   `DoGEObjective`: one forward + backward per domain on its slice of the batch,
-    k flattened gradients, scores, alpha update, the mixed gradient written back.
+  - DoGE:   `DoGEObjective` as `weights doge` runs it by default (held-out mix target,
+    per-domain gradients clipped at 5.0): one forward + backward per domain and for the
+    mixture's blocks on their slice of the batch, k + 1 flattened gradients, clipping, scores,
+    alpha update, the mixed gradient written back.
 
     python benchmarks/proxy_cost.py [--model gpt2-tiny] [--batch-size 32] [--seq-len 128] [--steps 12] [--repeats 5]
 """
@@ -25,7 +27,7 @@ import torch
 from mixweight.data.manifest import load_manifest
 from mixweight.data.streams import read_stream
 from mixweight.data.synthetic import write_synthetic_corpus
-from mixweight.domain.doge import DoGEObjective
+from mixweight.domain.doge import DoGEObjective, published_defaults
 from mixweight.domain.doremi import DoReMiReduction
 from mixweight.train.config import TrainConfig
 from mixweight.train.distributed import World
@@ -75,7 +77,9 @@ def main() -> None:
     arms = {
         "plain step": lambda: WeightedLoss(MeanReduction()),
         "DoReMi proxy step": lambda: WeightedLoss(DoReMiReduction(reference, manifest.domains)),
-        "DoGE proxy step": lambda: DoGEObjective(manifest.domains),
+        # what `weights doge` runs by default: the held-out mix target, clipped per-domain gradients
+        "DoGE proxy step": lambda: DoGEObjective(manifest.domains, "mix", score="reference",
+                                                 **published_defaults("mix")),
     }
     results: dict[str, list[float]] = {name: [] for name in arms}
     for _ in range(args.repeats):

@@ -84,6 +84,8 @@ def test_a_fresh_artifact_records_every_step_and_verifies(artifact, capsys):
     assert block["steps"] == 6 and len(block["signals"]) == 6 and len(block["present"]) == 6
     assert block["domains"] == saved["domains"] and block["initial_weights"] == [1 / 7] * 7
     assert not all(all(p) for p in block["present"])  # some domain was absent from some step
+    text = artifact.read_text()  # compact: one line per step in the replay arrays
+    assert all(f"      {json.dumps(row)}" in text for row in block["signals"] + block["present"])
     assert "replayed 6 doremi steps; 5 recorded weight vectors match" in verify_file(artifact)
     main(["weights", "verify", str(artifact)])  # returns normally: exit status 0
     assert "replayed 6 doremi steps" in capsys.readouterr().out

@@ -99,7 +99,29 @@ class DomainWeights:
         for key in OPTIONAL_FIELDS:
             if not data[key]:
                 del data[key]
-        return write_json_atomic(path, data)
+        replay = data.pop("replay", None)
+        if replay is None:
+            return write_json_atomic(path, data)
+        # One line per step in the replay arrays: 20k steps x 7 domains would be 280k lines indented.
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text(_dumps_with_replay(data, replay))
+        os.replace(tmp, path)  # atomic, as write_json_atomic: a reader sees the old file or the new one
+        return path
+
+
+def _dumps_with_replay(data: dict, replay: dict) -> str:
+    """`data` as indented JSON with a last key "replay" whose per-step arrays hold one compact row per line."""
+    items = []
+    for key, value in replay.items():
+        if isinstance(value, list) and value and all(isinstance(row, list) for row in value):
+            rows = ",\n".join(f"      {json.dumps(row)}" for row in value)
+            items.append(f"    {json.dumps(key)}: [\n{rows}\n    ]")
+        else:
+            items.append(f"    {json.dumps(key)}: {json.dumps(value)}")
+    head = json.dumps(data, indent=2)
+    assert head.endswith("\n}")
+    return head[:-2] + ',\n  "replay": {\n' + ",\n".join(items) + "\n  }\n}\n"
 
 
 def corpus_weights(corpus_domains: list[str], by_domain: dict[str, float]) -> list[float]:

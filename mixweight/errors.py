@@ -6,3 +6,9 @@ The CLI prints these as one clear line instead of a traceback; everything else i
 
 class MixweightError(ValueError):
     """Bad user input: the message says what was wrong, where, and what would be right."""
+
+
+def first_line(exc: BaseException) -> str:
+    """A library's exception as a fragment of one error line (their messages run to several)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import yaml
 
 from mixweight.data.manifest import load_manifest
 from mixweight.data.synthetic import resolve_corpus
@@ -14,6 +13,7 @@ from mixweight.eval.domains import evaluate_domains, load_validation
 from mixweight.jsonio import write_json_atomic
 from mixweight.train import checkpoint as ckpt
 from mixweight.train.model import load_model
+from mixweight.yamlio import load_yaml
 
 
 def _find_checkpoint(run_dir: Path, checkpoint: str | None) -> Path:
@@ -38,7 +38,11 @@ def evaluate_run(run: str, data: str | None = None, checkpoint: str | None = Non
     config_path = run_dir / "config.yaml"
     if not config_path.is_file():
         raise MixweightError(f"{run_dir}: not a run directory (no config.yaml)")
-    config = yaml.safe_load(config_path.read_text())
+    config = load_yaml(config_path.read_text())
+    config = config if isinstance(config, dict) else {}
+    if data is None and not isinstance(config.get("data"), str):
+        raise MixweightError(f"{config_path}: empty or without 'data' (the run's corpus); restore the run's "
+                             "config.yaml, or pass --data")
     corpus = resolve_corpus(data or config["data"])
     manifest = load_manifest(corpus)
     path = _find_checkpoint(run_dir, checkpoint)

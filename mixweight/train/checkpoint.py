@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from mixweight.errors import MixweightError
+from mixweight.errors import MixweightError, first_line
 from mixweight.train.parallel import load_optimizer_state
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -65,12 +65,16 @@ def save_checkpoint(run_dir, step: int, model, model_state: dict, optimizer_stat
     """Write step-N atomically, then drop all but the `keep` newest checkpoints.
 
     `model` is the unwrapped HF model (for its config); the states are full, unsharded ones.
+    A failed write (disk full) is one error line; the checkpoints already there are untouched.
     """
     root = checkpoints_dir(run_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    for stale in root.glob(".step-*.tmp*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".step-{step}.tmp", dir=root))
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        for stale in root.glob(".step-*.tmp*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".step-{step}.tmp", dir=root))
+    except OSError as exc:
+        raise _save_failed(run_dir, step, exc) from exc
     try:
         model.save_pretrained(tmp / "model", state_dict=model_state, safe_serialization=True)
         torch.save(
@@ -79,16 +83,44 @@ def save_checkpoint(run_dir, step: int, model, model_state: dict, optimizer_stat
         )
         (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=2))
         _fsync_tree(tmp)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if _is_write_failure(exc):
+            raise _save_failed(run_dir, step, exc) from exc
         raise
     final = root / f"step-{step}"
-    if final.exists():  # a resumed run re-saving a step it already had
-        shutil.rmtree(final)
-    os.rename(tmp, final)
+    if final.exists():  # a resumed run re-saving a step it already had: the old copy goes only once the new is in
+        old = root / f".step-{step}.tmp-replaced"
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(final, old)
+        os.rename(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, final)
     for _, old in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+# torch.save and safetensors report a full disk as RuntimeError / SafetensorError, not OSError.
+WRITE_FAILURE_TEXT = ("file write failed", "No space left", "StorageFull", "IoError", "Disk quota")
+
+
+def _is_write_failure(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) or (isinstance(exc, Exception) and any(t in str(exc) for t in WRITE_FAILURE_TEXT))
+
+
+def _save_failed(run_dir, step: int, exc: BaseException) -> MixweightError:
+    latest = latest_checkpoint(run_dir)
+    kept = f"the newest complete checkpoint, {latest.name}, is intact" if latest else "no earlier checkpoint exists"
+    return MixweightError(
+        f"checkpoint step-{step}: could not be written in {checkpoints_dir(run_dir)} ({_reason(exc)}); "
+        f"{kept}; free space and rerun with --resume"
+    )
+
+
+def _reason(exc: BaseException) -> str:
+    return exc.strerror if isinstance(exc, OSError) and exc.strerror else first_line(exc)
 
 
 def _fsync_tree(path: Path) -> None:
@@ -102,23 +134,51 @@ def _fsync_tree(path: Path) -> None:
 def read_state(checkpoint: str | Path) -> dict:
     path = Path(checkpoint) / "state.json"
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        state = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise MixweightError(f"checkpoint {checkpoint}: cannot read state.json ({exc})") from exc
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int) or state["step"] < 0:
+        raise MixweightError(f"checkpoint {checkpoint}: state.json has no step count; it is not a mixweight checkpoint")
+    return state
+
+
+def read_resume_state(checkpoint: str | Path) -> dict:
+    """state.json with everything --resume needs (the step and the data loader's position)."""
+    state = read_state(checkpoint)
+    if not isinstance(state.get("loader"), dict):
+        raise MixweightError(
+            f"checkpoint {checkpoint}: state.json has no data-loader state ('loader'), so the run cannot continue "
+            "where it stopped; move this checkpoint aside to resume from the previous one, or start a new --out"
+        )
+    return state
 
 
 def load_trainer_state(checkpoint: str | Path, model, optimizer, scheduler) -> None:
     path = Path(checkpoint) / "trainer_state.pt"
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user-facing problem
-        raise MixweightError(f"checkpoint {checkpoint}: cannot load trainer_state.pt ({exc})") from exc
+    except FileNotFoundError as exc:
+        raise MixweightError(f"checkpoint {checkpoint}: trainer_state.pt is missing") from exc
+    except Exception as exc:  # noqa: BLE001 - torch's own text would advise weights_only=False, i.e. running code
+        raise MixweightError(
+            f"checkpoint {checkpoint}: trainer_state.pt is not a mixweight checkpoint's trainer state "
+            f"(it does not load as plain tensors: {type(exc).__name__}); it is never loaded any other way"
+        ) from exc
+    if not isinstance(blob, dict) or not {"optimizer", "scheduler", "rng"} <= set(blob):
+        raise MixweightError(f"checkpoint {checkpoint}: trainer_state.pt is not a mixweight checkpoint's trainer state "
+                             "(expected optimizer, scheduler and rng entries)")
     try:
         load_optimizer_state(model, optimizer, blob["optimizer"])
-    except (ValueError, KeyError) as exc:
+    except (ValueError, KeyError, TypeError) as exc:
         raise MixweightError(
             f"checkpoint {checkpoint}: its optimizer state does not fit this model ({exc}); "
             "was it written by a run with another --model?"
         ) from exc
-    scheduler.load_state_dict(blob["scheduler"])
-    set_rng_state(blob["rng"])
+    try:
+        scheduler.load_state_dict(blob["scheduler"])
+        set_rng_state(blob["rng"])
+    except (ValueError, KeyError, TypeError, RuntimeError, AttributeError) as exc:
+        raise MixweightError(
+            f"checkpoint {checkpoint}: trainer_state.pt holds a bad scheduler or RNG state "
+            f"({first_line(exc)}); it is damaged or not a mixweight checkpoint"
+        ) from exc

@@ -8,52 +8,38 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
-from mixweight.config import to_yaml
 from mixweight.data.manifest import load_manifest
 from mixweight.data.synthetic import resolve_corpus
-from mixweight.errors import MixweightError
+from mixweight.errors import MixweightError, first_line
 from mixweight.jsonio import write_json_atomic
 from mixweight.eval.domains import evaluate_domains, load_validation
 from mixweight.sampling.mixture import DomainMixture
 from mixweight.sampling.schedule import resolve_schedule
 from mixweight.train import checkpoint as ckpt
 from mixweight.train.config import TrainConfig
-from mixweight.train.distributed import World, barrier, close_world, init_world
+from mixweight.train.distributed import World, barrier, broadcast_object, close_world, init_world
 from mixweight.train.metrics import MetricsLog
-from mixweight.train.model import build_model, count_parameters
+from mixweight.train import rundir
+from mixweight.train.model import build_config, build_model, count_parameters, load_spec
 from mixweight.train.optim import build_optimizer, build_scheduler
 from mixweight.train.parallel import full_model_state, full_optimizer_state, grad_norm_value, wrap_model
 from mixweight.train.reductions import reduction_from_config
+from mixweight.train.rundir import RESUMABLE_CHANGES, config_changes  # noqa: F401 - used by DoReMi's reuse check
 from mixweight.train.objective import StepObjective, WeightedLoss
 from mixweight.train.step import StepResult
 from mixweight.weighting import weight_stats
 
 # Bins of N * w for the sample-weight histogram; the last bin catches everything above 4x uniform.
 HISTOGRAM_EDGES = np.array([0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0, 4.0, np.inf])
-
-# Keys that may change when resuming: they do not alter the training trajectory.
-RESUMABLE_CHANGES = {"resume", "progress", "steps", "eval_every", "eval_blocks", "eval_batch_size",
-                     "checkpoint_every", "keep_checkpoints", "log_every"}
-
-
-def config_changes(run_dir: Path, config: TrainConfig) -> str:
-    """The trajectory-changing differences between a run's saved config.yaml and `config` ('' if none)."""
-    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
-    current = dataclasses.asdict(config)
-    changed = sorted(k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k])
-    return ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed)
-
 
 def autocast_context(precision: str, device: torch.device):
     use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
@@ -64,20 +50,66 @@ def _device(world: World) -> torch.device:
     return torch.device(f"cuda:{world.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
 
 
-def _prepare_run_dir(config: TrainConfig, world: World) -> Path | None:
-    """Check the run directory; returns the checkpoint to resume from, if any."""
+def _claim_run_dir(config: TrainConfig, inputs: dict, lock: rundir.RunLock) -> Path | None:
+    """Main process: check --out, take its lock, and check it against the run it holds; writes nothing
+    but the lock file. Returns the checkpoint to resume from, if any."""
     run_dir = Path(config.out)
-    latest = ckpt.latest_checkpoint(run_dir)
-    if latest is not None and not config.resume:
-        raise MixweightError(f"{run_dir}: already holds checkpoints; pass --resume to continue it, or choose a new --out")
-    if latest is not None:
-        details = config_changes(run_dir, config)
-        if details:
-            raise MixweightError(f"{run_dir}: cannot resume with a different config ({details}); use a new --out")
-    if world.is_main:
+    rundir.check_out_dir(run_dir, config)
+    try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(to_yaml(config))
+    except OSError as exc:
+        raise MixweightError(f"--out {run_dir}: cannot create the run directory ({exc.strerror or exc})") from exc
+    lock.acquire()
+    try:
+        latest = ckpt.latest_checkpoint(run_dir)
+        if latest is not None and not config.resume:
+            raise MixweightError(f"{run_dir}: already holds checkpoints; pass --resume to continue it, "
+                                 "or choose a new --out")
+        if latest is not None:
+            details = rundir.config_changes(run_dir, config, inputs)
+            if details:
+                raise MixweightError(f"{run_dir}: cannot resume with a different config ({details}); use a new --out")
+            step = ckpt.read_resume_state(latest)["step"]
+            if config.steps < step:  # it would write an eval.json labelled --steps holding the later model
+                raise MixweightError(
+                    f"{run_dir}: its newest checkpoint is at step {step}, past --steps {config.steps}; a run cannot "
+                    f"go back: pass --steps {step} or more (`mixweight eval {run_dir} --checkpoint step-N` "
+                    "evaluates an earlier checkpoint)"
+                )
+    except BaseException:
+        lock.release()
+        raise
     return latest
+
+
+def _prepare_run_dir(config: TrainConfig, world: World, inputs: dict, lock: rundir.RunLock) -> Path | None:
+    """The main process decides and every process learns the outcome (a refusal must stop all of them)."""
+    outcome = None
+    if world.is_main:
+        try:
+            latest = _claim_run_dir(config, inputs, lock)
+            outcome = ("resume", None if latest is None else str(latest))
+        except MixweightError as exc:
+            outcome = ("error", str(exc))
+    outcome = broadcast_object(outcome, world)
+    if outcome[0] == "error":
+        raise MixweightError(outcome[1])
+    return None if outcome[1] is None else Path(outcome[1])
+
+
+def _record_run(config: TrainConfig, inputs: dict, metrics: MetricsLog, start_step: int) -> None:
+    """Main process, once every check and load has passed: the run's files, and its metrics made consistent."""
+    run_dir = Path(config.out)
+    rundir.write_run_files(run_dir, config, inputs)
+    if start_step == 0:
+        dropped = metrics.start_afresh()
+        if dropped:
+            print(f"mixweight train: {run_dir}: no checkpoint to resume from; starting at step 0 and replacing "
+                  f"metrics.jsonl ({dropped} records of an earlier start)", flush=True)
+    else:
+        note = metrics.truncate_after(start_step)
+        if note:
+            print(f"mixweight train: {note}", flush=True)
 
 
 def _load_model_weights(model, checkpoint: Path) -> None:
@@ -86,7 +118,13 @@ def _load_model_weights(model, checkpoint: Path) -> None:
         raise MixweightError(f"checkpoint {checkpoint}: no model weights (model/*.safetensors)")
     state = {}
     for file in files:
-        state.update(load_file(str(file)))
+        try:
+            state.update(load_file(str(file)))
+        except Exception as exc:  # noqa: BLE001 - safetensors raises its own error type for a damaged file
+            raise MixweightError(
+                f"checkpoint {checkpoint}: {file.name} cannot be read ({first_line(exc)}); it is truncated or "
+                "corrupted: move this checkpoint aside to resume from the previous one"
+            ) from exc
     expected = model.state_dict()
     mismatched = [k for k, v in state.items() if k in expected and expected[k].shape != v.shape]
     missing = [k for k in expected if k not in state and not _is_tied(model, k)]
@@ -155,16 +193,22 @@ def train(config: TrainConfig, objective: StepObjective | None = None) -> dict:
     loss reduced by the config's sample weighting (plain mean when none).
     """
     world = init_world()
+    lock = rundir.RunLock(config.out)  # held by the main process from the checks to the end of the run
     try:
-        return _train(config, objective or WeightedLoss(reduction_from_config(config)), world)
+        return _train(config, objective or WeightedLoss(reduction_from_config(config)), world, lock)
     finally:
+        lock.release()
         close_world(world)
 
 
-def _train(config: TrainConfig, objective: StepObjective, world: World) -> dict:
+def _train(config: TrainConfig, objective: StepObjective, world: World, lock: rundir.RunLock) -> dict:
+    # Every input is checked before anything is written into --out.
     corpus = resolve_corpus(config.data, world.is_main)
     manifest = load_manifest(corpus)
-    resume_from = _prepare_run_dir(config, world)
+    phases = resolve_schedule(manifest, config.domain_weights, config.domain_weights_every)
+    build_config(config.model, manifest)
+    inputs = rundir.input_hashes(config, corpus, manifest, phases, load_spec(config.model))
+    resume_from = _prepare_run_dir(config, world, inputs, lock)
     run_dir = Path(config.out)
     device = _device(world)
     autocast = autocast_context(config.precision, device)
@@ -178,19 +222,25 @@ def _train(config: TrainConfig, objective: StepObjective, world: World) -> dict:
     scheduler = build_scheduler(optimizer, config)
     global_micro = config.batch_size * world.size
     epoch_size = max(sum(s.blocks for s in manifest.splits["train"].values()) // global_micro, 1) * global_micro
-    phases = resolve_schedule(manifest, config.domain_weights, config.domain_weights_every)
     loader = DomainMixture(corpus, manifest, phases, epoch_size, config.batch_size, config.seed, world, config.batching)
     try:
         metrics = MetricsLog(run_dir / "metrics.jsonl", enabled=world.is_main)
 
         start_step, skipped = 0, 0
         if resume_from is not None:
-            state = ckpt.read_state(resume_from)
+            state = ckpt.read_resume_state(resume_from)
             ckpt.load_trainer_state(resume_from, model, optimizer, scheduler)
-            loader.load_state_dict(state["loader"])
+            try:
+                loader.load_state_dict(state["loader"])
+                objective.load_state_dict(state.get("objective", {}))
+            except (KeyError, ValueError, TypeError, IndexError) as exc:
+                raise MixweightError(
+                    f"checkpoint {resume_from}: state.json holds a bad loader or objective state ({first_line(exc)}); "
+                    "it is damaged or not a mixweight checkpoint"
+                ) from exc
             start_step, skipped = state["step"], state.get("skipped_steps", 0)
-            objective.load_state_dict(state.get("objective", {}))
-            metrics.truncate_after(start_step)
+        if world.is_main:
+            _record_run(config, inputs, metrics, start_step)
 
         val_sets = load_validation(corpus, manifest, config.eval_blocks)
         tokens_per_step = global_micro * config.grad_accum * manifest.seq_len

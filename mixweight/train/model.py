@@ -9,7 +9,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
 from mixweight.data.manifest import Manifest
-from mixweight.errors import MixweightError
+from mixweight.errors import MixweightError, first_line
 
 # proxies/ sits beside the package in a checkout (`pip install -e .`).
 SPEC_DIRS = [Path(__file__).resolve().parents[2] / "proxies", Path.cwd() / "proxies"]
@@ -40,7 +40,17 @@ def load_spec(spec: str) -> dict:
         raise MixweightError(f"model spec {path}: not valid JSON ({exc})") from exc
     if not isinstance(raw, dict) or "model_type" not in raw:
         raise MixweightError(f"model spec {path}: needs a 'model_type' (an HF config, e.g. \"gpt2\" or \"llama\")")
+    refuse_custom_code(raw, f"model spec {path}")
     return {k: v for k, v in raw.items() if not k.startswith("_")}
+
+
+def refuse_custom_code(config: dict, where: str) -> None:
+    """An HF config with `auto_map` asks to import Python shipped beside it; mixweight never runs code from files."""
+    if "auto_map" in config:
+        raise MixweightError(
+            f"{where}: has 'auto_map' (model code shipped with the files, model_type {config.get('model_type')!r}); "
+            "mixweight never runs code from files: use a model_type transformers ships (gpt2, llama, ...)"
+        )
 
 
 def max_positions(config: PretrainedConfig) -> int | None:
@@ -80,11 +90,28 @@ def build_config(spec: str, manifest: Manifest) -> PretrainedConfig:
 def build_model(spec: str, manifest: Manifest, seed: int) -> PreTrainedModel:
     config = build_config(spec, manifest)
     torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(config)
+    return AutoModelForCausalLM.from_config(config, trust_remote_code=False)
 
 
 def load_model(model_dir: str | Path) -> PreTrainedModel:
-    return AutoModelForCausalLM.from_pretrained(str(model_dir))
+    """A checkpoint's model: its config.json is checked first, and only safetensors weights are read."""
+    model_dir = Path(model_dir)
+    config_path = model_dir / "config.json"
+    try:
+        raw = json.loads(config_path.read_text())
+    except FileNotFoundError as exc:
+        raise MixweightError(f"{model_dir}: no config.json; not a model saved by mixweight") from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MixweightError(f"{config_path}: not valid JSON ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise MixweightError(f"{config_path}: not an HF model config (expected a JSON object)")
+    refuse_custom_code(raw, str(config_path))
+    try:
+        return AutoModelForCausalLM.from_pretrained(str(model_dir), trust_remote_code=False, local_files_only=True,
+                                                    use_safetensors=True)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise MixweightError(f"{model_dir}: cannot load the model ({first_line(exc)}); the checkpoint is damaged "
+                             "or not a mixweight checkpoint") from exc
 
 
 def count_parameters(model: torch.nn.Module) -> int:

@@ -1,0 +1,215 @@
+"""The run directory's rules: one writer at a time, inputs pinned by content, nothing foreign replaced.
+
+    RUN/.lock          fcntl.flock held by the main process for the run's life; names the holder (pid, host)
+    RUN/config.yaml    the resolved config; its first line marks it as written by mixweight; written atomically
+    RUN/inputs.json    sha256 of what the config's paths held when the run began (corpus, model spec, weights)
+
+Paths in a config can keep their names while their contents change (a weights file edited in
+place, a corpus regenerated in place); inputs.json makes such a change a config change on
+--resume. Every check here reads only: nothing is written into --out until all of them pass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import socket
+from pathlib import Path
+
+import yaml
+
+from mixweight.errors import MixweightError, first_line
+from mixweight.yamlio import load_yaml
+
+CONFIG_NAME = "config.yaml"
+INPUTS_NAME = "inputs.json"
+LOCK_NAME = ".lock"
+CONFIG_MARKER = "# mixweight train: the resolved config of this run (rewritten by each start or --resume)"
+
+# Keys that may change when resuming: they do not alter the training trajectory. `out` changes when a
+# run directory is moved or copied, which is normal; `steps` may only grow (checked against the checkpoint).
+RESUMABLE_CHANGES = {"out", "resume", "progress", "steps", "eval_every", "eval_blocks", "eval_batch_size",
+                     "checkpoint_every", "keep_checkpoints", "log_every"}
+CONFIG_KEY_OF_INPUT = {"corpus": "data", "model": "model", "domain_weights": "domain_weights"}
+
+
+# --- one writer ---------------------------------------------------------------------------------
+class RunLock:
+    """An exclusive flock on RUN/.lock. The kernel drops it when the holder exits, even on kill -9,
+    so a stale file never blocks a later run; the file itself stays (deleting lock files races)."""
+
+    def __init__(self, run_dir: str | Path):
+        self.path = Path(run_dir) / LOCK_NAME
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            holder = _read_holder(self.path)
+            raise MixweightError(
+                f"{self.path.parent}: another mixweight process is writing this run ({holder}); wait for it to end, "
+                "or choose another --out"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} host {socket.gethostname()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the lock
+            self._fd = None
+
+
+def _read_holder(path: Path) -> str:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        text = ""
+    return text or "pid and host not yet written"
+
+
+# --- nothing foreign replaced ------------------------------------------------------------------
+def _written_by_mixweight(config_path: Path, field_names: set[str]) -> bool:
+    """Our marker line, or (runs from before the marker) a complete resolved config: every field, nothing else."""
+    try:
+        text = config_path.read_text()
+    except (OSError, UnicodeDecodeError):
+        return False
+    if text.startswith(CONFIG_MARKER):
+        return True
+    try:
+        saved = load_yaml(text)
+    except yaml.YAMLError:
+        return False
+    return isinstance(saved, dict) and set(saved) == field_names
+
+
+def check_out_dir(run_dir: Path, config) -> None:
+    """--out must be a directory that is new or a mixweight run: mixweight never overwrites a file it did not create."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise MixweightError(f"--out {run_dir}: exists and is not a directory; choose a directory for the run")
+    config_path = run_dir / CONFIG_NAME
+    names = {f.name for f in dataclasses.fields(config)}
+    if config_path.is_file() and not config_path.read_bytes().strip():
+        raise MixweightError(f"{config_path}: is empty (a write cut short?); restore the run's config.yaml, "
+                             "or choose another --out")
+    if config_path.exists() and not _written_by_mixweight(config_path, names):
+        raise MixweightError(
+            f"{config_path}: exists and was not written by mixweight train (e.g. your own --config); a run writes its "
+            "resolved config there and never overwrites a file it did not create: choose another --out"
+        )
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write to a temporary name and rename: a reader (or a kill) sees the old file or the new one."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_run_files(run_dir: Path, config, inputs: dict) -> None:
+    from mixweight.config import to_yaml
+
+    write_text_atomic(run_dir / CONFIG_NAME, CONFIG_MARKER + "\n" + to_yaml(config))
+    write_text_atomic(run_dir / INPUTS_NAME, json.dumps(inputs, indent=2) + "\n")
+
+
+# --- inputs pinned by content ------------------------------------------------------------------
+def _sha256_json(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def corpus_hash(corpus: str | Path, manifest) -> str:
+    """sha256 of manifest.json and every stream's index.json (shard names, sizes, sample counts).
+
+    Not the shard bytes themselves (gigabytes for a real corpus): a corpus written again in place
+    changes its manifest or its shard sizes, and a shard changed behind its index is refused on read.
+    """
+    corpus = Path(corpus)
+    digest = hashlib.sha256((corpus / "manifest.json").read_bytes())
+    for split in sorted(manifest.splits):
+        for domain in manifest.domains:
+            index = manifest.stream_dir(corpus, split, domain) / "index.json"
+            digest.update(f"\0{split}/{domain}\0".encode())
+            digest.update(index.read_bytes() if index.is_file() else b"missing")
+    return digest.hexdigest()
+
+
+def input_hashes(config, corpus: str | Path, manifest, phases, spec: dict) -> dict:
+    """What the config's paths held: the corpus, the model spec (its parsed keys) and the domain weights
+    (the phases they resolve to: a schedule's nested files count, whitespace and provenance do not)."""
+    return {
+        "corpus": {"path": str(corpus), "sha256": corpus_hash(corpus, manifest)},
+        "model": {"spec": config.model, "sha256": _sha256_json(spec)},
+        "domain_weights": {"spec": config.domain_weights,
+                           "sha256": _sha256_json([dataclasses.asdict(p) for p in phases])},
+    }
+
+
+def current_inputs(config) -> dict:
+    """input_hashes for `config`, resolving everything itself (for callers without a built run)."""
+    from mixweight.data.manifest import load_manifest
+    from mixweight.data.synthetic import SYNTHETIC_ALIAS, default_corpus_dir
+    from mixweight.sampling.schedule import resolve_schedule
+    from mixweight.train.model import load_spec
+
+    corpus = default_corpus_dir() if config.data == SYNTHETIC_ALIAS else Path(config.data)
+    manifest = load_manifest(corpus)
+    phases = resolve_schedule(manifest, config.domain_weights, config.domain_weights_every)
+    return input_hashes(config, corpus, manifest, phases, load_spec(config.model))
+
+
+def _saved_config(run_dir: Path) -> dict:
+    path = run_dir / CONFIG_NAME
+    if not path.is_file():
+        raise MixweightError(f"{run_dir}: holds checkpoints but no {CONFIG_NAME}, so --resume cannot check it "
+                             "continues the same run; restore the run's config.yaml, or start afresh in a new --out")
+    try:
+        saved = load_yaml(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise MixweightError(f"{path}: not valid YAML ({first_line(exc)}); restore the run's config.yaml") from exc
+    if not isinstance(saved, dict) or not saved:
+        raise MixweightError(f"{path}: empty or not a mapping of keys to values; restore the run's config.yaml, "
+                             "or start afresh in a new --out")
+    return saved
+
+
+def _saved_inputs(run_dir: Path) -> dict:
+    """A run from before inputs.json has none: only its paths can be compared."""
+    path = run_dir / INPUTS_NAME
+    try:
+        saved = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise MixweightError(f"{path}: unreadable ({exc}); restore it, or start afresh in a new --out") from exc
+    return saved if isinstance(saved, dict) else {}
+
+
+def config_changes(run_dir: str | Path, config, inputs: dict | None = None) -> str:
+    """The trajectory-changing differences between a run's saved config and inputs and `config` ('' if none)."""
+    run_dir = Path(run_dir)
+    saved = _saved_config(run_dir)
+    current = dataclasses.asdict(config)
+    changed = sorted(k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k])
+    details = [f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed]
+    saved_inputs = _saved_inputs(run_dir)
+    if saved_inputs:
+        inputs = inputs if inputs is not None else current_inputs(config)
+        for name, now in inputs.items():
+            before = saved_inputs.get(name)
+            renamed = CONFIG_KEY_OF_INPUT.get(name, name) in changed  # a new path is already named above
+            if isinstance(before, dict) and before.get("sha256") != now["sha256"] and not renamed:
+                where = now.get("path") or now.get("spec")
+                details.append(f"{name}: the contents of {where} changed since the run began "
+                               f"(sha256 {str(before.get('sha256'))[:12]} -> {now['sha256'][:12]})")
+    return ", ".join(details)

@@ -28,7 +28,9 @@ Targets:
   an extra domain sampled like the others (1 of k + 1 sources) and never trained on; here a
   fixed 1 / (k + 1) of every domain's blocks, chosen by a hash of the block's tokens
   (`heldout_mix_mask`), forms it: the same blocks at every step and on every rank, never
-  trained on. Its gradient includes domain i's own data, so the self term stays.
+  trained on. Its gradient includes domain i's own data, so the self term stays. A domain
+  with few distinct blocks can be missing from the mixture (the synthetic corpus's
+  `redundant`, 8 distinct blocks, has none in it); a step without a mixture block makes no update.
 - "all": the paper's universal form without held-out data, s_i = <g_i, sum_{j != i} g_j>.
 - a list of domain names (out-of-domain): held-out domains, sampled but never trained on.
 

@@ -30,6 +30,14 @@ def _add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
                                 default=argparse.SUPPRESS, help=help_text)
 
 
+def _add_cache_dir(parser: argparse.ArgumentParser) -> None:
+    # Not a config key: where a cache lives changes no result, so it stays out of config hashes.
+    parser.add_argument("--cache-dir", default=None,
+                        help="local cache for corpora given as URLs (s3://, gs://, ..., file:///DIR); put it on "
+                             "node-local disk (default: %(default)s, meaning $MIXWEIGHT_CORPUS_CACHE, else "
+                             "$MIXWEIGHT_CACHE/remote, else the platform cache directory's mixweight/remote)")
+
+
 def _overrides(args: argparse.Namespace, cls) -> dict:
     names = {f.name for f in dataclasses.fields(cls)}
     return {k: v for k, v in vars(args).items() if k in names}
@@ -46,8 +54,14 @@ def report_result(text: str) -> None:
 def cmd_synth(args) -> None:
     from mixweight.data.synthetic import write_synthetic_corpus
 
-    manifest = write_synthetic_corpus(args.out, seed=args.seed, tokens_per_domain=args.tokens_per_domain,
+    from mixweight.data.output import write_remote
+    from mixweight.data.remote import is_url
+
+    def write(out):
+        return write_synthetic_corpus(out, seed=args.seed, tokens_per_domain=args.tokens_per_domain,
                                       seq_len=args.seq_len, overwrite=args.overwrite)
+
+    manifest = write_remote(args.out, write) if is_url(args.out) else write(args.out)
     blocks = {d: manifest.splits["train"][d].blocks for d in manifest.domains}
     print(f"synthetic corpus in {args.out}: {len(manifest.domains)} domains, train blocks {blocks}")
 
@@ -55,11 +69,17 @@ def cmd_synth(args) -> None:
 def cmd_prepare(args) -> None:
     from mixweight.data.prepare import prepare_corpus, report_lines
 
-    manifest = prepare_corpus(
-        args.input, args.out, domain_field=args.domain_field, text_field=args.text_field,
-        tokenizer=args.tokenizer, seq_len=args.seq_len, val_fraction=args.val_fraction, overwrite=args.overwrite,
-        num_proc=args.num_proc,
-    )
+    from mixweight.data.output import write_remote
+    from mixweight.data.remote import is_url
+
+    def write(out):
+        return prepare_corpus(
+            args.input, out, domain_field=args.domain_field, text_field=args.text_field,
+            tokenizer=args.tokenizer, seq_len=args.seq_len, val_fraction=args.val_fraction, overwrite=args.overwrite,
+            num_proc=args.num_proc,
+        )
+
+    manifest = write_remote(args.out, write) if is_url(args.out) else write(args.out)
     for line in report_lines(manifest):
         print(line)
     print(f"corpus in {args.out}: domains {manifest.domains}, vocab {manifest.vocab_size}")
@@ -145,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     data = commands.add_parser("data", help="make a corpus").add_subparsers(dest="data_command", required=True)
     synth = data.add_parser("synth", help="the built-in synthetic multi-domain corpus")
     synth.add_argument("--out", required=True,
-                       help="corpus directory to write (new, empty, or a corpus to replace with --overwrite); required")
+                       help="corpus directory to write (new, empty, or a corpus to replace with --overwrite), "
+                            "or a URL (s3://bucket/corpus, file:///DIR, ...) to upload to, manifest last; required")
     synth.add_argument("--seed", type=int, default=0, help="seed of every random draw (default: %(default)s)")
     synth.add_argument("--tokens-per-domain", type=int, default=131_072,
                        help="training tokens per domain, rounded down to whole blocks (default: %(default)s)")
@@ -153,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--overwrite", action="store_true",
                        help="replace a different mixweight corpus already in --out; never other files "
                             "(default: %(default)s)")
+    _add_cache_dir(synth)
     synth.set_defaults(func=cmd_synth)
 
     prepare = data.add_parser("prepare", help="tokenize real text (JSONL[.gz|.zst], Parquet, HF dataset dir) "
@@ -162,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "directory of such files (other files are skipped and listed); required")
     prepare.add_argument("--out", required=True,
                          help="corpus directory to write, outside --input (new, empty, or a corpus to replace with "
-                              "--overwrite); required")
+                              "--overwrite), or a URL to upload to (s3://bucket/corpus, ...); required")
     prepare.add_argument("--domain-field", default="meta.redpajama_set_name",
                          help="record field holding the domain name, dotted for nested fields (default: %(default)s)")
     prepare.add_argument("--text-field", default="text",
@@ -180,12 +202,14 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--overwrite", action="store_true",
                          help="replace a different mixweight corpus already in --out; never other files "
                               "(default: %(default)s)")
+    _add_cache_dir(prepare)
     prepare.set_defaults(func=cmd_prepare)
 
     train = commands.add_parser("train", help="train a model; every flag may also come from --config FILE.yaml")
     train.add_argument("--config", default=None,
                        help="YAML file with any of the keys below; flags given override it (default: none)")
     _add_config_flags(train, TrainConfig)
+    _add_cache_dir(train)
     train.set_defaults(func=cmd_train)
 
     weights = commands.add_parser("weights", help="domain weights: compute (doremi, doge) or export")
@@ -198,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
         method.add_argument("--config", default=None,
                             help="YAML file with any of the keys below; flags given override it (default: none)")
         _add_config_flags(method, cls)
+        _add_cache_dir(method)
         method.set_defaults(func=func)
     export = weights_commands.add_parser("export", help="print a weights file for other trainers")
     export.add_argument("file", help="a domain_weights.json (from weights doremi/doge, or hand-written)")
@@ -223,12 +248,14 @@ def build_parser() -> argparse.ArgumentParser:
                           help="when the config changed for stages already run in --out, move their directories "
                                "aside (<stage dir>.replaced-<time>-<keys>; nothing is deleted) and run them again; "
                                "without it the pipeline stops and names the changed keys (default: off)")
+    _add_cache_dir(pipeline)
     pipeline.set_defaults(func=cmd_pipeline)
 
     evaluate = commands.add_parser("eval", help="per-domain validation loss of a run's checkpoint")
     evaluate.add_argument("run", help="a run directory written by mixweight train")
-    evaluate.add_argument("--data", default=None, help="corpus directory (default: the run's)")
+    evaluate.add_argument("--data", default=None, help="corpus directory or URL (default: the run's)")
     evaluate.add_argument("--checkpoint", default=None, help="step-N or a path (default: the newest)")
+    _add_cache_dir(evaluate)
     evaluate.set_defaults(func=cmd_eval)
 
     compare = commands.add_parser("compare", help="tables and plots comparing finished runs")
@@ -240,13 +267,17 @@ def build_parser() -> argparse.ArgumentParser:
                               "the runs trained on)")
     compare.add_argument("--data", default=None, help="corpus directory (default: the runs')")
     compare.add_argument("--baseline", default=None, help="arm whose final loss is the target (default: uniform, else the first)")
+    _add_cache_dir(compare)
     compare.set_defaults(func=cmd_compare)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    from mixweight.data.remote import set_cache_dir
     from mixweight.train.distributed import close_world, init_world
+
+    set_cache_dir(getattr(args, "cache_dir", None))  # where remote corpora are cached, for every command
 
     # Under torchrun, one process group serves every stage of the command (a DoReMi run trains twice).
     world = init_world()

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from mixweight.data.names import NAME_RULE, name_problem
+from mixweight.data.remote import fetch_corpus, is_url, remote_of
 from mixweight.data.streams import verify_stream
 from mixweight.errors import MixweightError
 from mixweight.jsonio import write_json_atomic
@@ -139,7 +140,12 @@ class Manifest:
 
 
 def load_manifest(corpus_dir: str | Path) -> Manifest:
-    """Load and check a corpus directory's manifest, with errors that say what to run."""
+    """Load and check a corpus directory's manifest, with errors that say what to run.
+
+    A URL is read from its local cache copy (fetched first when missing or out of date).
+    """
+    if is_url(corpus_dir):
+        corpus_dir = fetch_corpus(corpus_dir)
     corpus_dir = Path(corpus_dir)
     path = corpus_dir / MANIFEST_NAME
     if not path.is_file():
@@ -152,6 +158,7 @@ def load_manifest(corpus_dir: str | Path) -> Manifest:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise MixweightError(f"{path}: not valid JSON ({exc}); re-create the corpus") from exc
     manifest = Manifest.from_json(raw, where=str(path))
+    remote = remote_of(corpus_dir)  # a cache copy of a remote corpus: training shards arrive on demand
     for split in SPLITS:
         for domain in manifest.domains:
             stream = manifest.stream_dir(corpus_dir, split, domain)
@@ -161,7 +168,8 @@ def load_manifest(corpus_dir: str | Path) -> Manifest:
                     f"{where} should be an MDS stream at {stream}, but {stream / 'index.json'} is missing; "
                     "re-create the corpus"
                 )
-            samples = verify_stream(stream, where, manifest.seq_len)
+            lazily = remote is not None and split == "train"
+            samples = verify_stream(stream, where, manifest.seq_len, fetched_lazily=lazily)
             if split == "train" and samples == 0:
                 raise MixweightError(f"{where} is empty: no training blocks; drop the domain or add data")
             if split == "val" and samples == 0:

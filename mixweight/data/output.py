@@ -182,3 +182,35 @@ def _write_error(out_dir: Path, exc: OSError) -> MixweightError:
     where = f" ({exc.filename})" if exc.filename else ""
     return MixweightError(f"--out {out_dir}: cannot write the corpus: {exc.strerror or exc}{where}; "
                           "nothing was written; free space or choose another --out")
+
+
+def write_remote(url: str, write) -> "object":
+    """`--out URL`: write the corpus locally with `write(local_dir)`, then upload it, manifest LAST.
+
+    The local copy is a temporary directory under the cache, removed afterwards. A corpus already
+    at the URL is never replaced or deleted (object stores have no atomic swap, and a reader could
+    meet half of each): the same corpus is a no-op, anything else is refused before any upload.
+    """
+    from mixweight.data.remote import cache_dir, check_url, remote_manifest, upload_corpus
+
+    url = check_url(url, "--out")
+    existing = remote_manifest(url)
+    if existing is not None and existing.get("format") != FORMAT:
+        raise MixweightError(f"--out {url} holds a {MANIFEST_NAME} that is not a mixweight corpus; "
+                             "choose another URL")
+    root = cache_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".upload-", dir=root))
+    try:
+        manifest = write(staging / "corpus")
+        if existing is not None:
+            if existing.get("config_hash") == manifest.config_hash:
+                return manifest  # the same corpus is there already
+            raise MixweightError(
+                f"--out {url} already holds a different corpus; mixweight never replaces or deletes remote objects, "
+                "so choose another URL (or remove the old corpus with your storage tool first)"
+            )
+        upload_corpus(staging / "corpus", url)
+        return manifest
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

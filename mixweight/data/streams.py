@@ -48,7 +48,7 @@ def accepted_columns(seq_len: int | str) -> dict[str, str]:
     return {"domain": "int32", "tokens": f"ndarray:{'|'.join(TOKEN_DTYPES)}:{seq_len}"}
 
 
-def _read_index(index_path: Path, where: str) -> list[dict]:
+def read_index(index_path: Path, where: str) -> list[dict]:
     try:
         index = json.loads(index_path.read_text())
         shards = index["shards"]
@@ -94,28 +94,44 @@ def check_encodings(shards: list[dict], index_path: Path, where: str, seq_len: i
             )
 
 
-def verify_stream(stream_dir: str | Path, where: str, seq_len: int | None = None) -> int:
+def _shard_entry(shard: dict, number: int, index_path: Path, where: str) -> tuple[str, int, int]:
+    """(file name, samples, bytes) of one index entry; a name that leaves the directory is refused."""
+    try:
+        raw, count = shard["raw_data"], int(shard["samples"])
+        basename, size = raw["basename"], int(raw["bytes"])
+        if not isinstance(basename, str) or "/" in basename or "\\" in basename or basename.startswith("."):
+            raise ValueError(f"shard file name {basename!r} is not a file of this directory")
+    except (KeyError, TypeError, ValueError) as exc:
+        raise MixweightError(f"{where}: shard {number} of {index_path} is malformed ({exc}); "
+                             "re-create the corpus") from exc
+    return basename, count, size
+
+
+def shard_basename(shard: dict, number: int, index_path: Path, where: str) -> str:
+    return _shard_entry(shard, number, index_path, where)[0]
+
+
+def verify_stream(stream_dir: str | Path, where: str, seq_len: int | None = None, fetched_lazily: bool = False) -> int:
     """Check a local stream's index (mixweight's encodings only) and shards (present, complete).
+
+    With `fetched_lazily` (the training streams of a remote corpus's cache copy) a shard not yet
+    downloaded is fine; one that is there must still have its indexed size.
 
     Returns its sample count. Size checks are cheap and catch truncated or missing shards before
     training starts, where mosaicml-streaming would fail later inside a background thread.
     """
     stream_dir = Path(stream_dir)
     index_path = stream_dir / get_index_basename()
-    shards = _read_index(index_path, where)
+    shards = read_index(index_path, where)
     check_encodings(shards, index_path, where, seq_len)
     samples = 0
     for number, shard in enumerate(shards):
-        try:
-            raw, count = shard["raw_data"], int(shard["samples"])
-            basename, size = raw["basename"], int(raw["bytes"])
-            if not isinstance(basename, str) or "/" in basename or "\\" in basename or basename.startswith("."):
-                raise ValueError(f"shard file name {basename!r} is not a file of this directory")
-        except (KeyError, TypeError, ValueError) as exc:
-            raise MixweightError(f"{where}: shard {number} of {index_path} is malformed ({exc}); "
-                                 "re-create the corpus") from exc
+        basename, count, size = _shard_entry(shard, number, index_path, where)
         path = stream_dir / basename
         if not path.is_file():
+            if fetched_lazily:  # a cache copy of a remote stream: streaming downloads the shard when needed
+                samples += count
+                continue
             raise MixweightError(f"{where}: shard {path} is missing; re-create the corpus")
         if path.stat().st_size != size:
             raise MixweightError(
@@ -135,7 +151,7 @@ def read_stream(stream_dir: str | Path, limit: int | None = None, seq_len: int |
     """
     stream_dir = Path(stream_dir)
     index_path = stream_dir / get_index_basename()
-    shards = _read_index(index_path, str(stream_dir))
+    shards = read_index(index_path, str(stream_dir))
     check_encodings(shards, index_path, str(stream_dir), seq_len)
     blocks = []
     for shard_info in shards:

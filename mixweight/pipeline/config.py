@@ -5,6 +5,7 @@
                {prepare: {input, domain_field, text_field, tokenizer, seq_len, val_fraction, num_proc}}
                                                         `mixweight data prepare` of INPUT (JSONL, Parquet, ...)
                {path: DIR}                              an existing corpus directory (also {path: {dir: DIR}})
+                                                        or corpus URL (s3://, gs://, ..., file:///DIR)
     train:   TrainConfig keys shared by every arm (model, steps, batch_size, lr, ...)
     doremi:  DoReMiConfig keys (proxy, steps, eta, ...), or null to skip DoReMi
     doge:    DoGEConfig keys (proxy, steps, mu, ...), or null to skip DoGE

@@ -59,8 +59,10 @@ def _data_stage(config: PipelineConfig, out: Path) -> tuple[Stage, str]:
         except MixweightError as exc:
             raise MixweightError(f"pipeline 'data.prepare.input': {exc}") from exc
     if kind == "path":
+        from mixweight.data.synthetic import resolve_corpus
+
         load_manifest(form.dir)  # a missing or broken corpus fails now, before anything is written
-        values["manifest_sha256"] = manifest_sha256(form.dir)
+        values["manifest_sha256"] = manifest_sha256(resolve_corpus(form.dir))  # a URL: its fetched copy
 
     def make() -> None:
         if kind == "synthetic":

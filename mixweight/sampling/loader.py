@@ -23,6 +23,7 @@ from streaming.base.shared.memory import SharedMemory
 from torch.utils.data import DataLoader
 
 from mixweight.data.manifest import Manifest
+from mixweight.data.remote import join, remote_of, streaming_path
 from mixweight.errors import MixweightError
 from mixweight.sampling.shm import remove_filelocks
 from mixweight.train.distributed import World, barrier
@@ -65,8 +66,10 @@ class MixtureLoader:
         sampled = [d for d in manifest.domains if proportions[d] > 0]
         if not sampled:
             raise MixweightError(f"domain weights {proportions}: every weight is 0, nothing to sample")
+        remote = remote_of(corpus_dir)  # a cache copy of a remote corpus: streaming fetches its shards
         streams = [
-            Stream(local=str(manifest.stream_dir(corpus_dir, "train", d)), proportion=proportions[d])
+            Stream(local=str(manifest.stream_dir(corpus_dir, "train", d)), proportion=proportions[d],
+                   remote=None if remote is None else streaming_path(join(remote, manifest.splits["train"][d].path)))
             for d in sampled
         ]
         self.dataset = StreamingDataset(

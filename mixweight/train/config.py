@@ -12,7 +12,7 @@ SAMPLE_WEIGHTINGS = ("none", "linupper", "quadratic", "extremes")
 
 @dataclass
 class TrainConfig:
-    data: str = _f(None, "corpus directory (made by `mixweight data synth` or `data prepare`), or `synthetic` for the built-in default corpus")
+    data: str = _f(None, "corpus directory (made by `mixweight data synth` or `data prepare`), a corpus URL (s3://, gs://, ..., file:///DIR; cached in --cache-dir), or `synthetic` for the built-in default corpus")
     out: str = _f(None, "run directory: config, metrics, checkpoints, eval")
     model: str = _f("gpt2-tiny", "model spec: a name in proxies/ (gpt2-tiny, llama-tiny, gpt2-mini, ...) or a path to an HF config JSON")
     steps: int = _f(200, "optimizer steps")

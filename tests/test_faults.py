@@ -86,3 +86,21 @@ def test_kill_9_during_a_checkpoint_write_keeps_the_previous_checkpoint(synth_co
     subprocess.run(_train_args(synth_corpus, tiny_spec, killed, "--resume"), check=True, capture_output=True)
     assert not any(p.name.startswith(".step-") for p in root.iterdir())  # cleaned up on the next save
     _assert_same_run(straight, killed)
+
+
+def test_kill_9_before_the_first_checkpoint_then_rerun_writes_each_step_once(synth_corpus, tiny_spec, tmp_path):
+    run = tmp_path / "run"
+    args = _train_args(synth_corpus, tiny_spec, run, "--checkpoint-every", "1000", "--log-every", "1")
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = run / "metrics.jsonl"
+    deadline = time.time() + 300
+    while process.poll() is None and time.time() < deadline and (
+            not metrics.is_file() or metrics.read_text().count("\n") < 3):
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL and list_checkpoints(run) == []
+    # the killed process's lock died with it; the rerun starts at step 0 and replaces the old records
+    done = subprocess.run([*args, "--steps", "4"], capture_output=True, text=True, check=True)
+    assert "replacing metrics.jsonl" in done.stdout
+    steps = [r["step"] for r in _metrics(run) if "loss" in r]
+    assert steps == [1, 2, 3, 4]

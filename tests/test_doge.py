@@ -10,10 +10,11 @@ import torch
 
 from mixweight.data.manifest import load_manifest
 from mixweight.data.streams import read_stream
-from mixweight.domain.artifact import load_domain_weights
+from mixweight.domain.artifact import load_domain_weights, parse_domain_weights
 from mixweight.domain.doge import (DoGEObjective, clip_rows, doge_scores, doge_update, heldout_mix_mask, replay,
                                    resolve_target)
 from mixweight.domain.doge_run import DoGEConfig, run_doge
+from mixweight.domain.verify import verify_weights
 from mixweight.errors import MixweightError
 from mixweight.train.checkpoint import list_checkpoints
 from mixweight.train.config import TrainConfig
@@ -290,6 +291,7 @@ def test_replay_recomputes_the_recorded_trajectory(copy_target_artifact):
     by_name = weights.as_dict()
     assert abs(rows[1:].mean(axis=0) - [by_name[d] for d in block["domains"]]).max() < 1e-6
     assert rows[0].tolist() == [1 / 6] * 6
+    assert verify_weights(weights).max_deviation < 1e-9  # `mixweight weights verify` agrees
 
     raw = json.loads(copy_target_artifact.read_text())
     step = next(t for t, present in enumerate(raw["replay"]["present"]) if any(present) and raw["replay"]["lr"][t] > 0)
@@ -298,6 +300,7 @@ def test_replay_recomputes_the_recorded_trajectory(copy_target_artifact):
     edited = replay(raw)
     logged = [raw["trajectory"][step]["weights"][d] for d in block["domains"]]
     assert abs(edited[step + 1] - logged).max() > 1e-6
+    assert verify_weights(parse_domain_weights(raw, "edited")).max_deviation > 1e-6
 
 
 def test_replay_refuses_an_incomplete_block():
@@ -389,6 +392,7 @@ def test_published_defaults_follow_the_target_kind():
 TWO_RANK_SCRIPT = """
 import sys
 from mixweight.domain.doge_run import DoGEConfig, run_doge
+from mixweight.domain.verify import verify_weights
 corpus, spec, out, batch = sys.argv[1:5]
 run_doge(DoGEConfig(data=corpus, out=out, proxy=spec, steps=3, batch_size=int(batch), lr=3e-3, final_lr=3e-4,
                     warmup_steps=1, log_every=1, progress=False))

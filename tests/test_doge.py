@@ -392,7 +392,6 @@ def test_published_defaults_follow_the_target_kind():
 TWO_RANK_SCRIPT = """
 import sys
 from mixweight.domain.doge_run import DoGEConfig, run_doge
-from mixweight.domain.verify import verify_weights
 corpus, spec, out, batch = sys.argv[1:5]
 run_doge(DoGEConfig(data=corpus, out=out, proxy=spec, steps=3, batch_size=int(batch), lr=3e-3, final_lr=3e-4,
                     warmup_steps=1, log_every=1, progress=False))

@@ -111,7 +111,8 @@ def test_update_matches_hand_computed_values_and_sums_to_one():
 
 def test_update_keeps_absent_domains_and_is_stable_for_huge_scores():
     alpha = torch.tensor([0.5, 0.25, 0.25])
-    got = doge_update(alpha, torch.tensor([1e6, 123.0, -1e6]), lr=1.0, mu=0.01, present=torch.tensor([True, False, True]))
+    got = doge_update(alpha, torch.tensor([1e6, 123.0, -1e6]), lr=1.0, mu=0.01,
+                      present=torch.tensor([True, False, True]))
     assert torch.isfinite(got).all()
     torch.testing.assert_close(got, torch.tensor([0.75, 0.25, 0.0], dtype=torch.float64))
 

@@ -91,7 +91,8 @@ class DoGEConfig:
                 "unclipped gradients")
         require(self.score in SCORES, f"weights doge: 'score' must be one of {', '.join(SCORES)}, got {self.score!r}")
         require(self.lr > 0, f"weights doge: 'lr' must be > 0, got {self.lr}")
-        require(0 <= self.final_lr <= self.lr, f"weights doge: 'final_lr' must be in [0, lr={self.lr}], got {self.final_lr}")
+        require(0 <= self.final_lr <= self.lr,
+                f"weights doge: 'final_lr' must be in [0, lr={self.lr}], got {self.final_lr}")
         require(all(t.strip() for t in self.target.split(",")),
                 f"weights doge: 'target' must be mix, all or comma-separated domain names, got {self.target!r}")
 
@@ -124,7 +125,8 @@ def check_targets(targets: list[str], domains: list[str]) -> None:
             raise MixweightError(f"weights doge: --target '{name}' is not a domain of the corpus; {hint}"
                                  f"the corpus's domains are {', '.join(domains)}")
     if len(set(targets)) == len(domains):
-        raise MixweightError(f"weights doge: --target names every domain ({', '.join(domains)}); leave at least one to train on")
+        raise MixweightError(f"weights doge: --target names every domain ({', '.join(domains)}); "
+                             "leave at least one to train on")
 
 
 def _config_hash(config: DoGEConfig, corpus_hash: str) -> str:

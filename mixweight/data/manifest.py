@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from mixweight.data.names import NAME_RULE, name_problem
-from mixweight.data.remote import fetch_corpus, is_url, remote_of
+from mixweight.data.remote import local_copy, remote_of
 from mixweight.data.streams import verify_stream
 from mixweight.errors import MixweightError
 from mixweight.jsonio import write_json_atomic
@@ -144,9 +144,7 @@ def load_manifest(corpus_dir: str | Path) -> Manifest:
 
     A URL is read from its local cache copy (fetched first when missing or out of date).
     """
-    if is_url(corpus_dir):
-        corpus_dir = fetch_corpus(corpus_dir)
-    corpus_dir = Path(corpus_dir)
+    corpus_dir = Path(local_copy(corpus_dir))
     path = corpus_dir / MANIFEST_NAME
     if not path.is_file():
         raise MixweightError(

@@ -114,6 +114,10 @@ def remote_of(corpus_dir) -> str | None:
 
 
 # --- transfers -------------------------------------------------------------------------------------
+class MissingObject(MixweightError):
+    """The object is not at its URL (as opposed to an unreachable or refusing store)."""
+
+
 def _reason(exc: BaseException) -> tuple[str, bool]:
     """(a short reason, whether the object is simply absent) for a failed transfer."""
     response = getattr(exc, "response", None)
@@ -143,10 +147,12 @@ def fetch(url: str, local: Path, what: str) -> None:
         raise
     except Exception as exc:  # botocore, google, oci, azure and OS errors alike: one line naming the URL
         reason, absent = _reason(exc)
-        hint = (f"{what} is not there; check the URL (a corpus is complete once its {MANIFEST_NAME} is uploaded)"
-                if absent else "check the URL, the endpoint and your credentials (the way mosaicml-streaming reads "
-                "them: AWS_* / S3_ENDPOINT_URL, GCS_KEY, OCI config, AZURE_*, HF_TOKEN)")
-        raise MixweightError(f"{url}: cannot fetch {what} ({reason}); {hint}") from None
+        if absent:
+            raise MissingObject(f"{url}: {what} is not there ({reason}); check the URL (a corpus is complete only "
+                                 f"once its {MANIFEST_NAME} is uploaded, which is uploaded last)") from None
+        raise MixweightError(f"{url}: cannot fetch {what} ({reason}); check the URL, the endpoint and your credentials "
+                             "(read the way mosaicml-streaming reads them: AWS_* and S3_ENDPOINT_URL, GCS_KEY, "
+                             "OCI config, AZURE_*, HF_TOKEN)") from None
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -165,7 +171,7 @@ def fetch_corpus(url: str) -> Path:
     base = cache_dir() / _slug(url)
     manifest_tmp = base / f".{MANIFEST_NAME}.{uuid.uuid4().hex}.fetch"
     try:
-        fetch(join(url, MANIFEST_NAME), manifest_tmp, f"the corpus manifest {MANIFEST_NAME}")
+        fetch(join(url, MANIFEST_NAME), manifest_tmp, "the corpus manifest")
         raw_bytes = manifest_tmp.read_bytes()
         local = base / hashlib.sha256(raw_bytes).hexdigest()[:16]
         if (local / MANIFEST_NAME).is_file():
@@ -201,18 +207,9 @@ def fetch_corpus(url: str) -> Path:
             manifest_tmp.unlink()
 
 
-def exists(url: str) -> bool:
-    """Whether an object is there (a missing object is False; any other failure is an error)."""
-    import tempfile
-
-    with tempfile.TemporaryDirectory(prefix="mixweight-probe-") as tmp:
-        try:
-            fetch(url, Path(tmp) / "probe", "the object")
-        except MixweightError as exc:
-            if "is not there" in str(exc):
-                return False
-            raise
-        return True
+def local_copy(location):
+    """A corpus location as a local directory: a URL's cache copy (fetched when needed), a path as it is."""
+    return str(fetch_corpus(location)) if is_url(location) else location
 
 
 def remote_manifest(url: str) -> dict | None:
@@ -222,11 +219,9 @@ def remote_manifest(url: str) -> dict | None:
     with tempfile.TemporaryDirectory(prefix="mixweight-probe-") as tmp:
         path = Path(tmp) / MANIFEST_NAME
         try:
-            fetch(join(url, MANIFEST_NAME), path, f"the corpus manifest {MANIFEST_NAME}")
-        except MixweightError as exc:
-            if "is not there" in str(exc):
-                return None
-            raise
+            fetch(join(url, MANIFEST_NAME), path, "the corpus manifest")
+        except MissingObject:
+            return None
         try:
             raw = json.loads(path.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError):

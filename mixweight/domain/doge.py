@@ -63,12 +63,14 @@ import numpy as np
 import torch
 
 from mixweight.domain.artifact import replay_arrays, replay_steps_array
+from mixweight.domain.ghost import DomainRows, Recompute
 from mixweight.errors import MixweightError
 from mixweight.train.distributed import World, all_gather_cat, all_reduce_sum
 from mixweight.train.loss import per_sample_loss
 from mixweight.train.step import StepResult
 
 SCORES = ("reference", "paper")
+IMPLS = ("ghost", "loop")  # how the per-domain gradients are computed; equal to float rounding
 MIX, ALL = "mix", "all"  # the universal targets; anything else names held-out domains
 NORM_EPS = 1e-6  # added to the mean gradient norm, as the reference code does
 CLIP_EPS = 1e-6  # torch.nn.utils.clip_grad_norm_'s: scale = max_norm / (norm + 1e-6)
@@ -214,10 +216,17 @@ class DoGEObjective:
         the held-out mixture's blocks are sampled but never trained on.
     max_grad_norm: each per-domain gradient (targets included) is clipped to this norm before
         the scores and the applied gradient (0: no clipping).
+    impl: "ghost" (default): every per-domain gradient from one forward and one backward
+        (mixweight.domain.ghost); "loop": one forward and backward per domain. Equal to float rounding.
     """
 
     def __init__(self, domains: list[str], target="mix", mu: float = 0.01, score: str = "reference",
-                 max_grad_norm: float = 0.0, log_every: int = 1, total_steps: int | None = None):
+                 max_grad_norm: float = 0.0, log_every: int = 1, total_steps: int | None = None,
+                 impl: str = "ghost"):
+        if impl not in IMPLS:
+            raise MixweightError(f"doge: impl must be one of {', '.join(IMPLS)}, got {impl!r}")
+        self.impl = impl
+        self._rows: DomainRows | None = None
         if score not in SCORES:
             raise MixweightError(f"doge: score must be one of {', '.join(SCORES)}, got {score!r}")
         if mu <= 0:
@@ -276,6 +285,42 @@ class DoGEObjective:
             groups[held_out] = len(self.domains)
         return groups
 
+    def _domain_rows(self, module, params, micro_batches, groups, rows, grads, finite, local_losses,
+                     autocast) -> None:
+        """Add each row's summed gradient over its local finite-loss samples into `grads` [R, P] and the
+        counts into `finite`; the per-sample losses into `local_losses` (the step's local order).
+
+        "ghost": one forward and one backward per micro-batch (mixweight.domain.ghost);
+        "loop": one forward and backward per row and micro-batch (the reference implementation).
+        """
+        if self.impl == "ghost":
+            if self._rows is None or self._rows.module is not module:
+                self._rows = DomainRows(module, params)
+            offset = 0
+            for i, (mb, group) in enumerate(zip(micro_batches, groups)):
+                losses = self._rows.accumulate(mb, group, rows, grads, finite, per_sample_loss, autocast,
+                                               verify=i == 0)
+                local_losses[offset:offset + len(losses)] = losses.float()
+                offset += len(losses)
+            return
+        for row, d in enumerate(rows):
+            offset = 0
+            for mb, group in zip(micro_batches, groups):
+                mask = group == d
+                if mask.any():
+                    with autocast or nullcontext():
+                        logits = module(input_ids=mb["input_ids"][mask]).logits
+                    losses = per_sample_loss(logits, mb["input_ids"][mask])
+                    ok = torch.isfinite(losses.detach())
+                    positions = torch.nonzero(mask).squeeze(1) + offset
+                    local_losses[positions] = losses.detach().float()
+                    finite[row] += ok.sum()
+                    if ok.any():
+                        parts = torch.autograd.grad(torch.where(ok, losses, 0.0).sum(), params, allow_unused=True)
+                        grads[row] += torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1)
+                                                 for g, p in zip(parts, params)]).to(grads.dtype)
+                offset += len(mb["domain"])
+
     def compute_gradients(self, model, micro_batches, step, world: World, autocast, lr) -> StepResult:
         module = getattr(model, "module", model)  # never through DDP: we reduce gradients ourselves
         params = [p for p in module.parameters() if p.requires_grad]
@@ -283,34 +328,25 @@ class DoGEObjective:
         micro_batches = [{k: v.to(device) for k, v in mb.items()} for mb in micro_batches]
         groups = [self._groups(mb) for mb in micro_batches]
         local_domains = torch.cat([mb["domain"] for mb in micro_batches])
-        local_losses = torch.full((len(local_domains),), float("nan"), device=device)
+        local_losses = torch.full((len(local_domains),), float("nan"), device=device, dtype=torch.float32)
         mix_group = len(self.domains)
         counts = all_reduce_sum(torch.bincount(torch.cat(groups), minlength=mix_group + 1).to(device), world)
         target_groups = [mix_group] if self.mix else self.target_ids
         rows = [d for d in self.train_ids + target_groups if counts[d] > 0]  # same on every rank
         sizes = [p.numel() for p in params]
-        grads = torch.zeros(len(rows), sum(sizes), device=device)
-        finite = torch.zeros(len(rows), device=device)
-
-        sync = getattr(model, "no_sync", None)  # belt and braces: the forward below bypasses DDP anyway
+        sync = getattr(model, "no_sync", None)  # belt and braces: the forwards below bypass DDP anyway
         with sync() if sync is not None else nullcontext():
-            for row, d in enumerate(rows):
-                offset = 0
-                for mb, group in zip(micro_batches, groups):
-                    mask = group == d
-                    if mask.any():
-                        with autocast or nullcontext():
-                            logits = module(input_ids=mb["input_ids"][mask]).logits
-                        losses = per_sample_loss(logits, mb["input_ids"][mask])
-                        ok = torch.isfinite(losses.detach())
-                        positions = torch.nonzero(mask).squeeze(1) + offset
-                        local_losses[positions] = losses.detach().float()
-                        finite[row] += ok.sum()
-                        if ok.any():
-                            parts = torch.autograd.grad(torch.where(ok, losses, 0.0).sum(), params, allow_unused=True)
-                            grads[row] += torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1).float()
-                                                     for g, p in zip(parts, params)])
-                    offset += len(mb["domain"])
+            while True:
+                # rows in float32 at least (float64 for a float64 model: the exactness tests)
+                grads = torch.zeros(len(rows), sum(sizes), device=device,
+                                    dtype=torch.promote_types(params[0].dtype, torch.float32))
+                finite = torch.zeros(len(rows), device=device)
+                try:
+                    self._domain_rows(module, params, micro_batches, groups, rows, grads, finite, local_losses,
+                                      autocast)
+                    break
+                except Recompute:  # the first step's check moved parameters to the per-domain path
+                    continue
         all_reduce_sum(grads, world)
         all_reduce_sum(finite, world)
         kept = [r for r in range(len(rows)) if finite[r] > 0]  # a domain whose losses are all non-finite is absent
@@ -336,7 +372,7 @@ class DoGEObjective:
         applied = mix[present].to(device=device, dtype=grads.dtype) @ grads[train_rows] if train_rows else \
             torch.zeros(grads.shape[1], device=device)
         for param, piece in zip(params, applied.split(sizes)):
-            param.grad = piece.view_as(param).clone()
+            param.grad = piece.view_as(param).to(param.dtype, copy=True)
 
         self.alpha_sum += self.alpha
         self.updates += 1

@@ -149,7 +149,7 @@ def test_sample_signal_is_the_clipped_excess_over_the_reference(synth_corpus, ti
         ref_logits = reference(input_ids=safe).logits
     reduction = DoReMiReduction(reference, manifest.domains)
     reduction.reference.forward = lambda input_ids: type("Out", (), {"logits": ref_logits})()
-    signal = reduction.sample_signal(input_ids, proxy_logits)
+    signal = reduction.sample_signal(input_ids, *per_token_losses(proxy_logits, input_ids))
     lp, mask = per_token_losses(proxy_logits, input_ids)
     lr, _ = per_token_losses(ref_logits, input_ids)
     for s in range(3):

@@ -36,14 +36,13 @@ in the artifact), so `replay` recomputes the whole trajectory from the artifact 
 from __future__ import annotations
 
 import warnings
-from contextlib import nullcontext
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from mixweight.errors import MixweightError
-from mixweight.train.loss import IGNORE_INDEX
+from mixweight.train.chunked_loss import lm_token_losses
+from mixweight.train.loss import per_token_losses  # noqa: F401 - the per-token loss DoReMi's excess is made of
 
 OBJECTIVES = ("paper", "token")
 MISSING_WARN_FRACTION = 0.1  # warn when a domain is absent from more than this share of steps
@@ -56,15 +55,6 @@ def doremi_update(alpha: torch.Tensor, excess: torch.Tensor, eta: float, smoothi
     k = alpha.numel()
     mixed = torch.softmax(torch.log(alpha) + eta * excess, dim=0)
     return (1.0 - smoothing) * mixed + smoothing / k
-
-
-def per_token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Next-token cross-entropy per position [B, T-1] (0 where ignored) and the counted-token mask."""
-    shift_logits = logits[:, :-1, :].float()
-    shift_labels = labels[:, 1:]
-    loss = F.cross_entropy(shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1),
-                           ignore_index=IGNORE_INDEX, reduction="none").view(shift_labels.shape)
-    return loss, shift_labels != IGNORE_INDEX
 
 
 def objective_weights(alpha: torch.Tensor, domains: torch.Tensor, counts: torch.Tensor, valid: torch.Tensor,
@@ -101,12 +91,14 @@ class DoReMiReduction:
     needs_whole_step = True
 
     def __init__(self, reference: torch.nn.Module, domains: list[str], eta: float = 1.0, smoothing: float = 1e-3,
-                 objective: str = "paper", log_every: int = 10, total_steps: int | None = None):
+                 objective: str = "paper", log_every: int = 10, total_steps: int | None = None,
+                 loss_impl: str = "auto"):
         if objective not in OBJECTIVES:
             raise MixweightError(f"doremi: objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
         self.reference = reference.eval().requires_grad_(False) if reference is not None else None
         self.domains = list(domains)
         self.eta, self.smoothing, self.objective = float(eta), float(smoothing), objective
+        self.loss_impl = loss_impl  # how the reference's per-token losses are computed (see chunked_loss)
         self.log_every, self.total_steps = int(log_every), total_steps
         k = len(self.domains)
         self.alpha = torch.full((k,), 1.0 / k, dtype=torch.float64)
@@ -123,18 +115,19 @@ class DoReMiReduction:
 
     # --- the step hooks --------------------------------------------------------------
     @torch.no_grad()
-    def sample_signal(self, input_ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        """[B, 2]: per sample, the sum of max(l_proxy - l_ref, 0) over counted tokens, and their count."""
+    def sample_signal(self, input_ids: torch.Tensor, token_losses: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """[B, 2]: per sample, the sum of max(l_proxy - l_ref, 0) over counted tokens, and their count.
+
+        `token_losses` [B, L-1] are the proxy's per-token losses (fp32, 0 where ignored) and `mask` the
+        counted tokens, as the step computed them (full logits or chunked: `loss_impl`). The reference's
+        come from the same function, under the step's autocast context (the step calls this inside it).
+        """
         if self.reference is None:
             raise MixweightError("doremi: this reduction has no reference model (it was built for state only)")
         if next(self.reference.parameters()).device != input_ids.device:
             self.reference.to(input_ids.device)
-        use_bf16 = input_ids.device.type == "cuda" and logits.dtype == torch.bfloat16
-        with torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else nullcontext():  # as the proxy
-            ref_logits = self.reference(input_ids=input_ids).logits
-        proxy_loss, mask = per_token_losses(logits, input_ids)
-        ref_loss, _ = per_token_losses(ref_logits, input_ids)
-        excess = torch.clamp(proxy_loss - ref_loss, min=0.0) * mask
+        ref_loss, _ = lm_token_losses(self.reference, input_ids, self.loss_impl)
+        excess = torch.clamp(token_losses.float() - ref_loss, min=0.0) * mask
         return torch.stack([excess.sum(dim=1), mask.sum(dim=1).float()], dim=1)
 
     def weights(self, losses: torch.Tensor, domains: torch.Tensor, step: int,

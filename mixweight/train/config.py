@@ -46,7 +46,10 @@ class TrainConfig:
     checkpoint_every: int = _f(100, "save a checkpoint every N steps (the last step is always saved)")
     keep_checkpoints: int = _f(2, "how many of the newest checkpoints to keep")
     log_every: int = _f(10, "write training metrics every N steps")
-    precision: str = _f("auto", "auto (bf16 autocast on a GPU, fp32 on CPU), bf16 or fp32")
+    precision: str = _f("auto", "auto (bf16 autocast on a GPU, fp32 on CPU), bf16 (autocast on GPU or CPU; losses and weights stay fp32) or fp32")
+    loss_impl: str = _f("auto", "per-sample loss: full (the model's logits [B, L, V], then cross-entropy), chunked (output projection and cross-entropy over chunks of tokens, recomputed in the backward: no full logits tensor; Hugging Face causal LMs), or auto (chunked when vocabulary x seq_len >= 2^22)")
+    compile: bool = _f(False, "wrap the model with torch.compile (module.compile(), after DDP/FSDP wrapping; checkpoints keep plain parameter names)")
+    weighting_scope: str = _f("step", "the group sample weights are normalized over: step (all micro-batches on all processes, exact; with grad_accum > 1 one extra no-grad forward) or micro_batch (each micro-batch on all processes, no extra cost)")
     resume: bool = _f(False, "continue from the newest checkpoint in --out")
     progress: bool = _f(True, "show a progress bar (only on a terminal)")
 
@@ -77,6 +80,10 @@ class TrainConfig:
 
         check_batching(self.batching)
         require(self.precision in ("auto", "bf16", "fp32"), f"train: 'precision' must be auto, bf16 or fp32, got {self.precision!r}")
+        require(self.loss_impl in ("auto", "full", "chunked"),
+                f"train: 'loss_impl' must be auto, full or chunked, got {self.loss_impl!r}")
+        require(self.weighting_scope in ("step", "micro_batch"),
+                f"train: 'weighting_scope' must be step or micro_batch, got {self.weighting_scope!r}")
 
 
 def config_fields(cls=TrainConfig):

@@ -30,13 +30,24 @@ class StepObjective(Protocol):
 
 
 class WeightedLoss:
-    """sum_i w_i * l_i over the step, with weights from a SampleReduction."""
+    """sum_i w_i * l_i over the step, with weights from a SampleReduction.
 
-    def __init__(self, reduction: SampleReduction):
-        self.reduction = reduction
+    `loss_impl` (auto, full, chunked) is how per-sample losses are computed (chunked_loss.py);
+    `scope` the weighting group (step: exact; micro_batch: each micro-batch, no extra forward).
+    """
+
+    def __init__(self, reduction: SampleReduction, loss_impl: str = "auto", scope: str = "step"):
+        self.reduction, self.loss_impl, self.scope = reduction, loss_impl, scope
+
+    @classmethod
+    def from_config(cls, config) -> "WeightedLoss":
+        from mixweight.train.reductions import reduction_from_config
+
+        return cls(reduction_from_config(config), config.loss_impl, config.weighting_scope)
 
     def compute_gradients(self, model, micro_batches, step, world, autocast, lr) -> StepResult:
-        return accumulate_gradients(model, micro_batches, self.reduction, step, world, autocast)
+        return accumulate_gradients(model, micro_batches, self.reduction, step, world, autocast,
+                                    self.loss_impl, self.scope)
 
     def state_dict(self) -> dict:
         getter = getattr(self.reduction, "state_dict", None)

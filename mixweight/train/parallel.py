@@ -5,6 +5,12 @@ gradients and optimizer state, for models that do not fit one device. Both avera
 gradients over processes, which is what the step's world-size scaling assumes.
 Checkpoints are always full (unsharded) state written by the main process, so a
 checkpoint loads anywhere: one process, DDP or FSDP, with any process count.
+
+With `compile`, the wrapped model is compiled in place (`module.compile()`, after DDP or
+fully_shard, as PyTorch documents for both: DDP's optimizer splits the graph at its bucket
+boundaries, FSDP2's hooks stay outside the compiled region). In place, not `torch.compile(model)`:
+the latter returns a new module whose state_dict keys carry an `_orig_mod.` prefix, which would
+leak into save_pretrained; `module.compile()` keeps the module, its keys and DDP's `no_sync`.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.distributed.fsdp import FSDPModule, fully_shard
 
+from mixweight.train.chunked_loss import install_token_loss_forward
 from mixweight.train.distributed import World
 
 FULL_ON_CPU = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -29,15 +36,18 @@ def _blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
     return list(max(lists, key=len)) if lists else []
 
 
-def wrap_model(model: torch.nn.Module, world: World, fsdp: bool) -> torch.nn.Module:
-    if not world.distributed:
-        return model
-    if fsdp:
+def wrap_model(model: torch.nn.Module, world: World, fsdp: bool, compile: bool = False) -> torch.nn.Module:
+    # The chunked-loss forward mode goes in before compiling, so the compiled forward is the final one.
+    install_token_loss_forward(model)
+    if world.distributed and fsdp:
         for block in _blocks(model):  # shard block by block, so only one block is gathered at a time
             fully_shard(block)
         fully_shard(model)
-        return model
-    return torch.nn.parallel.DistributedDataParallel(model)
+    elif world.distributed:
+        model = torch.nn.parallel.DistributedDataParallel(model)
+    if compile:
+        model.compile()
+    return model
 
 
 def is_sharded(model: torch.nn.Module) -> bool:

@@ -17,6 +17,17 @@ How accumulation stays exact:
   and weighted. Cost: one extra forward pass (about a third of a step). This assumes
   the forward is deterministic (no dropout: mixweight's model specs set it to 0).
 
+`weighting_scope="micro_batch"` trades exactness for that third: each micro-batch (on all
+processes) is its own weighting group, weighted from its own gathered losses, and the step's
+objective is the mean of the micro-batches' weighted losses, (1/M) sum_m sum_{i in m} w_i l_i.
+No extra forward. With one micro-batch both scopes are the same computation.
+
+Keeping all micro-batches' autograd graphs instead (forward all with grad, weight, one
+backward) would also be exact without the extra forward, but holds M micro-batches of
+activations: exactly the memory that accumulation exists to avoid, and one micro-batch of
+M x B samples (grad_accum 1) is then exact, as large and faster. benchmarks/RESULTS.md has
+the measurement; it is not offered.
+
 DDP averages gradients over processes, so each process scales its part of the
 objective by the world size to obtain the gradient of the global sum.
 """
@@ -29,18 +40,23 @@ from typing import Protocol
 
 import torch
 
+from mixweight.errors import MixweightError
+from mixweight.train.chunked_loss import lm_token_losses, sample_means
 from mixweight.train.distributed import World, all_gather_cat
-from mixweight.train.loss import per_sample_loss
 from mixweight.weighting import uniform_weights
+
+WEIGHTING_SCOPES = ("step", "micro_batch")
 
 
 class SampleReduction(Protocol):
     """Maps the per-sample losses of a whole step (global order) to weights summing to 1.
 
-    A reduction may also define ``sample_signal(input_ids, logits) -> Tensor[B, ...]``: a
-    per-sample statistic computed without gradient from each micro-batch's detached
-    logits (DoReMi's excess loss over a reference model, for example). The step gathers
-    it across processes like the losses and passes it to ``weights`` as ``signal``.
+    A reduction may also define ``sample_signal(input_ids, token_losses, mask) -> Tensor[B, ...]``:
+    a per-sample statistic computed without gradient from each micro-batch's detached per-token
+    losses [B, L-1] (fp32, 0 where ignored) and counted-token mask (DoReMi's excess loss over a
+    reference model, for example). It is called inside the step's autocast context, and gets
+    losses, never logits, so it works with either `loss_impl` (the chunked loss has no logits).
+    The step gathers it across processes like the losses and passes it to ``weights`` as ``signal``.
     """
 
     needs_whole_step: bool  # True when a sample's weight depends on the other samples' losses
@@ -81,20 +97,21 @@ class _SignalCollector:
         self.parts: list[torch.Tensor] = []
 
     @torch.no_grad()
-    def add(self, input_ids: torch.Tensor, logits: torch.Tensor) -> None:
-        self.parts.append(self.fn(input_ids, logits.detach()).float())
+    def add(self, input_ids: torch.Tensor, token_losses: torch.Tensor, mask: torch.Tensor) -> None:
+        self.parts.append(self.fn(input_ids, token_losses.detach(), mask).float())
 
     def gathered(self, world: World) -> torch.Tensor:
         return all_gather_cat(torch.cat(self.parts), world)
 
 
-def _forward_losses(model, batch: dict, autocast, signals: _SignalCollector | None = None) -> torch.Tensor:
-    """Per-sample losses of a micro-batch; records the reduction's sample signal when asked."""
+def _forward_losses(model, batch: dict, autocast, signals: _SignalCollector | None = None,
+                    loss_impl: str = "auto") -> torch.Tensor:
+    """Per-sample losses of a micro-batch (fp32); records the reduction's sample signal when asked."""
     with autocast or nullcontext():
-        logits = model(input_ids=batch["input_ids"]).logits
-    if signals is not None:
-        signals.add(batch["input_ids"], logits)
-    return per_sample_loss(logits, batch["input_ids"])
+        token_losses, mask = lm_token_losses(model, batch["input_ids"], loss_impl)
+        if signals is not None:
+            signals.add(batch["input_ids"], token_losses, mask)
+    return sample_means(token_losses, mask)
 
 
 def _weighted_backward(losses: torch.Tensor, weights: torch.Tensor, world: World) -> None:
@@ -111,9 +128,12 @@ def _sync_context(model, is_last: bool):
 
 
 def accumulate_gradients(
-    model, micro_batches: list[dict], reduction: SampleReduction, step: int, world: World, autocast=None
+    model, micro_batches: list[dict], reduction: SampleReduction, step: int, world: World, autocast=None,
+    loss_impl: str = "auto", scope: str = "step",
 ) -> StepResult:
     """Forward and backward every micro-batch of one step; gradients are left in `.grad`."""
+    if scope not in WEIGHTING_SCOPES:
+        raise MixweightError(f"train: 'weighting_scope' must be one of {', '.join(WEIGHTING_SCOPES)}, got {scope!r}")
     device = next(model.parameters()).device
     micro_batches = [{k: v.to(device) for k, v in mb.items()} for mb in micro_batches]
     local_domains = torch.cat([mb["domain"] for mb in micro_batches])
@@ -126,22 +146,43 @@ def accumulate_gradients(
     last = len(micro_batches) - 1
     signal_fn = getattr(reduction, "sample_signal", None)
     signals = _SignalCollector(signal_fn) if signal_fn is not None else None
+    if scope == "micro_batch" and signals is not None:  # its state (DoReMi's alpha) would update M times a step
+        raise MixweightError("train: weighting_scope micro_batch is for loss-based sample weights; a reduction "
+                             "with a sample signal (DoReMi) weights the whole step: use weighting_scope step")
 
-    def weigh(losses: torch.Tensor) -> torch.Tensor:
+    def forward(mb: dict, record: bool = True) -> torch.Tensor:
+        return _forward_losses(model, mb, autocast, signals if record else None, loss_impl)
+
+    def weigh(losses: torch.Tensor, group_domains: torch.Tensor = domains) -> torch.Tensor:
         signal = signals.gathered(world) if signals is not None else None
-        return reduction.weights(losses, domains, step, signal=signal)
+        return reduction.weights(losses, group_domains, step, signal=signal)
 
-    if reduction.needs_whole_step and len(micro_batches) > 1:
+    if reduction.needs_whole_step and len(micro_batches) > 1 and scope == "micro_batch":
+        # each micro-batch on all processes is a weighting group; the step averages the M groups
+        local_losses, local_weights = [], []
+        for i, mb in enumerate(micro_batches):
+            with _sync_context(model, i == last):
+                mb_losses = forward(mb)
+                group_losses = all_gather_cat(mb_losses.detach().float(), world)
+                group_weights = weigh(group_losses, all_gather_cat(mb["domain"], world))
+                n_mb = len(mb_losses)
+                my_weights = group_weights[world.rank * n_mb : (world.rank + 1) * n_mb] / len(micro_batches)
+                _weighted_backward(mb_losses, my_weights, world)
+            local_losses.append(mb_losses.detach().float())
+            local_weights.append(my_weights.detach().float())
+        losses = all_gather_cat(torch.cat(local_losses), world)  # the step's order: process-major
+        weights = all_gather_cat(torch.cat(local_weights), world)
+    elif reduction.needs_whole_step and len(micro_batches) > 1:
         with torch.no_grad():
-            local_losses = torch.cat([_forward_losses(model, mb, autocast, signals) for mb in micro_batches])
+            local_losses = torch.cat([forward(mb) for mb in micro_batches])
         losses = all_gather_cat(local_losses.float(), world)
         weights = weigh(losses)
         for i, mb in enumerate(micro_batches):
             with _sync_context(model, i == last):
-                _weighted_backward(_forward_losses(model, mb, autocast), weights[mine][offsets[i] : offsets[i + 1]], world)
+                _weighted_backward(forward(mb, record=False), weights[mine][offsets[i] : offsets[i + 1]], world)
     elif reduction.needs_whole_step:
         with _sync_context(model, True):
-            mb_losses = _forward_losses(model, micro_batches[0], autocast, signals)
+            mb_losses = forward(micro_batches[0])
             losses = all_gather_cat(mb_losses.detach().float(), world)
             weights = weigh(losses)
             _weighted_backward(mb_losses, weights[mine], world)
@@ -150,7 +191,7 @@ def accumulate_gradients(
         collected = []
         for i, mb in enumerate(micro_batches):
             with _sync_context(model, i == last):
-                mb_losses = _forward_losses(model, mb, autocast, signals)
+                mb_losses = forward(mb)
                 _weighted_backward(mb_losses, torch.full_like(mb_losses, 1.0 / n_global), world)
             collected.append(mb_losses.detach().float())
         losses = all_gather_cat(torch.cat(collected), world)

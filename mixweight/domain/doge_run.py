@@ -28,7 +28,7 @@ from mixweight.config import require
 from mixweight.data.manifest import load_manifest
 from mixweight.data.synthetic import resolve_corpus
 from mixweight.domain.artifact import DomainWeights, check_output_file, corpus_weights
-from mixweight.domain.doge import SCORES, DoGEObjective, published_defaults, replay, resolve_target
+from mixweight.domain.doge import IMPLS, SCORES, DoGEObjective, published_defaults, replay, resolve_target
 from mixweight.domain.health import format_warning, weight_warnings
 from mixweight.errors import MixweightError
 from mixweight.train import checkpoint as ckpt
@@ -39,7 +39,8 @@ from mixweight.train.loop import train
 from mixweight.train.model import load_spec
 
 # Keys that do not change the weights: left out of the config hash (and of the resume check).
-NOT_HASHED = {"out", "work_dir", "progress", "data"}
+# doge_impl: both forms compute the same gradients (to float rounding), so a run may resume with the other.
+NOT_HASHED = {"out", "work_dir", "progress", "data", "doge_impl"}
 PROXY_EVAL_BLOCKS = 16  # the proxy's final per-domain evaluation: informative only
 RENAMED_SCORE = "normalized-clipped"  # an earlier score that claimed to be the official code's form
 PROXY_GRAD_CLIP = 1.0  # the applied gradient's clip for score paper (every mixweight run's default)
@@ -74,6 +75,9 @@ class DoGEConfig:
     checkpoint_every: int = _f(100, "save a proxy checkpoint every N steps (a rerun resumes from the newest)")
     log_every: int = _f(10, "record the weights and scores in the trajectory (and metrics) every N steps")
     progress: bool = _f(True, "show a progress bar (only on a terminal)")
+    doge_impl: str = _f("ghost", "how the per-domain gradients are computed: ghost (one forward and one backward "
+                                 "per micro-batch, split by domain at every layer) or loop (one forward and "
+                                 "backward per domain); equal to float rounding")
 
     def validate(self) -> None:
         require(self.data is not None, "weights doge: --data is required (a corpus directory)")
@@ -90,6 +94,8 @@ class DoGEConfig:
                 "'reference' (the official code exactly), or 'reference' with max_grad_norm 0 for the old "
                 "unclipped gradients")
         require(self.score in SCORES, f"weights doge: 'score' must be one of {', '.join(SCORES)}, got {self.score!r}")
+        require(self.doge_impl in IMPLS,
+                f"weights doge: 'doge_impl' must be one of {', '.join(IMPLS)}, got {self.doge_impl!r}")
         require(self.lr > 0, f"weights doge: 'lr' must be > 0, got {self.lr}")
         require(0 <= self.final_lr <= self.lr,
                 f"weights doge: 'final_lr' must be in [0, lr={self.lr}], got {self.final_lr}")
@@ -173,7 +179,7 @@ def run_doge(config: DoGEConfig) -> DomainWeights:
 
     objective = DoGEObjective(manifest.domains, config.target, mu=config.mu, score=config.score,
                               max_grad_norm=config.max_grad_norm, log_every=config.log_every,
-                              total_steps=config.steps)
+                              total_steps=config.steps, impl=config.doge_impl)
     train(proxy_train_config(config, work_dir / "proxy"), objective=objective)
 
     # Every corpus domain is listed (held-out targets at weight 0), so `train --domain-weights` takes the file.

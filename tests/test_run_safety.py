@@ -246,6 +246,26 @@ def test_the_users_own_config_in_out_is_never_overwritten(synth_corpus, tiny_spe
     assert (exp / "config.yaml").read_text() == mine and sorted(p.name for p in exp.iterdir()) == ["config.yaml"]
 
 
+@pytest.mark.parametrize("name", ["metrics.jsonl", "eval.json"])
+def test_files_a_run_would_replace_in_a_directory_that_is_not_a_run_are_kept(synth_corpus, tiny_spec, tmp_path, capsys,
+                                                                           name):
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / name).write_text("my own numbers\n")
+    error = _refused(capsys, _train_args(synth_corpus, tiny_spec, out))
+    assert f"holds {name} but no config.yaml, so it is not a mixweight run directory" in error
+    assert (out / name).read_text() == "my own numbers\n" and sorted(p.name for p in out.iterdir()) == [name]
+
+
+def test_a_bad_metrics_line_before_the_last_is_one_error_line(run_copy, synth_corpus, tiny_spec, capsys):
+    path = run_copy / "metrics.jsonl"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([lines[0], "not json", *lines[1:]]) + "\n")
+    error = _refused(capsys, _train_args(synth_corpus, tiny_spec, run_copy, "--resume"))
+    assert "metrics.jsonl: line 2 is not a metrics record" in error
+    assert path.read_text().splitlines()[1] == "not json"  # left as it was for the user to look at
+
+
 @pytest.mark.parametrize("flag, value, message", [
     ("--domain-weights", "w.json", "weight of 'redundant' is -0.5"),
     ("--domain-weights", "nope.json", "domain weights 'nope.json'"),

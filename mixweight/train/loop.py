@@ -76,6 +76,7 @@ def _claim_run_dir(config: TrainConfig, inputs: dict, lock: rundir.RunLock) -> P
                     f"go back: pass --steps {step} or more (`mixweight eval {run_dir} --checkpoint step-N` "
                     "evaluates an earlier checkpoint)"
                 )
+            MetricsLog(run_dir / "metrics.jsonl", enabled=True).check()
     except BaseException:
         lock.release()
         raise

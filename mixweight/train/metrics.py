@@ -24,9 +24,17 @@ class MetricsLog:
         """A run starting at step 0: drop the records of an earlier start; returns how many there were."""
         if not self.enabled or not self.path.exists():
             return 0
-        dropped = len(self._records(tolerate_partial_end=True)[0])
+        try:
+            dropped = sum(1 for line in self.path.read_text(errors="replace").splitlines() if line.strip())
+        except OSError as exc:
+            raise MixweightError(f"{self.path}: cannot read ({exc})") from exc
         self._rewrite([])
         return dropped
+
+    def check(self) -> None:
+        """Read-only: refuse a damaged file before the run writes anything (a partial last line is fine)."""
+        if self.enabled and self.path.exists():
+            self._records(tolerate_partial_end=True)
 
     def truncate_after(self, step: int) -> str | None:
         """On resume, drop records past the checkpoint; returns a note when a partial last line was dropped.

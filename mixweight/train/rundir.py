@@ -28,6 +28,7 @@ from mixweight.yamlio import load_yaml
 CONFIG_NAME = "config.yaml"
 INPUTS_NAME = "inputs.json"
 LOCK_NAME = ".lock"
+RUN_FILES = ("metrics.jsonl", "eval.json", INPUTS_NAME)  # written after config.yaml, replaced by a new start
 CONFIG_MARKER = "# mixweight train: the resolved config of this run (rewritten by each start or --resume)"
 
 # Keys that may change when resuming: they do not alter the training trajectory. `out` changes when a
@@ -102,6 +103,14 @@ def check_out_dir(run_dir: Path, config) -> None:
     if config_path.is_file() and not config_path.read_bytes().strip():
         raise MixweightError(f"{config_path}: is empty (a write cut short?); restore the run's config.yaml, "
                              "or choose another --out")
+    if not config_path.exists() and not (run_dir / "checkpoints").is_dir():
+        # a run writes config.yaml before anything else, so these files without one were not written by a run
+        theirs = [name for name in RUN_FILES if (run_dir / name).exists()]
+        if theirs:
+            raise MixweightError(
+                f"{run_dir}: holds {', '.join(theirs)} but no {CONFIG_NAME}, so it is not a mixweight run directory; "
+                "a run would replace those files and never replaces a file it did not create: choose another --out"
+            )
     if config_path.exists() and not _written_by_mixweight(config_path, names):
         raise MixweightError(
             f"{config_path}: exists and was not written by mixweight train (e.g. your own --config); a run writes its "

@@ -118,7 +118,8 @@ def test_a_weights_file_edited_in_place_is_a_config_change(synth_corpus, tiny_sp
 def test_a_file_named_by_a_schedule_edited_in_place_is_a_config_change(synth_corpus, tiny_spec, tmp_path):
     weights, schedule = tmp_path / "w.json", tmp_path / "schedule.yaml"
     weights.write_text(_weights({d: 1 / 7 for d in DOMAINS}))
-    schedule.write_text(yaml.safe_dump([{"start_step": 0, "weights": "natural"}, {"start_step": 3, "weights": "w.json"}]))
+    phases = [{"start_step": 0, "weights": "natural"}, {"start_step": 3, "weights": "w.json"}]
+    schedule.write_text(yaml.safe_dump(phases))
     loop.train(_config(synth_corpus, tiny_spec, tmp_path / "run", domain_weights=str(schedule)))
     weights.write_text(_weights({d: (1.0 if d == "copy" else 0.0) for d in DOMAINS}))
     with pytest.raises(MixweightError, match=rf"domain_weights: the contents of {schedule} changed"):
@@ -241,7 +242,8 @@ def test_the_users_own_config_in_out_is_never_overwritten(synth_corpus, tiny_spe
     exp.mkdir()
     mine = "# my experiment\nsteps: 4\nbatch_size: 4\n"
     (exp / "config.yaml").write_text(mine)
-    error = _refused(capsys, ["train", "--config", str(exp / "config.yaml"), *_train_args(synth_corpus, tiny_spec, exp)[1:]])
+    argv = ["train", "--config", str(exp / "config.yaml"), *_train_args(synth_corpus, tiny_spec, exp)[1:]]
+    error = _refused(capsys, argv)
     assert "was not written by mixweight train" in error
     assert (exp / "config.yaml").read_text() == mine and sorted(p.name for p in exp.iterdir()) == ["config.yaml"]
 

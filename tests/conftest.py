@@ -41,3 +41,19 @@ def synth_corpus(tmp_path_factory) -> str:
 def shm_segments() -> set[str]:
     """Shared-memory segments in /dev/shm (mosaicml-streaming's live there)."""
     return set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+
+
+@pytest.fixture
+def cli_refuses(capsys):
+    """Run `mixweight ARGV` in process; it must exit 2 with exactly one `mixweight: error:` line, returned."""
+    from mixweight.cli import main
+
+    def run(argv: list[str]) -> str:
+        with pytest.raises(SystemExit) as exit_info:
+            main([str(a) for a in argv])
+        assert exit_info.value.code == 2
+        err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+        assert len(err) == 1 and err[0].startswith("mixweight: error: "), err
+        return err[0]
+
+    return run

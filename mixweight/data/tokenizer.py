@@ -77,7 +77,7 @@ def load_hf_tokenizer(path: str | Path) -> FastTokenizer:
     from transformers import AutoTokenizer
 
     try:
-        tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
     except Exception as exc:  # transformers raises OSError, ValueError, ... for unusable directories
         raise MixweightError(f"--tokenizer {path}: cannot load a Hugging Face tokenizer from it ({exc})") from exc
     if tok.eos_token_id is None:

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Optional
 
 import yaml
-from transformers import AutoModelForCausalLM
 
 import mixweight
 from mixweight.config import require
@@ -40,7 +39,7 @@ from mixweight.config import option as _f
 from mixweight.train.config import TrainConfig
 from mixweight.train.distributed import is_main_process
 from mixweight.train.loop import config_changes, train
-from mixweight.train.model import load_spec
+from mixweight.train.model import load_model, load_spec
 from mixweight.train.objective import WeightedLoss
 
 # Keys that do not change the weights: left out of the provenance's config hash.
@@ -163,7 +162,7 @@ def _load_reference(run_dir: Path):
     latest = ckpt.latest_checkpoint(run_dir)
     if latest is None:
         raise MixweightError(f"reference run {run_dir}: no checkpoint to load")
-    return AutoModelForCausalLM.from_pretrained(str(latest / "model"))
+    return load_model(latest / "model")  # checks config.json first: no custom code, safetensors only
 
 
 def _l1(a: list[float], b: list[float]) -> float:
@@ -189,6 +188,10 @@ def run_doremi(config: DoReMiConfig) -> DomainWeights:
     corpus = resolve_corpus(config.data, is_main_process())
     manifest = load_manifest(corpus)
     resolve_proportions(manifest, config.reference_weights)  # a bad weights file fails before any training
+    given_reference = None
+    if config.reference is not None:  # checked, and its model loaded, before anything is written
+        check_reference_run(config.reference, corpus, manifest)
+        given_reference = _load_reference(Path(config.reference))
     work = config.resolved_work_dir()
     if is_main_process():
         work.mkdir(parents=True, exist_ok=True)
@@ -200,13 +203,13 @@ def run_doremi(config: DoReMiConfig) -> DomainWeights:
     reduction = None
     for r in range(config.rounds):
         round_dir = work / f"round-{r}"
-        if r == 0 and config.reference is not None:
-            check_reference_run(config.reference, corpus, manifest)
-            reference_run = Path(config.reference)
+        if r == 0 and given_reference is not None:
+            reference_model = given_reference
         else:
             reference_run = round_dir / "reference"
             _train_or_reuse(_train_config(config, corpus, reference_run, reference_steps, weights_spec))
-        reduction = DoReMiReduction(_load_reference(reference_run), manifest.domains, config.eta, config.smoothing,
+            reference_model = _load_reference(reference_run)
+        reduction = DoReMiReduction(reference_model, manifest.domains, config.eta, config.smoothing,
                                     config.objective, config.log_every, total_steps=config.steps)
         proxy_run = round_dir / "proxy"
         _train_or_reuse(_train_config(config, corpus, proxy_run, config.steps, "uniform"), WeightedLoss(reduction))

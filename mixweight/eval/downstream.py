@@ -85,7 +85,7 @@ def _load_tokenizer(path: str | Path):
             tok.eos_token = BYTE_EOS
         return tok
     try:
-        return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        return AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
     except Exception as exc:  # OSError, ValueError, ... for unusable directories
         raise MixweightError(f"{path}: cannot load a Hugging Face tokenizer from it ({exc})") from exc
 

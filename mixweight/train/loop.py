@@ -32,7 +32,6 @@ from mixweight.train import rundir
 from mixweight.train.model import build_config, build_model, count_parameters, load_spec
 from mixweight.train.optim import build_optimizer, build_scheduler
 from mixweight.train.parallel import full_model_state, full_optimizer_state, grad_norm_value, wrap_model
-from mixweight.train.reductions import reduction_from_config
 from mixweight.train.rundir import RESUMABLE_CHANGES, config_changes  # noqa: F401 - used by DoReMi's reuse check
 from mixweight.train.objective import StepObjective, WeightedLoss
 from mixweight.train.step import StepResult
@@ -42,6 +41,9 @@ from mixweight.weighting import weight_stats
 HISTOGRAM_EDGES = np.array([0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0, 4.0, np.inf])
 
 def autocast_context(precision: str, device: torch.device):
+    """bf16 autocast (on a GPU, or on the CPU with precision bf16), else None. Matmuls run in bf16; the
+    logits are cast to fp32 before log-softmax (train/loss.py, train/chunked_loss.py), so per-sample
+    losses, their sums and the sample weights are fp32 whatever the precision."""
     use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
     return torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else None
 
@@ -196,7 +198,7 @@ def train(config: TrainConfig, objective: StepObjective | None = None) -> dict:
     world = init_world()
     lock = rundir.RunLock(config.out)  # held by the main process from the checks to the end of the run
     try:
-        return _train(config, objective or WeightedLoss(reduction_from_config(config)), world, lock)
+        return _train(config, objective or WeightedLoss.from_config(config), world, lock)
     finally:
         lock.release()
         close_world(world)
@@ -218,7 +220,7 @@ def _train(config: TrainConfig, objective: StepObjective, world: World, lock: ru
     if resume_from is not None:
         _load_model_weights(model, resume_from)
     hf_model = model
-    model = wrap_model(model, world, config.fsdp)
+    model = wrap_model(model, world, config.fsdp, config.compile)
     optimizer = build_optimizer(model, config)  # after wrapping: FSDP replaces the parameters
     scheduler = build_scheduler(optimizer, config)
     global_micro = config.batch_size * world.size

@@ -127,6 +127,9 @@ def test_a_different_corpus_at_the_url_is_never_replaced(remote, capsys):
 def test_unsupported_scheme_is_one_line(capsys, tmp_path):
     line = one_line_error(capsys, ["train", "--data", "http://example.com/corpus", "--out", str(tmp_path / "r")])
     assert "http://example.com/corpus" in line and "'http://'" in line and "s3://" in line
+    line = one_line_error(capsys, ["train", "--data", "file://corpus", "--out", str(tmp_path / "r")])
+    assert "file://corpus" in line and "absolute path" in line
+    assert not (tmp_path / "r").exists()
 
 
 # --- reading ---------------------------------------------------------------------------------------
@@ -272,3 +275,28 @@ def test_s3_missing_bucket_is_one_line(s3, tmp_path, capsys):
         from mixweight.data.synthetic import resolve_corpus
 
         resolve_corpus("s3://no-such-bucket/corpus")
+
+
+def test_pipeline_path_form_takes_a_url_and_so_do_doremi_and_doge(remote, tiny_spec, tmp_path, cache):
+    import yaml
+
+    from mixweight.pipeline import load_pipeline_config, run_pipeline
+
+    short = {"lr": 3e-3, "final_lr": 3e-4, "warmup_steps": 1, "batch_size": 4, "progress": False, "log_every": 1}
+    config = {
+        "data": {"path": remote},
+        "train": {"model": tiny_spec, "steps": 2, "batch_size": 4, "warmup_steps": 1, "eval_every": 0,
+                  "eval_blocks": 4, "checkpoint_every": 100},
+        "doremi": {"proxy": tiny_spec, "steps": 2, "reference_steps": 2, **short},
+        "doge": {"proxy": tiny_spec, "steps": 2, **short},
+        "arms": {"doremi": {"domain_weights": "doremi"}, "doge": {"domain_weights": "doge"}},
+        "seeds": [0], "progress": False,
+    }
+    (tmp_path / "pipeline.yaml").write_text(yaml.safe_dump(config))
+    out = tmp_path / "out"
+    run_pipeline(load_pipeline_config(tmp_path / "pipeline.yaml"), out)
+    for method in ("doremi", "doge"):
+        weights = json.loads((out / "weights" / method / "domain_weights.json").read_text())
+        assert len(weights["domains"]) == 7
+        assert (out / "runs" / f"{method}-seed0" / "eval.json").is_file()
+    assert len(list(cache.rglob(MARKER))) == 1  # one cache copy served every stage

@@ -300,3 +300,12 @@ def test_pipeline_path_form_takes_a_url_and_so_do_doremi_and_doge(remote, tiny_s
         assert len(weights["domains"]) == 7
         assert (out / "runs" / f"{method}-seed0" / "eval.json").is_file()
     assert len(list(cache.rglob(MARKER))) == 1  # one cache copy served every stage
+
+
+def test_a_damaged_cache_copy_says_to_delete_it(remote, tmp_path, cache, capsys):
+    from mixweight.data.synthetic import resolve_corpus
+
+    copy = Path(resolve_corpus(remote))
+    next(copy.glob("val/noise/shard.*.mds")).write_bytes(b"truncated")
+    line = one_line_error(capsys, ["train", "--data", remote, "--out", str(tmp_path / "run")])
+    assert "truncated or corrupted" in line and remote in line and f"delete {copy} to fetch it again" in line

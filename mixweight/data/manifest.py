@@ -157,6 +157,18 @@ def load_manifest(corpus_dir: str | Path) -> Manifest:
         raise MixweightError(f"{path}: not valid JSON ({exc}); re-create the corpus") from exc
     manifest = Manifest.from_json(raw, where=str(path))
     remote = remote_of(corpus_dir)  # a cache copy of a remote corpus: training shards arrive on demand
+    try:
+        _check_streams(corpus_dir, path, manifest, lazily=remote is not None)
+    except MixweightError as exc:
+        if remote is None:
+            raise
+        raise MixweightError(f"{exc} (in the local cache copy of {remote}; if that copy was damaged, delete "
+                             f"{corpus_dir} to fetch it again)") from None
+    return manifest
+
+
+def _check_streams(corpus_dir: Path, path: Path, manifest: Manifest, lazily: bool) -> None:
+    """Every stream is there and holds what the manifest says (training shards may be pending with `lazily`)."""
     for split in SPLITS:
         for domain in manifest.domains:
             stream = manifest.stream_dir(corpus_dir, split, domain)
@@ -166,8 +178,7 @@ def load_manifest(corpus_dir: str | Path) -> Manifest:
                     f"{where} should be an MDS stream at {stream}, but {stream / 'index.json'} is missing; "
                     "re-create the corpus"
                 )
-            lazily = remote is not None and split == "train"
-            samples = verify_stream(stream, where, manifest.seq_len, fetched_lazily=lazily)
+            samples = verify_stream(stream, where, manifest.seq_len, fetched_lazily=lazily and split == "train")
             if split == "train" and samples == 0:
                 raise MixweightError(f"{where} is empty: no training blocks; drop the domain or add data")
             if split == "val" and samples == 0:
@@ -177,4 +188,3 @@ def load_manifest(corpus_dir: str | Path) -> Manifest:
             if samples != manifest.splits[split][domain].blocks:
                 raise MixweightError(f"{where}: the stream holds {samples} blocks, the manifest says "
                                      f"{manifest.splits[split][domain].blocks}; re-create the corpus")
-    return manifest

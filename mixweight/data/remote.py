@@ -182,7 +182,9 @@ def fetch_corpus(url: str) -> Path:
             raise MixweightError(f"{join(url, MANIFEST_NAME)}: not valid JSON ({exc}); re-create the corpus") from exc
         manifest = Manifest.from_json(raw, where=join(url, MANIFEST_NAME))  # checks the stream paths stay inside
         local.mkdir(parents=True, exist_ok=True)
-        (local / MARKER).write_text(json.dumps({"url": url}) + "\n", encoding="utf-8")
+        marker_tmp = local / f".{MARKER}.{uuid.uuid4().hex}.tmp"  # atomic: other processes may be reading it
+        marker_tmp.write_text(json.dumps({"url": url}) + "\n", encoding="utf-8")
+        os.replace(marker_tmp, local / MARKER)
         for split in SPLITS:
             for domain in manifest.domains:
                 rel = manifest.splits[split][domain].path

@@ -22,6 +22,7 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Union
 
 import mixweight
 from mixweight.config import require
@@ -40,7 +41,7 @@ from mixweight.train.model import load_spec
 
 # Keys that do not change the weights: left out of the config hash (and of the resume check).
 # doge_impl: both forms compute the same gradients (to float rounding), so a run may resume with the other.
-NOT_HASHED = {"out", "work_dir", "progress", "data", "doge_impl"}
+NOT_HASHED = {"out", "work_dir", "progress", "data", "doge_impl", "report_to"}  # report_to: a view of the metrics
 PROXY_EVAL_BLOCKS = 16  # the proxy's final per-domain evaluation: informative only
 RENAMED_SCORE = "normalized-clipped"  # an earlier score that claimed to be the official code's form
 PROXY_GRAD_CLIP = 1.0  # the applied gradient's clip for score paper (every mixweight run's default)
@@ -78,8 +79,13 @@ class DoGEConfig:
     doge_impl: str = _f("ghost", "how the per-domain gradients are computed: ghost (one forward and one backward "
                                  "per micro-batch, split by domain at every layer) or loop (one forward and "
                                  "backward per domain); equal to float rounding")
+    report_to: Union[list[str], str] = _f("none", "mirror the proxy run's metrics to experiment trackers: "
+                                          "tensorboard, wandb, mlflow (comma-separated), or none")
 
     def validate(self) -> None:
+        from mixweight.tracking import check_report_to, parse_report_to
+
+        check_report_to(parse_report_to(self.report_to), "weights doge")
         require(self.data is not None, "weights doge: --data is required (a corpus directory)")
         require(self.out is not None, "weights doge: --out is required (the weights file to write)")
         for name in ("steps", "batch_size", "grad_accum", "checkpoint_every", "log_every"):
@@ -161,7 +167,7 @@ def proxy_train_config(config: DoGEConfig, run_dir: Path) -> TrainConfig:
         grad_accum=config.grad_accum, lr=config.lr, final_lr=config.final_lr, warmup_steps=config.warmup_steps,
         seed=config.seed, domain_weights="uniform", eval_every=0, eval_blocks=PROXY_EVAL_BLOCKS,
         checkpoint_every=config.checkpoint_every, log_every=config.log_every, progress=config.progress,
-        grad_clip=grad_clip, resume=ckpt.latest_checkpoint(run_dir) is not None,
+        grad_clip=grad_clip, resume=ckpt.latest_checkpoint(run_dir) is not None, report_to=config.report_to,
     )
 
 

@@ -21,7 +21,7 @@ import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 import yaml
 
@@ -43,7 +43,7 @@ from mixweight.train.model import load_model, load_spec
 from mixweight.train.objective import WeightedLoss
 
 # Keys that do not change the weights: left out of the provenance's config hash.
-UNHASHED = ("out", "work_dir", "progress", "data")
+UNHASHED = ("out", "work_dir", "progress", "data", "report_to")
 
 
 @dataclass
@@ -69,8 +69,13 @@ class DoReMiConfig:
     log_every: int = _f(10, "record the domain weights in the trajectory and metrics every N steps")
     checkpoint_every: int = _f(100, "save reference and proxy checkpoints every N steps (for resuming)")
     progress: bool = _f(True, "show progress bars (only on a terminal)")
+    report_to: Union[list[str], str] = _f("none", "mirror the reference and proxy runs' metrics to experiment "
+                                          "trackers: tensorboard, wandb, mlflow (comma-separated), or none")
 
     def validate(self) -> None:
+        from mixweight.tracking import check_report_to, parse_report_to
+
+        check_report_to(parse_report_to(self.report_to), "weights doremi")
         require(self.data is not None, "weights doremi: --data is required (a corpus directory)")
         require(self.out is not None, "weights doremi: --out is required (the weights JSON file to write)")
         for name in ("steps", "rounds", "batch_size", "grad_accum", "log_every", "checkpoint_every"):
@@ -109,7 +114,7 @@ def _train_config(config: DoReMiConfig, corpus: str, out: Path, steps: int, doma
         data=corpus, out=str(out), model=config.proxy, steps=steps, batch_size=config.batch_size,
         grad_accum=config.grad_accum, lr=config.lr, final_lr=config.final_lr, warmup_steps=config.warmup_steps,
         seed=config.seed, domain_weights=domain_weights, eval_every=0, checkpoint_every=config.checkpoint_every,
-        log_every=config.log_every, progress=config.progress,
+        log_every=config.log_every, progress=config.progress, report_to=config.report_to,
     )
     train_config.validate()
     return train_config

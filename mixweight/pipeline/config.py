@@ -6,7 +6,8 @@
                                                         `mixweight data prepare` of INPUT (JSONL, Parquet, ...)
                {path: DIR}                              an existing corpus directory (also {path: {dir: DIR}})
                                                         or corpus URL (s3://, gs://, ..., file:///DIR)
-    train:   TrainConfig keys shared by every arm (model, steps, batch_size, lr, ...)
+    train:   TrainConfig keys shared by every arm (model, steps, batch_size, lr, ...); its report_to
+             (experiment trackers) also reaches the DoReMi and DoGE proxies unless their section sets one
     doremi:  DoReMiConfig keys (proxy, steps, eta, ...), or null to skip DoReMi
     doge:    DoGEConfig keys (proxy, steps, mu, ...), or null to skip DoGE
     arms:    {name: TrainConfig overrides}; domain_weights may name a method: doremi | doge.
@@ -49,6 +50,9 @@ DEFAULT_ARMS = {
 }
 # Keys each stage gets from the pipeline itself, never from the YAML.
 OWNED_BY_PIPELINE = {"data", "out", "work_dir", "resume"}
+# Keys that change no result (display, where metrics are mirrored): left out of stage keys, so changing
+# them reruns nothing.
+NOT_IN_STAGE_KEY = {"progress", "report_to"}
 
 
 # The data forms. A key left out (None) takes the command's own default (`mixweight data synth` /

@@ -34,7 +34,7 @@ from mixweight.data.manifest import load_manifest
 from mixweight.domain.doge_run import DoGEConfig, check_targets, run_doge
 from mixweight.domain.doremi_run import DoReMiConfig, run_doremi
 from mixweight.errors import MixweightError
-from mixweight.pipeline.config import METHODS, PipelineConfig, arm_values, data_form, stage_config
+from mixweight.pipeline.config import METHODS, NOT_IN_STAGE_KEY, PipelineConfig, arm_values, data_form, stage_config
 from mixweight.pipeline.inputs import input_fingerprints, manifest_sha256
 from mixweight.pipeline.stages import CHANGED, DONE, EXTEND, Stage, stage_key
 from mixweight.train.config import TrainConfig
@@ -79,13 +79,14 @@ def _data_stage(config: PipelineConfig, out: Path) -> tuple[Stage, str]:
     return Stage("data", corpus, values, {}, 0, make), form.dir if kind == "path" else str(corpus / "data")
 
 
-def _method_stage(method: str, section: dict, corpus: str, data_key: str, out: Path, progress: bool) -> Stage:
+def _method_stage(method: str, section: dict, corpus: str, data_key: str, out: Path, progress: bool,
+                  report_to="none") -> Stage:
     directory = out / "weights" / method
     cls, runner = (DoReMiConfig, run_doremi) if method == "doremi" else (DoGEConfig, run_doge)
-    stage_cfg = stage_config(cls, {"progress": progress, **section}, f"pipeline '{method}'", data=corpus,
-                             out=str(directory / WEIGHTS_FILE), work_dir=str(directory / "work"))
+    stage_cfg = stage_config(cls, {"progress": progress, "report_to": report_to, **section}, f"pipeline '{method}'",
+                             data=corpus, out=str(directory / WEIGHTS_FILE), work_dir=str(directory / "work"))
     steps = stage_cfg.steps * (2 * getattr(stage_cfg, "rounds", 1) if method == "doremi" else 3)
-    key_section = {k: v for k, v in section.items() if k != "progress"}
+    key_section = {k: v for k, v in section.items() if k not in NOT_IN_STAGE_KEY}
     return Stage(f"weights {method}", directory, key_section, {"data": data_key}, steps, lambda: runner(stage_cfg))
 
 
@@ -120,7 +121,7 @@ def _arm_stage(config: PipelineConfig, name: str, seed: int, corpus: str, upstre
         train(dataclasses.replace(train_cfg, resume=resume))
 
     # progress is display only: it must not rerun a stage; steps always recorded, to tell "more steps" from "fewer"
-    key_values = {**{k: v for k, v in values.items() if k != "progress"}, "steps": train_cfg.steps}
+    key_values = {**{k: v for k, v in values.items() if k not in NOT_IN_STAGE_KEY}, "steps": train_cfg.steps}
     return Stage(f"arm {name} (seed {seed})", directory, key_values, inputs, train_cfg.steps, run,
                  resumable=_arm_can_continue)
 
@@ -158,7 +159,8 @@ def build_stages(config: PipelineConfig, out: Path) -> tuple[list[Stage], dict[s
         section = getattr(config, method)
         uses = any(arm_values(config, arm).get("domain_weights") == method for arm in config.arms)
         if section is not None and uses:
-            stage = _method_stage(method, section, corpus, data.key, out, config.progress)
+            stage = _method_stage(method, section, corpus, data.key, out, config.progress,
+                                  config.train.get("report_to", "none"))  # the arms' trackers, unless set
             stages.append(stage)
             keys[method] = stage.key
     lm_eval = config.lm_eval()

@@ -43,6 +43,7 @@ def _arm_info(arm: Arm) -> dict:
         "model": _distinct(_model_name(c.get("model")) for c in configs),
         "domain_weights": _distinct(c.get("domain_weights") for c in configs),
         "sample_weighting": _distinct(_weighting(c) for c in configs),
+        "trackers": {str(r.path): r.trackers for r in arm.runs if r.trackers},
     }
 
 
@@ -186,6 +187,10 @@ def render_markdown(report: dict, figs: dict[str, str], trajectories: dict[str, 
                   "Few-shot accuracy of each arm's final checkpoint per task (mean ± std over seeds), as in the "
                   "LinUpper paper's Tables 2 and 3. Higher is better; the best value of each column is in **bold**.",
                   tables.downstream_table(report["downstream"])]
+    links = [f"- `{run}`: " + "; ".join(f"{name} {where}" for name, where in trackers.items())
+             for arm in arms.values() for run, trackers in arm.get("trackers", {}).items()]
+    if links:
+        parts += ["## Experiment trackers", "Where each run's metrics were mirrored (`report_to`).", "\n".join(links)]
     parts += ["## Validation curves",
               "Validation loss per domain and the uniform average during training, a line per arm "
               "(band: ± std over seeds).",

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mixweight.data.manifest import MANIFEST_NAME, Manifest
 from mixweight.data.synthetic import SYNTHETIC_ALIAS, default_corpus_dir
 from mixweight.errors import MixweightError
+from mixweight.tracking import tracker_links
 from mixweight.yamlio import load_yaml
 
 
@@ -26,6 +27,7 @@ class Run:
     records: list[dict]  # metrics.jsonl, one record per step (last one wins on duplicates)
     manifest: Manifest | None  # None when the corpus is not on this machine
     corpus: str | None
+    trackers: dict[str, str] = field(default_factory=dict)  # tracker -> its run (trackers.json), for links
 
     @property
     def seed(self):
@@ -94,7 +96,8 @@ def load_run(path: str | Path) -> Run:
     if not isinstance(final.get("domains"), dict) or not final["domains"]:
         raise MixweightError(f"{path / 'eval.json'}: no per-domain results ('domains'); re-run `mixweight eval {path}`")
     corpus = config.get("data")
-    return Run(path, config, final, _read_records(path / "metrics.jsonl"), _read_manifest(corpus), corpus)
+    return Run(path, config, final, _read_records(path / "metrics.jsonl"), _read_manifest(corpus), corpus,
+               tracker_links(path))
 
 
 def group_arms(runs, labels=None) -> list[Arm]:

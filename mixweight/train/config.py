@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Optional
+from typing import Optional, Union
 
 from mixweight.config import option as _f, require
 
@@ -52,9 +52,20 @@ class TrainConfig:
     weighting_scope: str = _f("step", "the group sample weights are normalized over: step (all micro-batches on all processes, exact; with grad_accum > 1 one extra no-grad forward) or micro_batch (each micro-batch on all processes, no extra cost)")
     resume: bool = _f(False, "continue from the newest checkpoint in --out")
     progress: bool = _f(True, "show a progress bar (only on a terminal)")
+    report_to: Union[list[str], str] = _f("none", "mirror every metrics record to experiment trackers: a "
+                                          "comma-separated list of tensorboard, wandb, mlflow (YAML: a list), or "
+                                          "none; needs the tracking extra (pip install 'mixweight[tracking]')")
+
+    def __post_init__(self) -> None:
+        from mixweight.tracking import parse_report_to
+
+        self.report_to = parse_report_to(self.report_to)  # one form in config.yaml: a list of names
 
     def validate(self) -> None:
+        from mixweight.tracking import check_report_to
         from mixweight.weighting import RSchedule
+
+        check_report_to(self.report_to, "train")
 
         RSchedule(kind=self.r_schedule, r=self.r, r_start=self.r_start, warmup_steps=self.r_warmup_steps)
         require(self.data is not None, "train: --data is required (a corpus directory)")

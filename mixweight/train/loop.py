@@ -27,6 +27,7 @@ from mixweight.sampling.schedule import resolve_schedule
 from mixweight.train import checkpoint as ckpt
 from mixweight.train.config import TrainConfig
 from mixweight.train.distributed import World, barrier, broadcast_object, close_world, init_world
+from mixweight.tracking import open_trackers
 from mixweight.train.metrics import MetricsLog
 from mixweight.train import rundir
 from mixweight.train.model import build_config, build_model, count_parameters, load_spec
@@ -101,7 +102,8 @@ def _prepare_run_dir(config: TrainConfig, world: World, inputs: dict, lock: rund
 
 
 def _record_run(config: TrainConfig, inputs: dict, metrics: MetricsLog, start_step: int) -> None:
-    """Main process, once every check and load has passed: the run's files, and its metrics made consistent."""
+    """Main process, once every check and load has passed: the run's files, its metrics made consistent,
+    and the trackers that mirror them opened (continuing the tracker runs of a resumed run)."""
     run_dir = Path(config.out)
     rundir.write_run_files(run_dir, config, inputs)
     if start_step == 0:
@@ -113,6 +115,7 @@ def _record_run(config: TrainConfig, inputs: dict, metrics: MetricsLog, start_st
         note = metrics.truncate_after(start_step)
         if note:
             print(f"mixweight train: {note}", flush=True)
+    metrics.mirror = open_trackers(config, run_dir, start_step)
 
 
 def _load_model_weights(model, checkpoint: Path) -> None:
@@ -226,9 +229,8 @@ def _train(config: TrainConfig, objective: StepObjective, world: World, lock: ru
     global_micro = config.batch_size * world.size
     epoch_size = max(sum(s.blocks for s in manifest.splits["train"].values()) // global_micro, 1) * global_micro
     loader = DomainMixture(corpus, manifest, phases, epoch_size, config.batch_size, config.seed, world, config.batching)
+    metrics = MetricsLog(run_dir / "metrics.jsonl", enabled=world.is_main)
     try:
-        metrics = MetricsLog(run_dir / "metrics.jsonl", enabled=world.is_main)
-
         start_step, skipped = 0, 0
         if resume_from is not None:
             state = ckpt.read_resume_state(resume_from)
@@ -305,5 +307,6 @@ def _train(config: TrainConfig, objective: StepObjective, world: World, lock: ru
             write_json_atomic(run_dir / "eval.json", {"step": config.steps, **final})
         return final
     finally:
+        metrics.close()
         loader.close()
 

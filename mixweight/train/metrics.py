@@ -4,6 +4,9 @@ The file belongs to the run: a start without a checkpoint replaces it (a run kil
 first checkpoint is redone from step 0, and its records would otherwise appear twice), and a
 resume drops the records past the checkpoint (the resumed run writes them again). Rewrites go
 to a temporary name first, so a kill during one leaves the old file.
+
+`mirror` (mixweight.tracking.Trackers, set by the main process when `report_to` names trackers)
+gets every record written here, so the trackers see exactly what metrics.jsonl holds.
 """
 
 from __future__ import annotations
@@ -16,9 +19,16 @@ from mixweight.errors import MixweightError
 
 
 class MetricsLog:
-    def __init__(self, path: str | Path, enabled: bool):
+    def __init__(self, path: str | Path, enabled: bool, mirror=None):
         self.path = Path(path)
         self.enabled = enabled
+        self.mirror = mirror
+
+    def close(self) -> None:
+        """Close the trackers (a run that ended without its final evaluation is marked so there)."""
+        if self.mirror is not None:
+            self.mirror.close()
+            self.mirror = None
 
     def start_afresh(self) -> int:
         """A run starting at step 0: drop the records of an earlier start; returns how many there were."""
@@ -91,6 +101,8 @@ class MetricsLog:
                 f"{self.path}: cannot append step {record.get('step')} ({exc.strerror or exc}); free space and rerun "
                 "with --resume (a partial last line is dropped then)"
             ) from exc
+        if self.mirror is not None:
+            self.mirror.log_record(record)
 
     def read(self) -> list[dict]:
         if not self.path.exists():

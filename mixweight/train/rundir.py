@@ -34,7 +34,7 @@ CONFIG_MARKER = "# mixweight train: the resolved config of this run (rewritten b
 # Keys that may change when resuming: they do not alter the training trajectory. `out` changes when a
 # run directory is moved or copied, which is normal; `steps` may only grow (checked against the checkpoint).
 RESUMABLE_CHANGES = {"out", "resume", "progress", "steps", "eval_every", "eval_blocks", "eval_batch_size",
-                     "checkpoint_every", "keep_checkpoints", "log_every"}
+                     "checkpoint_every", "keep_checkpoints", "log_every", "report_to"}
 CONFIG_KEY_OF_INPUT = {"corpus": "data", "model": "model", "domain_weights": "domain_weights"}
 
 

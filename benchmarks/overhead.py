@@ -1,11 +1,15 @@
 """Cost of loss-based sample weighting per optimizer step, measured side by side.
 
 Times `accumulate_gradients` + optimizer step on the same model and the same fixed
-batches, alternating the arms so machine noise hits them alike:
-  - plain mean vs LinUpper with one micro-batch per step (the weighting itself:
-    a gather of N floats, min/max, a softmax);
-  - plain mean vs LinUpper with gradient accumulation (the exact scheme's extra
-    no-grad forward over the step's micro-batches).
+batches (16 sequences per step), alternating the arms so machine noise hits them alike,
+at 1, 2 and 4 micro-batches per step:
+  - mean: the plain mean loss (the baseline of each micro-batch count);
+  - linupper, scope step: exact over the whole step (with several micro-batches, an extra
+    no-grad forward over the step's micro-batches);
+  - linupper, scope micro_batch: each micro-batch weighted on its own, no extra forward;
+  - linupper, step_retain (measured here only, not offered by the trainer): exact, forward
+    every micro-batch with gradients and keep the graphs, weight, one backward. It holds all
+    micro-batches' activations, like one micro-batch of 16 (the 1 micro-batch arms).
 
     python benchmarks/overhead.py [--model gpt2-tiny] [--batch-size 16] [--seq-len 128] [--steps 30] [--repeats 5]
 """
@@ -13,6 +17,7 @@ batches, alternating the arms so machine noise hits them alike:
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -27,15 +32,26 @@ from mixweight.train.distributed import World
 from mixweight.train.model import build_model
 from mixweight.train.optim import build_optimizer
 from mixweight.train.reductions import reduction_from_config
-from mixweight.train.step import accumulate_gradients
+from mixweight.train.step import _forward_losses, accumulate_gradients
 
 
-def time_steps(model, optimizer, batches, reduction, grad_accum: int) -> float:
+def step_retain(model, micro_batches, reduction, step: int) -> None:
+    """Exact whole-step weights without the extra forward: all graphs kept, one backward."""
+    losses = torch.cat([_forward_losses(model, mb, None) for mb in micro_batches])
+    domains = torch.cat([mb["domain"] for mb in micro_batches])
+    weights = reduction.weights(losses.detach(), domains, step)
+    (weights * losses).sum().backward()
+
+
+def time_steps(model, optimizer, batches, reduction, grad_accum: int, scope: str) -> float:
     """Median seconds per optimizer step over `batches` (each step takes grad_accum micro-batches)."""
     times = []
     for start in range(0, len(batches) - grad_accum + 1, grad_accum):
         began = time.perf_counter()
-        accumulate_gradients(model, batches[start : start + grad_accum], reduction, start, World())
+        if scope == "step_retain":
+            step_retain(model, batches[start : start + grad_accum], reduction, start)
+        else:
+            accumulate_gradients(model, batches[start : start + grad_accum], reduction, start, World(), scope=scope)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -60,30 +76,34 @@ def main() -> None:
     generator = torch.Generator().manual_seed(0)
     order = torch.randperm(len(blocks), generator=generator)
     n = args.batch_size
-    batches = [{"input_ids": blocks[order[i * n : (i + 1) * n]], "domain": torch.zeros(n, dtype=torch.long)}
-               for i in range(args.steps * 2)]
-    half = [{k: v[: n // 2] for k, v in b.items()} for b in batches] + [{k: v[n // 2 :] for k, v in b.items()} for b in batches]
-    arms = {
-        "mean, 1 micro-batch": ("none", batches[: args.steps], 1),
-        "linupper, 1 micro-batch": ("linupper", batches[: args.steps], 1),
-        "mean, 2 micro-batches": ("none", half[: 2 * args.steps], 2),
-        "linupper, 2 micro-batches (exact)": ("linupper", half[: 2 * args.steps], 2),
-    }
+    steps = [{"input_ids": blocks[order[i * n : (i + 1) * n]], "domain": torch.zeros(n, dtype=torch.long)}
+             for i in range(args.steps)]
+
+    def micro(m: int) -> list[dict]:  # the same samples per step, cut into m micro-batches
+        return [{k: v[j * n // m : (j + 1) * n // m] for k, v in b.items()} for b in steps for j in range(m)]
+
+    arms = {}
+    for m in (1, 2, 4):
+        arms[f"mean, {m} mb"] = ("none", micro(m), m, "step")
+        arms[f"linupper step, {m} mb"] = ("linupper", micro(m), m, "step")
+        if m > 1:
+            arms[f"linupper micro_batch, {m} mb"] = ("linupper", micro(m), m, "micro_batch")
+            arms[f"linupper step_retain, {m} mb"] = ("linupper", micro(m), m, "step_retain")
     results: dict[str, list[float]] = {name: [] for name in arms}
     for _ in range(args.repeats):
-        for name, (weighting, arm_batches, accum) in arms.items():
+        for name, (weighting, arm_batches, accum, scope) in arms.items():
             config = TrainConfig(data=".", out=".", sample_weighting=weighting)
             model = build_model(args.model, manifest, seed=0)
             results[name].append(time_steps(model, build_optimizer(model, config), arm_batches,
-                                            reduction_from_config(config), accum))
+                                            reduction_from_config(config), accum, scope))
     median = {name: statistics.median(times) for name, times in results.items()}
-    print(f"model {args.model}, {n} sequences x {args.seq_len} tokens per step, torch threads {torch.get_num_threads()}")
-    print(f"{'arm':38s} {'ms/step':>9s}")
+    print(f"model {args.model}, {n} sequences x {args.seq_len} tokens per step, torch threads "
+          f"{torch.get_num_threads()}, {args.repeats} repeats x {args.steps} steps, load {os.getloadavg()[0]:.1f}")
+    print(f"{'arm':34s} {'ms/step':>9s} {'x mean (same mb)':>17s} {'x one mb of 16':>15s}")
     for name, seconds in median.items():
-        print(f"{name:38s} {seconds * 1e3:9.1f}")
-    print(f"LinUpper overhead, 1 micro-batch:          {median['linupper, 1 micro-batch'] / median['mean, 1 micro-batch']:.3f}x")
-    print(f"LinUpper overhead, 2 micro-batches (exact): "
-          f"{median['linupper, 2 micro-batches (exact)'] / median['mean, 2 micro-batches']:.3f}x")
+        m = name.rsplit(", ", 1)[1]
+        print(f"{name:34s} {seconds * 1e3:9.1f} {seconds / median[f'mean, {m}']:17.3f} "
+              f"{seconds / median['linupper step, 1 mb']:15.3f}")
 
 
 if __name__ == "__main__":

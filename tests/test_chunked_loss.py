@@ -7,6 +7,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 import mixweight.train.chunked_loss as chunked_loss
 from mixweight.domain.doremi import DoReMiReduction
 from mixweight.errors import MixweightError
+from mixweight.train.config import TrainConfig
 from mixweight.train.chunked_loss import lm_token_losses, resolve_loss_impl, sample_means
 from mixweight.train.distributed import World
 from mixweight.train.loss import per_sample_loss, per_token_losses
@@ -144,6 +145,8 @@ def test_auto_chunks_large_vocabulary_times_length_only():
         lm_token_losses(NotHF(), torch.zeros(1, 4, dtype=torch.long), "chunked")
     with pytest.raises(MixweightError, match="'loss_impl' must be one of auto, full, chunked, got 'fast'"):
         resolve_loss_impl("fast", model, 4)
+    with pytest.raises(MixweightError, match="'loss_impl' must be auto, full or chunked, got 'fast'"):
+        TrainConfig(data=".", out=".", loss_impl="fast").validate()
 
 
 def test_the_chunked_forward_keeps_the_model_otherwise_unchanged():

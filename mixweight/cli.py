@@ -156,6 +156,12 @@ def cmd_compare(args) -> None:
     print(f"wrote {args.out}/report.md ({len(report['arms'])} arms, baseline {report['baseline']})")
 
 
+def cmd_doctor(args) -> None:
+    from mixweight.doctor import run_doctor
+
+    print(run_doctor(as_json=args.json))
+
+
 def build_parser() -> argparse.ArgumentParser:
     from mixweight.train.config import TrainConfig
 
@@ -269,6 +275,11 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--baseline", default=None, help="arm whose final loss is the target (default: uniform, else the first)")
     _add_cache_dir(compare)
     compare.set_defaults(func=cmd_compare)
+
+    doctor = commands.add_parser("doctor", help="versions, device, extras and stale shared memory: paste its output "
+                                                "into a bug report (reads only, changes nothing)")
+    doctor.add_argument("--json", action="store_true", help="print JSON instead of text (default: text)")
+    doctor.set_defaults(func=cmd_doctor)
     return parser
 
 

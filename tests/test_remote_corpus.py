@@ -309,3 +309,17 @@ def test_a_damaged_cache_copy_says_to_delete_it(remote, tmp_path, cache, capsys)
     next(copy.glob("val/noise/shard.*.mds")).write_bytes(b"truncated")
     line = one_line_error(capsys, ["train", "--data", remote, "--out", str(tmp_path / "run")])
     assert "truncated or corrupted" in line and remote in line and f"delete {copy} to fetch it again" in line
+
+
+def test_cache_dir_defaults_and_the_flag(tmp_path, monkeypatch):
+    from mixweight.data import remote as remote_module
+
+    monkeypatch.delenv(CACHE_DIR_ENV)
+    monkeypatch.setenv("MIXWEIGHT_CACHE", str(tmp_path / "mw"))
+    assert remote_module.cache_dir() == tmp_path / "mw" / "remote"
+    monkeypatch.delenv("MIXWEIGHT_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    if sys.platform.startswith("linux"):
+        assert remote_module.cache_dir() == tmp_path / "xdg" / "mixweight" / "remote"
+    remote_module.set_cache_dir(str(tmp_path / "flag"))  # what --cache-dir does, inherited by child processes
+    assert remote_module.cache_dir() == tmp_path / "flag" and os.environ[CACHE_DIR_ENV] == str(tmp_path / "flag")

@@ -304,7 +304,8 @@ def default_corpus_dir() -> Path:
     """Where `--data synthetic` keeps the default synthetic corpus (MIXWEIGHT_CACHE overrides)."""
     from mixweight.data.remote import platform_cache
 
-    return platform_cache() / "corpora" / f"synthetic-{synth_config_hash(0, 131_072, 128, max(8, 131_072 // 128 // 20))}"
+    digest = synth_config_hash(0, 131_072, 128, max(8, 131_072 // 128 // 20))
+    return platform_cache() / "corpora" / f"synthetic-{digest}"
 
 
 def resolve_corpus(data: str, is_main: bool = True) -> str:

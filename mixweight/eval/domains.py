@@ -18,7 +18,7 @@ from mixweight.data.remote import local_copy
 from mixweight.data.streams import read_stream
 from mixweight.errors import MixweightError
 from mixweight.train.distributed import World, all_reduce_sum
-from mixweight.train.loss import token_loss_sums
+from mixweight.train.chunked_loss import lm_token_losses
 
 
 def load_validation(corpus_dir: str | Path, manifest: Manifest, max_blocks: int) -> dict[str, torch.Tensor]:
@@ -43,7 +43,7 @@ def load_validation(corpus_dir: str | Path, manifest: Manifest, max_blocks: int)
 @torch.no_grad()
 def evaluate_domains(
     model: torch.nn.Module, val_sets: dict[str, torch.Tensor], batch_size: int, world: World = World(),
-    irreducible: dict[str, float | None] | None = None, autocast=None,
+    irreducible: dict[str, float | None] | None = None, autocast=None, loss_impl: str = "auto",
 ) -> dict:
     was_training = model.training
     model.eval()
@@ -62,9 +62,9 @@ def evaluate_domains(
         for start in range(0, per_process, batch_size):
             input_ids = mine[start : start + batch_size].to(device)
             keep = counted[start : start + batch_size].to(device)
-            with autocast or nullcontext():
-                logits = model(input_ids=input_ids).logits
-            sums, counts = token_loss_sums(logits, input_ids)
+            with autocast or nullcontext():  # chunked at large vocab x length: no [B, L, V] logits
+                token_losses, mask = lm_token_losses(model, input_ids, loss_impl)
+            sums, counts = token_losses.sum(dim=1), mask.sum(dim=1)
             totals += torch.stack([(sums.double() * keep).sum(), (counts.double() * keep).sum()])
         all_reduce_sum(totals, world)
         loss = (totals[0] / totals[1].clamp(min=1)).item()

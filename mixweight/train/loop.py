@@ -251,7 +251,8 @@ def _train(config: TrainConfig, objective: StepObjective, world: World, lock: ru
         tokens_per_step = global_micro * config.grad_accum * manifest.seq_len
 
         def evaluate(step: int) -> dict:
-            summary = evaluate_domains(model, val_sets, config.eval_batch_size, world, manifest.irreducible_loss, autocast)
+            summary = evaluate_domains(model, val_sets, config.eval_batch_size, world, manifest.irreducible_loss,
+                                       autocast, config.loss_impl)
             metrics.write({"step": step, "eval": summary})
             return summary
 

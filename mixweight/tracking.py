@@ -231,7 +231,7 @@ class WandbTracker:
             )
         except Exception as exc:  # noqa: BLE001 - no API key, no network, a bad project: wandb's own types
             raise MixweightError(f"report_to wandb: cannot start a W&B run ({first_line(exc)}); log in with "
-                                 "`wandb login`, or set WANDB_MODE=offline and `wandb sync` later") from exc
+                                 "'wandb login', or set WANDB_MODE=offline and 'wandb sync' later") from exc
         self.state = {"run_id": self.run.id, "project": project, "url": self.run.url}
 
     def log(self, step: int, scalars: dict[str, float], histograms: dict[str, Histogram]) -> None:

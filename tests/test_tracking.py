@@ -209,3 +209,35 @@ def test_mlflow_file_store_has_the_params_and_metrics(synth_corpus, tiny_spec, t
         assert [v for _, v in history] == pytest.approx([v for _, v in series], rel=1e-9, abs=1e-12), name
     bins = client.get_metric_history(run.info.run_id, "sample_weights/histogram_x_n/0-0.25")
     assert sorted(m.step for m in bins) == [2, 4, 6]
+
+
+def test_a_tracker_failing_mid_run_is_dropped_with_one_warning(tmp_path, capsys):
+    class Failing:
+        guarded = True
+
+        def log(self, step, scalars, histograms):
+            raise ConnectionError("server went away")
+
+        def close(self, finished):
+            raise AssertionError("a dropped tracker is not closed")
+
+    trackers = tracking.Trackers(tmp_path, {"mlflow": Failing()}, {}, final_step=2)
+    trackers.log_record({"step": 1, "loss": 2.0})
+    trackers.log_record({"step": 2, "loss": 1.0})
+    trackers.close()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["mixweight: warning: report_to mlflow: stopped mirroring at step 1 (server went away); "
+                   "metrics.jsonl has every record"]
+    assert json.loads((tmp_path / tracking.STATE_FILE).read_text())["mark"] == [2, 0]
+
+
+def test_wandb_that_cannot_start_is_one_line(tmp_path, monkeypatch):
+    wandb = pytest.importorskip("wandb", reason="wandb is in the tracking extra: pip install 'mixweight[tracking]'")
+
+    def no_key(**kwargs):
+        raise wandb.errors.UsageError("api_key not configured (no-tty). call wandb.login(key=[your_api_key])")
+
+    monkeypatch.setattr(wandb, "init", no_key)
+    with pytest.raises(MixweightError, match=r"^report_to wandb: cannot start a W&B run \(api_key not configured.*"
+                                             r"WANDB_MODE=offline"):
+        tracking.WandbTracker(tmp_path, {}, 0, {})

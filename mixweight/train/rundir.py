@@ -167,11 +167,12 @@ def input_hashes(config, corpus: str | Path, manifest, phases, spec: dict) -> di
 def current_inputs(config) -> dict:
     """input_hashes for `config`, resolving everything itself (for callers without a built run)."""
     from mixweight.data.manifest import load_manifest
-    from mixweight.data.synthetic import SYNTHETIC_ALIAS, default_corpus_dir
+    from mixweight.data.synthetic import resolve_corpus
     from mixweight.sampling.schedule import resolve_schedule
+    from mixweight.train.distributed import is_main_process
     from mixweight.train.model import load_spec
 
-    corpus = default_corpus_dir() if config.data == SYNTHETIC_ALIAS else Path(config.data)
+    corpus = resolve_corpus(config.data, is_main_process())  # the local copy train() reads (a URL's cache copy)
     manifest = load_manifest(corpus)
     phases = resolve_schedule(manifest, config.domain_weights, config.domain_weights_every)
     return input_hashes(config, corpus, manifest, phases, load_spec(config.model))

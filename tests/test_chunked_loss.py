@@ -181,3 +181,39 @@ def test_evaluation_gives_the_same_domain_losses_with_either_impl(synth_corpus, 
     for name, stats in full["domains"].items():
         assert chunked["domains"][name]["tokens"] == stats["tokens"] > 0
         assert chunked["domains"][name]["loss"] == pytest.approx(stats["loss"], rel=1e-6)
+
+
+@pytest.mark.distributed
+def test_chunked_loss_under_ddp_and_fsdp_trains_like_one_process(synth_corpus, tiny_spec, tmp_path):
+    """The chunked loss runs inside the wrapped model's forward: DDP's and FSDP's gradients are the global ones."""
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    script = str(Path(__file__).parent / "scripts" / "float64_mixweight.py")  # float64: see EXACT_ATOL
+
+    def run(out, batch, launcher=(), flags=()):
+        command = [sys.executable, *launcher, script, "train", "--data", synth_corpus, "--model", tiny_spec,
+                   "--out", str(tmp_path / out), "--steps", "3", "--batch-size", str(batch), "--lr", "3e-3",
+                   "--warmup-steps", "1", "--eval-every", "0", "--eval-blocks", "2", "--sample-weighting",
+                   "linupper", "--loss-impl", "chunked", "--no-progress", *flags]
+        done = subprocess.run(command, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return load_file(str(tmp_path / out / "checkpoints" / "step-3" / "model" / "model.safetensors"))
+
+    def torchrun():
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        return ["-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}"]
+
+    single = run("single", 8)
+    ddp = run("ddp", 4, torchrun())
+    fsdp = run("fsdp", 4, torchrun(), ["--fsdp"])
+    assert single.keys() == ddp.keys() == fsdp.keys()
+    for key in single:
+        torch.testing.assert_close(ddp[key], single[key], atol=1e-10, rtol=0, msg=key)
+        torch.testing.assert_close(fsdp[key], single[key], atol=1e-10, rtol=0, msg=key)

@@ -94,8 +94,11 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         hidden, weight, bias, labels = ctx.saved_tensors
         enabled, dtype = ctx.autocast
         grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
-        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
-        grad_bias = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device) if bias is not None else None
+        # summed over chunks in at least fp32 (fp64 for a float64 model: the chunks' sum is then as exact as
+        # one matmul's, whatever the chunking or the split of rows over processes)
+        accumulate = torch.promote_types(weight.dtype, torch.float32)
+        grad_weight = torch.zeros(weight.shape, dtype=accumulate, device=weight.device)
+        grad_bias = torch.zeros(weight.shape[0], dtype=accumulate, device=weight.device) if bias is not None else None
         counted = labels != IGNORE_INDEX
         scale = torch.where(counted, grad_losses.float(), torch.zeros_like(grad_losses, dtype=torch.float32))
         safe_labels = torch.where(counted, labels, torch.zeros_like(labels))
@@ -114,9 +117,9 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
                 del logits, probs
                 if grad_hidden is not None:
                     grad_hidden[start:end] = (grad_logits @ weight.to(compute_dtype)).to(hidden.dtype)
-                grad_weight += (grad_logits.t() @ chunk.to(compute_dtype)).float()
+                grad_weight += (grad_logits.t() @ chunk.to(compute_dtype)).to(accumulate)
                 if grad_bias is not None:
-                    grad_bias += grad_logits.float().sum(dim=0)
+                    grad_bias += grad_logits.to(accumulate).sum(dim=0)
         grad_weight = grad_weight.to(weight.dtype) if ctx.needs_input_grad[1] else None
         if grad_bias is not None:
             grad_bias = grad_bias.to(bias.dtype) if ctx.needs_input_grad[2] else None

@@ -8,7 +8,8 @@ recorded with its error and the others still run; the JSON is rewritten after ev
   synth          `mixweight data synth` at the check's seq_len, then the manifest's vocab_size widened to
                  --vocab (50257, GPT-2's): the token ids stay < 256, the model gets a 50257-row embedding
                  and output projection, so memory and FLOPs are those of the real model
-  mixweight      `mixweight train` (the CLI entry point, in the worker process), plain mean loss
+  mixweight      `mixweight train` (the CLI entry point, in the worker process), plain mean loss, the defaults
+                 otherwise (so loss_impl auto, which is chunked at V=50257 x L=512, where that option exists)
   transformers   `transformers.Trainer` on the same model spec, init, corpus blocks, batch, optimizer and
                  schedule (benchmarks/throughput.py's dataset, collator and Trainer subclass)
   linupper       `mixweight train --sample-weighting linupper` (overhead vs the mixweight arm)
@@ -529,6 +530,7 @@ class Check:
         proxy = ok("proxy_steps")
         self.result["summary"] = {
             "mixweight_vs_transformers_tokens_per_s": ratio("mixweight", "transformers", "tokens_per_s"),
+            "full_loss_vs_transformers_tokens_per_s": ratio("loss_full", "transformers", "tokens_per_s"),
             "linupper_overhead": ratio("mixweight", "linupper", "tokens_per_s"),  # time per step, linupper / plain
             "chunked_vs_full_peak_memory": ratio("loss_chunked", "loss_full", "peak_memory_bytes"),
             "chunked_vs_full_time": ratio("loss_full", "loss_chunked", "tokens_per_s"),

@@ -75,7 +75,12 @@ def test_dry_run_numbers_are_finite_and_positive(dry_run):
         values = result["parts"]["proxy_steps"]["result"]["arms"][arm]
         assert _positive(values["ms_per_step"]) and _positive(values["vs_plain"]), arm
     summary = result["summary"]
-    for key in ("mixweight_vs_transformers_tokens_per_s", "linupper_overhead", "doremi_vs_plain", "doge_vs_plain"):
+    expected = ["mixweight_vs_transformers_tokens_per_s", "linupper_overhead", "doremi_vs_plain", "doge_vs_plain"]
+    if result["flags"]["loss_impl"]:
+        expected += ["full_loss_vs_transformers_tokens_per_s", "chunked_vs_full_peak_memory", "chunked_vs_full_time"]
+    if result["flags"]["compile"]:
+        expected += ["compile_speedup"]
+    for key in expected:
         assert _positive(summary[key]), key
     assert summary["mfu_mixweight"] is None and "not in" in result["device"]["peak_note"]
 

@@ -87,10 +87,22 @@ def clip_rows(grads: torch.Tensor, max_norm: float) -> torch.Tensor:
     """
     if max_norm <= 0 or len(grads) == 0:
         return grads
-    norms = grads.double().norm(dim=1)
-    scale = (max_norm / (norms + CLIP_EPS)).clamp(max=1.0)
-    grads.mul_(scale.to(grads.dtype).unsqueeze(1))
+    grads.mul_(clip_scale(grads.double().norm(dim=1), max_norm).to(grads.dtype).unsqueeze(1))
     return grads
+
+
+def clip_scale(norms: torch.Tensor, max_norm: float) -> torch.Tensor:
+    """clip_grad_norm_'s factor for gradients of these norms: min(1, max / (norm + 1e-6)); 1 if max_norm <= 0."""
+    if max_norm <= 0:
+        return torch.ones_like(norms)
+    return (max_norm / (norms + CLIP_EPS)).clamp(max=1.0)
+
+
+def normalize_scores(raw: torch.Tensor, norms: torch.Tensor, score: str) -> torch.Tensor:
+    """The score from the raw inner products and the training domains' (clipped) gradient norms."""
+    if score == "paper":
+        return raw
+    return (raw / (norms.mean() + NORM_EPS)).clamp(0.0, SCORE_MAX)
 
 
 def doge_scores(domain_grads: torch.Tensor, target="all", score: str = "reference",
@@ -118,10 +130,7 @@ def doge_scores(domain_grads: torch.Tensor, target="all", score: str = "referenc
             raise MixweightError("doge: a held-out target needs target_grads and at least one target index")
         rows = target_grads.double()[list(target)]
         raw = grads @ (rows.sum(dim=0) if score == "reference" else rows.mean(dim=0))
-    if score == "paper":
-        return raw
-    mean_norm = grads.norm(dim=1).mean()
-    return (raw / (mean_norm + NORM_EPS)).clamp(0.0, SCORE_MAX)
+    return normalize_scores(raw, grads.norm(dim=1), score)
 
 
 def doge_update(alpha: torch.Tensor, scores: torch.Tensor, lr: float, mu: float,
@@ -227,6 +236,7 @@ class DoGEObjective:
             raise MixweightError(f"doge: impl must be one of {', '.join(IMPLS)}, got {impl!r}")
         self.impl = impl
         self._rows: DomainRows | None = None
+        self._buffer: torch.Tensor | None = None
         if score not in SCORES:
             raise MixweightError(f"doge: score must be one of {', '.join(SCORES)}, got {score!r}")
         if mu <= 0:
@@ -285,6 +295,17 @@ class DoGEObjective:
             groups[held_out] = len(self.domains)
         return groups
 
+    def _row_buffer(self, most: int, rows: int, size: int, device, dtype) -> torch.Tensor:
+        """Zeroed [rows, size] gradient rows (float32 at least; float64 for a float64 model), kept between steps.
+
+        Allocated once for the most rows a step can have: a fresh allocation of k x P floats every step
+        costs page faults (about 3x the time of zeroing memory already held).
+        """
+        buffer = self._buffer
+        if buffer is None or buffer.numel() < most * size or buffer.device != device or buffer.dtype != dtype:
+            self._buffer = buffer = torch.empty(most * size, device=device, dtype=dtype)
+        return buffer[:rows * size].view(rows, size).zero_()
+
     def _domain_rows(self, module, params, micro_batches, groups, rows, grads, finite, local_losses,
                      autocast) -> None:
         """Add each row's summed gradient over its local finite-loss samples into `grads` [R, P] and the
@@ -337,9 +358,8 @@ class DoGEObjective:
         sync = getattr(model, "no_sync", None)  # belt and braces: the forwards below bypass DDP anyway
         with sync() if sync is not None else nullcontext():
             while True:
-                # rows in float32 at least (float64 for a float64 model: the exactness tests)
-                grads = torch.zeros(len(rows), sum(sizes), device=device,
-                                    dtype=torch.promote_types(params[0].dtype, torch.float32))
+                grads = self._row_buffer(len(target_groups) + len(self.train_ids), len(rows), sum(sizes), device,
+                                         torch.promote_types(params[0].dtype, torch.float32))
                 finite = torch.zeros(len(rows), device=device)
                 try:
                     self._domain_rows(module, params, micro_batches, groups, rows, grads, finite, local_losses,
@@ -350,9 +370,13 @@ class DoGEObjective:
         all_reduce_sum(grads, world)
         all_reduce_sum(finite, world)
         kept = [r for r in range(len(rows)) if finite[r] > 0]  # a domain whose losses are all non-finite is absent
-        grads.div_(finite.clamp(min=1).unsqueeze(1))
-        # Clipped on the global mean-loss gradient (the same on every rank), before scores and mixing.
-        clip_rows(grads, self.max_grad_norm)
+        # Row r of the clipped global mean-loss gradients (clip_rows after dividing by the count; the same
+        # on every rank) is factor[r] * grads[r]: the scalars enter the products, so no pass over the rows
+        # rescales them. Every score needs only the rows' inner products: one [R, R] matrix, one pass.
+        count = finite.double().clamp(min=1)
+        gram = (grads @ grads.t()).double() / (count.unsqueeze(0) * count.unsqueeze(1))
+        clip = clip_scale(gram.diagonal().clamp(min=0).sqrt(), self.max_grad_norm)
+        factor, clipped = clip / count, gram * (clip.unsqueeze(0) * clip.unsqueeze(1))  # the clipped rows' products
 
         train_rows = [r for r in kept if rows[r] in self.train_ids]
         target_rows = [r for r in kept if rows[r] in target_groups]
@@ -361,16 +385,22 @@ class DoGEObjective:
         present[[slot[rows[r]] for r in train_rows]] = True
         scores = torch.zeros(len(self.train_ids), dtype=torch.float64)
         updated = bool(train_rows) and (self.target == ALL or bool(target_rows))
-        if updated:
-            target = ALL if self.target == ALL else list(range(len(target_rows)))
-            scores[present] = doge_scores(grads[train_rows], target, self.score,
-                                          target_grads=grads[target_rows] if target_rows else None).cpu()
+        if updated:  # doge_scores on the clipped rows, from their inner products
+            if self.target == ALL:  # <g_i, sum_{j != i} g_j>
+                block = clipped[train_rows][:, train_rows]
+                raw = block.masked_fill(torch.eye(len(block), dtype=torch.bool, device=device), 0.0).sum(dim=1)
+            else:  # reference: the sum of the targets; paper: their mean
+                raw = clipped[train_rows][:, target_rows].sum(dim=1)
+                raw = raw if self.score == "reference" else raw / len(target_rows)
+            scores[present] = normalize_scores(raw, clipped.diagonal()[train_rows].clamp(min=0).sqrt(),
+                                               self.score).cpu()
             self.alpha = doge_update(self.alpha, scores, lr, self.mu, present)
         mix = torch.zeros(len(self.train_ids), dtype=torch.float64)
         if present.any():
             mix[present] = self.alpha[present] / self.alpha[present].sum()
-        applied = mix[present].to(device=device, dtype=grads.dtype) @ grads[train_rows] if train_rows else \
-            torch.zeros(grads.shape[1], device=device)
+        weights = torch.zeros(len(rows), dtype=torch.float64, device=device)
+        weights[train_rows] = mix[present].to(device) * factor[train_rows]
+        applied = weights.to(grads.dtype) @ grads  # sum_i alpha_i * clipped g_i: one pass
         for param, piece in zip(params, applied.split(sizes)):
             param.grad = piece.view_as(param).to(param.dtype, copy=True)
 

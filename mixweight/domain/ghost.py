@@ -134,8 +134,11 @@ class DomainRows:
         for d, n in zip(*torch.unique_consecutive(sorted_groups, return_counts=True)):
             segments.append((row_of[int(d)], start, start + int(n)))
             start += int(n)
+        sample_rows = torch.tensor([r for r, s, e in segments for _ in range(e - s)], device=ids.device)
+        one_hot = F.one_hot(sample_rows, len(rows)).t().to(grads.dtype)  # [R, B]: sample b is in row r
         self._step = {"B": len(ids), "ids": ids, "segments": segments, "grads": grads, "roots": [],
-                      "records": [], "unsupported": set(), "active": False}
+                      "records": [], "unsupported": set(), "active": False, "sample_rows": sample_rows,
+                      "one_hot": one_hot}
         handles = [m.register_forward_hook(self._on_forward) for m in self.kinds]
         try:
             with autocast or nullcontext():
@@ -237,43 +240,55 @@ class DomainRows:
         return None
 
     def _add(self, rec: dict, g: torch.Tensor) -> None:
-        """Add each domain's part of this layer call's parameter gradient into its row."""
+        """Add each domain's part of this layer call's parameter gradient into its row.
+
+        Weights of linear layers: one matmul per domain over its tokens (the weight gradient's FLOPs
+        in all). Everything else: one operation for all domains at once (per-sample sums, then a
+        [R, B] one-hot matmul, or one index_add), added into the [R, n] column block of the rows:
+        few large operations rather than many small ones.
+        """
         step = self._step
         module, kind, a = rec["module"], rec["kind"], rec["input"]
         if any(id(p) in step["unsupported"] or id(p) in self.fallback for p in module.parameters(recurse=False)):
             return  # those parameters take the per-domain backward
-        grads = step["grads"]
+        grads, one_hot = step["grads"], step["one_hot"]
         dtype = grads.dtype
+        B = step["B"]
 
-        def view(p, r):
+        def block(p):  # the parameter's columns in every row: [R, n], strided
             off = self.offsets[id(p)]
-            return grads[r, off:off + p.numel()].view(p.shape)
+            return grads[:, off:off + p.numel()]
 
         weight, bias = getattr(module, "weight", None), getattr(module, "bias", None)
         has_weight = isinstance(weight, torch.Tensor) and id(weight) in self.offsets  # frozen: no row
         has_bias = isinstance(bias, torch.Tensor) and id(bias) in self.offsets
-        if kind in ("layernorm", "rmsnorm") and has_weight:
+        g = g.to(dtype)
+        if has_bias:
+            block(bias).add_(one_hot @ g.reshape(B, -1, g.shape[-1]).sum(dim=1))
+        if not has_weight:
+            return
+        if kind in ("linear", "conv1d"):
+            off, n = self.offsets[id(weight)], weight.numel()
+            for r, s, e in step["segments"]:
+                gs, xs = g[s:e].reshape(-1, g.shape[-1]), a[s:e].reshape(-1, a.shape[-1]).to(dtype)
+                row = grads[r, off:off + n].view(weight.shape)
+                if kind == "linear":
+                    row.addmm_(gs.t(), xs)
+                else:
+                    row.addmm_(xs.t(), gs)
+        elif kind == "embedding":
+            vocab = weight.shape[0]
+            idx = (step["sample_rows"].view(-1, *([1] * (a.dim() - 1))) * vocab + a).reshape(-1)
+            flat = g.reshape(-1, g.shape[-1])
+            if module.padding_idx is not None:  # autograd gives the padding row no gradient
+                keep = a.reshape(-1) != module.padding_idx
+                idx, flat = idx[keep], flat[keep]
+            summed = torch.zeros(len(one_hot) * vocab, flat.shape[-1], dtype=dtype, device=flat.device)
+            block(weight).add_(summed.index_add_(0, idx, flat).view(len(one_hot), -1))
+        else:
             with torch.no_grad():
                 if kind == "layernorm":
                     normed = F.layer_norm(a, module.normalized_shape, None, None, module.eps)
                 else:
-                    ones = torch.ones_like(weight)
-                    normed = torch.func.functional_call(module, {"weight": ones}, (a,))
-        for r, s, e in step["segments"]:
-            gs = g[s:e].reshape(-1, g.shape[-1]).to(dtype)
-            if has_bias:
-                view(bias, r).add_(gs.sum(dim=0))
-            if not has_weight:
-                continue
-            if kind == "linear":
-                view(weight, r).addmm_(gs.t(), a[s:e].reshape(-1, a.shape[-1]).to(dtype))
-            elif kind == "conv1d":
-                view(weight, r).addmm_(a[s:e].reshape(-1, a.shape[-1]).to(dtype).t(), gs)
-            elif kind == "embedding":
-                idx = a[s:e].reshape(-1)
-                if module.padding_idx is not None:
-                    keep = idx != module.padding_idx
-                    idx, gs = idx[keep], gs[keep]
-                view(weight, r).index_add_(0, idx, gs)
-            else:
-                view(weight, r).add_((gs * normed[s:e].reshape(-1, normed.shape[-1]).to(dtype)).sum(dim=0))
+                    normed = torch.func.functional_call(module, {"weight": torch.ones_like(weight)}, (a,))
+            block(weight).add_(one_hot @ (g * normed.to(dtype)).reshape(B, -1, g.shape[-1]).sum(dim=1))

@@ -44,11 +44,14 @@ Choices where paper and code leave room (each documented at the code that makes 
 - A step without any target sample makes no update (alpha kept) but still trains.
 - The running average counts every optimizer step (alpha after the step's update).
 
-Cost. Time: each present domain gets its own forward and backward over its slice of the
-step (same FLOPs as a plain step, but k smaller calls; see benchmarks/proxy_cost.py).
-Memory: the k per-domain gradients are held flattened in float32, one row per present
-training (and target) domain: k * P * 4 bytes, plus one more P-sized buffer for the
-applied gradient. For gpt2-mini (124.4M parameters with GPT-2's 50257-token vocabulary,
+Cost. Time (impl "ghost", the default; mixweight.domain.ghost): one forward and one backward per
+micro-batch, with each layer's weight gradient formed per domain from the layer's inputs and
+output gradients (the FLOPs of one weight gradient in all), one [R, R] product of the rows for
+the scores and one pass for the applied gradient (benchmarks/proxy_cost.py). Impl "loop": each
+present domain gets its own forward and backward over its slice of the step (same FLOPs, k
+smaller calls). Memory: the k per-domain gradients are held flattened in float32, one row per
+present training (and target) domain: k * P * 4 bytes (kept between steps), plus one more
+P-sized buffer for the applied gradient. For gpt2-mini (124.4M parameters with GPT-2's 50257-token vocabulary,
 tied embeddings) that is 7 * 498 MB = 3.5 GB for 7 domains, plus 0.5 GB: about 4 GB on top
 of the model and optimizer state (1.5 GB for fp32 weights + AdamW), so about 5.5 GB in all.
 On several ranks the rows are all-reduced in one collective of k * P floats per step.

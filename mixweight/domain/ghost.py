@@ -1,4 +1,4 @@
-"""DoGE's per-domain gradients from one forward and one backward (docs/algorithms.md section 3.5).
+"""DoGE's per-domain gradients from one forward and one backward (docs/algorithms.md section 3.7).
 
 DoGE needs, for every domain present in a step, the gradient of that domain's summed loss:
 one row of a [R, P] matrix per domain (training domains, targets, the held-out mixture). The

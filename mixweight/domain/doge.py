@@ -299,7 +299,8 @@ class DoGEObjective:
         return groups
 
     def _row_buffer(self, most: int, rows: int, size: int, device, dtype) -> torch.Tensor:
-        """Zeroed [rows, size] gradient rows (float32 at least; float64 for a float64 model), kept between steps.
+        """[rows, size] gradient rows (float32 at least; float64 for a float64 model), kept between steps;
+        zeroed for impl loop, left as they are for ghost (DomainRows overwrites, then zeroes what it did not).
 
         Allocated once for the most rows a step can have: a fresh allocation of k x P floats every step
         costs page faults (about 3x the time of zeroing memory already held).
@@ -307,7 +308,8 @@ class DoGEObjective:
         buffer = self._buffer
         if buffer is None or buffer.numel() < most * size or buffer.device != device or buffer.dtype != dtype:
             self._buffer = buffer = torch.empty(most * size, device=device, dtype=dtype)
-        return buffer[:rows * size].view(rows, size).zero_()
+        rows = buffer[:rows * size].view(rows, size)
+        return rows if self.impl == "ghost" else rows.zero_()
 
     def _domain_rows(self, module, params, micro_batches, groups, rows, grads, finite, local_losses,
                      autocast) -> None:
@@ -320,12 +322,14 @@ class DoGEObjective:
         if self.impl == "ghost":
             if self._rows is None or self._rows.module is not module:
                 self._rows = DomainRows(module, params)
+            self._rows.begin(grads)
             offset = 0
             for i, (mb, group) in enumerate(zip(micro_batches, groups)):
                 losses = self._rows.accumulate(mb, group, rows, grads, finite, per_sample_loss, autocast,
                                                verify=i == 0)
                 local_losses[offset:offset + len(losses)] = losses.float()
                 offset += len(losses)
+            self._rows.finish()
             return
         for row, d in enumerate(rows):
             offset = 0

@@ -116,6 +116,46 @@ class DomainRows:
         self.verified = False
         self._step: dict | None = None
 
+    # --- one step: begin, a micro-batch at a time, finish ------------------------------
+    def begin(self, grads: torch.Tensor) -> None:
+        """Start a step on the rows `grads` [R, P], left unzeroed: the first write of each parameter's row
+        overwrites it, `finish` zeroes the rows nothing wrote (zeroing k x P floats every step costs more)."""
+        self._grads = grads
+        self._written: dict[int, set[int]] = {id(p): set() for p in self.params}
+
+    def finish(self) -> None:
+        """Zero every parameter row no micro-batch wrote (a domain absent from this process's samples)."""
+        rows = range(len(self._grads))
+        for p in self.params:
+            off = self.offsets[id(p)]
+            for r in set(rows) - self._written[id(p)]:
+                self._grads[r, off:off + p.numel()].zero_()
+            self._written[id(p)].update(rows)
+
+    def _write_row(self, p, r: int, value: torch.Tensor | None = None, first=None, then=None) -> None:
+        """Row r of parameter p: set to `value` / computed by first(row) if unwritten, else += / then(row)."""
+        off = self.offsets[id(p)]
+        row = self._grads[r, off:off + p.numel()].view(p.shape)
+        done = self._written[id(p)]
+        if r in done:
+            row.add_(value.view(p.shape)) if value is not None else then(row)
+        else:
+            row.copy_(value.view(p.shape)) if value is not None else first(row)
+            done.add(r)
+
+    def _write_block(self, p, value: torch.Tensor) -> None:
+        """Every row of parameter p (value [R, n]): set where unwritten, added where written."""
+        off = self.offsets[id(p)]
+        block = self._grads[:, off:off + p.numel()]
+        done = self._written[id(p)]
+        if not done:
+            block.copy_(value)
+        else:
+            for r in set(range(len(block))) - done:
+                block[r].zero_()
+            block.add_(value)
+        done.update(range(len(block)))
+
     # --- one micro-batch ------------------------------------------------------------
     def accumulate(self, micro_batch: dict, group: torch.Tensor, rows: list[int], grads: torch.Tensor,
                    finite: torch.Tensor, loss_fn, autocast, verify: bool) -> torch.Tensor:
@@ -165,7 +205,7 @@ class DomainRows:
         covered = [p for p in self.params if id(p) not in self.fallback and id(p) not in step["unsupported"]]
         roots = [y for y, _ in step["roots"]]
         if not roots:  # no embedding seen: ask for every layer output (more memory, same result)
-            roots = [rec["output"] for rec in step["records"]]
+            roots = [output for output, _ in step["records"]]
         inputs = roots + (covered if verify else [])
         step["active"] = True
         try:
@@ -185,12 +225,12 @@ class DomainRows:
             parts = torch.autograd.grad(losses[s:e].sum(), fallback, allow_unused=True, retain_graph=not last)
             for p, g in zip(fallback, parts):
                 if g is not None:
-                    off = self.offsets[id(p)]
-                    step["grads"][r, off:off + p.numel()] += g.reshape(-1).to(step["grads"].dtype)
+                    self._write_row(p, r, g.to(step["grads"].dtype))
 
     def _verify(self, covered: list[torch.Tensor], full: tuple, autocast: bool) -> None:
         """The rows of this (first) micro-batch must sum to autograd's gradient, parameter by parameter."""
         grads = self._step["grads"]
+        self.finish()  # rows of domains absent from this micro-batch: zeros, not stale values
         tol = VERIFY_RTOL_AUTOCAST if autocast else VERIFY_RTOL
         wrong = set()
         for p, g in zip(covered, full):
@@ -226,8 +266,8 @@ class DomainRows:
         if x.dim() < 1 or x.shape[0] != B or output.shape[0] != B or not output.requires_grad:
             step["unsupported"].update(id(p) for p in own)
             return replaced
-        rec = {"module": module, "kind": kind, "input": x.detach(), "output": output}
-        step["records"].append(rec)
+        rec = {"module": module, "kind": kind, "input": x.detach()}  # not the output: its hook holds rec
+        step["records"].append((output, rec))
         if kind == "embedding":
             step["roots"].append((output, rec))
         else:
@@ -251,31 +291,23 @@ class DomainRows:
         module, kind, a = rec["module"], rec["kind"], rec["input"]
         if any(id(p) in step["unsupported"] or id(p) in self.fallback for p in module.parameters(recurse=False)):
             return  # those parameters take the per-domain backward
-        grads, one_hot = step["grads"], step["one_hot"]
-        dtype = grads.dtype
+        one_hot, dtype = step["one_hot"], step["grads"].dtype
         B = step["B"]
-
-        def block(p):  # the parameter's columns in every row: [R, n], strided
-            off = self.offsets[id(p)]
-            return grads[:, off:off + p.numel()]
 
         weight, bias = getattr(module, "weight", None), getattr(module, "bias", None)
         has_weight = isinstance(weight, torch.Tensor) and id(weight) in self.offsets  # frozen: no row
         has_bias = isinstance(bias, torch.Tensor) and id(bias) in self.offsets
         g = g.to(dtype)
         if has_bias:
-            block(bias).add_(one_hot @ g.reshape(B, -1, g.shape[-1]).sum(dim=1))
+            self._write_block(bias, one_hot @ g.reshape(B, -1, g.shape[-1]).sum(dim=1))
         if not has_weight:
             return
         if kind in ("linear", "conv1d"):
-            off, n = self.offsets[id(weight)], weight.numel()
             for r, s, e in step["segments"]:
                 gs, xs = g[s:e].reshape(-1, g.shape[-1]), a[s:e].reshape(-1, a.shape[-1]).to(dtype)
-                row = grads[r, off:off + n].view(weight.shape)
-                if kind == "linear":
-                    row.addmm_(gs.t(), xs)
-                else:
-                    row.addmm_(xs.t(), gs)
+                left, right = (gs.t(), xs) if kind == "linear" else (xs.t(), gs)
+                self._write_row(weight, r, first=lambda row, x=left, y=right: torch.mm(x, y, out=row),
+                                then=lambda row, x=left, y=right: row.addmm_(x, y))
         elif kind == "embedding":
             vocab = weight.shape[0]
             idx = (step["sample_rows"].view(-1, *([1] * (a.dim() - 1))) * vocab + a).reshape(-1)
@@ -284,11 +316,11 @@ class DomainRows:
                 keep = a.reshape(-1) != module.padding_idx
                 idx, flat = idx[keep], flat[keep]
             summed = torch.zeros(len(one_hot) * vocab, flat.shape[-1], dtype=dtype, device=flat.device)
-            block(weight).add_(summed.index_add_(0, idx, flat).view(len(one_hot), -1))
+            self._write_block(weight, summed.index_add_(0, idx, flat).view(len(one_hot), -1))
         else:
             with torch.no_grad():
                 if kind == "layernorm":
                     normed = F.layer_norm(a, module.normalized_shape, None, None, module.eps)
                 else:
                     normed = torch.func.functional_call(module, {"weight": torch.ones_like(weight)}, (a,))
-            block(weight).add_(one_hot @ (g * normed.to(dtype)).reshape(B, -1, g.shape[-1]).sum(dim=1))
+            self._write_block(weight, one_hot @ (g * normed.to(dtype)).reshape(B, -1, g.shape[-1]).sum(dim=1))

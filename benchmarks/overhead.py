@@ -1,8 +1,8 @@
 """Cost of loss-based sample weighting per optimizer step, measured side by side.
 
 Times `accumulate_gradients` + optimizer step on the same model and the same fixed
-batches (16 sequences per step), alternating the arms so machine noise hits them alike,
-at 1, 2 and 4 micro-batches per step:
+batches (16 sequences per step), the arms taking turns step by step so machine noise hits
+them alike, at 1, 2 and 4 micro-batches per step:
   - mean: the plain mean loss (the baseline of each micro-batch count);
   - linupper, scope step: exact over the whole step (with several micro-batches, an extra
     no-grad forward over the step's micro-batches);
@@ -43,20 +43,17 @@ def step_retain(model, micro_batches, reduction, step: int) -> None:
     (weights * losses).sum().backward()
 
 
-def time_steps(model, optimizer, batches, reduction, grad_accum: int, scope: str) -> float:
-    """Median seconds per optimizer step over `batches` (each step takes grad_accum micro-batches)."""
-    times = []
-    for start in range(0, len(batches) - grad_accum + 1, grad_accum):
-        began = time.perf_counter()
-        if scope == "step_retain":
-            step_retain(model, batches[start : start + grad_accum], reduction, start)
-        else:
-            accumulate_gradients(model, batches[start : start + grad_accum], reduction, start, World(), scope=scope)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        times.append(time.perf_counter() - began)
-    return statistics.median(times[1:])  # the first step pays one-time allocation costs
+def one_step(model, optimizer, micro_batches, reduction, step: int, scope: str) -> float:
+    """Seconds for one optimizer step: gradients (by scope) + clip + AdamW."""
+    began = time.perf_counter()
+    if scope == "step_retain":
+        step_retain(model, micro_batches, reduction, step)
+    else:
+        accumulate_gradients(model, micro_batches, reduction, step, World(), scope=scope)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return time.perf_counter() - began
 
 
 def main() -> None:
@@ -89,22 +86,38 @@ def main() -> None:
         if m > 1:
             arms[f"linupper micro_batch, {m} mb"] = ("linupper", micro(m), m, "micro_batch")
             arms[f"linupper step_retain, {m} mb"] = ("linupper", micro(m), m, "step_retain")
+    # Every arm keeps its own model and optimizer; the arms take turns step by step (in a rotating
+    # order), so a load change on a shared machine hits all of them within seconds of each other.
+    state = {}
+    for name, (weighting, arm_batches, accum, scope) in arms.items():
+        config = TrainConfig(data=".", out=".", sample_weighting=weighting)
+        model = build_model(args.model, manifest, seed=0)
+        state[name] = (model, build_optimizer(model, config), reduction_from_config(config))
     results: dict[str, list[float]] = {name: [] for name in arms}
-    for _ in range(args.repeats):
-        for name, (weighting, arm_batches, accum, scope) in arms.items():
-            config = TrainConfig(data=".", out=".", sample_weighting=weighting)
-            model = build_model(args.model, manifest, seed=0)
-            results[name].append(time_steps(model, build_optimizer(model, config), arm_batches,
-                                            reduction_from_config(config), accum, scope))
+    names = list(arms)
+    for rep in range(args.repeats):
+        for step in range(args.steps):
+            turn = (rep * args.steps + step) % len(names)
+            for name in names[turn:] + names[:turn]:
+                _, arm_batches, accum, scope = arms[name]
+                model, optimizer, reduction = state[name]
+                seconds = one_step(model, optimizer, arm_batches[step * accum : (step + 1) * accum], reduction,
+                                   step, scope)
+                if rep or step:  # the first step pays one-time allocation costs
+                    results[name].append(seconds)
     median = {name: statistics.median(times) for name, times in results.items()}
+
+    def paired(a: str, b: str) -> float:  # median over rounds of a's time / b's time in the same round
+        return statistics.median(x / y for x, y in zip(results[a], results[b]))
+
     print(f"model {args.model}, {n} sequences x {args.seq_len} tokens per step, torch threads "
           f"{torch.get_num_threads()}, {args.repeats} repeats x {args.steps} steps, load {os.getloadavg()[0]:.1f}")
-    print(f"{'arm':34s} {'ms/step':>9s} {'x mean (same mb)':>17s} {'x one mb of 16':>15s}")
+    print("ratios: median over rounds of the paired ratio (both arms timed within the same round)")
+    print(f"{'arm':34s} {'ms/step':>9s} {'x mean (same mb)':>17s} {'x linupper 1 mb of 16':>22s}")
     for name, seconds in median.items():
         m = name.rsplit(", ", 1)[1]
-        print(f"{name:34s} {seconds * 1e3:9.1f} {seconds / median[f'mean, {m}']:17.3f} "
-              f"{seconds / median['linupper step, 1 mb']:15.3f}")
-
+        print(f"{name:34s} {seconds * 1e3:9.1f} {paired(name, f'mean, {m}'):17.3f} "
+              f"{paired(name, 'linupper step, 1 mb'):22.3f}")
 
 if __name__ == "__main__":
     main()

@@ -25,8 +25,8 @@ No extra forward. With one micro-batch both scopes are the same computation.
 Keeping all micro-batches' autograd graphs instead (forward all with grad, weight, one
 backward) would also be exact without the extra forward, but holds M micro-batches of
 activations: exactly the memory that accumulation exists to avoid, and one micro-batch of
-M x B samples (grad_accum 1) is then exact, as large and faster. benchmarks/RESULTS.md has
-the measurement; it is not offered.
+M x B samples (grad_accum 1) is then the same exact computation, as large and as fast
+(benchmarks/RESULTS.md measured both); it is not offered.
 
 DDP averages gradients over processes, so each process scales its part of the
 objective by the world size to obtain the gradient of the global sum.

@@ -69,7 +69,8 @@ def main() -> None:
         corpus = f"{tmp}/corpus"
         write_synthetic_corpus(corpus, tokens_per_domain=32 * 1024, seq_len=args.seq_len)
         manifest = load_manifest(corpus)
-        blocks = torch.cat([torch.from_numpy(read_stream(manifest.stream_dir(corpus, "train", d))) for d in manifest.domains])
+        blocks = torch.cat([torch.from_numpy(read_stream(manifest.stream_dir(corpus, "train", d)))
+                            for d in manifest.domains])
     generator = torch.Generator().manual_seed(0)
     order = torch.randperm(len(blocks), generator=generator)
     n = args.batch_size

@@ -209,7 +209,8 @@ class DoReMiReduction:
         if not state:
             return
         if state.get("domains") != self.domains:
-            raise MixweightError(f"doremi: checkpoint state is for domains {state.get('domains')}, this run has {self.domains}")
+            raise MixweightError(f"doremi: checkpoint state is for domains {state.get('domains')}, "
+                                 f"this run has {self.domains}")
         self.alpha = torch.tensor(state["alpha"], dtype=torch.float64)
         self.excess = torch.tensor(state["excess"], dtype=torch.float64)
         self.alpha_sum = torch.tensor(state["alpha_sum"], dtype=torch.float64)

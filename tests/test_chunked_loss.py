@@ -217,3 +217,20 @@ def test_chunked_loss_under_ddp_and_fsdp_trains_like_one_process(synth_corpus, t
     for key in single:
         torch.testing.assert_close(ddp[key], single[key], atol=1e-10, rtol=0, msg=key)
         torch.testing.assert_close(fsdp[key], single[key], atol=1e-10, rtol=0, msg=key)
+
+
+def test_a_doremi_proxy_step_is_the_same_with_either_impl():
+    """Through the step: the signal seam hands DoReMi per-token losses from either impl, under accumulation."""
+    input_ids, _ = _ids_and_labels()
+    batch = {"input_ids": input_ids, "domain": torch.tensor([0, 1, 1])}
+    micro = [{k: v[:1] for k, v in batch.items()}, {k: v[1:] for k, v in batch.items()}]
+    reference = _model("gpt2", seed=1)
+    reductions, results = {}, {}
+    for impl in ("full", "chunked"):
+        reductions[impl] = DoReMiReduction(reference, ["a", "b"], log_every=1, loss_impl=impl)
+        results[impl] = accumulate_gradients(_model("gpt2"), micro, reductions[impl], 0, World(), loss_impl=impl)
+    assert reductions["full"].updates == reductions["chunked"].updates == 1  # one update per step
+    excess = reductions["full"].excess
+    assert (excess > 0).all()
+    torch.testing.assert_close(reductions["chunked"].excess, excess, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(results["chunked"].weights, results["full"].weights, atol=1e-6, rtol=1e-6)

@@ -182,6 +182,16 @@ def test_a_moved_run_resumes(run_copy, synth_corpus, tiny_spec, tmp_path):
     assert not [p for p in moved.iterdir() if ".tmp" in p.name]  # config.yaml went through a temporary name
 
 
+def test_a_run_from_before_a_new_config_key_resumes(run_copy, synth_corpus, tiny_spec):
+    """A key added to mixweight after a run began is compared at its default, not as a change from None."""
+    path = run_copy / "config.yaml"
+    lines = [line for line in path.read_text().splitlines() if not line.startswith("weighting_scope:")]
+    path.write_text("\n".join(lines) + "\n")
+    assert loop.config_changes(run_copy, _config(synth_corpus, tiny_spec, run_copy, steps=4, resume=True)) == ""
+    changed = loop.config_changes(run_copy, _config(synth_corpus, tiny_spec, run_copy, weighting_scope="micro_batch"))
+    assert changed == "weighting_scope: 'step' -> 'micro_batch'"
+
+
 # --- one line, not a traceback: damaged run directories -----------------------------------------
 def _truncate_weights(run):
     path = run / "checkpoints" / "step-2" / "model" / "model.safetensors"

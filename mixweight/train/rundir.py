@@ -210,6 +210,9 @@ def config_changes(run_dir: str | Path, config, inputs: dict | None = None) -> s
     run_dir = Path(run_dir)
     saved = _saved_config(run_dir)
     current = dataclasses.asdict(config)
+    # A key the saved config lacks was added to mixweight after the run began: the run had its default.
+    defaults = {f.name: f.default for f in dataclasses.fields(config) if f.default is not dataclasses.MISSING}
+    saved = {**defaults, **saved}
     changed = sorted(k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k])
     details = [f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed]
     saved_inputs = _saved_inputs(run_dir)

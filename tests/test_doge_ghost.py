@@ -13,10 +13,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import mixweight.domain.doge as doge
-import mixweight.domain.ghost as ghost
 from mixweight.data.manifest import load_manifest
 from mixweight.data.streams import read_stream
+from mixweight.domain import doge, ghost
 from mixweight.domain.doge import DoGEObjective, heldout_mix_mask
 from mixweight.domain.doge_run import DoGEConfig
 from mixweight.domain.ghost import parameter_paths
@@ -107,7 +106,7 @@ CASES = [("gpt2", "mix", "reference", 0.05), ("gpt2", "all", "paper", 0.0), ("gp
 def test_ghost_equals_loop_in_float64(synth_corpus, tiny_spec, llama_spec, fp64_loss, arch, target, score, clip):
     spec = tiny_spec if arch == "gpt2" else llama_spec
     manifest, batches = _batches(synth_corpus, DOMAINS, mix_blocks=2 if target == "mix" else 0)
-    args = dict(target=target, score=score, max_grad_norm=clip)
+    args = {"target": target, "score": score, "max_grad_norm": clip}
     loop = _run(spec, manifest, batches, "loop", **args)
     fast = _run(spec, manifest, batches, "ghost", **args)
     assert all(entry["updated"] for entry in loop["logged"])
@@ -125,7 +124,7 @@ def test_ghost_with_accumulation_equals_loop_with_one_micro_batch(synth_corpus, 
     manifest, whole = _batches(synth_corpus, DOMAINS, mix_blocks=2, seed=1)
     _, three = _batches(synth_corpus, DOMAINS, mix_blocks=2, split=3, seed=1)
     assert len(three) == 3
-    args = dict(target="mix", score="reference", max_grad_norm=0.05)
+    args = {"target": "mix", "score": "reference", "max_grad_norm": 0.05}
     _assert_equal_runs(_run(spec, manifest, three, "ghost", **args), _run(spec, manifest, whole, "loop", **args))
 
 
@@ -146,7 +145,7 @@ def test_uncovered_layers_take_the_per_domain_backward(synth_corpus, tiny_spec, 
     paths = parameter_paths(build_model(tiny_spec, manifest, seed=0))
     assert paths["transformer.ln_f.weight"] == "per-domain backward" and paths["transformer.h.0.mlp.c_fc.weight"] \
         == "conv1d"
-    args = dict(target="mix", score="reference", max_grad_norm=0.05)
+    args = {"target": "mix", "score": "reference", "max_grad_norm": 0.05}
     fast = _run(tiny_spec, manifest, batches, "ghost", **args)
     assert len(fast["objective"]._rows.fallback) == (2 * 2 + 1) * 2  # ln_1, ln_2 per layer, ln_f: weight, bias
     _assert_equal_runs(fast, _run(tiny_spec, manifest, batches, "loop", **args))
@@ -163,7 +162,7 @@ def test_the_first_step_check_moves_a_wrong_layer_to_the_per_domain_backward(syn
 
     monkeypatch.setattr(ghost.DomainRows, "_add", drop_layernorm)
     manifest, batches = _batches(synth_corpus, DOMAINS, mix_blocks=2)
-    args = dict(target="mix", score="reference", max_grad_norm=0.05)
+    args = {"target": "mix", "score": "reference", "max_grad_norm": 0.05}
     fast = _run(tiny_spec, manifest, batches, "ghost", **args)
     model = build_model(tiny_spec, manifest, seed=0)
     layernorm = {id(p) for m in model.modules() if isinstance(m, torch.nn.LayerNorm) for p in m.parameters()}
@@ -197,12 +196,12 @@ def _free_port() -> int:
 def test_ghost_on_two_processes_equals_loop_on_one(synth_corpus, tiny_spec, tmp_path):
     script = tmp_path / "doge_run.py"
     script.write_text(TWO_RANK_SCRIPT)
-    one = subprocess.run([sys.executable, str(script), synth_corpus, tiny_spec, str(tmp_path / "one.json"), "8", "loop"],
-                         capture_output=True, text=True)
+    one = subprocess.run([sys.executable, str(script), synth_corpus, tiny_spec, str(tmp_path / "one.json"), "8",
+                          "loop"], capture_output=True, text=True, check=False)
     assert one.returncode == 0, one.stderr[-3000:]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}"]
     two = subprocess.run([*torchrun, str(script), synth_corpus, tiny_spec, str(tmp_path / "two.json"), "4", "ghost"],
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, check=False)
     assert two.returncode == 0, two.stderr[-3000:]
     a, b = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
     assert a["weights"] == pytest.approx(b["weights"], rel=1e-5)

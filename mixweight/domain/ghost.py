@@ -277,7 +277,6 @@ class DomainRows:
     def _on_grad(self, rec: dict, g: torch.Tensor):
         if self._step is not None and self._step["active"]:
             self._add(rec, g)
-        return None
 
     def _add(self, rec: dict, g: torch.Tensor) -> None:
         """Add each domain's part of this layer call's parameter gradient into its row.

@@ -26,13 +26,14 @@ Which parameters take which path (`parameter_paths` reports it):
   bias += sum g. RMSNorm (torch's, or a class named *RMSNorm whose one parameter is a 1-d
   `weight`, as Llama's): weight += sum g * the module's output with the weight set to ones.
 - Anything else, and any parameter one of whose modules is not covered above (or is called
-  with a batch dimension that is not the micro-batch's): today's path, one backward per
-  domain, restricted to those parameters, reusing the one forward (retain_graph).
+  with a batch dimension that is not the micro-batch's): the loop form's path, one backward
+  per domain, restricted to those parameters, reusing the one forward (retain_graph).
 
 Only the output gradients are obtained from autograd: the backward asks for the gradient of
 the embeddings' outputs, which passes through every layer (hooks on the layer outputs read
 the output gradient as it goes by), and computes no weight gradient of its own. Peak memory
-is that of an ordinary backward plus the [R, P] rows (which the loop form holds too).
+is that of an ordinary backward plus the [R, P] rows (which the loop form holds too) and, per
+embedding, an [R, V, d] sum while its rows are written.
 
 Safety net: on the first micro-batch the backward also asks autograd for the covered
 parameters' ordinary gradients and checks that the domain rows sum to them. A parameter that

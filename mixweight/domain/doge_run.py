@@ -50,7 +50,8 @@ PROXY_GRAD_CLIP = 1.0  # the applied gradient's clip for score paper (every mixw
 
 @dataclass
 class DoGEConfig:
-    data: str = _f(None, "corpus directory (made by `mixweight data synth` or `data prepare`), or `synthetic`")
+    data: str = _f(None, "corpus directory (made by `mixweight data synth` or `data prepare`), a corpus URL "
+                              "(s3://, gs://, ..., file:///DIR; cached in --cache-dir), or `synthetic`")
     out: str = _f(None, "the domain weights file to write (domain_weights.json)")
     proxy: str = _f("gpt2-tiny", "proxy model spec: a name in proxies/ or a path to an HF config JSON")
     target: str = _f("mix", "mix (the published universal setting: a held-out mixture of the training domains, "

@@ -48,7 +48,8 @@ UNHASHED = ("out", "work_dir", "progress", "data", "report_to")
 
 @dataclass
 class DoReMiConfig:
-    data: str = _f(None, "corpus directory (made by `mixweight data synth` or `data prepare`), or `synthetic`")
+    data: str = _f(None, "corpus directory (made by `mixweight data synth` or `data prepare`), a corpus URL "
+                              "(s3://, gs://, ..., file:///DIR; cached in --cache-dir), or `synthetic`")
     out: str = _f(None, "the domain weights JSON file to write")
     proxy: str = _f("gpt2-tiny", "model spec of the reference and proxy models (a name in proxies/ or an HF config JSON)")
     reference: Optional[str] = _f(None, "a finished reference run directory to reuse in round 1 (trained on this corpus)")

@@ -19,7 +19,9 @@ def _add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
         flags = field.metadata.get(FLAGS) or ("--" + field.name.replace("_", "-"),)
-        help_text = f"{field.metadata.get(HELP, '')} (default: {field.default})"
+        described = field.metadata.get(HELP, "")
+        # A help text that explains its own default (e.g. one derived from another flag) is not repeated.
+        help_text = described if "(default:" in described else f"{described} (default: {field.default})"
         kind = hints[field.name]
         if kind is bool:
             action = argparse.BooleanOptionalAction if field.name in BOOL_FLAGS_NEGATABLE else "store_true"

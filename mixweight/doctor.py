@@ -23,7 +23,6 @@ EXTRAS = {
     "eval": ("lm-eval",),
     "tracking": ("tensorboard", "wandb", "mlflow"),
     "s3": ("boto3",),
-    "regmix": ("lightgbm",),
 }
 
 

@@ -8,7 +8,8 @@ Fields (docs/weights-methods.md):
   weight 0 in ``weights`` and are never sampled. Weights over the other domains sum to 1;
 - ``method`` (name and hyperparameters), ``provenance`` (seed, config hash, proxy spec,
   tokenizer fingerprint, domain token counts, mixweight version): mappings;
-- ``trajectory``: per logged step ``{"step", "weights" (in ``domains`` order), "signal"}``;
+- ``trajectory``: per logged step ``{"step", "weights", "signal"}``; ``weights`` is a list in
+  ``domains`` order (DoReMi) or a ``{domain: weight}`` map over every corpus domain (DoGE);
 - ``warnings``: what `mixweight.domain.health.weight_warnings` found (collapse, floor, not
   converged), each ``{"code", "step", "domains", "message"}``;
 - ``replay``: everything `mixweight weights verify` needs to recompute the trajectory::

@@ -55,12 +55,15 @@ def main() -> None:
         corpus = f"{tmp}/corpus"
         write_synthetic_corpus(corpus, tokens_per_domain=32 * 1024, seq_len=args.seq_len)
         manifest = load_manifest(corpus)
-        blocks = torch.cat([torch.from_numpy(read_stream(manifest.stream_dir(corpus, "train", d)))
-                            for d in manifest.domains])
+        blocks = torch.cat(
+            [torch.from_numpy(read_stream(manifest.stream_dir(corpus, "train", d))) for d in manifest.domains]
+        )
     n = args.batch_size
     order = torch.randperm(len(blocks), generator=torch.Generator().manual_seed(0))
-    batches = [{"input_ids": blocks[order[i * n : (i + 1) * n]], "domain": torch.zeros(n, dtype=torch.long)}
-               for i in range(args.steps + args.warmup)]
+    batches = [
+        {"input_ids": blocks[order[i * n : (i + 1) * n]], "domain": torch.zeros(n, dtype=torch.long)}
+        for i in range(args.steps + args.warmup)
+    ]
     config = TrainConfig(data=".", out=".", sample_weighting=args.weighting)
     eager = build_model(args.model, manifest, seed=0)
     compiled = wrap_model(copy.deepcopy(eager), World(), fsdp=False, compile=True)
@@ -79,8 +82,10 @@ def main() -> None:
         for name in names:
             times[name].append(one_step(arms[name], optimizers[name], batches[step], reduction, step, args.loss_impl))
     median = {name: statistics.median(t) for name, t in times.items()}
-    print(f"model {args.model}, {n} x {args.seq_len} tokens per step, {args.weighting}, loss_impl {args.loss_impl}, "
-          f"torch threads {torch.get_num_threads()}, {args.steps} timed steps per arm, load {os.getloadavg()[0]:.1f}")
+    print(
+        f"model {args.model}, {n} x {args.seq_len} tokens per step, {args.weighting}, loss_impl {args.loss_impl}, "
+        f"torch threads {torch.get_num_threads()}, {args.steps} timed steps per arm, load {os.getloadavg()[0]:.1f}"
+    )
     for name in arms:
         print(f"{name:9s} {median[name] * 1e3:8.1f} ms/step   (first {args.warmup} steps: {warmup[name]:.1f} s)")
     print(f"compiled / eager: {median['compiled'] / median['eager']:.3f}x")

@@ -51,8 +51,12 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 sys.path.insert(0, str(REPO))  # the checkout's mixweight, installed or not
 SCHEMA = "mixweight-device-check/1"
-OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-               "TOKENIZERS_PARALLELISM": "false"}
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
 
 # Peak dense bf16 tensor FLOPs (no sparsity), from the vendor data sheets. The H100 entry is the SXM part
 # (reported as "H100 80GB HBM3"); the PCIe (756e12) and NVL (835e12) parts differ, so they stay unknown.
@@ -65,17 +69,43 @@ PEAK_BF16 = [
 
 # Sizes. gpu: the real check; cpu: a dry run that exercises every part in seconds of compute.
 PROFILES = {
-    "gpu": {"model": "gpt2-mini", "seq_len": 512, "batch_size": 8, "steps": 200, "drop_steps": 30,
-            "warmup_steps": 20, "tokens_per_domain": 131_072, "proxy_steps": 20, "proxy_repeats": 2,
-            "total_budget_s": 450},
-    "cpu": {"model": "gpt2-micro", "seq_len": 64, "batch_size": 2, "steps": 6, "drop_steps": 2,
-            "warmup_steps": 1, "tokens_per_domain": 4096, "proxy_steps": 3, "proxy_repeats": 1,
-            "total_budget_s": 3600},
+    "gpu": {
+        "model": "gpt2-mini",
+        "seq_len": 512,
+        "batch_size": 8,
+        "steps": 200,
+        "drop_steps": 30,
+        "warmup_steps": 20,
+        "tokens_per_domain": 131_072,
+        "proxy_steps": 20,
+        "proxy_repeats": 2,
+        "total_budget_s": 450,
+    },
+    "cpu": {
+        "model": "gpt2-micro",
+        "seq_len": 64,
+        "batch_size": 2,
+        "steps": 6,
+        "drop_steps": 2,
+        "warmup_steps": 1,
+        "tokens_per_domain": 4096,
+        "proxy_steps": 3,
+        "proxy_repeats": 1,
+        "total_budget_s": 3600,
+    },
 }
 # Seconds each part may take at most (gpu; the cpu dry run gets 10x, the shared CI CPU is slow). The whole
 # run is also bounded by the profile's total_budget_s: a part never gets more than what is left of it.
-PART_BUDGET_S = {"synth": 60, "mixweight": 90, "transformers": 90, "linupper": 90, "proxy_steps": 90,
-                 "loss_full": 90, "loss_chunked": 90, "compile": 180}
+PART_BUDGET_S = {
+    "synth": 60,
+    "mixweight": 90,
+    "transformers": 90,
+    "linupper": 90,
+    "proxy_steps": 90,
+    "loss_full": 90,
+    "loss_chunked": 90,
+    "compile": 180,
+}
 PARTS = list(PART_BUDGET_S)
 WORK_MARKER = ".mixweight-device-check"
 MIN_PART_S = 10  # a part is skipped, not started, when less than this is left of the total budget
@@ -96,6 +126,7 @@ def peak_bf16_flops(device_name: str | None) -> float | None:
 
 def train_flags(help_text: str) -> dict[str, bool]:
     """Which optional `mixweight train` flags this checkout has (other work adds them over time)."""
+
     def has(flag: str) -> bool:
         return re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", help_text) is not None
 
@@ -118,17 +149,28 @@ def model_flops(spec: str, corpus: str | Path) -> dict:
     embedding = model.get_input_embeddings().weight
     output = model.get_output_embeddings()
     tied = output is not None and output.weight is embedding
-    positions = sum(m.weight.numel() for name, m in model.named_modules()
-                    if isinstance(m, torch.nn.Embedding) and name.rsplit(".", 1)[-1] in
-                    ("wpe", "position_embeddings", "embed_positions"))
+    positions = sum(
+        m.weight.numel()
+        for name, m in model.named_modules()
+        if isinstance(m, torch.nn.Embedding)
+        and name.rsplit(".", 1)[-1] in ("wpe", "position_embeddings", "embed_positions")
+    )
     # The input embedding is a lookup, not a matmul; the output projection is one (counted once when tied).
     matmul = total - positions - (0 if tied else embedding.numel())
     layers, heads = config.num_hidden_layers, config.num_attention_heads
     head_size = config.hidden_size // heads
     attention = 12 * layers * heads * head_size * manifest.seq_len
-    return {"parameters": total, "matmul_parameters": matmul, "layers": layers, "heads": heads,
-            "head_size": head_size, "seq_len": manifest.seq_len, "vocab_size": manifest.vocab_size,
-            "flops_per_token": 6 * matmul + attention, "attention_flops_per_token": attention}
+    return {
+        "parameters": total,
+        "matmul_parameters": matmul,
+        "layers": layers,
+        "heads": heads,
+        "head_size": head_size,
+        "seq_len": manifest.seq_len,
+        "vocab_size": manifest.vocab_size,
+        "flops_per_token": 6 * matmul + attention,
+        "attention_flops_per_token": attention,
+    }
 
 
 def _finite_or_null(value):
@@ -159,11 +201,17 @@ def _peak_memory() -> dict:
     import torch
 
     if torch.cuda.is_available():
-        return {"peak_memory_bytes": int(torch.cuda.max_memory_allocated()), "peak_memory_kind": "cuda_max_allocated",
-                "device_name": torch.cuda.get_device_name(0)}
+        return {
+            "peak_memory_bytes": int(torch.cuda.max_memory_allocated()),
+            "peak_memory_kind": "cuda_max_allocated",
+            "device_name": torch.cuda.get_device_name(0),
+        }
     # ru_maxrss is in KiB on Linux: the whole process, model and Python included.
-    return {"peak_memory_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-            "peak_memory_kind": "cpu_max_rss", "device_name": "cpu"}
+    return {
+        "peak_memory_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "peak_memory_kind": "cpu_max_rss",
+        "device_name": "cpu",
+    }
 
 
 def _reset_peak() -> None:
@@ -178,12 +226,41 @@ def worker_mixweight(spec: dict) -> dict:
     from mixweight.cli import main as mixweight_main
 
     steps = spec["steps"]
-    argv = ["train", "--data", spec["corpus"], "--out", spec["run_dir"], "--model", spec["model"],
-            "--steps", str(steps), "--batch-size", str(spec["batch_size"]), "--warmup-steps", str(spec["warmup_steps"]),
-            "--eval-every", "0", "--eval-blocks", "1", "--eval-batch-size", str(spec["batch_size"]),
-            "--checkpoint-every", str(10**9), "--keep-checkpoints", "1", "--log-every", "1",
-            "--weight-histogram-every", str(10**9), "--precision", spec["precision"], "--seed", "0",
-            "--no-progress", *spec["extra_args"]]
+    argv = [
+        "train",
+        "--data",
+        spec["corpus"],
+        "--out",
+        spec["run_dir"],
+        "--model",
+        spec["model"],
+        "--steps",
+        str(steps),
+        "--batch-size",
+        str(spec["batch_size"]),
+        "--warmup-steps",
+        str(spec["warmup_steps"]),
+        "--eval-every",
+        "0",
+        "--eval-blocks",
+        "1",
+        "--eval-batch-size",
+        str(spec["batch_size"]),
+        "--checkpoint-every",
+        str(10**9),
+        "--keep-checkpoints",
+        "1",
+        "--log-every",
+        "1",
+        "--weight-histogram-every",
+        str(10**9),
+        "--precision",
+        spec["precision"],
+        "--seed",
+        "0",
+        "--no-progress",
+        *spec["extra_args"],
+    ]
     _reset_peak()
     started = time.perf_counter()
     mixweight_main(argv)
@@ -195,9 +272,16 @@ def worker_mixweight(spec: dict) -> dict:
     tokens_per_step = spec["batch_size"] * spec["seq_len"]
     timed = [per_step[s] for s in range(spec["drop_steps"] + 1, steps + 1)]
     last = [r for r in records if "time" in r][-1]
-    return {"tokens_per_s": statistics.median(timed), "first_step_s": tokens_per_step / per_step[1],
-            "timed_steps": len(timed), "wall_s": wall, "loss": last["loss"], "loss_kind": "last step",
-            "argv": ["mixweight", *argv], **_peak_memory()}
+    return {
+        "tokens_per_s": statistics.median(timed),
+        "first_step_s": tokens_per_step / per_step[1],
+        "timed_steps": len(timed),
+        "wall_s": wall,
+        "loss": last["loss"],
+        "loss_kind": "last step",
+        "argv": ["mixweight", *argv],
+        **_peak_memory(),
+    }
 
 
 def worker_transformers(spec: dict) -> dict:
@@ -229,27 +313,53 @@ def worker_transformers(spec: dict) -> dict:
     model = build_model(spec["model"], load_manifest(corpus), seed=0)
     bf16 = spec["precision"] == "bf16"
     training_args = TrainingArguments(
-        output_dir=spec["run_dir"], max_steps=spec["steps"], per_device_train_batch_size=spec["batch_size"],
-        gradient_accumulation_steps=1, learning_rate=LR, weight_decay=WEIGHT_DECAY, adam_beta1=BETAS[0],
-        adam_beta2=BETAS[1], adam_epsilon=1e-8, max_grad_norm=CLIP, optim="adamw_torch",
-        lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr": FINAL_LR},
-        warmup_steps=spec["warmup_steps"], use_cpu=not cuda, bf16=bf16, fp16=False, seed=0, data_seed=0,
-        remove_unused_columns=False, report_to=[], eval_strategy="no", save_strategy="no",
-        logging_steps=10**6, dataloader_num_workers=0, disable_tqdm=True,
+        output_dir=spec["run_dir"],
+        max_steps=spec["steps"],
+        per_device_train_batch_size=spec["batch_size"],
+        gradient_accumulation_steps=1,
+        learning_rate=LR,
+        weight_decay=WEIGHT_DECAY,
+        adam_beta1=BETAS[0],
+        adam_beta2=BETAS[1],
+        adam_epsilon=1e-8,
+        max_grad_norm=CLIP,
+        optim="adamw_torch",
+        lr_scheduler_type="cosine_with_min_lr",
+        lr_scheduler_kwargs={"min_lr": FINAL_LR},
+        warmup_steps=spec["warmup_steps"],
+        use_cpu=not cuda,
+        bf16=bf16,
+        fp16=False,
+        seed=0,
+        data_seed=0,
+        remove_unused_columns=False,
+        report_to=[],
+        eval_strategy="no",
+        save_strategy="no",
+        logging_steps=10**6,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
     )
     timer = SyncedStepEnd()
-    trainer = DomainTrainer(model=model, args=training_args, train_dataset=BlockDataset(corpus),
-                            data_collator=collate, callbacks=[timer])
+    trainer = DomainTrainer(
+        model=model, args=training_args, train_dataset=BlockDataset(corpus), data_collator=collate, callbacks=[timer]
+    )
     _reset_peak()
     started = time.perf_counter()
     result = trainer.train()
     wall = time.perf_counter() - started
     if len(timer.ends) != spec["steps"]:
         raise RuntimeError(f"transformers.Trainer ran {len(timer.ends)} steps, expected {spec['steps']}")
-    periods = np.diff(timer.ends)[max(spec["drop_steps"] - 1, 0):].tolist()  # period i ends step i + 2
+    periods = np.diff(timer.ends)[max(spec["drop_steps"] - 1, 0) :].tolist()  # period i ends step i + 2
     tokens_per_step = spec["batch_size"] * spec["seq_len"]
-    return {"tokens_per_s": tokens_per_step / statistics.median(periods), "timed_steps": len(periods),
-            "wall_s": wall, "loss": result.training_loss, "loss_kind": "mean over steps", **_peak_memory()}
+    return {
+        "tokens_per_s": tokens_per_step / statistics.median(periods),
+        "timed_steps": len(periods),
+        "wall_s": wall,
+        "loss": result.training_loss,
+        "loss_kind": "mean over steps",
+        **_peak_memory(),
+    }
 
 
 class _OnDevice:
@@ -322,10 +432,20 @@ def worker_proxy_steps(spec: dict) -> dict:
                 torch.cuda.empty_cache()
     median = {name: statistics.median(s) for name, s in seconds.items()}
     memory = _peak_memory()
-    return {"arms": {name: {"ms_per_step": median[name] * 1e3, "vs_plain": median[name] / median["plain"],
-                            "peak_memory_bytes": peaks[name]} for name in arms},
-            "timed_steps_per_repeat": spec["proxy_steps"] - 1, "repeats": spec["proxy_repeats"],
-            "peak_memory_kind": memory["peak_memory_kind"], "device_name": memory["device_name"]}
+    return {
+        "arms": {
+            name: {
+                "ms_per_step": median[name] * 1e3,
+                "vs_plain": median[name] / median["plain"],
+                "peak_memory_bytes": peaks[name],
+            }
+            for name in arms
+        },
+        "timed_steps_per_repeat": spec["proxy_steps"] - 1,
+        "repeats": spec["proxy_repeats"],
+        "peak_memory_kind": memory["peak_memory_kind"],
+        "device_name": memory["device_name"],
+    }
 
 
 WORKERS = {"mixweight": worker_mixweight, "transformers": worker_transformers, "proxy_steps": worker_proxy_steps}
@@ -358,8 +478,9 @@ def run_part(argv: list[str], budget_s: float, env: dict | None = None, cwd: str
     Returns {"status": "ok"|"failed"|"timeout", "elapsed_s", "output_tail", "error"?}; on timeout (or SIGTERM)
     the whole group is killed, so no data-loader child outlives its part."""
     started = time.perf_counter()
-    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                               cwd=cwd, start_new_session=True)
+    process = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=cwd, start_new_session=True
+    )
     try:
         output, _ = process.communicate(timeout=budget_s)
         status = "ok" if process.returncode == 0 else "failed"
@@ -390,17 +511,25 @@ class Check:
         self.deadline = time.monotonic() + (args.total_budget_s or self.profile["total_budget_s"])
         self.work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="mw-device-check-"))
         self.corpus = self.work / "corpus"
-        self.env = {**os.environ, **OFFLINE_ENV, "PYTHONPATH": os.pathsep.join(
-            [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
+        self.env = {
+            **os.environ,
+            **OFFLINE_ENV,
+            "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]),
+        }
         if not args.cpu and "CUDA_VISIBLE_DEVICES" not in os.environ:
             self.env["CUDA_VISIBLE_DEVICES"] = "0"  # one GPU: transformers.Trainer would take every visible one
         if args.cpu:
             self.env["CUDA_VISIBLE_DEVICES"] = ""  # the dry run stays on the CPU even on a GPU machine
         self.started = time.time()
-        self.result = {"schema": SCHEMA, "mode": "cpu" if args.cpu else "gpu",
-                       "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started)),
-                       "config": {**self.profile, "vocab_size": args.vocab, "precision": args.precision},
-                       "flags": {}, "parts": {}, "summary": {}}
+        self.result = {
+            "schema": SCHEMA,
+            "mode": "cpu" if args.cpu else "gpu",
+            "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started)),
+            "config": {**self.profile, "vocab_size": args.vocab, "precision": args.precision},
+            "flags": {},
+            "parts": {},
+            "summary": {},
+        }
 
     # --- bookkeeping -----------------------------------------------------------------
     def write(self) -> None:
@@ -428,26 +557,40 @@ class Check:
             record["budget_s"] = round(budget, 1)
             if record["status"] == "ok" and result_file is not None:
                 record["result"] = json.loads(result_file.read_text())
-            print(f"device_check: {name}: {record['status']} in {record['elapsed_s']} s"
-                  + (f" ({record['error']})" if "error" in record else ""), flush=True)
+            print(
+                f"device_check: {name}: {record['status']} in {record['elapsed_s']} s"
+                + (f" ({record['error']})" if "error" in record else ""),
+                flush=True,
+            )
         self.result["parts"][name] = record
         self.write()
         return record
 
     def unavailable(self, name: str, flag: str) -> None:
-        self.result["parts"][name] = {"status": "not available",
-                                      "error": f"`mixweight train --help` lists no {flag} in this checkout"}
+        self.result["parts"][name] = {
+            "status": "not available",
+            "error": f"`mixweight train --help` lists no {flag} in this checkout",
+        }
         self.write()
 
     def worker(self, name: str, kind: str, **spec) -> dict:
         run_dir = self.work / name
         shutil.rmtree(run_dir, ignore_errors=True)  # ours: a rerun with the same --work-dir starts clean
-        spec = {"corpus": str(self.corpus), "run_dir": str(run_dir), "model": self.profile["model"],
-                "steps": self.profile["steps"], "batch_size": self.profile["batch_size"],
-                "seq_len": self.profile["seq_len"], "drop_steps": self.profile["drop_steps"],
-                "warmup_steps": self.profile["warmup_steps"], "precision": self.args.precision,
-                "proxy_steps": self.profile["proxy_steps"], "proxy_repeats": self.profile["proxy_repeats"],
-                "extra_args": [], **spec}
+        spec = {
+            "corpus": str(self.corpus),
+            "run_dir": str(run_dir),
+            "model": self.profile["model"],
+            "steps": self.profile["steps"],
+            "batch_size": self.profile["batch_size"],
+            "seq_len": self.profile["seq_len"],
+            "drop_steps": self.profile["drop_steps"],
+            "warmup_steps": self.profile["warmup_steps"],
+            "precision": self.args.precision,
+            "proxy_steps": self.profile["proxy_steps"],
+            "proxy_repeats": self.profile["proxy_repeats"],
+            "extra_args": [],
+            **spec,
+        }
         spec_file, result_file = self.work / f"{name}.spec.json", self.work / f"{name}.result.json"
         spec_file.write_text(json.dumps(spec))
         result_file.unlink(missing_ok=True)
@@ -458,17 +601,36 @@ class Check:
     def run(self) -> None:
         self.work.mkdir(parents=True, exist_ok=True)
         (self.work / WORK_MARKER).touch()  # lets a later run with this --work-dir know the contents are ours
-        shown = subprocess.run([sys.executable, "-m", "mixweight", "train", "--help"], capture_output=True,
-                               text=True, env=self.env, cwd=REPO, check=False)
+        shown = subprocess.run(
+            [sys.executable, "-m", "mixweight", "train", "--help"],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            cwd=REPO,
+            check=False,
+        )
         flags = self.result["flags"] = train_flags(shown.stdout)
         if shown.returncode != 0:  # every part below will fail too, each recording why
             self.result["flags"]["help_error"] = _tail(shown.stdout + shown.stderr, 600)
         self.write()
 
         shutil.rmtree(self.corpus, ignore_errors=True)
-        synth = self.part("synth", [sys.executable, "-m", "mixweight", "data", "synth", "--out", str(self.corpus),
-                                    "--seq-len", str(self.profile["seq_len"]),
-                                    "--tokens-per-domain", str(self.profile["tokens_per_domain"])])
+        synth = self.part(
+            "synth",
+            [
+                sys.executable,
+                "-m",
+                "mixweight",
+                "data",
+                "synth",
+                "--out",
+                str(self.corpus),
+                "--seq-len",
+                str(self.profile["seq_len"]),
+                "--tokens-per-domain",
+                str(self.profile["tokens_per_domain"]),
+            ],
+        )
         if synth["status"] == "ok":
             self.widen_vocabulary()
             self.result["model"] = model_flops(self.profile["model"], self.corpus)
@@ -503,13 +665,23 @@ class Check:
     def summarize(self) -> None:
         parts = self.result["parts"]
         model = self.result.get("model", {})
-        device_name = next((p["result"].get("device_name") for p in parts.values()
-                            if p.get("status") == "ok" and "device_name" in p.get("result", {})), None)
+        device_name = next(
+            (
+                p["result"].get("device_name")
+                for p in parts.values()
+                if p.get("status") == "ok" and "device_name" in p.get("result", {})
+            ),
+            None,
+        )
         peak = peak_bf16_flops(device_name) if device_name not in (None, "cpu") else None
         self.result["device"] = {
-            "name": device_name, "peak_bf16_flops": peak,
-            "peak_note": (f"peak dense bf16 of {device_name} from the table in device_check.py" if peak else
-                          f"{device_name or 'no device'} is not in device_check.py's peak-FLOPs table: MFU is null"),
+            "name": device_name,
+            "peak_bf16_flops": peak,
+            "peak_note": (
+                f"peak dense bf16 of {device_name} from the table in device_check.py"
+                if peak
+                else f"{device_name or 'no device'} is not in device_check.py's peak-FLOPs table: MFU is null"
+            ),
         }
         self.result["device"].update(_versions())
 
@@ -519,13 +691,19 @@ class Check:
         for name in ("mixweight", "transformers", "linupper", "loss_full", "loss_chunked", "compile"):
             res = ok(name)
             if res is not None:
-                res["mfu"] = (model["flops_per_token"] * res["tokens_per_s"] / peak
-                              if peak and model.get("flops_per_token") else None)
+                res["mfu"] = (
+                    model["flops_per_token"] * res["tokens_per_s"] / peak
+                    if peak and model.get("flops_per_token")
+                    else None
+                )
 
         def ratio(a, b, key):
             ra, rb = ok(a), ok(b)
-            return ra[key] / rb[key] if ra and rb and finite_positive(ra.get(key)) and finite_positive(rb.get(key)) \
+            return (
+                ra[key] / rb[key]
+                if ra and rb and finite_positive(ra.get(key)) and finite_positive(rb.get(key))
                 else None
+            )
 
         proxy = ok("proxy_steps")
         self.result["summary"] = {
@@ -558,8 +736,14 @@ def markdown(result: dict) -> str:
     """The run as benchmarks/RESULTS.md tables."""
     parts, cfg, model, summary = result["parts"], result["config"], result.get("model", {}), result["summary"]
     device = result.get("device", {})
-    memory_kind = next((p["result"].get("peak_memory_kind") for p in parts.values()
-                        if p.get("status") == "ok" and "peak_memory_kind" in p.get("result", {})), "-")
+    memory_kind = next(
+        (
+            p["result"].get("peak_memory_kind")
+            for p in parts.values()
+            if p.get("status") == "ok" and "peak_memory_kind" in p.get("result", {})
+        ),
+        "-",
+    )
     lines = [
         f"Device: {device.get('name')} (peak bf16 {device.get('peak_bf16_flops') or 'unknown'}); torch "
         f"{device.get('torch')}, transformers {device.get('transformers')}, CUDA {device.get('cuda')}. "
@@ -572,10 +756,14 @@ def markdown(result: dict) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     base = parts.get("mixweight", {}).get("result", {}).get("tokens_per_s")
-    for name, label in (("mixweight", "mixweight train (plain)"), ("transformers", "transformers.Trainer"),
-                        ("linupper", "mixweight train, LinUpper"), ("loss_full", "mixweight train, --loss-impl full"),
-                        ("loss_chunked", "mixweight train, --loss-impl chunked"),
-                        ("compile", "mixweight train, --compile")):
+    for name, label in (
+        ("mixweight", "mixweight train (plain)"),
+        ("transformers", "transformers.Trainer"),
+        ("linupper", "mixweight train, LinUpper"),
+        ("loss_full", "mixweight train, --loss-impl full"),
+        ("loss_chunked", "mixweight train, --loss-impl chunked"),
+        ("compile", "mixweight train, --compile"),
+    ):
         part = parts.get(name, {})
         res = part.get("result") if part.get("status") == "ok" else None
         if res is None:
@@ -585,15 +773,17 @@ def markdown(result: dict) -> str:
         vs = f"{res['tokens_per_s'] / base:.2f}x" if finite_positive(base) else "-"
         mfu = f"{res['mfu'] * 100:.1f}%" if res.get("mfu") is not None else "null"
         first = f"{res['first_step_s']:.2f}" if "first_step_s" in res else "-"  # compile time shows here
-        lines.append(f"| {label} | {res['tokens_per_s']:,.0f} | {vs} | {mfu} | {_gib(res['peak_memory_bytes'])} "
-                     f"| {first} | ok |")
+        lines.append(
+            f"| {label} | {res['tokens_per_s']:,.0f} | {vs} | {mfu} | {_gib(res['peak_memory_bytes'])} | {first} | ok |"
+        )
     lines += ["", "| proxy step | ms/step (median) | vs plain | peak memory (GiB) |", "|---|---|---|---|"]
     proxy = parts.get("proxy_steps", {})
     if proxy.get("status") == "ok":
         for name, label in (("plain", "plain step"), ("doremi", "DoReMi proxy step"), ("doge", "DoGE proxy step")):
             arm = proxy["result"]["arms"][name]
-            lines.append(f"| {label} | {arm['ms_per_step']:.1f} | {arm['vs_plain']:.2f}x | "
-                         f"{_gib(arm['peak_memory_bytes'])} |")
+            lines.append(
+                f"| {label} | {arm['ms_per_step']:.1f} | {arm['vs_plain']:.2f}x | {_gib(arm['peak_memory_bytes'])} |"
+            )
     else:
         lines.append(f"| (all) | - | - | {proxy.get('status', 'missing')}: {proxy.get('error', '')[:80]} |")
     lines += ["", "| summary | value |", "|---|---|"]
@@ -620,21 +810,24 @@ def _refuse_paths(args) -> str | None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
+    )
     parser.add_argument("--cpu", action="store_true", help="dry run: tiny sizes on the CPU (every part, seconds)")
     parser.add_argument("--out", default=str(BENCH_DIR / "device_check.json"), help="the JSON to write")
     parser.add_argument("--markdown", default=None, help="also write the tables to this file")
-    parser.add_argument("--work-dir", default=None, help="corpus and run directories (default: a new temp dir, "
-                        "removed at the end)")
+    parser.add_argument(
+        "--work-dir", default=None, help="corpus and run directories (default: a new temp dir, removed at the end)"
+    )
     parser.add_argument("--model", default=None, help="model spec (default: gpt2-mini; --cpu: gpt2-micro)")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--seq-len", type=int, default=None)
     parser.add_argument("--vocab", type=int, default=50257, help="vocabulary size of the models (GPT-2's)")
     parser.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
-    parser.add_argument("--total-budget-s", type=float, default=None,
-                        help="seconds for the whole check (default: 450 on a GPU)")
+    parser.add_argument(
+        "--total-budget-s", type=float, default=None, help="seconds for the whole check (default: 450 on a GPU)"
+    )
     parser.add_argument("--worker", nargs=3, metavar=("KIND", "SPEC", "RESULT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:

@@ -40,8 +40,17 @@ def run_arm(impl: str, batch_size: int, seq_len: int, vocab: int, iters: int, th
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    config = AutoConfig.for_model("gpt2", vocab_size=vocab, n_layer=2, n_head=2, n_embd=64, n_positions=seq_len,
-                                  resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    config = AutoConfig.for_model(
+        "gpt2",
+        vocab_size=vocab,
+        n_layer=2,
+        n_head=2,
+        n_embd=64,
+        n_positions=seq_len,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
     model = AutoModelForCausalLM.from_config(config)
     input_ids = torch.randint(0, vocab, (batch_size, seq_len), generator=torch.Generator().manual_seed(1))
     before = _rss_kib()
@@ -56,9 +65,15 @@ def run_arm(impl: str, batch_size: int, seq_len: int, vocab: int, iters: int, th
         losses = per_sample.detach()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     grad_norm = float(torch.sqrt(sum((p.grad.double() ** 2).sum() for p in model.parameters())))
-    return {"impl": impl, "peak_rss_mib": peak / 1024, "added_mib": (peak - before) / 1024,
-            "baseline_mib": before / 1024, "seconds": statistics.median(times[1:] or times),
-            "losses": losses.tolist(), "grad_norm": grad_norm}
+    return {
+        "impl": impl,
+        "peak_rss_mib": peak / 1024,
+        "added_mib": (peak - before) / 1024,
+        "baseline_mib": before / 1024,
+        "seconds": statistics.median(times[1:] or times),
+        "losses": losses.tolist(),
+        "grad_norm": grad_norm,
+    }
 
 
 def main() -> None:
@@ -78,9 +93,22 @@ def main() -> None:
     results: dict[str, list[dict]] = {"full": [], "chunked": []}
     for _ in range(args.repeats):
         for impl in ("full", "chunked"):
-            command = [sys.executable, __file__, "--arm", impl, "--iters", str(args.iters), "--threads",
-                       str(args.threads), "--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len),
-                       "--vocab", str(args.vocab)]
+            command = [
+                sys.executable,
+                __file__,
+                "--arm",
+                impl,
+                "--iters",
+                str(args.iters),
+                "--threads",
+                str(args.threads),
+                "--batch-size",
+                str(args.batch_size),
+                "--seq-len",
+                str(args.seq_len),
+                "--vocab",
+                str(args.vocab),
+            ]
             out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
             results[impl].append(json.loads(out.strip().splitlines()[-1]))
 
@@ -89,16 +117,22 @@ def main() -> None:
 
     full_losses, chunked_losses = results["full"][0]["losses"], results["chunked"][0]["losses"]
     max_diff = max(abs(a - b) for a, b in zip(full_losses, chunked_losses))
-    print(f"GPT-2 2x64, V={args.vocab}, L={args.seq_len}, B={args.batch_size}, torch threads {args.threads}, "
-          f"{args.repeats} processes per arm x {args.iters} forward+backward, load {os.getloadavg()[0]:.1f}")
+    print(
+        f"GPT-2 2x64, V={args.vocab}, L={args.seq_len}, B={args.batch_size}, torch threads {args.threads}, "
+        f"{args.repeats} processes per arm x {args.iters} forward+backward, load {os.getloadavg()[0]:.1f}"
+    )
     print(f"{'arm':8s} {'peak RSS MiB':>13s} {'added by fwd+bwd MiB':>21s} {'s/iter':>8s} {'grad norm':>10s}")
     for impl in ("full", "chunked"):
-        print(f"{impl:8s} {med(impl, 'peak_rss_mib'):13.0f} {med(impl, 'added_mib'):21.0f} {med(impl, 'seconds'):8.2f} "
-              f"{results[impl][0]['grad_norm']:10.6f}")
-    print(f"chunked / full: peak RSS {med('chunked', 'peak_rss_mib') / med('full', 'peak_rss_mib'):.3f}x, "
-          f"added memory {med('chunked', 'added_mib') / med('full', 'added_mib'):.3f}x, "
-          f"time {med('chunked', 'seconds') / med('full', 'seconds'):.3f}x; max |per-sample loss difference| "
-          f"{max_diff:.2e}")
+        print(
+            f"{impl:8s} {med(impl, 'peak_rss_mib'):13.0f} {med(impl, 'added_mib'):21.0f} {med(impl, 'seconds'):8.2f} "
+            f"{results[impl][0]['grad_norm']:10.6f}"
+        )
+    print(
+        f"chunked / full: peak RSS {med('chunked', 'peak_rss_mib') / med('full', 'peak_rss_mib'):.3f}x, "
+        f"added memory {med('chunked', 'added_mib') / med('full', 'added_mib'):.3f}x, "
+        f"time {med('chunked', 'seconds') / med('full', 'seconds'):.3f}x; max |per-sample loss difference| "
+        f"{max_diff:.2e}"
+    )
 
 
 if __name__ == "__main__":

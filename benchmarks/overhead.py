@@ -69,13 +69,16 @@ def main() -> None:
         corpus = f"{tmp}/corpus"
         write_synthetic_corpus(corpus, tokens_per_domain=32 * 1024, seq_len=args.seq_len)
         manifest = load_manifest(corpus)
-        blocks = torch.cat([torch.from_numpy(read_stream(manifest.stream_dir(corpus, "train", d)))
-                            for d in manifest.domains])
+        blocks = torch.cat(
+            [torch.from_numpy(read_stream(manifest.stream_dir(corpus, "train", d))) for d in manifest.domains]
+        )
     generator = torch.Generator().manual_seed(0)
     order = torch.randperm(len(blocks), generator=generator)
     n = args.batch_size
-    steps = [{"input_ids": blocks[order[i * n : (i + 1) * n]], "domain": torch.zeros(n, dtype=torch.long)}
-             for i in range(args.steps)]
+    steps = [
+        {"input_ids": blocks[order[i * n : (i + 1) * n]], "domain": torch.zeros(n, dtype=torch.long)}
+        for i in range(args.steps)
+    ]
 
     def micro(m: int) -> list[dict]:  # the same samples per step, cut into m micro-batches
         return [{k: v[j * n // m : (j + 1) * n // m] for k, v in b.items()} for b in steps for j in range(m)]
@@ -90,7 +93,7 @@ def main() -> None:
     # Every arm keeps its own model and optimizer; the arms take turns step by step (in a rotating
     # order), so a load change on a shared machine hits all of them within seconds of each other.
     state = {}
-    for name, (weighting, arm_batches, accum, scope) in arms.items():
+    for name, (weighting, _arm_batches, _accum, _scope) in arms.items():
         config = TrainConfig(data=".", out=".", sample_weighting=weighting)
         model = build_model(args.model, manifest, seed=0)
         state[name] = (model, build_optimizer(model, config), reduction_from_config(config))
@@ -102,8 +105,9 @@ def main() -> None:
             for name in names[turn:] + names[:turn]:
                 _, arm_batches, accum, scope = arms[name]
                 model, optimizer, reduction = state[name]
-                seconds = one_step(model, optimizer, arm_batches[step * accum : (step + 1) * accum], reduction,
-                                   step, scope)
+                seconds = one_step(
+                    model, optimizer, arm_batches[step * accum : (step + 1) * accum], reduction, step, scope
+                )
                 if rep or step:  # the first step pays one-time allocation costs
                     results[name].append(seconds)
     median = {name: statistics.median(times) for name, times in results.items()}
@@ -111,14 +115,19 @@ def main() -> None:
     def paired(a: str, b: str) -> float:  # median over rounds of a's time / b's time in the same round
         return statistics.median(x / y for x, y in zip(results[a], results[b]))
 
-    print(f"model {args.model}, {n} sequences x {args.seq_len} tokens per step, torch threads "
-          f"{torch.get_num_threads()}, {args.repeats} repeats x {args.steps} steps, load {os.getloadavg()[0]:.1f}")
+    print(
+        f"model {args.model}, {n} sequences x {args.seq_len} tokens per step, torch threads "
+        f"{torch.get_num_threads()}, {args.repeats} repeats x {args.steps} steps, load {os.getloadavg()[0]:.1f}"
+    )
     print("ratios: median over rounds of the paired ratio (both arms timed within the same round)")
     print(f"{'arm':34s} {'ms/step':>9s} {'x mean (same mb)':>17s} {'x linupper 1 mb of 16':>22s}")
     for name, seconds in median.items():
         m = name.rsplit(", ", 1)[1]
-        print(f"{name:34s} {seconds * 1e3:9.1f} {paired(name, f'mean, {m}'):17.3f} "
-              f"{paired(name, 'linupper step, 1 mb'):22.3f}")
+        print(
+            f"{name:34s} {seconds * 1e3:9.1f} {paired(name, f'mean, {m}'):17.3f} "
+            f"{paired(name, 'linupper step, 1 mb'):22.3f}"
+        )
+
 
 if __name__ == "__main__":
     main()

@@ -82,8 +82,9 @@ def main() -> None:
     def relabelled(n: int) -> list[dict]:
         """The same blocks in n domains, uniformly at random (the mixture's blocks stay 1 in n + 1)."""
         g = torch.Generator().manual_seed(n)
-        return [{"input_ids": b["input_ids"], "domain": torch.randint(n, (args.batch_size,), generator=g)}
-                for b in batches]
+        return [
+            {"input_ids": b["input_ids"], "domain": torch.randint(n, (args.batch_size,), generator=g)} for b in batches
+        ]
 
     def doge(names: list[str], impl: str):
         # what `weights doge` runs by default: the held-out mix target, clipped per-domain gradients
@@ -112,10 +113,12 @@ def main() -> None:
     loads.append(os.getloadavg()[0])
     median = {name: statistics.median(times) for name, times in results.items()}
     plain = median["plain step"]
-    print(f"model {args.model} ({count_parameters(reference) / 1e6:.2f}M parameters), {k} domains, "
-          f"{args.batch_size} sequences x {args.seq_len} tokens per step, torch threads {torch.get_num_threads()}, "
-          f"{args.repeats} repeats x {args.steps - 1} timed steps, "
-          f"load average (1 min) at each repeat's start and at the end: {', '.join(f'{v:.1f}' for v in loads)}")
+    print(
+        f"model {args.model} ({count_parameters(reference) / 1e6:.2f}M parameters), {k} domains, "
+        f"{args.batch_size} sequences x {args.seq_len} tokens per step, torch threads {torch.get_num_threads()}, "
+        f"{args.repeats} repeats x {args.steps - 1} timed steps, "
+        f"load average (1 min) at each repeat's start and at the end: {', '.join(f'{v:.1f}' for v in loads)}"
+    )
     print("| arm | ms/step (median) | spread over repeats (ms) | vs plain |")
     print("|---|---|---|---|")
     for name, seconds in median.items():

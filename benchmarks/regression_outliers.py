@@ -50,10 +50,10 @@ def dro_kl_weights(losses: torch.Tensor, kl: float) -> torch.Tensor:
 
 def method_weights(name: str, r: float, kl: float):
     if name == "uniform":
-        return lambda l: torch.full_like(l, 1.0 / l.numel())
+        return lambda losses: torch.full_like(losses, 1.0 / losses.numel())
     if name.startswith("dro-kl"):
-        return lambda l: dro_kl_weights(l, kl)
-    return lambda l: sample_weights(l, name, r=r)
+        return lambda losses: dro_kl_weights(losses, kl)
+    return lambda losses: sample_weights(losses, name, r=r)
 
 
 def train(name, weigh, lr, steps, seed, outlier_frac, outlier_scale):
@@ -102,15 +102,20 @@ def main() -> None:
     runs = [(m, args.lr) for m in ("uniform", "linupper", "quadratic", "extremes", "dro-kl")]
     runs.append(("dro-kl", args.small_lr))
     t0 = time.time()
-    print(f"d={D} n_train={N_TRAIN} ({args.outlier_frac:.0%} outliers x{args.outlier_scale:g}) n_test={N_TEST} "
-          f"noise={NOISE} batch={BATCH} steps={args.steps} seeds={args.seeds} r={args.r} kl={args.kl}")
-    print(f"\n| method | lr | final clean-test MSE (mean +- std) | diverged | MSE at step {args.steps // 4} "
-          f"| outlier weight share |\n|---|---|---|---|---|---|")
+    print(
+        f"d={D} n_train={N_TRAIN} ({args.outlier_frac:.0%} outliers x{args.outlier_scale:g}) n_test={N_TEST} "
+        f"noise={NOISE} batch={BATCH} steps={args.steps} seeds={args.seeds} r={args.r} kl={args.kl}"
+    )
+    print(
+        f"\n| method | lr | final clean-test MSE (mean +- std) | diverged | MSE at step {args.steps // 4} "
+        f"| outlier weight share |\n|---|---|---|---|---|---|"
+    )
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, lr in runs:
-        results = [train(name, method_weights(name, args.r, args.kl), lr, args.steps, s,
-                         args.outlier_frac, args.outlier_scale)
-                   for s in range(args.seeds)]
+        results = [
+            train(name, method_weights(name, args.r, args.kl), lr, args.steps, s, args.outlier_frac, args.outlier_scale)
+            for s in range(args.seeds)
+        ]
         curves = torch.tensor([c for c, _ in results])
         finite = torch.isfinite(curves[:, -1])
         fin = curves[finite]
@@ -130,8 +135,12 @@ def main() -> None:
             k = int(torch.isfinite(bad).sum())
             ax.plot([i * EVAL_EVERY for i in range(k)], bad[:k].tolist(), "--", label=f"{label}, diverged seed")
     ax.axhline(NOISE**2, color="gray", lw=0.8, ls=":", label="noise floor")
-    ax.set(yscale="log", xlabel="SGD step", ylabel="clean test MSE (mean over seeds)",
-           title=f"Linear regression, {args.outlier_frac:.0%} outliers (x{args.outlier_scale:g}), r={args.r}")
+    ax.set(
+        yscale="log",
+        xlabel="SGD step",
+        ylabel="clean test MSE (mean over seeds)",
+        title=f"Linear regression, {args.outlier_frac:.0%} outliers (x{args.outlier_scale:g}), r={args.r}",
+    )
     ax.set_ylim(top=1e3)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -55,11 +55,20 @@ def time_mixweight(corpus, manifest, weights_file, epoch, batch, n, seed) -> flo
 
 
 def time_streaming(corpus, manifest, proportions, epoch, batch, n, seed) -> float:
-    streams = [Stream(local=str(manifest.stream_dir(corpus, "train", d)), proportion=proportions[d])
-               for d in manifest.domains]
-    dataset = StreamingDataset(streams=streams, epoch_size=epoch, shuffle=True, shuffle_seed=seed, batch_size=batch,
-                               num_canonical_nodes=1, replication=None)
+    streams = [
+        Stream(local=str(manifest.stream_dir(corpus, "train", d)), proportion=proportions[d]) for d in manifest.domains
+    ]
+    dataset = StreamingDataset(
+        streams=streams,
+        epoch_size=epoch,
+        shuffle=True,
+        shuffle_seed=seed,
+        batch_size=batch,
+        num_canonical_nodes=1,
+        replication=None,
+    )
     try:
+
         def batches():
             while True:
                 yield from DataLoader(dataset, batch_size=batch, num_workers=0, collate_fn=_collate)
@@ -99,8 +108,10 @@ def time_naive(arrays, weights, batch, n, seed) -> float:
             d = min(int(np.searchsorted(cumulative, rng.random(), side="right")), len(arrays) - 1)
             tokens.append(arrays[d][rng.integers(len(arrays[d]))])
             domains.append(d)
-        return {"input_ids": torch.from_numpy(np.stack(tokens).astype(np.int64)),
-                "domain": torch.tensor(domains, dtype=torch.int64)}
+        return {
+            "input_ids": torch.from_numpy(np.stack(tokens).astype(np.int64)),
+            "domain": torch.tensor(domains, dtype=torch.int64),
+        }
 
     draw()
     started = time.perf_counter()
@@ -112,8 +123,10 @@ def time_naive(arrays, weights, batch, n, seed) -> float:
 def time_phase_change(corpus, manifest, epoch, batch, phases_n, every, seed) -> tuple[float, float]:
     """Median seconds of a `next_batch` that enters a new phase, and of an ordinary one."""
     rng = np.random.default_rng(seed)
-    phases = [Phase(i * every, dict(zip(manifest.domains, (w / w.sum()).tolist())))
-              for i, w in enumerate(rng.dirichlet(np.ones(len(manifest.domains)), phases_n))]
+    phases = [
+        Phase(i * every, dict(zip(manifest.domains, (w / w.sum()).tolist())))
+        for i, w in enumerate(rng.dirichlet(np.ones(len(manifest.domains)), phases_n))
+    ]
     mixture = DomainMixture(corpus, manifest, phases, epoch, batch, seed, World())
     change, ordinary = [], []
     try:
@@ -149,29 +162,42 @@ def main() -> None:
         weights_file.write_text(json.dumps({"weights": proportions}))
         arrays = load_arrays(corpus, manifest)
         blocks = sum(len(a) for a in arrays)
-        print(f"corpus: {len(manifest.domains)} domains, {blocks} train blocks of {args.seq_len} tokens; "
-              f"weights {WEIGHTS}; epoch {args.epoch_size}; batch {args.batch_size}; {args.batches} timed batches")
+        print(
+            f"corpus: {len(manifest.domains)} domains, {blocks} train blocks of {args.seq_len} tokens; "
+            f"weights {WEIGHTS}; epoch {args.epoch_size}; batch {args.batch_size}; {args.batches} timed batches"
+        )
 
         rows = []
         for r in range(args.repeats):
             seed = args.seed + r
-            mw = time_mixweight(corpus, manifest, str(weights_file), args.epoch_size, args.batch_size, args.batches, seed)
+            mw = time_mixweight(
+                corpus, manifest, str(weights_file), args.epoch_size, args.batch_size, args.batches, seed
+            )
             sd = time_streaming(corpus, manifest, proportions, args.epoch_size, args.batch_size, args.batches, seed)
             nv = time_naive(arrays, WEIGHTS, args.batch_size, args.batches, seed)
             rows.append((mw, sd, nv))
-            print(f"repeat {r}: mixweight {mw:,.0f}  streaming {sd:,.0f}  naive {nv:,.0f} samples/s  "
-                  f"(mixweight/streaming {mw / sd:.2f}x, mixweight/naive {mw / nv:.2f}x)", flush=True)
+            print(
+                f"repeat {r}: mixweight {mw:,.0f}  streaming {sd:,.0f}  naive {nv:,.0f} samples/s  "
+                f"(mixweight/streaming {mw / sd:.2f}x, mixweight/naive {mw / nv:.2f}x)",
+                flush=True,
+            )
         mw, sd, nv = (statistics.median(c) for c in zip(*rows))
         ratios = [row[0] / row[1] for row in rows]
         print("\n| side | samples/s (median) | ratio mixweight / side |\n|---|---|---|")
         print(f"| mixweight DomainMixture | {mw:,.0f} | |")
-        print(f"| plain StreamingDataset | {sd:,.0f} | **{mw / sd:.2f}x** (per-repeat {min(ratios):.2f}-{max(ratios):.2f}x) |")
+        print(
+            f"| plain StreamingDataset | {sd:,.0f} | **{mw / sd:.2f}x** "
+            f"(per-repeat {min(ratios):.2f}-{max(ratios):.2f}x) |"
+        )
         print(f"| naive Python weighted sampler | {nv:,.0f} | {mw / nv:.2f}x |")
 
-        change, ordinary = time_phase_change(corpus, manifest, args.epoch_size, args.batch_size, args.phases,
-                                             args.phase_every, args.seed)
-        print(f"\nphase change: next_batch entering a new phase {change * 1e3:.1f} ms (median of {args.phases - 1}) vs "
-              f"{ordinary * 1e3:.2f} ms ordinary; rebuild cost ~{(change - ordinary) * 1e3:.1f} ms")
+        change, ordinary = time_phase_change(
+            corpus, manifest, args.epoch_size, args.batch_size, args.phases, args.phase_every, args.seed
+        )
+        print(
+            f"\nphase change: next_batch entering a new phase {change * 1e3:.1f} ms (median of {args.phases - 1}) vs "
+            f"{ordinary * 1e3:.2f} ms ordinary; rebuild cost ~{(change - ordinary) * 1e3:.1f} ms"
+        )
 
 
 if __name__ == "__main__":

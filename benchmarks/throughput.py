@@ -66,10 +66,27 @@ class TimedMeanReduction(MeanReduction):
 
 def run_mixweight(corpus: Path, out: Path, args) -> dict:
     config = TrainConfig(
-        data=str(corpus), out=str(out), model=args.model, steps=args.steps, batch_size=args.batch_size,
-        grad_accum=1, lr=LR, final_lr=FINAL_LR, warmup_steps=args.warmup_steps, weight_decay=WEIGHT_DECAY,
-        adam_beta1=BETAS[0], adam_beta2=BETAS[1], grad_clip=CLIP, seed=0, eval_every=0, eval_blocks=8,
-        eval_batch_size=32, checkpoint_every=10**9, log_every=args.log_every, precision="fp32", progress=False,
+        data=str(corpus),
+        out=str(out),
+        model=args.model,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        grad_accum=1,
+        lr=LR,
+        final_lr=FINAL_LR,
+        warmup_steps=args.warmup_steps,
+        weight_decay=WEIGHT_DECAY,
+        adam_beta1=BETAS[0],
+        adam_beta2=BETAS[1],
+        grad_clip=CLIP,
+        seed=0,
+        eval_every=0,
+        eval_blocks=8,
+        eval_batch_size=32,
+        checkpoint_every=10**9,
+        log_every=args.log_every,
+        precision="fp32",
+        progress=False,
     )
     config.validate()
     reduction = TimedMeanReduction()
@@ -80,7 +97,7 @@ def run_mixweight(corpus: Path, out: Path, args) -> dict:
     steps = [r for r in records if "time" in r]
     tokens = args.batch_size * args.seq_len
     inner = [tokens / r["time"]["tokens_per_s"] for r in steps if r["step"] > args.warmup_steps]
-    period = np.diff(reduction.stamps)[args.warmup_steps:].tolist()
+    period = np.diff(reduction.stamps)[args.warmup_steps :].tolist()
     return {"period": period, "inner": inner, "total_s": total, "final_loss": steps[-1]["loss"]}
 
 
@@ -135,23 +152,43 @@ class StepTimer(TrainerCallback):
 def run_hf(corpus: Path, out: Path, dataset: BlockDataset, args) -> dict:
     model = build_model(args.model, load_manifest(corpus), seed=0)
     training_args = TrainingArguments(
-        output_dir=str(out), max_steps=args.steps, per_device_train_batch_size=args.batch_size,
-        gradient_accumulation_steps=1, learning_rate=LR, weight_decay=WEIGHT_DECAY, adam_beta1=BETAS[0],
-        adam_beta2=BETAS[1], adam_epsilon=1e-8, max_grad_norm=CLIP, optim="adamw_torch",
-        lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr": FINAL_LR},
-        warmup_steps=args.warmup_steps, use_cpu=True, bf16=False, fp16=False, seed=0, data_seed=0,
-        remove_unused_columns=False, report_to=[], eval_strategy="no", save_strategy="no",
-        logging_steps=10**6, dataloader_num_workers=0, disable_tqdm=True,
+        output_dir=str(out),
+        max_steps=args.steps,
+        per_device_train_batch_size=args.batch_size,
+        gradient_accumulation_steps=1,
+        learning_rate=LR,
+        weight_decay=WEIGHT_DECAY,
+        adam_beta1=BETAS[0],
+        adam_beta2=BETAS[1],
+        adam_epsilon=1e-8,
+        max_grad_norm=CLIP,
+        optim="adamw_torch",
+        lr_scheduler_type="cosine_with_min_lr",
+        lr_scheduler_kwargs={"min_lr": FINAL_LR},
+        warmup_steps=args.warmup_steps,
+        use_cpu=True,
+        bf16=False,
+        fp16=False,
+        seed=0,
+        data_seed=0,
+        remove_unused_columns=False,
+        report_to=[],
+        eval_strategy="no",
+        save_strategy="no",
+        logging_steps=10**6,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
     )
     timer = StepTimer()
-    trainer = DomainTrainer(model=model, args=training_args, train_dataset=dataset, data_collator=collate,
-                            callbacks=[timer])
+    trainer = DomainTrainer(
+        model=model, args=training_args, train_dataset=dataset, data_collator=collate, callbacks=[timer]
+    )
     started = time.perf_counter()
     result = trainer.train()
     total = time.perf_counter() - started
     assert len(timer.ends) == args.steps, f"expected {args.steps} steps, got {len(timer.ends)}"
-    inner = [e - b for b, e in zip(timer.begins, timer.ends)][args.warmup_steps:]
-    period = np.diff(timer.ends)[args.warmup_steps:].tolist()
+    inner = [e - b for b, e in zip(timer.begins, timer.ends)][args.warmup_steps :]
+    period = np.diff(timer.ends)[args.warmup_steps :].tolist()
     return {"period": period, "inner": inner, "total_s": total, "final_loss": result.training_loss}
 
 
@@ -190,8 +227,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--tokens-per-domain", type=int, default=131_072)
-    parser.add_argument("--log-every", type=int, default=10,
-                        help="mixweight metrics interval (its default; 1 adds a metrics record to every step)")
+    parser.add_argument(
+        "--log-every",
+        type=int,
+        default=10,
+        help="mixweight metrics interval (its default; 1 adds a metrics record to every step)",
+    )
     args = parser.parse_args()
     if args.steps <= args.warmup_steps + 1:
         parser.error("--steps must exceed --warmup-steps + 1")
@@ -199,9 +240,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     transformers.logging.set_verbosity_error()
     tokens = args.batch_size * args.seq_len
-    print(f"torch {torch.__version__}, transformers {transformers.__version__}, threads {torch.get_num_threads()}; "
-          f"{args.model}, B={args.batch_size}, L={args.seq_len}, {tokens} tokens/step, {args.steps} steps "
-          f"({args.warmup_steps} dropped), {args.repeats} repeats", flush=True)
+    print(
+        f"torch {torch.__version__}, transformers {transformers.__version__}, threads {torch.get_num_threads()}; "
+        f"{args.model}, B={args.batch_size}, L={args.seq_len}, {tokens} tokens/step, {args.steps} steps "
+        f"({args.warmup_steps} dropped), {args.repeats} repeats",
+        flush=True,
+    )
 
     rows = {"mixweight": [], "transformers": []}
     with tempfile.TemporaryDirectory(prefix="mw-throughput-") as tmp:
@@ -210,20 +254,33 @@ def main() -> None:
         write_synthetic_corpus(corpus, seed=0, tokens_per_domain=args.tokens_per_domain, seq_len=args.seq_len)
         dataset = BlockDataset(corpus)
         for repeat in range(args.repeats):
-            mw, mw_load = foreign_load(lambda: run_mixweight(corpus, tmp / f"mw-{repeat}", args))
-            hf, hf_load = foreign_load(lambda: run_hf(corpus, tmp / f"hf-{repeat}", dataset, args))
+            mw, mw_load = foreign_load(lambda repeat=repeat: run_mixweight(corpus, tmp / f"mw-{repeat}", args))
+            hf, hf_load = foreign_load(lambda repeat=repeat: run_hf(corpus, tmp / f"hf-{repeat}", dataset, args))
             for name, res, load in (("mixweight", mw, mw_load), ("transformers", hf, hf_load)):
-                row = {"load": load, "period": tokens_per_s(res["period"], tokens), "inner": tokens_per_s(res["inner"], tokens),
-                       "total_s": res["total_s"], "final_loss": res["final_loss"]}
+                row = {
+                    "load": load,
+                    "period": tokens_per_s(res["period"], tokens),
+                    "inner": tokens_per_s(res["inner"], tokens),
+                    "total_s": res["total_s"],
+                    "final_loss": res["final_loss"],
+                }
                 rows[name].append(row)
-                print(f"  repeat {repeat}: {name:12s} period {row['period']:8,.0f} tok/s  inner {row['inner']:8,.0f} "
-                      f"tok/s  run {row['total_s']:5.1f} s  loss {row['final_loss']:.3f}  other processes {load:.2f} cores", flush=True)
+                print(
+                    f"  repeat {repeat}: {name:12s} period {row['period']:8,.0f} tok/s  "
+                    f"inner {row['inner']:8,.0f} tok/s  run {row['total_s']:5.1f} s  loss {row['final_loss']:.3f}  "
+                    f"other processes {load:.2f} cores",
+                    flush=True,
+                )
 
-    med = {name: {k: statistics.median(r[k] for r in rs) for k in ("period", "inner", "total_s", "load")}
-           for name, rs in rows.items()}
+    med = {
+        name: {k: statistics.median(r[k] for r in rs) for k in ("period", "inner", "total_s", "load")}
+        for name, rs in rows.items()
+    }
     print()
-    print("| side | tokens/s, step period (median) | tokens/s, inner hook (median) | run wall time (s, median) "
-          "| other processes' load (cores, median) |")
+    print(
+        "| side | tokens/s, step period (median) | tokens/s, inner hook (median) | run wall time (s, median) "
+        "| other processes' load (cores, median) |"
+    )
     print("|---|---|---|---|---|")
     for name in ("mixweight", "transformers"):
         m = med[name]

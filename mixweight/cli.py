@@ -28,16 +28,24 @@ def _add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
             parser.add_argument(*flags, dest=field.name, action=action, default=argparse.SUPPRESS, help=help_text)
         else:
             scalar = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
-            parser.add_argument(*flags, dest=field.name, type=scalar if scalar in (int, float) else str,
-                                default=argparse.SUPPRESS, help=help_text)
+            parser.add_argument(
+                *flags,
+                dest=field.name,
+                type=scalar if scalar in (int, float) else str,
+                default=argparse.SUPPRESS,
+                help=help_text,
+            )
 
 
 def _add_cache_dir(parser: argparse.ArgumentParser) -> None:
     # Not a config key: where a cache lives changes no result, so it stays out of config hashes.
-    parser.add_argument("--cache-dir", default=None,
-                        help="local cache for corpora given as URLs (s3://, gs://, ..., file:///DIR); put it on "
-                             "node-local disk (default: %(default)s, meaning $MIXWEIGHT_CORPUS_CACHE, else "
-                             "$MIXWEIGHT_CACHE/remote, else the platform cache directory's mixweight/remote)")
+    parser.add_argument(
+        "--cache-dir",
+        default=None,
+        help="local cache for corpora given as URLs (s3://, gs://, ..., file:///DIR); put it on "
+        "node-local disk (default: %(default)s, meaning $MIXWEIGHT_CORPUS_CACHE, else "
+        "$MIXWEIGHT_CACHE/remote, else the platform cache directory's mixweight/remote)",
+    )
 
 
 def _overrides(args: argparse.Namespace, cls) -> dict:
@@ -54,14 +62,18 @@ def report_result(text: str) -> None:
 
 
 def cmd_synth(args) -> None:
-    from mixweight.data.synthetic import write_synthetic_corpus
-
     from mixweight.data.output import write_remote
     from mixweight.data.remote import is_url
+    from mixweight.data.synthetic import write_synthetic_corpus
 
     def write(out):
-        return write_synthetic_corpus(out, seed=args.seed, tokens_per_domain=args.tokens_per_domain,
-                                      seq_len=args.seq_len, overwrite=args.overwrite)
+        return write_synthetic_corpus(
+            out,
+            seed=args.seed,
+            tokens_per_domain=args.tokens_per_domain,
+            seq_len=args.seq_len,
+            overwrite=args.overwrite,
+        )
 
     manifest = write_remote(args.out, write) if is_url(args.out) else write(args.out)
     blocks = {d: manifest.splits["train"][d].blocks for d in manifest.domains}
@@ -69,15 +81,20 @@ def cmd_synth(args) -> None:
 
 
 def cmd_prepare(args) -> None:
-    from mixweight.data.prepare import prepare_corpus, report_lines
-
     from mixweight.data.output import write_remote
+    from mixweight.data.prepare import prepare_corpus, report_lines
     from mixweight.data.remote import is_url
 
     def write(out):
         return prepare_corpus(
-            args.input, out, domain_field=args.domain_field, text_field=args.text_field,
-            tokenizer=args.tokenizer, seq_len=args.seq_len, val_fraction=args.val_fraction, overwrite=args.overwrite,
+            args.input,
+            out,
+            domain_field=args.domain_field,
+            text_field=args.text_field,
+            tokenizer=args.tokenizer,
+            seq_len=args.seq_len,
+            val_fraction=args.val_fraction,
+            overwrite=args.overwrite,
             num_proc=args.num_proc,
         )
 
@@ -94,8 +111,15 @@ def cmd_train(args) -> None:
 
     config = load_config(TrainConfig, args.config, _overrides(args, TrainConfig))
     result = train(config)
-    report_result(json.dumps({"average_loss": result["average_loss"], "worst_domain": result["worst_domain"],
-                      "domains": {d: round(s["loss"], 4) for d, s in result["domains"].items()}}))
+    report_result(
+        json.dumps(
+            {
+                "average_loss": result["average_loss"],
+                "worst_domain": result["worst_domain"],
+                "domains": {d: round(s["loss"], 4) for d, s in result["domains"].items()},
+            }
+        )
+    )
 
 
 def cmd_eval(args) -> None:
@@ -153,8 +177,9 @@ def cmd_compare(args) -> None:
         raise MixweightError(f"compare: --weights {bad[0]!r}: expected METHOD=FILE, e.g. doremi=weights/doremi.json")
     weights = dict(item.split("=", 1) for item in args.weights) if args.weights else None
     labels = args.labels.split(",") if args.labels else None
-    report = compare_runs(args.runs, args.out, weights_files=weights, corpus=args.data,
-                          labels=labels, baseline=args.baseline)
+    report = compare_runs(
+        args.runs, args.out, weights_files=weights, corpus=args.data, labels=labels, baseline=args.baseline
+    )
     print(f"wrote {args.out}/report.md ({len(report['arms'])} arms, baseline {report['baseline']})")
 
 
@@ -172,90 +197,147 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = commands.add_parser("data", help="make a corpus").add_subparsers(dest="data_command", required=True)
     synth = data.add_parser("synth", help="the built-in synthetic multi-domain corpus")
-    synth.add_argument("--out", required=True,
-                       help="corpus directory to write (new, empty, or a corpus to replace with --overwrite), "
-                            "or a URL (s3://bucket/corpus, file:///DIR, ...) to upload to, manifest last; required")
+    synth.add_argument(
+        "--out",
+        required=True,
+        help="corpus directory to write (new, empty, or a corpus to replace with --overwrite), "
+        "or a URL (s3://bucket/corpus, file:///DIR, ...) to upload to, manifest last; required",
+    )
     synth.add_argument("--seed", type=int, default=0, help="seed of every random draw (default: %(default)s)")
-    synth.add_argument("--tokens-per-domain", type=int, default=131_072,
-                       help="training tokens per domain, rounded down to whole blocks (default: %(default)s)")
+    synth.add_argument(
+        "--tokens-per-domain",
+        type=int,
+        default=131_072,
+        help="training tokens per domain, rounded down to whole blocks (default: %(default)s)",
+    )
     synth.add_argument("--seq-len", type=int, default=128, help="tokens per block (default: %(default)s)")
-    synth.add_argument("--overwrite", action="store_true",
-                       help="replace a different mixweight corpus already in --out; never other files "
-                            "(default: %(default)s)")
+    synth.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a different mixweight corpus already in --out; never other files (default: %(default)s)",
+    )
     _add_cache_dir(synth)
     synth.set_defaults(func=cmd_synth)
 
-    prepare = data.add_parser("prepare", help="tokenize real text (JSONL[.gz|.zst], Parquet, HF dataset dir) "
-                                              "into per-domain streams")
-    prepare.add_argument("--input", required=True,
-                         help="a .jsonl/.json[.gz|.zst] or .parquet file, a `datasets` save_to_disk directory, or a "
-                              "directory of such files (other files are skipped and listed); required")
-    prepare.add_argument("--out", required=True,
-                         help="corpus directory to write, outside --input (new, empty, or a corpus to replace with "
-                              "--overwrite), or a URL to upload to (s3://bucket/corpus, ...); required")
-    prepare.add_argument("--domain-field", default="meta.redpajama_set_name",
-                         help="record field holding the domain name, dotted for nested fields (default: %(default)s)")
-    prepare.add_argument("--text-field", default="text",
-                         help="record field holding the document text, dotted for nested fields (default: %(default)s)")
-    prepare.add_argument("--tokenizer", default="byte",
-                         help="byte (UTF-8 bytes + EOS) | PATH (a local Hugging Face tokenizer directory) | "
-                              "bpe:VOCAB (train a byte-level BPE of VOCAB ids on the training text) "
-                              "(default: %(default)s)")
+    prepare = data.add_parser(
+        "prepare", help="tokenize real text (JSONL[.gz|.zst], Parquet, HF dataset dir) into per-domain streams"
+    )
+    prepare.add_argument(
+        "--input",
+        required=True,
+        help="a .jsonl/.json[.gz|.zst] or .parquet file, a `datasets` save_to_disk directory, or a "
+        "directory of such files (other files are skipped and listed); required",
+    )
+    prepare.add_argument(
+        "--out",
+        required=True,
+        help="corpus directory to write, outside --input (new, empty, or a corpus to replace with "
+        "--overwrite), or a URL to upload to (s3://bucket/corpus, ...); required",
+    )
+    prepare.add_argument(
+        "--domain-field",
+        default="meta.redpajama_set_name",
+        help="record field holding the domain name, dotted for nested fields (default: %(default)s)",
+    )
+    prepare.add_argument(
+        "--text-field",
+        default="text",
+        help="record field holding the document text, dotted for nested fields (default: %(default)s)",
+    )
+    prepare.add_argument(
+        "--tokenizer",
+        default="byte",
+        help="byte (UTF-8 bytes + EOS) | PATH (a local Hugging Face tokenizer directory) | "
+        "bpe:VOCAB (train a byte-level BPE of VOCAB ids on the training text) "
+        "(default: %(default)s)",
+    )
     prepare.add_argument("--seq-len", type=int, default=512, help="tokens per block (default: %(default)s)")
-    prepare.add_argument("--val-fraction", type=float, default=0.01,
-                         help="fraction of each domain's documents held out for validation, chosen by a hash of "
-                              "the text; in (0, 1), and every domain gets at least one block (default: %(default)s)")
-    prepare.add_argument("--num-proc", type=int, default=None,
-                         help="tokenizer processes; unset or 1 tokenizes in this process (default: %(default)s)")
-    prepare.add_argument("--overwrite", action="store_true",
-                         help="replace a different mixweight corpus already in --out; never other files "
-                              "(default: %(default)s)")
+    prepare.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.01,
+        help="fraction of each domain's documents held out for validation, chosen by a hash of "
+        "the text; in (0, 1), and every domain gets at least one block (default: %(default)s)",
+    )
+    prepare.add_argument(
+        "--num-proc",
+        type=int,
+        default=None,
+        help="tokenizer processes; unset or 1 tokenizes in this process (default: %(default)s)",
+    )
+    prepare.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a different mixweight corpus already in --out; never other files (default: %(default)s)",
+    )
     _add_cache_dir(prepare)
     prepare.set_defaults(func=cmd_prepare)
 
     train = commands.add_parser("train", help="train a model; every flag may also come from --config FILE.yaml")
-    train.add_argument("--config", default=None,
-                       help="YAML file with any of the keys below; flags given override it (default: none)")
+    train.add_argument(
+        "--config", default=None, help="YAML file with any of the keys below; flags given override it (default: none)"
+    )
     _add_config_flags(train, TrainConfig)
     _add_cache_dir(train)
     train.set_defaults(func=cmd_train)
 
     weights = commands.add_parser("weights", help="domain weights: compute (doremi, doge) or export")
     weights_commands = weights.add_subparsers(dest="weights_command", required=True)
-    for name, cls_path, func in (("doremi", "mixweight.domain.doremi_run:DoReMiConfig", cmd_weights_doremi),
-                                 ("doge", "mixweight.domain.doge_run:DoGEConfig", cmd_weights_doge)):
+    for name, cls_path, func in (
+        ("doremi", "mixweight.domain.doremi_run:DoReMiConfig", cmd_weights_doremi),
+        ("doge", "mixweight.domain.doge_run:DoGEConfig", cmd_weights_doge),
+    ):
         module, cls_name = cls_path.split(":")
         cls = getattr(__import__(module, fromlist=[cls_name]), cls_name)
         method = weights_commands.add_parser(name, help=f"{name} domain weights from a proxy model")
-        method.add_argument("--config", default=None,
-                            help="YAML file with any of the keys below; flags given override it (default: none)")
+        method.add_argument(
+            "--config",
+            default=None,
+            help="YAML file with any of the keys below; flags given override it (default: none)",
+        )
         _add_config_flags(method, cls)
         _add_cache_dir(method)
         method.set_defaults(func=func)
     export = weights_commands.add_parser("export", help="print a weights file for other trainers")
     export.add_argument("file", help="a domain_weights.json (from weights doremi/doge, or hand-written)")
-    export.add_argument("--format", required=True, choices=["streams-yaml", "megatron", "json"],
-                        help="streams-yaml (llm-foundry streams with proportions), megatron (a --data-path list: "
-                             "weight path ...) or json ({domain: weight}); required, no default")
+    export.add_argument(
+        "--format",
+        required=True,
+        choices=["streams-yaml", "megatron", "json"],
+        help="streams-yaml (llm-foundry streams with proportions), megatron (a --data-path list: "
+        "weight path ...) or json ({domain: weight}); required, no default",
+    )
     export.set_defaults(func=cmd_weights_export)
     verify = weights_commands.add_parser(
-        "verify", help="replay a doremi/doge artifact's update rule from the file alone; exit 0 if it matches")
+        "verify", help="replay a doremi/doge artifact's update rule from the file alone; exit 0 if it matches"
+    )
     verify.add_argument("file", help="a domain_weights.json written by `weights doremi` or `weights doge`")
-    verify.add_argument("--tolerance", type=float, default=1e-6,
-                        help="largest allowed deviation of a recorded weight from the replay (default: 1e-6)")
+    verify.add_argument(
+        "--tolerance",
+        type=float,
+        default=1e-6,
+        help="largest allowed deviation of a recorded weight from the replay (default: 1e-6)",
+    )
     verify.set_defaults(func=cmd_weights_verify)
 
     pipeline = commands.add_parser("pipeline", help="the main job: weights, arms and report from one YAML")
     pipeline.add_argument("config", help="pipeline YAML: data, train, doremi, doge, arms, seeds, report, eval")
-    pipeline.add_argument("--out", required=True,
-                          help="output directory: corpus, weights, one run per arm and seed, report (required)")
-    pipeline.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                          help="show progress bars (only on a terminal); overrides the YAML's progress "
-                               "(default: the YAML's, else on)")
-    pipeline.add_argument("--rerun-changed", action="store_true",
-                          help="when the config changed for stages already run in --out, move their directories "
-                               "aside (<stage dir>.replaced-<time>-<keys>; nothing is deleted) and run them again; "
-                               "without it the pipeline stops and names the changed keys (default: off)")
+    pipeline.add_argument(
+        "--out", required=True, help="output directory: corpus, weights, one run per arm and seed, report (required)"
+    )
+    pipeline.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="show progress bars (only on a terminal); overrides the YAML's progress (default: the YAML's, else on)",
+    )
+    pipeline.add_argument(
+        "--rerun-changed",
+        action="store_true",
+        help="when the config changed for stages already run in --out, move their directories "
+        "aside (<stage dir>.replaced-<time>-<keys>; nothing is deleted) and run them again; "
+        "without it the pipeline stops and names the changed keys (default: off)",
+    )
     _add_cache_dir(pipeline)
     pipeline.set_defaults(func=cmd_pipeline)
 
@@ -267,19 +349,30 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(func=cmd_eval)
 
     compare = commands.add_parser("compare", help="tables and plots comparing finished runs")
-    compare.add_argument("runs", nargs="+", help="run directories; runs with the same --labels entry are seeds of one arm")
+    compare.add_argument(
+        "runs", nargs="+", help="run directories; runs with the same --labels entry are seeds of one arm"
+    )
     compare.add_argument("--out", required=True, help="directory for report.md, report.json and figures (required)")
     compare.add_argument("--labels", default=None, help="comma-separated arm name per run (default: directory names)")
-    compare.add_argument("--weights", action="append", default=None, metavar="METHOD=FILE",
-                         help="a domain_weights.json to show, labelled METHOD (repeatable; default: the files "
-                              "the runs trained on)")
+    compare.add_argument(
+        "--weights",
+        action="append",
+        default=None,
+        metavar="METHOD=FILE",
+        help="a domain_weights.json to show, labelled METHOD (repeatable; default: the files the runs trained on)",
+    )
     compare.add_argument("--data", default=None, help="corpus directory (default: the runs')")
-    compare.add_argument("--baseline", default=None, help="arm whose final loss is the target (default: uniform, else the first)")
+    compare.add_argument(
+        "--baseline", default=None, help="arm whose final loss is the target (default: uniform, else the first)"
+    )
     _add_cache_dir(compare)
     compare.set_defaults(func=cmd_compare)
 
-    doctor = commands.add_parser("doctor", help="versions, device, extras and stale shared memory: paste its output "
-                                                "into a bug report (reads only, changes nothing)")
+    doctor = commands.add_parser(
+        "doctor",
+        help="versions, device, extras and stale shared memory: paste its output "
+        "into a bug report (reads only, changes nothing)",
+    )
     doctor.add_argument("--json", action="store_true", help="print JSON instead of text (default: text)")
     doctor.set_defaults(func=cmd_doctor)
     return parser

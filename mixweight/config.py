@@ -108,8 +108,11 @@ def build_config(cls: type[C], values: dict[str, Any], where: str) -> C:
         if key not in types_:
             raise MixweightError(f"{where}: unknown key '{key}'; {closest_hint(key, valid)}")
     coerced = {k: _coerce(v, types_[k], f"{where}: '{k}'") for k, v in values.items()}
-    missing = [f.name for f in dataclasses.fields(cls)
-               if f.name not in coerced and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.name not in coerced and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
     if missing:
         raise MixweightError(f"{where}: missing required key(s) {missing}")
     config = cls(**coerced)

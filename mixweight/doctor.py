@@ -36,8 +36,12 @@ def _version(distribution: str) -> str | None:
 def _device() -> dict:
     import torch
 
-    info = {"torch_cuda": torch.version.cuda, "cuda_available": torch.cuda.is_available(),
-            "cpu_count": os.cpu_count(), "devices": []}
+    info = {
+        "torch_cuda": torch.version.cuda,
+        "cuda_available": torch.cuda.is_available(),
+        "cpu_count": os.cpu_count(),
+        "devices": [],
+    }
     if info["cuda_available"]:
         for index in range(torch.cuda.device_count()):
             props = torch.cuda.get_device_properties(index)
@@ -62,8 +66,16 @@ def _shared_memory(shm_dir: Path) -> dict:
         locals_segment = shm_dir / f"{prefix}_{LOCALS}"
         streams = registered_locals(locals_segment) if locals_segment in segments else []
         in_use = prefix in live
-        prefixes.append({"prefix": prefix, "segments": len(segments), "streams": streams, "ours": mine,
-                         "in_use": in_use, "stale": mine and not in_use})
+        prefixes.append(
+            {
+                "prefix": prefix,
+                "segments": len(segments),
+                "streams": streams,
+                "ours": mine,
+                "in_use": in_use,
+                "stale": mine and not in_use,
+            }
+        )
     return {"dir": str(shm_dir), "prefixes": prefixes}
 
 
@@ -87,8 +99,9 @@ def render(info: dict) -> str:
     device = info["device"]
     if device["cuda_available"]:
         names = ", ".join(f"{d['name']} ({d['memory_gib']} GiB)" for d in device["devices"])
-        where = (f"CUDA {device['torch_cuda']}, {len(device['devices'])} device(s): {names}; "
-                 f"{device['cpu_count']} CPU cores")
+        where = (
+            f"CUDA {device['torch_cuda']}, {len(device['devices'])} device(s): {names}; {device['cpu_count']} CPU cores"
+        )
     else:
         built = f"torch built with CUDA {device['torch_cuda']}" if device["torch_cuda"] else "torch built for CPU"
         where = f"CPU, {device['cpu_count']} cores (no CUDA device; {built})"
@@ -103,9 +116,11 @@ def render(info: dict) -> str:
         lines.append(f"  {extra}: " + ", ".join(f"{name} {_or_missing(v)}" for name, v in packages.items()))
     shm = info["shared_memory"]
     stale = [p for p in shm["prefixes"] if p["stale"]]
-    lines.append(f"mosaicml-streaming shared memory in {shm['dir']}: "
-                 f"{sum(p['segments'] for p in shm['prefixes'])} segment(s) in {len(shm['prefixes'])} prefix(es), "
-                 f"{len(stale)} stale (yours, mapped by no live process)")
+    lines.append(
+        f"mosaicml-streaming shared memory in {shm['dir']}: "
+        f"{sum(p['segments'] for p in shm['prefixes'])} segment(s) in {len(shm['prefixes'])} prefix(es), "
+        f"{len(stale)} stale (yours, mapped by no live process)"
+    )
     for p in stale:
         streams = ", ".join(p["streams"]) or "no streams registered"
         lines.append(f"  stale prefix {p['prefix']}: {p['segments']} segment(s); streams: {streams}")

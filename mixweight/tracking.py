@@ -56,11 +56,15 @@ def check_report_to(names: list[str], where: str) -> None:
         if name not in TRACKERS:
             close = difflib.get_close_matches(name, TRACKERS, n=1, cutoff=0.5)
             hint = f"did you mean '{close[0]}'? " if close else ""
-            raise MixweightError(f"{where}: 'report_to' names an unknown tracker '{name}'; {hint}"
-                                 f"choose from {', '.join(TRACKERS)} or none")
+            raise MixweightError(
+                f"{where}: 'report_to' names an unknown tracker '{name}'; {hint}"
+                f"choose from {', '.join(TRACKERS)} or none"
+            )
         if importlib.util.find_spec(name) is None:
-            raise MixweightError(f"{where}: report_to {name} needs the {name} package, which is not installed: "
-                                 f"{EXTRA} (or pip install {name})")
+            raise MixweightError(
+                f"{where}: report_to {name} needs the {name} package, which is not installed: "
+                f"{EXTRA} (or pip install {name})"
+            )
 
 
 # --- names: a metrics record -> tracker scalars and histograms ------------------------------------
@@ -75,8 +79,11 @@ class Histogram:
 
 
 # Per-domain fields of a step record: field -> name, {d} the domain.
-STEP_DOMAIN_NAMES = {"loss": "train/{d}/loss", "share": "train/{d}/share",
-                     "weight_x_n": "sample_weights/{d}/weight_x_n"}
+STEP_DOMAIN_NAMES = {
+    "loss": "train/{d}/loss",
+    "share": "train/{d}/share",
+    "weight_x_n": "sample_weights/{d}/weight_x_n",
+}
 MIXTURE_NAMES = {"target": "mixture/{d}/target", "achieved": "mixture/{d}/achieved", "samples": "mixture/{d}/samples"}
 
 
@@ -205,8 +212,9 @@ class TensorBoardTracker:
         for name, value in scalars.items():
             self.writer.add_scalar(name, value, step)
         for name, h in histograms.items():
-            self.writer.add_histogram_raw(name, h.minimum, h.maximum, h.total, h.total, h.sum_squares,
-                                          h.edges[1:], h.counts, step)
+            self.writer.add_histogram_raw(
+                name, h.minimum, h.maximum, h.total, h.total, h.sum_squares, h.edges[1:], h.counts, step
+            )
         self.writer.flush()  # a killed run keeps every record it wrote to metrics.jsonl
 
     def close(self, finished: bool) -> None:
@@ -225,13 +233,19 @@ class WandbTracker:
         project = state.get("project") or os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT
         try:
             self.run = wandb.init(
-                project=project, name=_run_name(run_dir), id=run_id, resume="allow",
-                dir=os.environ.get("WANDB_DIR") or str(run_dir), config=None if run_id else config,
+                project=project,
+                name=_run_name(run_dir),
+                id=run_id,
+                resume="allow",
+                dir=os.environ.get("WANDB_DIR") or str(run_dir),
+                config=None if run_id else config,
                 settings=wandb.Settings(console="off", silent=True),
             )
         except Exception as exc:  # noqa: BLE001 - no API key, no network, a bad project: wandb's own types
-            raise MixweightError(f"report_to wandb: cannot start a W&B run ({first_line(exc)}); log in with "
-                                 "'wandb login', or set WANDB_MODE=offline and 'wandb sync' later") from exc
+            raise MixweightError(
+                f"report_to wandb: cannot start a W&B run ({first_line(exc)}); log in with "
+                "'wandb login', or set WANDB_MODE=offline and 'wandb sync' later"
+            ) from exc
         self.state = {"run_id": self.run.id, "project": project, "url": self.run.url}
 
     def log(self, step: int, scalars: dict[str, float], histograms: dict[str, Histogram]) -> None:
@@ -273,8 +287,9 @@ class MlflowTracker:
                 experiment = os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_PROJECT
                 found = self.client.get_experiment_by_name(experiment)
                 experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
-                run = self.client.create_run(experiment_id, run_name=_run_name(run_dir),
-                                             tags={"mixweight.run_dir": str(run_dir.resolve())})
+                run = self.client.create_run(
+                    experiment_id, run_name=_run_name(run_dir), tags={"mixweight.run_dir": str(run_dir.resolve())}
+                )
                 self.run_id = run.info.run_id
                 params = [Param(mlflow_key(k), str(v)[:6000]) for k, v in config.items()]
                 for start in range(0, len(params), 100):  # MLflow's limit of params per call
@@ -291,8 +306,10 @@ class MlflowTracker:
         now = int(time.time() * 1000)
         metrics = [Metric(mlflow_key(k), v, now, step) for k, v in scalars.items()]
         for name, h in histograms.items():  # no histogram type: one count per bin
-            metrics += [Metric(mlflow_key(f"{name}/{lo:g}-{hi:g}"), float(c), now, step)
-                        for lo, hi, c in zip(h.edges, h.edges[1:], h.counts)]
+            metrics += [
+                Metric(mlflow_key(f"{name}/{lo:g}-{hi:g}"), float(c), now, step)
+                for lo, hi, c in zip(h.edges, h.edges[1:], h.counts)
+            ]
         for start in range(0, len(metrics), MLFLOW_BATCH):
             self.client.log_batch(self.run_id, metrics=metrics[start : start + MLFLOW_BATCH])
 
@@ -320,8 +337,12 @@ class Trackers:
             try:
                 backend.log(step, scalars, histograms)
             except Exception as exc:  # noqa: BLE001 - a tracker's failure must not stop training
-                print(f"mixweight: warning: report_to {name}: stopped mirroring at step {step} ({first_line(exc)}); "
-                      f"metrics.jsonl has every record", file=sys.stderr, flush=True)
+                print(
+                    f"mixweight: warning: report_to {name}: stopped mirroring at step {step} ({first_line(exc)}); "
+                    f"metrics.jsonl has every record",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 del self.backends[name]
         if mark is None or order > mark:
             self.state["mark"] = order
@@ -333,8 +354,11 @@ class Trackers:
             try:
                 backend.close(self.finished)
             except Exception as exc:  # noqa: BLE001
-                print(f"mixweight: warning: report_to {name}: closing failed ({first_line(exc)})",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"mixweight: warning: report_to {name}: closing failed ({first_line(exc)})",
+                    file=sys.stderr,
+                    flush=True,
+                )
         self.backends = {}
 
 

@@ -28,8 +28,11 @@ def test_a_list_needs_its_domain_names(tmp_path):
 def test_weights_from_another_tokenizer_warn_naming_both(synth_corpus, tmp_path):
     manifest = load_manifest(synth_corpus)
     path = tmp_path / "w.json"
-    path.write_text(json.dumps({"domains": manifest.domains, "weights": [1 / 7] * 7,
-                                "provenance": {"tokenizer_fingerprint": "byte-v1"}}))
+    path.write_text(
+        json.dumps(
+            {"domains": manifest.domains, "weights": [1 / 7] * 7, "provenance": {"tokenizer_fingerprint": "byte-v1"}}
+        )
+    )
     with pytest.warns(UserWarning, match="'byte-v1'.*'synthetic-v1-256'"):
         check_against_manifest(load_domain_weights(path), manifest, str(path))
 
@@ -63,11 +66,14 @@ def test_an_artifact_with_a_held_out_target_trains_and_never_samples_it(synth_co
     assert manifest.domain_id("copy") not in seen and len(seen) == len(manifest.domains) - 1
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda raw: raw["weights"].__setitem__(0, 0.1), "target 'copy' has weight 0.1"),
-    (lambda raw: raw.__setitem__("targets", ["nope"]), "target 'nope' is not one of the 'domains'"),
-    (lambda raw: raw.__setitem__("targets", "copy"), "'targets' must be a list of domain names"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda raw: raw["weights"].__setitem__(0, 0.1), "target 'copy' has weight 0.1"),
+        (lambda raw: raw.__setitem__("targets", ["nope"]), "target 'nope' is not one of the 'domains'"),
+        (lambda raw: raw.__setitem__("targets", "copy"), "'targets' must be a list of domain names"),
+    ],
+)
 def test_targets_must_be_domains_at_weight_zero(tmp_path, edit, message):
     path = tmp_path / "w.json"
     raw = {"domains": ["copy", "a", "b"], "weights": [0.0, 0.5, 0.5], "targets": ["copy"]}

@@ -7,8 +7,8 @@ from transformers import AutoConfig, AutoModelForCausalLM
 import mixweight.train.chunked_loss as chunked_loss
 from mixweight.domain.doremi import DoReMiReduction
 from mixweight.errors import MixweightError
-from mixweight.train.config import TrainConfig
 from mixweight.train.chunked_loss import lm_token_losses, resolve_loss_impl, sample_means
+from mixweight.train.config import TrainConfig
 from mixweight.train.distributed import World
 from mixweight.train.loss import per_sample_loss, per_token_losses
 from mixweight.train.reductions import SampleWeightingReduction
@@ -17,10 +17,25 @@ from mixweight.weighting import SampleWeighting
 
 VOCAB = 300
 SPECS = {
-    "gpt2": dict(n_layer=2, n_head=2, n_embd=32, n_positions=64, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                 tie_word_embeddings=True),
-    "llama": dict(num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, hidden_size=32,
-                  intermediate_size=64, max_position_embeddings=64, tie_word_embeddings=False),
+    "gpt2": dict(
+        n_layer=2,
+        n_head=2,
+        n_embd=32,
+        n_positions=64,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        tie_word_embeddings=True,
+    ),
+    "llama": dict(
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        hidden_size=32,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        tie_word_embeddings=False,
+    ),
 }
 
 
@@ -196,10 +211,36 @@ def test_chunked_loss_under_ddp_and_fsdp_trains_like_one_process(synth_corpus, t
     script = str(Path(__file__).parent / "scripts" / "float64_mixweight.py")  # float64: see EXACT_ATOL
 
     def run(out, batch, launcher=(), flags=()):
-        command = [sys.executable, *launcher, script, "train", "--data", synth_corpus, "--model", tiny_spec,
-                   "--out", str(tmp_path / out), "--steps", "3", "--batch-size", str(batch), "--lr", "3e-3",
-                   "--warmup-steps", "1", "--eval-every", "0", "--eval-blocks", "2", "--sample-weighting",
-                   "linupper", "--loss-impl", "chunked", "--no-progress", *flags]
+        command = [
+            sys.executable,
+            *launcher,
+            script,
+            "train",
+            "--data",
+            synth_corpus,
+            "--model",
+            tiny_spec,
+            "--out",
+            str(tmp_path / out),
+            "--steps",
+            "3",
+            "--batch-size",
+            str(batch),
+            "--lr",
+            "3e-3",
+            "--warmup-steps",
+            "1",
+            "--eval-every",
+            "0",
+            "--eval-blocks",
+            "2",
+            "--sample-weighting",
+            "linupper",
+            "--loss-impl",
+            "chunked",
+            "--no-progress",
+            *flags,
+        ]
         done = subprocess.run(command, capture_output=True, text=True)
         assert done.returncode == 0, done.stderr[-3000:]
         return load_file(str(tmp_path / out / "checkpoints" / "step-3" / "model" / "model.safetensors"))

@@ -21,8 +21,18 @@ def test_synth_train_eval_from_the_command_line(tmp_path, tiny_spec):
     corpus, run = tmp_path / "corpus", tmp_path / "run"
     run_cli("data", "synth", "--out", str(corpus), "--tokens-per-domain", "4096", "--seq-len", "64")
     config = tmp_path / "train.yaml"
-    config.write_text(yaml.safe_dump({"data": str(corpus), "model": tiny_spec, "steps": 6, "batch_size": 4,
-                                      "eval_blocks": 4, "checkpoint_every": 3}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "data": str(corpus),
+                "model": tiny_spec,
+                "steps": 6,
+                "batch_size": 4,
+                "eval_blocks": 4,
+                "checkpoint_every": 3,
+            }
+        )
+    )
     run_cli("train", "--config", str(config), "--out", str(run), "--steps", "6")
     resolved = yaml.safe_load((run / "config.yaml").read_text())
     assert resolved["steps"] == 6 and resolved["batch_size"] == 4 and resolved["out"] == str(run)

@@ -82,7 +82,7 @@ def test_every_flag_survives_a_torchrun_command_line(form):
         if not (parsed.module and parsed.training_script == "mixweight" and parsed.training_script_args == script_args):
             eaten.append(flag)
     assert set(eaten) == TORCHRUN_UNSAFE_ALIASES, f"torchrun takes these flags as its own: {sorted(set(eaten))}"
-    for path, action, flag in every_flag():
+    for _path, action, flag in every_flag():
         if flag in TORCHRUN_UNSAFE_ALIASES:
             assert action.option_strings[0] not in TORCHRUN_UNSAFE_ALIASES and flag in action.help, flag
 

@@ -28,9 +28,24 @@ def one_thread():
 
 
 def _config(corpus, spec, out, **overrides) -> TrainConfig:
-    values = dict(data=corpus, out=str(out), model=spec, steps=5, batch_size=8, lr=3e-3, final_lr=3e-4,
-                  warmup_steps=1, eval_every=0, eval_blocks=2, eval_batch_size=8, checkpoint_every=100, log_every=1,
-                  progress=False, sample_weighting="linupper", r=0.4)
+    values = dict(
+        data=corpus,
+        out=str(out),
+        model=spec,
+        steps=5,
+        batch_size=8,
+        lr=3e-3,
+        final_lr=3e-4,
+        warmup_steps=1,
+        eval_every=0,
+        eval_blocks=2,
+        eval_batch_size=8,
+        checkpoint_every=100,
+        log_every=1,
+        progress=False,
+        sample_weighting="linupper",
+        r=0.4,
+    )
     values.update(overrides)
     config = TrainConfig(**values)
     config.validate()
@@ -46,8 +61,7 @@ def _params(run_dir, step=5) -> dict:
     return load_file(str(run_dir / "checkpoints" / f"step-{step}" / "model" / "model.safetensors"))
 
 
-def test_five_compiled_steps_equal_five_eager_steps_and_the_checkpoint_loads_eagerly(synth_corpus, tiny_spec,
-                                                                                      tmp_path):
+def test_five_compiled_steps_equal_five_eager_steps_and_the_checkpoint_loads_eagerly(synth_corpus, tiny_spec, tmp_path):
     loop.train(_config(synth_corpus, tiny_spec, tmp_path / "eager"))
     from torch._dynamo.utils import counters
 
@@ -94,8 +108,14 @@ def test_bf16_losses_and_weights_are_fp32_from_the_bf16_logits(synth_corpus, tin
     torch.testing.assert_close(result.losses, expected, atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(result.weights, sample_weights(expected, "linupper", r=0.4).float())
     # a cross-entropy taken in bf16 would be off by ~1e-2 at these losses: the fp32 cast is observable
-    bf16_ce = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), batch["input_ids"][:, 1:].flatten(),
-                                                reduction="none").view(8, -1).float().mean(1)
+    bf16_ce = (
+        torch.nn.functional.cross_entropy(
+            logits[:, :-1].flatten(0, 1), batch["input_ids"][:, 1:].flatten(), reduction="none"
+        )
+        .view(8, -1)
+        .float()
+        .mean(1)
+    )
     assert (bf16_ce - expected).abs().max() > 1e-4
     with torch.no_grad(), autocast:
         token_losses, _ = lm_token_losses(model, batch["input_ids"], loss_impl)
@@ -147,10 +167,37 @@ def test_compile_under_ddp_and_fsdp_trains_like_eager(synth_corpus, tiny_spec, t
     import sys
 
     def run(out, batch, launcher=(), flags=()):
-        command = [sys.executable, *launcher, "-m", "mixweight", "train", "--data", synth_corpus, "--model", tiny_spec,
-                   "--out", str(tmp_path / out), "--steps", "3", "--batch-size", str(batch), "--lr", "3e-3",
-                   "--warmup-steps", "1", "--eval-every", "0", "--eval-blocks", "2", "--sample-weighting",
-                   "linupper", "--loss-impl", "chunked", "--no-progress", *flags]
+        command = [
+            sys.executable,
+            *launcher,
+            "-m",
+            "mixweight",
+            "train",
+            "--data",
+            synth_corpus,
+            "--model",
+            tiny_spec,
+            "--out",
+            str(tmp_path / out),
+            "--steps",
+            "3",
+            "--batch-size",
+            str(batch),
+            "--lr",
+            "3e-3",
+            "--warmup-steps",
+            "1",
+            "--eval-every",
+            "0",
+            "--eval-blocks",
+            "2",
+            "--sample-weighting",
+            "linupper",
+            "--loss-impl",
+            "chunked",
+            "--no-progress",
+            *flags,
+        ]
         done = subprocess.run(command, capture_output=True, text=True)
         assert done.returncode == 0, done.stderr[-3000:]
         return _params(tmp_path / out, 3)

@@ -20,7 +20,9 @@ def corpus(tmp_path):
 def test_a_truncated_shard_is_named(corpus):
     shard = corpus / "train" / "markov1" / "shard.00000.mds"
     shard.write_bytes(shard.read_bytes()[:-100])
-    with pytest.raises(MixweightError, match=r"domain 'markov1' \(train\).*shard.00000.mds has .* truncated or corrupted"):
+    with pytest.raises(
+        MixweightError, match=r"domain 'markov1' \(train\).*shard.00000.mds has .* truncated or corrupted"
+    ):
         load_manifest(corpus)
 
 
@@ -62,15 +64,18 @@ def test_a_broken_manifest_is_named(corpus):
         load_manifest(corpus)
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda raw: raw.update(source=[1, []]), "'source' must be a JSON object"),
-    (lambda raw: raw.update(irreducible_loss={"noise": "high"}), "'irreducible_loss' values must be numbers"),
-    (lambda raw: raw.update(eos_id=10**9), "'eos_id' must be null or a token id"),
-    (lambda raw: raw.update(seq_len="64"), "'seq_len' must be an integer >= 2"),
-    (lambda raw: raw["splits"]["val"]["copy"].update(path="../../elsewhere"), "expected a path inside the corpus"),
-    (lambda raw: raw["splits"]["train"]["copy"].update(blocks=-1), "counts >= 0"),
-    (lambda raw: raw.update(domains="copy"), "'domains' must be a non-empty list"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda raw: raw.update(source=[1, []]), "'source' must be a JSON object"),
+        (lambda raw: raw.update(irreducible_loss={"noise": "high"}), "'irreducible_loss' values must be numbers"),
+        (lambda raw: raw.update(eos_id=10**9), "'eos_id' must be null or a token id"),
+        (lambda raw: raw.update(seq_len="64"), "'seq_len' must be an integer >= 2"),
+        (lambda raw: raw["splits"]["val"]["copy"].update(path="../../elsewhere"), "expected a path inside the corpus"),
+        (lambda raw: raw["splits"]["train"]["copy"].update(blocks=-1), "counts >= 0"),
+        (lambda raw: raw.update(domains="copy"), "'domains' must be a non-empty list"),
+    ],
+)
 def test_a_malformed_manifest_is_one_line(corpus, edit, message):
     raw = json.loads((corpus / "manifest.json").read_text())
     edit(raw)

@@ -64,10 +64,29 @@ class TouchOnLoad:
 def test_a_pickled_column_is_refused_before_any_sample_is_decoded(corpus, tmp_path, tiny_spec, capsys, split):
     marker = tmp_path / "code-ran"
     blocks = load_manifest(corpus).splits[split]["noise"].blocks
-    write_raw_stream(corpus / split / "noise", {"tokens": "pkl", "domain": "int32"},
-                     [{"tokens": TouchOnLoad(marker), "domain": np.int32(1)}] * blocks)
-    line = one_line_error(capsys, ["train", "--data", str(corpus), "--model", tiny_spec, "--out", str(tmp_path / "run"),
-                                   "--steps", "1", "--batch-size", "2", "--eval-blocks", "2"])
+    write_raw_stream(
+        corpus / split / "noise",
+        {"tokens": "pkl", "domain": "int32"},
+        [{"tokens": TouchOnLoad(marker), "domain": np.int32(1)}] * blocks,
+    )
+    line = one_line_error(
+        capsys,
+        [
+            "train",
+            "--data",
+            str(corpus),
+            "--model",
+            tiny_spec,
+            "--out",
+            str(tmp_path / "run"),
+            "--steps",
+            "1",
+            "--batch-size",
+            "2",
+            "--eval-blocks",
+            "2",
+        ],
+    )
     assert f"{split}/noise" in line and "'tokens'" in line and "'pkl'" in line and "ndarray:uint16|uint32:64" in line
     assert not marker.exists()
     assert not (tmp_path / "run").exists()  # refused before the run directory was made
@@ -76,17 +95,32 @@ def test_a_pickled_column_is_refused_before_any_sample_is_decoded(corpus, tmp_pa
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("columns, sample, named", [
-    ({"tokens": "json", "domain": "int32"}, {"tokens": [1] * SEQ, "domain": np.int32(1)}, "'json'"),
-    ({"tokens": "ndarray:uint16:32", "domain": "int32"},
-     {"tokens": np.zeros(32, np.uint16), "domain": np.int32(1)}, "'ndarray:uint16:32'"),  # another block length
-    ({"tokens": "ndarray:int64:64", "domain": "int32"},
-     {"tokens": np.zeros(SEQ, np.int64), "domain": np.int32(1)}, "'ndarray:int64:64'"),
-    ({"tokens": "ndarray:uint16:64", "domain": "pkl"},
-     {"tokens": np.zeros(SEQ, np.uint16), "domain": 1}, "'domain' encoded as 'pkl'"),
-    ({"tokens": "ndarray:uint16:64", "domain": "int32", "extra": "str"},
-     {"tokens": np.zeros(SEQ, np.uint16), "domain": np.int32(1), "extra": "x"}, "'extra'"),
-])
+@pytest.mark.parametrize(
+    "columns, sample, named",
+    [
+        ({"tokens": "json", "domain": "int32"}, {"tokens": [1] * SEQ, "domain": np.int32(1)}, "'json'"),
+        (
+            {"tokens": "ndarray:uint16:32", "domain": "int32"},
+            {"tokens": np.zeros(32, np.uint16), "domain": np.int32(1)},
+            "'ndarray:uint16:32'",
+        ),  # another block length
+        (
+            {"tokens": "ndarray:int64:64", "domain": "int32"},
+            {"tokens": np.zeros(SEQ, np.int64), "domain": np.int32(1)},
+            "'ndarray:int64:64'",
+        ),
+        (
+            {"tokens": "ndarray:uint16:64", "domain": "pkl"},
+            {"tokens": np.zeros(SEQ, np.uint16), "domain": 1},
+            "'domain' encoded as 'pkl'",
+        ),
+        (
+            {"tokens": "ndarray:uint16:64", "domain": "int32", "extra": "str"},
+            {"tokens": np.zeros(SEQ, np.uint16), "domain": np.int32(1), "extra": "x"},
+            "'extra'",
+        ),
+    ],
+)
 def test_only_mixweight_encodings_are_accepted(corpus, columns, sample, named):
     blocks = load_manifest(corpus).splits["val"]["noise"].blocks
     write_raw_stream(corpus / "val" / "noise", columns, [sample] * blocks)
@@ -100,8 +134,13 @@ def test_only_mixweight_encodings_are_accepted(corpus, columns, sample, named):
 def jsonl_records(path: Path, domains=("a", "b"), n=40) -> Path:
     rng = random.Random(0)
     words = "lorem ipsum dolor sit amet".split()
-    lines = [json.dumps({"text": " ".join(rng.choice(words) for _ in range(30)) + f" {i}",
-                         "meta": {"redpajama_set_name": d}}) for i in range(n) for d in domains]
+    lines = [
+        json.dumps(
+            {"text": " ".join(rng.choice(words) for _ in range(30)) + f" {i}", "meta": {"redpajama_set_name": d}}
+        )
+        for i in range(n)
+        for d in domains
+    ]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -146,8 +185,11 @@ def test_out_dot_is_refused_without_a_crash_or_leftovers(tmp_path, monkeypatch, 
     here = tmp_path / "here"
     here.mkdir()
     monkeypatch.chdir(here)
-    argv = (["data", "prepare", "--input", str(source), "--seq-len", "16"] if command == "prepare"
-            else ["data", "synth", "--seq-len", "64", "--tokens-per-domain", "1024"])
+    argv = (
+        ["data", "prepare", "--input", str(source), "--seq-len", "16"]
+        if command == "prepare"
+        else ["data", "synth", "--seq-len", "64", "--tokens-per-domain", "1024"]
+    )
     for extra in ([], ["--overwrite"]):
         line = one_line_error(capsys, argv + ["--out", "."] + extra)
         assert "current directory" in line and str(here) in line
@@ -207,8 +249,20 @@ def test_a_big_domain_of_few_documents_gets_a_validation_block(tmp_path, capsys)
     records = [{"text": t, "meta": {"redpajama_set_name": "Books"}} for t in docs]
     source = tmp_path / "in.jsonl"
     source.write_text("".join(json.dumps(r) + "\n" for r in records))
-    main(["data", "prepare", "--input", str(source), "--out", str(tmp_path / "a"), "--seq-len", "64",
-          "--val-fraction", "0.05"])
+    main(
+        [
+            "data",
+            "prepare",
+            "--input",
+            str(source),
+            "--out",
+            str(tmp_path / "a"),
+            "--seq-len",
+            "64",
+            "--val-fraction",
+            "0.05",
+        ]
+    )
     out = capsys.readouterr().out
     assert "domain 'Books': moved 1 document(s)" in out
     manifest = load_manifest(tmp_path / "a")
@@ -242,8 +296,22 @@ def test_a_corpus_without_validation_blocks_is_refused(corpus, tmp_path, tiny_sp
     raw = json.loads((corpus / "manifest.json").read_text())
     raw["splits"]["val"]["copy"].update(blocks=0, tokens=0, documents=0)
     (corpus / "manifest.json").write_text(json.dumps(raw))
-    line = one_line_error(capsys, ["train", "--data", str(corpus), "--model", tiny_spec, "--out", str(tmp_path / "run"),
-                                   "--steps", "1", "--batch-size", "2"])
+    line = one_line_error(
+        capsys,
+        [
+            "train",
+            "--data",
+            str(corpus),
+            "--model",
+            tiny_spec,
+            "--out",
+            str(tmp_path / "run"),
+            "--steps",
+            "1",
+            "--batch-size",
+            "2",
+        ],
+    )
     assert "domain 'copy' (val) is empty: no validation blocks" in line
     assert not (tmp_path / "run").exists()
 
@@ -264,8 +332,20 @@ def test_skipped_files_are_listed_and_gzip_is_read(tmp_path, capsys):
     (raw / "b.jsonl.gz").write_bytes(gzip.compress(gz_text))
     (raw / "old.jsonl.bak").write_text("stale")
     (raw / ".DS_Store").write_text("x")
-    main(["data", "prepare", "--input", str(raw), "--out", str(tmp_path / "out"), "--seq-len", "16",
-          "--val-fraction", "0.2"])
+    main(
+        [
+            "data",
+            "prepare",
+            "--input",
+            str(raw),
+            "--out",
+            str(tmp_path / "out"),
+            "--seq-len",
+            "16",
+            "--val-fraction",
+            "0.2",
+        ]
+    )
     out = capsys.readouterr().out
     assert "skipped 2 file(s)" in out and "old.jsonl.bak (unsupported type)" in out and ".DS_Store (hidden)" in out
     manifest = load_manifest(tmp_path / "out")
@@ -288,17 +368,32 @@ def test_an_input_of_nothing_readable_names_what_it_found(tmp_path):
 
 
 # --- 7. domain names are one plain path component; disk full is one line -----------------------
-@pytest.mark.parametrize("name, problem", [
-    ("x" * 300, "is 300 UTF-8 bytes long"), ("字" * 100, "is 300 UTF-8 bytes long"),
-    ("Arxiv papers", "whitespace"), ("tab\there", "whitespace"), ("bell\x07", "control character"),
-    ("", "is empty"), (".", "starts with '.'"), ("..", "starts with '.'"), ("a/b", "'/'"), ("a\\b", "'\\\\'"),
-])
+@pytest.mark.parametrize(
+    "name, problem",
+    [
+        ("x" * 300, "is 300 UTF-8 bytes long"),
+        ("字" * 100, "is 300 UTF-8 bytes long"),
+        ("Arxiv papers", "whitespace"),
+        ("tab\there", "whitespace"),
+        ("bell\x07", "control character"),
+        ("", "is empty"),
+        (".", "starts with '.'"),
+        ("..", "starts with '.'"),
+        ("a/b", "'/'"),
+        ("a\\b", "'\\\\'"),
+    ],
+)
 def test_unsafe_domain_names_are_one_line_errors(tmp_path, capsys, name, problem):
     source = tmp_path / "in.jsonl"
-    source.write_text(json.dumps({"text": "hello world " * 20, "meta": {"redpajama_set_name": "ok"}}) + "\n"
-                      + json.dumps({"text": "more text " * 20, "meta": {"redpajama_set_name": name}}) + "\n")
-    line = one_line_error(capsys, ["data", "prepare", "--input", str(source), "--out", str(tmp_path / "new" / "out"),
-                                   "--seq-len", "16"])
+    source.write_text(
+        json.dumps({"text": "hello world " * 20, "meta": {"redpajama_set_name": "ok"}})
+        + "\n"
+        + json.dumps({"text": "more text " * 20, "meta": {"redpajama_set_name": name}})
+        + "\n"
+    )
+    line = one_line_error(
+        capsys, ["data", "prepare", "--input", str(source), "--out", str(tmp_path / "new" / "out"), "--seq-len", "16"]
+    )
     assert "in.jsonl line 2" in line and problem in line and "1-100 UTF-8 bytes" in line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]  # not even the parent it made
 

@@ -33,8 +33,22 @@ dc = _load()
 def dry_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("device-check")
     out = tmp / "check.json"
-    done = subprocess.run([sys.executable, str(SCRIPT), "--cpu", "--out", str(out), "--work-dir", str(tmp / "work"),
-                           "--markdown", str(tmp / "check.md")], capture_output=True, text=True, cwd=REPO)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--cpu",
+            "--out",
+            str(out),
+            "--work-dir",
+            str(tmp / "work"),
+            "--markdown",
+            str(tmp / "check.md"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return json.loads(out.read_text()), (tmp / "check.md").read_text(), done.stdout
 
@@ -48,8 +62,9 @@ def test_dry_run_records_every_part(dry_run):
     assert result["schema"] == dc.SCHEMA and result["mode"] == "cpu"
     assert {"config", "flags", "parts", "summary", "model", "device", "wall_s"} <= set(result)
     assert set(result["parts"]) == set(dc.PARTS)
-    help_text = subprocess.run([sys.executable, "-m", "mixweight", "train", "--help"], capture_output=True,
-                               text=True, cwd=REPO).stdout
+    help_text = subprocess.run(
+        [sys.executable, "-m", "mixweight", "train", "--help"], capture_output=True, text=True, cwd=REPO
+    ).stdout
     flags = dc.train_flags(help_text)
     assert {k: result["flags"][k] for k in flags} == flags
     optional = {"loss_full": flags["loss_impl"], "loss_chunked": flags["loss_impl"], "compile": flags["compile"]}
@@ -63,8 +78,11 @@ def test_dry_run_numbers_are_finite_and_positive(dry_run):
     for key in ("parameters", "matmul_parameters", "flops_per_token", "attention_flops_per_token"):
         assert _positive(result["model"][key]), key
     assert result["model"]["vocab_size"] == 50257  # the widened corpus: GPT-2's vocabulary
-    train_parts = [n for n in ("mixweight", "transformers", "linupper", "loss_full", "loss_chunked", "compile")
-                   if result["parts"][n]["status"] == "ok"]
+    train_parts = [
+        n
+        for n in ("mixweight", "transformers", "linupper", "loss_full", "loss_chunked", "compile")
+        if result["parts"][n]["status"] == "ok"
+    ]
     assert {"mixweight", "transformers", "linupper"} <= set(train_parts)
     for name in train_parts:
         res = result["parts"][name]["result"]
@@ -88,8 +106,12 @@ def test_dry_run_numbers_are_finite_and_positive(dry_run):
 def test_dry_run_prints_the_results_tables(dry_run):
     _, table, stdout = dry_run
     assert table in stdout
-    for row in ("| mixweight train (plain) |", "| transformers.Trainer |", "| DoGE proxy step |",
-                "| mixweight_vs_transformers_tokens_per_s |"):
+    for row in (
+        "| mixweight train (plain) |",
+        "| transformers.Trainer |",
+        "| DoGE proxy step |",
+        "| mixweight_vs_transformers_tokens_per_s |",
+    ):
         assert row in table
 
 

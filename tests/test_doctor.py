@@ -42,8 +42,14 @@ def test_doctor_reports_stale_shared_memory_and_removes_nothing(tmp_path):
 
     info = collect(shm)
     by_prefix = {p["prefix"]: p for p in info["shared_memory"]["prefixes"]}
-    assert by_prefix["000123"] == {"prefix": "000123", "segments": 2, "streams": [stream], "ours": True,
-                                   "in_use": False, "stale": True}
+    assert by_prefix["000123"] == {
+        "prefix": "000123",
+        "segments": 2,
+        "streams": [stream],
+        "ours": True,
+        "in_use": False,
+        "stale": True,
+    }
     assert by_prefix["000124"]["streams"] == [] and by_prefix["000124"]["segments"] == 1
     text = render(info)
     assert "3 segment(s) in 2 prefix(es), 2 stale" in text

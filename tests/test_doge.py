@@ -11,16 +11,23 @@ import torch
 from mixweight.data.manifest import load_manifest
 from mixweight.data.streams import read_stream
 from mixweight.domain.artifact import load_domain_weights, parse_domain_weights
-from mixweight.domain.doge import (DoGEObjective, clip_rows, doge_scores, doge_update, heldout_mix_mask, replay,
-                                   resolve_target)
+from mixweight.domain.doge import (
+    DoGEObjective,
+    clip_rows,
+    doge_scores,
+    doge_update,
+    heldout_mix_mask,
+    replay,
+    resolve_target,
+)
 from mixweight.domain.doge_run import DoGEConfig, run_doge
 from mixweight.domain.verify import verify_weights
 from mixweight.errors import MixweightError
 from mixweight.train.checkpoint import list_checkpoints
 from mixweight.train.config import TrainConfig
 from mixweight.train.distributed import World
-from mixweight.train.loss import per_sample_loss
 from mixweight.train.loop import train
+from mixweight.train.loss import per_sample_loss
 from mixweight.train.model import build_model
 
 # --- pure pieces -------------------------------------------------------------------------
@@ -29,16 +36,19 @@ from mixweight.train.model import build_model
 def test_universal_scores_exclude_the_self_term():
     grads = torch.tensor([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
     # s_i = <g_i, sum_{j != i} g_j>: <[1,0],[1,3]> = 1, <[0,2],[2,1]> = 2, <[1,1],[1,2]> = 3
-    torch.testing.assert_close(doge_scores(grads, "all", score="paper"),
-                               torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))
+    torch.testing.assert_close(
+        doge_scores(grads, "all", score="paper"), torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
+    )
 
 
 def test_paper_out_of_domain_scores_use_the_mean_target_gradient():
     grads = torch.tensor([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
     targets = torch.tensor([[2.0, 0.0], [0.0, 2.0], [9.0, 9.0]])
     # g_target = mean of rows 0 and 1 = [1, 1]
-    torch.testing.assert_close(doge_scores(grads, [0, 1], score="paper", target_grads=targets),
-                               torch.tensor([1.0, 2.0, 2.0], dtype=torch.float64))
+    torch.testing.assert_close(
+        doge_scores(grads, [0, 1], score="paper", target_grads=targets),
+        torch.tensor([1.0, 2.0, 2.0], dtype=torch.float64),
+    )
 
 
 def test_reference_scores_sum_the_targets_divide_by_the_mean_norm_and_clip_to_0_5():
@@ -111,8 +121,9 @@ def test_update_matches_hand_computed_values_and_sums_to_one():
 
 def test_update_keeps_absent_domains_and_is_stable_for_huge_scores():
     alpha = torch.tensor([0.5, 0.25, 0.25])
-    got = doge_update(alpha, torch.tensor([1e6, 123.0, -1e6]), lr=1.0, mu=0.01,
-                      present=torch.tensor([True, False, True]))
+    got = doge_update(
+        alpha, torch.tensor([1e6, 123.0, -1e6]), lr=1.0, mu=0.01, present=torch.tensor([True, False, True])
+    )
     assert torch.isfinite(got).all()
     torch.testing.assert_close(got, torch.tensor([0.75, 0.25, 0.0], dtype=torch.float64))
 
@@ -128,8 +139,10 @@ def test_bad_score_name_is_refused():
 def _batch(corpus, domains, mix_blocks=0):
     """Blocks of `domains` that are not in the held-out mixture, then `mix_blocks` that are (from domains 0, 1, ...)."""
     manifest = load_manifest(corpus)
-    blocks = {d: torch.from_numpy(read_stream(manifest.stream_dir(corpus, "train", name), limit=64))
-              for d, name in enumerate(manifest.domains)}
+    blocks = {
+        d: torch.from_numpy(read_stream(manifest.stream_dir(corpus, "train", name), limit=64))
+        for d, name in enumerate(manifest.domains)
+    }
     in_mix = {d: heldout_mix_mask(b, len(manifest.domains) + 1) for d, b in blocks.items()}
     plain = {d: iter(b[~in_mix[d]]) for d, b in blocks.items()}
     rows, ids = [next(plain[d]) for d in domains], list(domains)
@@ -154,13 +167,18 @@ def _direct_grads(model, batch, masks):
 
 
 DOMAINS_OF_8 = [0, 0, 0, 1, 2, 3, 5, 6]  # domain 0 three times, domain 4 absent
-CASES = [("all", "paper", 0.0), ("copy", "paper", 0.0), ("copy,arithmetic", "reference", 0.05),
-         ("mix", "reference", 0.05)]
+CASES = [
+    ("all", "paper", 0.0),
+    ("copy", "paper", 0.0),
+    ("copy,arithmetic", "reference", 0.05),
+    ("mix", "reference", 0.05),
+]
 
 
 @pytest.mark.parametrize("target, score, clip", CASES)
-def test_domain_gradients_are_mean_loss_gradients_and_the_applied_gradient_mixes_them(synth_corpus, tiny_spec,
-                                                                                     target, score, clip):
+def test_domain_gradients_are_mean_loss_gradients_and_the_applied_gradient_mixes_them(
+    synth_corpus, tiny_spec, target, score, clip
+):
     mix_blocks = 2 if target == "mix" else 0
     manifest, batch = _batch(synth_corpus, DOMAINS_OF_8, mix_blocks)
     model = build_model(tiny_spec, manifest, seed=0)
@@ -194,8 +212,9 @@ def test_domain_gradients_are_mean_loss_gradients_and_the_applied_gradient_mixes
     torch.testing.assert_close(torch.tensor(got_scores, dtype=torch.float64), scores, rtol=1e-4, atol=1e-7)
     assert logged["scores"]["markov2"] is None  # absent: no score, alpha kept
     assert logged["alpha"]["markov2"] == pytest.approx(1 / k, abs=1e-6)
-    torch.testing.assert_close(torch.tensor(objective.last_weights(), dtype=torch.float64), expected_alpha,
-                               rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(
+        torch.tensor(objective.last_weights(), dtype=torch.float64), expected_alpha, rtol=1e-5, atol=1e-8
+    )
 
     mix = expected_alpha[present] / expected_alpha[present].sum()
     torch.testing.assert_close(_flat_grad(model), (mix.float() @ grads), rtol=1e-4, atol=1e-7)
@@ -230,8 +249,19 @@ def test_one_micro_batch_of_8_equals_two_of_4(synth_corpus, tiny_spec):
 
 
 def _config(corpus, spec, out, **overrides) -> DoGEConfig:
-    values = dict(data=corpus, out=str(out), proxy=spec, steps=6, batch_size=8, lr=3e-3, final_lr=3e-4,
-                  warmup_steps=2, checkpoint_every=100, log_every=2, progress=False)
+    values = dict(
+        data=corpus,
+        out=str(out),
+        proxy=spec,
+        steps=6,
+        batch_size=8,
+        lr=3e-3,
+        final_lr=3e-4,
+        warmup_steps=2,
+        checkpoint_every=100,
+        log_every=2,
+        progress=False,
+    )
     values.update(overrides)
     return DoGEConfig(**values)
 
@@ -247,12 +277,24 @@ def test_a_short_run_writes_a_valid_deterministic_artifact(synth_corpus, tiny_sp
     assert sum(first.last_weights) == pytest.approx(1.0, abs=1e-9)
     raw = json.loads(a)
     # the published universal configuration is the default: the held-out mixture, the official code's score
-    assert raw["method"] == {"name": "doge", "score": "reference", "target": "mix", "mu": 0.01, "max_grad_norm": 5.0,
-                             "steps": 6}
+    assert raw["method"] == {
+        "name": "doge",
+        "score": "reference",
+        "target": "mix",
+        "mu": 0.01,
+        "max_grad_norm": 5.0,
+        "steps": 6,
+    }
     assert "targets" not in raw and len(raw["replay"]["lr"]) == 6
     assert [e["step"] for e in raw["trajectory"]] == [2, 4, 6]
-    assert set(raw["provenance"]) >= {"seed", "config_hash", "proxy", "tokenizer_fingerprint", "domain_token_counts",
-                                      "mixweight_version"}
+    assert set(raw["provenance"]) >= {
+        "seed",
+        "config_hash",
+        "proxy",
+        "tokenizer_fingerprint",
+        "domain_token_counts",
+        "mixweight_version",
+    }
     assert (tmp_path / "a" / "weights.work" / "proxy" / "metrics.jsonl").is_file()
 
 
@@ -272,8 +314,20 @@ def test_out_of_domain_artifact_lists_every_domain_and_trains(copy_target_artifa
     assert weights.method["mu"] == 0.05 and weights.method["max_grad_norm"] == 1.0  # the published OOD config
 
     run = tmp_path / "run"
-    train(TrainConfig(data=synth_corpus, out=str(run), model=tiny_spec, steps=3, batch_size=8, log_every=1,
-                      eval_every=0, checkpoint_every=100, progress=False, domain_weights=str(copy_target_artifact)))
+    train(
+        TrainConfig(
+            data=synth_corpus,
+            out=str(run),
+            model=tiny_spec,
+            steps=3,
+            batch_size=8,
+            log_every=1,
+            eval_every=0,
+            checkpoint_every=100,
+            progress=False,
+            domain_weights=str(copy_target_artifact),
+        )
+    )
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     mixtures = [r["mixture"]["domains"] for r in records if "mixture" in r]
     assert mixtures and all(m["copy"]["samples"] == 0 for m in mixtures)
@@ -305,20 +359,30 @@ def test_replay_recomputes_the_recorded_trajectory(copy_target_artifact):
 
 
 def test_replay_refuses_an_incomplete_block():
-    block = {"domains": ["a", "b"], "steps": 1, "initial_weights": [0.5, 0.5], "signals": [[0.0, 1.0]],
-             "present": [[True, True]], "mu": 0.01, "lr": [1e-3]}
+    block = {
+        "domains": ["a", "b"],
+        "steps": 1,
+        "initial_weights": [0.5, 0.5],
+        "signals": [[0.0, 1.0]],
+        "present": [[True, True]],
+        "mu": 0.01,
+        "lr": [1e-3],
+    }
     replay({"domains": ["a", "b"], "replay": block})  # complete: replays
-    for key, value, message in (("lr", None, "'replay.lr' must be 1 finite numbers"),
-                                ("mu", None, "'replay.mu' must be a finite number"),
-                                ("mu", 0.0, "'replay.mu' must be > 0")):
+    for key, value, message in (
+        ("lr", None, "'replay.lr' must be 1 finite numbers"),
+        ("mu", None, "'replay.mu' must be a finite number"),
+        ("mu", 0.0, "'replay.mu' must be > 0"),
+    ):
         with pytest.raises(MixweightError, match=message):
             replay({"domains": ["a", "b"], "replay": {**block, key: value}})
 
 
 def test_collapsed_weights_are_warned_recorded_and_printed(synth_corpus, tiny_spec, tmp_path, capsys):
     # a raw score with a tiny temperature: the weights go one-hot within the first steps
-    weights = run_doge(_config(synth_corpus, tiny_spec, tmp_path / "w.json", steps=4, score="paper", target="all",
-                               mu=1e-7))
+    weights = run_doge(
+        _config(synth_corpus, tiny_spec, tmp_path / "w.json", steps=4, score="paper", target="all", mu=1e-7)
+    )
     codes = [w["code"] for w in weights.warnings]
     assert "one-hot" in codes
     recorded = json.loads((tmp_path / "w.json").read_text())["warnings"]
@@ -382,8 +446,10 @@ def test_bad_config_values_are_refused():
 
 def test_published_defaults_follow_the_target_kind():
     domains = ["a", "b", "c"]
-    assert (DoGEConfig(data="d", out="o").resolved(domains).mu, DoGEConfig(data="d", out="o").resolved(domains)
-            .max_grad_norm) == (0.01, 5.0)
+    assert (
+        DoGEConfig(data="d", out="o").resolved(domains).mu,
+        DoGEConfig(data="d", out="o").resolved(domains).max_grad_norm,
+    ) == (0.01, 5.0)
     ood = DoGEConfig(data="d", out="o", target="c").resolved(domains)
     assert (ood.mu, ood.max_grad_norm) == (0.05, 1.0)
     paper = DoGEConfig(data="d", out="o", score="paper", mu=0.2).resolved(domains)
@@ -403,12 +469,18 @@ run_doge(DoGEConfig(data=corpus, out=out, proxy=spec, steps=3, batch_size=int(ba
 def test_two_processes_equal_one_process(synth_corpus, tiny_spec, tmp_path):
     script = tmp_path / "doge_run.py"
     script.write_text(TWO_RANK_SCRIPT)
-    one = subprocess.run([sys.executable, str(script), synth_corpus, tiny_spec, str(tmp_path / "one.json"), "8"],
-                         capture_output=True, text=True)
+    one = subprocess.run(
+        [sys.executable, str(script), synth_corpus, tiny_spec, str(tmp_path / "one.json"), "8"],
+        capture_output=True,
+        text=True,
+    )
     assert one.returncode == 0, one.stderr[-3000:]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29531"]
-    two = subprocess.run([*torchrun, str(script), synth_corpus, tiny_spec, str(tmp_path / "two.json"), "4"],
-                         capture_output=True, text=True)
+    two = subprocess.run(
+        [*torchrun, str(script), synth_corpus, tiny_spec, str(tmp_path / "two.json"), "4"],
+        capture_output=True,
+        text=True,
+    )
     assert two.returncode == 0, two.stderr[-3000:]
     a, b = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
     assert a["weights"] == pytest.approx(b["weights"], rel=1e-4)

@@ -23,9 +23,18 @@ from mixweight.errors import MixweightError
 from mixweight.train.distributed import World
 from mixweight.train.model import build_model
 
-LLAMA = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-         "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 128, "rms_norm_eps": 1e-5,
-         "attention_dropout": 0.0, "tie_word_embeddings": False}
+LLAMA = {
+    "model_type": "llama",
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 1,
+    "max_position_embeddings": 128,
+    "rms_norm_eps": 1e-5,
+    "attention_dropout": 0.0,
+    "tie_word_embeddings": False,
+}
 
 
 @pytest.fixture(scope="module")
@@ -38,18 +47,23 @@ def llama_spec(tmp_path_factory) -> str:
 @pytest.fixture
 def fp64_loss(monkeypatch):
     """per_sample_loss without its cast to float32, so a float64 model stays float64 end to end."""
+
     def loss(logits, labels):
-        token = F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1),
-                                reduction="none")
+        token = F.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1), reduction="none"
+        )
         return token.view(labels.shape[0], -1).mean(dim=1)
+
     monkeypatch.setattr(doge, "per_sample_loss", loss)
 
 
 def _batches(corpus, domains, mix_blocks, split=1, seed=0):
     """Blocks of `domains` (not in the held-out mixture), then `mix_blocks` that are, in `split` micro-batches."""
     manifest = load_manifest(corpus)
-    blocks = {d: torch.from_numpy(read_stream(manifest.stream_dir(corpus, "train", name), limit=64))
-              for d, name in enumerate(manifest.domains)}
+    blocks = {
+        d: torch.from_numpy(read_stream(manifest.stream_dir(corpus, "train", name), limit=64))
+        for d, name in enumerate(manifest.domains)
+    }
     in_mix = {d: heldout_mix_mask(b, len(manifest.domains) + 1) for d, b in blocks.items()}
     g = torch.Generator().manual_seed(seed)
     rows, ids = [], []
@@ -63,7 +77,7 @@ def _batches(corpus, domains, mix_blocks, split=1, seed=0):
     order = torch.randperm(len(ids), generator=g)  # domains interleaved, as the sampler gives them
     batch = {"input_ids": torch.stack(rows)[order], "domain": torch.tensor(ids)[order]}
     size = -(-len(ids) // split)
-    return manifest, [{k: v[i:i + size] for k, v in batch.items()} for i in range(0, len(ids), size)]
+    return manifest, [{k: v[i : i + size] for k, v in batch.items()} for i in range(0, len(ids), size)]
 
 
 def _run(spec, manifest, steps_batches, impl, steps=2, **objective_args):
@@ -98,8 +112,13 @@ def _assert_equal_runs(a, b, tol=1e-10):
 
 
 DOMAINS = [0, 0, 0, 1, 2, 3, 5, 6, 6]  # domain 0 three times, domain 4 absent
-CASES = [("gpt2", "mix", "reference", 0.05), ("gpt2", "all", "paper", 0.0), ("gpt2", "copy,arithmetic", "paper", 0.0),
-         ("llama", "mix", "reference", 0.05), ("llama", "copy,arithmetic", "reference", 0.05)]
+CASES = [
+    ("gpt2", "mix", "reference", 0.05),
+    ("gpt2", "all", "paper", 0.0),
+    ("gpt2", "copy,arithmetic", "paper", 0.0),
+    ("llama", "mix", "reference", 0.05),
+    ("llama", "copy,arithmetic", "reference", 0.05),
+]
 
 
 @pytest.mark.parametrize("arch, target, score, clip", CASES)
@@ -118,8 +137,7 @@ def test_ghost_equals_loop_in_float64(synth_corpus, tiny_spec, llama_spec, fp64_
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
-def test_ghost_with_accumulation_equals_loop_with_one_micro_batch(synth_corpus, tiny_spec, llama_spec, fp64_loss,
-                                                                   arch):
+def test_ghost_with_accumulation_equals_loop_with_one_micro_batch(synth_corpus, tiny_spec, llama_spec, fp64_loss, arch):
     spec = tiny_spec if arch == "gpt2" else llama_spec
     manifest, whole = _batches(synth_corpus, DOMAINS, mix_blocks=2, seed=1)
     _, three = _batches(synth_corpus, DOMAINS, mix_blocks=2, split=3, seed=1)
@@ -159,16 +177,19 @@ def test_uncovered_layers_take_the_per_domain_backward(synth_corpus, tiny_spec, 
     monkeypatch.setattr(ghost, "_kind", lambda m: None if isinstance(m, torch.nn.LayerNorm) else real_kind(m))
     manifest, batches = _batches(synth_corpus, DOMAINS, mix_blocks=2)
     paths = parameter_paths(build_model(tiny_spec, manifest, seed=0))
-    assert paths["transformer.ln_f.weight"] == "per-domain backward" and paths["transformer.h.0.mlp.c_fc.weight"] \
-        == "conv1d"
+    assert (
+        paths["transformer.ln_f.weight"] == "per-domain backward"
+        and paths["transformer.h.0.mlp.c_fc.weight"] == "conv1d"
+    )
     args = {"target": "mix", "score": "reference", "max_grad_norm": 0.05}
     fast = _run(tiny_spec, manifest, batches, "ghost", **args)
     assert len(fast["objective"]._rows.fallback) == (2 * 2 + 1) * 2  # ln_1, ln_2 per layer, ln_f: weight, bias
     _assert_equal_runs(fast, _run(tiny_spec, manifest, batches, "loop", **args))
 
 
-def test_the_first_step_check_moves_a_wrong_layer_to_the_per_domain_backward(synth_corpus, tiny_spec, fp64_loss,
-                                                                              monkeypatch):
+def test_the_first_step_check_moves_a_wrong_layer_to_the_per_domain_backward(
+    synth_corpus, tiny_spec, fp64_loss, monkeypatch
+):
     """A layer whose rows come out wrong (as for a model using a weight outside its module) is caught and redone."""
     real_add = ghost.DomainRows._add
 
@@ -212,12 +233,20 @@ def _free_port() -> int:
 def test_ghost_on_two_processes_equals_loop_on_one(synth_corpus, tiny_spec, tmp_path):
     script = tmp_path / "doge_run.py"
     script.write_text(TWO_RANK_SCRIPT)
-    one = subprocess.run([sys.executable, str(script), synth_corpus, tiny_spec, str(tmp_path / "one.json"), "8",
-                          "loop"], capture_output=True, text=True, check=False)
+    one = subprocess.run(
+        [sys.executable, str(script), synth_corpus, tiny_spec, str(tmp_path / "one.json"), "8", "loop"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert one.returncode == 0, one.stderr[-3000:]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}"]
-    two = subprocess.run([*torchrun, str(script), synth_corpus, tiny_spec, str(tmp_path / "two.json"), "4", "ghost"],
-                         capture_output=True, text=True, check=False)
+    two = subprocess.run(
+        [*torchrun, str(script), synth_corpus, tiny_spec, str(tmp_path / "two.json"), "4", "ghost"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert two.returncode == 0, two.stderr[-3000:]
     a, b = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
     assert a["weights"] == pytest.approx(b["weights"], rel=1e-5)

@@ -11,18 +11,27 @@ from mixweight.errors import MixweightError
 
 def _weights(provenance=None) -> DomainWeights:
     return DomainWeights(
-        domains=["web", "code"], weights=[0.75, 0.25], method={"name": "doremi"},
-        trajectory=[{"step": 10, "weights": [0.6, 0.4], "signal": [0.1, 0.0]},
-                    {"step": 20, "weights": {"web": 0.8, "code": 0.2}, "signal": [0.2, 0.1]}],
+        domains=["web", "code"],
+        weights=[0.75, 0.25],
+        method={"name": "doremi"},
+        trajectory=[
+            {"step": 10, "weights": [0.6, 0.4], "signal": [0.1, 0.0]},
+            {"step": 20, "weights": {"web": 0.8, "code": 0.2}, "signal": [0.2, 0.1]},
+        ],
         provenance=provenance or {},
     )
 
 
 def test_streams_yaml_names_each_domain_stream_and_proportion():
-    text = export_weights(_weights({"corpus": "/data/c", "stream_paths": {"web": "train/web", "code": "train/code"}}),
-                          "streams-yaml")
-    assert yaml.safe_load(text) == {"streams": {"web": {"local": "/data/c/train/web", "proportion": 0.75},
-                                                "code": {"local": "/data/c/train/code", "proportion": 0.25}}}
+    text = export_weights(
+        _weights({"corpus": "/data/c", "stream_paths": {"web": "train/web", "code": "train/code"}}), "streams-yaml"
+    )
+    assert yaml.safe_load(text) == {
+        "streams": {
+            "web": {"local": "/data/c/train/web", "proportion": 0.75},
+            "code": {"local": "/data/c/train/code", "proportion": 0.25},
+        }
+    }
 
 
 def test_streams_yaml_uses_a_marked_placeholder_without_provenance():
@@ -49,8 +58,9 @@ def test_plots_are_written(tmp_path):
 
 
 def test_held_out_targets_are_left_out_of_the_trainer_formats():
-    weights = DomainWeights(domains=["web", "copy", "code"], weights=[0.75, 0.0, 0.25], targets=["copy"],
-                            provenance={"corpus": "/c"})
+    weights = DomainWeights(
+        domains=["web", "copy", "code"], weights=[0.75, 0.0, 0.25], targets=["copy"], provenance={"corpus": "/c"}
+    )
     text = export_weights(weights, "streams-yaml")
     assert "# not sampled (weight 0), so left out: copy (held-out target)" in text
     assert list(yaml.safe_load(text)["streams"]) == ["web", "code"]

@@ -79,8 +79,9 @@ def test_an_absent_domain_keeps_its_lambda_and_alpha_is_renormalized_over_presen
     reduction.weights(torch.ones(3), torch.tensor([0, 1, 2]), 0, torch.tensor([[1.0, 2.0], [4.0, 2.0], [2.0, 2.0]]))
     assert reduction.excess.tolist() == pytest.approx([0.5, 2.0, 1.0])
     # equal-length samples, domain 2 absent: weight alpha'[d] / n_d with alpha' over {a, b}
-    weights = reduction.weights(torch.ones(3), torch.tensor([0, 0, 1]), 1,
-                                torch.tensor([[0.0, 2.0], [2.0, 2.0], [0.0, 2.0]]))
+    weights = reduction.weights(
+        torch.ones(3), torch.tensor([0, 0, 1]), 1, torch.tensor([[0.0, 2.0], [2.0, 2.0], [0.0, 2.0]])
+    )
     assert reduction.excess.tolist() == pytest.approx([0.5, 0.0, 1.0])  # c keeps 1.0
     a = reduction.alpha.tolist()
     share_a = a[0] / (a[0] + a[1])
@@ -160,8 +161,19 @@ def test_sample_signal_is_the_clipped_excess_over_the_reference(synth_corpus, ti
 
 # --- end to end on the synthetic corpus ---------------------------------------------------------------
 def _config(corpus, spec, out, **overrides) -> DoReMiConfig:
-    values = dict(data=corpus, out=str(out), proxy=spec, steps=60, batch_size=32, lr=3e-3, final_lr=3e-4,
-                  warmup_steps=5, log_every=10, checkpoint_every=1000, progress=False)
+    values = dict(
+        data=corpus,
+        out=str(out),
+        proxy=spec,
+        steps=60,
+        batch_size=32,
+        lr=3e-3,
+        final_lr=3e-4,
+        warmup_steps=5,
+        log_every=10,
+        checkpoint_every=1000,
+        progress=False,
+    )
     values.update(overrides)
     return DoReMiConfig(**values)
 
@@ -236,8 +248,19 @@ def test_a_reference_trained_on_another_corpus_is_refused(synth_corpus, tiny_spe
     other = tmp_path / "other-corpus"
     write_synthetic_corpus(other, seed=1, tokens_per_domain=2048, seq_len=64)
     run = tmp_path / "ref"
-    loop.train(TrainConfig(data=str(other), out=str(run), model=tiny_spec, steps=2, batch_size=8, warmup_steps=1,
-                           eval_every=0, eval_blocks=2, progress=False))
+    loop.train(
+        TrainConfig(
+            data=str(other),
+            out=str(run),
+            model=tiny_spec,
+            steps=2,
+            batch_size=8,
+            warmup_steps=1,
+            eval_every=0,
+            eval_blocks=2,
+            progress=False,
+        )
+    )
     with pytest.raises(MixweightError, match=rf"trained on corpus {other}.*runs on corpus {synth_corpus}"):
         run_doremi(_config(synth_corpus, tiny_spec, tmp_path / "w.json", reference=str(run)))
 
@@ -252,13 +275,36 @@ def test_a_reference_with_another_vocabulary_is_refused(doremi_run, synth_corpus
         run_doremi(_config(synth_corpus, tiny_spec, tmp_path / "w.json", reference=str(run)))
 
 
-@pytest.mark.parametrize("weights, message", [
-    ({"redundant": 0.5, "noise": 0.5}, r"missing for corpus domains: \['unigram'"),
-    ({"redundant": -0.1, "noise": 0.2, "unigram": 0.1, "markov1": 0.2, "markov2": 0.2, "arithmetic": 0.2, "copy": 0.2},
-     "weight of 'redundant' is -0.1"),
-    ({"redundant": float("nan"), "noise": 0.2, "unigram": 0.2, "markov1": 0.2, "markov2": 0.2, "arithmetic": 0.1,
-      "copy": 0.1}, "weight of 'redundant' is nan"),
-])
+@pytest.mark.parametrize(
+    "weights, message",
+    [
+        ({"redundant": 0.5, "noise": 0.5}, r"missing for corpus domains: \['unigram'"),
+        (
+            {
+                "redundant": -0.1,
+                "noise": 0.2,
+                "unigram": 0.1,
+                "markov1": 0.2,
+                "markov2": 0.2,
+                "arithmetic": 0.2,
+                "copy": 0.2,
+            },
+            "weight of 'redundant' is -0.1",
+        ),
+        (
+            {
+                "redundant": float("nan"),
+                "noise": 0.2,
+                "unigram": 0.2,
+                "markov1": 0.2,
+                "markov2": 0.2,
+                "arithmetic": 0.1,
+                "copy": 0.1,
+            },
+            "weight of 'redundant' is nan",
+        ),
+    ],
+)
 def test_a_bad_reference_weights_file_is_refused_before_training(synth_corpus, tiny_spec, tmp_path, weights, message):
     path = tmp_path / "ref_weights.json"
     path.write_text(json.dumps({"weights": weights}))
@@ -267,13 +313,16 @@ def test_a_bad_reference_weights_file_is_refused_before_training(synth_corpus, t
     assert not (tmp_path / "w.work" / "round-0").exists()
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"objective": "tokens"}, "objective' must be one of paper, token"),
-    ({"reference_weights": "natrual"}, "reference_weights' must be natural, uniform or a weights JSON file"),
-    ({"eta": 0.0}, "'eta' must be > 0"),
-    ({"smoothing": 1.0}, r"'smoothing' must be in \[0, 1\)"),
-    ({"rounds": 0}, "'rounds' must be a positive integer"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"objective": "tokens"}, "objective' must be one of paper, token"),
+        ({"reference_weights": "natrual"}, "reference_weights' must be natural, uniform or a weights JSON file"),
+        ({"eta": 0.0}, "'eta' must be > 0"),
+        ({"smoothing": 1.0}, r"'smoothing' must be in \[0, 1\)"),
+        ({"rounds": 0}, "'rounds' must be a positive integer"),
+    ],
+)
 def test_config_validation(overrides, message):
     with pytest.raises(MixweightError, match=message):
         _config("corpus", "spec", "w.json", **overrides).validate()

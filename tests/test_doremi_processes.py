@@ -12,10 +12,36 @@ from mixweight.domain.verify import verify_file
 
 
 def _args(corpus, spec, out, batch, *extra):
-    return ["-m", "mixweight", "weights", "doremi", "--data", corpus, "--out", str(out), "--proxy", spec,
-            "--steps", "40", "--reference-steps", "20", "--batch-size", str(batch), "--lr", "3e-3",
-            "--final-lr", "3e-4", "--warmup-steps", "2", "--log-every", "5", "--checkpoint-every", "10",
-            "--no-progress", *extra]
+    return [
+        "-m",
+        "mixweight",
+        "weights",
+        "doremi",
+        "--data",
+        corpus,
+        "--out",
+        str(out),
+        "--proxy",
+        spec,
+        "--steps",
+        "40",
+        "--reference-steps",
+        "20",
+        "--batch-size",
+        str(batch),
+        "--lr",
+        "3e-3",
+        "--final-lr",
+        "3e-4",
+        "--warmup-steps",
+        "2",
+        "--log-every",
+        "5",
+        "--checkpoint-every",
+        "10",
+        "--no-progress",
+        *extra,
+    ]
 
 
 def _weights(path):
@@ -48,8 +74,9 @@ def test_kill_9_during_the_proxy_then_rerun_gives_the_same_weights(synth_corpus,
     _run([sys.executable, *_args(synth_corpus, tiny_spec, tmp_path / "straight.json", 16)])
     out = tmp_path / "killed.json"
     proxy_checkpoints = tmp_path / "killed.work" / "round-0" / "proxy" / "checkpoints"
-    process = subprocess.Popen([sys.executable, *_args(synth_corpus, tiny_spec, out, 16)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, *_args(synth_corpus, tiny_spec, out, 16)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 300
     while not (proxy_checkpoints / "step-20").is_dir() and process.poll() is None and time.time() < deadline:
         time.sleep(0.005)

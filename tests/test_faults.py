@@ -17,9 +17,36 @@ STEPS = 120
 
 
 def _train_args(corpus, spec, out, *extra):
-    return [sys.executable, "-m", "mixweight", "train", "--data", corpus, "--model", spec, "--out", str(out),
-            "--steps", str(STEPS), "--batch-size", "8", "--lr", "3e-3", "--warmup-steps", "2", "--eval-every", "40",
-            "--eval-blocks", "4", "--checkpoint-every", "20", "--log-every", "5", "--no-progress", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "mixweight",
+        "train",
+        "--data",
+        corpus,
+        "--model",
+        spec,
+        "--out",
+        str(out),
+        "--steps",
+        str(STEPS),
+        "--batch-size",
+        "8",
+        "--lr",
+        "3e-3",
+        "--warmup-steps",
+        "2",
+        "--eval-every",
+        "40",
+        "--eval-blocks",
+        "4",
+        "--checkpoint-every",
+        "20",
+        "--log-every",
+        "5",
+        "--no-progress",
+        *extra,
+    ]
 
 
 def _params(run_dir):
@@ -44,8 +71,9 @@ def test_kill_9_mid_run_then_resume_equals_an_uninterrupted_run(synth_corpus, ti
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     subprocess.run(_train_args(synth_corpus, tiny_spec, straight), check=True, capture_output=True)
 
-    process = subprocess.Popen(_train_args(synth_corpus, tiny_spec, killed), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        _train_args(synth_corpus, tiny_spec, killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 300
     while not (killed / "checkpoints" / "step-40").is_dir() and process.poll() is None and time.time() < deadline:
         time.sleep(0.005)
@@ -94,8 +122,11 @@ def test_kill_9_before_the_first_checkpoint_then_rerun_writes_each_step_once(syn
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     metrics = run / "metrics.jsonl"
     deadline = time.time() + 300
-    while process.poll() is None and time.time() < deadline and (
-            not metrics.is_file() or metrics.read_text().count("\n") < 3):
+    while (
+        process.poll() is None
+        and time.time() < deadline
+        and (not metrics.is_file() or metrics.read_text().count("\n") < 3)
+    ):
         time.sleep(0.005)
     process.send_signal(signal.SIGKILL)
     assert process.wait() == -signal.SIGKILL and list_checkpoints(run) == []

@@ -15,10 +15,36 @@ FLOAT64_MIXWEIGHT = str(Path(__file__).parent / "scripts" / "float64_mixweight.p
 
 def _args(corpus, spec, out, steps, batch, *extra):
     # A constant learning rate (final_lr = lr, no warmup) so a run can be extended with --steps.
-    return [FLOAT64_MIXWEIGHT, "train", "--data", corpus, "--model", spec, "--out", str(out), "--steps", str(steps),
-            "--batch-size", str(batch), "--lr", "1e-3", "--final-lr", "1e-3", "--warmup-steps", "0",
-            "--eval-every", "0", "--eval-blocks", "5", "--checkpoint-every", "3", "--sample-weighting", "linupper",
-            "--no-progress", *extra]
+    return [
+        FLOAT64_MIXWEIGHT,
+        "train",
+        "--data",
+        corpus,
+        "--model",
+        spec,
+        "--out",
+        str(out),
+        "--steps",
+        str(steps),
+        "--batch-size",
+        str(batch),
+        "--lr",
+        "1e-3",
+        "--final-lr",
+        "1e-3",
+        "--warmup-steps",
+        "0",
+        "--eval-every",
+        "0",
+        "--eval-blocks",
+        "5",
+        "--checkpoint-every",
+        "3",
+        "--sample-weighting",
+        "linupper",
+        "--no-progress",
+        *extra,
+    ]
 
 
 def _run(command):

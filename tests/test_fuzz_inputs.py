@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import random
 import shutil
-from pathlib import Path
 
 import pytest
 import yaml
@@ -21,8 +20,34 @@ from mixweight.errors import MixweightError
 CASES_PER_KIND = 120
 DOMAINS = ["web", "code", "books"]
 # Values chosen to break parsers: huge and non-finite numbers, wrong types, odd strings.
-ODD_SCALARS = [None, True, False, 0, -1, 1, 2**70, 1e308, -0.0, 0.5, "nan", "inf", "1e400", "", " ", "../x",
-               "web", "code", "a" * 300, "漢字" * 60, "\x00", "\n", "natural", "uniform", [], {}]
+ODD_SCALARS = [
+    None,
+    True,
+    False,
+    0,
+    -1,
+    1,
+    2**70,
+    1e308,
+    -0.0,
+    0.5,
+    "nan",
+    "inf",
+    "1e400",
+    "",
+    " ",
+    "../x",
+    "web",
+    "code",
+    "a" * 300,
+    "漢字" * 60,
+    "\x00",
+    "\n",
+    "natural",
+    "uniform",
+    [],
+    {},
+]
 
 
 def random_json(rng: random.Random, depth: int = 0):
@@ -31,8 +56,22 @@ def random_json(rng: random.Random, depth: int = 0):
     if depth > 3 or roll < 0.35:
         return rng.choice(ODD_SCALARS)
     if roll < 0.65:
-        keys = ["domains", "weights", "method", "provenance", "trajectory", "last_weights", "targets", "missing",
-                "start_step", "replay", "warnings", "name", "x", *DOMAINS]
+        keys = [
+            "domains",
+            "weights",
+            "method",
+            "provenance",
+            "trajectory",
+            "last_weights",
+            "targets",
+            "missing",
+            "start_step",
+            "replay",
+            "warnings",
+            "name",
+            "x",
+            *DOMAINS,
+        ]
         return {rng.choice(keys): random_json(rng, depth + 1) for _ in range(rng.randint(0, 5))}
     return [random_json(rng, depth + 1) for _ in range(rng.randint(0, 4))]
 
@@ -98,9 +137,13 @@ def test_random_weights_files_are_accepted_or_refused_in_one_line(tmp_path, mani
     from mixweight.domain.artifact import check_against_manifest, load_domain_weights
 
     rng = random.Random(0)
-    valid = {"domains": manifest.domains, "weights": [1 / len(manifest.domains)] * len(manifest.domains),
-             "method": {"name": "doremi"}, "provenance": {"seed": 0},
-             "trajectory": [{"step": 1, "weights": [0.5] + [0.5 / (len(manifest.domains) - 1)] * 6}]}
+    valid = {
+        "domains": manifest.domains,
+        "weights": [1 / len(manifest.domains)] * len(manifest.domains),
+        "method": {"name": "doremi"},
+        "provenance": {"seed": 0},
+        "trajectory": [{"step": 1, "weights": [0.5] + [0.5 / (len(manifest.domains) - 1)] * 6}],
+    }
     outcomes = []
     for index, payload in enumerate(payloads(rng, valid)):
         path = tmp_path / f"w{index}.json"
@@ -117,8 +160,10 @@ def test_random_schedules_are_accepted_or_refused_in_one_line(tmp_path, manifest
     from mixweight.sampling.schedule import resolve_schedule
 
     rng = random.Random(1)
-    valid = [{"start_step": 0, "weights": "natural"},
-             {"start_step": 5, "weights": {d: 1 / len(manifest.domains) for d in manifest.domains}}]
+    valid = [
+        {"start_step": 0, "weights": "natural"},
+        {"start_step": 5, "weights": {d: 1 / len(manifest.domains) for d in manifest.domains}},
+    ]
     for index, payload in enumerate(payloads(rng, valid)):
         suffix = ".yaml" if index % 2 else ".json"
         path = tmp_path / f"s{index}{suffix}"
@@ -144,10 +189,15 @@ def test_random_pipeline_yaml_is_accepted_or_refused_in_one_line(tmp_path):
     from mixweight.pipeline import load_pipeline_config
 
     rng = random.Random(3)
-    valid = {"data": {"synthetic": {"seed": 0, "tokens_per_domain": 4096, "seq_len": 32}},
-             "train": {"model": "gpt2-micro", "steps": 2}, "doremi": None, "doge": {"steps": 2},
-             "arms": {"uniform": {"domain_weights": "uniform"}, "doge": {"domain_weights": "doge"}},
-             "seeds": [0], "report": {"baseline": "uniform"}}
+    valid = {
+        "data": {"synthetic": {"seed": 0, "tokens_per_domain": 4096, "seq_len": 32}},
+        "train": {"model": "gpt2-micro", "steps": 2},
+        "doremi": None,
+        "doge": {"steps": 2},
+        "arms": {"uniform": {"domain_weights": "uniform"}, "doge": {"domain_weights": "doge"}},
+        "seeds": [0],
+        "report": {"baseline": "uniform"},
+    }
     for index, payload in enumerate(payloads(rng, valid)):
         path = tmp_path / f"p{index}.yaml"
         # Half as YAML text (YAML is a superset of JSON, so the JSON payloads are YAML too).

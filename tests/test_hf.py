@@ -38,11 +38,21 @@ def _blocks(corpus):
 
 def _trainer(model, blocks, out, **weighting):
     args = TrainingArguments(
-        output_dir=str(out), per_device_train_batch_size=8, max_steps=4, learning_rate=3e-3, report_to=[],
-        save_strategy="no", logging_steps=1000, use_cpu=True, remove_unused_columns=False, seed=0,
+        output_dir=str(out),
+        per_device_train_batch_size=8,
+        max_steps=4,
+        learning_rate=3e-3,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=1000,
+        use_cpu=True,
+        remove_unused_columns=False,
+        seed=0,
         dataloader_num_workers=0,
     )
-    return ReweightingTrainer(model=model, args=args, train_dataset=_Blocks(blocks), data_collator=_collate, **weighting)
+    return ReweightingTrainer(
+        model=model, args=args, train_dataset=_Blocks(blocks), data_collator=_collate, **weighting
+    )
 
 
 def test_reweighting_trainer_trains_a_tiny_model(synth_corpus, tiny_spec, tmp_path):

@@ -25,8 +25,19 @@ DOMAINS = ["redundant", "noise", "unigram", "markov1", "markov2", "arithmetic", 
 @pytest.fixture(scope="module")
 def finished_run(synth_corpus, tiny_spec, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("hostile") / "run"
-    config = TrainConfig(data=synth_corpus, out=str(run), model=tiny_spec, steps=2, batch_size=4, warmup_steps=1,
-                         eval_every=0, eval_blocks=2, checkpoint_every=2, log_every=1, progress=False)
+    config = TrainConfig(
+        data=synth_corpus,
+        out=str(run),
+        model=tiny_spec,
+        steps=2,
+        batch_size=4,
+        warmup_steps=1,
+        eval_every=0,
+        eval_blocks=2,
+        checkpoint_every=2,
+        log_every=1,
+        progress=False,
+    )
     config.validate()
     train(config)
     return run
@@ -53,13 +64,40 @@ def _with_auto_map(config_path: Path) -> None:
 
 
 def _prepare(tmp, domain):
-    return ["data", "prepare", "--input", _jsonl(tmp / "in.jsonl", domain), "--out", tmp / "out", "--seq-len", "16",
-            "--val-fraction", "0.5"]
+    return [
+        "data",
+        "prepare",
+        "--input",
+        _jsonl(tmp / "in.jsonl", domain),
+        "--out",
+        tmp / "out",
+        "--seq-len",
+        "16",
+        "--val-fraction",
+        "0.5",
+    ]
 
 
 def _train(ctx, *extra):
-    return ["train", "--data", ctx["corpus"], "--model", ctx["spec"], "--out", ctx["tmp"] / "out", "--steps", "2",
-            "--batch-size", "4", "--eval-every", "0", "--eval-blocks", "2", "--no-progress", *extra]
+    return [
+        "train",
+        "--data",
+        ctx["corpus"],
+        "--model",
+        ctx["spec"],
+        "--out",
+        ctx["tmp"] / "out",
+        "--steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--eval-every",
+        "0",
+        "--eval-blocks",
+        "2",
+        "--no-progress",
+        *extra,
+    ]
 
 
 def _case_weights(text):
@@ -69,8 +107,23 @@ def _case_weights(text):
 def _case_reference_with_auto_map(ctx):
     reference = shutil.copytree(ctx["run"], ctx["tmp"] / "reference")
     _with_auto_map(reference / "checkpoints" / "step-2" / "model" / "config.json")
-    return ["weights", "doremi", "--data", ctx["corpus"], "--proxy", ctx["spec"], "--reference", reference,
-            "--steps", "1", "--batch-size", "7", "--out", ctx["tmp"] / "w.json", "--no-progress"]
+    return [
+        "weights",
+        "doremi",
+        "--data",
+        ctx["corpus"],
+        "--proxy",
+        ctx["spec"],
+        "--reference",
+        reference,
+        "--steps",
+        "1",
+        "--batch-size",
+        "7",
+        "--out",
+        ctx["tmp"] / "w.json",
+        "--no-progress",
+    ]
 
 
 def _case_eval_with_auto_map(ctx):
@@ -87,40 +140,80 @@ def _case_out_is_a_file(ctx):
 def _case_pipeline(data_section):
     def build(ctx):
         path = ctx["tmp"] / "pipeline.yaml"
-        path.write_text(json.dumps({"data": data_section, "doremi": None, "doge": None,
-                                    "arms": {"uniform": {"domain_weights": "uniform"}}}))
+        path.write_text(
+            json.dumps(
+                {"data": data_section, "doremi": None, "doge": None, "arms": {"uniform": {"domain_weights": "uniform"}}}
+            )
+        )
         return ["pipeline", path, "--out", ctx["tmp"] / "out"]
+
     return build
 
 
 CASES = {
     # name: (argv builder, what the line must say)
-    "domain name of 300 characters": (lambda ctx: _prepare(ctx["tmp"], "a" * 300), r"in\.jsonl line 1: domain .* 300 UTF-8 bytes"),
-    "domain name of 100 CJK characters": (lambda ctx: _prepare(ctx["tmp"], "漢" * 100), r"in\.jsonl line 1: domain .* 300 UTF-8 bytes"),
-    "domain name with whitespace": (lambda ctx: _prepare(ctx["tmp"], "web pages"), r"in\.jsonl line 1: domain 'web pages'.*whitespace"),
-    "weights: 1e400 written as an integer": (_case_weights(UNIFORM.replace("0.14285714285714285", "1" + "0" * 400, 1)),
-                                             r"weights\.json"),
-    "weights: non-string domain names": (_case_weights(json.dumps({"domains": list(range(7)), "weights": [1 / 7] * 7})),
-                                         r"weights\.json.*domains"),
-    "weights: method not a mapping": (_case_weights(json.dumps({**json.loads(UNIFORM), "method": "doremi"})),
-                                      r"weights\.json.*method"),
-    "weights: provenance not a mapping": (_case_weights(json.dumps({**json.loads(UNIFORM), "provenance": [1, 2]})),
-                                          r"weights\.json.*provenance"),
+    "domain name of 300 characters": (
+        lambda ctx: _prepare(ctx["tmp"], "a" * 300),
+        r"in\.jsonl line 1: domain .* 300 UTF-8 bytes",
+    ),
+    "domain name of 100 CJK characters": (
+        lambda ctx: _prepare(ctx["tmp"], "漢" * 100),
+        r"in\.jsonl line 1: domain .* 300 UTF-8 bytes",
+    ),
+    "domain name with whitespace": (
+        lambda ctx: _prepare(ctx["tmp"], "web pages"),
+        r"in\.jsonl line 1: domain 'web pages'.*whitespace",
+    ),
+    "weights: 1e400 written as an integer": (
+        _case_weights(UNIFORM.replace("0.14285714285714285", "1" + "0" * 400, 1)),
+        r"weights\.json",
+    ),
+    "weights: non-string domain names": (
+        _case_weights(json.dumps({"domains": list(range(7)), "weights": [1 / 7] * 7})),
+        r"weights\.json.*domains",
+    ),
+    "weights: method not a mapping": (
+        _case_weights(json.dumps({**json.loads(UNIFORM), "method": "doremi"})),
+        r"weights\.json.*method",
+    ),
+    "weights: provenance not a mapping": (
+        _case_weights(json.dumps({**json.loads(UNIFORM), "provenance": [1, 2]})),
+        r"weights\.json.*provenance",
+    ),
     "train --out naming a file": (_case_out_is_a_file, r"out"),
     "weights doge --out naming a directory": (
-        lambda ctx: (ctx["tmp"] / "dir").mkdir() or ["weights", "doge", "--data", ctx["corpus"], "--proxy", ctx["spec"],
-                                                      "--steps", "1", "--out", ctx["tmp"] / "dir", "--no-progress"],
-        r"dir"),
+        lambda ctx: (
+            (ctx["tmp"] / "dir").mkdir()
+            or [
+                "weights",
+                "doge",
+                "--data",
+                ctx["corpus"],
+                "--proxy",
+                ctx["spec"],
+                "--steps",
+                "1",
+                "--out",
+                ctx["tmp"] / "dir",
+                "--no-progress",
+            ]
+        ),
+        r"dir",
+    ),
     "pipeline data: unknown key": (_case_pipeline({"synthetic": {"sead": 1}}), r"did you mean 'seed'"),
-    "pipeline data: wrong type": (_case_pipeline({"synthetic": {"seq_len": "long"}}), r"'seq_len': expected an integer"),
+    "pipeline data: wrong type": (
+        _case_pipeline({"synthetic": {"seq_len": "long"}}),
+        r"'seq_len': expected an integer",
+    ),
     "checkpoint with auto_map (eval)": (_case_eval_with_auto_map, r"auto_map"),
     "DoReMi reference with auto_map": (_case_reference_with_auto_map, r"auto_map"),
 }
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_hostile_input_is_one_error_line(name, finished_run, synth_corpus, tiny_spec, tmp_path, monkeypatch,
-                                         cli_refuses):
+def test_hostile_input_is_one_error_line(
+    name, finished_run, synth_corpus, tiny_spec, tmp_path, monkeypatch, cli_refuses
+):
     monkeypatch.chdir(tmp_path)
     build, pattern = CASES[name]
     ctx = {"tmp": tmp_path, "corpus": synth_corpus, "spec": tiny_spec, "run": finished_run}

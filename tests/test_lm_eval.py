@@ -45,21 +45,45 @@ def _write_task(root):
     # show a question its own answer; a separate few-shot split avoids that.
     data_files = {"test": str(root / "test.jsonl"), "train": str(root / "shots.jsonl")}
     # JSON, a subset of YAML: no YAML writer needed
-    (root / f"{TASK}.yaml").write_text(json.dumps({
-        "task": TASK, "dataset_path": "json", "dataset_kwargs": {"data_files": data_files},
-        "test_split": "test", "training_split": "train", "fewshot_split": "train",
-        "output_type": "multiple_choice", "doc_to_text": "{{question}}",
-        "doc_to_choice": "{{choices}}", "doc_to_target": "{{answer}}", "metric_list": [{"metric": "acc"}],
-    }, indent=2))
+    (root / f"{TASK}.yaml").write_text(
+        json.dumps(
+            {
+                "task": TASK,
+                "dataset_path": "json",
+                "dataset_kwargs": {"data_files": data_files},
+                "test_split": "test",
+                "training_split": "train",
+                "fewshot_split": "train",
+                "output_type": "multiple_choice",
+                "doc_to_text": "{{question}}",
+                "doc_to_choice": "{{choices}}",
+                "doc_to_target": "{{answer}}",
+                "metric_list": [{"metric": "acc"}],
+            },
+            indent=2,
+        )
+    )
     return root
 
 
 @pytest.fixture(scope="module")
 def tiny_run(synth_corpus, tiny_spec, tmp_path_factory):
     out = tmp_path_factory.mktemp("lm_eval") / "run"
-    config = TrainConfig(data=synth_corpus, out=str(out), model=tiny_spec, steps=5, batch_size=8, lr=3e-3,
-                         final_lr=3e-4, warmup_steps=1, eval_every=5, eval_blocks=4, checkpoint_every=5,
-                         log_every=1, progress=False)
+    config = TrainConfig(
+        data=synth_corpus,
+        out=str(out),
+        model=tiny_spec,
+        steps=5,
+        batch_size=8,
+        lr=3e-3,
+        final_lr=3e-4,
+        warmup_steps=1,
+        eval_every=5,
+        eval_blocks=4,
+        checkpoint_every=5,
+        log_every=1,
+        progress=False,
+    )
     config.validate()
     loop.train(config)
     return out
@@ -104,7 +128,7 @@ def test_lm_eval_accuracy_matches_a_hand_computation(tiny_run, tmp_path):
         continuations = [arg[1] for arg in sample["arguments"]]
         # one shot: another question, its answer, then this question
         assert len(set(contexts)) == 1 and contexts[0].endswith("\n\n" + doc["question"])
-        shot = contexts[0][:-len(doc["question"]) - 2]
+        shot = contexts[0][: -len(doc["question"]) - 2]
         assert shot.count("=") == 1 and shot.split("=")[0] in {f"{a}+{b}" for a, b in SHOTS}
         assert continuations == [" " + c for c in doc["choices"]]
         hand = [_logprob(model, contexts[0], cont) for cont in continuations]
@@ -127,15 +151,22 @@ def test_the_pipeline_scores_every_arm_and_reports_the_accuracy(synth_corpus, ti
     task_dir = _write_task(tmp_path / "tasks")
     task = TASK
     config = tmp_path / "pipeline.yaml"
-    config.write_text(yaml.safe_dump({
-        "data": {"path": {"dir": synth_corpus}},
-        "train": {"model": tiny_spec, "steps": 4, "batch_size": 8, "eval_every": 0, "eval_blocks": 4},
-        "doremi": None, "doge": None,
-        "arms": {"uniform": {"domain_weights": "uniform"},
-                 "linupper": {"domain_weights": "uniform", "sample_weighting": "linupper"}},
-        "eval": {"lm_eval": {"tasks": [task], "num_fewshot": 1, "include_path": str(task_dir)}},
-        "progress": False,
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "data": {"path": {"dir": synth_corpus}},
+                "train": {"model": tiny_spec, "steps": 4, "batch_size": 8, "eval_every": 0, "eval_blocks": 4},
+                "doremi": None,
+                "doge": None,
+                "arms": {
+                    "uniform": {"domain_weights": "uniform"},
+                    "linupper": {"domain_weights": "uniform", "sample_weighting": "linupper"},
+                },
+                "eval": {"lm_eval": {"tasks": [task], "num_fewshot": 1, "include_path": str(task_dir)}},
+                "progress": False,
+            }
+        )
+    )
     out = tmp_path / "out"
     report = run_pipeline(load_pipeline_config(config), out)
     for arm in ("uniform", "linupper"):

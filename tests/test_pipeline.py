@@ -17,8 +17,17 @@ def _pipeline_yaml(tmp_path, spec, linupper_r=0.4) -> Path:
     short = {"lr": 3e-3, "final_lr": 3e-4, "warmup_steps": 1, "batch_size": 14, "progress": False}
     config = {
         "data": {"synthetic": {"seed": 0, "tokens_per_domain": 4096, "seq_len": 64}},
-        "train": {"model": spec, "steps": 6, "batch_size": 8, "lr": 3e-3, "final_lr": 3e-4, "warmup_steps": 1,
-                  "eval_every": 3, "eval_blocks": 4, "checkpoint_every": 100},
+        "train": {
+            "model": spec,
+            "steps": 6,
+            "batch_size": 8,
+            "lr": 3e-3,
+            "final_lr": 3e-4,
+            "warmup_steps": 1,
+            "eval_every": 3,
+            "eval_blocks": 4,
+            "checkpoint_every": 100,
+        },
         "doremi": {"proxy": spec, "steps": 6, "reference_steps": 6, "log_every": 2, **short},
         "doge": {"proxy": spec, "steps": 4, "log_every": 2, **short},
         "arms": {
@@ -36,8 +45,11 @@ def _pipeline_yaml(tmp_path, spec, linupper_r=0.4) -> Path:
 
 
 def _eval_mtimes(out: Path) -> dict[str, int]:
-    return {p.parent.name: p.stat().st_mtime_ns for p in (out / "runs").glob("*/eval.json")
-            if ".replaced-" not in p.parent.name}
+    return {
+        p.parent.name: p.stat().st_mtime_ns
+        for p in (out / "runs").glob("*/eval.json")
+        if ".replaced-" not in p.parent.name
+    }
 
 
 def test_miniature_pipeline_end_to_end_then_cached_then_one_arm_rerun(tmp_path, tiny_spec, capsys):
@@ -75,7 +87,8 @@ def test_miniature_pipeline_end_to_end_then_cached_then_one_arm_rerun(tmp_path, 
     after = _eval_mtimes(out)
     assert after["linupper-seed0"] != before["linupper-seed0"]
     assert {k: v for k, v in after.items() if k != "linupper-seed0"} == {
-        k: v for k, v in before.items() if k != "linupper-seed0"}
+        k: v for k, v in before.items() if k != "linupper-seed0"
+    }
 
 
 @pytest.mark.parametrize("name", ["quickstart.yaml", "slimpajama-gpt2-mini.yaml"])

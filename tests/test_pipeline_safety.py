@@ -24,8 +24,18 @@ REPO = Path(__file__).resolve().parents[1]
 def _config(spec, data=None, steps=3, arms=None, **sections) -> dict:
     config = {
         "data": data or {"synthetic": {"seed": 0, "tokens_per_domain": 2048, "seq_len": 32}},
-        "train": {"model": spec, "steps": steps, "batch_size": 4, "lr": 3e-3, "final_lr": 3e-4, "warmup_steps": 1,
-                  "eval_every": 0, "eval_blocks": 2, "checkpoint_every": 100, "log_every": 1},
+        "train": {
+            "model": spec,
+            "steps": steps,
+            "batch_size": 4,
+            "lr": 3e-3,
+            "final_lr": 3e-4,
+            "warmup_steps": 1,
+            "eval_every": 0,
+            "eval_blocks": 2,
+            "checkpoint_every": 100,
+            "log_every": 1,
+        },
         "doremi": None,
         "doge": None,
         "arms": arms or {"uniform": {"domain_weights": "uniform"}},
@@ -48,11 +58,13 @@ def _run(tmp_path, config, out, **kwargs):
 
 def _tree(root: Path) -> dict[str, int]:
     """Every file under root with its mtime: what a refused command must leave alone (the lock file aside)."""
-    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*")
-            if p.is_file() and p.name != LOCK_FILE}
+    return {
+        str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file() and p.name != LOCK_FILE
+    }
 
 
 # 10.1: a changed config never deletes finished work -------------------------------------------------------------
+
 
 def test_raised_steps_continue_every_arm_from_its_last_checkpoint(tmp_path, tiny_spec, capsys):
     out = tmp_path / "out"
@@ -127,8 +139,11 @@ def test_a_changed_weights_section_stops_then_moves_the_old_weights_aside(tmp_pa
     _run(tmp_path, config, out)
     old = (out / "weights" / "doremi" / "domain_weights.json").read_text()
     config["doremi"]["eta"] = 0.5
-    with pytest.raises(MixweightError, match=r"weights doremi \(eta: 1\.0 -> 0\.5\); arm doremi \(seed 0\) "
-                                             r"\(input 'doremi' changed\)"):
+    with pytest.raises(
+        MixweightError,
+        match=r"weights doremi \(eta: 1\.0 -> 0\.5\); arm doremi \(seed 0\) "
+        r"\(input 'doremi' changed\)",
+    ):
         _run(tmp_path, config, out)
     _run(tmp_path, config, out, rerun_changed=True)
     (kept,) = (out / "weights").glob("doremi.replaced-*-eta")
@@ -149,6 +164,7 @@ def test_a_directory_the_pipeline_did_not_make_is_never_reused_or_deleted(tmp_pa
 
 # 10.10: every data form runs; every section is validated first --------------------------------------------------
 
+
 def _jsonl(path: Path, extra: str = "") -> Path:
     lines = []
     for i in range(60):
@@ -162,8 +178,14 @@ def _jsonl(path: Path, extra: str = "") -> Path:
 def test_each_data_form_runs_end_to_end(tmp_path, tiny_spec, synth_corpus, form):
     data = {
         "synthetic": {"synthetic": {"seed": 0, "tokens_per_domain": 2048, "seq_len": 32}},
-        "prepare": {"prepare": {"input": str(_jsonl(tmp_path / "raw.jsonl")), "tokenizer": "byte", "seq_len": 32,
-                                "val_fraction": 0.2}},
+        "prepare": {
+            "prepare": {
+                "input": str(_jsonl(tmp_path / "raw.jsonl")),
+                "tokenizer": "byte",
+                "seq_len": 32,
+                "val_fraction": 0.2,
+            }
+        },
         "path": {"path": synth_corpus},
     }[form]
     out = tmp_path / "out"
@@ -184,33 +206,39 @@ def test_a_changed_input_file_is_a_changed_data_stage(tmp_path, tiny_spec):
         _run(tmp_path, _config(tiny_spec, data=data, steps=2), out)
 
 
-@pytest.mark.parametrize("data, message", [
-    ({"prepare": {"inptu": "x.jsonl"}}, r"'data.prepare': unknown key 'inptu'; did you mean 'input'"),
-    ({"prepare": {"domain_field": "d"}}, r"'data.prepare': missing required key\(s\) \['input'\]"),
-    ({"prepare": {"input": "x", "seq_len": "long"}}, r"'data.prepare': 'seq_len': expected an integer, got 'long'"),
-    ({"prepare": {"input": "x", "val_fraction": 2}}, r"'val_fraction' must be in \(0, 1\)"),
-    ({"prepare": {"input": "x", "val_fraction": 0}}, r"'val_fraction' must be in \(0, 1\)"),
-    ({"synthetic": {"sead": 1}}, r"'data.synthetic': unknown key 'sead'; did you mean 'seed'"),
-    ({"synthetic": {"seq_len": 0}}, r"'seq_len' must be > 0"),
-    ({"synthtic": {}}, r"unknown 'data' form 'synthtic'; did you mean 'synthetic'"),
-    ({"path": {"directory": "x"}}, r"'data.path': unknown key 'directory'; did you mean 'dir'"),
-    ({"path": 3}, r"'data.path': expected a mapping"),
-    ({"synthetic": {}, "path": "x"}, r"'data' needs exactly one of"),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"prepare": {"inptu": "x.jsonl"}}, r"'data.prepare': unknown key 'inptu'; did you mean 'input'"),
+        ({"prepare": {"domain_field": "d"}}, r"'data.prepare': missing required key\(s\) \['input'\]"),
+        ({"prepare": {"input": "x", "seq_len": "long"}}, r"'data.prepare': 'seq_len': expected an integer, got 'long'"),
+        ({"prepare": {"input": "x", "val_fraction": 2}}, r"'val_fraction' must be in \(0, 1\)"),
+        ({"prepare": {"input": "x", "val_fraction": 0}}, r"'val_fraction' must be in \(0, 1\)"),
+        ({"synthetic": {"sead": 1}}, r"'data.synthetic': unknown key 'sead'; did you mean 'seed'"),
+        ({"synthetic": {"seq_len": 0}}, r"'seq_len' must be > 0"),
+        ({"synthtic": {}}, r"unknown 'data' form 'synthtic'; did you mean 'synthetic'"),
+        ({"path": {"directory": "x"}}, r"'data.path': unknown key 'directory'; did you mean 'dir'"),
+        ({"path": 3}, r"'data.path': expected a mapping"),
+        ({"synthetic": {}, "path": "x"}, r"'data' needs exactly one of"),
+    ],
+)
 def test_bad_data_sections_are_refused_at_load(tmp_path, data, message):
     with pytest.raises(MixweightError, match=message):
         load_pipeline_config(_write(tmp_path, {"data": data}))
 
 
-@pytest.mark.parametrize("section, message", [
-    ({"report": {"baselin": "uniform"}}, r"'report': unknown key 'baselin'; did you mean 'baseline'"),
-    ({"report": {"baseline": "nosuch"}}, r"report baseline 'nosuch' is not an arm"),
-    ({"eval": {"lm_evl": {}}}, r"'eval': unknown key 'lm_evl'; did you mean 'lm_eval'"),
-    ({"eval": {"lm_eval": {"tasks": ["x"], "num_fewshots": 5}}}, r"'num_fewshots'; did you mean 'num_fewshot'"),
-    ({"data": {1: {}, "a": {}}}, r"'data' needs exactly one of .*got \[1, 'a'\]"),
-    ({"eval": {"lm_eval": {"tasks": "hellaswag"}}}, r"'tasks': expected a list"),
-    ({"seeds": ["a"]}, r"'seeds'\[0\]: expected an integer"),
-])
+@pytest.mark.parametrize(
+    "section, message",
+    [
+        ({"report": {"baselin": "uniform"}}, r"'report': unknown key 'baselin'; did you mean 'baseline'"),
+        ({"report": {"baseline": "nosuch"}}, r"report baseline 'nosuch' is not an arm"),
+        ({"eval": {"lm_evl": {}}}, r"'eval': unknown key 'lm_evl'; did you mean 'lm_eval'"),
+        ({"eval": {"lm_eval": {"tasks": ["x"], "num_fewshots": 5}}}, r"'num_fewshots'; did you mean 'num_fewshot'"),
+        ({"data": {1: {}, "a": {}}}, r"'data' needs exactly one of .*got \[1, 'a'\]"),
+        ({"eval": {"lm_eval": {"tasks": "hellaswag"}}}, r"'tasks': expected a list"),
+        ({"seeds": ["a"]}, r"'seeds'\[0\]: expected an integer"),
+    ],
+)
 def test_bad_report_eval_and_seed_sections_are_refused_at_load(tmp_path, section, message):
     with pytest.raises(MixweightError, match=message):
         load_pipeline_config(_write(tmp_path, section))
@@ -218,8 +246,12 @@ def test_bad_report_eval_and_seed_sections_are_refused_at_load(tmp_path, section
 
 def test_a_doge_target_outside_the_corpus_is_refused_before_any_proxy_trains(tmp_path, tiny_spec):
     short = {"proxy": tiny_spec, "steps": 2, "batch_size": 7, "progress": False}
-    config = _config(tiny_spec, arms={"doremi": {"domain_weights": "doremi"}, "doge": {"domain_weights": "doge"}},
-                     doremi={**short, "reference_steps": 2}, doge={**short, "target": "arithmetc"})
+    config = _config(
+        tiny_spec,
+        arms={"doremi": {"domain_weights": "doremi"}, "doge": {"domain_weights": "doge"}},
+        doremi={**short, "reference_steps": 2},
+        doge={**short, "target": "arithmetc"},
+    )
     out = tmp_path / "out"
     with pytest.raises(MixweightError, match=r"'doge.target'.*'arithmetc' is not a domain.*did you mean 'arithmetic'"):
         _run(tmp_path, config, out)
@@ -230,8 +262,11 @@ def test_an_arm_weights_file_that_does_not_fit_the_corpus_is_refused_before_any_
     weights = tmp_path / "w.json"
     weights.write_text(json.dumps({"weights": {"nosuch": 1.0}}))
     short = {"proxy": tiny_spec, "steps": 2, "batch_size": 7, "progress": False}
-    config = _config(tiny_spec, arms={"doremi": {"domain_weights": "doremi"}, "mine": {"domain_weights": str(weights)}},
-                     doremi={**short, "reference_steps": 2})
+    config = _config(
+        tiny_spec,
+        arms={"doremi": {"domain_weights": "doremi"}, "mine": {"domain_weights": str(weights)}},
+        doremi={**short, "reference_steps": 2},
+    )
     out = tmp_path / "out"
     with pytest.raises(MixweightError, match=r"arm 'mine'.*nosuch"):
         _run(tmp_path, config, out)
@@ -252,8 +287,13 @@ def test_every_shipped_config_loads_and_validates(path):
 
 
 def test_the_documented_data_forms_load(tmp_path):
-    for data in ({"synthetic": None}, {"synthetic": {"seed": 1}}, {"prepare": {"input": "raw/"}},
-                 {"path": "corpus/"}, {"path": {"dir": "corpus/"}}):
+    for data in (
+        {"synthetic": None},
+        {"synthetic": {"seed": 1}},
+        {"prepare": {"input": "raw/"}},
+        {"path": "corpus/"},
+        {"path": {"dir": "corpus/"}},
+    ):
         load_pipeline_config(_write(tmp_path, {"data": data}))
 
 
@@ -265,8 +305,25 @@ def test_slimpajama_recipe_samples_domains_uniformly_for_the_sample_weighting_ar
 
 # 11.3: arm names stay inside --out --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["../../victim/runs/uniform", "../../../ESCAPED", "/tmp/abs", "a/b", "a\\b", ".", "..",
-                                  ".hidden", "", "two words", "tab\tname", "nl\nname", "x" * 101])
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "../../victim/runs/uniform",
+        "../../../ESCAPED",
+        "/tmp/abs",
+        "a/b",
+        "a\\b",
+        ".",
+        "..",
+        ".hidden",
+        "",
+        "two words",
+        "tab\tname",
+        "nl\nname",
+        "x" * 101,
+    ],
+)
 def test_arm_names_must_be_one_plain_path_component(tmp_path, name):
     with pytest.raises(MixweightError, match=r"arm name .* becomes the run directory"):
         load_pipeline_config(_write(tmp_path, {"arms": {name: {"domain_weights": "uniform"}}}))
@@ -274,11 +331,15 @@ def test_arm_names_must_be_one_plain_path_component(tmp_path, name):
 
 # 11.4: one pipeline per directory; no duplicate YAML keys ----------------------------------------------------------
 
+
 def test_a_second_pipeline_on_the_same_out_is_refused_naming_the_holder(tmp_path, tiny_spec):
     out = tmp_path / "out"
     with pipeline_lock(out):
-        with pytest.raises(MixweightError, match=rf"another pipeline is running.*pid {os.getpid()} on host "
-                                                 rf"{socket.gethostname()}"):
+        with pytest.raises(
+            MixweightError,
+            match=rf"another pipeline is running.*pid {os.getpid()} on host "
+            rf"{socket.gethostname()}",
+        ):
             _run(tmp_path, _config(tiny_spec), out)
         assert not (out / "corpus").exists()
     with (out / LOCK_FILE).open("a") as handle:  # released when the holder ends: lockable again

@@ -19,7 +19,9 @@ from mixweight.errors import MixweightError
 
 DOMAINS = ["RedPajamaWikipedia", "RedPajamaGithub", "RedPajamaBook"]
 WORDS = {
-    "RedPajamaWikipedia": "the city is located in the north of the country and has a population of about people".split(),
+    "RedPajamaWikipedia": (
+        "the city is located in the north of the country and has a population of about people"
+    ).split(),
     "RedPajamaGithub": "def return self import from class if else for in range print value none true false".split(),
     "RedPajamaBook": "she said that he would never come back to the house again before the winter night fell".split(),
 }
@@ -63,8 +65,13 @@ def read_domain_column(stream_dir: Path) -> list[int]:
 
 
 def expected_docs(records, domain, split, val_fraction):
-    return [r["text"] for r in records if r["meta"]["redpajama_set_name"] == domain and r["text"].strip()
-            and split_of(r["text"], val_fraction) == split]
+    return [
+        r["text"]
+        for r in records
+        if r["meta"]["redpajama_set_name"] == domain
+        and r["text"].strip()
+        and split_of(r["text"], val_fraction) == split
+    ]
 
 
 def assert_round_trip(corpus: Path, records: list[dict], val_fraction: float) -> None:
@@ -93,7 +100,7 @@ def assert_round_trip(corpus: Path, records: list[dict], val_fraction: float) ->
             # What is missing after the last complete document is exactly the tail in the blocks plus the remainder.
             lengths = [len(ids) + 1 for ids in tok.encode_batch(docs)]  # every document plus its EOS
             remainder = manifest.skipped[domain]["remainder_tokens"][split]
-            assert sum(lengths[len(decoded):]) == len(flat) - start + remainder
+            assert sum(lengths[len(decoded) :]) == len(flat) - start + remainder
             assert stats.tokens + remainder == sum(lengths)
 
 
@@ -102,13 +109,21 @@ def tree_bytes(root: Path) -> dict[str, bytes]:
 
 
 def counts(manifest) -> tuple:
-    return manifest.domains, {s: {d: vars(v) for d, v in per.items()} for s, per in manifest.splits.items()}, manifest.skipped
+    return (
+        manifest.domains,
+        {s: {d: vars(v) for d, v in per.items()} for s, per in manifest.splits.items()},
+        manifest.skipped,
+    )
 
 
 # --- happy paths --------------------------------------------------------------------------------
 def test_byte_round_trip(tmp_path, jsonl, records):
     manifest = prepare_corpus(jsonl, tmp_path / "out", seq_len=32, val_fraction=0.2, progress=False)
-    assert (manifest.vocab_size, manifest.eos_id, manifest.tokenizer) == (257, 256, {"kind": "byte", "fingerprint": "byte-v1"})
+    assert (manifest.vocab_size, manifest.eos_id, manifest.tokenizer) == (
+        257,
+        256,
+        {"kind": "byte", "fingerprint": "byte-v1"},
+    )
     assert manifest.irreducible_loss == {} and manifest.config_hash
     assert manifest.source["domain_field"] == "meta.redpajama_set_name" and manifest.source["val_fraction"] == 0.2
     for d in DOMAINS:
@@ -155,8 +170,12 @@ def test_val_split_is_by_text_hash(tmp_path, records):
     # Reordering the input changes neither which documents are in val nor the per-domain counts.
     shuffled = list(records)
     random.Random(1).shuffle(shuffled)
-    a = prepare_corpus(write_jsonl(tmp_path / "a.jsonl", records), tmp_path / "a", seq_len=16, val_fraction=0.3, progress=False)
-    b = prepare_corpus(write_jsonl(tmp_path / "b.jsonl", shuffled), tmp_path / "b", seq_len=16, val_fraction=0.3, progress=False)
+    a = prepare_corpus(
+        write_jsonl(tmp_path / "a.jsonl", records), tmp_path / "a", seq_len=16, val_fraction=0.3, progress=False
+    )
+    b = prepare_corpus(
+        write_jsonl(tmp_path / "b.jsonl", shuffled), tmp_path / "b", seq_len=16, val_fraction=0.3, progress=False
+    )
     for split in ("train", "val"):
         for d in DOMAINS:
             assert a.splits[split][d].documents == b.splits[split][d].documents
@@ -164,12 +183,14 @@ def test_val_split_is_by_text_hash(tmp_path, records):
 
 
 def test_bpe_trains_and_round_trips(tmp_path, jsonl, records):
-    manifest = prepare_corpus(jsonl, tmp_path / "out", tokenizer="bpe:300", seq_len=32, val_fraction=0.2, progress=False)
+    manifest = prepare_corpus(
+        jsonl, tmp_path / "out", tokenizer="bpe:300", seq_len=32, val_fraction=0.2, progress=False
+    )
     file = tmp_path / "out" / "tokenizer" / "tokenizer.json"
     assert manifest.vocab_size == 300 and manifest.tokenizer["kind"] == "bpe"
     assert manifest.tokenizer["fingerprint"] == hashlib.sha256(file.read_bytes()).hexdigest()
     assert_round_trip(tmp_path / "out", records, 0.2)
-    again = prepare_corpus(jsonl, tmp_path / "again", tokenizer="bpe:300", seq_len=32, val_fraction=0.2, progress=False)
+    prepare_corpus(jsonl, tmp_path / "again", tokenizer="bpe:300", seq_len=32, val_fraction=0.2, progress=False)
     assert tree_bytes(tmp_path / "out") == tree_bytes(tmp_path / "again")  # training is deterministic
 
 
@@ -181,7 +202,9 @@ def test_local_hf_tokenizer_dir(tmp_path, jsonl, records):
     backend = Tokenizer.from_file(str(tmp_path / "bpe" / "tokenizer" / "tokenizer.json"))
     hf_dir = tmp_path / "hf_tok"
     PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=BPE_EOS).save_pretrained(str(hf_dir))
-    manifest = prepare_corpus(jsonl, tmp_path / "out", tokenizer=str(hf_dir), seq_len=32, val_fraction=0.2, progress=False)
+    manifest = prepare_corpus(
+        jsonl, tmp_path / "out", tokenizer=str(hf_dir), seq_len=32, val_fraction=0.2, progress=False
+    )
     assert manifest.tokenizer["kind"] == "hf" and manifest.tokenizer["path"] == str(hf_dir.resolve())
     assert manifest.tokenizer["fingerprint"] == hashlib.sha256((hf_dir / "tokenizer.json").read_bytes()).hexdigest()
     assert manifest.eos_id == backend.token_to_id(BPE_EOS) and manifest.vocab_size == 300
@@ -207,9 +230,11 @@ def test_rerun_is_noop_and_existing_corpus_is_refused(tmp_path, jsonl):
 
 
 def test_empty_documents_are_counted(tmp_path, records):
-    extra = [{"text": "", "meta": {"redpajama_set_name": "RedPajamaBook"}},
-             {"text": "  \n\t", "meta": {"redpajama_set_name": "RedPajamaBook"}},
-             {"text": None, "meta": {"redpajama_set_name": "RedPajamaGithub"}}]
+    extra = [
+        {"text": "", "meta": {"redpajama_set_name": "RedPajamaBook"}},
+        {"text": "  \n\t", "meta": {"redpajama_set_name": "RedPajamaBook"}},
+        {"text": None, "meta": {"redpajama_set_name": "RedPajamaGithub"}},
+    ]
     path = write_jsonl(tmp_path / "in.jsonl", records[:5] + extra + records[5:])
     manifest = prepare_corpus(path, tmp_path / "out", seq_len=32, val_fraction=0.2, progress=False)
     assert manifest.skipped["RedPajamaBook"]["empty_documents"] == 2
@@ -221,7 +246,7 @@ def test_empty_documents_are_counted(tmp_path, records):
 # --- bad input ----------------------------------------------------------------------------------
 def bad(tmp_path, lines: list[str], name="bad.jsonl", **kwargs) -> str:
     path = tmp_path / name
-    path.write_bytes(b"".join((l if isinstance(l, bytes) else l.encode()) + b"\n" for l in lines))
+    path.write_bytes(b"".join((line if isinstance(line, bytes) else line.encode()) + b"\n" for line in lines))
     kwargs = {"seq_len": 4, "val_fraction": 0.5, "progress": False, **kwargs}
     with pytest.raises(MixweightError) as err:
         prepare_corpus(path, tmp_path / "out", **kwargs)
@@ -233,7 +258,9 @@ GOOD = json.dumps({"text": "hello world", "meta": {"redpajama_set_name": "a"}})
 
 def test_missing_domain_field_names_field_file_line_and_keys(tmp_path):
     msg = bad(tmp_path, [GOOD, json.dumps({"text": "x", "meta": {"source": "web"}})])
-    assert "meta.redpajama_set_name" in msg and "bad.jsonl line 2" in msg and "'source'" in msg and "--domain-field" in msg
+    assert (
+        "meta.redpajama_set_name" in msg and "bad.jsonl line 2" in msg and "'source'" in msg and "--domain-field" in msg
+    )
     msg = bad(tmp_path, [json.dumps({"text": "x", "url": "u"})])
     assert "line 1" in msg and "'text'" in msg and "'url'" in msg
 

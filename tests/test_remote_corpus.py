@@ -69,8 +69,21 @@ def remote(tmp_path_factory) -> str:
 
 
 def _config(corpus, spec, out, **overrides) -> TrainConfig:
-    values = dict(data=corpus, out=str(out), model=spec, steps=4, batch_size=4, lr=3e-3, final_lr=3e-4,
-                  warmup_steps=1, eval_every=2, eval_blocks=4, checkpoint_every=2, log_every=1, progress=False)
+    values = dict(
+        data=corpus,
+        out=str(out),
+        model=spec,
+        steps=4,
+        batch_size=4,
+        lr=3e-3,
+        final_lr=3e-4,
+        warmup_steps=1,
+        eval_every=2,
+        eval_blocks=4,
+        checkpoint_every=2,
+        log_every=1,
+        progress=False,
+    )
     values.update(overrides)
     config = TrainConfig(**values)
     config.validate()
@@ -86,7 +99,7 @@ def _metrics(run_dir: Path) -> list[dict]:
 
 # --- writing ---------------------------------------------------------------------------------------
 def test_upload_holds_the_same_bytes_as_a_local_corpus(remote, synth_corpus, cache):
-    assert _files(Path(remote[len("file://"):])) == _files(Path(synth_corpus))
+    assert _files(Path(remote[len("file://") :])) == _files(Path(synth_corpus))
     assert not cache.exists() or not any(cache.iterdir())  # this test's cache: nothing staged was left
 
 
@@ -117,11 +130,11 @@ def test_upload_puts_the_manifest_last_and_a_cut_upload_is_not_a_corpus(tmp_path
 
 
 def test_a_different_corpus_at_the_url_is_never_replaced(remote, capsys):
-    before = _files(Path(remote[len("file://"):]))
+    before = _files(Path(remote[len("file://") :]))
     main(["data", "synth", "--out", remote, *SYNTH])  # the same corpus: a no-op
     line = one_line_error(capsys, ["data", "synth", "--out", remote, *SYNTH, "--seed", "1", "--overwrite"])
     assert remote in line and "different corpus" in line
-    assert _files(Path(remote[len("file://"):])) == before
+    assert _files(Path(remote[len("file://") :])) == before
 
 
 def test_unsupported_scheme_is_one_line(capsys, tmp_path):
@@ -133,8 +146,9 @@ def test_unsupported_scheme_is_one_line(capsys, tmp_path):
 
 
 # --- reading ---------------------------------------------------------------------------------------
-def test_train_resume_and_eval_from_a_url_match_the_local_corpus(remote, synth_corpus, tiny_spec, tmp_path, cache,
-                                                                 monkeypatch, capsys):
+def test_train_resume_and_eval_from_a_url_match_the_local_corpus(
+    remote, synth_corpus, tiny_spec, tmp_path, cache, monkeypatch, capsys
+):
     local, resumed = tmp_path / "local", tmp_path / "remote"
     loop.train(_config(synth_corpus, tiny_spec, local))
 
@@ -167,8 +181,8 @@ def test_train_resume_and_eval_from_a_url_match_the_local_corpus(remote, synth_c
     capsys.readouterr()
     evals = sorted((resumed / "eval").glob("*.json"))
     assert evals
-    from mixweight.eval.domains import load_validation
     from mixweight.data.manifest import load_manifest
+    from mixweight.eval.domains import load_validation
 
     via_url = load_validation(remote, load_manifest(remote), 8)
     via_dir = load_validation(synth_corpus, load_manifest(synth_corpus), 8)
@@ -181,8 +195,9 @@ def test_encodings_are_checked_before_any_shard_is_fetched(synth_corpus, tmp_pat
     index_path = bad / "val" / "noise" / "index.json"
     index = json.loads(index_path.read_text())
     for shard in index["shards"]:
-        shard["column_encodings"] = ["pkl" if n == "tokens" else e
-                                     for n, e in zip(shard["column_names"], shard["column_encodings"])]
+        shard["column_encodings"] = [
+            "pkl" if n == "tokens" else e for n, e in zip(shard["column_names"], shard["column_encodings"])
+        ]
     index_path.write_text(json.dumps(index))
     line = one_line_error(capsys, ["train", "--data", f"file://{bad}", "--out", str(tmp_path / "run")])
     assert "'pkl'" in line and "could run code" in line and f"file://{bad}/val/noise" in line
@@ -204,10 +219,35 @@ def test_a_corpus_written_again_at_the_url_gets_a_fresh_cache_copy(tmp_path, cac
 
 def test_two_processes_train_from_a_url(remote, tiny_spec, tmp_path):
     out, cache = tmp_path / "run", tmp_path / "torchrun-cache"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
-               "-m", "mixweight", "train", "--data", remote, "--out", str(out), "--model", tiny_spec, "--steps", "2",
-               "--batch-size", "2", "--eval-every", "0", "--eval-blocks", "4", "--log-every", "1", "--no-progress",
-               "--cache-dir", str(cache)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        f"--master_port={_free_port()}",
+        "-m",
+        "mixweight",
+        "train",
+        "--data",
+        remote,
+        "--out",
+        str(out),
+        "--model",
+        tiny_spec,
+        "--steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--eval-every",
+        "0",
+        "--eval-blocks",
+        "4",
+        "--log-every",
+        "1",
+        "--no-progress",
+        "--cache-dir",
+        str(cache),
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     env.pop(CACHE_DIR_ENV)  # --cache-dir alone says where
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
@@ -222,15 +262,21 @@ def test_two_processes_train_from_a_url(remote, tiny_spec, tmp_path):
 def s3(tmp_path, monkeypatch):
     """A local S3-compatible endpoint with one bucket; yields (endpoint, bucket)."""
     server_module = pytest.importorskip(
-        "moto.server", reason="moto is not installed: `pip install -e .[test-s3]` runs the S3 tests")
+        "moto.server", reason="moto is not installed: `pip install -e .[test-s3]` runs the S3 tests"
+    )
     boto3 = pytest.importorskip("boto3", reason="boto3 is not installed: `pip install -e .[test-s3]`")
     port = _free_port()
     server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
-    for key, value in {"S3_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_CONFIG_FILE": str(tmp_path / "none"),
-                       "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none")}.items():
+    for key, value in {
+        "S3_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_CONFIG_FILE": str(tmp_path / "none"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+    }.items():
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
     monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
@@ -244,8 +290,9 @@ def s3(tmp_path, monkeypatch):
 
 def _require_auth(endpoint: str, after: str) -> None:
     """moto checks credentials against its IAM once `after` requests have passed ("0": from now on)."""
-    request = urllib.request.Request(f"{endpoint}/moto-api/reset-auth", data=after.encode(), method="POST",
-                                     headers={"Content-Type": "text/plain"})  # not a form: moto reads the body
+    request = urllib.request.Request(
+        f"{endpoint}/moto-api/reset-auth", data=after.encode(), method="POST", headers={"Content-Type": "text/plain"}
+    )  # not a form: moto reads the body
     urllib.request.urlopen(request).read()
 
 
@@ -285,12 +332,20 @@ def test_pipeline_path_form_takes_a_url_and_so_do_doremi_and_doge(remote, tiny_s
     short = {"lr": 3e-3, "final_lr": 3e-4, "warmup_steps": 1, "batch_size": 4, "progress": False, "log_every": 1}
     config = {
         "data": {"path": remote},
-        "train": {"model": tiny_spec, "steps": 2, "batch_size": 4, "warmup_steps": 1, "eval_every": 0,
-                  "eval_blocks": 4, "checkpoint_every": 100},
+        "train": {
+            "model": tiny_spec,
+            "steps": 2,
+            "batch_size": 4,
+            "warmup_steps": 1,
+            "eval_every": 0,
+            "eval_blocks": 4,
+            "checkpoint_every": 100,
+        },
         "doremi": {"proxy": tiny_spec, "steps": 2, "reference_steps": 2, **short},
         "doge": {"proxy": tiny_spec, "steps": 2, **short},
         "arms": {"doremi": {"domain_weights": "doremi"}, "doge": {"domain_weights": "doge"}},
-        "seeds": [0], "progress": False,
+        "seeds": [0],
+        "progress": False,
     }
     (tmp_path / "pipeline.yaml").write_text(yaml.safe_dump(config))
     out = tmp_path / "out"

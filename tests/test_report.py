@@ -21,15 +21,30 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 # --- real runs (built once for the module) -------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def real_runs(synth_corpus, tiny_spec, tmp_path_factory):
     root = tmp_path_factory.mktemp("report_runs")
     made = {}
     for name, weighting, seed in [("uniform-s0", "none", 0), ("uniform-s1", "none", 1), ("linupper-s0", "linupper", 0)]:
-        config = TrainConfig(data=synth_corpus, out=str(root / name), model=tiny_spec, steps=9, batch_size=8, lr=3e-3,
-                             final_lr=3e-4, warmup_steps=2, eval_every=3, eval_blocks=4, checkpoint_every=100,
-                             log_every=1, progress=False, sample_weighting=weighting, seed=seed,
-                             domain_weights="uniform")
+        config = TrainConfig(
+            data=synth_corpus,
+            out=str(root / name),
+            model=tiny_spec,
+            steps=9,
+            batch_size=8,
+            lr=3e-3,
+            final_lr=3e-4,
+            warmup_steps=2,
+            eval_every=3,
+            eval_blocks=4,
+            checkpoint_every=100,
+            log_every=1,
+            progress=False,
+            sample_weighting=weighting,
+            seed=seed,
+            domain_weights="uniform",
+        )
         config.validate()
         train(config)
         made[name] = root / name
@@ -56,7 +71,9 @@ def test_report_numbers_equal_the_runs_eval_json(real_runs, real_report):
     for domain, stats in single["domains"].items():
         assert lin["domains"][domain]["loss"]["mean"] == pytest.approx(stats["loss"], abs=1e-12)
         assert lin["domains"][domain]["perplexity"]["mean"] == pytest.approx(stats["perplexity"], abs=1e-9)
-        assert lin["domains"][domain]["gap_to_irreducible"]["mean"] == pytest.approx(stats["gap_to_irreducible"], abs=1e-12)
+        assert lin["domains"][domain]["gap_to_irreducible"]["mean"] == pytest.approx(
+            stats["gap_to_irreducible"], abs=1e-12
+        )
         assert f"{stats['loss']:.4f}" in md
         values = [s["domains"][domain]["loss"] for s in seeds]
         assert uni["domains"][domain]["loss"]["mean"] == pytest.approx(statistics.mean(values), abs=1e-12)
@@ -90,8 +107,9 @@ def test_list_form_labels_arms_by_directory_name(real_runs, tmp_path):
     report = compare_runs([real_runs["linupper-s0"], real_runs["uniform-s0"]], tmp_path / "out")
     assert list(report["arms"]) == ["linupper-s0", "uniform-s0"]
     assert report["baseline"] == "linupper-s0"  # no arm named uniform: the first
-    relabeled = compare_runs([real_runs["linupper-s0"], real_runs["uniform-s0"]], tmp_path / "out2",
-                             labels=["lin", "uniform"])
+    relabeled = compare_runs(
+        [real_runs["linupper-s0"], real_runs["uniform-s0"]], tmp_path / "out2", labels=["lin", "uniform"]
+    )
     assert relabeled["baseline"] == "uniform"
 
 
@@ -104,29 +122,52 @@ def _corpus(root: Path, config_hash: str = "h1", irreducible=None) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     stats = {"documents": 1, "tokens": 100, "blocks": 1, "path": "x"}
     splits = {s: {d: dict(stats, tokens=100 * (i + 1)) for i, d in enumerate(DOMAINS)} for s in ("train", "val")}
-    manifest = {"domains": DOMAINS, "seq_len": 8, "vocab_size": 16, "eos_id": None, "tokenizer": {"kind": "byte"},
-                "splits": splits, "source": {}, "config_hash": config_hash,
-                "irreducible_loss": irreducible or {d: None for d in DOMAINS}}
+    manifest = {
+        "domains": DOMAINS,
+        "seq_len": 8,
+        "vocab_size": 16,
+        "eos_id": None,
+        "tokenizer": {"kind": "byte"},
+        "splits": splits,
+        "source": {},
+        "config_hash": config_hash,
+        "irreducible_loss": irreducible or {d: None for d in DOMAINS},
+    }
     (root / "manifest.json").write_text(json.dumps(manifest))
     return root
 
 
-def _run(path: Path, corpus: Path, final: dict[str, float], curve=(), seed=0, weighting="none",
-         max_w=(), ess=()) -> Path:
+def _run(
+    path: Path, corpus: Path, final: dict[str, float], curve=(), seed=0, weighting="none", max_w=(), ess=()
+) -> Path:
     """final: {domain: loss}; curve: [(step, average_loss)] eval records; max_w/ess: per-step weight stats."""
     path.mkdir(parents=True)
     step = curve[-1][0] if curve else 10
-    config = {"data": str(corpus), "out": str(path), "model": "gpt2-tiny", "steps": step, "seed": seed,
-              "domain_weights": "uniform", "sample_weighting": weighting, "r": 0.4}
+    config = {
+        "data": str(corpus),
+        "out": str(path),
+        "model": "gpt2-tiny",
+        "steps": step,
+        "seed": seed,
+        "domain_weights": "uniform",
+        "sample_weighting": weighting,
+        "r": 0.4,
+    }
     (path / "config.yaml").write_text(yaml.safe_dump(config))
     domains = {d: {"loss": v, "perplexity": math.exp(v), "tokens": 10} for d, v in final.items()}
     worst = max(final, key=final.get)
-    summary = {"domains": domains, "average_loss": sum(final.values()) / len(final),
-               "average_perplexity": math.exp(sum(final.values()) / len(final)), "worst_domain": worst,
-               "worst_loss": final[worst]}
+    summary = {
+        "domains": domains,
+        "average_loss": sum(final.values()) / len(final),
+        "average_perplexity": math.exp(sum(final.values()) / len(final)),
+        "worst_domain": worst,
+        "worst_loss": final[worst],
+    }
     (path / "eval.json").write_text(json.dumps({"step": step, **summary}))
-    records = [{"step": i + 1, "loss": 1.0, "weights": {"max_weight_x_n": m, "ess_fraction": e, "entropy": 0.5},
-                "domains": {}} for i, (m, e) in enumerate(zip(max_w, ess))]
+    records = [
+        {"step": i + 1, "loss": 1.0, "weights": {"max_weight_x_n": m, "ess_fraction": e, "entropy": 0.5}, "domains": {}}
+        for i, (m, e) in enumerate(zip(max_w, ess))
+    ]
     for s, avg in curve:
         records.append({"step": s, "eval": {"domains": {d: {"loss": avg} for d in final}, "average_loss": avg}})
     (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
@@ -145,7 +186,10 @@ def test_seeds_aggregate_to_mean_and_sample_std(tmp_path):
 
 def test_best_value_per_column_is_bold(tmp_path):
     corpus = _corpus(tmp_path / "corpus")
-    runs = [_run(tmp_path / "uniform", corpus, {"a": 2.0, "b": 3.0}), _run(tmp_path / "other", corpus, {"a": 2.5, "b": 1.0})]
+    runs = [
+        _run(tmp_path / "uniform", corpus, {"a": 2.0, "b": 3.0}),
+        _run(tmp_path / "other", corpus, {"a": 2.5, "b": 1.0}),
+    ]
     compare_runs(runs, tmp_path / "out")
     md = (tmp_path / "out" / "report.md").read_text()
     assert "| uniform | **2.0000** | 3.0000 | 2.5000 | 3.0000 (b) |" in md
@@ -170,15 +214,23 @@ def test_steps_to_target_interpolates_and_reports_not_reached(tmp_path):
     md = (tmp_path / "out" / "report.md").read_text()
     assert "| fast | **18.9** | **1.588x** |" in md and "| slow | not reached | n/a |" in md
     # another baseline on request; a missing one is an error
-    assert compare_runs([fast, base, slow], tmp_path / "o2", baseline="slow")["steps_to_target"]["baseline_steps"] == 30.0
+    assert (
+        compare_runs([fast, base, slow], tmp_path / "o2", baseline="slow")["steps_to_target"]["baseline_steps"] == 30.0
+    )
     with pytest.raises(MixweightError, match="baseline arm 'nope'"):
         compare_runs([fast, base], tmp_path / "o3", baseline="nope")
 
 
 def test_sample_weight_diagnostics_and_irreducible_gaps(tmp_path):
     corpus = _corpus(tmp_path / "corpus", irreducible={"a": 0.5, "b": None})
-    lin = _run(tmp_path / "lin", corpus, {"a": 1.25, "b": 2.0}, weighting="linupper",
-               max_w=[1.5, 2.5, 1.0], ess=[0.9, 0.6, 0.75])
+    lin = _run(
+        tmp_path / "lin",
+        corpus,
+        {"a": 1.25, "b": 2.0},
+        weighting="linupper",
+        max_w=[1.5, 2.5, 1.0],
+        ess=[0.9, 0.6, 0.75],
+    )
     plain = _run(tmp_path / "uniform", corpus, {"a": 1.0, "b": 2.0}, max_w=[1.0, 1.0], ess=[1.0, 1.0])
     report = compare_runs([plain, lin], tmp_path / "out")
     diag = report["sample_weights"]
@@ -196,9 +248,19 @@ def test_domain_weights_side_by_side_with_trajectory(tmp_path):
     corpus = _corpus(tmp_path / "corpus")
     run = _run(tmp_path / "uniform", corpus, {"a": 1.0, "b": 2.0})
     weights = tmp_path / "dw.json"
-    weights.write_text(json.dumps({"domains": DOMAINS, "weights": [0.25, 0.75], "method": {"name": "doremi"},
-                                   "trajectory": [{"step": 0, "weights": [0.5, 0.5], "signal": [0, 0]},
-                                                  {"step": 5, "weights": {"a": 0.25, "b": 0.75}, "signal": [0, 0]}]}))
+    weights.write_text(
+        json.dumps(
+            {
+                "domains": DOMAINS,
+                "weights": [0.25, 0.75],
+                "method": {"name": "doremi"},
+                "trajectory": [
+                    {"step": 0, "weights": [0.5, 0.5], "signal": [0, 0]},
+                    {"step": 5, "weights": {"a": 0.25, "b": 0.75}, "signal": [0, 0]},
+                ],
+            }
+        )
+    )
     report = compare_runs([run], tmp_path / "out", weights_files={"DoReMi": weights})
     assert report["domain_weights"]["natural"]["weights"] == {"a": pytest.approx(1 / 3), "b": pytest.approx(2 / 3)}
     assert report["domain_weights"]["DoReMi"]["trajectory"]["weights"] == {"a": [0.5, 0.25], "b": [0.5, 0.75]}
@@ -217,6 +279,7 @@ def test_domain_weights_side_by_side_with_trajectory(tmp_path):
 
 
 # --- bad input -------------------------------------------------------------------------------
+
 
 def test_run_without_eval_json_is_refused(tmp_path):
     corpus = _corpus(tmp_path / "corpus")

@@ -29,8 +29,19 @@ def _weights(values: dict) -> str:
 
 
 def _config(corpus, spec, out, **overrides) -> TrainConfig:
-    values = dict(data=str(corpus), out=str(out), model=spec, steps=2, batch_size=4, warmup_steps=1, eval_every=0,
-                  eval_blocks=2, checkpoint_every=2, log_every=1, progress=False)
+    values = dict(
+        data=str(corpus),
+        out=str(out),
+        model=spec,
+        steps=2,
+        batch_size=4,
+        warmup_steps=1,
+        eval_every=0,
+        eval_blocks=2,
+        checkpoint_every=2,
+        log_every=1,
+        progress=False,
+    )
     values.update(overrides)
     config = TrainConfig(**values)
     config.validate()
@@ -38,9 +49,31 @@ def _config(corpus, spec, out, **overrides) -> TrainConfig:
 
 
 def _train_args(corpus, spec, out, *extra) -> list[str]:
-    return ["train", "--data", str(corpus), "--model", spec, "--out", str(out), "--steps", "4", "--batch-size", "4",
-            "--warmup-steps", "1", "--eval-every", "0", "--eval-blocks", "2", "--checkpoint-every", "2",
-            "--log-every", "1", "--no-progress", *extra]
+    return [
+        "train",
+        "--data",
+        str(corpus),
+        "--model",
+        spec,
+        "--out",
+        str(out),
+        "--steps",
+        "4",
+        "--batch-size",
+        "4",
+        "--warmup-steps",
+        "1",
+        "--eval-every",
+        "0",
+        "--eval-blocks",
+        "2",
+        "--checkpoint-every",
+        "2",
+        "--log-every",
+        "1",
+        "--no-progress",
+        *extra,
+    ]
 
 
 def _refused(capsys, argv) -> str:
@@ -89,12 +122,16 @@ sys.stdin.read()  # hold the lock until the test closes our stdin
 def test_a_second_writer_is_refused_naming_the_holder(synth_corpus, tiny_spec, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run)], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(run)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
-        with pytest.raises(MixweightError, match=rf"another mixweight process is writing this run "
-                                                 rf"\(pid {holder.pid} host {socket.gethostname()}\)"):
+        with pytest.raises(
+            MixweightError,
+            match=rf"another mixweight process is writing this run "
+            rf"\(pid {holder.pid} host {socket.gethostname()}\)",
+        ):
             loop.train(_config(synth_corpus, tiny_spec, run))
         assert sorted(p.name for p in run.iterdir()) == [".lock"]  # nothing of the refused run was written
     finally:
@@ -111,8 +148,9 @@ def test_a_weights_file_edited_in_place_is_a_config_change(synth_corpus, tiny_sp
     loop.train(_config(synth_corpus, tiny_spec, tmp_path / "run", domain_weights=str(weights)))
     weights.write_text(_weights({d: (1.0 if d == "copy" else 0.0) for d in DOMAINS}))
     with pytest.raises(MixweightError, match=rf"domain_weights: the contents of {weights} changed since the run"):
-        loop.train(_config(synth_corpus, tiny_spec, tmp_path / "run", domain_weights=str(weights), steps=4,
-                           resume=True))
+        loop.train(
+            _config(synth_corpus, tiny_spec, tmp_path / "run", domain_weights=str(weights), steps=4, resume=True)
+        )
 
 
 def test_a_file_named_by_a_schedule_edited_in_place_is_a_config_change(synth_corpus, tiny_spec, tmp_path):
@@ -123,8 +161,9 @@ def test_a_file_named_by_a_schedule_edited_in_place_is_a_config_change(synth_cor
     loop.train(_config(synth_corpus, tiny_spec, tmp_path / "run", domain_weights=str(schedule)))
     weights.write_text(_weights({d: (1.0 if d == "copy" else 0.0) for d in DOMAINS}))
     with pytest.raises(MixweightError, match=rf"domain_weights: the contents of {schedule} changed"):
-        loop.train(_config(synth_corpus, tiny_spec, tmp_path / "run", domain_weights=str(schedule), steps=4,
-                           resume=True))
+        loop.train(
+            _config(synth_corpus, tiny_spec, tmp_path / "run", domain_weights=str(schedule), steps=4, resume=True)
+        )
 
 
 def test_a_corpus_regenerated_in_place_is_a_config_change(tiny_spec, tmp_path):
@@ -137,8 +176,9 @@ def test_a_corpus_regenerated_in_place_is_a_config_change(tiny_spec, tmp_path):
 
 
 # --- truthful metrics and results ---------------------------------------------------------------
-def test_a_rerun_after_a_crash_before_the_first_checkpoint_starts_metrics_afresh(synth_corpus, tiny_spec, tmp_path,
-                                                                                 monkeypatch, capsys):
+def test_a_rerun_after_a_crash_before_the_first_checkpoint_starts_metrics_afresh(
+    synth_corpus, tiny_spec, tmp_path, monkeypatch, capsys
+):
     real_step = WeightedLoss.compute_gradients
 
     def crash_at_step_3(self, model, micro_batches, step, *args):
@@ -224,14 +264,18 @@ def _empty_config(run):
     (run / "config.yaml").write_text("")
 
 
-@pytest.mark.parametrize("damage, message", [
-    (_truncate_weights, "model.safetensors cannot be read .*truncated or corrupted"),
-    (_drop_loader_state, r"state.json has no data-loader state \('loader'\)"),
-    (_bad_rng_state, "trainer_state.pt holds a bad scheduler or RNG state"),
-    (_garbage_trainer_state, "trainer_state.pt is not a mixweight checkpoint's trainer state"),
-    (_no_config, "holds checkpoints but no config.yaml"),
-    (_empty_config, "config.yaml: is empty"),
-], ids=["truncated-safetensors", "no-loader", "bad-rng", "garbage-trainer-state", "no-config", "empty-config"])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (_truncate_weights, "model.safetensors cannot be read .*truncated or corrupted"),
+        (_drop_loader_state, r"state.json has no data-loader state \('loader'\)"),
+        (_bad_rng_state, "trainer_state.pt holds a bad scheduler or RNG state"),
+        (_garbage_trainer_state, "trainer_state.pt is not a mixweight checkpoint's trainer state"),
+        (_no_config, "holds checkpoints but no config.yaml"),
+        (_empty_config, "config.yaml: is empty"),
+    ],
+    ids=["truncated-safetensors", "no-loader", "bad-rng", "garbage-trainer-state", "no-config", "empty-config"],
+)
 def test_a_damaged_run_is_one_error_line(run_copy, synth_corpus, tiny_spec, capsys, damage, message):
     damage(run_copy)
     error = _refused(capsys, _train_args(synth_corpus, tiny_spec, run_copy, "--resume"))
@@ -259,8 +303,9 @@ def test_the_users_own_config_in_out_is_never_overwritten(synth_corpus, tiny_spe
 
 
 @pytest.mark.parametrize("name", ["metrics.jsonl", "eval.json"])
-def test_files_a_run_would_replace_in_a_directory_that_is_not_a_run_are_kept(synth_corpus, tiny_spec, tmp_path, capsys,
-                                                                           name):
+def test_files_a_run_would_replace_in_a_directory_that_is_not_a_run_are_kept(
+    synth_corpus, tiny_spec, tmp_path, capsys, name
+):
     out = tmp_path / "results"
     out.mkdir()
     (out / name).write_text("my own numbers\n")
@@ -278,14 +323,19 @@ def test_a_bad_metrics_line_before_the_last_is_one_error_line(run_copy, synth_co
     assert path.read_text().splitlines()[1] == "not json"  # left as it was for the user to look at
 
 
-@pytest.mark.parametrize("flag, value, message", [
-    ("--domain-weights", "w.json", "weight of 'redundant' is -0.5"),
-    ("--domain-weights", "nope.json", "domain weights 'nope.json'"),
-    ("--model", "spec.json", "has 'auto_map'"),
-    ("--data", "no-corpus", "no manifest.json"),
-], ids=["bad-weights", "missing-weights", "auto-map-spec", "missing-corpus"])
-def test_a_refused_command_writes_nothing_into_out(synth_corpus, tiny_spec, tmp_path, monkeypatch, capsys,
-                                                   flag, value, message):
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [
+        ("--domain-weights", "w.json", "weight of 'redundant' is -0.5"),
+        ("--domain-weights", "nope.json", "domain weights 'nope.json'"),
+        ("--model", "spec.json", "has 'auto_map'"),
+        ("--data", "no-corpus", "no manifest.json"),
+    ],
+    ids=["bad-weights", "missing-weights", "auto-map-spec", "missing-corpus"],
+)
+def test_a_refused_command_writes_nothing_into_out(
+    synth_corpus, tiny_spec, tmp_path, monkeypatch, capsys, flag, value, message
+):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "w.json").write_text(_weights({d: (-0.5 if d == "redundant" else 1.5 / 6) for d in DOMAINS}))
     (tmp_path / "spec.json").write_text(json.dumps({"model_type": "mystery-lm", "auto_map": {"AutoConfig": "x.Cfg"}}))
@@ -315,8 +365,9 @@ def test_model_loading_never_trusts_remote_code():
 
 # --- a full disk during a checkpoint save --------------------------------------------------------
 @pytest.mark.parametrize("where", ["torch.save", "save_pretrained"])
-def test_a_full_disk_during_a_checkpoint_save_is_one_line_and_keeps_the_previous(synth_corpus, tiny_spec, tmp_path,
-                                                                                monkeypatch, where):
+def test_a_full_disk_during_a_checkpoint_save_is_one_line_and_keeps_the_previous(
+    synth_corpus, tiny_spec, tmp_path, monkeypatch, where
+):
     def full_disk(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
@@ -328,8 +379,11 @@ def test_a_full_disk_during_a_checkpoint_save_is_one_line_and_keeps_the_previous
         from transformers import PreTrainedModel
 
         monkeypatch.setattr(PreTrainedModel, "save_pretrained", full_disk)
-    with pytest.raises(MixweightError, match=r"checkpoint step-4: could not be written .*\(No space left on device\); "
-                                             r"the newest complete checkpoint, step-2, is intact"):
+    with pytest.raises(
+        MixweightError,
+        match=r"checkpoint step-4: could not be written .*\(No space left on device\); "
+        r"the newest complete checkpoint, step-2, is intact",
+    ):
         loop.train(_config(synth_corpus, tiny_spec, run, steps=4, resume=True))
     monkeypatch.undo()
     assert [s for s, _ in ckpt.list_checkpoints(run)] == [2]

@@ -82,18 +82,22 @@ def _corpus_blocks(corpus) -> dict[str, Counter]:
     out = {}
     for d in manifest.domains:
         ds = LocalDataset(str(manifest.stream_dir(corpus, "train", d)))
-        out[d] = Counter(hashlib.sha1(np.asarray(ds[i]["tokens"]).astype(np.int64).tobytes()).hexdigest()[:16]
-                         for i in range(len(ds)))
+        out[d] = Counter(
+            hashlib.sha1(np.asarray(ds[i]["tokens"]).astype(np.int64).tobytes()).hexdigest()[:16]
+            for i in range(len(ds))
+        )
     return out
 
 
 def _assert_windows_match(domains: np.ndarray, weights: list[float], window: int, stride: int, tolerance) -> None:
     for start in range(0, len(domains) - window + 1, stride):
-        part = domains[start:start + window]
+        part = domains[start : start + window]
         for d, w in enumerate(weights):
             share = float(np.mean(part == d))
             allowed = tolerance(w, window)
-            assert abs(share - w) <= allowed, f"window {start}: domain {d} share {share:.4f} vs weight {w} (+-{allowed:.4f})"
+            assert abs(share - w) <= allowed, (
+                f"window {start}: domain {d} share {share:.4f} vs weight {w} (+-{allowed:.4f})"
+            )
 
 
 # --- achieved vs target mixture --------------------------------------------------------------
@@ -115,7 +119,7 @@ def test_achieved_mixture_matches_the_weights(synth_corpus, tmp_path):
     assert all(h in blocks[manifest.domains[d]] for d, h in seen)
     # per epoch: mosaicml-streaming's counts are exact to rounding
     for e in range(epochs):
-        counts = np.bincount(domains[e * total:(e + 1) * total], minlength=7)
+        counts = np.bincount(domains[e * total : (e + 1) * total], minlength=7)
         assert np.all(np.abs(counts - total * np.array(SKEWED)) <= 1), counts
     # any window of >= 10k samples: within 1 percentage point
     _assert_windows_match(domains, SKEWED, 10_000, 64, lambda w, n: 0.01)
@@ -188,12 +192,25 @@ def test_resume_across_epochs_and_phases_gives_the_same_samples(synth_corpus, tm
         second.close()
     assert head + tail == expected
     domains = [d for d, _ in expected]
-    assert set(domains[20 * 16:45 * 16]) == {0, 1} and set(domains[45 * 16:]) == {0, 1, 2}
+    assert set(domains[20 * 16 : 45 * 16]) == {0, 1} and set(domains[45 * 16 :]) == {0, 1, 2}
 
 
 def _config(corpus, spec, out, **overrides) -> TrainConfig:
-    values = dict(data=corpus, out=str(out), model=spec, steps=20, batch_size=8, lr=3e-3, final_lr=3e-4,
-                  warmup_steps=2, eval_every=0, eval_blocks=8, checkpoint_every=10, log_every=2, progress=False)
+    values = dict(
+        data=corpus,
+        out=str(out),
+        model=spec,
+        steps=20,
+        batch_size=8,
+        lr=3e-3,
+        final_lr=3e-4,
+        warmup_steps=2,
+        eval_every=0,
+        eval_blocks=8,
+        checkpoint_every=10,
+        log_every=2,
+        progress=False,
+    )
     values.update(overrides)
     config = TrainConfig(**values)
     config.validate()
@@ -203,8 +220,14 @@ def _config(corpus, spec, out, **overrides) -> TrainConfig:
 def test_trainer_resume_across_a_phase_boundary_is_exact(synth_corpus, tiny_spec, tmp_path, monkeypatch):
     manifest = load_manifest(synth_corpus)
     schedule = tmp_path / "phases.json"
-    schedule.write_text(json.dumps([{"start_step": 0, "weights": "uniform"},
-                                    {"start_step": 12, "weights": dict(zip(manifest.domains, SKEWED))}]))
+    schedule.write_text(
+        json.dumps(
+            [
+                {"start_step": 0, "weights": "uniform"},
+                {"start_step": 12, "weights": dict(zip(manifest.domains, SKEWED))},
+            ]
+        )
+    )
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     loop.train(_config(synth_corpus, tiny_spec, straight, domain_weights=str(schedule)))
     real_step = WeightedLoss.compute_gradients
@@ -241,9 +264,20 @@ def _free_port() -> int:
 
 def _torchrun(tmp_path, corpus, weights, epoch_size, batch, steps, name) -> list[dict]:
     out = tmp_path / name
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
-               str(REPO / "tests" / "scripts" / "mixture_worker.py"), str(corpus), weights, str(epoch_size),
-               str(batch), str(steps), str(out)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        f"--master_port={_free_port()}",
+        str(REPO / "tests" / "scripts" / "mixture_worker.py"),
+        str(corpus),
+        weights,
+        str(epoch_size),
+        str(batch),
+        str(steps),
+        str(out),
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -257,18 +291,23 @@ def test_two_ranks_see_disjoint_samples_with_the_target_mixture(synth_corpus, tm
     # uniform weights over equal domains, one epoch of every block once: the ranks split the corpus
     ranks = _torchrun(tmp_path, synth_corpus, "uniform", total, 16, total // 32, "uniform")
     union = Counter(tuple(s) for r in ranks for s in r["seen"])
-    corpus = Counter((manifest.domain_id(d), h) for d, hs in _corpus_blocks(synth_corpus).items() for h in hs.elements())
+    corpus = Counter(
+        (manifest.domain_id(d), h) for d, hs in _corpus_blocks(synth_corpus).items() for h in hs.elements()
+    )
     assert union == corpus  # every block exactly as often as it is in the corpus: disjoint, nothing missing
     # skewed weights over 10k+ samples: the union has the target mixture, and both ranks report it
-    ranks = _torchrun(tmp_path, synth_corpus, _weights_file(tmp_path, manifest, SKEWED), total, 16,
-                      (total // 32) * 12, "skewed")
+    ranks = _torchrun(
+        tmp_path, synth_corpus, _weights_file(tmp_path, manifest, SKEWED), total, 16, (total // 32) * 12, "skewed"
+    )
     domains = np.array([s[0] for r in ranks for s in r["seen"]])
     assert len(domains) >= 10_000
     for d, w in enumerate(SKEWED):
         assert abs(float(np.mean(domains == d)) - w) <= 0.01
     assert ranks[0]["mixture"] == ranks[1]["mixture"]
-    for d, w in zip(manifest.domains, SKEWED):
-        assert ranks[0]["mixture"]["domains"][d]["achieved"] == pytest.approx(float(np.mean(domains == manifest.domain_id(d))))
+    for d, _w in zip(manifest.domains, SKEWED):
+        assert ranks[0]["mixture"]["domains"][d]["achieved"] == pytest.approx(
+            float(np.mean(domains == manifest.domain_id(d)))
+        )
 
 
 # --- shared memory ---------------------------------------------------------------------------
@@ -300,8 +339,13 @@ def test_stale_cleanup_removes_only_dead_segments_of_our_corpus(synth_corpus, tm
     env = {**os.environ, "PYTHONPATH": str(REPO)}
 
     def start(corpus, mode):
-        return subprocess.Popen([sys.executable, "-c", HOLDER, str(corpus), mode], env=env, text=True,
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        return subprocess.Popen(
+            [sys.executable, "-c", HOLDER, str(corpus), mode],
+            env=env,
+            text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
 
     live = start(synth_corpus, "live")  # a concurrent job over the same corpus
     try:
@@ -313,7 +357,9 @@ def test_stale_cleanup_removes_only_dead_segments_of_our_corpus(synth_corpus, tm
         prefixes = {name[:6] for name in ours}
         assert len(prefixes) == 2 and theirs  # the live job's and the crashed one's; the other corpus's
         manifest = load_manifest(synth_corpus)
-        removed = clean_stale_shared_memory([str(manifest.stream_dir(synth_corpus, "train", d)) for d in manifest.domains])
+        removed = clean_stale_shared_memory(
+            [str(manifest.stream_dir(synth_corpus, "train", d)) for d in manifest.domains]
+        )
         left = _our_segments(Path(synth_corpus).parent)
         assert removed and set(removed) | left == ours and not set(removed) & left
         assert len({name[:6] for name in left}) == 1  # only the live job's prefix survives
@@ -335,9 +381,19 @@ def test_schedule_phases_and_trajectory(synth_corpus, tmp_path):
     assert list(phases[2].weights.values()) == pytest.approx(SKEWED)
     uniform = [1 / 7] * 7
     artifact = tmp_path / "domain_weights.json"
-    artifact.write_text(json.dumps({"domains": manifest.domains, "weights": SKEWED, "trajectory": [
-        {"step": 0, "weights": uniform}, {"step": 100, "weights": dict(zip(manifest.domains, SKEWED))},
-        {"step": 200, "weights": [0.5, 0.5, 0, 0, 0, 0, 0]}]}))
+    artifact.write_text(
+        json.dumps(
+            {
+                "domains": manifest.domains,
+                "weights": SKEWED,
+                "trajectory": [
+                    {"step": 0, "weights": uniform},
+                    {"step": 100, "weights": dict(zip(manifest.domains, SKEWED))},
+                    {"step": 200, "weights": [0.5, 0.5, 0, 0, 0, 0, 0]},
+                ],
+            }
+        )
+    )
     followed = resolve_schedule(manifest, str(artifact), every=5)
     assert [p.start_step for p in followed] == [0, 5, 10]
     assert list(followed[2].weights.values()) == pytest.approx([0.5, 0.5, 0, 0, 0, 0, 0])
@@ -353,15 +409,18 @@ def test_weights_within_tolerance_are_renormalized(synth_corpus, tmp_path):
     assert phase.weights["unigram"] == pytest.approx(0.1005 / 1.0005)
 
 
-@pytest.mark.parametrize("weights, message", [
-    ({"web": 0.5, "redundant": 0.5}, "not in the corpus: \\['web'\\]"),
-    ({"redundant": 0.5, "noise": 0.5}, "missing for corpus domains"),
-    ([0.7, 0.2, 0.2, 0, 0, 0, 0], "sum to 1.1"),
-    ([70, 20, 10, 0, 0, 0, 0], "sum to 100"),
-    ([0.7, 0.2, 0.2, -0.1, 0, 0, 0], "finite and >= 0"),
-    ([0.7, 0.2, float("nan"), 0, 0, 0, 0], "finite and >= 0"),
-    ([0, 0, 0, 0, 0, 0, 0], "sum to 0"),
-])
+@pytest.mark.parametrize(
+    "weights, message",
+    [
+        ({"web": 0.5, "redundant": 0.5}, "not in the corpus: \\['web'\\]"),
+        ({"redundant": 0.5, "noise": 0.5}, "missing for corpus domains"),
+        ([0.7, 0.2, 0.2, 0, 0, 0, 0], "sum to 1.1"),
+        ([70, 20, 10, 0, 0, 0, 0], "sum to 100"),
+        ([0.7, 0.2, 0.2, -0.1, 0, 0, 0], "finite and >= 0"),
+        ([0.7, 0.2, float("nan"), 0, 0, 0, 0], "finite and >= 0"),
+        ([0, 0, 0, 0, 0, 0, 0], "sum to 0"),
+    ],
+)
 def test_bad_weights_files_are_refused(synth_corpus, tmp_path, weights, message):
     manifest = load_manifest(synth_corpus)
     path = tmp_path / "w.json"
@@ -371,19 +430,28 @@ def test_bad_weights_files_are_refused(synth_corpus, tmp_path, weights, message)
         resolve_schedule(manifest, str(path))
 
 
-@pytest.mark.parametrize("phases, message", [
-    ([{"start_step": 0, "weights": "uniform"}, {"start_step": 0, "weights": "natural"}], "repeats the previous"),
-    ([{"start_step": 0, "weights": "uniform"}, {"start_step": 50, "weights": "natural"},
-      {"start_step": 20, "weights": "uniform"}], "increasing start_step order"),
-    ([{"start_step": 10, "weights": "uniform"}], "must start at step 0"),
-    ([{"start_step": 0, "weight": "uniform"}], "unknown key 'weight'.*did you mean 'weights'"),
-    ([{"start_step": 0, "weights": "uniform", "every": 3}], "unknown key 'every'"),
-    ([{"start_step": 0}], "missing weights"),
-    ([{"start_step": -1, "weights": "uniform"}], "integer >= 0"),
-    ([{"start_step": 0, "weights": "nope.json"}], "nope.json not found"),
-    ([{"start_step": 0, "weights": {"redundant": 1.0}}], "missing for corpus domains"),
-    ([], "no phases"),
-])
+@pytest.mark.parametrize(
+    "phases, message",
+    [
+        ([{"start_step": 0, "weights": "uniform"}, {"start_step": 0, "weights": "natural"}], "repeats the previous"),
+        (
+            [
+                {"start_step": 0, "weights": "uniform"},
+                {"start_step": 50, "weights": "natural"},
+                {"start_step": 20, "weights": "uniform"},
+            ],
+            "increasing start_step order",
+        ),
+        ([{"start_step": 10, "weights": "uniform"}], "must start at step 0"),
+        ([{"start_step": 0, "weight": "uniform"}], "unknown key 'weight'.*did you mean 'weights'"),
+        ([{"start_step": 0, "weights": "uniform", "every": 3}], "unknown key 'every'"),
+        ([{"start_step": 0}], "missing weights"),
+        ([{"start_step": -1, "weights": "uniform"}], "integer >= 0"),
+        ([{"start_step": 0, "weights": "nope.json"}], "nope.json not found"),
+        ([{"start_step": 0, "weights": {"redundant": 1.0}}], "missing for corpus domains"),
+        ([], "no phases"),
+    ],
+)
 def test_bad_schedules_are_refused(synth_corpus, tmp_path, phases, message):
     manifest = load_manifest(synth_corpus)
     path = tmp_path / "schedule.json"
@@ -411,8 +479,9 @@ def test_stratified_batching_is_refused_with_the_reason(synth_corpus, tmp_path):
 
 def test_per_stream_batches_come_from_one_domain(synth_corpus):
     manifest = load_manifest(synth_corpus)
-    mixture = DomainMixture(synth_corpus, manifest, resolve_schedule(manifest, "uniform"), 896, 16, 0, World(),
-                            batching="per_stream")
+    mixture = DomainMixture(
+        synth_corpus, manifest, resolve_schedule(manifest, "uniform"), 896, 16, 0, World(), batching="per_stream"
+    )
     try:
         batches = [mixture.next_batch(s)["domain"] for s in range(56)]
     finally:

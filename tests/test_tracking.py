@@ -18,9 +18,21 @@ STEPS, CRASH_AT, CHECKPOINT = 6, 4, 3
 
 
 def _config(corpus, spec, out, **overrides) -> TrainConfig:
-    values = dict(data=corpus, out=str(out), model=spec, steps=STEPS, batch_size=4, warmup_steps=1, eval_every=2,
-                  eval_blocks=2, checkpoint_every=CHECKPOINT, log_every=1, progress=False,
-                  sample_weighting="linupper", weight_histogram_every=2)
+    values = dict(
+        data=corpus,
+        out=str(out),
+        model=spec,
+        steps=STEPS,
+        batch_size=4,
+        warmup_steps=1,
+        eval_every=2,
+        eval_blocks=2,
+        checkpoint_every=CHECKPOINT,
+        log_every=1,
+        progress=False,
+        sample_weighting="linupper",
+        weight_histogram_every=2,
+    )
     values.update(overrides)
     config = TrainConfig(**values)
     config.validate()
@@ -61,13 +73,25 @@ def _expected_series(records) -> dict[str, list[tuple[int, float]]]:
 # --- names ---------------------------------------------------------------------------------------
 def test_flatten_names_every_kind_of_record():
     step_record = {
-        "step": 10, "loss": 2.5, "objective": 2.4, "lr": 1e-3, "grad_norm": 0.5, "tokens": 640,
-        "nonfinite_samples": 0, "skipped_steps": 0, "time": {"tokens_per_s": 100.0},
-        "weights": {"max_weight_x_n": 1.5, "ess_fraction": 0.8, "entropy": 1.3,
-                    "histogram_x_n": {"edges": [0.0, 1.0, 2.0, math.inf], "counts": [1, 2, 1]}},
+        "step": 10,
+        "loss": 2.5,
+        "objective": 2.4,
+        "lr": 1e-3,
+        "grad_norm": 0.5,
+        "tokens": 640,
+        "nonfinite_samples": 0,
+        "skipped_steps": 0,
+        "time": {"tokens_per_s": 100.0},
+        "weights": {
+            "max_weight_x_n": 1.5,
+            "ess_fraction": 0.8,
+            "entropy": 1.3,
+            "histogram_x_n": {"edges": [0.0, 1.0, 2.0, math.inf], "counts": [1, 2, 1]},
+        },
         "domains": {"a{b}": {"loss": 2.0, "share": 0.5, "weight_x_n": 1.1}},
         "mixture": {"phase": 0, "domains": {"a{b}": {"target": 0.5, "achieved": 0.25, "samples": 4}}},
-        "domain_weights": {"a{b}": 0.6}, "excess_loss": {"a{b}": 0.1},
+        "domain_weights": {"a{b}": 0.6},
+        "excess_loss": {"a{b}": 0.1},
     }
     step, scalars, histograms = tracking.flatten(step_record)
     assert step == 10
@@ -80,15 +104,31 @@ def test_flatten_names_every_kind_of_record():
     assert histogram.counts == [1, 2, 1] and histogram.edges == [0.0, 1.0, 2.0, 3.0]  # open bin closed
     assert histogram.total == 4 and histogram.sum_squares == pytest.approx(4 / 0.8)
 
-    _, scalars, _ = tracking.flatten({"step": 10, "eval": {
-        "domains": {"code": {"loss": 1.5, "perplexity": 4.48, "tokens": 64, "gap_to_irreducible": 0.2}},
-        "average_loss": 1.5, "average_perplexity": 4.48, "worst_domain": "code", "worst_loss": 1.5}})
-    assert scalars == {"eval/code/loss": 1.5, "eval/code/perplexity": 4.48, "eval/code/tokens": 64.0,
-                       "eval/code/gap_to_irreducible": 0.2, "eval/average_loss": 1.5,
-                       "eval/average_perplexity": 4.48, "eval/worst_loss": 1.5}
+    _, scalars, _ = tracking.flatten(
+        {
+            "step": 10,
+            "eval": {
+                "domains": {"code": {"loss": 1.5, "perplexity": 4.48, "tokens": 64, "gap_to_irreducible": 0.2}},
+                "average_loss": 1.5,
+                "average_perplexity": 4.48,
+                "worst_domain": "code",
+                "worst_loss": 1.5,
+            },
+        }
+    )
+    assert scalars == {
+        "eval/code/loss": 1.5,
+        "eval/code/perplexity": 4.48,
+        "eval/code/tokens": 64.0,
+        "eval/code/gap_to_irreducible": 0.2,
+        "eval/average_loss": 1.5,
+        "eval/average_perplexity": 4.48,
+        "eval/worst_loss": 1.5,
+    }
 
-    _, scalars, _ = tracking.flatten({"step": 3, "doge": {"alpha": {"a": 0.7}, "scores": {"a": None, "b": 0.3},
-                                                          "updated": True}})
+    _, scalars, _ = tracking.flatten(
+        {"step": 3, "doge": {"alpha": {"a": 0.7}, "scores": {"a": None, "b": 0.3}, "updated": True}}
+    )
     assert scalars == {"domain_weights/a": 0.7, "doge/b/score": 0.3, "doge/updated": 1.0}
     assert tracking.mlflow_key("mixture/c++/achieved") == "mixture/c__/achieved"
 
@@ -100,20 +140,36 @@ def test_report_to_is_parsed_like_transformers_and_checked_before_anything_runs(
     with pytest.raises(MixweightError, match="unknown tracker 'tensorbord'; did you mean 'tensorboard'"):
         TrainConfig(data="x", out="y", report_to="tensorbord").validate()
     real_find_spec = tracking.importlib.util.find_spec
-    monkeypatch.setattr(tracking.importlib.util, "find_spec",
-                        lambda name, *a: None if name == "wandb" else real_find_spec(name, *a))
+    monkeypatch.setattr(
+        tracking.importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real_find_spec(name, *a)
+    )
     with pytest.raises(MixweightError, match=r"report_to wandb needs the wandb package.*mixweight\[tracking\]"):
         TrainConfig(data="x", out="y", report_to=["wandb"]).validate()
 
 
 def test_an_unknown_tracker_is_one_line_and_writes_nothing(tmp_path):
     out = tmp_path / "run"
-    done = subprocess.run([sys.executable, "-m", "mixweight", "train", "--data", "synthetic", "--out", str(out),
-                           "--report-to", "tensorboard,wandbb"], capture_output=True, text=True)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mixweight",
+            "train",
+            "--data",
+            "synthetic",
+            "--out",
+            str(out),
+            "--report-to",
+            "tensorboard,wandbb",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 2 and not out.exists()
     assert done.stderr.strip().splitlines() == [
         "mixweight: error: train: 'report_to' names an unknown tracker 'wandbb'; did you mean 'wandb'? "
-        "choose from tensorboard, wandb, mlflow or none"]
+        "choose from tensorboard, wandb, mlflow or none"
+    ]
 
 
 def test_proxies_pass_report_to_to_their_training_runs(synth_corpus, tmp_path):
@@ -132,8 +188,11 @@ def test_pipeline_report_to_changes_no_stage_key(synth_corpus, tmp_path):
     from mixweight.pipeline.run import build_stages
 
     plain = build_config(PipelineConfig, {"data": {"path": synth_corpus}}, "test")
-    tracked = build_config(PipelineConfig, {"data": {"path": synth_corpus}, "train": {"report_to": ["tensorboard"]},
-                                            "doge": {"report_to": "tensorboard"}}, "test")
+    tracked = build_config(
+        PipelineConfig,
+        {"data": {"path": synth_corpus}, "train": {"report_to": ["tensorboard"]}, "doge": {"report_to": "tensorboard"}},
+        "test",
+    )
     keys = [s.key for s in build_stages(plain, tmp_path)[0]]
     assert keys == [s.key for s in build_stages(tracked, tmp_path)[0]] and len(keys) == 9  # data, 2 methods, 6 arms
 
@@ -144,12 +203,17 @@ def test_tensorboard_events_match_metrics_across_a_crash_and_resume(synth_corpus
 
     out = tmp_path / "run"
     records = _crash_then_resume(synth_corpus, tiny_spec, out, monkeypatch, "tensorboard")
-    events = EventAccumulator(str(out / "tensorboard"), size_guidance={"scalars": 0, "histograms": 0,
-                                                                       "tensors": 0})
+    events = EventAccumulator(str(out / "tensorboard"), size_guidance={"scalars": 0, "histograms": 0, "tensors": 0})
     events.Reload()
     expected = _expected_series(records)
-    assert {"train/loss", "eval/noise/loss", "mixture/noise/achieved", "sample_weights/ess_fraction",
-            "train/noise/loss", "eval/average_loss"} <= set(expected)
+    assert {
+        "train/loss",
+        "eval/noise/loss",
+        "mixture/noise/achieved",
+        "sample_weights/ess_fraction",
+        "train/noise/loss",
+        "eval/average_loss",
+    } <= set(expected)
     assert set(events.Tags()["scalars"]) == set(expected)
     for name, series in expected.items():
         logged = [(e.step, e.value) for e in events.Scalars(name)]
@@ -170,9 +234,14 @@ def test_tensorboard_events_match_metrics_across_a_crash_and_resume(synth_corpus
 
 def test_wandb_offline_writes_its_run_files_and_resumes_the_same_run(synth_corpus, tiny_spec, tmp_path, monkeypatch):
     pytest.importorskip("wandb", reason="wandb is in the tracking extra only: pip install 'mixweight[tracking]'")
-    for name, value in {"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path / "wb"), "WANDB_SILENT": "true",
-                        "WANDB_CONFIG_DIR": str(tmp_path / "wbconfig"), "WANDB_CACHE_DIR": str(tmp_path / "wbcache"),
-                        "WANDB_DATA_DIR": str(tmp_path / "wbdata")}.items():
+    for name, value in {
+        "WANDB_MODE": "offline",
+        "WANDB_DIR": str(tmp_path / "wb"),
+        "WANDB_SILENT": "true",
+        "WANDB_CONFIG_DIR": str(tmp_path / "wbconfig"),
+        "WANDB_CACHE_DIR": str(tmp_path / "wbcache"),
+        "WANDB_DATA_DIR": str(tmp_path / "wbdata"),
+    }.items():
         monkeypatch.setenv(name, value)
     (tmp_path / "wb").mkdir()
     out = tmp_path / "run"
@@ -181,8 +250,14 @@ def test_wandb_offline_writes_its_run_files_and_resumes_the_same_run(synth_corpu
     runs = sorted((tmp_path / "wb" / "wandb").glob(f"offline-run-*-{run_id}"))
     assert len(runs) == 2  # the crashed start and its resume, one W&B run id (`wandb sync` joins them)
     data = b"".join((r / f"run-{run_id}.wandb").read_bytes() for r in runs)
-    for name in (b"train/loss", b"eval/noise/loss", b"mixture/noise/achieved", b"sample_weights/ess_fraction",
-                 b"sample_weights/histogram_x_n", b"sample_weighting"):  # the last: a config key
+    for name in (
+        b"train/loss",
+        b"eval/noise/loss",
+        b"mixture/noise/achieved",
+        b"sample_weights/ess_fraction",
+        b"sample_weights/histogram_x_n",
+        b"sample_weighting",
+    ):  # the last: a config key
         assert name in data
 
 
@@ -226,8 +301,10 @@ def test_a_tracker_failing_mid_run_is_dropped_with_one_warning(tmp_path, capsys)
     trackers.log_record({"step": 2, "loss": 1.0})
     trackers.close()
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["mixweight: warning: report_to mlflow: stopped mirroring at step 1 (server went away); "
-                   "metrics.jsonl has every record"]
+    assert err == [
+        "mixweight: warning: report_to mlflow: stopped mirroring at step 1 (server went away); "
+        "metrics.jsonl has every record"
+    ]
     assert json.loads((tmp_path / tracking.STATE_FILE).read_text())["mark"] == [2, 0]
 
 
@@ -238,6 +315,9 @@ def test_wandb_that_cannot_start_is_one_line(tmp_path, monkeypatch):
         raise wandb.errors.UsageError("api_key not configured (no-tty). call wandb.login(key=[your_api_key])")
 
     monkeypatch.setattr(wandb, "init", no_key)
-    with pytest.raises(MixweightError, match=r"^report_to wandb: cannot start a W&B run \(api_key not configured.*"
-                                             r"WANDB_MODE=offline"):
+    with pytest.raises(
+        MixweightError,
+        match=r"^report_to wandb: cannot start a W&B run \(api_key not configured.*"
+        r"WANDB_MODE=offline",
+    ):
         tracking.WandbTracker(tmp_path, {}, 0, {})

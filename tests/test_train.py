@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+from conftest import shm_segments
 from safetensors.torch import load_file
 
 import mixweight.train.loop as loop
@@ -15,12 +16,23 @@ from mixweight.train.model import build_model
 from mixweight.train.objective import WeightedLoss
 from mixweight.train.optim import lr_multiplier
 
-from conftest import shm_segments
-
 
 def _config(corpus, spec, out, **overrides) -> TrainConfig:
-    values = dict(data=corpus, out=str(out), model=spec, steps=20, batch_size=8, lr=3e-3, final_lr=3e-4,
-                  warmup_steps=2, eval_every=5, eval_blocks=8, checkpoint_every=10, log_every=1, progress=False)
+    values = dict(
+        data=corpus,
+        out=str(out),
+        model=spec,
+        steps=20,
+        batch_size=8,
+        lr=3e-3,
+        final_lr=3e-4,
+        warmup_steps=2,
+        eval_every=5,
+        eval_blocks=8,
+        checkpoint_every=10,
+        log_every=1,
+        progress=False,
+    )
     values.update(overrides)
     config = TrainConfig(**values)
     config.validate()
@@ -189,7 +201,9 @@ def test_non_finite_steps_are_skipped_then_stop_the_run(synth_corpus, tiny_spec,
     from mixweight.train.step import MeanReduction
 
     config = _config(synth_corpus, tiny_spec, tmp_path / "run", steps=20, checkpoint_every=2, max_nonfinite_steps=3)
-    with pytest.raises(MixweightError, match=r"steps 3-5: 3 consecutive steps .* domains with non-finite losses: \[.*'noise'"):
+    with pytest.raises(
+        MixweightError, match=r"steps 3-5: 3 consecutive steps .* domains with non-finite losses: \[.*'noise'"
+    ):
         loop.train(config, objective=_DivergedObjective(MeanReduction()))
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["skipped_steps"] for r in records if "skipped_steps" in r][:5] == [0, 0, 1, 2]

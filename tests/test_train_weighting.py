@@ -24,9 +24,24 @@ from mixweight.weighting import SampleWeighting, sample_weights
 
 
 def _config(corpus, spec, out, **overrides) -> TrainConfig:
-    values = dict(data=corpus, out=str(out), model=spec, steps=6, batch_size=8, lr=3e-3, final_lr=3e-4,
-                  warmup_steps=1, eval_every=0, eval_blocks=4, checkpoint_every=100, log_every=1,
-                  weight_histogram_every=3, progress=False, sample_weighting="linupper", r=0.4)
+    values = dict(
+        data=corpus,
+        out=str(out),
+        model=spec,
+        steps=6,
+        batch_size=8,
+        lr=3e-3,
+        final_lr=3e-4,
+        warmup_steps=1,
+        eval_every=0,
+        eval_blocks=4,
+        checkpoint_every=100,
+        log_every=1,
+        weight_histogram_every=3,
+        progress=False,
+        sample_weighting="linupper",
+        r=0.4,
+    )
     values.update(overrides)
     config = TrainConfig(**values)
     config.validate()
@@ -163,17 +178,43 @@ def test_weight_metrics_are_logged(synth_corpus, tiny_spec, tmp_path):
 
 @pytest.mark.distributed
 def test_two_processes_equal_one_process(synth_corpus, tiny_spec, tmp_path):
-    common = ["--data", synth_corpus, "--model", tiny_spec, "--steps", "4", "--lr", "3e-3", "--warmup-steps", "1",
-              "--eval-every", "0", "--eval-blocks", "4", "--sample-weighting", "linupper", "--no-progress"]
+    common = [
+        "--data",
+        synth_corpus,
+        "--model",
+        tiny_spec,
+        "--steps",
+        "4",
+        "--lr",
+        "3e-3",
+        "--warmup-steps",
+        "1",
+        "--eval-every",
+        "0",
+        "--eval-blocks",
+        "4",
+        "--sample-weighting",
+        "linupper",
+        "--no-progress",
+    ]
     # Both in float64: the summation order differs between 1 and 2 processes (see EXACT_ATOL).
-    subprocess.run([*FLOAT64_MIXWEIGHT, "train", "--out", str(tmp_path / "one"), "--batch-size", "8",
-                    *common], check=True, capture_output=True)
+    subprocess.run(
+        [*FLOAT64_MIXWEIGHT, "train", "--out", str(tmp_path / "one"), "--batch-size", "8", *common],
+        check=True,
+        capture_output=True,
+    )
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517"]
-    done = subprocess.run([*torchrun, *FLOAT64_MIXWEIGHT[1:], "train", "--out", str(tmp_path / "two"),
-                           "--batch-size", "4", *common], capture_output=True, text=True)
+    done = subprocess.run(
+        [*torchrun, *FLOAT64_MIXWEIGHT[1:], "train", "--out", str(tmp_path / "two"), "--batch-size", "4", *common],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     _assert_close_params(_final_params(tmp_path / "one", 4), _final_params(tmp_path / "two", 4), atol=EXACT_ATOL)
-    metrics = [[json.loads(l) for l in (tmp_path / run / "metrics.jsonl").read_text().splitlines()] for run in ("one", "two")]
+    metrics = [
+        [json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+        for run in ("one", "two")
+    ]
     for a, b in zip(*metrics):
         if "weights" in a:
             assert a["weights"]["max_weight_x_n"] == pytest.approx(b["weights"]["max_weight_x_n"], rel=1e-4)

@@ -49,8 +49,11 @@ def test_normalize_losses_at_the_spread_floor(factor):
 def test_normalize_losses_above_the_floor_is_the_papers_formula_bit_for_bit():
     """The centring changes nothing at or above the floor: same bits as 2 (l - l_min) / spread - 1."""
     gen = torch.Generator().manual_seed(0)
-    cases = [torch.rand(257, generator=gen, dtype=torch.float64) * 5, torch.rand(64, generator=gen) + 3.0,
-             torch.tensor([0.0, 0.3e-6, FLOOR], dtype=torch.float64)]  # spread exactly at the floor
+    cases = [
+        torch.rand(257, generator=gen, dtype=torch.float64) * 5,
+        torch.rand(64, generator=gen) + 3.0,
+        torch.tensor([0.0, 0.3e-6, FLOOR], dtype=torch.float64),
+    ]  # spread exactly at the floor
     for losses in cases:
         lo, span = losses.min(), losses.max() - losses.min()
         assert float(span) >= FLOOR

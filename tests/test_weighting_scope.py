@@ -112,21 +112,51 @@ def _free_port() -> int:
 @pytest.mark.distributed
 def test_micro_batch_scope_groups_a_micro_batch_over_all_processes(synth_corpus, tiny_spec, tmp_path):
     """One process with micro-batches of 4 and two with micro-batches of 2 form the same groups of 4."""
-    common = ["--data", synth_corpus, "--model", tiny_spec, "--steps", "3", "--lr", "3e-3", "--warmup-steps", "1",
-              "--eval-every", "0", "--eval-blocks", "2", "--sample-weighting", "linupper", "--grad-accum", "2",
-              "--weighting-scope", "micro_batch", "--log-every", "1", "--no-progress"]
+    common = [
+        "--data",
+        synth_corpus,
+        "--model",
+        tiny_spec,
+        "--steps",
+        "3",
+        "--lr",
+        "3e-3",
+        "--warmup-steps",
+        "1",
+        "--eval-every",
+        "0",
+        "--eval-blocks",
+        "2",
+        "--sample-weighting",
+        "linupper",
+        "--grad-accum",
+        "2",
+        "--weighting-scope",
+        "micro_batch",
+        "--log-every",
+        "1",
+        "--no-progress",
+    ]
     # float64: one and two processes sum in other orders (see EXACT_ATOL in test_train_weighting.py)
-    subprocess.run([*FLOAT64_MIXWEIGHT, "train", "--out", str(tmp_path / "one"), "--batch-size", "4", *common],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [*FLOAT64_MIXWEIGHT, "train", "--out", str(tmp_path / "one"), "--batch-size", "4", *common],
+        check=True,
+        capture_output=True,
+    )
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}"]
-    done = subprocess.run([*torchrun, *FLOAT64_MIXWEIGHT[1:], "train", "--out", str(tmp_path / "two"),
-                           "--batch-size", "2", *common], capture_output=True, text=True)
+    done = subprocess.run(
+        [*torchrun, *FLOAT64_MIXWEIGHT[1:], "train", "--out", str(tmp_path / "two"), "--batch-size", "2", *common],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
-    one, two = (load_file(str(tmp_path / r / "checkpoints" / "step-3" / "model" / "model.safetensors"))
-                for r in ("one", "two"))
+    one, two = (
+        load_file(str(tmp_path / r / "checkpoints" / "step-3" / "model" / "model.safetensors")) for r in ("one", "two")
+    )
     for key in one:
         torch.testing.assert_close(one[key], two[key], atol=1e-10, rtol=0, msg=key)
-    records = [[json.loads(line) for line in (tmp_path / r / "metrics.jsonl").read_text().splitlines()]
-               for r in ("one", "two")]
+    records = [
+        [json.loads(line) for line in (tmp_path / r / "metrics.jsonl").read_text().splitlines()] for r in ("one", "two")
+    ]
     weighted = [r for r in records[0] if "weights" in r]
     assert len(weighted) == 3 and all(r["weights"]["max_weight_x_n"] > 1.01 for r in weighted)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
 import torch
 
 from mixweight.domain.health import weight_warnings
@@ -70,8 +69,20 @@ def test_doremi_records_and_prints_collapse(synth_corpus, tiny_spec, tmp_path, c
 
     torch.set_num_threads(1)
     out = tmp_path / "w.json"
-    run_doremi(DoReMiConfig(data=synth_corpus, out=str(out), proxy=tiny_spec, steps=3, batch_size=8, eta=200.0,
-                            warmup_steps=1, log_every=1, checkpoint_every=1000, progress=False))
+    run_doremi(
+        DoReMiConfig(
+            data=synth_corpus,
+            out=str(out),
+            proxy=tiny_spec,
+            steps=3,
+            batch_size=8,
+            eta=200.0,
+            warmup_steps=1,
+            log_every=1,
+            checkpoint_every=1000,
+            progress=False,
+        )
+    )
     saved = json.loads(out.read_text())  # eta 200: the weights collapse within a step or two
     collapse = [w for w in saved["warnings"] if w["code"] in ("one-hot", "low-entropy")]
     assert collapse and 1 <= collapse[0]["step"] <= 3 and set(collapse[0]["domains"]) <= set(saved["domains"])
@@ -87,10 +98,13 @@ def test_the_report_shows_the_warnings_next_to_the_weights(tmp_path):
     run = _run(tmp_path / "uniform", corpus, {"a": 1.0, "b": 2.0})
     weights = tmp_path / "dw.json"
     warning = {"code": "one-hot", "step": 7, "domains": ["b"], "message": "weights near one-hot: 'b' holds 0.950"}
-    weights.write_text(json.dumps({"domains": ["a", "b"], "weights": [0.05, 0.95], "method": {"name": "doremi"},
-                                   "warnings": [warning]}))
+    weights.write_text(
+        json.dumps(
+            {"domains": ["a", "b"], "weights": [0.05, 0.95], "method": {"name": "doremi"}, "warnings": [warning]}
+        )
+    )
     report = compare_runs([run], tmp_path / "out", weights_files={"DoReMi": weights})
     assert report["domain_weights"]["DoReMi"]["warnings"] == [warning]
     md = (tmp_path / "out" / "report.md").read_text()
-    section = md[md.index("## Domain weights"):]
+    section = md[md.index("## Domain weights") :]
     assert section.index("| b |") < section.index("**DoReMi** [one-hot] weights near one-hot: 'b' holds 0.950 (step 7)")

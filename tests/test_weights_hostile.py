@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from mixweight.data.manifest import load_manifest
@@ -36,8 +34,8 @@ WEIGHTS_CASES = [
     ('{"weights": {"a": "0.5", "b": 0.5}}', "weight of 'a' is '0.5', expected a number"),
     ('{"weights": {"a\\nb": -1, "b": 2}}', "weight of 'a\\\\nb' is -1.0"),
     ('{"weights": 0.5}', "'weights' must be a list or a \\{domain: weight\\} map"),
-    ('[[[[[[[[[[' * 20000, "nested too deeply|not valid JSON"),
-    ('[1, 2]', "expected a JSON object with 'weights'"),
+    ("[[[[[[[[[[" * 20000, "nested too deeply|not valid JSON"),
+    ("[1, 2]", "expected a JSON object with 'weights'"),
     ('"weights"', "expected a JSON object with 'weights'"),
     ('{"weights": [0.5, 0.5', "not valid JSON"),
 ]
@@ -60,12 +58,15 @@ def test_random_bytes_are_not_a_weights_file(tmp_path):
 
 
 SCHEDULE_CASES = [
-    ("s.yaml", "- {start_step: 0, weights: uniform}\n- {start_step: 0, weights: uniform, weights: natural}\n",
-     "appears twice"),
+    (
+        "s.yaml",
+        "- {start_step: 0, weights: uniform}\n- {start_step: 0, weights: uniform, weights: natural}\n",
+        "appears twice",
+    ),
     ("s.yaml", "- {start_step: %s, weights: uniform}\n" % HUGE_INT, "schedule file .*s.yaml"),
     ("s.yaml", "- {start_step: 0, weights: {1: 0.5, 2: 0.5}}\n", "'domains' must be a list of domain names"),
     ("s.yaml", "- {start_step: 0, weights: !!python/object/apply:os.system [echo]}\n", "not valid YAML"),
-    ("s.yaml", "- {start_step: 0, weights: uniform, \"a\\nb\": 1}\n", "unknown key 'a\\\\nb'"),
+    ("s.yaml", '- {start_step: 0, weights: uniform, "a\\nb": 1}\n', "unknown key 'a\\\\nb'"),
     ("s.yaml", "- {start_step: 1.0e+400, weights: uniform}\n", "start_step must be an integer >= 0"),
     ("s.yaml", "[" * 20000, "schedule file .*s.yaml"),
     ("s.json", '[{"start_step": 0, "start_step": 5, "weights": "uniform"}]', "key 'start_step' appears twice"),

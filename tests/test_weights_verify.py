@@ -62,10 +62,20 @@ def test_a_domain_absent_at_the_start_begins_at_excess_zero_and_replays_exactly(
 def test_the_update_of_the_replay_is_the_training_update():
     alpha = torch.tensor([0.2, 0.3, 0.5], dtype=torch.float64)
     excess = torch.tensor([0.1, 0.0, 0.4], dtype=torch.float64)
-    block = {"domains": ["a", "b", "c"], "steps": 1, "initial_weights": alpha.tolist(), "signals": [excess.tolist()],
-             "present": [[True, True, True]], "eta": 0.7, "smoothing": 0.01, "average_start": 1}
-    assert replay({"domains": ["a", "b", "c"], "replay": block})[1].tolist() == \
-        doremi_update(alpha, excess, 0.7, 0.01).tolist()
+    block = {
+        "domains": ["a", "b", "c"],
+        "steps": 1,
+        "initial_weights": alpha.tolist(),
+        "signals": [excess.tolist()],
+        "present": [[True, True, True]],
+        "eta": 0.7,
+        "smoothing": 0.01,
+        "average_start": 1,
+    }
+    assert (
+        replay({"domains": ["a", "b", "c"], "replay": block})[1].tolist()
+        == doremi_update(alpha, excess, 0.7, 0.01).tolist()
+    )
 
 
 # --- verify on a real (tiny) DoReMi artifact -------------------------------------------------------------
@@ -73,8 +83,20 @@ def test_the_update_of_the_replay_is_the_training_update():
 def artifact(synth_corpus, tiny_spec, tmp_path_factory):
     out = tmp_path_factory.mktemp("verify") / "weights.json"
     # batch 8 over 7 domains: some steps miss a domain, so the presence mask is exercised
-    run_doremi(DoReMiConfig(data=synth_corpus, out=str(out), proxy=tiny_spec, steps=6, batch_size=8, lr=3e-3,
-                            warmup_steps=1, log_every=2, checkpoint_every=1000, progress=False))
+    run_doremi(
+        DoReMiConfig(
+            data=synth_corpus,
+            out=str(out),
+            proxy=tiny_spec,
+            steps=6,
+            batch_size=8,
+            lr=3e-3,
+            warmup_steps=1,
+            log_every=2,
+            checkpoint_every=1000,
+            progress=False,
+        )
+    )
     return out
 
 
@@ -96,18 +118,26 @@ def _edit_signal(raw):
     raw["replay"]["signals"][4][0] += 0.5
 
 
-@pytest.mark.parametrize("edit, named", [
-    (lambda raw: raw["trajectory"][1]["weights"].__setitem__(2, raw["trajectory"][1]["weights"][2] + 1e-3),
-     "trajectory step 4, domain 'unigram'"),
-    (_edit_signal, "trajectory step 6|last_weights"),
-    (lambda raw: raw["replay"].__setitem__("eta", 2.0), "trajectory step 2, domain"),
-])
+@pytest.mark.parametrize(
+    "edit, named",
+    [
+        (
+            lambda raw: raw["trajectory"][1]["weights"].__setitem__(2, raw["trajectory"][1]["weights"][2] + 1e-3),
+            "trajectory step 4, domain 'unigram'",
+        ),
+        (_edit_signal, "trajectory step 6|last_weights"),
+        (lambda raw: raw["replay"].__setitem__("eta", 2.0), "trajectory step 2, domain"),
+    ],
+)
 def test_an_edited_artifact_fails_verify_naming_the_step(artifact, tmp_path, capsys, edit, named):
     raw = json.loads(artifact.read_text())
     edit(raw)
     edited = tmp_path / "edited.json"
     edited.write_text(json.dumps(raw))
-    with pytest.raises(MixweightError, match=f"does not replay: first deviation above the tolerance 1e-06 at ({named}).*largest deviation"):
+    with pytest.raises(
+        MixweightError,
+        match=f"does not replay: first deviation above the tolerance 1e-06 at ({named}).*largest deviation",
+    ):
         verify_file(edited)
     with pytest.raises(SystemExit) as code:
         main(["weights", "verify", str(edited)])
@@ -121,10 +151,23 @@ def test_verify_refuses_a_file_without_replay_in_one_line(tmp_path):
     path.write_text(json.dumps({"weights": {"a": 0.5, "b": 0.5}, "method": {"name": "doremi"}}))
     with pytest.raises(MixweightError, match="no 'replay' block"):
         verify_file(path)
-    path.write_text(json.dumps({"weights": {"a": 0.5, "b": 0.5}, "method": {"name": "doremi"},
-                                "replay": {"domains": ["a", "b"], "steps": 1, "initial_weights": [0.5, 0.5],
-                                           "signals": [[0.0, "x"]], "present": [[True, True]], "eta": 1,
-                                           "smoothing": 0}}))
+    path.write_text(
+        json.dumps(
+            {
+                "weights": {"a": 0.5, "b": 0.5},
+                "method": {"name": "doremi"},
+                "replay": {
+                    "domains": ["a", "b"],
+                    "steps": 1,
+                    "initial_weights": [0.5, 0.5],
+                    "signals": [[0.0, "x"]],
+                    "present": [[True, True]],
+                    "eta": 1,
+                    "smoothing": 0,
+                },
+            }
+        )
+    )
     with pytest.raises(MixweightError, match=r"'replay.signals\[0\]' must be 2 finite numbers"):
         verify_file(path)
     path.write_text(json.dumps({"weights": {"a": 0.5, "b": 0.5}}))
@@ -142,8 +185,9 @@ def test_out_naming_a_directory_is_refused_before_training(synth_corpus, tiny_sp
     with pytest.raises(MixweightError, match=r"--out .* is a directory; give a file path"):
         run_doremi(config)
     (tmp_path / "file").write_text("x")
-    config = DoReMiConfig(data=synth_corpus, out=str(tmp_path / "file" / "w.json"), proxy=tiny_spec, steps=2,
-                          progress=False)
+    config = DoReMiConfig(
+        data=synth_corpus, out=str(tmp_path / "file" / "w.json"), proxy=tiny_spec, steps=2, progress=False
+    )
     with pytest.raises(MixweightError, match="is not a directory, so the file cannot be written"):
         run_doremi(config)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # nothing written
@@ -175,8 +219,17 @@ def test_mangled_replay_blocks_are_one_line_errors_never_tracebacks(artifact, tm
 
     rng = random.Random(0)
     original = json.loads(artifact.read_text())
-    keys = ["domains", "steps", "initial_weights", "signals", "present", "average_start", "eta", "smoothing",
-            "initial_signal"]
+    keys = [
+        "domains",
+        "steps",
+        "initial_weights",
+        "signals",
+        "present",
+        "average_start",
+        "eta",
+        "smoothing",
+        "initial_signal",
+    ]
     for case in range(150):
         raw = json.loads(json.dumps(original))
         block = raw["replay"]

@@ -97,22 +97,34 @@ class Manifest:
             try:
                 splits[split] = {d: DomainSplitStats(**stats) for d, stats in per_domain.items()}
             except (AttributeError, TypeError) as exc:
-                raise MixweightError(f"{where}: split '{split}' is malformed ({exc}); each domain needs "
-                                     "{documents, tokens, blocks, path}") from exc
+                raise MixweightError(
+                    f"{where}: split '{split}' is malformed ({exc}); each domain needs "
+                    "{documents, tokens, blocks, path}"
+                ) from exc
         for split in SPLITS:
             absent = [d for d in domains if d not in splits.get(split, {})]
             if absent:
                 raise MixweightError(f"{where}: split '{split}' has no entry for domain(s) {absent}")
             for d in domains:
                 stats = splits[split][d]
-                inside = isinstance(stats.path, str) and stats.path and not Path(stats.path).is_absolute() \
-                    and ".." not in Path(stats.path).parts  # streams live inside the corpus directory
-                if not inside or not all(isinstance(getattr(stats, k), int) and not isinstance(getattr(stats, k), bool)
-                                         and getattr(stats, k) >= 0 for k in ("blocks", "tokens", "documents")):
-                    raise MixweightError(f"{where}: split '{split}', domain '{d}': expected a path inside the corpus "
-                                         f"(like '{split}/{d}') and counts >= 0, got path {stats.path!r}, "
-                                         f"blocks {stats.blocks!r}, tokens {stats.tokens!r}, "
-                                         f"documents {stats.documents!r}")
+                inside = (
+                    isinstance(stats.path, str)
+                    and stats.path
+                    and not Path(stats.path).is_absolute()
+                    and ".." not in Path(stats.path).parts
+                )  # streams live inside the corpus directory
+                if not inside or not all(
+                    isinstance(getattr(stats, k), int)
+                    and not isinstance(getattr(stats, k), bool)
+                    and getattr(stats, k) >= 0
+                    for k in ("blocks", "tokens", "documents")
+                ):
+                    raise MixweightError(
+                        f"{where}: split '{split}', domain '{d}': expected a path inside the corpus "
+                        f"(like '{split}/{d}') and counts >= 0, got path {stats.path!r}, "
+                        f"blocks {stats.blocks!r}, tokens {stats.tokens!r}, "
+                        f"documents {stats.documents!r}"
+                    )
         optional = {}
         for key in ("source", "irreducible_loss", "skipped"):
             value = raw.get(key) or {}
@@ -123,8 +135,9 @@ class Manifest:
         if any(v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool)) for v in floors.values()):
             raise MixweightError(f"{where}: 'irreducible_loss' values must be numbers or null, got {floors}")
         eos_id = raw.get("eos_id")
-        if eos_id is not None and (not isinstance(eos_id, int) or isinstance(eos_id, bool)
-                                   or not 0 <= eos_id < raw["vocab_size"]):
+        if eos_id is not None and (
+            not isinstance(eos_id, int) or isinstance(eos_id, bool) or not 0 <= eos_id < raw["vocab_size"]
+        ):
             raise MixweightError(f"{where}: 'eos_id' must be null or a token id below vocab_size, got {eos_id!r}")
         return cls(
             domains=list(domains),
@@ -162,8 +175,10 @@ def load_manifest(corpus_dir: str | Path) -> Manifest:
     except MixweightError as exc:
         if remote is None:
             raise
-        raise MixweightError(f"{exc} (in the local cache copy of {remote}; if that copy was damaged, delete "
-                             f"{corpus_dir} to fetch it again)") from None
+        raise MixweightError(
+            f"{exc} (in the local cache copy of {remote}; if that copy was damaged, delete "
+            f"{corpus_dir} to fetch it again)"
+        ) from None
     return manifest
 
 
@@ -183,8 +198,12 @@ def _check_streams(corpus_dir: Path, path: Path, manifest: Manifest, lazily: boo
                 raise MixweightError(f"{where} is empty: no training blocks; drop the domain or add data")
             if split == "val" and samples == 0:
                 # Every command reports per-domain validation loss; zero blocks would read as a loss of 0.0.
-                raise MixweightError(f"{where} is empty: no validation blocks, so its loss cannot be measured; "
-                                     "re-create the corpus with `mixweight data prepare --val-fraction` > 0")
+                raise MixweightError(
+                    f"{where} is empty: no validation blocks, so its loss cannot be measured; "
+                    "re-create the corpus with `mixweight data prepare --val-fraction` > 0"
+                )
             if samples != manifest.splits[split][domain].blocks:
-                raise MixweightError(f"{where}: the stream holds {samples} blocks, the manifest says "
-                                     f"{manifest.splits[split][domain].blocks}; re-create the corpus")
+                raise MixweightError(
+                    f"{where}: the stream holds {samples} blocks, the manifest says "
+                    f"{manifest.splits[split][domain].blocks}; re-create the corpus"
+                )

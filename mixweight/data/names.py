@@ -10,8 +10,10 @@ from __future__ import annotations
 import unicodedata
 
 MAX_NAME_BYTES = 100  # well under every file system's 255-byte file name limit, in UTF-8 bytes
-NAME_RULE = (f"a name must be 1-{MAX_NAME_BYTES} UTF-8 bytes with no '/', '\\', whitespace or control characters, "
-             "and must not start with '.'")
+NAME_RULE = (
+    f"a name must be 1-{MAX_NAME_BYTES} UTF-8 bytes with no '/', '\\', whitespace or control characters, "
+    "and must not start with '.'"
+)
 
 
 def name_problem(name) -> str | None:

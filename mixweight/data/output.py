@@ -52,8 +52,11 @@ def holds_corpus(out_dir: Path) -> bool:
 
 def _foreign_entries(out_dir: Path) -> list[str]:
     """Entries of a directory that no corpus writes (our own atomic-write temporaries aside)."""
-    return sorted(p.name for p in out_dir.iterdir()
-                  if p.name not in CORPUS_ENTRIES and not p.name.startswith(f".{MANIFEST_NAME}.tmp-"))
+    return sorted(
+        p.name
+        for p in out_dir.iterdir()
+        if p.name not in CORPUS_ENTRIES and not p.name.startswith(f".{MANIFEST_NAME}.tmp-")
+    )
 
 
 def _retired(out_dir: Path) -> list[Path]:
@@ -180,8 +183,10 @@ def _swap(staging: Path, out_dir: Path) -> None:
 
 def _write_error(out_dir: Path, exc: OSError) -> MixweightError:
     where = f" ({exc.filename})" if exc.filename else ""
-    return MixweightError(f"--out {out_dir}: cannot write the corpus: {exc.strerror or exc}{where}; "
-                          "nothing was written; free space or choose another --out")
+    return MixweightError(
+        f"--out {out_dir}: cannot write the corpus: {exc.strerror or exc}{where}; "
+        "nothing was written; free space or choose another --out"
+    )
 
 
 def write_remote(url: str, write) -> "object":
@@ -196,8 +201,7 @@ def write_remote(url: str, write) -> "object":
     url = check_url(url, "--out")
     existing = remote_manifest(url)
     if existing is not None and existing.get("format") != FORMAT:
-        raise MixweightError(f"--out {url} holds a {MANIFEST_NAME} that is not a mixweight corpus; "
-                             "choose another URL")
+        raise MixweightError(f"--out {url} holds a {MANIFEST_NAME} that is not a mixweight corpus; choose another URL")
     root = cache_dir()
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".upload-", dir=root))

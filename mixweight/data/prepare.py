@@ -215,7 +215,7 @@ class ValCandidates:
     def lowest(self, domain: str, tokens: int) -> list[tuple[int, int]]:
         """(offset, length) of the lowest-scoring documents holding at least `tokens`, sorted by offset."""
         chosen, total = [], 0
-        for neg_score, offset, length in sorted(self.heaps.get(domain, []), key=lambda c: (-c[0], c[1])):
+        for _neg_score, offset, length in sorted(self.heaps.get(domain, []), key=lambda c: (-c[0], c[1])):
             if total >= tokens:
                 break
             chosen.append((offset, length))
@@ -242,8 +242,10 @@ def _check_sizes(domains: list[str], spill: SpillFiles, seq_len: int) -> None:
         train, val = spill.tokens[("train", domain)], spill.tokens[("val", domain)]
         if train < seq_len or val < seq_len:
             documents = spill.documents[("train", domain)] + spill.documents[("val", domain)]
-            problems.append(f"'{domain}' has {train + val} tokens in {documents} document(s) "
-                            f"({train} left for training after {val} for validation)")
+            problems.append(
+                f"'{domain}' has {train + val} tokens in {documents} document(s) "
+                f"({train} left for training after {val} for validation)"
+            )
     if problems:
         raise MixweightError(
             f"domain(s) too small for one training block and one validation block of --seq-len {seq_len} "
@@ -252,23 +254,36 @@ def _check_sizes(domains: list[str], spill: SpillFiles, seq_len: int) -> None:
         )
 
 
-def prepare_config_hash(input_path, domain_field, text_field, tokenizer, tokenizer_fingerprint, seq_len,
-                        val_fraction) -> str:
+def prepare_config_hash(
+    input_path, domain_field, text_field, tokenizer, tokenizer_fingerprint, seq_len, val_fraction
+) -> str:
     """Hash of everything that decides the corpus bytes: input files (names, sizes, mtimes) and options."""
     spec = {
-        "kind": "prepare", "version": 2,  # 2: every domain gets a validation block
+        "kind": "prepare",
+        "version": 2,  # 2: every domain gets a validation block
         "input": str(Path(input_path).resolve()),
-        "files": input_fingerprint(input_path), "domain_field": domain_field, "text_field": text_field,
-        "tokenizer": str(tokenizer), "tokenizer_fingerprint": tokenizer_fingerprint,
-        "seq_len": seq_len, "val_fraction": val_fraction,
+        "files": input_fingerprint(input_path),
+        "domain_field": domain_field,
+        "text_field": text_field,
+        "tokenizer": str(tokenizer),
+        "tokenizer_fingerprint": tokenizer_fingerprint,
+        "seq_len": seq_len,
+        "val_fraction": val_fraction,
     }
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def prepare_corpus(
-    input_path, out_dir, domain_field: str = "meta.redpajama_set_name", text_field: str = "text",
-    tokenizer: str = "byte", seq_len: int = 512, val_fraction: float = 0.01, overwrite: bool = False,
-    num_proc: int | None = None, progress: bool = True,
+    input_path,
+    out_dir,
+    domain_field: str = "meta.redpajama_set_name",
+    text_field: str = "text",
+    tokenizer: str = "byte",
+    seq_len: int = 512,
+    val_fraction: float = 0.01,
+    overwrite: bool = False,
+    num_proc: int | None = None,
+    progress: bool = True,
 ) -> Manifest:
     """Tokenize and pack the records under `input_path` into a corpus at `out_dir`; returns its Manifest.
 
@@ -279,15 +294,18 @@ def prepare_corpus(
     if not isinstance(val_fraction, (int, float)) or not 0 < val_fraction < 1:
         # Training and evaluation report per-domain validation loss: a corpus without validation
         # blocks would report nothing (or, worse, 0.0). A tiny fraction costs at most a block per domain.
-        raise MixweightError(f"--val-fraction {val_fraction}: must be in (0, 1); every domain needs validation "
-                             "data for its loss (each gets at least one block whatever the fraction, e.g. 0.001)")
+        raise MixweightError(
+            f"--val-fraction {val_fraction}: must be in (0, 1); every domain needs validation "
+            "data for its loss (each gets at least one block whatever the fraction, e.g. 0.001)"
+        )
     kind, arg = parse_spec(tokenizer)
     sources, skipped_files = scan_sources(input_path)  # fails early on a missing path or unsupported type
     out_dir = resolve_output(out_dir, input_path)
     hf_tok = load_hf_tokenizer(arg) if kind == "hf" else None
     fingerprint = hf_tok.info["fingerprint"] if hf_tok else None  # bpe and byte are fixed by the options
-    config_hash = prepare_config_hash(input_path, domain_field, text_field, tokenizer, fingerprint, seq_len,
-                                      val_fraction)
+    config_hash = prepare_config_hash(
+        input_path, domain_field, text_field, tokenizer, fingerprint, seq_len, val_fraction
+    )
     if is_same_corpus(out_dir, config_hash):
         return load_manifest(out_dir)
     check_can_write(out_dir, overwrite)
@@ -295,8 +313,11 @@ def prepare_corpus(
 
     with staged_directory(out_dir) as staging:
         if kind == "bpe":
-            texts = (t for d, t in iter_documents(input_path, domain_field, text_field)
-                     if t.strip() and split_of(t, val_fraction) == "train")
+            texts = (
+                t
+                for d, t in iter_documents(input_path, domain_field, text_field)
+                if t.strip() and split_of(t, val_fraction) == "train"
+            )
             tok = train_bpe(tqdm(texts, desc="train bpe", unit="doc", disable=not show), arg, staging)
         else:
             tok = hf_tok or ByteTokenizer()
@@ -333,18 +354,33 @@ def prepare_corpus(
                     n = write_stream(staging / rel, spill.blocks(key, seq_len), domain_id, seq_len, tok.vocab_size)
                     bar.update(n)
                     splits[split][domain] = DomainSplitStats(
-                        documents=spill.documents[key], tokens=n * seq_len, blocks=n, path=rel)
+                        documents=spill.documents[key], tokens=n * seq_len, blocks=n, path=rel
+                    )
                     dropped[split] = spill.tokens[key] - n * seq_len
                 skipped[domain] = {"empty_documents": empty[domain], "remainder_tokens": dropped}
         shutil.rmtree(staging / SPILL_DIR)
 
         manifest = Manifest(
-            domains=domains, seq_len=seq_len, vocab_size=tok.vocab_size, eos_id=tok.eos_id,
-            tokenizer=dict(tok.info), splits=splits,
-            source={"kind": "prepare", "input": str(Path(input_path).resolve()), "num_files": len(sources),
-                    "domain_field": domain_field, "text_field": text_field, "tokenizer": str(tokenizer),
-                    "val_fraction": val_fraction, "skipped_files": skipped_files, "moved_to_val": moved},
-            config_hash=config_hash, irreducible_loss={}, skipped=skipped,
+            domains=domains,
+            seq_len=seq_len,
+            vocab_size=tok.vocab_size,
+            eos_id=tok.eos_id,
+            tokenizer=dict(tok.info),
+            splits=splits,
+            source={
+                "kind": "prepare",
+                "input": str(Path(input_path).resolve()),
+                "num_files": len(sources),
+                "domain_field": domain_field,
+                "text_field": text_field,
+                "tokenizer": str(tokenizer),
+                "val_fraction": val_fraction,
+                "skipped_files": skipped_files,
+                "moved_to_val": moved,
+            },
+            config_hash=config_hash,
+            irreducible_loss={},
+            skipped=skipped,
         )
         manifest.write(staging)
     return manifest
@@ -355,10 +391,14 @@ def report_lines(manifest: Manifest) -> list[str]:
     lines = []
     skipped = manifest.source.get("skipped_files") or []
     if skipped:
-        lines.append(f"skipped {len(skipped)} file(s) under {manifest.source.get('input')} that are not a supported "
-                     f"input: {', '.join(skipped)}")
+        lines.append(
+            f"skipped {len(skipped)} file(s) under {manifest.source.get('input')} that are not a supported "
+            f"input: {', '.join(skipped)}"
+        )
     for domain, move in (manifest.source.get("moved_to_val") or {}).items():
         if move.get("documents"):
-            lines.append(f"domain '{domain}': moved {move['documents']} document(s) ({move['tokens']} tokens) "
-                         "with the lowest hash scores from train to validation, so it has one validation block")
+            lines.append(
+                f"domain '{domain}': moved {move['documents']} document(s) ({move['tokens']} tokens) "
+                "with the lowest hash scores from train to validation, so it has one validation block"
+            )
     return lines

@@ -30,7 +30,8 @@ Record = tuple[Path, int, dict]
 def is_datasets_dir(path: Path) -> bool:
     """`save_to_disk` leaves state.json + dataset_info.json (a Dataset) or dataset_dict.json (a DatasetDict)."""
     return path.is_dir() and (
-        (path / "dataset_dict.json").is_file() or ((path / "state.json").is_file() and (path / "dataset_info.json").is_file())
+        (path / "dataset_dict.json").is_file()
+        or ((path / "state.json").is_file() and (path / "dataset_info.json").is_file())
     )
 
 

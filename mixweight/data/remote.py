@@ -54,18 +54,20 @@ def check_url(url: str, what: str = "corpus") -> str:
     scheme = _URL.match(url).group(1).lower()
     schemes = _schemes()
     if scheme not in schemes:
-        raise MixweightError(f"{what} {url}: mosaicml-streaming does not read '{scheme}://' URLs; use a local "
-                             f"directory or one of {', '.join(s + '://' for s in schemes)}")
-    if not url[len(scheme) + 3:].strip("/"):
+        raise MixweightError(
+            f"{what} {url}: mosaicml-streaming does not read '{scheme}://' URLs; use a local "
+            f"directory or one of {', '.join(s + '://' for s in schemes)}"
+        )
+    if not url[len(scheme) + 3 :].strip("/"):
         raise MixweightError(f"{what} {url}: the URL names no bucket or path; like s3://bucket/corpus")
-    if scheme == "file" and not url[len("file://"):].startswith("/"):
+    if scheme == "file" and not url[len("file://") :].startswith("/"):
         raise MixweightError(f"{what} {url}: a file URL needs an absolute path, like file:///shared/corpus")
     return url.rstrip("/")
 
 
 def streaming_path(url: str) -> str:
     """The location as streaming takes it: `file:///x` is the plain path /x (streaming's local remote)."""
-    return url[len("file://"):] if url.lower().startswith("file://") else url
+    return url[len("file://") :] if url.lower().startswith("file://") else url
 
 
 def join(url: str, *parts: str) -> str:
@@ -148,11 +150,15 @@ def fetch(url: str, local: Path, what: str) -> None:
     except Exception as exc:  # botocore, google, oci, azure and OS errors alike: one line naming the URL
         reason, absent = _reason(exc)
         if absent:
-            raise MissingObject(f"{url}: {what} is not there ({reason}); check the URL (a corpus is complete only "
-                                 f"once its {MANIFEST_NAME} is uploaded, which is uploaded last)") from None
-        raise MixweightError(f"{url}: cannot fetch {what} ({reason}); check the URL, the endpoint and your credentials "
-                             "(read the way mosaicml-streaming reads them: AWS_* and S3_ENDPOINT_URL, GCS_KEY, "
-                             "OCI config, AZURE_*, HF_TOKEN)") from None
+            raise MissingObject(
+                f"{url}: {what} is not there ({reason}); check the URL (a corpus is complete only "
+                f"once its {MANIFEST_NAME} is uploaded, which is uploaded last)"
+            ) from None
+        raise MixweightError(
+            f"{url}: cannot fetch {what} ({reason}); check the URL, the endpoint and your credentials "
+            "(read the way mosaicml-streaming reads them: AWS_* and S3_ENDPOINT_URL, GCS_KEY, "
+            "OCI config, AZURE_*, HF_TOKEN)"
+        ) from None
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -199,8 +205,11 @@ def fetch_corpus(url: str) -> Path:
                         if not (local / rel / name).is_file():
                             fetch(join(url, rel, name), local / rel / name, f"validation shard {name} of '{domain}'")
         tokenizer_file = manifest.tokenizer.get("path") if manifest.tokenizer.get("kind") == "bpe" else None
-        if isinstance(tokenizer_file, str) and not Path(tokenizer_file).is_absolute() \
-                and ".." not in Path(tokenizer_file).parts:
+        if (
+            isinstance(tokenizer_file, str)
+            and not Path(tokenizer_file).is_absolute()
+            and ".." not in Path(tokenizer_file).parts
+        ):
             fetch(join(url, tokenizer_file), local / tokenizer_file, "the corpus tokenizer")
         os.replace(manifest_tmp, local / MANIFEST_NAME)  # last: a cache copy with a manifest is complete
         return local
@@ -247,11 +256,14 @@ def upload_corpus(local: Path, url: str) -> None:
         try:
             if parent not in uploaders:  # one uploader per directory: streaming's local one copies file by file
                 target = streaming_path(url if parent == "." else join(url, parent))
-                uploaders[parent] = CloudUploader.get(out=(str(local / rel.parent), target), keep_local=True,
-                                                      exist_ok=True)
+                uploaders[parent] = CloudUploader.get(
+                    out=(str(local / rel.parent), target), keep_local=True, exist_ok=True
+                )
             uploaders[parent].upload_file(rel.name)
         except Exception as exc:
             reason, _ = _reason(exc)
-            raise MixweightError(f"{join(url, rel.as_posix())}: cannot upload ({reason}); check the URL, the bucket "
-                                 "and your credentials; the corpus has no manifest there yet, so nothing reads the "
-                                 "partial upload; rerun to upload again") from None
+            raise MixweightError(
+                f"{join(url, rel.as_posix())}: cannot upload ({reason}); check the URL, the bucket "
+                "and your credentials; the corpus has no manifest there yet, so nothing reads the "
+                "partial upload; rerun to upload again"
+            ) from None

@@ -26,7 +26,9 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= np.iinfo(np.uint16).max + 1 else np.dtype(np.uint32)
 
 
-def write_stream(out_dir: str | Path, blocks: Iterable[np.ndarray], domain_id: int, seq_len: int, vocab_size: int) -> int:
+def write_stream(
+    out_dir: str | Path, blocks: Iterable[np.ndarray], domain_id: int, seq_len: int, vocab_size: int
+) -> int:
     """Write blocks (each a 1-D array of seq_len ids) as one MDS stream; returns the number written."""
     dtype = token_dtype(vocab_size)
     columns = {"tokens": f"ndarray:{dtype.name}:{seq_len}", "domain": "int32"}
@@ -55,8 +57,9 @@ def read_index(index_path: Path, where: str) -> list[dict]:
         if not isinstance(shards, list) or not all(isinstance(s, dict) for s in shards):
             raise TypeError("'shards' is not a list of objects")
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise MixweightError(f"{where}: cannot read the stream index {index_path} ({exc}); "
-                             "re-create the corpus") from exc
+        raise MixweightError(
+            f"{where}: cannot read the stream index {index_path} ({exc}); re-create the corpus"
+        ) from exc
     return shards
 
 
@@ -71,8 +74,13 @@ def check_encodings(shards: list[dict], index_path: Path, where: str, seq_len: i
     accepted = f"accepted: uncompressed MDS shards with columns {wanted}"
     for number, shard in enumerate(shards):
         names, encodings = shard.get("column_names"), shard.get("column_encodings")
-        well_formed = (isinstance(names, list) and isinstance(encodings, list) and len(names) == len(encodings)
-                       and all(isinstance(x, str) for x in names + encodings) and len(set(names)) == len(names))
+        well_formed = (
+            isinstance(names, list)
+            and isinstance(encodings, list)
+            and len(names) == len(encodings)
+            and all(isinstance(x, str) for x in names + encodings)
+            and len(set(names)) == len(names)
+        )
         found = dict(zip(names, encodings)) if well_formed else {}
         problem = None
         if shard.get("format") != "mds" or shard.get("compression") is not None:
@@ -81,8 +89,13 @@ def check_encodings(shards: list[dict], index_path: Path, where: str, seq_len: i
             problem = f"columns {names!r} with encodings {encodings!r}"
         else:
             token_kind = str(found["tokens"]).split(":")
-            bad_tokens = (len(token_kind) != 3 or token_kind[0] != "ndarray" or token_kind[1] not in TOKEN_DTYPES
-                          or not token_kind[2].isdigit() or (seq_len is not None and int(token_kind[2]) != seq_len))
+            bad_tokens = (
+                len(token_kind) != 3
+                or token_kind[0] != "ndarray"
+                or token_kind[1] not in TOKEN_DTYPES
+                or not token_kind[2].isdigit()
+                or (seq_len is not None and int(token_kind[2]) != seq_len)
+            )
             if found["domain"] != "int32":
                 problem = f"column 'domain' encoded as {found['domain']!r}"
             elif bad_tokens:
@@ -102,8 +115,9 @@ def _shard_entry(shard: dict, number: int, index_path: Path, where: str) -> tupl
         if not isinstance(basename, str) or "/" in basename or "\\" in basename or basename.startswith("."):
             raise ValueError(f"shard file name {basename!r} is not a file of this directory")
     except (KeyError, TypeError, ValueError) as exc:
-        raise MixweightError(f"{where}: shard {number} of {index_path} is malformed ({exc}); "
-                             "re-create the corpus") from exc
+        raise MixweightError(
+            f"{where}: shard {number} of {index_path} is malformed ({exc}); re-create the corpus"
+        ) from exc
     return basename, count, size
 
 

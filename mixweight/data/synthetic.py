@@ -45,7 +45,9 @@ def _stationary(transition: np.ndarray, iters: int = 4000) -> np.ndarray:
     return avg
 
 
-def _sparse_transitions(rng: np.random.Generator, n_contexts: int, alphabet: int, fan_out: int, alpha: float) -> np.ndarray:
+def _sparse_transitions(
+    rng: np.random.Generator, n_contexts: int, alphabet: int, fan_out: int, alpha: float
+) -> np.ndarray:
     """Each context moves to `fan_out` random symbols with Dirichlet(alpha) probabilities."""
     probs = np.zeros((n_contexts, alphabet))
     for c in range(n_contexts):
@@ -186,8 +188,14 @@ class Arithmetic(Domain):
         b = rng.integers(0, 1000, size=(n, k))
         digits = lambda v, w: DIGITS[(v[..., None] // 10 ** np.arange(w - 1, -1, -1)) % 10]  # noqa: E731
         expr = np.concatenate(
-            [digits(a, 3), np.full((n, k, 1), PLUS), digits(b, 3), np.full((n, k, 1), EQUALS),
-             digits(a + b, 4), np.full((n, k, 1), SEMICOLON)],
+            [
+                digits(a, 3),
+                np.full((n, k, 1), PLUS),
+                digits(b, 3),
+                np.full((n, k, 1), EQUALS),
+                digits(a + b, 4),
+                np.full((n, k, 1), SEMICOLON),
+            ],
             axis=2,
         )
         out[:, : k * self.width] = expr.reshape(n, k * self.width)
@@ -234,20 +242,30 @@ def build_domains(seed: int, seq_len: int) -> list[Domain]:
 
 
 def synth_config_hash(seed: int, tokens_per_domain: int, seq_len: int, val_blocks: int) -> str:
-    spec = {"kind": "synthetic", "version": 1, "seed": seed, "tokens_per_domain": tokens_per_domain,
-            "seq_len": seq_len, "val_blocks": val_blocks, "vocab_size": VOCAB_SIZE}
+    spec = {
+        "kind": "synthetic",
+        "version": 1,
+        "seed": seed,
+        "tokens_per_domain": tokens_per_domain,
+        "seq_len": seq_len,
+        "val_blocks": val_blocks,
+        "vocab_size": VOCAB_SIZE,
+    }
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def write_synthetic_corpus(
-    out_dir, seed: int = 0, tokens_per_domain: int = 131_072, seq_len: int = 128,
-    val_blocks: int | None = None, overwrite: bool = False,
+    out_dir,
+    seed: int = 0,
+    tokens_per_domain: int = 131_072,
+    seq_len: int = 128,
+    val_blocks: int | None = None,
+    overwrite: bool = False,
 ):
     """Write the synthetic corpus as MDS streams plus manifest.json; returns the Manifest.
 
     Rerunning with the same arguments on an existing copy is a no-op.
     """
-    from pathlib import Path
 
     from mixweight.data.manifest import DomainSplitStats, Manifest, load_manifest
     from mixweight.data.output import check_can_write, is_same_corpus, resolve_output, staged_directory
@@ -288,8 +306,13 @@ def write_synthetic_corpus(
             eos_id=None,
             tokenizer={"kind": "synthetic", "fingerprint": f"synthetic-v1-{VOCAB_SIZE}"},
             splits=splits,
-            source={"kind": "synthetic", "seed": seed, "tokens_per_domain": tokens_per_domain,
-                    "val_blocks": val_blocks, "descriptions": {d.name: d.description for d in domains}},
+            source={
+                "kind": "synthetic",
+                "seed": seed,
+                "tokens_per_domain": tokens_per_domain,
+                "val_blocks": val_blocks,
+                "descriptions": {d.name: d.description for d in domains},
+            },
             config_hash=config_hash,
             irreducible_loss={d.name: round(d.irreducible_loss(seq_len), 6) for d in domains},
         )

@@ -16,7 +16,10 @@ import numpy as np
 
 from mixweight.errors import MixweightError
 
-FORMS = "'byte', 'bpe:VOCAB' (train a byte-level BPE with VOCAB tokens, e.g. bpe:32000), or PATH to a local Hugging Face tokenizer directory"
+FORMS = (
+    "'byte', 'bpe:VOCAB' (train a byte-level BPE with VOCAB tokens, e.g. bpe:32000), "
+    "or PATH to a local Hugging Face tokenizer directory"
+)
 BPE_EOS = "<|endoftext|>"
 BPE_FILE = "tokenizer/tokenizer.json"  # relative to the corpus directory
 
@@ -117,7 +120,9 @@ def train_bpe(texts: Iterable[str], vocab_size: int, corpus_dir: Path) -> FastTo
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=[BPE_EOS], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        vocab_size=vocab_size,
+        special_tokens=[BPE_EOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     backend.train_from_iterator(texts, trainer=trainer)
@@ -155,4 +160,6 @@ def tokenizer_for_corpus(corpus_dir: str | Path, tokenizer_info: dict):
         return _bpe_from_file(Path(corpus_dir) / tokenizer_info["path"], tokenizer_info["path"])
     if kind == "hf":
         return load_hf_tokenizer(tokenizer_info["path"])
-    raise MixweightError(f"{corpus_dir}: tokenizer kind '{kind}' has no tokenizer to load (synthetic corpora use raw ids)")
+    raise MixweightError(
+        f"{corpus_dir}: tokenizer kind '{kind}' has no tokenizer to load (synthetic corpora use raw ids)"
+    )

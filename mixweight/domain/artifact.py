@@ -179,7 +179,7 @@ def _validated_weights(values, domains: list[str], where: str, targets=()) -> li
     for domain, value in zip(domains, values):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise MixweightError(f"{where}: weight of {domain!r} is {_short(value)}, expected a number")
-        value = float(value) if isinstance(value, float) or abs(value) < 10 ** MAX_INT_DIGITS else math.inf
+        value = float(value) if isinstance(value, float) or abs(value) < 10**MAX_INT_DIGITS else math.inf
         if not math.isfinite(value) or value < 0:
             raise MixweightError(f"{where}: weight of {domain!r} is {value}; weights must be finite and >= 0")
         out.append(value)
@@ -220,8 +220,10 @@ def _list_of_maps(raw: dict, key: str, where: str) -> list[dict]:
 
 def parse_domain_weights(raw, where: str) -> DomainWeights:
     if not isinstance(raw, dict) or "weights" not in raw:
-        raise MixweightError(f"{where}: expected a JSON object with 'weights' (and 'domains'), "
-                             f"see docs/weights-methods.md; got {_short(raw, 60)}")
+        raise MixweightError(
+            f"{where}: expected a JSON object with 'weights' (and 'domains'), "
+            f"see docs/weights-methods.md; got {_short(raw, 60)}"
+        )
     weights = raw["weights"]
     if isinstance(weights, dict):
         domains = list(weights)
@@ -232,7 +234,9 @@ def parse_domain_weights(raw, where: str) -> DomainWeights:
         values = list(weights.values())
     elif isinstance(weights, list):
         if "domains" not in raw:
-            raise MixweightError(f"{where}: 'weights' is a list, so 'domains' (the names in the same order) is required")
+            raise MixweightError(
+                f"{where}: 'weights' is a list, so 'domains' (the names in the same order) is required"
+            )
         domains, values = _check_names(raw["domains"], where, "domains"), weights
     else:
         raise MixweightError(f"{where}: 'weights' must be a list or a {{domain: weight}} map, got {_short(weights)}")
@@ -240,15 +244,21 @@ def parse_domain_weights(raw, where: str) -> DomainWeights:
     targets = _check_targets(raw.get("targets", []), domains, values, where)
     missing = raw.get("missing")
     if missing is not None and missing not in MISSING_POLICIES:
-        raise MixweightError(f"{where}: 'missing' must be \"zero\" (omitted corpus domains get weight 0), "
-                             f"got {_short(missing)}")
+        raise MixweightError(
+            f"{where}: 'missing' must be \"zero\" (omitted corpus domains get weight 0), got {_short(missing)}"
+        )
     last = raw.get("last_weights")
     if isinstance(last, dict):
         last = [last.get(d) for d in domains]
-    if last is not None and (not isinstance(last, list) or len(last) != len(domains) or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in last)):
-        raise MixweightError(f"{where}: 'last_weights' must be {len(domains)} numbers in 'domains' order, "
-                             f"got {_short(raw.get('last_weights'))}")
+    if last is not None and (
+        not isinstance(last, list)
+        or len(last) != len(domains)
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in last)
+    ):
+        raise MixweightError(
+            f"{where}: 'last_weights' must be {len(domains)} numbers in 'domains' order, "
+            f"got {_short(raw.get('last_weights'))}"
+        )
     return DomainWeights(
         domains=domains,
         weights=_validated_weights(values, domains, where, targets),
@@ -265,15 +275,19 @@ def parse_domain_weights(raw, where: str) -> DomainWeights:
 
 # --- the replay block ------------------------------------------------------------------
 def _numbers(value, length: int, key: str, where: str, kind=(int, float)) -> None:
-    if (not isinstance(value, list) or len(value) != length
-            or not all(isinstance(v, kind) and not (isinstance(v, bool) and kind is not bool) for v in value)
-            or (kind is not bool and not all(math.isfinite(v) for v in value))):
+    if (
+        not isinstance(value, list)
+        or len(value) != length
+        or not all(isinstance(v, kind) and not (isinstance(v, bool) and kind is not bool) for v in value)
+        or (kind is not bool and not all(math.isfinite(v) for v in value))
+    ):
         what = "true/false values" if kind is bool else "finite numbers"
         raise MixweightError(f"{where}: 'replay.{key}' must be {length} {what}, got {_short(value)}")
 
 
-def replay_arrays(artifact, method: str, params: tuple[str, ...] = (),
-                  vectors: tuple[str, ...] = ()) -> tuple[dict, str]:
+def replay_arrays(
+    artifact, method: str, params: tuple[str, ...] = (), vectors: tuple[str, ...] = ()
+) -> tuple[dict, str]:
     """An artifact's ``replay`` block after checking its common shape (module docstring), and a `where` for errors.
 
     `artifact` is a DomainWeights or the loaded JSON dict; `params` are the method's scalar
@@ -285,8 +299,10 @@ def replay_arrays(artifact, method: str, params: tuple[str, ...] = (),
     where = f"{method} artifact"
     block = raw.get("replay") if isinstance(raw, dict) else None
     if not block:
-        raise MixweightError(f"{where}: no 'replay' block (written by an older mixweight, or by hand); "
-                             "recompute the weights with this version to get a replayable artifact")
+        raise MixweightError(
+            f"{where}: no 'replay' block (written by an older mixweight, or by hand); "
+            "recompute the weights with this version to get a replayable artifact"
+        )
     if not isinstance(block, dict):
         raise MixweightError(f"{where}: 'replay' must be a mapping, got {_short(block)}")
     domains = _check_names(block.get("domains"), where, "replay.domains")
@@ -353,8 +369,10 @@ def read_json(path: str | Path, what: str = "domain weights file"):
     try:
         return json.loads(text, object_pairs_hook=_no_duplicates, parse_int=_parse_int)
     except _DuplicateKey as exc:
-        raise MixweightError(f"{what} {path}: key {_short(exc.args[0])} appears twice in one object; "
-                             "keep one (JSON readers disagree on which wins)") from None
+        raise MixweightError(
+            f"{what} {path}: key {_short(exc.args[0])} appears twice in one object; "
+            "keep one (JSON readers disagree on which wins)"
+        ) from None
     except json.JSONDecodeError as exc:
         raise MixweightError(f"{what} {path}: not valid JSON ({exc})") from exc
     except RecursionError:
@@ -381,15 +399,16 @@ def check_against_manifest(weights: DomainWeights, manifest: Manifest, where: st
     missing = [d for d in manifest.domains if d not in weights.domains]
     extra = [d for d in weights.domains if d not in manifest.domains]
     if extra or (missing and weights.missing != "zero"):
-        hint = (' (to give them weight 0 on purpose, add "missing": "zero" to the file)' if missing and not extra
-                else "")
+        hint = ' (to give them weight 0 on purpose, add "missing": "zero" to the file)' if missing and not extra else ""
         raise MixweightError(
-            f"{where}: domains do not match the corpus; not in the corpus: {extra}, missing for corpus domains: {missing} "
+            f"{where}: domains do not match the corpus; not in the corpus: {extra}, "
+            f"missing for corpus domains: {missing} "
             f"(the corpus has {manifest.domains}){hint}"
         )
     if missing:
-        warnings.warn(f"{where}: \"missing\": \"zero\": corpus domain(s) {missing} get weight 0 and are not sampled",
-                      stacklevel=2)
+        warnings.warn(
+            f'{where}: "missing": "zero": corpus domain(s) {missing} get weight 0 and are not sampled', stacklevel=2
+        )
     theirs = weights.provenance.get("tokenizer_fingerprint")
     ours = manifest.tokenizer.get("fingerprint")
     if theirs and ours and theirs != ours:
@@ -410,5 +429,7 @@ def resolve_proportions(manifest: Manifest, spec: str) -> dict[str, float]:
         return {d: 1.0 / len(manifest.domains) for d in manifest.domains}
     path = Path(spec)
     if not is_file(path):
-        raise MixweightError(f"domain weights '{_short(spec)}': expected natural, uniform, or a domain_weights.json file")
+        raise MixweightError(
+            f"domain weights '{_short(spec)}': expected natural, uniform, or a domain_weights.json file"
+        )
     return check_against_manifest(load_domain_weights(path), manifest, str(path))

@@ -108,8 +108,9 @@ def normalize_scores(raw: torch.Tensor, norms: torch.Tensor, score: str) -> torc
     return (raw / (norms.mean() + NORM_EPS)).clamp(0.0, SCORE_MAX)
 
 
-def doge_scores(domain_grads: torch.Tensor, target="all", score: str = "reference",
-                target_grads: torch.Tensor | None = None) -> torch.Tensor:
+def doge_scores(
+    domain_grads: torch.Tensor, target="all", score: str = "reference", target_grads: torch.Tensor | None = None
+) -> torch.Tensor:
     """Alignment score of each training domain's gradient with the target gradient: [k], float64.
 
     domain_grads: [k, P], one flattened (already clipped, see `clip_rows`) gradient per training domain.
@@ -136,8 +137,9 @@ def doge_scores(domain_grads: torch.Tensor, target="all", score: str = "referenc
     return normalize_scores(raw, grads.norm(dim=1), score)
 
 
-def doge_update(alpha: torch.Tensor, scores: torch.Tensor, lr: float, mu: float,
-                present: torch.Tensor | None = None) -> torch.Tensor:
+def doge_update(
+    alpha: torch.Tensor, scores: torch.Tensor, lr: float, mu: float, present: torch.Tensor | None = None
+) -> torch.Tensor:
     """alpha_next proportional to alpha * exp(lr * s / mu), in log space (logsumexp), float64.
 
     `present` (bool [k], default all): only these domains are updated; the others keep their
@@ -198,7 +200,7 @@ def heldout_mix_mask(input_ids: torch.Tensor, parts: int) -> torch.Tensor:
 
 
 def resolve_target(target, domains: list[str]) -> str | list[str]:
-    """"mix" | "all" | [held-out domain names], from a `--target` value (None: "mix").
+    """ "mix" | "all" | [held-out domain names], from a `--target` value (None: "mix").
 
     "mix" or "all" name the corpus domain of that name when there is one (held out like any
     target, as the reference's own "mix" domain is); otherwise the universal targets above.
@@ -232,9 +234,17 @@ class DoGEObjective:
         (mixweight.domain.ghost); "loop": one forward and backward per domain. Equal to float rounding.
     """
 
-    def __init__(self, domains: list[str], target="mix", mu: float = 0.01, score: str = "reference",
-                 max_grad_norm: float = 0.0, log_every: int = 1, total_steps: int | None = None,
-                 impl: str = "ghost"):
+    def __init__(
+        self,
+        domains: list[str],
+        target="mix",
+        mu: float = 0.01,
+        score: str = "reference",
+        max_grad_norm: float = 0.0,
+        log_every: int = 1,
+        total_steps: int | None = None,
+        impl: str = "ghost",
+    ):
         if impl not in IMPLS:
             raise MixweightError(f"doge: impl must be one of {', '.join(IMPLS)}, got {impl!r}")
         self.impl = impl
@@ -285,9 +295,17 @@ class DoGEObjective:
 
     def replay_block(self) -> dict:
         """The artifact's `replay` block: what `replay` needs to recompute every step's alpha."""
-        return {"domains": self.train_domains, "steps": len(self.lrs), "initial_weights": self.initial.tolist(),
-                "signals": self.signals, "present": self.present, "lr": self.lrs, "mu": self.mu,
-                "score": self.score, "average_start": 1}
+        return {
+            "domains": self.train_domains,
+            "steps": len(self.lrs),
+            "initial_weights": self.initial.tolist(),
+            "signals": self.signals,
+            "present": self.present,
+            "lr": self.lrs,
+            "mu": self.mu,
+            "score": self.score,
+            "average_start": 1,
+        }
 
     # --- the step --------------------------------------------------------------------
     def _groups(self, micro_batch: dict) -> torch.Tensor:
@@ -308,11 +326,10 @@ class DoGEObjective:
         buffer = self._buffer
         if buffer is None or buffer.numel() < most * size or buffer.device != device or buffer.dtype != dtype:
             self._buffer = buffer = torch.empty(most * size, device=device, dtype=dtype)
-        rows = buffer[:rows * size].view(rows, size)
+        rows = buffer[: rows * size].view(rows, size)
         return rows if self.impl == "ghost" else rows.zero_()
 
-    def _domain_rows(self, module, params, micro_batches, groups, rows, grads, finite, local_losses,
-                     autocast) -> None:
+    def _domain_rows(self, module, params, micro_batches, groups, rows, grads, finite, local_losses, autocast) -> None:
         """Add each row's summed gradient over its local finite-loss samples into `grads` [R, P] and the
         counts into `finite`; the per-sample losses into `local_losses` (the step's local order).
 
@@ -325,9 +342,8 @@ class DoGEObjective:
             self._rows.begin(grads)
             offset = 0
             for i, (mb, group) in enumerate(zip(micro_batches, groups)):
-                losses = self._rows.accumulate(mb, group, rows, grads, finite, per_sample_loss, autocast,
-                                               verify=i == 0)
-                local_losses[offset:offset + len(losses)] = losses.float()
+                losses = self._rows.accumulate(mb, group, rows, grads, finite, per_sample_loss, autocast, verify=i == 0)
+                local_losses[offset : offset + len(losses)] = losses.float()
                 offset += len(losses)
             self._rows.finish()
             return
@@ -345,8 +361,9 @@ class DoGEObjective:
                     finite[row] += ok.sum()
                     if ok.any():
                         parts = torch.autograd.grad(torch.where(ok, losses, 0.0).sum(), params, allow_unused=True)
-                        grads[row] += torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1)
-                                                 for g, p in zip(parts, params)]).to(grads.dtype)
+                        grads[row] += torch.cat(
+                            [(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(parts, params)]
+                        ).to(grads.dtype)
                 offset += len(mb["domain"])
 
     def compute_gradients(self, model, micro_batches, step, world: World, autocast, lr) -> StepResult:
@@ -365,12 +382,18 @@ class DoGEObjective:
         sync = getattr(model, "no_sync", None)  # belt and braces: the forwards below bypass DDP anyway
         with sync() if sync is not None else nullcontext():
             while True:
-                grads = self._row_buffer(len(target_groups) + len(self.train_ids), len(rows), sum(sizes), device,
-                                         torch.promote_types(params[0].dtype, torch.float32))
+                grads = self._row_buffer(
+                    len(target_groups) + len(self.train_ids),
+                    len(rows),
+                    sum(sizes),
+                    device,
+                    torch.promote_types(params[0].dtype, torch.float32),
+                )
                 finite = torch.zeros(len(rows), device=device)
                 try:
-                    self._domain_rows(module, params, micro_batches, groups, rows, grads, finite, local_losses,
-                                      autocast)
+                    self._domain_rows(
+                        module, params, micro_batches, groups, rows, grads, finite, local_losses, autocast
+                    )
                     break
                 except Recompute:  # the first step's check moved parameters to the per-domain path
                     continue
@@ -399,8 +422,9 @@ class DoGEObjective:
             else:  # reference: the sum of the targets; paper: their mean
                 raw = clipped[train_rows][:, target_rows].sum(dim=1)
                 raw = raw if self.score == "reference" else raw / len(target_rows)
-            scores[present] = normalize_scores(raw, clipped.diagonal()[train_rows].clamp(min=0).sqrt(),
-                                               self.score).cpu()
+            scores[present] = normalize_scores(
+                raw, clipped.diagonal()[train_rows].clamp(min=0).sqrt(), self.score
+            ).cpu()
             self.alpha = doge_update(self.alpha, scores, lr, self.mu, present)
         mix = torch.zeros(len(self.train_ids), dtype=torch.float64)
         if present.any():
@@ -422,8 +446,9 @@ class DoGEObjective:
         self._last = {"doge": {"alpha": alpha_by_name, "scores": signal, "updated": updated}}
         done = step + 1
         if done % self.log_every == 0 or done == self.total_steps:
-            self.trajectory.append({"step": done, "weights": {d: alpha_by_name.get(d, 0.0) for d in self.domains},
-                                    "signal": signal})
+            self.trajectory.append(
+                {"step": done, "weights": {d: alpha_by_name.get(d, 0.0) for d in self.domains}, "signal": signal}
+            )
 
         losses = all_gather_cat(local_losses, world).cpu()
         domains = all_gather_cat(local_domains, world).cpu()
@@ -439,16 +464,25 @@ class DoGEObjective:
 
     # --- state -------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"alpha": self.alpha.tolist(), "alpha_sum": self.alpha_sum.tolist(), "updates": self.updates,
-                "trajectory": self.trajectory, "train_domains": self.train_domains,
-                "signals": self.signals, "present": self.present, "lrs": self.lrs}
+        return {
+            "alpha": self.alpha.tolist(),
+            "alpha_sum": self.alpha_sum.tolist(),
+            "updates": self.updates,
+            "trajectory": self.trajectory,
+            "train_domains": self.train_domains,
+            "signals": self.signals,
+            "present": self.present,
+            "lrs": self.lrs,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         if not state:
             return
         if state.get("train_domains") != self.train_domains:
-            raise MixweightError(f"doge: the checkpoint's training domains {state.get('train_domains')} differ "
-                                 f"from this run's {self.train_domains}; use a new work directory")
+            raise MixweightError(
+                f"doge: the checkpoint's training domains {state.get('train_domains')} differ "
+                f"from this run's {self.train_domains}; use a new work directory"
+            )
         self.alpha = torch.tensor(state["alpha"], dtype=torch.float64)
         self.alpha_sum = torch.tensor(state["alpha_sum"], dtype=torch.float64)
         self.updates = int(state["updates"])

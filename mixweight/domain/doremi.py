@@ -57,8 +57,14 @@ def doremi_update(alpha: torch.Tensor, excess: torch.Tensor, eta: float, smoothi
     return (1.0 - smoothing) * mixed + smoothing / k
 
 
-def objective_weights(alpha: torch.Tensor, domains: torch.Tensor, counts: torch.Tensor, valid: torch.Tensor,
-                      objective: str, sampling_weights: torch.Tensor | None = None) -> torch.Tensor:
+def objective_weights(
+    alpha: torch.Tensor,
+    domains: torch.Tensor,
+    counts: torch.Tensor,
+    valid: torch.Tensor,
+    objective: str,
+    sampling_weights: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Per-sample weights (sum 1 over valid samples) that turn sum_s w_s * l_s into the proxy objective.
 
     l_s is sample s's mean token loss and n_s its counted tokens; C_i = sum of n_s over domain i.
@@ -90,9 +96,17 @@ class DoReMiReduction:
 
     needs_whole_step = True
 
-    def __init__(self, reference: torch.nn.Module, domains: list[str], eta: float = 1.0, smoothing: float = 1e-3,
-                 objective: str = "paper", log_every: int = 10, total_steps: int | None = None,
-                 loss_impl: str = "auto"):
+    def __init__(
+        self,
+        reference: torch.nn.Module,
+        domains: list[str],
+        eta: float = 1.0,
+        smoothing: float = 1e-3,
+        objective: str = "paper",
+        log_every: int = 10,
+        total_steps: int | None = None,
+        loss_impl: str = "auto",
+    ):
         if objective not in OBJECTIVES:
             raise MixweightError(f"doremi: objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
         self.reference = reference.eval().requires_grad_(False) if reference is not None else None
@@ -130,8 +144,9 @@ class DoReMiReduction:
         excess = torch.clamp(token_losses.float() - ref_loss, min=0.0) * mask
         return torch.stack([excess.sum(dim=1), mask.sum(dim=1).float()], dim=1)
 
-    def weights(self, losses: torch.Tensor, domains: torch.Tensor, step: int,
-                signal: torch.Tensor | None = None) -> torch.Tensor:
+    def weights(
+        self, losses: torch.Tensor, domains: torch.Tensor, step: int, signal: torch.Tensor | None = None
+    ) -> torch.Tensor:
         if signal is None:
             raise MixweightError("doremi: the step passed no sample signal; DoReMiReduction needs sample_signal")
         signal = signal.detach().to("cpu", torch.float64)
@@ -185,32 +200,52 @@ class DoReMiReduction:
     def replay_block(self) -> dict:
         """The artifact's ``replay``: everything `replay` needs (artifact.py documents the shape)."""
         if len(self.step_signals) != self.updates:
-            raise MixweightError(f"doremi: the proxy's state records {len(self.step_signals)} of its {self.updates} "
-                                 "steps' signals (a checkpoint from an older mixweight); retrain the proxy "
-                                 "(delete its work directory) to get a replayable artifact")
-        return {"domains": list(self.domains), "steps": self.updates, "initial_weights": list(self.initial_weights),
-                "signals": [list(s) for s in self.step_signals], "present": [list(p) for p in self.step_present],
-                "average_start": 1, "eta": self.eta, "smoothing": self.smoothing,
-                "initial_signal": [INITIAL_EXCESS] * len(self.domains)}
+            raise MixweightError(
+                f"doremi: the proxy's state records {len(self.step_signals)} of its {self.updates} "
+                "steps' signals (a checkpoint from an older mixweight); retrain the proxy "
+                "(delete its work directory) to get a replayable artifact"
+            )
+        return {
+            "domains": list(self.domains),
+            "steps": self.updates,
+            "initial_weights": list(self.initial_weights),
+            "signals": [list(s) for s in self.step_signals],
+            "present": [list(p) for p in self.step_present],
+            "average_start": 1,
+            "eta": self.eta,
+            "smoothing": self.smoothing,
+            "initial_signal": [INITIAL_EXCESS] * len(self.domains),
+        }
 
     def step_metrics(self) -> dict:
-        return {"domain_weights": dict(zip(self.domains, self.alpha.tolist())),
-                "excess_loss": dict(zip(self.domains, self.excess.tolist()))}
+        return {
+            "domain_weights": dict(zip(self.domains, self.alpha.tolist())),
+            "excess_loss": dict(zip(self.domains, self.excess.tolist())),
+        }
 
     # --- checkpoint state (JSON) ---------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"domains": list(self.domains), "alpha": self.alpha.tolist(), "excess": self.excess.tolist(),
-                "alpha_sum": self.alpha_sum.tolist(), "updates": self.updates, "missing": list(self.missing),
-                "warned_missing": self.warned_missing, "trajectory": [dict(e) for e in self.trajectory],
-                "initial_weights": list(self.initial_weights), "step_signals": [list(s) for s in self.step_signals],
-                "step_present": [list(p) for p in self.step_present]}
+        return {
+            "domains": list(self.domains),
+            "alpha": self.alpha.tolist(),
+            "excess": self.excess.tolist(),
+            "alpha_sum": self.alpha_sum.tolist(),
+            "updates": self.updates,
+            "missing": list(self.missing),
+            "warned_missing": self.warned_missing,
+            "trajectory": [dict(e) for e in self.trajectory],
+            "initial_weights": list(self.initial_weights),
+            "step_signals": [list(s) for s in self.step_signals],
+            "step_present": [list(p) for p in self.step_present],
+        }
 
     def load_state_dict(self, state: dict) -> None:
         if not state:
             return
         if state.get("domains") != self.domains:
-            raise MixweightError(f"doremi: checkpoint state is for domains {state.get('domains')}, "
-                                 f"this run has {self.domains}")
+            raise MixweightError(
+                f"doremi: checkpoint state is for domains {state.get('domains')}, this run has {self.domains}"
+            )
         self.alpha = torch.tensor(state["alpha"], dtype=torch.float64)
         self.excess = torch.tensor(state["excess"], dtype=torch.float64)
         self.alpha_sum = torch.tensor(state["alpha_sum"], dtype=torch.float64)

@@ -26,6 +26,7 @@ from typing import Optional, Union
 import yaml
 
 import mixweight
+from mixweight.config import option as _f
 from mixweight.config import require
 from mixweight.data.manifest import Manifest, load_manifest
 from mixweight.data.synthetic import resolve_corpus
@@ -34,13 +35,12 @@ from mixweight.domain.doremi import OBJECTIVES, DoReMiReduction, replay
 from mixweight.domain.health import format_warning, weight_warnings
 from mixweight.errors import MixweightError
 from mixweight.train import checkpoint as ckpt
-from mixweight.yamlio import load_yaml
-from mixweight.config import option as _f
 from mixweight.train.config import TrainConfig
 from mixweight.train.distributed import is_main_process
 from mixweight.train.loop import config_changes, train
 from mixweight.train.model import load_model, load_spec
 from mixweight.train.objective import WeightedLoss
+from mixweight.yamlio import load_yaml
 
 # Keys that do not change the weights: left out of the provenance's config hash.
 UNHASHED = ("out", "work_dir", "progress", "data", "report_to")
@@ -48,30 +48,47 @@ UNHASHED = ("out", "work_dir", "progress", "data", "report_to")
 
 @dataclass
 class DoReMiConfig:
-    data: str = _f(None, "corpus directory (made by `mixweight data synth` or `data prepare`), a corpus URL "
-                              "(s3://, gs://, ..., file:///DIR; cached in --cache-dir), or `synthetic`")
+    data: str = _f(
+        None,
+        "corpus directory (made by `mixweight data synth` or `data prepare`), a corpus URL "
+        "(s3://, gs://, ..., file:///DIR; cached in --cache-dir), or `synthetic`",
+    )
     out: str = _f(None, "the domain weights JSON file to write")
-    proxy: str = _f("gpt2-tiny", "model spec of the reference and proxy models (a name in proxies/ or an HF config JSON)")
-    reference: Optional[str] = _f(None, "a finished reference run directory to reuse in round 1 (trained on this corpus)")
-    reference_weights: str = _f("natural", "domain weights the reference is trained on: natural, uniform or a weights JSON file")
+    proxy: str = _f(
+        "gpt2-tiny", "model spec of the reference and proxy models (a name in proxies/ or an HF config JSON)"
+    )
+    reference: Optional[str] = _f(
+        None, "a finished reference run directory to reuse in round 1 (trained on this corpus)"
+    )
+    reference_weights: str = _f(
+        "natural", "domain weights the reference is trained on: natural, uniform or a weights JSON file"
+    )
     steps: int = _f(200, "optimizer steps of each proxy run")
     reference_steps: Optional[int] = _f(None, "optimizer steps of each reference run (default: steps)")
     eta: float = _f(1.0, "step size of the exponentiated-gradient update of the domain weights (0.1 if they collapse)")
     smoothing: float = _f(1e-3, "smoothing c: mix c/k of uniform into the domain weights at every update")
     rounds: int = _f(1, "iterated DoReMi: round r+1 trains a new reference on round r's weights")
-    objective: str = _f("paper", "proxy loss: paper (sum_i alpha_i * mean loss of domain i) or token (reference code's token-weighted mean)")
+    objective: str = _f(
+        "paper",
+        "proxy loss: paper (sum_i alpha_i * mean loss of domain i) or token (reference code's token-weighted mean)",
+    )
     batch_size: int = _f(32, "sequences per micro-batch on each process (the global batch should cover every domain)")
     grad_accum: int = _f(1, "micro-batches accumulated per optimizer step")
     lr: float = _f(1e-3, "peak learning rate (after warmup)")
     final_lr: float = _f(1e-4, "learning rate at the last step (cosine decay target)")
     warmup_steps: int = _f(20, "linear warmup steps from 0 to lr")
     seed: int = _f(0, "seed for model init and data order (reference and proxy)")
-    work_dir: Optional[str] = _f(None, "directory of the reference and proxy runs (default: <out stem>.work/ next to out)")
+    work_dir: Optional[str] = _f(
+        None, "directory of the reference and proxy runs (default: <out stem>.work/ next to out)"
+    )
     log_every: int = _f(10, "record the domain weights in the trajectory and metrics every N steps")
     checkpoint_every: int = _f(100, "save reference and proxy checkpoints every N steps (for resuming)")
     progress: bool = _f(True, "show progress bars (only on a terminal)")
-    report_to: Union[list[str], str] = _f("none", "mirror the reference and proxy runs' metrics to experiment "
-                                          "trackers: tensorboard, wandb, mlflow (comma-separated), or none")
+    report_to: Union[list[str], str] = _f(
+        "none",
+        "mirror the reference and proxy runs' metrics to experiment "
+        "trackers: tensorboard, wandb, mlflow (comma-separated), or none",
+    )
 
     def validate(self) -> None:
         from mixweight.tracking import check_report_to, parse_report_to
@@ -82,20 +99,31 @@ class DoReMiConfig:
         for name in ("steps", "rounds", "batch_size", "grad_accum", "log_every", "checkpoint_every"):
             value = getattr(self, name)
             require(value > 0, f"weights doremi: '{name}' must be a positive integer, got {value}")
-        require(self.reference_steps is None or self.reference_steps > 0,
-                f"weights doremi: 'reference_steps' must be a positive integer, got {self.reference_steps}")
+        require(
+            self.reference_steps is None or self.reference_steps > 0,
+            f"weights doremi: 'reference_steps' must be a positive integer, got {self.reference_steps}",
+        )
         require(self.eta > 0, f"weights doremi: 'eta' must be > 0, got {self.eta}")
         require(0 <= self.smoothing < 1, f"weights doremi: 'smoothing' must be in [0, 1), got {self.smoothing}")
-        require(self.objective in OBJECTIVES,
-                f"weights doremi: 'objective' must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        require(
+            self.objective in OBJECTIVES,
+            f"weights doremi: 'objective' must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}",
+        )
         require(self.lr > 0, f"weights doremi: 'lr' must be > 0, got {self.lr}")
-        require(0 <= self.final_lr <= self.lr, f"weights doremi: 'final_lr' must be in [0, lr={self.lr}], got {self.final_lr}")
+        require(
+            0 <= self.final_lr <= self.lr,
+            f"weights doremi: 'final_lr' must be in [0, lr={self.lr}], got {self.final_lr}",
+        )
         require(self.warmup_steps >= 0, f"weights doremi: 'warmup_steps' must be >= 0, got {self.warmup_steps}")
-        require(self.reference_weights in ("natural", "uniform") or Path(self.reference_weights).is_file(),
-                f"weights doremi: 'reference_weights' must be natural, uniform or a weights JSON file; "
-                f"{self.reference_weights!r} is none of these")
-        require(self.reference is None or Path(self.reference).is_dir(),
-                f"weights doremi: 'reference' {self.reference!r} is not a run directory")
+        require(
+            self.reference_weights in ("natural", "uniform") or Path(self.reference_weights).is_file(),
+            f"weights doremi: 'reference_weights' must be natural, uniform or a weights JSON file; "
+            f"{self.reference_weights!r} is none of these",
+        )
+        require(
+            self.reference is None or Path(self.reference).is_dir(),
+            f"weights doremi: 'reference' {self.reference!r} is not a run directory",
+        )
 
     def resolved_work_dir(self) -> Path:
         out = Path(self.out)
@@ -109,13 +137,24 @@ def config_hash(config: DoReMiConfig, manifest: Manifest) -> str:
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
 
 
-
 def _train_config(config: DoReMiConfig, corpus: str, out: Path, steps: int, domain_weights: str) -> TrainConfig:
     train_config = TrainConfig(
-        data=corpus, out=str(out), model=config.proxy, steps=steps, batch_size=config.batch_size,
-        grad_accum=config.grad_accum, lr=config.lr, final_lr=config.final_lr, warmup_steps=config.warmup_steps,
-        seed=config.seed, domain_weights=domain_weights, eval_every=0, checkpoint_every=config.checkpoint_every,
-        log_every=config.log_every, progress=config.progress, report_to=config.report_to,
+        data=corpus,
+        out=str(out),
+        model=config.proxy,
+        steps=steps,
+        batch_size=config.batch_size,
+        grad_accum=config.grad_accum,
+        lr=config.lr,
+        final_lr=config.final_lr,
+        warmup_steps=config.warmup_steps,
+        seed=config.seed,
+        domain_weights=domain_weights,
+        eval_every=0,
+        checkpoint_every=config.checkpoint_every,
+        log_every=config.log_every,
+        progress=config.progress,
+        report_to=config.report_to,
     )
     train_config.validate()
     return train_config
@@ -128,8 +167,9 @@ def _train_or_reuse(config: TrainConfig, objective=None) -> None:
     if latest is not None and (run_dir / "eval.json").is_file() and ckpt.read_state(latest)["step"] == config.steps:
         details = config_changes(run_dir, config)
         if details:
-            raise MixweightError(f"{run_dir}: a finished run with a different config ({details}); "
-                                 "delete it or choose another work_dir")
+            raise MixweightError(
+                f"{run_dir}: a finished run with a different config ({details}); delete it or choose another work_dir"
+            )
         return
     train(dataclasses.replace(config, resume=latest is not None), objective)
 
@@ -140,20 +180,26 @@ def check_reference_run(run_dir: str | Path, corpus: str, manifest: Manifest) ->
     config_path = run_dir / "config.yaml"
     latest = ckpt.latest_checkpoint(run_dir)
     if not config_path.is_file() or latest is None:
-        raise MixweightError(f"reference run {run_dir}: needs config.yaml and a checkpoint (a `mixweight train` run directory)")
+        raise MixweightError(
+            f"reference run {run_dir}: needs config.yaml and a checkpoint (a `mixweight train` run directory)"
+        )
     model_config = json.loads((latest / "model" / "config.json").read_text())
     if model_config.get("vocab_size") != manifest.vocab_size:
         raise MixweightError(
             f"reference run {run_dir}: its model has vocab_size {model_config.get('vocab_size')}, the corpus {corpus} "
-            f"has {manifest.vocab_size} (tokenizer {manifest.tokenizer.get('fingerprint')}); train the reference on this corpus"
+            f"has {manifest.vocab_size} (tokenizer {manifest.tokenizer.get('fingerprint')}); "
+            "train the reference on this corpus"
         )
     saved = load_yaml(config_path.read_text()) or {}
     their_corpus = resolve_corpus(str(saved.get("data")), is_main=False)
     try:
         theirs = load_manifest(their_corpus)
     except MixweightError:
-        warnings.warn(f"reference run {run_dir}: its corpus {their_corpus} cannot be read; "
-                      f"cannot check that it is the same corpus as {corpus}", stacklevel=2)
+        warnings.warn(
+            f"reference run {run_dir}: its corpus {their_corpus} cannot be read; "
+            f"cannot check that it is the same corpus as {corpus}",
+            stacklevel=2,
+        )
         return latest
     if theirs.config_hash != manifest.config_hash or theirs.vocab_size != manifest.vocab_size:
         raise MixweightError(
@@ -215,8 +261,15 @@ def run_doremi(config: DoReMiConfig) -> DomainWeights:
             reference_run = round_dir / "reference"
             _train_or_reuse(_train_config(config, corpus, reference_run, reference_steps, weights_spec))
             reference_model = _load_reference(reference_run)
-        reduction = DoReMiReduction(reference_model, manifest.domains, config.eta, config.smoothing,
-                                    config.objective, config.log_every, total_steps=config.steps)
+        reduction = DoReMiReduction(
+            reference_model,
+            manifest.domains,
+            config.eta,
+            config.smoothing,
+            config.objective,
+            config.log_every,
+            total_steps=config.steps,
+        )
         proxy_run = round_dir / "proxy"
         _train_or_reuse(_train_config(config, corpus, proxy_run, config.steps, "uniform"), WeightedLoss(reduction))
         # the finished run's saved state: the same whether the proxy was trained now, resumed or reused
@@ -238,19 +291,37 @@ def run_doremi(config: DoReMiConfig) -> DomainWeights:
         domains=list(manifest.domains),
         weights=history[-1]["weights"],
         last_weights=reduction.alpha.tolist(),
-        method={"name": "doremi", "eta": config.eta, "smoothing": config.smoothing, "objective": config.objective,
-                "rounds": config.rounds, "steps": config.steps, "reference_steps": reference_steps,
-                "reference_weights": config.reference_weights, "average": "mean of alpha_1..alpha_T (alpha_0 not counted)",
-                "rounds_history": [{"round": h["round"], "weights": dict(zip(manifest.domains, h["weights"])),
-                                    "l1_to_previous": h["l1_to_previous"]} for h in history]},
+        method={
+            "name": "doremi",
+            "eta": config.eta,
+            "smoothing": config.smoothing,
+            "objective": config.objective,
+            "rounds": config.rounds,
+            "steps": config.steps,
+            "reference_steps": reference_steps,
+            "reference_weights": config.reference_weights,
+            "average": "mean of alpha_1..alpha_T (alpha_0 not counted)",
+            "rounds_history": [
+                {
+                    "round": h["round"],
+                    "weights": dict(zip(manifest.domains, h["weights"])),
+                    "l1_to_previous": h["l1_to_previous"],
+                }
+                for h in history
+            ],
+        },
         trajectory=[{"step": e["step"], "weights": e["weights"], "signal": e["signal"]} for e in reduction.trajectory],
-        provenance={"seed": config.seed, "config_hash": config_hash(config, manifest),
-                    "proxy": {"name": config.proxy, "spec": load_spec(config.proxy)},
-                    "tokenizer_fingerprint": manifest.tokenizer.get("fingerprint"),
-                    "domain_token_counts": manifest.train_tokens(),
-                    "corpus": str(Path(corpus).resolve()), "corpus_config_hash": manifest.config_hash,
-                    "stream_paths": {d: manifest.splits["train"][d].path for d in manifest.domains},
-                    "mixweight_version": mixweight.__version__},
+        provenance={
+            "seed": config.seed,
+            "config_hash": config_hash(config, manifest),
+            "proxy": {"name": config.proxy, "spec": load_spec(config.proxy)},
+            "tokenizer_fingerprint": manifest.tokenizer.get("fingerprint"),
+            "domain_token_counts": manifest.train_tokens(),
+            "corpus": str(Path(corpus).resolve()),
+            "corpus_config_hash": manifest.config_hash,
+            "stream_paths": {d: manifest.splits["train"][d].path for d in manifest.domains},
+            "mixweight_version": mixweight.__version__,
+        },
     )
     _add_replay_and_warnings(result, reduction, config.smoothing / len(manifest.domains))
     if is_main_process():

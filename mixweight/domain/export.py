@@ -34,9 +34,16 @@ def _sampled(weights: DomainWeights) -> list[tuple[str, float]]:
 def to_streams_yaml(weights: DomainWeights) -> str:
     paths = stream_paths(weights)
     streams = {d: {"local": paths[d], "proportion": w} for d, w in _sampled(weights)}
-    header = "" if weights.provenance.get("corpus") else f"# fill in the corpus location: {PLACEHOLDER_CORPUS} is a placeholder\n"
-    unsampled = [d + (" (held-out target)" if d in weights.targets else "") for d, w in
-                 zip(weights.domains, weights.weights) if w <= 0]
+    header = (
+        ""
+        if weights.provenance.get("corpus")
+        else f"# fill in the corpus location: {PLACEHOLDER_CORPUS} is a placeholder\n"
+    )
+    unsampled = [
+        d + (" (held-out target)" if d in weights.targets else "")
+        for d, w in zip(weights.domains, weights.weights)
+        if w <= 0
+    ]
     if unsampled:
         header += f"# not sampled (weight 0), so left out: {', '.join(unsampled)}\n"
     return header + yaml.safe_dump({"streams": streams}, sort_keys=False)

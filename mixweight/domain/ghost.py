@@ -130,13 +130,13 @@ class DomainRows:
         for p in self.params:
             off = self.offsets[id(p)]
             for r in set(rows) - self._written[id(p)]:
-                self._grads[r, off:off + p.numel()].zero_()
+                self._grads[r, off : off + p.numel()].zero_()
             self._written[id(p)].update(rows)
 
     def _write_row(self, p, r: int, value: torch.Tensor | None = None, first=None, then=None) -> None:
         """Row r of parameter p: set to `value` / computed by first(row) if unwritten, else += / then(row)."""
         off = self.offsets[id(p)]
-        row = self._grads[r, off:off + p.numel()].view(p.shape)
+        row = self._grads[r, off : off + p.numel()].view(p.shape)
         done = self._written[id(p)]
         if r in done:
             row.add_(value.view(p.shape)) if value is not None else then(row)
@@ -147,7 +147,7 @@ class DomainRows:
     def _write_block(self, p, value: torch.Tensor) -> None:
         """Every row of parameter p (value [R, n]): set where unwritten, added where written."""
         off = self.offsets[id(p)]
-        block = self._grads[:, off:off + p.numel()]
+        block = self._grads[:, off : off + p.numel()]
         done = self._written[id(p)]
         if not done:
             block.copy_(value)
@@ -158,8 +158,17 @@ class DomainRows:
         done.update(range(len(block)))
 
     # --- one micro-batch ------------------------------------------------------------
-    def accumulate(self, micro_batch: dict, group: torch.Tensor, rows: list[int], grads: torch.Tensor,
-                   finite: torch.Tensor, loss_fn, autocast, verify: bool) -> torch.Tensor:
+    def accumulate(
+        self,
+        micro_batch: dict,
+        group: torch.Tensor,
+        rows: list[int],
+        grads: torch.Tensor,
+        finite: torch.Tensor,
+        loss_fn,
+        autocast,
+        verify: bool,
+    ) -> torch.Tensor:
         """Add this micro-batch's per-domain gradient sums into `grads` [R, P] and finite counts into `finite`.
 
         group: each sample's gradient row group (domain id, or the held-out mixture's id); rows: the
@@ -177,9 +186,18 @@ class DomainRows:
             start += int(n)
         sample_rows = torch.tensor([r for r, s, e in segments for _ in range(e - s)], device=ids.device)
         one_hot = F.one_hot(sample_rows, len(rows)).t().to(grads.dtype)  # [R, B]: sample b is in row r
-        self._step = {"B": len(ids), "ids": ids, "segments": segments, "grads": grads, "roots": [],
-                      "records": [], "unsupported": set(), "active": False, "sample_rows": sample_rows,
-                      "one_hot": one_hot}
+        self._step = {
+            "B": len(ids),
+            "ids": ids,
+            "segments": segments,
+            "grads": grads,
+            "roots": [],
+            "records": [],
+            "unsupported": set(),
+            "active": False,
+            "sample_rows": sample_rows,
+            "one_hot": one_hot,
+        }
         handles = [m.register_forward_hook(self._on_forward) for m in self.kinds]
         try:
             with autocast or nullcontext():
@@ -210,19 +228,22 @@ class DomainRows:
         inputs = roots + (covered if verify else [])
         step["active"] = True
         try:
-            got = torch.autograd.grad(losses.sum(), inputs, allow_unused=True, retain_graph=bool(fallback)) \
-                if inputs else ()
+            got = (
+                torch.autograd.grad(losses.sum(), inputs, allow_unused=True, retain_graph=bool(fallback))
+                if inputs
+                else ()
+            )
         finally:
             step["active"] = False
-        for (y, rec), g in zip(step["roots"], got):
+        for (_y, rec), g in zip(step["roots"], got):
             if g is not None:
                 self._add(rec, g)
         if verify:
-            self._verify(covered, got[len(roots):], autocast)
+            self._verify(covered, got[len(roots) :], autocast)
         for i, (r, s, e) in enumerate(step["segments"]):
             if not fallback or not ok[s:e].any():
                 continue
-            last = all(not ok[s2:e2].any() for _, s2, e2 in step["segments"][i + 1:])
+            last = all(not ok[s2:e2].any() for _, s2, e2 in step["segments"][i + 1 :])
             parts = torch.autograd.grad(losses[s:e].sum(), fallback, allow_unused=True, retain_graph=not last)
             for p, g in zip(fallback, parts):
                 if g is not None:
@@ -236,9 +257,10 @@ class DomainRows:
         wrong = set()
         for p, g in zip(covered, full):
             off = self.offsets[id(p)]
-            mine = grads[:, off:off + p.numel()].sum(dim=0).double()
-            ref = torch.zeros(p.numel(), dtype=torch.float64, device=mine.device) if g is None else \
-                g.reshape(-1).double()
+            mine = grads[:, off : off + p.numel()].sum(dim=0).double()
+            ref = (
+                torch.zeros(p.numel(), dtype=torch.float64, device=mine.device) if g is None else g.reshape(-1).double()
+            )
             if not torch.isfinite(ref).all():
                 continue  # nothing to compare against
             if (mine - ref).norm() > tol * ref.norm() + 1e-12:
@@ -306,8 +328,12 @@ class DomainRows:
             for r, s, e in step["segments"]:
                 gs, xs = g[s:e].reshape(-1, g.shape[-1]), a[s:e].reshape(-1, a.shape[-1]).to(dtype)
                 left, right = (gs.t(), xs) if kind == "linear" else (xs.t(), gs)
-                self._write_row(weight, r, first=lambda row, x=left, y=right: torch.mm(x, y, out=row),
-                                then=lambda row, x=left, y=right: row.addmm_(x, y))
+                self._write_row(
+                    weight,
+                    r,
+                    first=lambda row, x=left, y=right: torch.mm(x, y, out=row),
+                    then=lambda row, x=left, y=right: row.addmm_(x, y),
+                )
         elif kind == "embedding":
             vocab = weight.shape[0]
             idx = (step["sample_rows"].view(-1, *([1] * (a.dim() - 1))) * vocab + a).reshape(-1)

@@ -31,8 +31,10 @@ FLOOR_TAIL = 0.2
 MOVING_TAIL = 0.1
 MOVING_L1 = 0.05
 MIN_STEPS = 10  # below this, "still moving at the end" is just the start
-REMEDIES = ("usual remedies: a smaller step size (DoReMi --eta, DoGE --mu), a larger batch (--batch-size or "
-            "--grad-accum) so every domain is in every step, more --steps")
+REMEDIES = (
+    "usual remedies: a smaller step size (DoReMi --eta, DoGE --mu), a larger batch (--batch-size or "
+    "--grad-accum) so every domain is in every step, more --steps"
+)
 
 
 def _warning(code: str, step: int, domains: list[str], message: str) -> dict:
@@ -50,18 +52,34 @@ def weight_warnings(trajectory_weights, domains: list[str], floor: float | None 
     if peaks.size:
         step = int(peaks[0])
         top = domains[int(w[step].argmax())]
-        found.append(_warning("one-hot", step, [top], (
-            f"weights near one-hot: '{top}' holds {w[step].max():.3f} (> {ONE_HOT_MAX}) from step {step}"
-            f" (at the end: {w[last].max():.3f} on '{domains[int(w[last].argmax())]}')")))
+        found.append(
+            _warning(
+                "one-hot",
+                step,
+                [top],
+                (
+                    f"weights near one-hot: '{top}' holds {w[step].max():.3f} (> {ONE_HOT_MAX}) from step {step}"
+                    f" (at the end: {w[last].max():.3f} on '{domains[int(w[last].argmax())]}')"
+                ),
+            )
+        )
     elif k > 1:
         entropy = -(np.where(w > 0, w * np.log(np.where(w > 0, w, 1.0)), 0.0)).sum(axis=1) / math.log(k)
         low = np.flatnonzero(entropy < ENTROPY_FLOOR)
         if low.size:
             step = int(low[0])
             heavy = [domains[i] for i in np.argsort(-w[step])[:2]]
-            found.append(_warning("low-entropy", step, heavy, (
-                f"weights collapsing: entropy {entropy[step]:.2f} of its maximum log({k}) (< {ENTROPY_FLOOR}) "
-                f"from step {step}, mostly on {heavy}")))
+            found.append(
+                _warning(
+                    "low-entropy",
+                    step,
+                    heavy,
+                    (
+                        f"weights collapsing: entropy {entropy[step]:.2f} of its maximum log({k}) (< {ENTROPY_FLOOR}) "
+                        f"from step {step}, mostly on {heavy}"
+                    ),
+                )
+            )
     if floor is not None and last >= 1:
         tail_start = max(1, last - max(1, math.ceil(FLOOR_TAIL * last)) + 1)
         threshold = max(FLOOR_FACTOR * floor, 1e-6)
@@ -71,17 +89,34 @@ def weight_warnings(trajectory_weights, domains: list[str], floor: float | None 
             # where each stuck domain's final stretch at the floor began; report the earliest
             begins = [int(np.flatnonzero(~low[:, i])[-1]) + 1 if (~low[:, i]).any() else 0 for i in stuck]
             names = [domains[i] for i in stuck]
-            found.append(_warning("at-floor", min(begins), names, (
-                f"domain(s) {names} stuck at the smoothing floor ({floor:.3g}) from step {min(begins)} to the end "
-                f"(step {last}): they get no say in the average")))
+            found.append(
+                _warning(
+                    "at-floor",
+                    min(begins),
+                    names,
+                    (
+                        f"domain(s) {names} stuck at the smoothing floor ({floor:.3g}) "
+                        f"from step {min(begins)} to the end "
+                        f"(step {last}): they get no say in the average"
+                    ),
+                )
+            )
     if last >= MIN_STEPS:
         start = last - max(1, math.ceil(MOVING_TAIL * last))
         change = np.abs(w[last] - w[start]).sum()
         if change > MOVING_L1:
             moving = [domains[i] for i in np.argsort(-np.abs(w[last] - w[start]))[:2]]
-            found.append(_warning("not-converged", start, moving, (
-                f"weights still moving at the end: L1 change {change:.3f} (> {MOVING_L1}) from step {start} "
-                f"to step {last}, most in {moving}")))
+            found.append(
+                _warning(
+                    "not-converged",
+                    start,
+                    moving,
+                    (
+                        f"weights still moving at the end: L1 change {change:.3f} (> {MOVING_L1}) from step {start} "
+                        f"to step {last}, most in {moving}"
+                    ),
+                )
+            )
     return found
 
 

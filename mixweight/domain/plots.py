@@ -24,7 +24,7 @@ def plot_trajectory(weights: DomainWeights, path: str | Path) -> Path:
     series = [_trajectory_weights(e, weights.domains) for e in weights.trajectory]
     fig, ax = plt.subplots(figsize=(7, 4))
     for i, domain in enumerate(weights.domains):
-        line, = ax.plot(steps, [s[i] for s in series], label=domain, marker="." if len(steps) < 30 else None)
+        (line,) = ax.plot(steps, [s[i] for s in series], label=domain, marker="." if len(steps) < 30 else None)
         ax.axhline(weights.weights[i], color=line.get_color(), linestyle="--", linewidth=0.8)
     ax.set_xlabel("proxy step")
     ax.set_ylabel("domain weight")

@@ -55,8 +55,10 @@ def verify_weights(weights: DomainWeights, where: str = "weights file", toleranc
     rows = _replay_rows(weights, method)
     steps, replay_domains = block["steps"], block["domains"]
     if rows.shape != (steps + 1, len(replay_domains)) or not np.isfinite(rows).all():
-        raise MixweightError(f"{where}: the replay gave weights of shape {rows.shape} (or non-finite ones), "
-                             f"expected {(steps + 1, len(replay_domains))}")
+        raise MixweightError(
+            f"{where}: the replay gave weights of shape {rows.shape} (or non-finite ones), "
+            f"expected {(steps + 1, len(replay_domains))}"
+        )
     columns = [weights.domains.index(d) for d in replay_domains]
     worst, first = (0.0, "nothing"), None
     compared = 0
@@ -88,7 +90,9 @@ def verify_weights(weights: DomainWeights, where: str = "weights file", toleranc
     for index, entry in sorted(enumerate(weights.trajectory), key=lambda e: _step_key(e[1])):
         step = entry.get("step")
         if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= steps:
-            raise MixweightError(f"{where}: trajectory entry {index} has step {step!r}, outside the replay's 0..{steps}")
+            raise MixweightError(
+                f"{where}: trajectory entry {index} has step {step!r}, outside the replay's 0..{steps}"
+            )
         if not isinstance(entry.get("weights"), (list, dict)):
             raise MixweightError(f"{where}: trajectory entry {index} (step {step}) has no 'weights' list or map")
         compare(entry["weights"], rows[step], f"trajectory step {step}")
@@ -117,5 +121,7 @@ def verify_file(path, tolerance: float = TOLERANCE) -> str:
             f"({result.first[0]:.3g}); largest deviation {result.max_deviation:.3g} at {result.where}; "
             f"the file was edited or does not come from this {result.method} run"
         )
-    return (f"{shown(path)}: replayed {result.steps} {result.method} steps; {result.compared} recorded weight vectors "
-            f"match, largest deviation {result.max_deviation:.3g} (at {result.where}) <= {tolerance:g}")
+    return (
+        f"{shown(path)}: replayed {result.steps} {result.method} steps; {result.compared} recorded weight vectors "
+        f"match, largest deviation {result.max_deviation:.3g} (at {result.where}) <= {tolerance:g}"
+    )

@@ -17,8 +17,8 @@ from mixweight.data.manifest import Manifest
 from mixweight.data.remote import local_copy
 from mixweight.data.streams import read_stream
 from mixweight.errors import MixweightError
-from mixweight.train.distributed import World, all_reduce_sum
 from mixweight.train.chunked_loss import lm_token_losses
+from mixweight.train.distributed import World, all_reduce_sum
 
 
 def load_validation(corpus_dir: str | Path, manifest: Manifest, max_blocks: int) -> dict[str, torch.Tensor]:
@@ -35,16 +35,24 @@ def load_validation(corpus_dir: str | Path, manifest: Manifest, max_blocks: int)
         stream = manifest.stream_dir(corpus_dir, "val", d)
         val_sets[d] = torch.from_numpy(read_stream(stream, limit=max_blocks, seq_len=manifest.seq_len))
         if len(val_sets[d]) == 0:
-            raise MixweightError(f"{stream}: domain '{d}' has no validation blocks, so its loss cannot be measured; "
-                                 "re-create the corpus with `mixweight data prepare --val-fraction` > 0")
+            raise MixweightError(
+                f"{stream}: domain '{d}' has no validation blocks, so its loss cannot be measured; "
+                "re-create the corpus with `mixweight data prepare --val-fraction` > 0"
+            )
     return val_sets
 
 
 @torch.no_grad()
 def evaluate_domains(
-    model: torch.nn.Module, val_sets: dict[str, torch.Tensor], batch_size: int, world: World = World(),
-    irreducible: dict[str, float | None] | None = None, autocast=None, loss_impl: str = "auto",
+    model: torch.nn.Module,
+    val_sets: dict[str, torch.Tensor],
+    batch_size: int,
+    world: World | None = None,
+    irreducible: dict[str, float | None] | None = None,
+    autocast=None,
+    loss_impl: str = "auto",
 ) -> dict:
+    world = world if world is not None else World()
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device

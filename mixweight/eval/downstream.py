@@ -30,8 +30,9 @@ INSTALL_HINT = 'lm-eval is not installed; install the extra with: pip install -e
 
 def bytes_to_unicode() -> dict[int, str]:
     """GPT-2's byte -> printable character table (the alphabet of the ByteLevel pre-tokenizer)."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
-        range(ord("®"), ord("ÿ") + 1))
+    printable = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
     chars = printable[:]
     extra = 0
     for b in range(256):
@@ -127,8 +128,9 @@ def tokenizer_for_model(model_dir: str | Path, vocab_size: int, tokenizer=None, 
         tok = _load_tokenizer(tokenizer)
     else:
         model_dir = Path(model_dir)
-        own = next((d for d in (model_dir, model_dir.parent)
-                    if any((d / name).is_file() for name in TOKENIZER_FILES)), None)
+        own = next(
+            (d for d in (model_dir, model_dir.parent) if any((d / name).is_file() for name in TOKENIZER_FILES)), None
+        )
         if own is not None:
             tok = _load_tokenizer(own)
         elif vocab_size in (256, 257):
@@ -148,9 +150,18 @@ def tokenizer_for_model(model_dir: str | Path, vocab_size: int, tokenizer=None, 
     return tok
 
 
-def lm_eval_raw(checkpoint_dir: str | Path, tasks: list[str], num_fewshot: int, include_path: str | None = None,
-                limit: int | None = None, batch_size: int = 16, tokenizer=None, device: str | None = None,
-                log_samples: bool = False, seed: int = 1234) -> dict:
+def lm_eval_raw(
+    checkpoint_dir: str | Path,
+    tasks: list[str],
+    num_fewshot: int,
+    include_path: str | None = None,
+    limit: int | None = None,
+    batch_size: int = 16,
+    tokenizer=None,
+    device: str | None = None,
+    log_samples: bool = False,
+    seed: int = 1234,
+) -> dict:
     """Run lm-eval-harness on one checkpoint and return `simple_evaluate`'s whole result dict."""
     try:
         import lm_eval
@@ -169,16 +180,30 @@ def lm_eval_raw(checkpoint_dir: str | Path, tasks: list[str], num_fewshot: int, 
     tok = tokenizer_for_model(model_dir, model.config.vocab_size, tokenizer)
     # The prefix is used only for an empty context; with no BOS/EOS (the 256-id synthetic vocabulary) use id 0.
     prefix = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
-    lm = HFLM(pretrained=model, tokenizer=tok, batch_size=batch_size, device=device,
-              prefix_token_id=0 if prefix is None else prefix)
+    lm = HFLM(
+        pretrained=model,
+        tokenizer=tok,
+        batch_size=batch_size,
+        device=device,
+        prefix_token_id=0 if prefix is None else prefix,
+    )
     task_manager = TaskManager(include_path=str(include_path) if include_path else None)
     known = set(task_manager.all_tasks)
     missing = [t for t in tasks if t not in known]
     if missing:
-        raise MixweightError(f"lm-eval: unknown task(s) {missing}" + (f" (include_path {include_path})" if include_path else ""))
+        raise MixweightError(
+            f"lm-eval: unknown task(s) {missing}" + (f" (include_path {include_path})" if include_path else "")
+        )
     results = lm_eval.simple_evaluate(
-        model=lm, tasks=list(tasks), num_fewshot=num_fewshot, limit=limit, task_manager=task_manager,
-        log_samples=log_samples, random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
+        model=lm,
+        tasks=list(tasks),
+        num_fewshot=num_fewshot,
+        limit=limit,
+        task_manager=task_manager,
+        log_samples=log_samples,
+        random_seed=seed,
+        numpy_random_seed=seed,
+        torch_random_seed=seed,
         fewshot_random_seed=seed,
     )
     if results is None:  # only on non-zero ranks of a distributed run
@@ -214,15 +239,30 @@ def summarize(results: dict, tasks: list[str]) -> dict[str, dict]:
     return table
 
 
-def run_lm_eval(checkpoint_dir: str | Path, tasks: list[str], num_fewshot: int, include_path: str | None = None,
-                limit: int | None = None, batch_size: int = 16, tokenizer=None,
-                device: str | None = None) -> dict[str, dict]:
+def run_lm_eval(
+    checkpoint_dir: str | Path,
+    tasks: list[str],
+    num_fewshot: int,
+    include_path: str | None = None,
+    limit: int | None = None,
+    batch_size: int = 16,
+    tokenizer=None,
+    device: str | None = None,
+) -> dict[str, dict]:
     """Accuracy per task of one checkpoint: {task: {"acc": float, "acc_stderr": float | None, ...}}.
 
     `checkpoint_dir` is a run directory (its newest checkpoint), RUN/checkpoints/step-N, or its
     model/ directory. `tokenizer` (a tokenizer object, a tokenizer directory, or a tokenizer.json)
     overrides the default choice of :func:`tokenizer_for_model`.
     """
-    raw = lm_eval_raw(checkpoint_dir, tasks, num_fewshot, include_path=include_path, limit=limit,
-                      batch_size=batch_size, tokenizer=tokenizer, device=device)
+    raw = lm_eval_raw(
+        checkpoint_dir,
+        tasks,
+        num_fewshot,
+        include_path=include_path,
+        limit=limit,
+        batch_size=batch_size,
+        tokenizer=tokenizer,
+        device=device,
+    )
     return summarize(raw, tasks)

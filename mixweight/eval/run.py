@@ -41,8 +41,9 @@ def evaluate_run(run: str, data: str | None = None, checkpoint: str | None = Non
     config = load_yaml(config_path.read_text())
     config = config if isinstance(config, dict) else {}
     if data is None and not isinstance(config.get("data"), str):
-        raise MixweightError(f"{config_path}: empty or without 'data' (the run's corpus); restore the run's "
-                             "config.yaml, or pass --data")
+        raise MixweightError(
+            f"{config_path}: empty or without 'data' (the run's corpus); restore the run's config.yaml, or pass --data"
+        )
     corpus = resolve_corpus(data or config["data"])
     manifest = load_manifest(corpus)
     path = _find_checkpoint(run_dir, checkpoint)

@@ -81,13 +81,20 @@ class PrepareData:
     num_proc: Optional[int] = None
 
     def validate(self) -> None:
-        require(self.seq_len is None or self.seq_len >= 2, "pipeline 'data.prepare': 'seq_len' must be >= 2 "
-                f"(a block needs an input and a target), got {self.seq_len}")
-        require(self.val_fraction is None or 0 < self.val_fraction < 1,  # the same rule as `data prepare`
-                f"pipeline 'data.prepare': 'val_fraction' must be in (0, 1): every domain needs validation data, "
-                f"got {self.val_fraction}")
-        require(self.num_proc is None or self.num_proc >= 1,
-                f"pipeline 'data.prepare': 'num_proc' must be >= 1, got {self.num_proc}")
+        require(
+            self.seq_len is None or self.seq_len >= 2,
+            "pipeline 'data.prepare': 'seq_len' must be >= 2 "
+            f"(a block needs an input and a target), got {self.seq_len}",
+        )
+        require(
+            self.val_fraction is None or 0 < self.val_fraction < 1,  # the same rule as `data prepare`
+            f"pipeline 'data.prepare': 'val_fraction' must be in (0, 1): every domain needs validation data, "
+            f"got {self.val_fraction}",
+        )
+        require(
+            self.num_proc is None or self.num_proc >= 1,
+            f"pipeline 'data.prepare': 'num_proc' must be >= 1, got {self.num_proc}",
+        )
 
 
 @dataclass
@@ -129,9 +136,11 @@ LM_EVAL_KEYS = [f.name for f in dataclasses.fields(LmEvalSection)]
 def data_form(data: dict) -> tuple[str, Any]:
     """('synthetic' | 'prepare' | 'path', its typed config) from the pipeline's `data` section."""
     given = list(data) if isinstance(data, dict) else data  # keys as given: YAML keys may mix types, so no sort
-    require(isinstance(data, dict) and len(data) == 1,
-            f"pipeline: 'data' needs exactly one of {list(DATA_KINDS)}, got {given!r}")
-    (kind, options), = data.items()
+    require(
+        isinstance(data, dict) and len(data) == 1,
+        f"pipeline: 'data' needs exactly one of {list(DATA_KINDS)}, got {given!r}",
+    )
+    ((kind, options),) = data.items()
     if kind not in DATA_FORMS:
         raise MixweightError(f"pipeline: unknown 'data' form '{kind}'; {closest_hint(str(kind), list(DATA_KINDS))}")
     if kind == "path" and isinstance(options, str):
@@ -145,8 +154,10 @@ def data_form(data: dict) -> tuple[str, Any]:
 def check_arm_name(name) -> None:
     problem = name_problem(name)
     if problem is not None:
-        raise MixweightError(f"pipeline: arm name {name!r} {problem}; an arm name becomes the run directory "
-                             f"runs/<arm>-seed<S>, so {NAME_RULE}")
+        raise MixweightError(
+            f"pipeline: arm name {name!r} {problem}; an arm name becomes the run directory "
+            f"runs/<arm>-seed<S>, so {NAME_RULE}"
+        )
 
 
 @dataclass
@@ -163,8 +174,10 @@ class PipelineConfig:
 
     def validate(self) -> None:
         data_form(self.data)
-        require(bool(self.seeds) and len(set(self.seeds)) == len(self.seeds),
-                "pipeline: 'seeds' must be distinct, non-empty")
+        require(
+            bool(self.seeds) and len(set(self.seeds)) == len(self.seeds),
+            "pipeline: 'seeds' must be distinct, non-empty",
+        )
         require(all(seed >= 0 for seed in self.seeds), f"pipeline: 'seeds' must be >= 0, got {self.seeds}")
         require(bool(self.arms), "pipeline: 'arms' is empty")
         report = build_config(ReportSection, self.report, "pipeline 'report'")
@@ -178,15 +191,19 @@ class PipelineConfig:
             arm = arm_values(self, name)
             method = arm.get("domain_weights")
             if method in METHODS:
-                require(getattr(self, method) is not None,
-                        f"pipeline: arm '{name}' uses domain_weights '{method}' but the '{method}' section is null")
+                require(
+                    getattr(self, method) is not None,
+                    f"pipeline: arm '{name}' uses domain_weights '{method}' but the '{method}' section is null",
+                )
                 arm = {**arm, "domain_weights": "uniform"}  # the file exists only once the method has run
             stage_config(TrainConfig, arm, f"pipeline arm '{name}'")
         eval_section = build_config(EvalSection, self.eval, "pipeline 'eval'")
         if eval_section.lm_eval is not None:
             build_config(LmEvalSection, eval_section.lm_eval, "pipeline 'eval.lm_eval'")
-        require(report.baseline is None or report.baseline in self.arms,
-                f"pipeline: report baseline '{report.baseline}' is not an arm; arms: {sorted(self.arms)}")
+        require(
+            report.baseline is None or report.baseline in self.arms,
+            f"pipeline: report baseline '{report.baseline}' is not an arm; arms: {sorted(self.arms)}",
+        )
 
     def lm_eval(self) -> Optional[LmEvalSection]:
         options = self.eval.get("lm_eval")

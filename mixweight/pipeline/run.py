@@ -73,18 +73,30 @@ def _data_stage(config: PipelineConfig, out: Path) -> tuple[Stage, str]:
             from mixweight.data.prepare import prepare_corpus
 
             prepare_options = {k: v for k, v in options.items() if k != "input"}
-            prepare_corpus(input_path=form.input, out_dir=corpus / "data", overwrite=True, progress=config.progress,
-                           **prepare_options)
+            prepare_corpus(
+                input_path=form.input,
+                out_dir=corpus / "data",
+                overwrite=True,
+                progress=config.progress,
+                **prepare_options,
+            )
 
     return Stage("data", corpus, values, {}, 0, make), form.dir if kind == "path" else str(corpus / "data")
 
 
-def _method_stage(method: str, section: dict, corpus: str, data_key: str, out: Path, progress: bool,
-                  report_to="none") -> Stage:
+def _method_stage(
+    method: str, section: dict, corpus: str, data_key: str, out: Path, progress: bool, report_to="none"
+) -> Stage:
     directory = out / "weights" / method
     cls, runner = (DoReMiConfig, run_doremi) if method == "doremi" else (DoGEConfig, run_doge)
-    stage_cfg = stage_config(cls, {"progress": progress, "report_to": report_to, **section}, f"pipeline '{method}'",
-                             data=corpus, out=str(directory / WEIGHTS_FILE), work_dir=str(directory / "work"))
+    stage_cfg = stage_config(
+        cls,
+        {"progress": progress, "report_to": report_to, **section},
+        f"pipeline '{method}'",
+        data=corpus,
+        out=str(directory / WEIGHTS_FILE),
+        work_dir=str(directory / "work"),
+    )
     steps = stage_cfg.steps * (2 * getattr(stage_cfg, "rounds", 1) if method == "doremi" else 3)
     key_section = {k: v for k, v in section.items() if k not in NOT_IN_STAGE_KEY}
     return Stage(f"weights {method}", directory, key_section, {"data": data_key}, steps, lambda: runner(stage_cfg))
@@ -122,8 +134,9 @@ def _arm_stage(config: PipelineConfig, name: str, seed: int, corpus: str, upstre
 
     # progress is display only: it must not rerun a stage; steps always recorded, to tell "more steps" from "fewer"
     key_values = {**{k: v for k, v in values.items() if k not in NOT_IN_STAGE_KEY}, "steps": train_cfg.steps}
-    return Stage(f"arm {name} (seed {seed})", directory, key_values, inputs, train_cfg.steps, run,
-                 resumable=_arm_can_continue)
+    return Stage(
+        f"arm {name} (seed {seed})", directory, key_values, inputs, train_cfg.steps, run, resumable=_arm_can_continue
+    )
 
 
 def _downstream_stage(options: dict, arm: Stage) -> Stage:
@@ -140,15 +153,27 @@ def _downstream_stage(options: dict, arm: Stage) -> Stage:
         from mixweight.jsonio import write_json_atomic
         from mixweight.report.stats import DOWNSTREAM_FILE
 
-        result = run_lm_eval(run_dir, list(options["tasks"]), int(options["num_fewshot"]),
-                             include_path=options.get("include_path"), limit=options.get("limit"),
-                             batch_size=int(options["batch_size"]))
+        result = run_lm_eval(
+            run_dir,
+            list(options["tasks"]),
+            int(options["num_fewshot"]),
+            include_path=options.get("include_path"),
+            limit=options.get("limit"),
+            batch_size=int(options["batch_size"]),
+        )
         write_json_atomic(run_dir / DOWNSTREAM_FILE, result)
         write_json_atomic(directory / DOWNSTREAM_FILE, result)
 
     trajectory = stage_key({k: v for k, v in arm.values.items() if k not in RESUMABLE_CHANGES}, arm.inputs)
-    return Stage(f"lm-eval {run_dir.name}", directory, {**options, "arm_steps": arm.values["steps"]},
-                 {"arm": trajectory}, 0, run, resumable=lambda old, new, changed: changed == ["arm_steps"])
+    return Stage(
+        f"lm-eval {run_dir.name}",
+        directory,
+        {**options, "arm_steps": arm.values["steps"]},
+        {"arm": trajectory},
+        0,
+        run,
+        resumable=lambda old, new, changed: changed == ["arm_steps"],
+    )
 
 
 def build_stages(config: PipelineConfig, out: Path) -> tuple[list[Stage], dict[str, list[str]], str]:
@@ -159,8 +184,9 @@ def build_stages(config: PipelineConfig, out: Path) -> tuple[list[Stage], dict[s
         section = getattr(config, method)
         uses = any(arm_values(config, arm).get("domain_weights") == method for arm in config.arms)
         if section is not None and uses:
-            stage = _method_stage(method, section, corpus, data.key, out, config.progress,
-                                  config.train.get("report_to", "none"))  # the arms' trackers, unless set
+            stage = _method_stage(
+                method, section, corpus, data.key, out, config.progress, config.train.get("report_to", "none")
+            )  # the arms' trackers, unless set
             stages.append(stage)
             keys[method] = stage.key
     lm_eval = config.lm_eval()
@@ -216,8 +242,10 @@ def pipeline_lock(out: Path):
         handle.seek(0)
         holder = handle.read().strip() or "another process"
         handle.close()
-        raise MixweightError(f"{out}: another pipeline is running in this directory ({holder}); wait for it to finish, "
-                             "or choose another --out") from None
+        raise MixweightError(
+            f"{out}: another pipeline is running in this directory ({holder}); wait for it to finish, "
+            "or choose another --out"
+        ) from None
     try:
         handle.seek(0)
         handle.truncate()
@@ -249,8 +277,11 @@ def _record_config(config: PipelineConfig, out: Path) -> None:
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         kept = out / f"pipeline.replaced-{stamp}.yaml"
         path.rename(kept)
-        print(f"[pipeline] config differs from the one that made {out} (sections: {', '.join(sections)}); "
-              f"the earlier config is kept as {kept.name}", flush=True)
+        print(
+            f"[pipeline] config differs from the one that made {out} (sections: {', '.join(sections)}); "
+            f"the earlier config is kept as {kept.name}",
+            flush=True,
+        )
     tmp = path.with_name(f".{CONFIG_FILE}.tmp")
     tmp.write_text(text)
     tmp.replace(path)
@@ -261,7 +292,8 @@ def _refusal(out: Path, changed: list) -> MixweightError:
     return MixweightError(
         f"pipeline {out}: the config changed for stage(s) already run here, and continuing would replace their "
         f"results: {described}. Rerun with --rerun-changed to move their directories aside (nothing is deleted) "
-        "and run them again, restore the old values, or choose another --out")
+        "and run them again, restore the old values, or choose another --out"
+    )
 
 
 def _eta(seconds: float) -> str:
@@ -285,8 +317,10 @@ def run_pipeline(config: PipelineConfig, out: str | Path, rerun_changed: bool = 
             _record_config(config, out)
             for stage, plan in changed:
                 kept = stage.move_aside(plan)
-                print(f"[pipeline] {stage.name} changed ({', '.join(plan.changes)}): "
-                      f"the old directory is kept as {kept}", flush=True)
+                print(
+                    f"[pipeline] {stage.name} changed ({', '.join(plan.changes)}): the old directory is kept as {kept}",
+                    flush=True,
+                )
         total_steps = sum(s.steps for s, p in zip(stages, plans) if p.state != DONE)
         done_steps, seconds_per_step, started = 0, None, time.perf_counter()
         corpus_checked = False
@@ -307,10 +341,15 @@ def run_pipeline(config: PipelineConfig, out: str | Path, rerun_changed: bool = 
             if done_steps:
                 seconds_per_step = (time.perf_counter() - started) / done_steps
             print(f"{prefix}: done in {_eta(time.perf_counter() - began)}", flush=True)
-        weights = {m: str(out / "weights" / m / WEIGHTS_FILE) for m in METHODS
-                   if (out / "weights" / m / WEIGHTS_FILE).is_file()}
-        report = compare_runs(arms, out / "report", weights_files=weights or None,
-                              baseline=config.report.get("baseline"))
-        print(f"[report] {out / 'report' / 'report.md'} (pipeline took {_eta(time.perf_counter() - started)})",
-              flush=True)
+        weights = {
+            m: str(out / "weights" / m / WEIGHTS_FILE)
+            for m in METHODS
+            if (out / "weights" / m / WEIGHTS_FILE).is_file()
+        }
+        report = compare_runs(
+            arms, out / "report", weights_files=weights or None, baseline=config.report.get("baseline")
+        )
+        print(
+            f"[report] {out / 'report' / 'report.md'} (pipeline took {_eta(time.perf_counter() - started)})", flush=True
+        )
     return report

@@ -1,7 +1,7 @@
 """`compare_runs`: finished runs in, `report.md` + `report.json` + PNG figures out.
 
-    run dirs -> arms (seeds grouped) -> same corpus? -> final numbers, curves, steps to the
-    baseline's loss, sample-weight diagnostics, domain weights -> figures -> report.json, report.md
+run dirs -> arms (seeds grouped) -> same corpus? -> final numbers, curves, steps to the
+baseline's loss, sample-weight diagnostics, domain weights -> figures -> report.json, report.md
 """
 
 from __future__ import annotations
@@ -57,13 +57,17 @@ def _baseline(names: list[str], baseline: str | None) -> str:
 
 def _weight_warnings(mixtures: dict) -> list[str]:
     """The methods' own health warnings (weight_warnings), right under the weights they qualify."""
-    lines = [f"- **{name}** {format_warning(w)} (step {w.get('step')})"
-             for name, m in mixtures.items() for w in m.get("warnings") or []]
+    lines = [
+        f"- **{name}** {format_warning(w)} (step {w.get('step')})"
+        for name, m in mixtures.items()
+        for w in m.get("warnings") or []
+    ]
     return ["**Warnings about these weights:**\n\n" + "\n".join(lines)] if lines else []
 
 
-def compare_runs(runs, out_dir, weights_files: dict | None = None, corpus=None, labels=None,
-                 baseline: str | None = None) -> dict:
+def compare_runs(
+    runs, out_dir, weights_files: dict | None = None, corpus=None, labels=None, baseline: str | None = None
+) -> dict:
     """Compare finished runs; writes report.md, report.json and figures into `out_dir`.
 
     runs: run directories (arm = directory name, or `labels[i]`; runs sharing a label are seeds
@@ -95,8 +99,11 @@ def compare_runs(runs, out_dir, weights_files: dict | None = None, corpus=None, 
     figs = {"validation_curves": figures.validation_curves(out, curves, domains)}
     if mixtures:
         figs["domain_weights"] = figures.domain_weights_bars(out, mixtures, domains)
-    trajectories = {name: figures.weight_trajectory(out, name, m["trajectory"])
-                    for name, m in mixtures.items() if m["trajectory"] and m["trajectory"]["steps"]}
+    trajectories = {
+        name: figures.weight_trajectory(out, name, m["trajectory"])
+        for name, m in mixtures.items()
+        if m["trajectory"] and m["trajectory"]["steps"]
+    }
     if diagnostics:
         figs["sample_weights"] = figures.sample_weight_diagnostics(out, diagnostics)
 
@@ -146,10 +153,12 @@ def render_markdown(report: dict, figs: dict[str, str], trajectories: dict[str, 
         tables.results_table(finals, domains, "perplexity"),
     ]
     if corpus["irreducible_loss"] and any(v is not None for v in corpus["irreducible_loss"].values()):
-        parts += ["## Gap to the irreducible loss (synthetic corpus)",
-                  "Final validation loss minus the domain's irreducible loss (the entropy of its generator, "
-                  "from manifest.json); 0 means nothing left to learn. Lower is better.",
-                  tables.gap_table(finals, domains, corpus["irreducible_loss"])]
+        parts += [
+            "## Gap to the irreducible loss (synthetic corpus)",
+            "Final validation loss minus the domain's irreducible loss (the entropy of its generator, "
+            "from manifest.json); 0 means nothing left to learn. Lower is better.",
+            tables.gap_table(finals, domains, corpus["irreducible_loss"]),
+        ]
     base_steps = speed["baseline_steps"]
     parts += [
         "## Steps to reach the baseline's final loss",
@@ -157,42 +166,55 @@ def render_markdown(report: dict, figs: dict[str, str], trajectories: dict[str, 
         f"(mean over its seeds). Steps: the first step at which an arm's average validation loss (mean over "
         "seeds, at the eval steps all seeds share) reaches the target, linearly interpolated between evaluations; "
         f"the baseline itself reaches it at step {'n/a' if base_steps is None else tables.fmt(base_steps, 1)}. "
-        f"Ratio = {speed['baseline']}_steps / arm_steps, DoReMi's \"x fewer steps\" (> 1: faster than the baseline).",
+        f'Ratio = {speed["baseline"]}_steps / arm_steps, DoReMi\'s "x fewer steps" (> 1: faster than the baseline).',
         tables.speedup_table(speed),
     ]
     mixtures = report["domain_weights"]
     if mixtures:
-        parts += ["## Domain weights",
-                  "Sampling proportions of the domains: the corpus's natural mixture (train token counts) and "
-                  "each method's weights.",
-                  tables.weights_table(mixtures, domains),
-                  *_weight_warnings(mixtures),
-                  f"![domain weights]({figs['domain_weights']})"]
+        parts += [
+            "## Domain weights",
+            "Sampling proportions of the domains: the corpus's natural mixture (train token counts) and "
+            "each method's weights.",
+            tables.weights_table(mixtures, domains),
+            *_weight_warnings(mixtures),
+            f"![domain weights]({figs['domain_weights']})",
+        ]
         for name, path in trajectories.items():
             parts += [f"### {name}: weights during the proxy run", f"![{name} trajectory]({path})"]
-        without = [n for n, m in mixtures.items() if m["method"].get("name") not in ("natural", "uniform")
-                   and n not in trajectories]
+        without = [
+            n
+            for n, m in mixtures.items()
+            if m["method"].get("name") not in ("natural", "uniform") and n not in trajectories
+        ]
         if without:
             parts.append(f"No trajectory recorded for: {', '.join(without)}.")
     if report["sample_weights"]:
-        parts += ["## Sample-weight diagnostics",
-                  "For arms that reweight samples: max_i(w_i)·N per logged step (the convergence theorem needs "
-                  "≤ 2; LinUpper does not enforce it) and the effective sample size (1/Σw²)/N (1 = plain mean).",
-                  tables.diagnostics_table(report["sample_weights"]),
-                  f"![sample-weight diagnostics]({figs['sample_weights']})"]
+        parts += [
+            "## Sample-weight diagnostics",
+            "For arms that reweight samples: max_i(w_i)·N per logged step (the convergence theorem needs "
+            "≤ 2; LinUpper does not enforce it) and the effective sample size (1/Σw²)/N (1 = plain mean).",
+            tables.diagnostics_table(report["sample_weights"]),
+            f"![sample-weight diagnostics]({figs['sample_weights']})",
+        ]
     else:
         parts += ["## Sample-weight diagnostics", "No arm reweights samples (all train on the plain mean loss)."]
     if report["downstream"]:
-        parts += ["## Downstream accuracy (lm-eval-harness)",
-                  "Few-shot accuracy of each arm's final checkpoint per task (mean ± std over seeds), as in the "
-                  "LinUpper paper's Tables 2 and 3. Higher is better; the best value of each column is in **bold**.",
-                  tables.downstream_table(report["downstream"])]
-    links = [f"- `{run}`: " + "; ".join(f"{name} {where}" for name, where in trackers.items())
-             for arm in arms.values() for run, trackers in arm.get("trackers", {}).items()]
+        parts += [
+            "## Downstream accuracy (lm-eval-harness)",
+            "Few-shot accuracy of each arm's final checkpoint per task (mean ± std over seeds), as in the "
+            "LinUpper paper's Tables 2 and 3. Higher is better; the best value of each column is in **bold**.",
+            tables.downstream_table(report["downstream"]),
+        ]
+    links = [
+        f"- `{run}`: " + "; ".join(f"{name} {where}" for name, where in trackers.items())
+        for arm in arms.values()
+        for run, trackers in arm.get("trackers", {}).items()
+    ]
     if links:
         parts += ["## Experiment trackers", "Where each run's metrics were mirrored (`report_to`).", "\n".join(links)]
-    parts += ["## Validation curves",
-              "Validation loss per domain and the uniform average during training, a line per arm "
-              "(band: ± std over seeds).",
-              f"![validation curves]({figs['validation_curves']})"]
+    parts += [
+        "## Validation curves",
+        "Validation loss per domain and the uniform average during training, a line per arm (band: ± std over seeds).",
+        f"![validation curves]({figs['validation_curves']})",
+    ]
     return "\n\n".join(parts) + "\n"

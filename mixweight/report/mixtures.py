@@ -18,7 +18,9 @@ def _trajectory(entries: list[dict], file_domains: list[str], where: str) -> dic
         if isinstance(weights, list) and len(weights) == len(file_domains):
             weights = dict(zip(file_domains, weights))
         if not isinstance(weights, dict) or sorted(weights) != sorted(file_domains):
-            raise MixweightError(f"{where}: trajectory[{i}] has weights {weights!r}, expected one per domain {file_domains}")
+            raise MixweightError(
+                f"{where}: trajectory[{i}] has weights {weights!r}, expected one per domain {file_domains}"
+            )
         steps.append(entry.get("step", i))
         for d in file_domains:
             series[d].append(float(weights[d]))
@@ -35,10 +37,14 @@ def load_mixture(path: str | Path, domains: list[str]) -> dict:
     if extra:
         raise MixweightError(f"domain weights file {path}: domains {extra} are not among the runs' domains {domains}")
     by_name = dw.as_dict()
-    return {"weights": {d: by_name.get(d, 0.0) for d in domains}, "method": dw.method, "source": str(path),
-            "held_out": [d for d in domains if d not in by_name or d in dw.targets],
-            "trajectory": _trajectory(dw.trajectory, dw.domains, str(path)) if dw.trajectory else None,
-            "warnings": list(dw.warnings)}
+    return {
+        "weights": {d: by_name.get(d, 0.0) for d in domains},
+        "method": dw.method,
+        "source": str(path),
+        "held_out": [d for d in domains if d not in by_name or d in dw.targets],
+        "trajectory": _trajectory(dw.trajectory, dw.domains, str(path)) if dw.trajectory else None,
+        "warnings": list(dw.warnings),
+    }
 
 
 def _weights_files_of_runs(arms: list[Arm]) -> dict[str, Path]:
@@ -58,18 +64,29 @@ def _weights_files_of_runs(arms: list[Arm]) -> dict[str, Path]:
     return found
 
 
-def collect_mixtures(arms: list[Arm], domains: list[str], manifest: Manifest | None,
-                     weights_files: dict[str, str | Path] | None) -> dict[str, dict]:
+def collect_mixtures(
+    arms: list[Arm], domains: list[str], manifest: Manifest | None, weights_files: dict[str, str | Path] | None
+) -> dict[str, dict]:
     """name -> {"weights": {domain: w}, "method", "source", "trajectory"} in a stable order:
     natural, uniform (when an arm samples uniformly), then the methods' files."""
     mixtures: dict[str, dict] = {}
     if manifest is not None and all(d in manifest.splits.get("train", {}) for d in domains):
         natural = manifest.natural_weights()
-        mixtures["natural"] = {"weights": {d: natural[d] for d in domains}, "method": {"name": "natural"},
-                               "source": "manifest.json (train token counts)", "held_out": [], "trajectory": None}
+        mixtures["natural"] = {
+            "weights": {d: natural[d] for d in domains},
+            "method": {"name": "natural"},
+            "source": "manifest.json (train token counts)",
+            "held_out": [],
+            "trajectory": None,
+        }
     if any(str(r.config.get("domain_weights")) == "uniform" for a in arms for r in a.runs):
-        mixtures["uniform"] = {"weights": {d: 1.0 / len(domains) for d in domains}, "method": {"name": "uniform"},
-                               "source": "uniform", "held_out": [], "trajectory": None}
+        mixtures["uniform"] = {
+            "weights": {d: 1.0 / len(domains) for d in domains},
+            "method": {"name": "uniform"},
+            "source": "uniform",
+            "held_out": [],
+            "trajectory": None,
+        }
     files = weights_files if weights_files is not None else _weights_files_of_runs(arms)
     for name, path in files.items():
         mixtures[str(name)] = load_mixture(path, domains)

@@ -82,7 +82,9 @@ def load_run(path: str | Path) -> Run:
     """Read one finished run directory (and the manifest of the corpus named in its config)."""
     path = Path(path)
     if not (path / "config.yaml").is_file():
-        raise MixweightError(f"{path}: not a run directory (no config.yaml); give directories made by `mixweight train --out`")
+        raise MixweightError(
+            f"{path}: not a run directory (no config.yaml); give directories made by `mixweight train --out`"
+        )
     if not (path / "eval.json").is_file():
         raise MixweightError(
             f"{path}: no eval.json, so the run has not finished; let `mixweight train` finish "
@@ -96,8 +98,9 @@ def load_run(path: str | Path) -> Run:
     if not isinstance(final.get("domains"), dict) or not final["domains"]:
         raise MixweightError(f"{path / 'eval.json'}: no per-domain results ('domains'); re-run `mixweight eval {path}`")
     corpus = config.get("data")
-    return Run(path, config, final, _read_records(path / "metrics.jsonl"), _read_manifest(corpus), corpus,
-               tracker_links(path))
+    return Run(
+        path, config, final, _read_records(path / "metrics.jsonl"), _read_manifest(corpus), corpus, tracker_links(path)
+    )
 
 
 def group_arms(runs, labels=None) -> list[Arm]:
@@ -106,7 +109,11 @@ def group_arms(runs, labels=None) -> list[Arm]:
     if isinstance(runs, dict):
         if labels is not None:
             raise MixweightError("compare: give arm names either as the keys of `runs` or as `labels`, not both")
-        pairs = [(str(name), p) for name, paths in runs.items() for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
+        pairs = [
+            (str(name), p)
+            for name, paths in runs.items()
+            for p in ([paths] if isinstance(paths, (str, Path)) else paths)
+        ]
     else:
         runs = [runs] if isinstance(runs, (str, Path)) else list(runs)
         if labels is not None and len(labels) != len(runs):
@@ -122,8 +129,11 @@ def group_arms(runs, labels=None) -> list[Arm]:
             raise MixweightError(f"compare: run {path} is given twice for arm '{name}'")
         twin = next((r for r in arm.runs if r.seed == run.seed), None)
         if twin is not None:
-            warnings.warn(f"compare: arm '{name}' has two runs with seed {run.seed} ({twin.path}, {path}); "
-                          "they are averaged as seeds; pass labels to keep them apart", stacklevel=2)
+            warnings.warn(
+                f"compare: arm '{name}' has two runs with seed {run.seed} ({twin.path}, {path}); "
+                "they are averaged as seeds; pass labels to keep them apart",
+                stacklevel=2,
+            )
         arm.runs.append(run)
     return list(arms.values())
 
@@ -151,10 +161,14 @@ def check_same_corpus(runs: list[Run], corpus: str | None = None) -> Manifest | 
         return hashed[0].manifest if hashed else next((r.manifest for r in runs if r.manifest), None)
     given = _read_manifest(str(corpus))
     if given is None:
-        raise MixweightError(f"compare: corpus {corpus}: no {MANIFEST_NAME} there; give the directory of a prepared corpus")
+        raise MixweightError(
+            f"compare: corpus {corpus}: no {MANIFEST_NAME} there; give the directory of a prepared corpus"
+        )
     if sorted(given.domains) != domains:
-        raise MixweightError(f"compare: corpus {corpus} has domains {sorted(given.domains)}, "
-                             f"but run {first.path} was evaluated on {domains}")
+        raise MixweightError(
+            f"compare: corpus {corpus} has domains {sorted(given.domains)}, "
+            f"but run {first.path} was evaluated on {domains}"
+        )
     if hashed and given.config_hash and given.config_hash != hashed[0].manifest.config_hash:
         raise MixweightError(
             f"compare: corpus {corpus} (config_hash {given.config_hash}) is not the corpus run {hashed[0].path} "

@@ -7,7 +7,6 @@ Seeds aggregate as mean and sample standard deviation (ddof=1; 0 for a single se
 from __future__ import annotations
 
 import json
-
 import math
 
 import numpy as np
@@ -28,8 +27,10 @@ def final_summary(arm: Arm, domains: list[str], irreducible: dict[str, float | N
     out = {"domains": {}}
     for d in domains:
         stats = [r.final["domains"][d] for r in arm.runs]
-        entry = {"loss": mean_std(s["loss"] for s in stats),
-                 "perplexity": mean_std(s.get("perplexity", math.exp(min(s["loss"], 700.0))) for s in stats)}
+        entry = {
+            "loss": mean_std(s["loss"] for s in stats),
+            "perplexity": mean_std(s.get("perplexity", math.exp(min(s["loss"], 700.0))) for s in stats),
+        }
         gaps = [s.get("gap_to_irreducible") for s in stats]
         if irreducible.get(d) is not None:
             gaps = [g if g is not None else s["loss"] - irreducible[d] for g, s in zip(gaps, stats)]
@@ -38,8 +39,9 @@ def final_summary(arm: Arm, domains: list[str], irreducible: dict[str, float | N
         out["domains"][d] = entry
     finals = [r.final for r in arm.runs]
     out["average_loss"] = mean_std(f["average_loss"] for f in finals)
-    out["average_perplexity"] = mean_std(f.get("average_perplexity", math.exp(min(f["average_loss"], 700.0)))
-                                         for f in finals)
+    out["average_perplexity"] = mean_std(
+        f.get("average_perplexity", math.exp(min(f["average_loss"], 700.0))) for f in finals
+    )
     out["worst_loss"] = mean_std(f["worst_loss"] for f in finals)
     out["worst_domains"] = [f["worst_domain"] for f in finals]
     out["steps"] = [f.get("step") for f in finals]
@@ -87,7 +89,9 @@ def speedups(curves: dict[str, dict], finals: dict[str, dict], baseline: str) ->
     out = {"baseline": baseline, "target_average_loss": target, "arms": {}}
     for name, curve in curves.items():
         steps = steps_to_target(curve["steps"], curve["average_loss"]["mean"], target)
-        per_seed = [steps_to_target(s, v, target) for s, v in zip(curve["per_seed_steps"], curve["per_seed_average_loss"])]
+        per_seed = [
+            steps_to_target(s, v, target) for s, v in zip(curve["per_seed_steps"], curve["per_seed_average_loss"])
+        ]
         out["arms"][name] = {"steps": steps, "per_seed_steps": per_seed}
     base = out["arms"][baseline]["steps"]
     out["baseline_steps"] = base

@@ -32,7 +32,9 @@ def _bold_best(texts: list[str], values: list[float | None], lower_is_better: bo
     if len(known) < 2:
         return texts
     best = min(known) if lower_is_better else max(known)
-    return [f"**{t}**" if v is not None and math.isfinite(v) and abs(v - best) <= TIE else t for t, v in zip(texts, values)]
+    return [
+        f"**{t}**" if v is not None and math.isfinite(v) and abs(v - best) <= TIE else t for t, v in zip(texts, values)
+    ]
 
 
 def _columns_to_rows(columns: list[list[str]]) -> list[list[str]]:
@@ -79,29 +81,62 @@ def speedup_table(speed: dict) -> str:
         rows_ratio.append(entry["ratio"])
         seeds.append(", ".join("not reached" if s is None else fmt(s, 1) for s in entry["per_seed_steps"]))
     steps_text = _bold_best(["not reached" if s is None else fmt(s, 1) for s in rows_steps], rows_steps)
-    ratio_text = _bold_best(["n/a" if r is None else f"{r:.3f}x" for r in rows_ratio], rows_ratio, lower_is_better=False)
-    return table(["arm", "steps to target", f"{speed['baseline']}_steps / arm_steps", "per seed"],
-                 _columns_to_rows([names, steps_text, ratio_text, seeds]))
+    ratio_text = _bold_best(
+        ["n/a" if r is None else f"{r:.3f}x" for r in rows_ratio], rows_ratio, lower_is_better=False
+    )
+    return table(
+        ["arm", "steps to target", f"{speed['baseline']}_steps / arm_steps", "per seed"],
+        _columns_to_rows([names, steps_text, ratio_text, seeds]),
+    )
 
 
 def weights_table(mixtures: dict[str, dict], domains: list[str]) -> str:
-    rows = [[d, *["held out" if d in m.get("held_out", ()) else fmt(m["weights"][d], WEIGHT_DECIMALS)
-                  for m in mixtures.values()]] for d in domains]
+    rows = [
+        [
+            d,
+            *[
+                "held out" if d in m.get("held_out", ()) else fmt(m["weights"][d], WEIGHT_DECIMALS)
+                for m in mixtures.values()
+            ],
+        ]
+        for d in domains
+    ]
     return table(["domain", *mixtures], rows)
 
 
 def diagnostics_table(diagnostics: dict[str, dict]) -> str:
-    rows = [[arm, ", ".join(d["sample_weighting"]), fmt(d["mean_max_weight_x_n"]), fmt(d["max_max_weight_x_n"]),
-             fmt(d["mean_ess_fraction"]), f"{100 * d['fraction_steps_above_2']:.1f}%", str(d["logged_steps"])]
-            for arm, d in diagnostics.items()]
-    return table(["arm", "weighting", "mean max w×N", "max max w×N", "mean ESS/N", "steps with max w×N > 2",
-                  "logged steps"], rows)
+    rows = [
+        [
+            arm,
+            ", ".join(d["sample_weighting"]),
+            fmt(d["mean_max_weight_x_n"]),
+            fmt(d["max_max_weight_x_n"]),
+            fmt(d["mean_ess_fraction"]),
+            f"{100 * d['fraction_steps_above_2']:.1f}%",
+            str(d["logged_steps"]),
+        ]
+        for arm, d in diagnostics.items()
+    ]
+    return table(
+        ["arm", "weighting", "mean max w×N", "max max w×N", "mean ESS/N", "steps with max w×N > 2", "logged steps"],
+        rows,
+    )
 
 
 def arms_table(arms_info: dict[str, dict]) -> str:
-    rows = [[name, str(len(info["runs"])), ", ".join(map(str, info["seeds"])), ", ".join(map(str, sorted(set(info["steps"])))),
-             info["model"], info["domain_weights"], info["sample_weighting"], ", ".join(info["runs"])]
-            for name, info in arms_info.items()]
+    rows = [
+        [
+            name,
+            str(len(info["runs"])),
+            ", ".join(map(str, info["seeds"])),
+            ", ".join(map(str, sorted(set(info["steps"])))),
+            info["model"],
+            info["domain_weights"],
+            info["sample_weighting"],
+            ", ".join(info["runs"]),
+        ]
+        for name, info in arms_info.items()
+    ]
     return table(["arm", "runs", "seeds", "steps", "model", "domain weights", "sample weighting", "run dirs"], rows)
 
 

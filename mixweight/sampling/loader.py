@@ -28,7 +28,6 @@ from mixweight.errors import MixweightError
 from mixweight.sampling.shm import remove_filelocks
 from mixweight.train.distributed import World, barrier
 
-
 # mixweight name -> mosaicml-streaming `batching_method`. 'stratified' is refused (see below).
 BATCHING_METHODS = {"random": "random", "per_stream": "per_stream"}
 STRATIFIED_REFUSAL = (
@@ -57,8 +56,15 @@ def _collate(samples: list[dict]) -> dict[str, torch.Tensor]:
 
 class MixtureLoader:
     def __init__(
-        self, corpus_dir, manifest: Manifest, proportions: dict[str, float], samples_per_epoch: int,
-        micro_batch_size: int, seed: int, world: World, batching: str = "random",
+        self,
+        corpus_dir,
+        manifest: Manifest,
+        proportions: dict[str, float],
+        samples_per_epoch: int,
+        micro_batch_size: int,
+        seed: int,
+        world: World,
+        batching: str = "random",
     ):
         self.micro_batch_size = micro_batch_size
         self.world = world
@@ -68,8 +74,11 @@ class MixtureLoader:
             raise MixweightError(f"domain weights {proportions}: every weight is 0, nothing to sample")
         remote = remote_of(corpus_dir)  # a cache copy of a remote corpus: streaming fetches its shards
         streams = [
-            Stream(local=str(manifest.stream_dir(corpus_dir, "train", d)), proportion=proportions[d],
-                   remote=None if remote is None else streaming_path(join(remote, manifest.splits["train"][d].path)))
+            Stream(
+                local=str(manifest.stream_dir(corpus_dir, "train", d)),
+                proportion=proportions[d],
+                remote=None if remote is None else streaming_path(join(remote, manifest.splits["train"][d].path)),
+            )
             for d in sampled
         ]
         self.dataset = StreamingDataset(
@@ -126,13 +135,15 @@ class MixtureLoader:
     def load_state_dict(self, state: dict) -> None:
         self.epoch = int(state["epoch"])
         self.sample_in_epoch = int(state["sample_in_epoch"])
-        self.dataset.load_state_dict({
-            "epoch": self.epoch,
-            "sample_in_epoch": self.sample_in_epoch,
-            "num_canonical_nodes": 1,
-            "shuffle_seed": self.dataset.shuffle_seed,
-            "initial_physical_nodes": None,
-        })
+        self.dataset.load_state_dict(
+            {
+                "epoch": self.epoch,
+                "sample_in_epoch": self.sample_in_epoch,
+                "num_canonical_nodes": 1,
+                "shuffle_seed": self.dataset.shuffle_seed,
+                "initial_physical_nodes": None,
+            }
+        )
         self._iterator = None
 
 

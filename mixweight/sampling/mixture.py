@@ -29,8 +29,17 @@ from mixweight.train.distributed import World, all_reduce_sum, barrier
 class DomainMixture:
     """Micro-batches ``{"input_ids": [B, L], "domain": [B]}`` for training step `step`."""
 
-    def __init__(self, corpus_dir, manifest: Manifest, phases: list[Phase], samples_per_epoch: int,
-                 micro_batch_size: int, seed: int, world: World, batching: str = "random"):
+    def __init__(
+        self,
+        corpus_dir,
+        manifest: Manifest,
+        phases: list[Phase],
+        samples_per_epoch: int,
+        micro_batch_size: int,
+        seed: int,
+        world: World,
+        batching: str = "random",
+    ):
         check_batching(batching)
         corpus_dir = local_copy(corpus_dir)  # a URL: its cache copy, whose streams name the remote
         self.corpus_dir, self.manifest, self.phases = corpus_dir, manifest, phases
@@ -45,8 +54,11 @@ class DomainMixture:
             streams = [str(manifest.stream_dir(corpus_dir, "train", d)) for d in manifest.domains]
             removed = clean_stale_shared_memory(streams)
             if removed:
-                print(f"mixweight: removed {len(removed)} stale shared-memory segments of a crashed run over "
-                      f"this corpus: {', '.join(removed[:4])}{' ...' if len(removed) > 4 else ''}", file=sys.stderr)
+                print(
+                    f"mixweight: removed {len(removed)} stale shared-memory segments of a crashed run over "
+                    f"this corpus: {', '.join(removed[:4])}{' ...' if len(removed) > 4 else ''}",
+                    file=sys.stderr,
+                )
         barrier(world)
 
     # --- batches -----------------------------------------------------------------------
@@ -66,8 +78,16 @@ class DomainMixture:
             self._local_counts[:] = 0
         self.close()
         self.phase = phase
-        self._loader = MixtureLoader(self.corpus_dir, self.manifest, self.phases[phase].weights, self.samples_per_epoch,
-                                     self.micro_batch_size, self.seed + phase, self.world, self.batching)
+        self._loader = MixtureLoader(
+            self.corpus_dir,
+            self.manifest,
+            self.phases[phase].weights,
+            self.samples_per_epoch,
+            self.micro_batch_size,
+            self.seed + phase,
+            self.world,
+            self.batching,
+        )
         if epoch or sample_in_epoch:
             self._loader.load_state_dict({"epoch": epoch, "sample_in_epoch": sample_in_epoch})
 
@@ -89,18 +109,26 @@ class DomainMixture:
         counts = self.domain_counts()
         total = max(int(counts.sum()), 1)
         target = self.phases[self.phase].weights
-        return {"phase": self.phase, "domains": {
-            d: {"target": target[d], "achieved": int(c) / total, "samples": int(c)}
-            for d, c in zip(self.manifest.domains, counts)
-        }}
+        return {
+            "phase": self.phase,
+            "domains": {
+                d: {"target": target[d], "achieved": int(c) / total, "samples": int(c)}
+                for d, c in zip(self.manifest.domains, counts)
+            },
+        }
 
     # --- checkpoint state ----------------------------------------------------------------
     def state_dict(self) -> dict:
         """Collective (sums the domain counts over ranks); every rank gets the same state."""
-        epoch, sample_in_epoch = ((self._loader.epoch, self._loader.sample_in_epoch) if self._loader is not None
-                                  else self._resume_at)
-        return {"phase": self.phase, "epoch": epoch, "sample_in_epoch": sample_in_epoch,
-                "domain_counts": self.domain_counts().tolist()}
+        epoch, sample_in_epoch = (
+            (self._loader.epoch, self._loader.sample_in_epoch) if self._loader is not None else self._resume_at
+        )
+        return {
+            "phase": self.phase,
+            "epoch": epoch,
+            "sample_in_epoch": sample_in_epoch,
+            "domain_counts": self.domain_counts().tolist(),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         phase = int(state.get("phase", 0))  # checkpoints from before schedules have no phase
@@ -110,6 +138,9 @@ class DomainMixture:
         self.phase = phase
         self._resume_at = (int(state["epoch"]), int(state["sample_in_epoch"]))
         counts = state.get("domain_counts")
-        self._counts_before = (np.asarray(counts, dtype=np.int64) if counts is not None
-                               else np.zeros(len(self.manifest.domains), dtype=np.int64))
+        self._counts_before = (
+            np.asarray(counts, dtype=np.int64)
+            if counts is not None
+            else np.zeros(len(self.manifest.domains), dtype=np.int64)
+        )
         self._local_counts[:] = 0

@@ -29,8 +29,15 @@ from pathlib import Path
 import yaml
 
 from mixweight.data.manifest import Manifest
-from mixweight.domain.artifact import (check_against_manifest, is_file, load_domain_weights, parse_domain_weights,
-                                       read_json, resolve_proportions, shown)
+from mixweight.domain.artifact import (
+    check_against_manifest,
+    is_file,
+    load_domain_weights,
+    parse_domain_weights,
+    read_json,
+    resolve_proportions,
+    shown,
+)
 from mixweight.errors import MixweightError
 from mixweight.yamlio import load_yaml
 
@@ -55,13 +62,16 @@ def resolve_schedule(manifest: Manifest, spec: str, every: int = 0) -> list[Phas
         raise MixweightError(f"domain_weights_every must be >= 0, got {every}")
     if spec in NAMED:
         if every:
-            raise MixweightError(f"domain_weights_every {every} needs a domain_weights.json with a trajectory, "
-                                 f"not '{spec}'")
+            raise MixweightError(
+                f"domain_weights_every {every} needs a domain_weights.json with a trajectory, not '{spec}'"
+            )
         return [Phase(0, resolve_proportions(manifest, spec))]
     path = Path(spec)
     if not is_file(path):
-        raise MixweightError(f"domain weights '{shown(spec)}': expected natural, uniform, a domain_weights.json file, "
-                             "or a schedule file (.yaml/.json list of {start_step, weights})")
+        raise MixweightError(
+            f"domain weights '{shown(spec)}': expected natural, uniform, a domain_weights.json file, "
+            "or a schedule file (.yaml/.json list of {start_step, weights})"
+        )
     raw = _read_schedule(path)
     if raw is not None:
         if every:
@@ -86,8 +96,9 @@ def _read_schedule(path: Path):
         except RecursionError:
             raise MixweightError(f"schedule file {path}: nested too deeply to be a schedule") from None
         if not isinstance(raw, list):
-            raise MixweightError(f"schedule file {path}: expected a list of {{start_step, weights}} phases, "
-                                 f"got {type(raw).__name__}")
+            raise MixweightError(
+                f"schedule file {path}: expected a list of {{start_step, weights}} phases, got {type(raw).__name__}"
+            )
         return raw
     raw = read_json(path, "domain weights or schedule file")  # duplicate keys, huge numbers: one-line errors
     return raw if isinstance(raw, list) else None
@@ -121,8 +132,10 @@ def _parse_schedule(raw: list, manifest: Manifest, path: Path) -> list[Phase]:
         if phases and start == phases[-1].start_step:
             raise MixweightError(f"{where}: start_step {start} repeats the previous phase's; each step has one mixture")
         if phases and start < phases[-1].start_step:
-            raise MixweightError(f"{where}: start_step {start} comes after {phases[-1].start_step}; "
-                                 "list phases in increasing start_step order")
+            raise MixweightError(
+                f"{where}: start_step {start} comes after {phases[-1].start_step}; "
+                "list phases in increasing start_step order"
+            )
         phases.append(Phase(start, _phase_weights(item["weights"], manifest, path, where)))
     return phases
 
@@ -131,7 +144,9 @@ def _phase_weights(value, manifest: Manifest, schedule: Path, where: str) -> dic
     if isinstance(value, dict):
         return check_against_manifest(parse_domain_weights({"weights": value}, where), manifest, where)
     if not isinstance(value, str):
-        raise MixweightError(f"{where}: weights must be natural, uniform, a file, or a {{domain: weight}} map, got {value!r}")
+        raise MixweightError(
+            f"{where}: weights must be natural, uniform, a file, or a {{domain: weight}} map, got {value!r}"
+        )
     if value in NAMED:
         return resolve_proportions(manifest, value)
     file = Path(value) if Path(value).is_absolute() else schedule.parent / value
@@ -143,8 +158,10 @@ def _phase_weights(value, manifest: Manifest, schedule: Path, where: str) -> dic
 def _trajectory_phases(manifest: Manifest, path: Path, every: int) -> list[Phase]:
     weights = load_domain_weights(path)
     if not weights.trajectory:
-        raise MixweightError(f"{path}: domain_weights_every {every} follows the 'trajectory', but the file has none; "
-                             "set domain_weights_every 0 to use its final weights")
+        raise MixweightError(
+            f"{path}: domain_weights_every {every} follows the 'trajectory', but the file has none; "
+            "set domain_weights_every 0 to use its final weights"
+        )
     phases = []
     for index, entry in enumerate(weights.trajectory):
         where = f"{path}, trajectory entry {index}"

@@ -60,8 +60,9 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(run_dir, step: int, model, model_state: dict, optimizer_state: dict, scheduler, state: dict,
-                    keep: int) -> Path:
+def save_checkpoint(
+    run_dir, step: int, model, model_state: dict, optimizer_state: dict, scheduler, state: dict, keep: int
+) -> Path:
     """Write step-N atomically, then drop all but the `keep` newest checkpoints.
 
     `model` is the unwrapped HF model (for its config); the states are full, unsharded ones.
@@ -165,8 +166,10 @@ def load_trainer_state(checkpoint: str | Path, model, optimizer, scheduler) -> N
             f"(it does not load as plain tensors: {type(exc).__name__}); it is never loaded any other way"
         ) from exc
     if not isinstance(blob, dict) or not {"optimizer", "scheduler", "rng"} <= set(blob):
-        raise MixweightError(f"checkpoint {checkpoint}: trainer_state.pt is not a mixweight checkpoint's trainer state "
-                             "(expected optimizer, scheduler and rng entries)")
+        raise MixweightError(
+            f"checkpoint {checkpoint}: trainer_state.pt is not a mixweight checkpoint's trainer state "
+            "(expected optimizer, scheduler and rng entries)"
+        )
     try:
         load_optimizer_state(model, optimizer, blob["optimizer"])
     except (ValueError, KeyError, TypeError) as exc:

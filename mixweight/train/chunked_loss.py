@@ -83,8 +83,7 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         for start in range(0, hidden.shape[0], rows):
             end = min(start + rows, hidden.shape[0])
             logits = F.linear(hidden[start:end], weight, bias).float()  # the fp32 cast (no-op in fp32)
-            losses[start:end] = F.cross_entropy(logits, labels[start:end], ignore_index=IGNORE_INDEX,
-                                                reduction="none")
+            losses[start:end] = F.cross_entropy(logits, labels[start:end], ignore_index=IGNORE_INDEX, reduction="none")
         ctx.rows = rows
         ctx.save_for_backward(hidden, weight, bias, labels)
         return losses
@@ -126,8 +125,9 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         return grad_hidden, grad_weight, grad_bias, None, None
 
 
-def chunked_token_losses(hidden: torch.Tensor, head: torch.nn.Linear, labels: torch.Tensor,
-                         rows: int | None = None) -> torch.Tensor:
+def chunked_token_losses(
+    hidden: torch.Tensor, head: torch.nn.Linear, labels: torch.Tensor, rows: int | None = None
+) -> torch.Tensor:
     """Per-token next-token losses [B, L-1] (0 where ignored) from final hidden states [B, L, H]."""
     batch, length, width = hidden.shape
     shifted_hidden = hidden[:, :-1, :].reshape(-1, width)
@@ -153,8 +153,9 @@ def install_token_loss_forward(model: torch.nn.Module) -> None:
         hf.forward = types.MethodType(_forward_with_token_losses, hf)
 
 
-def lm_token_losses(model: torch.nn.Module, input_ids: torch.Tensor, impl: str = "auto",
-                    labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def lm_token_losses(
+    model: torch.nn.Module, input_ids: torch.Tensor, impl: str = "auto", labels: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token losses [B, L-1] fp32 (0 where ignored) and the counted-token mask, by `impl`.
 
     `model` may be wrapped (DDP, FSDP, compiled); call it under the run's autocast context.
@@ -164,8 +165,10 @@ def lm_token_losses(model: torch.nn.Module, input_ids: torch.Tensor, impl: str =
     if impl == "full":
         return per_token_losses(model(input_ids=input_ids).logits, labels)
     if _output_head(model) is None:
-        raise MixweightError("train: loss_impl chunked needs a Hugging Face causal LM with a linear output "
-                             "head (get_output_embeddings); use loss_impl full for this model")
+        raise MixweightError(
+            "train: loss_impl chunked needs a Hugging Face causal LM with a linear output "
+            "head (get_output_embeddings); use loss_impl full for this model"
+        )
     install_token_loss_forward(model)
     losses = model(input_ids=input_ids, mixweight_labels=labels)
     return losses, labels[:, 1:] != IGNORE_INDEX

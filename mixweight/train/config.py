@@ -5,16 +5,24 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Optional, Union
 
-from mixweight.config import option as _f, require
+from mixweight.config import option as _f
+from mixweight.config import require
 
 SAMPLE_WEIGHTINGS = ("none", "linupper", "quadratic", "extremes")
 
 
 @dataclass
 class TrainConfig:
-    data: str = _f(None, "corpus directory (made by `mixweight data synth` or `data prepare`), a corpus URL (s3://, gs://, ..., file:///DIR; cached in --cache-dir), or `synthetic` for the built-in default corpus")
+    data: str = _f(
+        None,
+        "corpus directory (made by `mixweight data synth` or `data prepare`), a corpus URL (s3://, gs://, ..., "
+        "file:///DIR; cached in --cache-dir), or `synthetic` for the built-in default corpus",
+    )
     out: str = _f(None, "run directory: config, metrics, checkpoints, eval")
-    model: str = _f("gpt2-tiny", "model spec: a name in proxies/ (gpt2-tiny, llama-tiny, gpt2-mini, ...) or a path to an HF config JSON")
+    model: str = _f(
+        "gpt2-tiny",
+        "model spec: a name in proxies/ (gpt2-tiny, llama-tiny, gpt2-mini, ...) or a path to an HF config JSON",
+    )
     steps: int = _f(200, "optimizer steps")
     batch_size: int = _f(16, "sequences per micro-batch on each process")
     grad_accum: int = _f(1, "micro-batches accumulated per optimizer step")
@@ -26,19 +34,49 @@ class TrainConfig:
     adam_beta2: float = _f(0.95, "AdamW beta2")
     grad_clip: float = _f(1.0, "clip the global gradient norm to this value (0 disables)")
     seed: int = _f(0, "seed for model init and data order")
-    domain_weights: str = _f("natural", "sampling proportions of the domains: natural (by token count), uniform, a domain_weights.json, or a schedule file (.yaml/.json list of {start_step, weights})")
-    domain_weights_every: int = _f(0, "follow the weights file's trajectory, entry i from step i*N (0: use its final weights)")
-    batching: str = _f("random", "how micro-batches mix domains: random (shuffled together) or per_stream (each micro-batch from one domain); stratified is refused, it drops samples")
-    sample_weighting: str = _f("none", "loss-based sample weights inside each step: none, linupper, quadratic or extremes")
-    r: float = _f(0.4, "sample-weight temperature, the paper's r (YAML key r): large -> uniform weights; the max/min "
-                  "weight ratio is at most e^(1/r). --r is an alias that torchrun's own parser refuses (it reads it as "
-                  "--rdzv-*), so under torchrun write --temperature", flags=("--temperature", "--r"))
-    r_schedule: str = _f("step", "how r reaches its target: step (r_start, then r after r_warmup_steps), linear or cosine (anneal from r_start to r over r_warmup_steps), or burnin (plain mean loss for r_warmup_steps, then r)")
-    r_warmup_steps: int = _f(0, "optimizer steps before r reaches its target (0: the target r from the first step; the 1.4B/7B reference code, IBM fms-fsdp branch reweighted-train, defaults to 2000 at r_start 100)")
+    domain_weights: str = _f(
+        "natural",
+        "sampling proportions of the domains: natural (by token count), uniform, a domain_weights.json, or a schedule "
+        "file (.yaml/.json list of {start_step, weights})",
+    )
+    domain_weights_every: int = _f(
+        0, "follow the weights file's trajectory, entry i from step i*N (0: use its final weights)"
+    )
+    batching: str = _f(
+        "random",
+        "how micro-batches mix domains: random (shuffled together) or per_stream (each micro-batch from one domain); "
+        "stratified is refused, it drops samples",
+    )
+    sample_weighting: str = _f(
+        "none", "loss-based sample weights inside each step: none, linupper, quadratic or extremes"
+    )
+    r: float = _f(
+        0.4,
+        "sample-weight temperature, the paper's r (YAML key r): large -> uniform weights; the max/min "
+        "weight ratio is at most e^(1/r). --r is an alias that torchrun's own parser refuses (it reads it as "
+        "--rdzv-*), so under torchrun write --temperature",
+        flags=("--temperature", "--r"),
+    )
+    r_schedule: str = _f(
+        "step",
+        "how r reaches its target: step (r_start, then r after r_warmup_steps), linear or cosine (anneal from r_start "
+        "to r over r_warmup_steps), or burnin (plain mean loss for r_warmup_steps, then r)",
+    )
+    r_warmup_steps: int = _f(
+        0,
+        "optimizer steps before r reaches its target (0: the target r from the first step; the 1.4B/7B reference "
+        "code, IBM fms-fsdp branch reweighted-train, defaults to 2000 at r_start 100)",
+    )
     r_start: float = _f(100.0, "r during the warmup (step) or at step 0 (linear, cosine); unused by burnin")
-    weight_cap: Optional[float] = _f(None, "optional cap c: no sample weight above c/N (the convergence theorem's condition with c=2)")
-    weight_histogram_every: int = _f(100, "log a histogram of the sample weights (each times the batch size) every this many steps")
-    max_nonfinite_steps: int = _f(20, "stop the run after this many consecutive steps skipped for non-finite losses or gradients")
+    weight_cap: Optional[float] = _f(
+        None, "optional cap c: no sample weight above c/N (the convergence theorem's condition with c=2)"
+    )
+    weight_histogram_every: int = _f(
+        100, "log a histogram of the sample weights (each times the batch size) every this many steps"
+    )
+    max_nonfinite_steps: int = _f(
+        20, "stop the run after this many consecutive steps skipped for non-finite losses or gradients"
+    )
     fsdp: bool = _f(False, "under torchrun, shard the model with PyTorch FSDP (fully_shard) instead of DDP")
     eval_every: int = _f(50, "evaluate per-domain validation loss every N steps (0: only at the end)")
     eval_blocks: int = _f(64, "validation blocks per domain used by evaluation")
@@ -46,15 +84,35 @@ class TrainConfig:
     checkpoint_every: int = _f(100, "save a checkpoint every N steps (the last step is always saved)")
     keep_checkpoints: int = _f(2, "how many of the newest checkpoints to keep")
     log_every: int = _f(10, "write training metrics every N steps")
-    precision: str = _f("auto", "auto (bf16 autocast on a GPU, fp32 on CPU), bf16 (autocast on GPU or CPU; losses and weights stay fp32) or fp32")
-    loss_impl: str = _f("auto", "per-sample loss: full (the model's logits [B, L, V], then cross-entropy), chunked (output projection and cross-entropy over chunks of tokens, recomputed in the backward: no full logits tensor; Hugging Face causal LMs), or auto (chunked when vocabulary x seq_len >= 2^22)")
-    compile: bool = _f(False, "wrap the model with torch.compile (module.compile(), after DDP/FSDP wrapping; checkpoints keep plain parameter names)")
-    weighting_scope: str = _f("step", "the group sample weights are normalized over: step (all micro-batches on all processes, exact; with grad_accum > 1 one extra no-grad forward) or micro_batch (each micro-batch on all processes, no extra cost)")
+    precision: str = _f(
+        "auto",
+        "auto (bf16 autocast on a GPU, fp32 on CPU), bf16 (autocast on GPU or CPU; losses and weights stay fp32) or "
+        "fp32",
+    )
+    loss_impl: str = _f(
+        "auto",
+        "per-sample loss: full (the model's logits [B, L, V], then cross-entropy), chunked (output projection and "
+        "cross-entropy over chunks of tokens, recomputed in the backward: no full logits tensor; Hugging Face causal "
+        "LMs), or auto (chunked when vocabulary x seq_len >= 2^22)",
+    )
+    compile: bool = _f(
+        False,
+        "wrap the model with torch.compile (module.compile(), after DDP/FSDP wrapping; checkpoints keep plain "
+        "parameter names)",
+    )
+    weighting_scope: str = _f(
+        "step",
+        "the group sample weights are normalized over: step (all micro-batches on all processes, exact; with "
+        "grad_accum > 1 one extra no-grad forward) or micro_batch (each micro-batch on all processes, no extra cost)",
+    )
     resume: bool = _f(False, "continue from the newest checkpoint in --out")
     progress: bool = _f(True, "show a progress bar (only on a terminal)")
-    report_to: Union[list[str], str] = _f("none", "mirror every metrics record to experiment trackers: a "
-                                          "comma-separated list of tensorboard, wandb, mlflow (YAML: a list), or "
-                                          "none; needs the tracking extra (pip install 'mixweight[tracking]')")
+    report_to: Union[list[str], str] = _f(
+        "none",
+        "mirror every metrics record to experiment trackers: a "
+        "comma-separated list of tensorboard, wandb, mlflow (YAML: a list), or "
+        "none; needs the tracking extra (pip install 'mixweight[tracking]')",
+    )
 
     def __post_init__(self) -> None:
         from mixweight.tracking import parse_report_to
@@ -70,14 +128,29 @@ class TrainConfig:
         RSchedule(kind=self.r_schedule, r=self.r, r_start=self.r_start, warmup_steps=self.r_warmup_steps)
         require(self.data is not None, "train: --data is required (a corpus directory)")
         require(self.out is not None, "train: --out is required (the run directory)")
-        for name in ("max_nonfinite_steps", "steps", "batch_size", "grad_accum", "eval_blocks", "eval_batch_size", "keep_checkpoints", "log_every", "checkpoint_every", "weight_histogram_every"):
+        for name in (
+            "max_nonfinite_steps",
+            "steps",
+            "batch_size",
+            "grad_accum",
+            "eval_blocks",
+            "eval_batch_size",
+            "keep_checkpoints",
+            "log_every",
+            "checkpoint_every",
+            "weight_histogram_every",
+        ):
             value = getattr(self, name)
             require(value > 0, f"train: '{name}' must be a positive integer, got {value}")
-        require(self.sample_weighting in SAMPLE_WEIGHTINGS,
-                f"train: 'sample_weighting' must be one of {', '.join(SAMPLE_WEIGHTINGS)}, got {self.sample_weighting!r}")
+        require(
+            self.sample_weighting in SAMPLE_WEIGHTINGS,
+            f"train: 'sample_weighting' must be one of {', '.join(SAMPLE_WEIGHTINGS)}, got {self.sample_weighting!r}",
+        )
         require(self.r > 0 and self.r_start > 0, f"train: 'r' and 'r_start' must be > 0, got {self.r}, {self.r_start}")
-        require(self.weight_cap is None or self.weight_cap >= 1,
-                f"train: 'weight_cap' must be >= 1 (c/N can be no less than the uniform 1/N), got {self.weight_cap}")
+        require(
+            self.weight_cap is None or self.weight_cap >= 1,
+            f"train: 'weight_cap' must be >= 1 (c/N can be no less than the uniform 1/N), got {self.weight_cap}",
+        )
         for name in ("warmup_steps", "eval_every", "r_warmup_steps"):
             value = getattr(self, name)
             require(value >= 0, f"train: '{name}' must be >= 0, got {value}")
@@ -86,15 +159,25 @@ class TrainConfig:
         require(self.weight_decay >= 0, f"train: 'weight_decay' must be >= 0, got {self.weight_decay}")
         require(0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1, "train: adam betas must be in [0, 1)")
         require(self.grad_clip >= 0, f"train: 'grad_clip' must be >= 0, got {self.grad_clip}")
-        require(self.domain_weights_every >= 0, f"train: 'domain_weights_every' must be >= 0, got {self.domain_weights_every}")
+        require(
+            self.domain_weights_every >= 0,
+            f"train: 'domain_weights_every' must be >= 0, got {self.domain_weights_every}",
+        )
         from mixweight.sampling.loader import check_batching
 
         check_batching(self.batching)
-        require(self.precision in ("auto", "bf16", "fp32"), f"train: 'precision' must be auto, bf16 or fp32, got {self.precision!r}")
-        require(self.loss_impl in ("auto", "full", "chunked"),
-                f"train: 'loss_impl' must be auto, full or chunked, got {self.loss_impl!r}")
-        require(self.weighting_scope in ("step", "micro_batch"),
-                f"train: 'weighting_scope' must be step or micro_batch, got {self.weighting_scope!r}")
+        require(
+            self.precision in ("auto", "bf16", "fp32"),
+            f"train: 'precision' must be auto, bf16 or fp32, got {self.precision!r}",
+        )
+        require(
+            self.loss_impl in ("auto", "full", "chunked"),
+            f"train: 'loss_impl' must be auto, full or chunked, got {self.loss_impl!r}",
+        )
+        require(
+            self.weighting_scope in ("step", "micro_batch"),
+            f"train: 'weighting_scope' must be step or micro_batch, got {self.weighting_scope!r}",
+        )
 
 
 def config_fields(cls=TrainConfig):

@@ -38,9 +38,17 @@ class ReweightingTrainer(Trainer):
     `attention_mask`); without `labels` the inputs are their own labels.
     """
 
-    def __init__(self, *args, sample_weighting: str | SampleWeighting = "linupper", r: float = 0.4,
-                 r_schedule: str = "step", r_warmup_steps: int = 0, r_start: float = 100.0,
-                 weight_cap: float | None = None, **kwargs):
+    def __init__(
+        self,
+        *args,
+        sample_weighting: str | SampleWeighting = "linupper",
+        r: float = 0.4,
+        r_schedule: str = "step",
+        r_warmup_steps: int = 0,
+        r_start: float = 100.0,
+        weight_cap: float | None = None,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         if isinstance(sample_weighting, SampleWeighting):
             self.sample_weighting = sample_weighting

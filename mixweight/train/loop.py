@@ -1,9 +1,9 @@
 """The training loop: read top to bottom, one optimizer step per iteration.
 
-    build (corpus, model, optimizer, data) -> resume? -> for each step:
-        micro-batches -> per-sample losses -> sample weights -> backward -> clip -> step
-        log / evaluate per domain / checkpoint
-    -> final evaluation (eval.json) and checkpoint
+build (corpus, model, optimizer, data) -> resume? -> for each step:
+    micro-batches -> per-sample losses -> sample weights -> backward -> clip -> step
+    log / evaluate per domain / checkpoint
+-> final evaluation (eval.json) and checkpoint
 """
 
 from __future__ import annotations
@@ -20,26 +20,27 @@ from tqdm.auto import tqdm
 from mixweight.data.manifest import load_manifest
 from mixweight.data.synthetic import resolve_corpus
 from mixweight.errors import MixweightError, first_line
-from mixweight.jsonio import write_json_atomic
 from mixweight.eval.domains import evaluate_domains, load_validation
+from mixweight.jsonio import write_json_atomic
 from mixweight.sampling.mixture import DomainMixture
 from mixweight.sampling.schedule import resolve_schedule
+from mixweight.tracking import open_trackers
 from mixweight.train import checkpoint as ckpt
+from mixweight.train import rundir
 from mixweight.train.config import TrainConfig
 from mixweight.train.distributed import World, barrier, broadcast_object, close_world, init_world
-from mixweight.tracking import open_trackers
 from mixweight.train.metrics import MetricsLog
-from mixweight.train import rundir
 from mixweight.train.model import build_config, build_model, count_parameters, load_spec
+from mixweight.train.objective import StepObjective, WeightedLoss
 from mixweight.train.optim import build_optimizer, build_scheduler
 from mixweight.train.parallel import full_model_state, full_optimizer_state, grad_norm_value, wrap_model
 from mixweight.train.rundir import RESUMABLE_CHANGES, config_changes  # noqa: F401 - used by DoReMi's reuse check
-from mixweight.train.objective import StepObjective, WeightedLoss
 from mixweight.train.step import StepResult
 from mixweight.weighting import weight_stats
 
 # Bins of N * w for the sample-weight histogram; the last bin catches everything above 4x uniform.
 HISTOGRAM_EDGES = np.array([0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0, 4.0, np.inf])
+
 
 def autocast_context(precision: str, device: torch.device):
     """bf16 autocast (on a GPU, or on the CPU with precision bf16), else None. Matmuls run in bf16; the
@@ -66,8 +67,9 @@ def _claim_run_dir(config: TrainConfig, inputs: dict, lock: rundir.RunLock) -> P
     try:
         latest = ckpt.latest_checkpoint(run_dir)
         if latest is not None and not config.resume:
-            raise MixweightError(f"{run_dir}: already holds checkpoints; pass --resume to continue it, "
-                                 "or choose a new --out")
+            raise MixweightError(
+                f"{run_dir}: already holds checkpoints; pass --resume to continue it, or choose a new --out"
+            )
         if latest is not None:
             details = rundir.config_changes(run_dir, config, inputs)
             if details:
@@ -109,8 +111,11 @@ def _record_run(config: TrainConfig, inputs: dict, metrics: MetricsLog, start_st
     if start_step == 0:
         dropped = metrics.start_afresh()
         if dropped:
-            print(f"mixweight train: {run_dir}: no checkpoint to resume from; starting at step 0 and replacing "
-                  f"metrics.jsonl ({dropped} records of an earlier start)", flush=True)
+            print(
+                f"mixweight train: {run_dir}: no checkpoint to resume from; starting at step 0 and replacing "
+                f"metrics.jsonl ({dropped} records of an earlier start)",
+                flush=True,
+            )
     else:
         note = metrics.truncate_after(start_step)
         if note:
@@ -147,20 +152,40 @@ def _is_tied(model, key: str) -> bool:
     return bool(getattr(model.config, "tie_word_embeddings", False)) and key.endswith("lm_head.weight")
 
 
-def _step_record(step: int, result: StepResult, lr: float, grad_norm: float, tokens: int, tokens_per_s: float,
-                 skipped: int, domains: list[str], histogram: bool) -> dict:
+def _step_record(
+    step: int,
+    result: StepResult,
+    lr: float,
+    grad_norm: float,
+    tokens: int,
+    tokens_per_s: float,
+    skipped: int,
+    domains: list[str],
+    histogram: bool,
+) -> dict:
     n = len(result.losses)
     scaled = result.weights * n  # N * w: 1 for every sample under the plain mean
     per_domain = {}
     for index, name in enumerate(domains):
         mask = (result.domains == index) & torch.isfinite(result.losses)
         if mask.any():
-            per_domain[name] = {"loss": result.losses[mask].mean().item(), "share": mask.float().mean().item(),
-                                "weight_x_n": scaled[mask].mean().item()}
+            per_domain[name] = {
+                "loss": result.losses[mask].mean().item(),
+                "share": mask.float().mean().item(),
+                "weight_x_n": scaled[mask].mean().item(),
+            }
     record = {
-        "step": step, "loss": result.mean_loss, "objective": result.objective, "lr": lr, "grad_norm": grad_norm,
-        "tokens": tokens, "nonfinite_samples": n - result.n_finite, "skipped_steps": skipped,
-        "weights": weight_stats(result.weights), "domains": per_domain, "time": {"tokens_per_s": tokens_per_s},
+        "step": step,
+        "loss": result.mean_loss,
+        "objective": result.objective,
+        "lr": lr,
+        "grad_norm": grad_norm,
+        "tokens": tokens,
+        "nonfinite_samples": n - result.n_finite,
+        "skipped_steps": skipped,
+        "weights": weight_stats(result.weights),
+        "domains": per_domain,
+        "time": {"tokens_per_s": tokens_per_s},
     }
     if histogram:
         counts, edges = np.histogram(scaled.numpy(), bins=HISTOGRAM_EDGES)
@@ -251,8 +276,9 @@ def _train(config: TrainConfig, objective: StepObjective, world: World, lock: ru
         tokens_per_step = global_micro * config.grad_accum * manifest.seq_len
 
         def evaluate(step: int) -> dict:
-            summary = evaluate_domains(model, val_sets, config.eval_batch_size, world, manifest.irreducible_loss,
-                                       autocast, config.loss_impl)
+            summary = evaluate_domains(
+                model, val_sets, config.eval_batch_size, world, manifest.irreducible_loss, autocast, config.loss_impl
+            )
             metrics.write({"step": step, "eval": summary})
             return summary
 
@@ -260,15 +286,25 @@ def _train(config: TrainConfig, objective: StepObjective, world: World, lock: ru
             state = {"loader": loader.state_dict(), "skipped_steps": skipped, "objective": objective.state_dict()}
             model_state, optimizer_state = full_model_state(model), full_optimizer_state(model, optimizer)
             if world.is_main:
-                ckpt.save_checkpoint(run_dir, step, hf_model, model_state, optimizer_state, scheduler, state,
-                                     config.keep_checkpoints)
+                ckpt.save_checkpoint(
+                    run_dir, step, hf_model, model_state, optimizer_state, scheduler, state, config.keep_checkpoints
+                )
             barrier(world)
 
         if world.is_main:
-            print(f"mixweight train: {count_parameters(model) / 1e6:.2f}M parameters, {len(manifest.domains)} domains, "
-                  f"{tokens_per_step} tokens/step, steps {start_step}->{config.steps}", flush=True)
-        bar = tqdm(total=config.steps, initial=start_step, disable=not (world.is_main and config.progress) or None,
-                   desc="train", unit="step", dynamic_ncols=True)
+            print(
+                f"mixweight train: {count_parameters(model) / 1e6:.2f}M parameters, {len(manifest.domains)} domains, "
+                f"{tokens_per_step} tokens/step, steps {start_step}->{config.steps}",
+                flush=True,
+            )
+        bar = tqdm(
+            total=config.steps,
+            initial=start_step,
+            disable=not (world.is_main and config.progress) or None,
+            desc="train",
+            unit="step",
+            dynamic_ncols=True,
+        )
         streak = NonFiniteStreak(config.max_nonfinite_steps, manifest.domains)
         model.train()
         for step in range(start_step, config.steps):
@@ -292,8 +328,17 @@ def _train(config: TrainConfig, objective: StepObjective, world: World, lock: ru
             bar.set_postfix(loss=f"{result.mean_loss:.3f}", tok_s=f"{tokens_per_s:,.0f}")
             histogram = done % config.weight_histogram_every == 0
             if done % config.log_every == 0 or done == config.steps or histogram:
-                record = _step_record(done, result, lr, grad_norm, done * tokens_per_step, tokens_per_s,
-                                      skipped, manifest.domains, histogram)
+                record = _step_record(
+                    done,
+                    result,
+                    lr,
+                    grad_norm,
+                    done * tokens_per_step,
+                    tokens_per_s,
+                    skipped,
+                    manifest.domains,
+                    histogram,
+                )
                 record["mixture"] = loader.mixture()  # cumulative achieved vs target share, this phase
                 metrics.write({**record, **objective.step_metrics()})
             if config.eval_every and done % config.eval_every == 0 and done != config.steps:
@@ -310,4 +355,3 @@ def _train(config: TrainConfig, objective: StepObjective, world: World, lock: ru
     finally:
         metrics.close()
         loader.close()
-

@@ -29,7 +29,9 @@ def resolve_spec(spec: str) -> Path:
         candidate = directory / f"{spec}.json"
         if candidate.is_file():
             return candidate
-    raise MixweightError(f"model spec '{spec}': not a JSON file nor a name in proxies/; available: {', '.join(available_specs())}")
+    raise MixweightError(
+        f"model spec '{spec}': not a JSON file nor a name in proxies/; available: {', '.join(available_specs())}"
+    )
 
 
 def load_spec(spec: str) -> dict:
@@ -39,7 +41,7 @@ def load_spec(spec: str) -> dict:
     except json.JSONDecodeError as exc:
         raise MixweightError(f"model spec {path}: not valid JSON ({exc})") from exc
     if not isinstance(raw, dict) or "model_type" not in raw:
-        raise MixweightError(f"model spec {path}: needs a 'model_type' (an HF config, e.g. \"gpt2\" or \"llama\")")
+        raise MixweightError(f'model spec {path}: needs a \'model_type\' (an HF config, e.g. "gpt2" or "llama")')
     refuse_custom_code(raw, f"model spec {path}")
     return {k: v for k, v in raw.items() if not k.startswith("_")}
 
@@ -67,7 +69,8 @@ def build_config(spec: str, manifest: Manifest) -> PretrainedConfig:
     if "vocab_size" in raw and raw["vocab_size"] != manifest.vocab_size:
         raise MixweightError(
             f"model spec {where}: vocab_size {raw['vocab_size']} conflicts with the corpus's {manifest.vocab_size}; "
-            "remove vocab_size from the spec (it is taken from the corpus manifest) or use a corpus made with that tokenizer"
+            "remove vocab_size from the spec (it is taken from the corpus manifest) "
+            "or use a corpus made with that tokenizer"
         )
     model_type = raw.pop("model_type")
     try:
@@ -107,11 +110,14 @@ def load_model(model_dir: str | Path) -> PreTrainedModel:
         raise MixweightError(f"{config_path}: not an HF model config (expected a JSON object)")
     refuse_custom_code(raw, str(config_path))
     try:
-        return AutoModelForCausalLM.from_pretrained(str(model_dir), trust_remote_code=False, local_files_only=True,
-                                                    use_safetensors=True)
+        return AutoModelForCausalLM.from_pretrained(
+            str(model_dir), trust_remote_code=False, local_files_only=True, use_safetensors=True
+        )
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise MixweightError(f"{model_dir}: cannot load the model ({first_line(exc)}); the checkpoint is damaged "
-                             "or not a mixweight checkpoint") from exc
+        raise MixweightError(
+            f"{model_dir}: cannot load the model ({first_line(exc)}); the checkpoint is damaged "
+            "or not a mixweight checkpoint"
+        ) from exc
 
 
 def count_parameters(model: torch.nn.Module) -> int:

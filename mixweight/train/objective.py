@@ -16,8 +16,9 @@ from mixweight.train.step import SampleReduction, StepResult, accumulate_gradien
 
 
 class StepObjective(Protocol):
-    def compute_gradients(self, model, micro_batches: list[dict], step: int, world: World, autocast,
-                          lr: float) -> StepResult:
+    def compute_gradients(
+        self, model, micro_batches: list[dict], step: int, world: World, autocast, lr: float
+    ) -> StepResult:
         """Leave the step's gradients in `.grad`; `lr` is the learning rate this step will use."""
 
     def state_dict(self) -> dict:
@@ -46,8 +47,9 @@ class WeightedLoss:
         return cls(reduction_from_config(config), config.loss_impl, config.weighting_scope)
 
     def compute_gradients(self, model, micro_batches, step, world, autocast, lr) -> StepResult:
-        return accumulate_gradients(model, micro_batches, self.reduction, step, world, autocast,
-                                    self.loss_impl, self.scope)
+        return accumulate_gradients(
+            model, micro_batches, self.reduction, step, world, autocast, self.loss_impl, self.scope
+        )
 
     def state_dict(self) -> dict:
         getter = getattr(self.reduction, "state_dict", None)

@@ -24,8 +24,9 @@ def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.
     # The fused kernel (one pass over all parameters, CPU and CUDA) is the fastest AdamW; sharded
     # (DTensor) parameters take the foreach implementation.
     sharded = any(type(p).__name__ == "DTensor" for p in decay + no_decay)
-    return torch.optim.AdamW(groups, lr=config.lr, betas=(config.adam_beta1, config.adam_beta2), eps=1e-8,
-                             fused=not sharded)
+    return torch.optim.AdamW(
+        groups, lr=config.lr, betas=(config.adam_beta1, config.adam_beta2), eps=1e-8, fused=not sharded
+    )
 
 
 def lr_multiplier(step: int, warmup_steps: int, total_steps: int, final_ratio: float) -> float:

@@ -17,8 +17,9 @@ class SampleWeightingReduction:
     def __init__(self, weighting: SampleWeighting):
         self.weighting = weighting
 
-    def weights(self, losses: torch.Tensor, domains: torch.Tensor, step: int,
-                signal: torch.Tensor | None = None) -> torch.Tensor:
+    def weights(
+        self, losses: torch.Tensor, domains: torch.Tensor, step: int, signal: torch.Tensor | None = None
+    ) -> torch.Tensor:
         return self.weighting.weights(losses, step).to(torch.float32)
 
 

@@ -33,8 +33,19 @@ CONFIG_MARKER = "# mixweight train: the resolved config of this run (rewritten b
 
 # Keys that may change when resuming: they do not alter the training trajectory. `out` changes when a
 # run directory is moved or copied, which is normal; `steps` may only grow (checked against the checkpoint).
-RESUMABLE_CHANGES = {"out", "resume", "progress", "steps", "eval_every", "eval_blocks", "eval_batch_size",
-                     "checkpoint_every", "keep_checkpoints", "log_every", "report_to"}
+RESUMABLE_CHANGES = {
+    "out",
+    "resume",
+    "progress",
+    "steps",
+    "eval_every",
+    "eval_blocks",
+    "eval_batch_size",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "log_every",
+    "report_to",
+}
 CONFIG_KEY_OF_INPUT = {"corpus": "data", "model": "model", "domain_weights": "domain_weights"}
 
 
@@ -101,8 +112,9 @@ def check_out_dir(run_dir: Path, config) -> None:
     config_path = run_dir / CONFIG_NAME
     names = {f.name for f in dataclasses.fields(config)}
     if config_path.is_file() and not config_path.read_bytes().strip():
-        raise MixweightError(f"{config_path}: is empty (a write cut short?); restore the run's config.yaml, "
-                             "or choose another --out")
+        raise MixweightError(
+            f"{config_path}: is empty (a write cut short?); restore the run's config.yaml, or choose another --out"
+        )
     if not config_path.exists() and not (run_dir / "checkpoints").is_dir():
         # a run writes config.yaml before anything else, so these files without one were not written by a run
         theirs = [name for name in RUN_FILES if (run_dir / name).exists()]
@@ -159,8 +171,10 @@ def input_hashes(config, corpus: str | Path, manifest, phases, spec: dict) -> di
     return {
         "corpus": {"path": str(corpus), "sha256": corpus_hash(corpus, manifest)},
         "model": {"spec": config.model, "sha256": _sha256_json(spec)},
-        "domain_weights": {"spec": config.domain_weights,
-                           "sha256": _sha256_json([dataclasses.asdict(p) for p in phases])},
+        "domain_weights": {
+            "spec": config.domain_weights,
+            "sha256": _sha256_json([dataclasses.asdict(p) for p in phases]),
+        },
     }
 
 
@@ -181,15 +195,19 @@ def current_inputs(config) -> dict:
 def _saved_config(run_dir: Path) -> dict:
     path = run_dir / CONFIG_NAME
     if not path.is_file():
-        raise MixweightError(f"{run_dir}: holds checkpoints but no {CONFIG_NAME}, so --resume cannot check it "
-                             "continues the same run; restore the run's config.yaml, or start afresh in a new --out")
+        raise MixweightError(
+            f"{run_dir}: holds checkpoints but no {CONFIG_NAME}, so --resume cannot check it "
+            "continues the same run; restore the run's config.yaml, or start afresh in a new --out"
+        )
     try:
         saved = load_yaml(path.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise MixweightError(f"{path}: not valid YAML ({first_line(exc)}); restore the run's config.yaml") from exc
     if not isinstance(saved, dict) or not saved:
-        raise MixweightError(f"{path}: empty or not a mapping of keys to values; restore the run's config.yaml, "
-                             "or start afresh in a new --out")
+        raise MixweightError(
+            f"{path}: empty or not a mapping of keys to values; restore the run's config.yaml, "
+            "or start afresh in a new --out"
+        )
     return saved
 
 
@@ -223,6 +241,8 @@ def config_changes(run_dir: str | Path, config, inputs: dict | None = None) -> s
             renamed = CONFIG_KEY_OF_INPUT.get(name, name) in changed  # a new path is already named above
             if isinstance(before, dict) and before.get("sha256") != now["sha256"] and not renamed:
                 where = now.get("path") or now.get("spec")
-                details.append(f"{name}: the contents of {where} changed since the run began "
-                               f"(sha256 {str(before.get('sha256'))[:12]} -> {now['sha256'][:12]})")
+                details.append(
+                    f"{name}: the contents of {where} changed since the run began "
+                    f"(sha256 {str(before.get('sha256'))[:12]} -> {now['sha256'][:12]})"
+                )
     return ", ".join(details)

@@ -61,8 +61,9 @@ class SampleReduction(Protocol):
 
     needs_whole_step: bool  # True when a sample's weight depends on the other samples' losses
 
-    def weights(self, losses: torch.Tensor, domains: torch.Tensor, step: int,
-                signal: torch.Tensor | None = None) -> torch.Tensor: ...
+    def weights(
+        self, losses: torch.Tensor, domains: torch.Tensor, step: int, signal: torch.Tensor | None = None
+    ) -> torch.Tensor: ...
 
 
 class MeanReduction:
@@ -70,8 +71,9 @@ class MeanReduction:
 
     needs_whole_step = False
 
-    def weights(self, losses: torch.Tensor, domains: torch.Tensor, step: int,
-                signal: torch.Tensor | None = None) -> torch.Tensor:
+    def weights(
+        self, losses: torch.Tensor, domains: torch.Tensor, step: int, signal: torch.Tensor | None = None
+    ) -> torch.Tensor:
         return uniform_weights(losses)
 
 
@@ -104,8 +106,9 @@ class _SignalCollector:
         return all_gather_cat(torch.cat(self.parts), world)
 
 
-def _forward_losses(model, batch: dict, autocast, signals: _SignalCollector | None = None,
-                    loss_impl: str = "auto") -> torch.Tensor:
+def _forward_losses(
+    model, batch: dict, autocast, signals: _SignalCollector | None = None, loss_impl: str = "auto"
+) -> torch.Tensor:
     """Per-sample losses of a micro-batch (fp32); records the reduction's sample signal when asked."""
     with autocast or nullcontext():
         token_losses, mask = lm_token_losses(model, batch["input_ids"], loss_impl)
@@ -128,8 +131,14 @@ def _sync_context(model, is_last: bool):
 
 
 def accumulate_gradients(
-    model, micro_batches: list[dict], reduction: SampleReduction, step: int, world: World, autocast=None,
-    loss_impl: str = "auto", scope: str = "step",
+    model,
+    micro_batches: list[dict],
+    reduction: SampleReduction,
+    step: int,
+    world: World,
+    autocast=None,
+    loss_impl: str = "auto",
+    scope: str = "step",
 ) -> StepResult:
     """Forward and backward every micro-batch of one step; gradients are left in `.grad`."""
     if scope not in WEIGHTING_SCOPES:
@@ -147,8 +156,10 @@ def accumulate_gradients(
     signal_fn = getattr(reduction, "sample_signal", None)
     signals = _SignalCollector(signal_fn) if signal_fn is not None else None
     if scope == "micro_batch" and signals is not None:  # its state (DoReMi's alpha) would update M times a step
-        raise MixweightError("train: weighting_scope micro_batch is for loss-based sample weights; a reduction "
-                             "with a sample signal (DoReMi) weights the whole step: use weighting_scope step")
+        raise MixweightError(
+            "train: weighting_scope micro_batch is for loss-based sample weights; a reduction "
+            "with a sample signal (DoReMi) weights the whole step: use weighting_scope step"
+        )
 
     def forward(mb: dict, record: bool = True) -> torch.Tensor:
         return _forward_losses(model, mb, autocast, signals if record else None, loss_impl)

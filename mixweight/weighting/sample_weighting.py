@@ -34,8 +34,7 @@ class SampleWeighting:
     1/N_finite on the finite samples (the ordinary mean loss), zeros on non-finite ones.
     """
 
-    def __init__(self, strategy: str = "linupper", schedule: RSchedule | float = 0.4,
-                 cap: float | None = None) -> None:
+    def __init__(self, strategy: str = "linupper", schedule: RSchedule | float = 0.4, cap: float | None = None) -> None:
         get_strategy(strategy)  # fail at construction, not at the first step
         key = str(strategy).lower()
         self.strategy = ALIASES.get(key, key)

@@ -2,8 +2,9 @@
 
 Each strategy maps x in [-1, 1] (the batch's losses rescaled so the lowest is -1 and the
 highest +1; see ``normalize_losses`` for near-equal losses) to a score f(x);
-``weights.sample_weights`` turns scores into weights with a softmax at temperature r. Keeping f a registry of tiny pure functions lets the tests check
-every formula by hand and lets a new strategy be one line.
+``weights.sample_weights`` turns scores into weights with a softmax at temperature r.
+Keeping f a registry of tiny pure functions lets the tests check every formula by hand and
+lets a new strategy be one line.
 """
 
 from __future__ import annotations

@@ -26,9 +26,7 @@ def _check_cap(cap: float | None) -> float | None:
         return None
     cap = float(cap)
     if not cap >= 1:  # also refuses NaN
-        raise MixweightError(
-            f"cap must be >= 1 (weights are capped at cap/N and N weights must sum to 1), got {cap}"
-        )
+        raise MixweightError(f"cap must be >= 1 (weights are capped at cap/N and N weights must sum to 1), got {cap}")
     return cap
 
 

@@ -19,8 +19,9 @@ def main() -> None:
     corpus, weights, epoch_size, batch, steps, out = sys.argv[1:7]
     world = init_world()
     manifest = load_manifest(corpus)
-    mixture = DomainMixture(corpus, manifest, resolve_schedule(manifest, weights), int(epoch_size), int(batch),
-                            seed=3, world=world)
+    mixture = DomainMixture(
+        corpus, manifest, resolve_schedule(manifest, weights), int(epoch_size), int(batch), seed=3, world=world
+    )
     seen = []
     try:
         for step in range(int(steps)):

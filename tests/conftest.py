@@ -7,13 +7,8 @@ from __future__ import annotations
 
 import json
 import os
-import sys
-from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 # A 2-layer, 32-dim GPT-2: trains a step in milliseconds on a CPU.
 TINY_SPEC = {
@@ -45,9 +40,10 @@ def synth_corpus(tmp_path_factory) -> str:
     return str(out)
 
 
-def shm_segments() -> set[str]:
-    """Shared-memory segments in /dev/shm (mosaicml-streaming's live there)."""
-    return set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+@pytest.fixture
+def shm_segments():
+    """A function listing the shared-memory segments in /dev/shm (mosaicml-streaming's live there)."""
+    return lambda: set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ import math
 
 import pytest
 import torch
-from conftest import shm_segments
 from safetensors.torch import load_file
 
 import mixweight.train.loop as loop
@@ -176,7 +175,7 @@ def test_lr_schedule_warms_up_then_decays_to_the_final_rate():
     assert lr_multiplier(100, 10, 100, 0.2) == pytest.approx(0.2)
 
 
-def test_training_leaves_no_shared_memory_behind(synth_corpus, tiny_spec, tmp_path):
+def test_training_leaves_no_shared_memory_behind(synth_corpus, tiny_spec, tmp_path, shm_segments):
     before = shm_segments()
     loop.train(_config(synth_corpus, tiny_spec, tmp_path / "run", steps=3))
     import gc

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Optional, Union
 
 from mixweight.config import option as _f
@@ -178,7 +178,3 @@ class TrainConfig:
             self.weighting_scope in ("step", "micro_batch"),
             f"train: 'weighting_scope' must be step or micro_batch, got {self.weighting_scope!r}",
         )
-
-
-def config_fields(cls=TrainConfig):
-    return fields(cls)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # this checkout's mixweight, as tests/conftest.py
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # this checkout's mixweight, whatever is installed
 
 torch.set_default_dtype(torch.float64)
 

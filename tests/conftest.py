@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -38,6 +41,40 @@ def synth_corpus(tmp_path_factory) -> str:
     out = tmp_path_factory.mktemp("corpus") / "synth"
     write_synthetic_corpus(out, seed=0, tokens_per_domain=8192, seq_len=64)
     return str(out)
+
+
+@pytest.fixture(scope="session")
+def train_config():
+    """A function building a validated TrainConfig: `train_config(corpus, spec, out, **fields)`.
+
+    Each test file wraps it with its own defaults (a `make_config` fixture).
+    """
+    from mixweight.train.config import TrainConfig
+
+    def build(corpus, spec, out, **fields):
+        config = TrainConfig(data=corpus, out=str(out), model=spec, **fields)
+        config.validate()
+        return config
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def free_port():
+    """A function returning a TCP port on 127.0.0.1 that is free now (for torchrun's --master_port)."""
+
+    def pick() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    return pick
+
+
+@pytest.fixture(scope="session")
+def float64_mixweight() -> list[str]:
+    """`python tests/scripts/float64_mixweight.py`: mixweight with float64 models (EXACT_ATOL, test_train_weighting)."""
+    return [sys.executable, str(Path(__file__).parent / "scripts" / "float64_mixweight.py")]
 
 
 @pytest.fixture

@@ -199,20 +199,19 @@ def test_evaluation_gives_the_same_domain_losses_with_either_impl(synth_corpus, 
 
 
 @pytest.mark.distributed
-def test_chunked_loss_under_ddp_and_fsdp_trains_like_one_process(synth_corpus, tiny_spec, tmp_path):
+def test_chunked_loss_under_ddp_and_fsdp_trains_like_one_process(
+    synth_corpus, tiny_spec, tmp_path, free_port, float64_mixweight
+):
     """The chunked loss runs inside the wrapped model's forward: DDP's and FSDP's gradients are the global ones."""
-    import socket
     import subprocess
-    import sys
-    from pathlib import Path
 
     from safetensors.torch import load_file
 
-    script = str(Path(__file__).parent / "scripts" / "float64_mixweight.py")  # float64: see EXACT_ATOL
+    python, script = float64_mixweight  # float64: see EXACT_ATOL
 
     def run(out, batch, launcher=(), flags=()):
         command = [
-            sys.executable,
+            python,
             *launcher,
             script,
             "train",
@@ -246,10 +245,7 @@ def test_chunked_loss_under_ddp_and_fsdp_trains_like_one_process(synth_corpus, t
         return load_file(str(tmp_path / out / "checkpoints" / "step-3" / "model" / "model.safetensors"))
 
     def torchrun():
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        return ["-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}"]
+        return ["-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}"]
 
     single = run("single", 8)
     ddp = run("ddp", 4, torchrun())

@@ -1,5 +1,6 @@
 """torch.compile and bf16 autocast on the CPU: the same training within stated tolerances."""
 
+import functools
 import json
 
 import pytest
@@ -10,7 +11,6 @@ import mixweight.train.loop as loop
 from mixweight.data.manifest import load_manifest
 from mixweight.data.streams import read_stream
 from mixweight.train.chunked_loss import lm_token_losses
-from mixweight.train.config import TrainConfig
 from mixweight.train.distributed import World
 from mixweight.train.loss import per_sample_loss
 from mixweight.train.model import build_model, load_model
@@ -27,11 +27,11 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def _config(corpus, spec, out, **overrides) -> TrainConfig:
-    values = dict(
-        data=corpus,
-        out=str(out),
-        model=spec,
+@pytest.fixture(scope="session")
+def make_config(train_config):
+    """This file's validated TrainConfig; any default can be overridden."""
+    return functools.partial(
+        train_config,
         steps=5,
         batch_size=8,
         lr=3e-3,
@@ -46,10 +46,6 @@ def _config(corpus, spec, out, **overrides) -> TrainConfig:
         sample_weighting="linupper",
         r=0.4,
     )
-    values.update(overrides)
-    config = TrainConfig(**values)
-    config.validate()
-    return config
 
 
 def _losses(run_dir) -> list[float]:
@@ -61,12 +57,14 @@ def _params(run_dir, step=5) -> dict:
     return load_file(str(run_dir / "checkpoints" / f"step-{step}" / "model" / "model.safetensors"))
 
 
-def test_five_compiled_steps_equal_five_eager_steps_and_the_checkpoint_loads_eagerly(synth_corpus, tiny_spec, tmp_path):
-    loop.train(_config(synth_corpus, tiny_spec, tmp_path / "eager"))
+def test_five_compiled_steps_equal_five_eager_steps_and_the_checkpoint_loads_eagerly(
+    synth_corpus, tiny_spec, tmp_path, make_config
+):
+    loop.train(make_config(synth_corpus, tiny_spec, tmp_path / "eager"))
     from torch._dynamo.utils import counters
 
     counters.clear()
-    loop.train(_config(synth_corpus, tiny_spec, tmp_path / "compiled", compile=True))
+    loop.train(make_config(synth_corpus, tiny_spec, tmp_path / "compiled", compile=True))
     assert counters["stats"]["unique_graphs"] >= 1, dict(counters["stats"])  # dynamo really compiled the model
     eager, compiled = _params(tmp_path / "eager"), _params(tmp_path / "compiled")
     assert compiled.keys() == eager.keys() and not any("_orig_mod" in k for k in compiled)
@@ -122,10 +120,10 @@ def test_bf16_losses_and_weights_are_fp32_from_the_bf16_logits(synth_corpus, tin
     assert token_losses.dtype == torch.float32
 
 
-def test_a_bf16_run_tracks_the_fp32_run(synth_corpus, tiny_spec, tmp_path):
+def test_a_bf16_run_tracks_the_fp32_run(synth_corpus, tiny_spec, tmp_path, make_config):
     fast = dict(steps=8, lr=2e-2, final_lr=2e-3)  # a curve that falls well beyond the tolerance in 8 steps
-    loop.train(_config(synth_corpus, tiny_spec, tmp_path / "fp32", precision="fp32", **fast))
-    loop.train(_config(synth_corpus, tiny_spec, tmp_path / "bf16", precision="bf16", **fast))
+    loop.train(make_config(synth_corpus, tiny_spec, tmp_path / "fp32", precision="fp32", **fast))
+    loop.train(make_config(synth_corpus, tiny_spec, tmp_path / "bf16", precision="bf16", **fast))
     fp32, bf16 = _losses(tmp_path / "fp32"), _losses(tmp_path / "bf16")
     assert len(fp32) == len(bf16) == 8
     # bf16 keeps 8 mantissa bits (relative rounding 2^-9 = 0.2% per matmul), and the runs drift apart as
@@ -160,9 +158,8 @@ def test_the_chunked_loss_compiles_and_equals_eager(synth_corpus, tiny_spec):
 
 
 @pytest.mark.distributed
-def test_compile_under_ddp_and_fsdp_trains_like_eager(synth_corpus, tiny_spec, tmp_path):
+def test_compile_under_ddp_and_fsdp_trains_like_eager(synth_corpus, tiny_spec, tmp_path, free_port):
     """--compile after DDP / fully_shard (module.compile()), with the chunked loss inside the compiled forward."""
-    import socket
     import subprocess
     import sys
 
@@ -203,10 +200,7 @@ def test_compile_under_ddp_and_fsdp_trains_like_eager(synth_corpus, tiny_spec, t
         return _params(tmp_path / out, 3)
 
     def torchrun():
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        return ["-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}"]
+        return ["-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}"]
 
     eager = run("eager", 8)
     for name, flags in (("ddp", ["--compile"]), ("fsdp", ["--compile", "--fsdp"])):

@@ -32,14 +32,10 @@ def corpus(tmp_path) -> Path:
     return out
 
 
-def one_line_error(capsys, argv) -> str:
-    """Run the CLI in process; it must refuse with exit code 2 and exactly one `mixweight: error:` line."""
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("mixweight: error: "), err
-    return err[0]
+def _one_step_train(corpus, spec, out, *extra) -> list[str]:
+    """The argv of `mixweight train` for one step of batch 2."""
+    argv = ["train", "--data", str(corpus), "--model", spec, "--out", str(out), "--steps", "1", "--batch-size", "2"]
+    return argv + list(extra)
 
 
 def write_raw_stream(stream: Path, columns: dict, samples: list[dict]) -> None:
@@ -61,7 +57,7 @@ class TouchOnLoad:
 
 # --- 1. a corpus never runs code ---------------------------------------------------------------
 @pytest.mark.parametrize("split", ["train", "val"])
-def test_a_pickled_column_is_refused_before_any_sample_is_decoded(corpus, tmp_path, tiny_spec, capsys, split):
+def test_a_pickled_column_is_refused_before_any_sample_is_decoded(corpus, tmp_path, tiny_spec, cli_refuses, split):
     marker = tmp_path / "code-ran"
     blocks = load_manifest(corpus).splits[split]["noise"].blocks
     write_raw_stream(
@@ -69,24 +65,7 @@ def test_a_pickled_column_is_refused_before_any_sample_is_decoded(corpus, tmp_pa
         {"tokens": "pkl", "domain": "int32"},
         [{"tokens": TouchOnLoad(marker), "domain": np.int32(1)}] * blocks,
     )
-    line = one_line_error(
-        capsys,
-        [
-            "train",
-            "--data",
-            str(corpus),
-            "--model",
-            tiny_spec,
-            "--out",
-            str(tmp_path / "run"),
-            "--steps",
-            "1",
-            "--batch-size",
-            "2",
-            "--eval-blocks",
-            "2",
-        ],
-    )
+    line = cli_refuses(_one_step_train(corpus, tiny_spec, tmp_path / "run", "--eval-blocks", "2"))
     assert f"{split}/noise" in line and "'tokens'" in line and "'pkl'" in line and "ndarray:uint16|uint32:64" in line
     assert not marker.exists()
     assert not (tmp_path / "run").exists()  # refused before the run directory was made
@@ -159,14 +138,14 @@ def test_out_overlapping_the_input_is_refused_and_the_input_survives(tmp_path):
     assert source.read_bytes() == before and sorted(p.name for p in raw.iterdir()) == ["data.jsonl"]
 
 
-def test_unrelated_files_are_never_replaced_even_with_overwrite(tmp_path, capsys):
+def test_unrelated_files_are_never_replaced_even_with_overwrite(tmp_path, cli_refuses):
     source = jsonl_records(tmp_path / "in.jsonl")
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "thesis.tex").write_text("years of work")
     for argv in (["data", "prepare", "--input", str(source), "--seq-len", "16"], ["data", "synth", "--seq-len", "64"]):
         for extra in ([], ["--overwrite"]):
-            line = one_line_error(capsys, argv + ["--out", str(mine)] + extra)
+            line = cli_refuses(argv + ["--out", str(mine)] + extra)
             assert "not a mixweight corpus" in line and "thesis.tex" in line and "--overwrite" not in line
     assert (mine / "thesis.tex").read_text() == "years of work"
     assert not list(tmp_path.glob(".mine.*"))
@@ -180,7 +159,7 @@ def test_a_corpus_with_foreign_files_is_not_replaced(corpus):
 
 
 @pytest.mark.parametrize("command", ["prepare", "synth"])
-def test_out_dot_is_refused_without_a_crash_or_leftovers(tmp_path, monkeypatch, capsys, command):
+def test_out_dot_is_refused_without_a_crash_or_leftovers(tmp_path, monkeypatch, cli_refuses, command):
     source = jsonl_records(tmp_path / "in.jsonl")
     here = tmp_path / "here"
     here.mkdir()
@@ -191,7 +170,7 @@ def test_out_dot_is_refused_without_a_crash_or_leftovers(tmp_path, monkeypatch, 
         else ["data", "synth", "--seq-len", "64", "--tokens-per-domain", "1024"]
     )
     for extra in ([], ["--overwrite"]):
-        line = one_line_error(capsys, argv + ["--out", "."] + extra)
+        line = cli_refuses(argv + ["--out", "."] + extra)
         assert "current directory" in line and str(here) in line
     assert here.is_dir() and not any(here.iterdir())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["here", "in.jsonl"]  # no ..partial-* nor .here.partial-*
@@ -288,7 +267,7 @@ def test_val_fraction_zero_is_refused_with_the_reason(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_a_corpus_without_validation_blocks_is_refused(corpus, tmp_path, tiny_spec, capsys):
+def test_a_corpus_without_validation_blocks_is_refused(corpus, tmp_path, tiny_spec, cli_refuses):
     from mixweight.data.streams import write_stream
 
     shutil.rmtree(corpus / "val" / "copy")
@@ -296,22 +275,7 @@ def test_a_corpus_without_validation_blocks_is_refused(corpus, tmp_path, tiny_sp
     raw = json.loads((corpus / "manifest.json").read_text())
     raw["splits"]["val"]["copy"].update(blocks=0, tokens=0, documents=0)
     (corpus / "manifest.json").write_text(json.dumps(raw))
-    line = one_line_error(
-        capsys,
-        [
-            "train",
-            "--data",
-            str(corpus),
-            "--model",
-            tiny_spec,
-            "--out",
-            str(tmp_path / "run"),
-            "--steps",
-            "1",
-            "--batch-size",
-            "2",
-        ],
-    )
+    line = cli_refuses(_one_step_train(corpus, tiny_spec, tmp_path / "run"))
     assert "domain 'copy' (val) is empty: no validation blocks" in line
     assert not (tmp_path / "run").exists()
 
@@ -383,7 +347,7 @@ def test_an_input_of_nothing_readable_names_what_it_found(tmp_path):
         ("a\\b", "'\\\\'"),
     ],
 )
-def test_unsafe_domain_names_are_one_line_errors(tmp_path, capsys, name, problem):
+def test_unsafe_domain_names_are_one_line_errors(tmp_path, cli_refuses, name, problem):
     source = tmp_path / "in.jsonl"
     source.write_text(
         json.dumps({"text": "hello world " * 20, "meta": {"redpajama_set_name": "ok"}})
@@ -391,8 +355,8 @@ def test_unsafe_domain_names_are_one_line_errors(tmp_path, capsys, name, problem
         + json.dumps({"text": "more text " * 20, "meta": {"redpajama_set_name": name}})
         + "\n"
     )
-    line = one_line_error(
-        capsys, ["data", "prepare", "--input", str(source), "--out", str(tmp_path / "new" / "out"), "--seq-len", "16"]
+    line = cli_refuses(
+        ["data", "prepare", "--input", str(source), "--out", str(tmp_path / "new" / "out"), "--seq-len", "16"]
     )
     assert "in.jsonl line 2" in line and problem in line and "1-100 UTF-8 bytes" in line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]  # not even the parent it made
@@ -408,7 +372,7 @@ def test_a_hand_edited_manifest_meets_the_same_name_rule(corpus):
         load_manifest(corpus)
 
 
-def test_disk_full_during_prepare_is_one_line_and_leaves_nothing(tmp_path, capsys, monkeypatch):
+def test_disk_full_during_prepare_is_one_line_and_leaves_nothing(tmp_path, cli_refuses, monkeypatch):
     import mixweight.data.prepare as prepare
 
     def full_disk(out_dir, *args, **kwargs):
@@ -419,7 +383,7 @@ def test_disk_full_during_prepare_is_one_line_and_leaves_nothing(tmp_path, capsy
     monkeypatch.setattr(prepare, "write_stream", full_disk)
     source = jsonl_records(tmp_path / "in.jsonl")
     out = tmp_path / "out"
-    line = one_line_error(capsys, ["data", "prepare", "--input", str(source), "--out", str(out), "--seq-len", "16"])
+    line = cli_refuses(["data", "prepare", "--input", str(source), "--out", str(out), "--seq-len", "16"])
     assert str(out) in line and "No space left on device" in line and "nothing was written" in line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
 

@@ -5,7 +5,6 @@ the weights after optimizer steps, with held-out targets, the mixture, accumulat
 """
 
 import json
-import socket
 import subprocess
 import sys
 
@@ -223,14 +222,8 @@ run_doge(DoGEConfig(data=corpus, out=out, proxy=spec, steps=3, batch_size=int(ba
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.distributed
-def test_ghost_on_two_processes_equals_loop_on_one(synth_corpus, tiny_spec, tmp_path):
+def test_ghost_on_two_processes_equals_loop_on_one(synth_corpus, tiny_spec, tmp_path, free_port):
     script = tmp_path / "doge_run.py"
     script.write_text(TWO_RANK_SCRIPT)
     one = subprocess.run(
@@ -240,7 +233,7 @@ def test_ghost_on_two_processes_equals_loop_on_one(synth_corpus, tiny_spec, tmp_
         check=False,
     )
     assert one.returncode == 0, one.stderr[-3000:]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}"]
     two = subprocess.run(
         [*torchrun, str(script), synth_corpus, tiny_spec, str(tmp_path / "two.json"), "4", "ghost"],
         capture_output=True,

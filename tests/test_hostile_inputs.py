@@ -16,19 +16,18 @@ from pathlib import Path
 
 import pytest
 
-from mixweight.train.config import TrainConfig
 from mixweight.train.loop import train
 
 DOMAINS = ["redundant", "noise", "unigram", "markov1", "markov2", "arithmetic", "copy"]
 
 
 @pytest.fixture(scope="module")
-def finished_run(synth_corpus, tiny_spec, tmp_path_factory) -> Path:
+def finished_run(synth_corpus, tiny_spec, tmp_path_factory, train_config) -> Path:
     run = tmp_path_factory.mktemp("hostile") / "run"
-    config = TrainConfig(
-        data=synth_corpus,
-        out=str(run),
-        model=tiny_spec,
+    config = train_config(
+        synth_corpus,
+        tiny_spec,
+        run,
         steps=2,
         batch_size=4,
         warmup_steps=1,
@@ -38,7 +37,6 @@ def finished_run(synth_corpus, tiny_spec, tmp_path_factory) -> Path:
         log_every=1,
         progress=False,
     )
-    config.validate()
     train(config)
     return run
 

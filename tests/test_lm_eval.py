@@ -10,7 +10,6 @@ pytest.importorskip("lm_eval")
 import mixweight.train.loop as loop
 from mixweight.eval.downstream import byte_tokenizer, lm_eval_raw, resolve_model_dir, run_lm_eval, summarize
 from mixweight.train.checkpoint import latest_checkpoint
-from mixweight.train.config import TrainConfig
 from mixweight.train.model import load_model
 
 TASK = "mixweight_tiny_arith"
@@ -67,12 +66,12 @@ def _write_task(root):
 
 
 @pytest.fixture(scope="module")
-def tiny_run(synth_corpus, tiny_spec, tmp_path_factory):
+def tiny_run(synth_corpus, tiny_spec, tmp_path_factory, train_config):
     out = tmp_path_factory.mktemp("lm_eval") / "run"
-    config = TrainConfig(
-        data=synth_corpus,
-        out=str(out),
-        model=tiny_spec,
+    config = train_config(
+        synth_corpus,
+        tiny_spec,
+        out,
         steps=5,
         batch_size=8,
         lr=3e-3,
@@ -84,7 +83,6 @@ def tiny_run(synth_corpus, tiny_spec, tmp_path_factory):
         log_every=1,
         progress=False,
     )
-    config.validate()
     loop.train(config)
     return out
 

@@ -7,10 +7,10 @@ on 127.0.0.1 (the optional `test-s3` extra; skipped with the reason when moto is
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -25,26 +25,10 @@ from mixweight.data.remote import CACHE_DIR_ENV, MARKER
 from mixweight.errors import MixweightError
 from mixweight.train import loop
 from mixweight.train.checkpoint import list_checkpoints
-from mixweight.train.config import TrainConfig
 from mixweight.train.objective import WeightedLoss
 
 REPO = Path(__file__).resolve().parents[1]
 SYNTH = ["--tokens-per-domain", "8192", "--seq-len", "64"]  # the bytes of conftest's synth_corpus
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def one_line_error(capsys, argv) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    assert exit_info.value.code == 2
-    err = [line for line in capsys.readouterr().err.strip().splitlines() if line.strip()]
-    assert len(err) == 1 and err[0].startswith("mixweight: error: "), err
-    return err[0]
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -68,11 +52,11 @@ def remote(tmp_path_factory) -> str:
     return f"file://{root}"
 
 
-def _config(corpus, spec, out, **overrides) -> TrainConfig:
-    values = dict(
-        data=corpus,
-        out=str(out),
-        model=spec,
+@pytest.fixture(scope="session")
+def make_config(train_config):
+    """This file's validated TrainConfig; any default can be overridden."""
+    return functools.partial(
+        train_config,
         steps=4,
         batch_size=4,
         lr=3e-3,
@@ -84,10 +68,6 @@ def _config(corpus, spec, out, **overrides) -> TrainConfig:
         log_every=1,
         progress=False,
     )
-    values.update(overrides)
-    config = TrainConfig(**values)
-    config.validate()
-    return config
 
 
 def _metrics(run_dir: Path) -> list[dict]:
@@ -103,7 +83,7 @@ def test_upload_holds_the_same_bytes_as_a_local_corpus(remote, synth_corpus, cac
     assert not cache.exists() or not any(cache.iterdir())  # this test's cache: nothing staged was left
 
 
-def test_upload_puts_the_manifest_last_and_a_cut_upload_is_not_a_corpus(tmp_path, capsys, monkeypatch):
+def test_upload_puts_the_manifest_last_and_a_cut_upload_is_not_a_corpus(tmp_path, cli_refuses, monkeypatch):
     from streaming.base.storage.upload import LocalUploader
 
     order, real = [], LocalUploader.upload_file
@@ -121,36 +101,36 @@ def test_upload_puts_the_manifest_last_and_a_cut_upload_is_not_a_corpus(tmp_path
     assert order[-1] == "manifest.json" and order.count("manifest.json") == 1 and len(order) == 29
 
     order.clear()
-    line = one_line_error(capsys, ["data", "synth", "--out", f"file://{tmp_path}/cut", *SYNTH])
+    line = cli_refuses(["data", "synth", "--out", f"file://{tmp_path}/cut", *SYNTH])
     assert f"file://{tmp_path}/cut/" in line and "cannot upload" in line and "No space left" in line
     assert (tmp_path / "cut").is_dir() and not (tmp_path / "cut" / "manifest.json").exists()
-    line = one_line_error(capsys, ["train", "--data", f"file://{tmp_path}/cut", "--out", str(tmp_path / "run")])
+    line = cli_refuses(["train", "--data", f"file://{tmp_path}/cut", "--out", str(tmp_path / "run")])
     assert f"file://{tmp_path}/cut/manifest.json" in line and "is not there" in line
     assert not (tmp_path / "run").exists()
 
 
-def test_a_different_corpus_at_the_url_is_never_replaced(remote, capsys):
+def test_a_different_corpus_at_the_url_is_never_replaced(remote, cli_refuses):
     before = _files(Path(remote[len("file://") :]))
     main(["data", "synth", "--out", remote, *SYNTH])  # the same corpus: a no-op
-    line = one_line_error(capsys, ["data", "synth", "--out", remote, *SYNTH, "--seed", "1", "--overwrite"])
+    line = cli_refuses(["data", "synth", "--out", remote, *SYNTH, "--seed", "1", "--overwrite"])
     assert remote in line and "different corpus" in line
     assert _files(Path(remote[len("file://") :])) == before
 
 
-def test_unsupported_scheme_is_one_line(capsys, tmp_path):
-    line = one_line_error(capsys, ["train", "--data", "http://example.com/corpus", "--out", str(tmp_path / "r")])
+def test_unsupported_scheme_is_one_line(cli_refuses, tmp_path):
+    line = cli_refuses(["train", "--data", "http://example.com/corpus", "--out", str(tmp_path / "r")])
     assert "http://example.com/corpus" in line and "'http://'" in line and "s3://" in line
-    line = one_line_error(capsys, ["train", "--data", "file://corpus", "--out", str(tmp_path / "r")])
+    line = cli_refuses(["train", "--data", "file://corpus", "--out", str(tmp_path / "r")])
     assert "file://corpus" in line and "absolute path" in line
     assert not (tmp_path / "r").exists()
 
 
 # --- reading ---------------------------------------------------------------------------------------
 def test_train_resume_and_eval_from_a_url_match_the_local_corpus(
-    remote, synth_corpus, tiny_spec, tmp_path, cache, monkeypatch, capsys
+    remote, synth_corpus, tiny_spec, tmp_path, cache, monkeypatch, capsys, make_config
 ):
     local, resumed = tmp_path / "local", tmp_path / "remote"
-    loop.train(_config(synth_corpus, tiny_spec, local))
+    loop.train(make_config(synth_corpus, tiny_spec, local))
 
     real_step = WeightedLoss.compute_gradients
 
@@ -161,10 +141,10 @@ def test_train_resume_and_eval_from_a_url_match_the_local_corpus(
 
     monkeypatch.setattr(WeightedLoss, "compute_gradients", crash_at_step_3)
     with pytest.raises(KeyboardInterrupt):
-        loop.train(_config(remote, tiny_spec, resumed))
+        loop.train(make_config(remote, tiny_spec, resumed))
     assert [s for s, _ in list_checkpoints(resumed)] == [2]
     monkeypatch.setattr(WeightedLoss, "compute_gradients", real_step)
-    loop.train(_config(remote, tiny_spec, resumed, resume=True))
+    loop.train(make_config(remote, tiny_spec, resumed, resume=True))
 
     a = load_file(str(local / "checkpoints" / "step-4" / "model" / "model.safetensors"))
     b = load_file(str(resumed / "checkpoints" / "step-4" / "model" / "model.safetensors"))
@@ -189,7 +169,7 @@ def test_train_resume_and_eval_from_a_url_match_the_local_corpus(
     assert via_url.keys() == via_dir.keys() and all(torch.equal(via_url[d], via_dir[d]) for d in via_dir)
 
 
-def test_encodings_are_checked_before_any_shard_is_fetched(synth_corpus, tmp_path, cache, capsys):
+def test_encodings_are_checked_before_any_shard_is_fetched(synth_corpus, tmp_path, cache, cli_refuses):
     bad = tmp_path / "bad"
     shutil.copytree(synth_corpus, bad)
     index_path = bad / "val" / "noise" / "index.json"
@@ -199,7 +179,7 @@ def test_encodings_are_checked_before_any_shard_is_fetched(synth_corpus, tmp_pat
             "pkl" if n == "tokens" else e for n, e in zip(shard["column_names"], shard["column_encodings"])
         ]
     index_path.write_text(json.dumps(index))
-    line = one_line_error(capsys, ["train", "--data", f"file://{bad}", "--out", str(tmp_path / "run")])
+    line = cli_refuses(["train", "--data", f"file://{bad}", "--out", str(tmp_path / "run")])
     assert "'pkl'" in line and "could run code" in line and f"file://{bad}/val/noise" in line
     assert not list(cache.rglob("val/noise/shard.*")) and not list(cache.rglob("manifest.json"))
 
@@ -217,14 +197,14 @@ def test_a_corpus_written_again_at_the_url_gets_a_fresh_cache_copy(tmp_path, cac
     assert first != second and load_manifest(second).source["seed"] == 1
 
 
-def test_two_processes_train_from_a_url(remote, tiny_spec, tmp_path):
+def test_two_processes_train_from_a_url(remote, tiny_spec, tmp_path, free_port):
     out, cache = tmp_path / "run", tmp_path / "torchrun-cache"
     command = [
         sys.executable,
         "-m",
         "torch.distributed.run",
         "--nproc_per_node=2",
-        f"--master_port={_free_port()}",
+        f"--master_port={free_port()}",
         "-m",
         "mixweight",
         "train",
@@ -259,13 +239,13 @@ def test_two_processes_train_from_a_url(remote, tiny_spec, tmp_path):
 
 # --- S3, against moto's server on 127.0.0.1 -----------------------------------------------------------
 @pytest.fixture
-def s3(tmp_path, monkeypatch):
+def s3(tmp_path, monkeypatch, free_port):
     """A local S3-compatible endpoint with one bucket; yields (endpoint, bucket)."""
     server_module = pytest.importorskip(
         "moto.server", reason="moto is not installed: `pip install -e .[test-s3]` runs the S3 tests"
     )
     boto3 = pytest.importorskip("boto3", reason="boto3 is not installed: `pip install -e .[test-s3]`")
-    port = _free_port()
+    port = free_port()
     server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
@@ -296,23 +276,23 @@ def _require_auth(endpoint: str, after: str) -> None:
     urllib.request.urlopen(request).read()
 
 
-def test_s3_upload_train_and_errors_name_the_url(s3, tiny_spec, tmp_path, capsys, cache):
+def test_s3_upload_train_and_errors_name_the_url(s3, tiny_spec, tmp_path, capsys, cache, make_config, cli_refuses):
     endpoint, bucket = s3
     url = f"s3://{bucket}/corpus"
     main(["data", "synth", "--out", url, *SYNTH])
     capsys.readouterr()
-    loop.train(_config(url, tiny_spec, tmp_path / "run", steps=2, eval_every=0))
+    loop.train(make_config(url, tiny_spec, tmp_path / "run", steps=2, eval_every=0))
     assert (tmp_path / "run" / "checkpoints" / "step-2").is_dir()
     assert list(cache.rglob("train/*/shard.*.mds"))
 
-    line = one_line_error(capsys, ["train", "--data", f"s3://{bucket}/absent", "--out", str(tmp_path / "r2")])
+    line = cli_refuses(["train", "--data", f"s3://{bucket}/absent", "--out", str(tmp_path / "r2")])
     assert f"s3://{bucket}/absent/manifest.json" in line and "is not there" in line
 
     _require_auth(endpoint, "0")  # the key "testing" is no IAM user of this server: every request is refused
     shutil.rmtree(cache)
-    line = one_line_error(capsys, ["eval", str(tmp_path / "run")])
+    line = cli_refuses(["eval", str(tmp_path / "run")])
     assert f"{url}/manifest.json" in line and "credentials" in line
-    line = one_line_error(capsys, ["data", "synth", "--out", f"s3://{bucket}/other", *SYNTH])
+    line = cli_refuses(["data", "synth", "--out", f"s3://{bucket}/other", *SYNTH])
     assert f"s3://{bucket}/other/manifest.json" in line and "credentials" in line
     assert not (tmp_path / "r2").exists()
 
@@ -357,12 +337,12 @@ def test_pipeline_path_form_takes_a_url_and_so_do_doremi_and_doge(remote, tiny_s
     assert len(list(cache.rglob(MARKER))) == 1  # one cache copy served every stage
 
 
-def test_a_damaged_cache_copy_says_to_delete_it(remote, tmp_path, cache, capsys):
+def test_a_damaged_cache_copy_says_to_delete_it(remote, tmp_path, cache, cli_refuses):
     from mixweight.data.synthetic import resolve_corpus
 
     copy = Path(resolve_corpus(remote))
     next(copy.glob("val/noise/shard.*.mds")).write_bytes(b"truncated")
-    line = one_line_error(capsys, ["train", "--data", remote, "--out", str(tmp_path / "run")])
+    line = cli_refuses(["train", "--data", remote, "--out", str(tmp_path / "run")])
     assert "truncated or corrupted" in line and remote in line and f"delete {copy} to fetch it again" in line
 
 

@@ -13,7 +13,6 @@ import yaml
 from mixweight.errors import MixweightError
 from mixweight.report import compare_runs
 from mixweight.report.stats import steps_to_target
-from mixweight.train.config import TrainConfig
 from mixweight.train.loop import train
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -23,14 +22,14 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def real_runs(synth_corpus, tiny_spec, tmp_path_factory):
+def real_runs(synth_corpus, tiny_spec, tmp_path_factory, train_config):
     root = tmp_path_factory.mktemp("report_runs")
     made = {}
     for name, weighting, seed in [("uniform-s0", "none", 0), ("uniform-s1", "none", 1), ("linupper-s0", "linupper", 0)]:
-        config = TrainConfig(
-            data=synth_corpus,
-            out=str(root / name),
-            model=tiny_spec,
+        config = train_config(
+            synth_corpus,
+            tiny_spec,
+            root / name,
             steps=9,
             batch_size=8,
             lr=3e-3,
@@ -45,7 +44,6 @@ def real_runs(synth_corpus, tiny_spec, tmp_path_factory):
             seed=seed,
             domain_weights="uniform",
         )
-        config.validate()
         train(config)
         made[name] = root / name
     return made

@@ -15,7 +15,6 @@ import yaml
 
 import mixweight.train.checkpoint as ckpt
 import mixweight.train.loop as loop
-from mixweight.cli import main
 from mixweight.data.synthetic import write_synthetic_corpus
 from mixweight.errors import MixweightError
 from mixweight.train.config import TrainConfig
@@ -28,24 +27,24 @@ def _weights(values: dict) -> str:
     return json.dumps({"domains": list(values), "weights": list(values.values())})
 
 
-def _config(corpus, spec, out, **overrides) -> TrainConfig:
-    values = dict(
-        data=str(corpus),
-        out=str(out),
-        model=spec,
-        steps=2,
-        batch_size=4,
-        warmup_steps=1,
-        eval_every=0,
-        eval_blocks=2,
-        checkpoint_every=2,
-        log_every=1,
-        progress=False,
-    )
-    values.update(overrides)
-    config = TrainConfig(**values)
-    config.validate()
-    return config
+@pytest.fixture(scope="session")
+def make_config(train_config):
+    """This file's validated TrainConfig (corpus as a string); any default can be overridden."""
+
+    def build(corpus, spec, out, **overrides) -> TrainConfig:
+        values = dict(
+            steps=2,
+            batch_size=4,
+            warmup_steps=1,
+            eval_every=0,
+            eval_blocks=2,
+            checkpoint_every=2,
+            log_every=1,
+            progress=False,
+        )
+        return train_config(str(corpus), spec, out, **{**values, **overrides})
+
+    return build
 
 
 def _train_args(corpus, spec, out, *extra) -> list[str]:
@@ -76,26 +75,16 @@ def _train_args(corpus, spec, out, *extra) -> list[str]:
     ]
 
 
-def _refused(capsys, argv) -> str:
-    """Run the CLI in-process; it must exit 2 with exactly one `mixweight: error:` line."""
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    assert exit_info.value.code == 2
-    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert len(err) == 1 and err[0].startswith("mixweight: error: "), err
-    return err[0]
-
-
 def _steps(run) -> list[int]:
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     return [r["step"] for r in records if "loss" in r]
 
 
 @pytest.fixture(scope="module")
-def finished_run(synth_corpus, tiny_spec, tmp_path_factory):
+def finished_run(synth_corpus, tiny_spec, tmp_path_factory, make_config):
     """A 2-step run with its checkpoint at step 2; tests copy it before changing anything."""
     run = tmp_path_factory.mktemp("finished") / "run"
-    loop.train(_config(synth_corpus, tiny_spec, run))
+    loop.train(make_config(synth_corpus, tiny_spec, run))
     return run
 
 
@@ -119,7 +108,7 @@ sys.stdin.read()  # hold the lock until the test closes our stdin
 """
 
 
-def test_a_second_writer_is_refused_naming_the_holder(synth_corpus, tiny_spec, tmp_path):
+def test_a_second_writer_is_refused_naming_the_holder(synth_corpus, tiny_spec, tmp_path, make_config):
     run = tmp_path / "run"
     run.mkdir()
     holder = subprocess.Popen(
@@ -132,52 +121,52 @@ def test_a_second_writer_is_refused_naming_the_holder(synth_corpus, tiny_spec, t
             match=rf"another mixweight process is writing this run "
             rf"\(pid {holder.pid} host {socket.gethostname()}\)",
         ):
-            loop.train(_config(synth_corpus, tiny_spec, run))
+            loop.train(make_config(synth_corpus, tiny_spec, run))
         assert sorted(p.name for p in run.iterdir()) == [".lock"]  # nothing of the refused run was written
     finally:
         holder.stdin.close()
         holder.wait()
-    loop.train(_config(synth_corpus, tiny_spec, run))  # the holder is gone: its lock went with it
+    loop.train(make_config(synth_corpus, tiny_spec, run))  # the holder is gone: its lock went with it
     assert (run / "eval.json").is_file()
 
 
 # --- inputs changed under unchanged paths -------------------------------------------------------
-def test_a_weights_file_edited_in_place_is_a_config_change(synth_corpus, tiny_spec, tmp_path):
+def test_a_weights_file_edited_in_place_is_a_config_change(synth_corpus, tiny_spec, tmp_path, make_config):
     weights = tmp_path / "w.json"
     weights.write_text(_weights({d: 1 / 7 for d in DOMAINS}))
-    loop.train(_config(synth_corpus, tiny_spec, tmp_path / "run", domain_weights=str(weights)))
+    loop.train(make_config(synth_corpus, tiny_spec, tmp_path / "run", domain_weights=str(weights)))
     weights.write_text(_weights({d: (1.0 if d == "copy" else 0.0) for d in DOMAINS}))
     with pytest.raises(MixweightError, match=rf"domain_weights: the contents of {weights} changed since the run"):
         loop.train(
-            _config(synth_corpus, tiny_spec, tmp_path / "run", domain_weights=str(weights), steps=4, resume=True)
+            make_config(synth_corpus, tiny_spec, tmp_path / "run", domain_weights=str(weights), steps=4, resume=True)
         )
 
 
-def test_a_file_named_by_a_schedule_edited_in_place_is_a_config_change(synth_corpus, tiny_spec, tmp_path):
+def test_a_file_named_by_a_schedule_edited_in_place_is_a_config_change(synth_corpus, tiny_spec, tmp_path, make_config):
     weights, schedule = tmp_path / "w.json", tmp_path / "schedule.yaml"
     weights.write_text(_weights({d: 1 / 7 for d in DOMAINS}))
     phases = [{"start_step": 0, "weights": "natural"}, {"start_step": 3, "weights": "w.json"}]
     schedule.write_text(yaml.safe_dump(phases))
-    loop.train(_config(synth_corpus, tiny_spec, tmp_path / "run", domain_weights=str(schedule)))
+    loop.train(make_config(synth_corpus, tiny_spec, tmp_path / "run", domain_weights=str(schedule)))
     weights.write_text(_weights({d: (1.0 if d == "copy" else 0.0) for d in DOMAINS}))
     with pytest.raises(MixweightError, match=rf"domain_weights: the contents of {schedule} changed"):
         loop.train(
-            _config(synth_corpus, tiny_spec, tmp_path / "run", domain_weights=str(schedule), steps=4, resume=True)
+            make_config(synth_corpus, tiny_spec, tmp_path / "run", domain_weights=str(schedule), steps=4, resume=True)
         )
 
 
-def test_a_corpus_regenerated_in_place_is_a_config_change(tiny_spec, tmp_path):
+def test_a_corpus_regenerated_in_place_is_a_config_change(tiny_spec, tmp_path, make_config):
     corpus = tmp_path / "corpus"
     write_synthetic_corpus(corpus, seed=0, tokens_per_domain=2048, seq_len=64)
-    loop.train(_config(corpus, tiny_spec, tmp_path / "run"))
+    loop.train(make_config(corpus, tiny_spec, tmp_path / "run"))
     write_synthetic_corpus(corpus, seed=1, tokens_per_domain=2048, seq_len=64, overwrite=True)
     with pytest.raises(MixweightError, match=rf"corpus: the contents of {corpus} changed since the run began"):
-        loop.train(_config(corpus, tiny_spec, tmp_path / "run", steps=4, resume=True))
+        loop.train(make_config(corpus, tiny_spec, tmp_path / "run", steps=4, resume=True))
 
 
 # --- truthful metrics and results ---------------------------------------------------------------
 def test_a_rerun_after_a_crash_before_the_first_checkpoint_starts_metrics_afresh(
-    synth_corpus, tiny_spec, tmp_path, monkeypatch, capsys
+    synth_corpus, tiny_spec, tmp_path, monkeypatch, capsys, make_config
 ):
     real_step = WeightedLoss.compute_gradients
 
@@ -189,46 +178,48 @@ def test_a_rerun_after_a_crash_before_the_first_checkpoint_starts_metrics_afresh
     run = tmp_path / "run"
     monkeypatch.setattr(WeightedLoss, "compute_gradients", crash_at_step_3)
     with pytest.raises(KeyboardInterrupt):
-        loop.train(_config(synth_corpus, tiny_spec, run, steps=5, checkpoint_every=10))
+        loop.train(make_config(synth_corpus, tiny_spec, run, steps=5, checkpoint_every=10))
     assert _steps(run) == [1, 2, 3] and not (run / "checkpoints").exists()
     monkeypatch.setattr(WeightedLoss, "compute_gradients", real_step)
-    loop.train(_config(synth_corpus, tiny_spec, run, steps=5, checkpoint_every=10, resume=True))
+    loop.train(make_config(synth_corpus, tiny_spec, run, steps=5, checkpoint_every=10, resume=True))
     assert _steps(run) == [1, 2, 3, 4, 5]
     assert "replacing metrics.jsonl (3 records of an earlier start)" in capsys.readouterr().out
 
 
-def test_resume_with_steps_below_the_checkpoint_is_refused(run_copy, synth_corpus, tiny_spec, capsys):
+def test_resume_with_steps_below_the_checkpoint_is_refused(run_copy, synth_corpus, tiny_spec, cli_refuses):
     before = (run_copy / "eval.json").read_text()
-    error = _refused(capsys, _train_args(synth_corpus, tiny_spec, run_copy, "--steps", "1", "--resume"))
+    error = cli_refuses(_train_args(synth_corpus, tiny_spec, run_copy, "--steps", "1", "--resume"))
     assert "newest checkpoint is at step 2, past --steps 1" in error
     assert (run_copy / "eval.json").read_text() == before  # no eval.json labelled step 1 holding the step-2 model
 
 
-def test_a_partial_last_metrics_line_is_dropped_on_resume(run_copy, synth_corpus, tiny_spec, capsys):
+def test_a_partial_last_metrics_line_is_dropped_on_resume(run_copy, synth_corpus, tiny_spec, capsys, make_config):
     with (run_copy / "metrics.jsonl").open("a") as handle:
         handle.write('{"step": 3, "loss": 5.1')  # the disk filled up mid-line
-    loop.train(_config(synth_corpus, tiny_spec, run_copy, steps=4, resume=True))
+    loop.train(make_config(synth_corpus, tiny_spec, run_copy, steps=4, resume=True))
     assert "dropped a partial last line" in capsys.readouterr().out
     assert _steps(run_copy) == [1, 2, 3, 4]
 
 
-def test_a_moved_run_resumes(run_copy, synth_corpus, tiny_spec, tmp_path):
+def test_a_moved_run_resumes(run_copy, synth_corpus, tiny_spec, tmp_path, make_config):
     moved = tmp_path / "elsewhere" / "run"
     shutil.move(run_copy, moved)
-    result = loop.train(_config(synth_corpus, tiny_spec, moved, steps=4, resume=True))
+    result = loop.train(make_config(synth_corpus, tiny_spec, moved, steps=4, resume=True))
     assert json.loads((moved / "eval.json").read_text())["step"] == 4 and result["average_loss"] > 0
     saved = yaml.safe_load((moved / "config.yaml").read_text())
     assert saved["out"] == str(moved) and saved["steps"] == 4
     assert not [p for p in moved.iterdir() if ".tmp" in p.name]  # config.yaml went through a temporary name
 
 
-def test_a_run_from_before_a_new_config_key_resumes(run_copy, synth_corpus, tiny_spec):
+def test_a_run_from_before_a_new_config_key_resumes(run_copy, synth_corpus, tiny_spec, make_config):
     """A key added to mixweight after a run began is compared at its default, not as a change from None."""
     path = run_copy / "config.yaml"
     lines = [line for line in path.read_text().splitlines() if not line.startswith("weighting_scope:")]
     path.write_text("\n".join(lines) + "\n")
-    assert loop.config_changes(run_copy, _config(synth_corpus, tiny_spec, run_copy, steps=4, resume=True)) == ""
-    changed = loop.config_changes(run_copy, _config(synth_corpus, tiny_spec, run_copy, weighting_scope="micro_batch"))
+    assert loop.config_changes(run_copy, make_config(synth_corpus, tiny_spec, run_copy, steps=4, resume=True)) == ""
+    changed = loop.config_changes(
+        run_copy, make_config(synth_corpus, tiny_spec, run_copy, weighting_scope="micro_batch")
+    )
     assert changed == "weighting_scope: 'step' -> 'micro_batch'"
 
 
@@ -276,49 +267,49 @@ def _empty_config(run):
     ],
     ids=["truncated-safetensors", "no-loader", "bad-rng", "garbage-trainer-state", "no-config", "empty-config"],
 )
-def test_a_damaged_run_is_one_error_line(run_copy, synth_corpus, tiny_spec, capsys, damage, message):
+def test_a_damaged_run_is_one_error_line(run_copy, synth_corpus, tiny_spec, cli_refuses, damage, message):
     damage(run_copy)
-    error = _refused(capsys, _train_args(synth_corpus, tiny_spec, run_copy, "--resume"))
+    error = cli_refuses(_train_args(synth_corpus, tiny_spec, run_copy, "--resume"))
     assert __import__("re").search(message, error), error
     assert "weights_only" not in error  # torch's advice would be to load the file as code
     assert not (run_copy / "checkpoints" / "step-4").exists()
 
 
-def test_out_naming_a_file_is_refused(synth_corpus, tiny_spec, tmp_path, capsys):
+def test_out_naming_a_file_is_refused(synth_corpus, tiny_spec, tmp_path, cli_refuses):
     out = tmp_path / "notes.txt"
     out.write_text("mine")
-    error = _refused(capsys, _train_args(synth_corpus, tiny_spec, out))
+    error = cli_refuses(_train_args(synth_corpus, tiny_spec, out))
     assert "exists and is not a directory" in error and out.read_text() == "mine"
 
 
-def test_the_users_own_config_in_out_is_never_overwritten(synth_corpus, tiny_spec, tmp_path, capsys):
+def test_the_users_own_config_in_out_is_never_overwritten(synth_corpus, tiny_spec, tmp_path, cli_refuses):
     exp = tmp_path / "exp"
     exp.mkdir()
     mine = "# my experiment\nsteps: 4\nbatch_size: 4\n"
     (exp / "config.yaml").write_text(mine)
     argv = ["train", "--config", str(exp / "config.yaml"), *_train_args(synth_corpus, tiny_spec, exp)[1:]]
-    error = _refused(capsys, argv)
+    error = cli_refuses(argv)
     assert "was not written by mixweight train" in error
     assert (exp / "config.yaml").read_text() == mine and sorted(p.name for p in exp.iterdir()) == ["config.yaml"]
 
 
 @pytest.mark.parametrize("name", ["metrics.jsonl", "eval.json"])
 def test_files_a_run_would_replace_in_a_directory_that_is_not_a_run_are_kept(
-    synth_corpus, tiny_spec, tmp_path, capsys, name
+    synth_corpus, tiny_spec, tmp_path, cli_refuses, name
 ):
     out = tmp_path / "results"
     out.mkdir()
     (out / name).write_text("my own numbers\n")
-    error = _refused(capsys, _train_args(synth_corpus, tiny_spec, out))
+    error = cli_refuses(_train_args(synth_corpus, tiny_spec, out))
     assert f"holds {name} but no config.yaml, so it is not a mixweight run directory" in error
     assert (out / name).read_text() == "my own numbers\n" and sorted(p.name for p in out.iterdir()) == [name]
 
 
-def test_a_bad_metrics_line_before_the_last_is_one_error_line(run_copy, synth_corpus, tiny_spec, capsys):
+def test_a_bad_metrics_line_before_the_last_is_one_error_line(run_copy, synth_corpus, tiny_spec, cli_refuses):
     path = run_copy / "metrics.jsonl"
     lines = path.read_text().splitlines()
     path.write_text("\n".join([lines[0], "not json", *lines[1:]]) + "\n")
-    error = _refused(capsys, _train_args(synth_corpus, tiny_spec, run_copy, "--resume"))
+    error = cli_refuses(_train_args(synth_corpus, tiny_spec, run_copy, "--resume"))
     assert "metrics.jsonl: line 2 is not a metrics record" in error
     assert path.read_text().splitlines()[1] == "not json"  # left as it was for the user to look at
 
@@ -334,23 +325,23 @@ def test_a_bad_metrics_line_before_the_last_is_one_error_line(run_copy, synth_co
     ids=["bad-weights", "missing-weights", "auto-map-spec", "missing-corpus"],
 )
 def test_a_refused_command_writes_nothing_into_out(
-    synth_corpus, tiny_spec, tmp_path, monkeypatch, capsys, flag, value, message
+    synth_corpus, tiny_spec, tmp_path, monkeypatch, cli_refuses, flag, value, message
 ):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "w.json").write_text(_weights({d: (-0.5 if d == "redundant" else 1.5 / 6) for d in DOMAINS}))
     (tmp_path / "spec.json").write_text(json.dumps({"model_type": "mystery-lm", "auto_map": {"AutoConfig": "x.Cfg"}}))
     out = tmp_path / "run"
-    error = _refused(capsys, [*_train_args(synth_corpus, tiny_spec, out), flag, value])
+    error = cli_refuses([*_train_args(synth_corpus, tiny_spec, out), flag, value])
     assert message in error
     assert not out.exists()
 
 
 # --- untrusted files run no code -----------------------------------------------------------------
-def test_a_checkpoint_asking_for_custom_code_is_refused(run_copy, capsys):
+def test_a_checkpoint_asking_for_custom_code_is_refused(run_copy, cli_refuses):
     config_path = run_copy / "checkpoints" / "step-2" / "model" / "config.json"
     raw = json.loads(config_path.read_text())
     config_path.write_text(json.dumps({**raw, "model_type": "mystery-lm", "auto_map": {"AutoModelForCausalLM": "m.M"}}))
-    error = _refused(capsys, ["eval", str(run_copy)])
+    error = cli_refuses(["eval", str(run_copy)])
     assert "has 'auto_map'" in error and "never runs code from files" in error
 
 
@@ -366,13 +357,13 @@ def test_model_loading_never_trusts_remote_code():
 # --- a full disk during a checkpoint save --------------------------------------------------------
 @pytest.mark.parametrize("where", ["torch.save", "save_pretrained"])
 def test_a_full_disk_during_a_checkpoint_save_is_one_line_and_keeps_the_previous(
-    synth_corpus, tiny_spec, tmp_path, monkeypatch, where
+    synth_corpus, tiny_spec, tmp_path, monkeypatch, where, make_config
 ):
     def full_disk(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     run = tmp_path / "run"
-    loop.train(_config(synth_corpus, tiny_spec, run))
+    loop.train(make_config(synth_corpus, tiny_spec, run))
     if where == "torch.save":
         monkeypatch.setattr(ckpt.torch, "save", full_disk)
     else:
@@ -384,14 +375,14 @@ def test_a_full_disk_during_a_checkpoint_save_is_one_line_and_keeps_the_previous
         match=r"checkpoint step-4: could not be written .*\(No space left on device\); "
         r"the newest complete checkpoint, step-2, is intact",
     ):
-        loop.train(_config(synth_corpus, tiny_spec, run, steps=4, resume=True))
+        loop.train(make_config(synth_corpus, tiny_spec, run, steps=4, resume=True))
     monkeypatch.undo()
     assert [s for s, _ in ckpt.list_checkpoints(run)] == [2]
     assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]  # no half-written step-4
-    loop.train(_config(synth_corpus, tiny_spec, run, steps=4, resume=True))  # space again: it carries on
+    loop.train(make_config(synth_corpus, tiny_spec, run, steps=4, resume=True))  # space again: it carries on
     assert [s for s, _ in ckpt.list_checkpoints(run)] == [2, 4]
 
 
-def test_eval_of_a_run_with_an_empty_config_is_one_line(run_copy, capsys):
+def test_eval_of_a_run_with_an_empty_config_is_one_line(run_copy, cli_refuses):
     (run_copy / "config.yaml").write_text("")
-    assert "config.yaml: empty or without 'data'" in _refused(capsys, ["eval", str(run_copy)])
+    assert "config.yaml: empty or without 'data'" in cli_refuses(["eval", str(run_copy)])

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 from collections import Counter
@@ -23,7 +23,6 @@ from mixweight.errors import MixweightError
 from mixweight.sampling.mixture import DomainMixture
 from mixweight.sampling.schedule import phase_at, resolve_schedule
 from mixweight.sampling.shm import SHM_DIR, clean_stale_shared_memory, registered_locals, streaming_segments
-from mixweight.train.config import TrainConfig
 from mixweight.train.distributed import World
 from mixweight.train.objective import WeightedLoss
 
@@ -195,11 +194,11 @@ def test_resume_across_epochs_and_phases_gives_the_same_samples(synth_corpus, tm
     assert set(domains[20 * 16 : 45 * 16]) == {0, 1} and set(domains[45 * 16 :]) == {0, 1, 2}
 
 
-def _config(corpus, spec, out, **overrides) -> TrainConfig:
-    values = dict(
-        data=corpus,
-        out=str(out),
-        model=spec,
+@pytest.fixture(scope="session")
+def make_config(train_config):
+    """This file's validated TrainConfig; any default can be overridden."""
+    return functools.partial(
+        train_config,
         steps=20,
         batch_size=8,
         lr=3e-3,
@@ -211,13 +210,9 @@ def _config(corpus, spec, out, **overrides) -> TrainConfig:
         log_every=2,
         progress=False,
     )
-    values.update(overrides)
-    config = TrainConfig(**values)
-    config.validate()
-    return config
 
 
-def test_trainer_resume_across_a_phase_boundary_is_exact(synth_corpus, tiny_spec, tmp_path, monkeypatch):
+def test_trainer_resume_across_a_phase_boundary_is_exact(synth_corpus, tiny_spec, tmp_path, monkeypatch, make_config):
     manifest = load_manifest(synth_corpus)
     schedule = tmp_path / "phases.json"
     schedule.write_text(
@@ -229,7 +224,7 @@ def test_trainer_resume_across_a_phase_boundary_is_exact(synth_corpus, tiny_spec
         )
     )
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    loop.train(_config(synth_corpus, tiny_spec, straight, domain_weights=str(schedule)))
+    loop.train(make_config(synth_corpus, tiny_spec, straight, domain_weights=str(schedule)))
     real_step = WeightedLoss.compute_gradients
 
     def crash_at_step_15(self, model, micro_batches, step, *args):
@@ -239,9 +234,9 @@ def test_trainer_resume_across_a_phase_boundary_is_exact(synth_corpus, tiny_spec
 
     monkeypatch.setattr(WeightedLoss, "compute_gradients", crash_at_step_15)
     with pytest.raises(KeyboardInterrupt):
-        loop.train(_config(synth_corpus, tiny_spec, resumed, domain_weights=str(schedule)))
+        loop.train(make_config(synth_corpus, tiny_spec, resumed, domain_weights=str(schedule)))
     monkeypatch.setattr(WeightedLoss, "compute_gradients", real_step)
-    loop.train(_config(synth_corpus, tiny_spec, resumed, domain_weights=str(schedule), resume=True))
+    loop.train(make_config(synth_corpus, tiny_spec, resumed, domain_weights=str(schedule), resume=True))
 
     def records(run):
         out = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -256,20 +251,14 @@ def test_trainer_resume_across_a_phase_boundary_is_exact(synth_corpus, tiny_spec
 
 
 # --- ranks -----------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _torchrun(tmp_path, corpus, weights, epoch_size, batch, steps, name) -> list[dict]:
+def _torchrun(free_port, tmp_path, corpus, weights, epoch_size, batch, steps, name) -> list[dict]:
     out = tmp_path / name
     command = [
         sys.executable,
         "-m",
         "torch.distributed.run",
         "--nproc_per_node=2",
-        f"--master_port={_free_port()}",
+        f"--master_port={free_port()}",
         str(REPO / "tests" / "scripts" / "mixture_worker.py"),
         str(corpus),
         weights,
@@ -285,11 +274,11 @@ def _torchrun(tmp_path, corpus, weights, epoch_size, batch, steps, name) -> list
 
 
 @pytest.mark.distributed
-def test_two_ranks_see_disjoint_samples_with_the_target_mixture(synth_corpus, tmp_path):
+def test_two_ranks_see_disjoint_samples_with_the_target_mixture(synth_corpus, tmp_path, free_port):
     manifest = load_manifest(synth_corpus)
     total = sum(s.blocks for s in manifest.splits["train"].values())
     # uniform weights over equal domains, one epoch of every block once: the ranks split the corpus
-    ranks = _torchrun(tmp_path, synth_corpus, "uniform", total, 16, total // 32, "uniform")
+    ranks = _torchrun(free_port, tmp_path, synth_corpus, "uniform", total, 16, total // 32, "uniform")
     union = Counter(tuple(s) for r in ranks for s in r["seen"])
     corpus = Counter(
         (manifest.domain_id(d), h) for d, hs in _corpus_blocks(synth_corpus).items() for h in hs.elements()
@@ -297,7 +286,14 @@ def test_two_ranks_see_disjoint_samples_with_the_target_mixture(synth_corpus, tm
     assert union == corpus  # every block exactly as often as it is in the corpus: disjoint, nothing missing
     # skewed weights over 10k+ samples: the union has the target mixture, and both ranks report it
     ranks = _torchrun(
-        tmp_path, synth_corpus, _weights_file(tmp_path, manifest, SKEWED), total, 16, (total // 32) * 12, "skewed"
+        free_port,
+        tmp_path,
+        synth_corpus,
+        _weights_file(tmp_path, manifest, SKEWED),
+        total,
+        16,
+        (total // 32) * 12,
+        "skewed",
     )
     domains = np.array([s[0] for r in ranks for s in r["seen"]])
     assert len(domains) >= 10_000
@@ -470,11 +466,11 @@ def test_schedule_option_conflicts_are_refused(synth_corpus, tmp_path):
         resolve_schedule(manifest, str(tmp_path / "missing.json"))
 
 
-def test_stratified_batching_is_refused_with_the_reason(synth_corpus, tmp_path):
+def test_stratified_batching_is_refused_with_the_reason(synth_corpus, tmp_path, make_config):
     with pytest.raises(MixweightError, match="drops the samples"):
-        _config(synth_corpus, "gpt2-tiny", tmp_path / "run", batching="stratified")
+        make_config(synth_corpus, "gpt2-tiny", tmp_path / "run", batching="stratified")
     with pytest.raises(MixweightError, match="random, per_stream"):
-        _config(synth_corpus, "gpt2-tiny", tmp_path / "run", batching="balanced")
+        make_config(synth_corpus, "gpt2-tiny", tmp_path / "run", batching="balanced")
 
 
 def test_per_stream_batches_come_from_one_domain(synth_corpus):

@@ -1,6 +1,7 @@
 """Experiment trackers: metrics.jsonl mirrored to TensorBoard, W&B (offline) and MLflow (file store),
 read back with each tracker's own reader, also across a crash and --resume."""
 
+import functools
 import json
 import math
 import subprocess
@@ -17,11 +18,11 @@ from mixweight.train.objective import WeightedLoss
 STEPS, CRASH_AT, CHECKPOINT = 6, 4, 3
 
 
-def _config(corpus, spec, out, **overrides) -> TrainConfig:
-    values = dict(
-        data=corpus,
-        out=str(out),
-        model=spec,
+@pytest.fixture(scope="session")
+def make_config(train_config):
+    """This file's validated TrainConfig; any default can be overridden."""
+    return functools.partial(
+        train_config,
         steps=STEPS,
         batch_size=4,
         warmup_steps=1,
@@ -33,13 +34,9 @@ def _config(corpus, spec, out, **overrides) -> TrainConfig:
         sample_weighting="linupper",
         weight_histogram_every=2,
     )
-    values.update(overrides)
-    config = TrainConfig(**values)
-    config.validate()
-    return config
 
 
-def _crash_then_resume(corpus, spec, out, monkeypatch, report_to) -> list[dict]:
+def _crash_then_resume(make_config, corpus, spec, out, monkeypatch, report_to) -> list[dict]:
     """Train, crash at step CRASH_AT (records past the checkpoint already mirrored), resume; the records."""
     real_step = WeightedLoss.compute_gradients
 
@@ -50,10 +47,10 @@ def _crash_then_resume(corpus, spec, out, monkeypatch, report_to) -> list[dict]:
 
     monkeypatch.setattr(WeightedLoss, "compute_gradients", crash)
     with pytest.raises(KeyboardInterrupt):
-        loop.train(_config(corpus, spec, out, report_to=report_to))
+        loop.train(make_config(corpus, spec, out, report_to=report_to))
     first_ids = json.loads((out / tracking.STATE_FILE).read_text())
     monkeypatch.setattr(WeightedLoss, "compute_gradients", real_step)
-    loop.train(_config(corpus, spec, out, report_to=report_to, resume=True))
+    loop.train(make_config(corpus, spec, out, report_to=report_to, resume=True))
     state = json.loads((out / tracking.STATE_FILE).read_text())
     for name in ("wandb", "mlflow"):  # a resume continues the same tracker run
         if name in first_ids:
@@ -198,11 +195,13 @@ def test_pipeline_report_to_changes_no_stage_key(synth_corpus, tmp_path):
 
 
 # --- the trackers, read back -----------------------------------------------------------------------
-def test_tensorboard_events_match_metrics_across_a_crash_and_resume(synth_corpus, tiny_spec, tmp_path, monkeypatch):
+def test_tensorboard_events_match_metrics_across_a_crash_and_resume(
+    synth_corpus, tiny_spec, tmp_path, monkeypatch, make_config
+):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out = tmp_path / "run"
-    records = _crash_then_resume(synth_corpus, tiny_spec, out, monkeypatch, "tensorboard")
+    records = _crash_then_resume(make_config, synth_corpus, tiny_spec, out, monkeypatch, "tensorboard")
     events = EventAccumulator(str(out / "tensorboard"), size_guidance={"scalars": 0, "histograms": 0, "tensors": 0})
     events.Reload()
     expected = _expected_series(records)
@@ -232,7 +231,9 @@ def test_tensorboard_events_match_metrics_across_a_crash_and_resume(synth_corpus
     assert "## Experiment trackers" in report and str(out / "tensorboard") in report
 
 
-def test_wandb_offline_writes_its_run_files_and_resumes_the_same_run(synth_corpus, tiny_spec, tmp_path, monkeypatch):
+def test_wandb_offline_writes_its_run_files_and_resumes_the_same_run(
+    synth_corpus, tiny_spec, tmp_path, monkeypatch, make_config
+):
     pytest.importorskip("wandb", reason="wandb is in the tracking extra only: pip install 'mixweight[tracking]'")
     for name, value in {
         "WANDB_MODE": "offline",
@@ -245,7 +246,7 @@ def test_wandb_offline_writes_its_run_files_and_resumes_the_same_run(synth_corpu
         monkeypatch.setenv(name, value)
     (tmp_path / "wb").mkdir()
     out = tmp_path / "run"
-    _crash_then_resume(synth_corpus, tiny_spec, out, monkeypatch, "wandb")
+    _crash_then_resume(make_config, synth_corpus, tiny_spec, out, monkeypatch, "wandb")
     run_id = json.loads((out / tracking.STATE_FILE).read_text())["wandb"]["run_id"]
     runs = sorted((tmp_path / "wb" / "wandb").glob(f"offline-run-*-{run_id}"))
     assert len(runs) == 2  # the crashed start and its resume, one W&B run id (`wandb sync` joins them)
@@ -261,7 +262,7 @@ def test_wandb_offline_writes_its_run_files_and_resumes_the_same_run(synth_corpu
         assert name in data
 
 
-def test_mlflow_file_store_has_the_params_and_metrics(synth_corpus, tiny_spec, tmp_path, monkeypatch):
+def test_mlflow_file_store_has_the_params_and_metrics(synth_corpus, tiny_spec, tmp_path, monkeypatch, make_config):
     pytest.importorskip("mlflow", reason="mlflow is in the tracking extra only: pip install 'mixweight[tracking]'")
     from mlflow.tracking import MlflowClient
 
@@ -269,7 +270,7 @@ def test_mlflow_file_store_has_the_params_and_metrics(synth_corpus, tiny_spec, t
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 refuses its file store without it
     out = tmp_path / "run"
-    records = _crash_then_resume(synth_corpus, tiny_spec, out, monkeypatch, "mlflow")
+    records = _crash_then_resume(make_config, synth_corpus, tiny_spec, out, monkeypatch, "mlflow")
     state = json.loads((out / tracking.STATE_FILE).read_text())["mlflow"]
     assert state["tracking_uri"] == uri
     client = MlflowClient(tracking_uri=uri)

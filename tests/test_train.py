@@ -1,3 +1,4 @@
+import functools
 import json
 import math
 
@@ -10,17 +11,16 @@ from mixweight.data.manifest import load_manifest
 from mixweight.errors import MixweightError
 from mixweight.eval.domains import evaluate_domains, load_validation
 from mixweight.train.checkpoint import list_checkpoints
-from mixweight.train.config import TrainConfig
 from mixweight.train.model import build_model
 from mixweight.train.objective import WeightedLoss
 from mixweight.train.optim import lr_multiplier
 
 
-def _config(corpus, spec, out, **overrides) -> TrainConfig:
-    values = dict(
-        data=corpus,
-        out=str(out),
-        model=spec,
+@pytest.fixture(scope="session")
+def make_config(train_config):
+    """This file's validated TrainConfig; any default can be overridden."""
+    return functools.partial(
+        train_config,
         steps=20,
         batch_size=8,
         lr=3e-3,
@@ -32,10 +32,6 @@ def _config(corpus, spec, out, **overrides) -> TrainConfig:
         log_every=1,
         progress=False,
     )
-    values.update(overrides)
-    config = TrainConfig(**values)
-    config.validate()
-    return config
 
 
 def _metrics_without_timing(run_dir) -> list[dict]:
@@ -49,11 +45,11 @@ def _params(run_dir, step) -> dict:
     return load_file(str(run_dir / "checkpoints" / f"step-{step}" / "model" / "model.safetensors"))
 
 
-def test_training_lowers_validation_loss(synth_corpus, tiny_spec, tmp_path):
+def test_training_lowers_validation_loss(synth_corpus, tiny_spec, tmp_path, make_config):
     manifest = load_manifest(synth_corpus)
     val = load_validation(synth_corpus, manifest, 8)
     before = evaluate_domains(build_model(tiny_spec, manifest, seed=0), val, 16)
-    after = loop.train(_config(synth_corpus, tiny_spec, tmp_path / "run", steps=60))
+    after = loop.train(make_config(synth_corpus, tiny_spec, tmp_path / "run", steps=60))
     assert after["average_loss"] < before["average_loss"] - 0.5
     # the easy domains fall far below the uniform-guess loss; the noise domain cannot go below ln V
     assert after["domains"]["unigram"]["loss"] < math.log(256) - 1.0
@@ -89,9 +85,9 @@ def test_per_domain_evaluation_matches_a_hand_computation(synth_corpus, tiny_spe
 
 
 @pytest.mark.parametrize("grad_accum", [1, 2])
-def test_resume_after_a_crash_is_exact(synth_corpus, tiny_spec, tmp_path, monkeypatch, grad_accum):
+def test_resume_after_a_crash_is_exact(synth_corpus, tiny_spec, tmp_path, monkeypatch, grad_accum, make_config):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    loop.train(_config(synth_corpus, tiny_spec, straight, grad_accum=grad_accum))
+    loop.train(make_config(synth_corpus, tiny_spec, straight, grad_accum=grad_accum))
 
     real_step = WeightedLoss.compute_gradients
 
@@ -102,26 +98,28 @@ def test_resume_after_a_crash_is_exact(synth_corpus, tiny_spec, tmp_path, monkey
 
     monkeypatch.setattr(WeightedLoss, "compute_gradients", crash_at_step_13)
     with pytest.raises(KeyboardInterrupt):
-        loop.train(_config(synth_corpus, tiny_spec, resumed, grad_accum=grad_accum))
+        loop.train(make_config(synth_corpus, tiny_spec, resumed, grad_accum=grad_accum))
     assert [s for s, _ in list_checkpoints(resumed)] == [10]
     monkeypatch.setattr(WeightedLoss, "compute_gradients", real_step)
-    loop.train(_config(synth_corpus, tiny_spec, resumed, grad_accum=grad_accum, resume=True))
+    loop.train(make_config(synth_corpus, tiny_spec, resumed, grad_accum=grad_accum, resume=True))
 
     a, b = _params(straight, 20), _params(resumed, 20)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert _metrics_without_timing(straight) == _metrics_without_timing(resumed)
 
 
-def test_a_run_directory_with_checkpoints_needs_resume_and_the_same_config(synth_corpus, tiny_spec, tmp_path):
-    loop.train(_config(synth_corpus, tiny_spec, tmp_path / "run", steps=10))
+def test_a_run_directory_with_checkpoints_needs_resume_and_the_same_config(
+    synth_corpus, tiny_spec, tmp_path, make_config
+):
+    loop.train(make_config(synth_corpus, tiny_spec, tmp_path / "run", steps=10))
     with pytest.raises(MixweightError, match="--resume"):
-        loop.train(_config(synth_corpus, tiny_spec, tmp_path / "run", steps=10))
+        loop.train(make_config(synth_corpus, tiny_spec, tmp_path / "run", steps=10))
     with pytest.raises(MixweightError, match="lr"):
-        loop.train(_config(synth_corpus, tiny_spec, tmp_path / "run", steps=10, lr=1e-2, resume=True))
+        loop.train(make_config(synth_corpus, tiny_spec, tmp_path / "run", steps=10, lr=1e-2, resume=True))
 
 
-def test_checkpoint_from_another_model_is_refused(synth_corpus, tiny_spec, tmp_path):
-    loop.train(_config(synth_corpus, tiny_spec, tmp_path / "run", steps=10))
+def test_checkpoint_from_another_model_is_refused(synth_corpus, tiny_spec, tmp_path, make_config):
+    loop.train(make_config(synth_corpus, tiny_spec, tmp_path / "run", steps=10))
     config_path = tmp_path / "run" / "config.yaml"
     other = tmp_path / "other.json"
     spec = json.loads(open(tiny_spec).read())
@@ -129,13 +127,13 @@ def test_checkpoint_from_another_model_is_refused(synth_corpus, tiny_spec, tmp_p
     config_path.write_text(config_path.read_text().replace(tiny_spec, str(other)))
     (tmp_path / "run" / "inputs.json").unlink()  # as in a run from before inputs.json: the weights are the last check
     with pytest.raises(MixweightError, match="another model"):
-        loop.train(_config(synth_corpus, str(other), tmp_path / "run", steps=12, resume=True))
+        loop.train(make_config(synth_corpus, str(other), tmp_path / "run", steps=12, resume=True))
 
 
-def test_checkpoint_is_loadable_by_from_pretrained(synth_corpus, tiny_spec, tmp_path):
+def test_checkpoint_is_loadable_by_from_pretrained(synth_corpus, tiny_spec, tmp_path, make_config):
     from transformers import AutoModelForCausalLM
 
-    loop.train(_config(synth_corpus, tiny_spec, tmp_path / "run", steps=4))
+    loop.train(make_config(synth_corpus, tiny_spec, tmp_path / "run", steps=4))
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "checkpoints" / "step-4" / "model")
     assert model.config.vocab_size == 256
 
@@ -175,9 +173,9 @@ def test_lr_schedule_warms_up_then_decays_to_the_final_rate():
     assert lr_multiplier(100, 10, 100, 0.2) == pytest.approx(0.2)
 
 
-def test_training_leaves_no_shared_memory_behind(synth_corpus, tiny_spec, tmp_path, shm_segments):
+def test_training_leaves_no_shared_memory_behind(synth_corpus, tiny_spec, tmp_path, shm_segments, make_config):
     before = shm_segments()
-    loop.train(_config(synth_corpus, tiny_spec, tmp_path / "run", steps=3))
+    loop.train(make_config(synth_corpus, tiny_spec, tmp_path / "run", steps=3))
     import gc
 
     gc.collect()
@@ -196,10 +194,10 @@ class _DivergedObjective(WeightedLoss):
         return result
 
 
-def test_non_finite_steps_are_skipped_then_stop_the_run(synth_corpus, tiny_spec, tmp_path):
+def test_non_finite_steps_are_skipped_then_stop_the_run(synth_corpus, tiny_spec, tmp_path, make_config):
     from mixweight.train.step import MeanReduction
 
-    config = _config(synth_corpus, tiny_spec, tmp_path / "run", steps=20, checkpoint_every=2, max_nonfinite_steps=3)
+    config = make_config(synth_corpus, tiny_spec, tmp_path / "run", steps=20, checkpoint_every=2, max_nonfinite_steps=3)
     with pytest.raises(
         MixweightError, match=r"steps 3-5: 3 consecutive steps .* domains with non-finite losses: \[.*'noise'"
     ):

@@ -1,10 +1,10 @@
 """Sample weighting inside the trainer: exact over the whole step, and free when uniform."""
 
+import functools
 import json
 import subprocess
 import sys
 from contextlib import contextmanager
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -14,7 +14,6 @@ from safetensors.torch import load_file
 import mixweight.train.loop as loop
 from mixweight.data.manifest import load_manifest
 from mixweight.data.streams import read_stream
-from mixweight.train.config import TrainConfig
 from mixweight.train.distributed import World
 from mixweight.train.loss import per_sample_loss
 from mixweight.train.model import build_model
@@ -23,11 +22,11 @@ from mixweight.train.step import MeanReduction, accumulate_gradients
 from mixweight.weighting import SampleWeighting, sample_weights
 
 
-def _config(corpus, spec, out, **overrides) -> TrainConfig:
-    values = dict(
-        data=corpus,
-        out=str(out),
-        model=spec,
+@pytest.fixture(scope="session")
+def make_config(train_config):
+    """This file's validated TrainConfig; any default can be overridden."""
+    return functools.partial(
+        train_config,
         steps=6,
         batch_size=8,
         lr=3e-3,
@@ -42,10 +41,6 @@ def _config(corpus, spec, out, **overrides) -> TrainConfig:
         sample_weighting="linupper",
         r=0.4,
     )
-    values.update(overrides)
-    config = TrainConfig(**values)
-    config.validate()
-    return config
 
 
 def _final_params(run_dir, step=6):
@@ -66,7 +61,6 @@ def _assert_close_params(a, b, atol):
 # BLAS builds while any real error (a micro-batch or sample weighted wrongly) moves parameters by
 # ~lr = 3e-3 within the first step.
 EXACT_ATOL = 1e-10
-FLOAT64_MIXWEIGHT = [sys.executable, str(Path(__file__).parent / "scripts" / "float64_mixweight.py")]
 
 
 @contextmanager
@@ -144,28 +138,28 @@ def test_a_non_finite_sample_gets_zero_weight_and_poisons_nothing(reduction):
     torch.testing.assert_close(model.bias.grad, expected, rtol=0, atol=1e-6)
 
 
-def test_trainer_accumulation_equals_one_big_batch(synth_corpus, tiny_spec, tmp_path):
+def test_trainer_accumulation_equals_one_big_batch(synth_corpus, tiny_spec, tmp_path, make_config):
     with _float64():  # see EXACT_ATOL
-        loop.train(_config(synth_corpus, tiny_spec, tmp_path / "one", batch_size=8, grad_accum=1))
-        loop.train(_config(synth_corpus, tiny_spec, tmp_path / "two", batch_size=4, grad_accum=2))
+        loop.train(make_config(synth_corpus, tiny_spec, tmp_path / "one", batch_size=8, grad_accum=1))
+        loop.train(make_config(synth_corpus, tiny_spec, tmp_path / "two", batch_size=4, grad_accum=2))
     one = _final_params(tmp_path / "one")
     assert all(v.dtype == torch.float64 for v in one.values())
     _assert_close_params(one, _final_params(tmp_path / "two"), atol=EXACT_ATOL)
 
 
-def test_huge_r_reproduces_the_unweighted_run(synth_corpus, tiny_spec, tmp_path):
+def test_huge_r_reproduces_the_unweighted_run(synth_corpus, tiny_spec, tmp_path, make_config):
     with _float64():  # see EXACT_ATOL; at r = 1e9 the weights are 1/N to float32 precision
-        loop.train(_config(synth_corpus, tiny_spec, tmp_path / "plain", sample_weighting="none"))
-        loop.train(_config(synth_corpus, tiny_spec, tmp_path / "big-r", r=1e9, grad_accum=2, batch_size=4))
-        loop.train(_config(synth_corpus, tiny_spec, tmp_path / "linupper"))
+        loop.train(make_config(synth_corpus, tiny_spec, tmp_path / "plain", sample_weighting="none"))
+        loop.train(make_config(synth_corpus, tiny_spec, tmp_path / "big-r", r=1e9, grad_accum=2, batch_size=4))
+        loop.train(make_config(synth_corpus, tiny_spec, tmp_path / "linupper"))
     plain = _final_params(tmp_path / "plain")
     _assert_close_params(plain, _final_params(tmp_path / "big-r"), atol=EXACT_ATOL)
     linupper = _final_params(tmp_path / "linupper")
     assert any(not torch.allclose(plain[k], linupper[k], atol=1e-4) for k in plain)  # weighting changes training
 
 
-def test_weight_metrics_are_logged(synth_corpus, tiny_spec, tmp_path):
-    loop.train(_config(synth_corpus, tiny_spec, tmp_path / "run", weight_cap=2.0))
+def test_weight_metrics_are_logged(synth_corpus, tiny_spec, tmp_path, make_config):
+    loop.train(make_config(synth_corpus, tiny_spec, tmp_path / "run", weight_cap=2.0))
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if "weights" in r]
     assert len(steps) == 6
@@ -180,7 +174,7 @@ def test_weight_metrics_are_logged(synth_corpus, tiny_spec, tmp_path):
 
 
 @pytest.mark.distributed
-def test_two_processes_equal_one_process(synth_corpus, tiny_spec, tmp_path):
+def test_two_processes_equal_one_process(synth_corpus, tiny_spec, tmp_path, float64_mixweight):
     common = [
         "--data",
         synth_corpus,
@@ -202,13 +196,13 @@ def test_two_processes_equal_one_process(synth_corpus, tiny_spec, tmp_path):
     ]
     # Both in float64: the summation order differs between 1 and 2 processes (see EXACT_ATOL).
     subprocess.run(
-        [*FLOAT64_MIXWEIGHT, "train", "--out", str(tmp_path / "one"), "--batch-size", "8", *common],
+        [*float64_mixweight, "train", "--out", str(tmp_path / "one"), "--batch-size", "8", *common],
         check=True,
         capture_output=True,
     )
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517"]
     done = subprocess.run(
-        [*torchrun, *FLOAT64_MIXWEIGHT[1:], "train", "--out", str(tmp_path / "two"), "--batch-size", "4", *common],
+        [*torchrun, *float64_mixweight[1:], "train", "--out", str(tmp_path / "two"), "--batch-size", "4", *common],
         capture_output=True,
         text=True,
     )

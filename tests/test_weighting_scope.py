@@ -1,10 +1,8 @@
 """weighting_scope: step (exact over the whole step) or micro_batch (each micro-batch on all processes)."""
 
 import json
-import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -21,8 +19,6 @@ from mixweight.train.model import build_model
 from mixweight.train.reductions import SampleWeightingReduction
 from mixweight.train.step import accumulate_gradients
 from mixweight.weighting import SampleWeighting, sample_weights
-
-FLOAT64_MIXWEIGHT = [sys.executable, str(Path(__file__).parent / "scripts" / "float64_mixweight.py")]
 
 
 @pytest.fixture(autouse=True)
@@ -103,14 +99,10 @@ def test_micro_batch_scope_is_refused_for_a_reduction_with_a_step_state(synth_co
         TrainConfig(data=".", out=".", weighting_scope="global").validate()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.distributed
-def test_micro_batch_scope_groups_a_micro_batch_over_all_processes(synth_corpus, tiny_spec, tmp_path):
+def test_micro_batch_scope_groups_a_micro_batch_over_all_processes(
+    synth_corpus, tiny_spec, tmp_path, free_port, float64_mixweight
+):
     """One process with micro-batches of 4 and two with micro-batches of 2 form the same groups of 4."""
     common = [
         "--data",
@@ -139,13 +131,13 @@ def test_micro_batch_scope_groups_a_micro_batch_over_all_processes(synth_corpus,
     ]
     # float64: one and two processes sum in other orders (see EXACT_ATOL in test_train_weighting.py)
     subprocess.run(
-        [*FLOAT64_MIXWEIGHT, "train", "--out", str(tmp_path / "one"), "--batch-size", "4", *common],
+        [*float64_mixweight, "train", "--out", str(tmp_path / "one"), "--batch-size", "4", *common],
         check=True,
         capture_output=True,
     )
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}"]
     done = subprocess.run(
-        [*torchrun, *FLOAT64_MIXWEIGHT[1:], "train", "--out", str(tmp_path / "two"), "--batch-size", "2", *common],
+        [*torchrun, *float64_mixweight[1:], "train", "--out", str(tmp_path / "two"), "--batch-size", "2", *common],
         capture_output=True,
         text=True,
     )

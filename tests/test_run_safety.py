@@ -223,6 +223,42 @@ def test_a_run_from_before_a_new_config_key_resumes(run_copy, synth_corpus, tiny
     assert changed == "weighting_scope: 'step' -> 'micro_batch'"
 
 
+def test_a_run_made_before_the_config_marker_and_newer_keys_resumes(run_copy, synth_corpus, tiny_spec):
+    """A config.yaml from an older mixweight (no marker line, none of the keys added since) is still ours."""
+    path = run_copy / "config.yaml"
+    newer = ("weighting_scope:", "loss_impl:", "compile:", "report_to:")
+    lines = [line for line in path.read_text().splitlines()[1:] if not line.startswith(newer)]
+    path.write_text("\n".join(lines) + "\n")
+    result = loop.train(_config_from_file(path, steps=4, resume=True))
+    assert result["average_loss"] > 0 and _steps(run_copy) == [1, 2, 3, 4]
+
+
+def _config_from_file(path, **overrides) -> TrainConfig:
+    from mixweight.config import load_config
+
+    return load_config(TrainConfig, path, overrides)
+
+
+def test_a_resave_cut_between_its_renames_keeps_the_old_copy(run_copy, synth_corpus, tiny_spec, make_config):
+    """Kill between `step-N -> .step-N.replaced` and `tmp -> step-N`: the old copy is the checkpoint."""
+    root = run_copy / "checkpoints"
+    (root / "step-2").rename(root / ".step-2.replaced")
+    shutil.copytree(root / ".step-2.replaced", root / ".step-2.tmpcut")  # the new copy, never renamed into place
+    assert ckpt.latest_checkpoint(run_copy) == root / ".step-2.replaced"
+    loop.train(make_config(synth_corpus, tiny_spec, run_copy, steps=4, resume=True))
+    names = sorted(p.name for p in root.iterdir())
+    assert names == ["step-2", "step-4"], names  # restored by the next save, temporary copy swept
+
+
+def test_an_unreadable_out_is_one_line_on_every_process(run_copy, synth_corpus, tiny_spec, monkeypatch, cli_refuses):
+    def unreadable(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(run_copy / "config.yaml"))
+
+    monkeypatch.setattr(loop.rundir, "check_out_dir", unreadable)
+    line = cli_refuses(_train_args(synth_corpus, tiny_spec, run_copy, "--resume"))
+    assert f"--out {run_copy}" in line and "Permission denied" in line
+
+
 # --- one line, not a traceback: damaged run directories -----------------------------------------
 def _truncate_weights(run):
     path = run / "checkpoints" / "step-2" / "model" / "model.safetensors"

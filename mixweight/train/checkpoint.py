@@ -6,6 +6,11 @@ crash during a save leaves the previous checkpoint as the newest complete one. L
     step-N/model/            HF `save_pretrained` (safetensors): loadable by from_pretrained
     step-N/trainer_state.pt  optimizer, scheduler and RNG states (tensors only: weights_only load)
     step-N/state.json        step, data-loader state, and any component's JSON state
+
+Re-saving a step that exists (a resumed run ending where it started) moves the old copy to
+`.step-N.replaced` until the new one is in place; a kill between those two renames leaves
+that copy as the step's only complete checkpoint, so it is listed (and restored by the next
+save) rather than swept away with the temporary directories.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from mixweight.errors import MixweightError, first_line
 from mixweight.train.parallel import load_optimizer_state
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
+REPLACED_DIR = re.compile(r"^\.step-(\d+)\.replaced$")  # never matches the temporary pattern .step-*.tmp*
 
 
 def checkpoints_dir(run_dir: str | Path) -> Path:
@@ -34,12 +40,12 @@ def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
     root = checkpoints_dir(run_dir)
     if not root.is_dir():
         return []
-    found = []
-    for path in root.iterdir():
-        match = STEP_DIR.match(path.name)
+    found: dict[int, Path] = {}
+    for path in sorted(root.iterdir(), key=lambda p: REPLACED_DIR.match(p.name) is None):  # step-N wins
+        match = STEP_DIR.match(path.name) or REPLACED_DIR.match(path.name)
         if match and (path / "state.json").is_file():
-            found.append((int(match.group(1)), path))
-    return sorted(found)
+            found[int(match.group(1))] = path
+    return sorted(found.items())
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
@@ -73,6 +79,7 @@ def save_checkpoint(
         root.mkdir(parents=True, exist_ok=True)
         for stale in root.glob(".step-*.tmp*"):
             shutil.rmtree(stale, ignore_errors=True)
+        _settle_replaced(root)
         tmp = Path(tempfile.mkdtemp(prefix=f".step-{step}.tmp", dir=root))
     except OSError as exc:
         raise _save_failed(run_dir, step, exc) from exc
@@ -91,7 +98,7 @@ def save_checkpoint(
         raise
     final = root / f"step-{step}"
     if final.exists():  # a resumed run re-saving a step it already had: the old copy goes only once the new is in
-        old = root / f".step-{step}.tmp-replaced"
+        old = root / f".step-{step}.replaced"
         shutil.rmtree(old, ignore_errors=True)
         os.rename(final, old)
         os.rename(tmp, final)
@@ -101,6 +108,18 @@ def save_checkpoint(
     for _, old in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _settle_replaced(root: Path) -> None:
+    """Finish a re-save cut between its renames: restore the old copy, or drop it once step-N is back."""
+    for path in root.iterdir():
+        match = REPLACED_DIR.match(path.name)
+        if match:
+            final = root / f"step-{match.group(1)}"
+            if final.exists():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                os.rename(path, final)
 
 
 # torch.save and safetensors report a full disk as RuntimeError / SafetensorError, not OSError.

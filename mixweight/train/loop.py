@@ -97,6 +97,8 @@ def _prepare_run_dir(config: TrainConfig, world: World, inputs: dict, lock: rund
             outcome = ("resume", None if latest is None else str(latest))
         except MixweightError as exc:
             outcome = ("error", str(exc))
+        except OSError as exc:  # an unreadable or read-only --out: every process must stop, in one line
+            outcome = ("error", f"--out {config.out}: {first_line(exc)}")
     outcome = broadcast_object(outcome, world)
     if outcome[0] == "error":
         raise MixweightError(outcome[1])

@@ -90,6 +90,9 @@ def _read_holder(path: Path) -> str:
 
 
 # --- nothing foreign replaced ------------------------------------------------------------------
+CORE_KEYS = {"data", "out", "model", "steps", "batch_size", "lr", "seed"}
+
+
 def _written_by_mixweight(config_path: Path, field_names: set[str]) -> bool:
     """Our marker line, or (runs from before the marker) a complete resolved config: every field, nothing else."""
     try:
@@ -102,7 +105,9 @@ def _written_by_mixweight(config_path: Path, field_names: set[str]) -> bool:
         saved = load_yaml(text)
     except yaml.YAMLError:
         return False
-    return isinstance(saved, dict) and set(saved) == field_names
+    # Keys added to mixweight since such a run began are absent from its file, so a subset is accepted,
+    # provided the keys every train config has always had are there.
+    return isinstance(saved, dict) and CORE_KEYS <= set(saved) <= field_names
 
 
 def check_out_dir(run_dir: Path, config) -> None:

@@ -15,7 +15,7 @@ import yaml
 from mixweight.config import load_config
 from mixweight.errors import MixweightError
 from mixweight.pipeline import load_pipeline_config, run_pipeline
-from mixweight.pipeline.run import LOCK_FILE, pipeline_lock
+from mixweight.pipeline.run import LOCK_FILE, build_stages, pipeline_lock
 from mixweight.train.config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -377,3 +377,38 @@ def test_a_pipeline_yaml_that_is_not_text_is_one_line(tmp_path):
     path.write_bytes(b"\xaa\xe0V(\xac")
     with pytest.raises(MixweightError, match=rf"{path}: not UTF-8 text \(byte 0\)"):
         load_pipeline_config(path)
+
+
+# checks before writes; stage keys independent of how --out is spelled ---------------------------------------------
+
+
+def test_rerun_changed_refuses_an_unknown_mixture_before_moving_or_recording_anything(tmp_path, tiny_spec):
+    out = tmp_path / "out"
+    _run(tmp_path, _config(tiny_spec, steps=1), out)
+    before = _tree(out)
+    bad = _config(tiny_spec, steps=1, arms={"uniform": {"domain_weights": "nosuchmix"}})
+    with pytest.raises(MixweightError, match=r"arm 'uniform'.*nosuchmix"):
+        _run(tmp_path, bad, out, rerun_changed=True)
+    assert _tree(out) == before  # pipeline.yaml not replaced, the arm's run directory not moved aside
+    assert not list(out.glob("pipeline.replaced-*")) and not list((out / "runs").glob("*.replaced-*"))
+
+
+def test_an_arms_stage_key_does_not_depend_on_how_out_is_spelled(tmp_path, tiny_spec, monkeypatch):
+    short = {"proxy": tiny_spec, "steps": 2, "batch_size": 7, "progress": False}
+    config = load_pipeline_config(
+        _write(
+            tmp_path,
+            _config(
+                tiny_spec,
+                arms={"doremi": {"domain_weights": "doremi"}, "doge": {"domain_weights": "doge"}},
+                doremi={**short, "reference_steps": 2},
+                doge=short,
+            ),
+        )
+    )
+    monkeypatch.chdir(tmp_path)
+    relative, _, _ = build_stages(config, Path("out"))
+    absolute, _, _ = build_stages(config, tmp_path / "out")
+    arms = [(r.key, a.key) for r, a in zip(relative, absolute) if r.name.startswith("arm ")]
+    assert len(arms) == 2 and all(r == a for r, a in arms)
+    assert all(r.values["domain_weights"] in ("doremi", "doge") for r in relative if r.name.startswith("arm "))

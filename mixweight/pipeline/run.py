@@ -25,7 +25,7 @@ import inspect
 import os
 import socket
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import yaml
@@ -38,7 +38,7 @@ from mixweight.pipeline.config import METHODS, NOT_IN_STAGE_KEY, PipelineConfig,
 from mixweight.pipeline.inputs import input_fingerprints, manifest_sha256
 from mixweight.pipeline.stages import CHANGED, DONE, EXTEND, Stage, stage_key
 from mixweight.train.config import TrainConfig
-from mixweight.train.distributed import is_main_process
+from mixweight.train.distributed import barrier, broadcast_object, close_world, init_world, is_main_process
 from mixweight.train.loop import RESUMABLE_CHANGES, train
 from mixweight.yamlio import load_yaml
 
@@ -65,6 +65,11 @@ def _data_stage(config: PipelineConfig, out: Path) -> tuple[Stage, str]:
         values["manifest_sha256"] = manifest_sha256(resolve_corpus(form.dir))  # a URL: its fetched copy
 
     def make() -> None:
+        if is_main_process():  # one writer: under torchrun every rank runs the stage, and reads what rank 0 wrote
+            _make_corpus()
+        _wait_for_main()
+
+    def _make_corpus() -> None:
         if kind == "synthetic":
             from mixweight.data.synthetic import write_synthetic_corpus
 
@@ -82,6 +87,14 @@ def _data_stage(config: PipelineConfig, out: Path) -> tuple[Stage, str]:
             )
 
     return Stage("data", corpus, values, {}, 0, make), form.dir if kind == "path" else str(corpus / "data")
+
+
+def _wait_for_main() -> None:
+    """Under torchrun: every rank waits here until rank 0 has reached it too (a no-op in one process)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
 
 
 def _method_stage(
@@ -120,11 +133,14 @@ def _arm_stage(config: PipelineConfig, name: str, seed: int, corpus: str, upstre
     values = {"seed": seed, "progress": config.progress, **arm_values(config, name)}
     method = values.get("domain_weights")
     inputs = {"data": upstream["data"]}
+    train_values = dict(values)
     if method in METHODS:
-        values["domain_weights"] = str(out / "weights" / method / WEIGHTS_FILE)
+        # the key keeps the method's name (its weights stage's key is an input): the file's path changes with
+        # how --out is spelled (relative, absolute, OUT moved), which must not make the arm "changed"
+        train_values["domain_weights"] = str(out / "weights" / method / WEIGHTS_FILE)
         inputs[method] = upstream[method]
     directory = out / "runs" / f"{name}-seed{seed}"
-    train_cfg = stage_config(TrainConfig, values, f"pipeline arm '{name}'", data=corpus, out=str(directory))
+    train_cfg = stage_config(TrainConfig, train_values, f"pipeline arm '{name}'", data=corpus, out=str(directory))
 
     def run() -> None:
         if _trained_to(directory) == train_cfg.steps:
@@ -301,29 +317,58 @@ def _eta(seconds: float) -> str:
     return f"{minutes}m{secs:02d}s"
 
 
-def run_pipeline(config: PipelineConfig, out: str | Path, rerun_changed: bool = False) -> dict:
-    """Run every stage that is not already done, then write the report; returns report.json's content."""
-    from mixweight.report import compare_runs
+def _prepare_out(config: PipelineConfig, out: Path, stages: list[Stage], corpus: str, rerun_changed: bool) -> list:
+    """Rank 0 (or the one process), holding the lock: every check that can run now, then OUT's writes."""
+    plans = [stage.plan() for stage in stages]
+    changed = [(stage, plan) for stage, plan in zip(stages, plans) if plan.state == CHANGED]
+    if changed and not rerun_changed:
+        raise _refusal(out, changed)
+    if plans[0].state == DONE or data_form(config.data)[0] == "path":  # the corpus exists: check it before writing
+        check_against_corpus(config, corpus)
+    _record_config(config, out)
+    for stage, plan in changed:
+        kept = stage.move_aside(plan)
+        print(
+            f"[pipeline] {stage.name} changed ({', '.join(plan.changes)}): the old directory is kept as {kept}",
+            flush=True,
+        )
+    return plans
 
+
+def run_pipeline(config: PipelineConfig, out: str | Path, rerun_changed: bool = False) -> dict:
+    """Run every stage that is not already done, then write the report; returns report.json's content.
+
+    Under torchrun rank 0 alone takes the lock, decides (refusal, moves, pipeline.yaml) and tells the
+    other ranks, which train with it; a refusal stops every rank with the same error.
+    """
     out = Path(out)
     stages, arms, corpus = build_stages(config, out)  # checks the inputs outside OUT before anything is written
-    with pipeline_lock(out):
-        plans = [stage.plan() for stage in stages]
-        changed = [(stage, plan) for stage, plan in zip(stages, plans) if plan.state == CHANGED]
-        if changed and not rerun_changed:
-            raise _refusal(out, changed)
-        main = is_main_process()
-        if main:
-            _record_config(config, out)
-            for stage, plan in changed:
-                kept = stage.move_aside(plan)
-                print(
-                    f"[pipeline] {stage.name} changed ({', '.join(plan.changes)}): the old directory is kept as {kept}",
-                    flush=True,
-                )
+    world = init_world()  # the command's process group, or one of our own when called as a library
+    try:
+        return _run_stages(config, out, stages, arms, corpus, rerun_changed, world)
+    finally:
+        close_world(world)  # only a group init_world opened here
+
+
+def _run_stages(config, out: Path, stages: list[Stage], arms: dict, corpus: str, rerun_changed: bool, world) -> dict:
+    from mixweight.report import compare_runs
+
+    with ExitStack() as held:
+        outcome = None
+        if world.is_main:
+            try:
+                held.enter_context(pipeline_lock(out))
+                outcome = ("plans", _prepare_out(config, out, stages, corpus, rerun_changed))
+            except MixweightError as exc:
+                outcome = ("error", str(exc))
+        outcome = broadcast_object(outcome, world)
+        if outcome[0] == "error":
+            raise MixweightError(outcome[1])
+        plans = outcome[1]  # rank 0's: the other ranks must not read markers rank 0 may be moving
+        barrier(world)  # no rank runs a stage before rank 0 has moved the changed ones aside
+        corpus_checked = plans[0].state == DONE or data_form(config.data)[0] == "path"
         total_steps = sum(s.steps for s, p in zip(stages, plans) if p.state != DONE)
         done_steps, seconds_per_step, started = 0, None, time.perf_counter()
-        corpus_checked = False
         for index, (stage, plan) in enumerate(zip(stages, plans), 1):
             if index > 1 and not corpus_checked:  # the data stage is first: its corpus now exists
                 check_against_corpus(config, corpus)
@@ -341,15 +386,18 @@ def run_pipeline(config: PipelineConfig, out: str | Path, rerun_changed: bool = 
             if done_steps:
                 seconds_per_step = (time.perf_counter() - started) / done_steps
             print(f"{prefix}: done in {_eta(time.perf_counter() - began)}", flush=True)
-        weights = {
-            m: str(out / "weights" / m / WEIGHTS_FILE)
-            for m in METHODS
-            if (out / "weights" / m / WEIGHTS_FILE).is_file()
-        }
-        report = compare_runs(
-            arms, out / "report", weights_files=weights or None, baseline=config.report.get("baseline")
-        )
-        print(
-            f"[report] {out / 'report' / 'report.md'} (pipeline took {_eta(time.perf_counter() - started)})", flush=True
-        )
-    return report
+        report = None
+        if world.is_main:  # one writer of OUT/report
+            weights = {
+                m: str(out / "weights" / m / WEIGHTS_FILE)
+                for m in METHODS
+                if (out / "weights" / m / WEIGHTS_FILE).is_file()
+            }
+            report = compare_runs(
+                arms, out / "report", weights_files=weights or None, baseline=config.report.get("baseline")
+            )
+            print(
+                f"[report] {out / 'report' / 'report.md'} (pipeline took {_eta(time.perf_counter() - started)})",
+                flush=True,
+            )
+        return broadcast_object(report, world)  # and the lock is held until every rank is done

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from mixweight.jsonio import write_json_atomic
+from mixweight.train.distributed import is_main_process
 
 MARKER = ".stage.json"
 NEW, DONE, RESUME, EXTEND, CHANGED = "new", "done", "resume", "extend", "changed"
@@ -105,8 +106,12 @@ class Stage:
         return target
 
     def run(self) -> None:
+        """Every rank runs the action (training is collective); rank 0 alone writes the marker."""
+        main = is_main_process()
         self.directory.mkdir(parents=True, exist_ok=True)
         marker = {"key": self.key, "values": _plain(self.values), "inputs": _plain(self.inputs)}
-        write_json_atomic(self.directory / MARKER, {**marker, "finished": False})
+        if main:
+            write_json_atomic(self.directory / MARKER, {**marker, "finished": False})
         self.action()
-        write_json_atomic(self.directory / MARKER, {**marker, "finished": True})
+        if main:
+            write_json_atomic(self.directory / MARKER, {**marker, "finished": True})

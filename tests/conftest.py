@@ -97,3 +97,27 @@ def cli_refuses(capsys):
         return err[0]
 
     return run
+
+
+@pytest.fixture
+def three_step_linupper_run(synth_corpus, tiny_spec, tmp_path, free_port):
+    """A function running 3 steps of chunked-loss LinUpper `mixweight train` in a subprocess; returns the step-3
+    parameters. `entry` is the interpreter and script (or `-m mixweight`), `processes` 2 launches it under torchrun."""
+    import subprocess
+
+    from safetensors.torch import load_file
+
+    def run(entry: list[str], out: str, batch: int, processes: int = 1, flags=()) -> dict:
+        python, *script = entry
+        launcher = []
+        if processes > 1:
+            launcher = ["-m", "torch.distributed.run", f"--nproc_per_node={processes}", f"--master_port={free_port()}"]
+        args = f"--steps 3 --batch-size {batch} --lr 3e-3 --warmup-steps 1 --eval-every 0 --eval-blocks 2"
+        args += " --sample-weighting linupper --loss-impl chunked --no-progress"
+        command = [python, *launcher, *script, "train", "--data", synth_corpus, "--model", tiny_spec]
+        command += ["--out", str(tmp_path / out), *args.split(), *flags]
+        done = subprocess.run(command, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return load_file(str(tmp_path / out / "checkpoints" / "step-3" / "model" / "model.safetensors"))
+
+    return run

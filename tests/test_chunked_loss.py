@@ -199,57 +199,16 @@ def test_evaluation_gives_the_same_domain_losses_with_either_impl(synth_corpus, 
 
 
 @pytest.mark.distributed
-def test_chunked_loss_under_ddp_and_fsdp_trains_like_one_process(
-    synth_corpus, tiny_spec, tmp_path, free_port, float64_mixweight
-):
+def test_chunked_loss_under_ddp_and_fsdp_trains_like_one_process(three_step_linupper_run, float64_mixweight):
     """The chunked loss runs inside the wrapped model's forward: DDP's and FSDP's gradients are the global ones."""
-    import subprocess
+    entry = list(float64_mixweight)  # float64: see EXACT_ATOL
 
-    from safetensors.torch import load_file
-
-    python, script = float64_mixweight  # float64: see EXACT_ATOL
-
-    def run(out, batch, launcher=(), flags=()):
-        command = [
-            python,
-            *launcher,
-            script,
-            "train",
-            "--data",
-            synth_corpus,
-            "--model",
-            tiny_spec,
-            "--out",
-            str(tmp_path / out),
-            "--steps",
-            "3",
-            "--batch-size",
-            str(batch),
-            "--lr",
-            "3e-3",
-            "--warmup-steps",
-            "1",
-            "--eval-every",
-            "0",
-            "--eval-blocks",
-            "2",
-            "--sample-weighting",
-            "linupper",
-            "--loss-impl",
-            "chunked",
-            "--no-progress",
-            *flags,
-        ]
-        done = subprocess.run(command, capture_output=True, text=True)
-        assert done.returncode == 0, done.stderr[-3000:]
-        return load_file(str(tmp_path / out / "checkpoints" / "step-3" / "model" / "model.safetensors"))
-
-    def torchrun():
-        return ["-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}"]
+    def run(out, batch, processes=1, flags=()):
+        return three_step_linupper_run(entry, out, batch, processes, flags)
 
     single = run("single", 8)
-    ddp = run("ddp", 4, torchrun())
-    fsdp = run("fsdp", 4, torchrun(), ["--fsdp"])
+    ddp = run("ddp", 4, 2)
+    fsdp = run("fsdp", 4, 2, ["--fsdp"])
     assert single.keys() == ddp.keys() == fsdp.keys()
     for key in single:
         torch.testing.assert_close(ddp[key], single[key], atol=1e-10, rtol=0, msg=key)

@@ -158,53 +158,16 @@ def test_the_chunked_loss_compiles_and_equals_eager(synth_corpus, tiny_spec):
 
 
 @pytest.mark.distributed
-def test_compile_under_ddp_and_fsdp_trains_like_eager(synth_corpus, tiny_spec, tmp_path, free_port):
+def test_compile_under_ddp_and_fsdp_trains_like_eager(three_step_linupper_run):
     """--compile after DDP / fully_shard (module.compile()), with the chunked loss inside the compiled forward."""
-    import subprocess
     import sys
 
-    def run(out, batch, launcher=(), flags=()):
-        command = [
-            sys.executable,
-            *launcher,
-            "-m",
-            "mixweight",
-            "train",
-            "--data",
-            synth_corpus,
-            "--model",
-            tiny_spec,
-            "--out",
-            str(tmp_path / out),
-            "--steps",
-            "3",
-            "--batch-size",
-            str(batch),
-            "--lr",
-            "3e-3",
-            "--warmup-steps",
-            "1",
-            "--eval-every",
-            "0",
-            "--eval-blocks",
-            "2",
-            "--sample-weighting",
-            "linupper",
-            "--loss-impl",
-            "chunked",
-            "--no-progress",
-            *flags,
-        ]
-        done = subprocess.run(command, capture_output=True, text=True)
-        assert done.returncode == 0, done.stderr[-3000:]
-        return _params(tmp_path / out, 3)
-
-    def torchrun():
-        return ["-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}"]
+    def run(out, batch, processes=1, flags=()):
+        return three_step_linupper_run([sys.executable, "-m", "mixweight"], out, batch, processes, flags)
 
     eager = run("eager", 8)
     for name, flags in (("ddp", ["--compile"]), ("fsdp", ["--compile", "--fsdp"])):
-        compiled = run(name, 4, torchrun(), flags)
+        compiled = run(name, 4, 2, flags)
         assert compiled.keys() == eager.keys()
         # float32: compiled kernels and two processes reorder sums; measured <= 3.2e-7 after 3 steps (see the
         # single-process test for the 2e-4 bound; a wrong gradient moves parameters by ~lr = 3e-3 per step)

@@ -19,12 +19,12 @@ import time
 
 import torch
 
+from mixweight.core.distributed import World
+from mixweight.core.model import build_model
 from mixweight.data.manifest import load_manifest
 from mixweight.data.streams import read_stream
 from mixweight.data.synthetic import write_synthetic_corpus
 from mixweight.train.config import TrainConfig
-from mixweight.train.distributed import World
-from mixweight.train.model import build_model
 from mixweight.train.optim import build_optimizer
 from mixweight.train.parallel import wrap_model
 from mixweight.train.reductions import reduction_from_config

@@ -138,8 +138,8 @@ def model_flops(spec: str, corpus: str | Path) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
+    from mixweight.core.model import build_config
     from mixweight.data.manifest import load_manifest
-    from mixweight.train.model import build_config
 
     manifest = load_manifest(corpus)
     config = build_config(spec, manifest)
@@ -294,8 +294,8 @@ def worker_transformers(spec: dict) -> dict:
     sys.path.insert(0, str(BENCH_DIR))
     from throughput import BETAS, CLIP, FINAL_LR, LR, WEIGHT_DECAY, BlockDataset, DomainTrainer, collate
 
+    from mixweight.core.model import build_model
     from mixweight.data.manifest import load_manifest
-    from mixweight.train.model import build_model
 
     transformers.logging.set_verbosity_error()
     cuda = torch.cuda.is_available()
@@ -384,13 +384,13 @@ def worker_proxy_steps(spec: dict) -> dict:
     sys.path.insert(0, str(BENCH_DIR))
     from proxy_cost import time_steps
 
+    from mixweight.core.model import build_model
     from mixweight.data.manifest import load_manifest
     from mixweight.data.streams import read_stream
     from mixweight.domain.doge import DoGEObjective, published_defaults
     from mixweight.domain.doremi import DoReMiReduction
     from mixweight.train.config import TrainConfig
     from mixweight.train.loop import autocast_context
-    from mixweight.train.model import build_model
     from mixweight.train.objective import WeightedLoss
     from mixweight.train.optim import build_optimizer
     from mixweight.train.step import MeanReduction

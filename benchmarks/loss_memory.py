@@ -36,7 +36,7 @@ def run_arm(impl: str, batch_size: int, seq_len: int, vocab: int, iters: int, th
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from mixweight.train.chunked_loss import lm_token_losses, sample_means
+    from mixweight.core.chunked_loss import lm_token_losses, sample_means
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)

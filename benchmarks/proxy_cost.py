@@ -30,14 +30,14 @@ import time
 
 import torch
 
+from mixweight.core.distributed import World
+from mixweight.core.model import build_model, count_parameters
 from mixweight.data.manifest import load_manifest
 from mixweight.data.streams import read_stream
 from mixweight.data.synthetic import write_synthetic_corpus
 from mixweight.domain.doge import DoGEObjective, published_defaults
 from mixweight.domain.doremi import DoReMiReduction
 from mixweight.train.config import TrainConfig
-from mixweight.train.distributed import World
-from mixweight.train.model import build_model, count_parameters
 from mixweight.train.objective import WeightedLoss
 from mixweight.train.optim import build_optimizer
 from mixweight.train.step import MeanReduction

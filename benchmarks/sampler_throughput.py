@@ -32,12 +32,12 @@ import torch
 from streaming import LocalDataset, Stream, StreamingDataset
 from torch.utils.data import DataLoader
 
+from mixweight.core.distributed import World
 from mixweight.data.manifest import load_manifest
 from mixweight.data.synthetic import write_synthetic_corpus
 from mixweight.sampling.loader import _collate
 from mixweight.sampling.mixture import DomainMixture
 from mixweight.sampling.schedule import Phase, resolve_schedule
-from mixweight.train.distributed import World
 
 WEIGHTS = [0.4, 0.2, 0.15, 0.1, 0.07, 0.05, 0.03]
 

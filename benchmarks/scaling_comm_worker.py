@@ -7,10 +7,10 @@ import time
 
 import torch
 
+from mixweight.core.distributed import all_gather_cat, close_world, init_world
+from mixweight.core.model import build_model
 from mixweight.data.manifest import load_manifest
 from mixweight.data.streams import read_stream
-from mixweight.train.distributed import all_gather_cat, close_world, init_world
-from mixweight.train.model import build_model
 from mixweight.train.reductions import SampleWeightingReduction
 from mixweight.train.step import accumulate_gradients
 from mixweight.weighting import SampleWeighting

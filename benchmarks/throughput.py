@@ -38,12 +38,12 @@ import torch
 import transformers
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from mixweight.core.model import build_model
 from mixweight.data.manifest import load_manifest
 from mixweight.data.streams import read_stream
 from mixweight.data.synthetic import write_synthetic_corpus
 from mixweight.train.config import TrainConfig
 from mixweight.train.loop import train
-from mixweight.train.model import build_model
 from mixweight.train.objective import WeightedLoss
 from mixweight.train.step import MeanReduction
 

@@ -8,7 +8,7 @@ import json
 import sys
 import typing
 
-from mixweight.config import FLAGS, HELP
+from mixweight.core.config import FLAGS, HELP
 from mixweight.errors import MixweightError
 
 BOOL_FLAGS_NEGATABLE = {"progress"}
@@ -55,7 +55,7 @@ def _overrides(args: argparse.Namespace, cls) -> dict:
 
 def report_result(text: str) -> None:
     """A command's one-line result, from the main process only (every process computes it under torchrun)."""
-    from mixweight.train.distributed import is_main_process
+    from mixweight.core.distributed import is_main_process
 
     if is_main_process():
         print(text)
@@ -105,7 +105,7 @@ def cmd_prepare(args) -> None:
 
 
 def cmd_train(args) -> None:
-    from mixweight.config import load_config
+    from mixweight.core.config import load_config
     from mixweight.train.config import TrainConfig
     from mixweight.train.loop import train
 
@@ -130,7 +130,7 @@ def cmd_eval(args) -> None:
 
 
 def cmd_weights_doremi(args) -> None:
-    from mixweight.config import load_config
+    from mixweight.core.config import load_config
     from mixweight.domain.doremi_run import DoReMiConfig, run_doremi
 
     result = run_doremi(load_config(DoReMiConfig, args.config, _overrides(args, DoReMiConfig)))
@@ -138,7 +138,7 @@ def cmd_weights_doremi(args) -> None:
 
 
 def cmd_weights_doge(args) -> None:
-    from mixweight.config import load_config
+    from mixweight.core.config import load_config
     from mixweight.domain.doge_run import DoGEConfig, run_doge
 
     result = run_doge(load_config(DoGEConfig, args.config, _overrides(args, DoGEConfig)))
@@ -146,7 +146,7 @@ def cmd_weights_doge(args) -> None:
 
 
 def cmd_weights_export(args) -> None:
-    from mixweight.domain.artifact import load_domain_weights
+    from mixweight.core.artifact import load_domain_weights
     from mixweight.domain.export import export_weights
 
     print(export_weights(load_domain_weights(args.file), args.format))
@@ -380,8 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    from mixweight.core.distributed import close_world, init_world
     from mixweight.data.remote import set_cache_dir
-    from mixweight.train.distributed import close_world, init_world
 
     set_cache_dir(getattr(args, "cache_dir", None))  # where remote corpora are cached, for every command
 

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
+from mixweight.core.artifact import check_against_manifest, load_domain_weights, resolve_proportions
 from mixweight.data.manifest import load_manifest
-from mixweight.domain.artifact import check_against_manifest, load_domain_weights, resolve_proportions
 from mixweight.errors import MixweightError
 
 
@@ -39,7 +39,7 @@ def test_weights_from_another_tokenizer_warn_naming_both(synth_corpus, tmp_path)
 
 # --- held-out targets and omitted domains (issue 10.2) ------------------------------------
 def _targets_artifact(manifest, path, target="copy"):
-    from mixweight.domain.artifact import DomainWeights, corpus_weights
+    from mixweight.core.artifact import DomainWeights, corpus_weights
 
     trained = [d for d in manifest.domains if d != target]
     weights = corpus_weights(manifest.domains, {d: 1 / len(trained) for d in trained})
@@ -47,9 +47,9 @@ def _targets_artifact(manifest, path, target="copy"):
 
 
 def test_an_artifact_with_a_held_out_target_trains_and_never_samples_it(synth_corpus, tmp_path):
+    from mixweight.core.distributed import World
     from mixweight.sampling.mixture import DomainMixture
     from mixweight.sampling.schedule import resolve_schedule
-    from mixweight.train.distributed import World
 
     manifest = load_manifest(synth_corpus)
     path = _targets_artifact(manifest, tmp_path / "doge.json")
@@ -84,7 +84,7 @@ def test_targets_must_be_domains_at_weight_zero(tmp_path, edit, message):
 
 
 def test_the_writer_refuses_a_target_with_weight(tmp_path):
-    from mixweight.domain.artifact import DomainWeights
+    from mixweight.core.artifact import DomainWeights
 
     bad = DomainWeights(domains=["copy", "a"], weights=[0.5, 0.5], targets=["copy"])
     with pytest.raises(MixweightError, match="target 'copy' has weight 0.5"):

@@ -4,13 +4,13 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-import mixweight.train.chunked_loss as chunked_loss
+import mixweight.core.chunked_loss as chunked_loss
+from mixweight.core.chunked_loss import lm_token_losses, resolve_loss_impl, sample_means
+from mixweight.core.distributed import World
+from mixweight.core.loss import per_sample_loss, per_token_losses
 from mixweight.domain.doremi import DoReMiReduction
 from mixweight.errors import MixweightError
-from mixweight.train.chunked_loss import lm_token_losses, resolve_loss_impl, sample_means
 from mixweight.train.config import TrainConfig
-from mixweight.train.distributed import World
-from mixweight.train.loss import per_sample_loss, per_token_losses
 from mixweight.train.reductions import SampleWeightingReduction
 from mixweight.train.step import accumulate_gradients
 from mixweight.weighting import SampleWeighting
@@ -184,9 +184,9 @@ def test_the_chunked_forward_keeps_the_model_otherwise_unchanged():
 
 
 def test_evaluation_gives_the_same_domain_losses_with_either_impl(synth_corpus, tiny_spec):
+    from mixweight.core.model import build_model
     from mixweight.data.manifest import load_manifest
-    from mixweight.eval.domains import evaluate_domains, load_validation
-    from mixweight.train.model import build_model
+    from mixweight.train.validation import evaluate_domains, load_validation
 
     manifest = load_manifest(synth_corpus)
     model = build_model(tiny_spec, manifest, seed=0)

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from mixweight.cli import build_parser
-from mixweight.config import load_config
+from mixweight.core.config import load_config
 from mixweight.train.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]

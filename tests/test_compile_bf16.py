@@ -8,12 +8,12 @@ import torch
 from safetensors.torch import load_file
 
 import mixweight.train.loop as loop
+from mixweight.core.chunked_loss import lm_token_losses
+from mixweight.core.distributed import World
+from mixweight.core.loss import per_sample_loss
+from mixweight.core.model import build_model, load_model
 from mixweight.data.manifest import load_manifest
 from mixweight.data.streams import read_stream
-from mixweight.train.chunked_loss import lm_token_losses
-from mixweight.train.distributed import World
-from mixweight.train.loss import per_sample_loss
-from mixweight.train.model import build_model, load_model
 from mixweight.train.reductions import SampleWeightingReduction
 from mixweight.train.step import accumulate_gradients
 from mixweight.weighting import SampleWeighting, sample_weights

@@ -281,7 +281,7 @@ def test_a_corpus_without_validation_blocks_is_refused(corpus, tmp_path, tiny_sp
 
 
 def test_evaluating_zero_blocks_is_refused_not_zero():
-    from mixweight.eval.domains import evaluate_domains
+    from mixweight.train.validation import evaluate_domains
 
     with pytest.raises(MixweightError, match="'copy' has no validation blocks"):
         evaluate_domains(torch.nn.Linear(1, 1), {"copy": torch.zeros((0, 0), dtype=torch.long)}, batch_size=2)

@@ -8,9 +8,12 @@ import sys
 import pytest
 import torch
 
+from mixweight.core.artifact import load_domain_weights, parse_domain_weights
+from mixweight.core.distributed import World
+from mixweight.core.loss import per_sample_loss
+from mixweight.core.model import build_model
 from mixweight.data.manifest import load_manifest
 from mixweight.data.streams import read_stream
-from mixweight.domain.artifact import load_domain_weights, parse_domain_weights
 from mixweight.domain.doge import (
     DoGEObjective,
     clip_rows,
@@ -25,10 +28,7 @@ from mixweight.domain.verify import verify_weights
 from mixweight.errors import MixweightError
 from mixweight.train.checkpoint import list_checkpoints
 from mixweight.train.config import TrainConfig
-from mixweight.train.distributed import World
 from mixweight.train.loop import train
-from mixweight.train.loss import per_sample_loss
-from mixweight.train.model import build_model
 
 # --- pure pieces -------------------------------------------------------------------------
 

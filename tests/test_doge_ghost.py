@@ -12,6 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mixweight.core.distributed import World
+from mixweight.core.model import build_model
 from mixweight.data.manifest import load_manifest
 from mixweight.data.streams import read_stream
 from mixweight.domain import doge, ghost
@@ -19,8 +21,6 @@ from mixweight.domain.doge import DoGEObjective, heldout_mix_mask
 from mixweight.domain.doge_run import DoGEConfig
 from mixweight.domain.ghost import parameter_paths
 from mixweight.errors import MixweightError
-from mixweight.train.distributed import World
-from mixweight.train.model import build_model
 
 LLAMA = {
     "model_type": "llama",

@@ -3,7 +3,7 @@
 import pytest
 import yaml
 
-from mixweight.domain.artifact import DomainWeights
+from mixweight.core.artifact import DomainWeights
 from mixweight.domain.export import PLACEHOLDER_CORPUS, export_weights
 from mixweight.domain.plots import plot_trajectory, plot_weights_vs_natural
 from mixweight.errors import MixweightError

@@ -9,14 +9,14 @@ import pytest
 import torch
 
 import mixweight.train.loop as loop
+from mixweight.core.artifact import load_domain_weights
+from mixweight.core.model import build_model
 from mixweight.data.manifest import load_manifest
 from mixweight.data.synthetic import write_synthetic_corpus
-from mixweight.domain.artifact import load_domain_weights
 from mixweight.domain.doremi import DoReMiReduction, doremi_update, objective_weights, per_token_losses
 from mixweight.domain.doremi_run import DoReMiConfig, run_doremi
 from mixweight.errors import MixweightError
 from mixweight.train.config import TrainConfig
-from mixweight.train.model import build_model
 from mixweight.train.objective import WeightedLoss
 
 DOMAINS = ["a", "b", "c"]

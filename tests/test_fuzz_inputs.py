@@ -134,7 +134,7 @@ def manifest(tmp_path_factory):
 
 
 def test_random_weights_files_are_accepted_or_refused_in_one_line(tmp_path, manifest):
-    from mixweight.domain.artifact import check_against_manifest, load_domain_weights
+    from mixweight.core.artifact import check_against_manifest, load_domain_weights
 
     rng = random.Random(0)
     valid = {

@@ -5,11 +5,11 @@ import copy
 import torch
 from transformers import TrainingArguments
 
+from mixweight.core.distributed import World
+from mixweight.core.model import build_model
 from mixweight.data.manifest import load_manifest
 from mixweight.data.streams import read_stream
 from mixweight.hf import ReweightingTrainer
-from mixweight.train.distributed import World
-from mixweight.train.model import build_model
 from mixweight.train.reductions import SampleWeightingReduction
 from mixweight.train.step import accumulate_gradients
 from mixweight.weighting import SampleWeighting

@@ -8,9 +8,9 @@ import torch
 pytest.importorskip("lm_eval")
 
 import mixweight.train.loop as loop
+from mixweight.core.model import load_model
 from mixweight.eval.downstream import byte_tokenizer, lm_eval_raw, resolve_model_dir, run_lm_eval, summarize
 from mixweight.train.checkpoint import latest_checkpoint
-from mixweight.train.model import load_model
 
 TASK = "mixweight_tiny_arith"
 QUESTIONS = [(2, 3), (1, 4), (3, 3), (5, 2), (4, 4), (6, 1), (2, 2), (7, 1)]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mixweight.config import load_config
+from mixweight.core.config import load_config
 from mixweight.errors import MixweightError
 from mixweight.pipeline import load_pipeline_config, run_pipeline
 from mixweight.pipeline.run import LOCK_FILE, build_stages, pipeline_lock
@@ -367,7 +367,7 @@ def test_duplicate_yaml_keys_are_refused_with_file_line_and_key(tmp_path, synth_
 
 
 def test_yaml_merge_keys_are_not_duplicates():
-    from mixweight.yamlio import load_yaml
+    from mixweight.core.yamlio import load_yaml
 
     assert load_yaml("base: &b {lr: 1, steps: 2}\narm:\n  <<: *b\n  lr: 3\n")["arm"] == {"lr": 3, "steps": 2}
 

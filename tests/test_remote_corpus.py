@@ -162,7 +162,7 @@ def test_train_resume_and_eval_from_a_url_match_the_local_corpus(
     evals = sorted((resumed / "eval").glob("*.json"))
     assert evals
     from mixweight.data.manifest import load_manifest
-    from mixweight.eval.domains import load_validation
+    from mixweight.train.validation import load_validation
 
     via_url = load_validation(remote, load_manifest(remote), 8)
     via_dir = load_validation(synth_corpus, load_manifest(synth_corpus), 8)

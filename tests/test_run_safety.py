@@ -234,7 +234,7 @@ def test_a_run_made_before_the_config_marker_and_newer_keys_resumes(run_copy, sy
 
 
 def _config_from_file(path, **overrides) -> TrainConfig:
-    from mixweight.config import load_config
+    from mixweight.core.config import load_config
 
     return load_config(TrainConfig, path, overrides)
 
@@ -384,7 +384,7 @@ def test_a_checkpoint_asking_for_custom_code_is_refused(run_copy, cli_refuses):
 def test_model_loading_never_trusts_remote_code():
     import inspect
 
-    from mixweight.train import model
+    from mixweight.core import model
 
     source = inspect.getsource(model)
     assert source.count("trust_remote_code=False") == source.count("from_pretrained(") + source.count("from_config(")

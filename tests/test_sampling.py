@@ -17,13 +17,13 @@ import pytest
 import torch
 
 import mixweight.train.loop as loop
+from mixweight.core.distributed import World
 from mixweight.data.manifest import load_manifest
 from mixweight.data.synthetic import write_synthetic_corpus
 from mixweight.errors import MixweightError
 from mixweight.sampling.mixture import DomainMixture
 from mixweight.sampling.schedule import phase_at, resolve_schedule
 from mixweight.sampling.shm import SHM_DIR, clean_stale_shared_memory, registered_locals, streaming_segments
-from mixweight.train.distributed import World
 from mixweight.train.objective import WeightedLoss
 
 REPO = Path(__file__).resolve().parents[1]
@@ -312,7 +312,7 @@ import sys
 from mixweight.data.manifest import load_manifest
 from mixweight.sampling.mixture import DomainMixture
 from mixweight.sampling.schedule import resolve_schedule
-from mixweight.train.distributed import World
+from mixweight.core.distributed import World
 corpus, mode = sys.argv[1], sys.argv[2]
 m = load_manifest(corpus)
 mixture = DomainMixture(corpus, m, resolve_schedule(m, "uniform"), 64, 8, 0, World())

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 import mixweight.train.loop as loop
-from mixweight import tracking
+from mixweight.core import tracking
 from mixweight.errors import MixweightError
 from mixweight.train.config import TrainConfig
 from mixweight.train.objective import WeightedLoss
@@ -180,7 +180,7 @@ def test_proxies_pass_report_to_to_their_training_runs(synth_corpus, tmp_path):
 
 
 def test_pipeline_report_to_changes_no_stage_key(synth_corpus, tmp_path):
-    from mixweight.config import build_config
+    from mixweight.core.config import build_config
     from mixweight.pipeline.config import PipelineConfig
     from mixweight.pipeline.run import build_stages
 

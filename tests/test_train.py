@@ -7,13 +7,13 @@ import torch
 from safetensors.torch import load_file
 
 import mixweight.train.loop as loop
+from mixweight.core.model import build_model
 from mixweight.data.manifest import load_manifest
 from mixweight.errors import MixweightError
-from mixweight.eval.domains import evaluate_domains, load_validation
 from mixweight.train.checkpoint import list_checkpoints
-from mixweight.train.model import build_model
 from mixweight.train.objective import WeightedLoss
 from mixweight.train.optim import lr_multiplier
+from mixweight.train.validation import evaluate_domains, load_validation
 
 
 @pytest.fixture(scope="session")
@@ -153,7 +153,7 @@ def test_model_spec_conflicts_are_errors(synth_corpus, tmp_path):
 
 @pytest.mark.parametrize("name", ["gpt2-tiny", "llama-tiny", "gpt2-mini", "llama-1.4b"])
 def test_shipped_specs_build_configs(synth_corpus, name):
-    from mixweight.train.model import build_config
+    from mixweight.core.model import build_config
 
     config = build_config(name, load_manifest(synth_corpus))
     assert config.vocab_size == 256

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from mixweight.core.artifact import load_domain_weights
 from mixweight.data.manifest import load_manifest
-from mixweight.domain.artifact import load_domain_weights
 from mixweight.errors import MixweightError
 from mixweight.sampling.schedule import resolve_schedule
 

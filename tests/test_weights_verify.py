@@ -11,7 +11,7 @@ import torch
 
 import mixweight.domain.doremi_run as doremi_run
 from mixweight.cli import main
-from mixweight.domain.artifact import check_output_file
+from mixweight.core.artifact import check_output_file
 from mixweight.domain.doremi import INITIAL_EXCESS, DoReMiReduction, doremi_update, replay
 from mixweight.domain.doremi_run import DoReMiConfig, run_doremi
 from mixweight.domain.verify import verify_file

@@ -11,11 +11,11 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from mixweight.core.jsonio import write_json_atomic
 from mixweight.data.names import NAME_RULE, name_problem
 from mixweight.data.remote import local_copy, remote_of
 from mixweight.data.streams import verify_stream
 from mixweight.errors import MixweightError
-from mixweight.jsonio import write_json_atomic
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "mixweight-corpus/1"

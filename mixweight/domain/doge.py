@@ -65,11 +65,11 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
-from mixweight.domain.artifact import replay_arrays, replay_steps_array
+from mixweight.core.artifact import replay_arrays, replay_steps_array
+from mixweight.core.distributed import World, all_gather_cat, all_reduce_sum
+from mixweight.core.loss import per_sample_loss
 from mixweight.domain.ghost import DomainRows, Recompute
 from mixweight.errors import MixweightError
-from mixweight.train.distributed import World, all_gather_cat, all_reduce_sum
-from mixweight.train.loss import per_sample_loss
 from mixweight.train.step import StepResult
 
 SCORES = ("reference", "paper")

@@ -25,19 +25,19 @@ from pathlib import Path
 from typing import Union
 
 import mixweight
-from mixweight.config import option as _f
-from mixweight.config import require
+from mixweight.core.artifact import DomainWeights, check_output_file, corpus_weights
+from mixweight.core.config import option as _f
+from mixweight.core.config import require
+from mixweight.core.distributed import is_main_process
+from mixweight.core.model import load_spec
 from mixweight.data.manifest import load_manifest
 from mixweight.data.synthetic import resolve_corpus
-from mixweight.domain.artifact import DomainWeights, check_output_file, corpus_weights
 from mixweight.domain.doge import IMPLS, SCORES, DoGEObjective, published_defaults, replay, resolve_target
 from mixweight.domain.health import format_warning, weight_warnings
 from mixweight.errors import MixweightError
 from mixweight.train import checkpoint as ckpt
 from mixweight.train.config import TrainConfig
-from mixweight.train.distributed import is_main_process
 from mixweight.train.loop import train
-from mixweight.train.model import load_spec
 
 # Keys that do not change the weights: left out of the config hash (and of the resume check).
 # doge_impl: both forms compute the same gradients (to float rounding), so a run may resume with the other.
@@ -101,7 +101,7 @@ class DoGEConfig:
     )
 
     def validate(self) -> None:
-        from mixweight.tracking import check_report_to, parse_report_to
+        from mixweight.core.tracking import check_report_to, parse_report_to
 
         check_report_to(parse_report_to(self.report_to), "weights doge")
         require(self.data is not None, "weights doge: --data is required (a corpus directory)")

@@ -40,9 +40,9 @@ import warnings
 import numpy as np
 import torch
 
+from mixweight.core.chunked_loss import lm_token_losses
+from mixweight.core.loss import per_token_losses  # noqa: F401 - the per-token loss DoReMi's excess is made of
 from mixweight.errors import MixweightError
-from mixweight.train.chunked_loss import lm_token_losses
-from mixweight.train.loss import per_token_losses  # noqa: F401 - the per-token loss DoReMi's excess is made of
 
 OBJECTIVES = ("paper", "token")
 MISSING_WARN_FRACTION = 0.1  # warn when a domain is absent from more than this share of steps
@@ -264,7 +264,7 @@ def replay(artifact) -> np.ndarray:
     Same arithmetic as the proxy (`doremi_update` in float64): lambda_t is step t's measured
     excess for the present domains and the carried-forward lambda_{t-1} for the absent ones.
     """
-    from mixweight.domain.artifact import replay_arrays
+    from mixweight.core.artifact import replay_arrays
 
     block, _ = replay_arrays(artifact, "doremi", ("eta", "smoothing"), ("initial_signal",))
     eta, smoothing = float(block["eta"]), float(block["smoothing"])

@@ -26,21 +26,21 @@ from typing import Optional, Union
 import yaml
 
 import mixweight
-from mixweight.config import option as _f
-from mixweight.config import require
+from mixweight.core.artifact import DomainWeights, check_output_file, resolve_proportions
+from mixweight.core.config import option as _f
+from mixweight.core.config import require
+from mixweight.core.distributed import is_main_process
+from mixweight.core.model import load_model, load_spec
+from mixweight.core.yamlio import load_yaml
 from mixweight.data.manifest import Manifest, load_manifest
 from mixweight.data.synthetic import resolve_corpus
-from mixweight.domain.artifact import DomainWeights, check_output_file, resolve_proportions
 from mixweight.domain.doremi import OBJECTIVES, DoReMiReduction, replay
 from mixweight.domain.health import format_warning, weight_warnings
 from mixweight.errors import MixweightError
 from mixweight.train import checkpoint as ckpt
 from mixweight.train.config import TrainConfig
-from mixweight.train.distributed import is_main_process
 from mixweight.train.loop import config_changes, train
-from mixweight.train.model import load_model, load_spec
 from mixweight.train.objective import WeightedLoss
-from mixweight.yamlio import load_yaml
 
 # Keys that do not change the weights: left out of the provenance's config hash.
 UNHASHED = ("out", "work_dir", "progress", "data", "report_to")
@@ -91,7 +91,7 @@ class DoReMiConfig:
     )
 
     def validate(self) -> None:
-        from mixweight.tracking import check_report_to, parse_report_to
+        from mixweight.core.tracking import check_report_to, parse_report_to
 
         check_report_to(parse_report_to(self.report_to), "weights doremi")
         require(self.data is not None, "weights doremi: --data is required (a corpus directory)")

@@ -13,7 +13,7 @@ import json
 
 import yaml
 
-from mixweight.domain.artifact import DomainWeights
+from mixweight.core.artifact import DomainWeights
 from mixweight.errors import MixweightError
 
 PLACEHOLDER_CORPUS = "/path/to/corpus"

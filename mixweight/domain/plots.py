@@ -9,7 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from mixweight.domain.artifact import DomainWeights  # noqa: E402
+from mixweight.core.artifact import DomainWeights  # noqa: E402
 
 
 def _trajectory_weights(entry: dict, domains: list[str]) -> list[float]:

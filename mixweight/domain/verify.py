@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mixweight.domain.artifact import DomainWeights, load_domain_weights, replay_arrays, shown
+from mixweight.core.artifact import DomainWeights, load_domain_weights, replay_arrays, shown
 from mixweight.errors import MixweightError
 
 TOLERANCE = 1e-6

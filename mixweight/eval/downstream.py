@@ -171,7 +171,7 @@ def lm_eval_raw(
         raise MixweightError(INSTALL_HINT) from exc
     import torch
 
-    from mixweight.train.model import load_model
+    from mixweight.core.model import load_model
 
     model_dir = resolve_model_dir(checkpoint_dir)
     model = load_model(model_dir)

@@ -6,14 +6,14 @@ from pathlib import Path
 
 import torch
 
+from mixweight.core.jsonio import write_json_atomic
+from mixweight.core.model import load_model
+from mixweight.core.yamlio import load_yaml
 from mixweight.data.manifest import load_manifest
 from mixweight.data.synthetic import resolve_corpus
 from mixweight.errors import MixweightError
-from mixweight.eval.domains import evaluate_domains, load_validation
-from mixweight.jsonio import write_json_atomic
 from mixweight.train import checkpoint as ckpt
-from mixweight.train.model import load_model
-from mixweight.yamlio import load_yaml
+from mixweight.train.validation import evaluate_domains, load_validation
 
 
 def _find_checkpoint(run_dir: Path, checkpoint: str | None) -> Path:

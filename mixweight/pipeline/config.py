@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from mixweight.config import build_config, closest_hint, read_yaml, require
+from mixweight.core.config import build_config, closest_hint, read_yaml, require
 from mixweight.data.names import NAME_RULE, name_problem
 from mixweight.domain.doge_run import DoGEConfig
 from mixweight.domain.doremi_run import DoReMiConfig

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import yaml
 
+from mixweight.core.distributed import barrier, broadcast_object, close_world, init_world, is_main_process
+from mixweight.core.yamlio import load_yaml
 from mixweight.data.manifest import load_manifest
 from mixweight.domain.doge_run import DoGEConfig, check_targets, run_doge
 from mixweight.domain.doremi_run import DoReMiConfig, run_doremi
@@ -38,9 +40,7 @@ from mixweight.pipeline.config import METHODS, NOT_IN_STAGE_KEY, PipelineConfig,
 from mixweight.pipeline.inputs import input_fingerprints, manifest_sha256
 from mixweight.pipeline.stages import CHANGED, DONE, EXTEND, Stage, stage_key
 from mixweight.train.config import TrainConfig
-from mixweight.train.distributed import barrier, broadcast_object, close_world, init_world, is_main_process
 from mixweight.train.loop import RESUMABLE_CHANGES, train
-from mixweight.yamlio import load_yaml
 
 WEIGHTS_FILE = "domain_weights.json"
 CONFIG_FILE = "pipeline.yaml"
@@ -165,8 +165,8 @@ def _downstream_stage(options: dict, arm: Stage) -> Stage:
     directory = run_dir.parent.parent / "downstream" / run_dir.name
 
     def run() -> None:
+        from mixweight.core.jsonio import write_json_atomic
         from mixweight.eval.downstream import run_lm_eval
-        from mixweight.jsonio import write_json_atomic
         from mixweight.report.stats import DOWNSTREAM_FILE
 
         result = run_lm_eval(

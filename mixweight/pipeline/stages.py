@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from mixweight.jsonio import write_json_atomic
-from mixweight.train.distributed import is_main_process
+from mixweight.core.distributed import is_main_process
+from mixweight.core.jsonio import write_json_atomic
 
 MARKER = ".stage.json"
 NEW, DONE, RESUME, EXTEND, CHANGED = "new", "done", "resume", "extend", "changed"

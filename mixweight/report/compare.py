@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mixweight.core.jsonio import write_json_atomic
 from mixweight.domain.health import format_warning
 from mixweight.errors import MixweightError
-from mixweight.jsonio import write_json_atomic
 from mixweight.report import figures, stats, tables
 from mixweight.report.mixtures import collect_mixtures
 from mixweight.report.runs import Arm, check_same_corpus, group_arms

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mixweight.core.artifact import load_domain_weights
 from mixweight.data.manifest import Manifest
-from mixweight.domain.artifact import load_domain_weights
 from mixweight.errors import MixweightError
 from mixweight.report.runs import Arm
 

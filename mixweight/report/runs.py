@@ -12,11 +12,11 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mixweight.core.tracking import tracker_links
+from mixweight.core.yamlio import load_yaml
 from mixweight.data.manifest import MANIFEST_NAME, Manifest
 from mixweight.data.synthetic import SYNTHETIC_ALIAS, default_corpus_dir
 from mixweight.errors import MixweightError
-from mixweight.tracking import tracker_links
-from mixweight.yamlio import load_yaml
 
 
 @dataclass

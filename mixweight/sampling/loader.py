@@ -22,11 +22,11 @@ from streaming import Stream, StreamingDataset
 from streaming.base.shared.memory import SharedMemory
 from torch.utils.data import DataLoader
 
+from mixweight.core.distributed import World, barrier
 from mixweight.data.manifest import Manifest
 from mixweight.data.remote import join, remote_of, streaming_path
 from mixweight.errors import MixweightError
 from mixweight.sampling.shm import remove_filelocks
-from mixweight.train.distributed import World, barrier
 
 # mixweight name -> mosaicml-streaming `batching_method`. 'stratified' is refused (see below).
 BATCHING_METHODS = {"random": "random", "per_stream": "per_stream"}

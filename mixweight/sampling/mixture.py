@@ -18,12 +18,12 @@ import sys
 import numpy as np
 import torch
 
+from mixweight.core.distributed import World, all_reduce_sum, barrier
 from mixweight.data.manifest import Manifest
 from mixweight.data.remote import local_copy
 from mixweight.sampling.loader import MixtureLoader, check_batching
 from mixweight.sampling.schedule import Phase, phase_at
 from mixweight.sampling.shm import clean_stale_shared_memory
-from mixweight.train.distributed import World, all_reduce_sum, barrier
 
 
 class DomainMixture:

@@ -28,8 +28,7 @@ from pathlib import Path
 
 import yaml
 
-from mixweight.data.manifest import Manifest
-from mixweight.domain.artifact import (
+from mixweight.core.artifact import (
     check_against_manifest,
     is_file,
     load_domain_weights,
@@ -38,8 +37,9 @@ from mixweight.domain.artifact import (
     resolve_proportions,
     shown,
 )
+from mixweight.core.yamlio import load_yaml
+from mixweight.data.manifest import Manifest
 from mixweight.errors import MixweightError
-from mixweight.yamlio import load_yaml
 
 PHASE_KEYS = ("start_step", "weights")
 NAMED = ("natural", "uniform")

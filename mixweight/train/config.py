@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Union
 
-from mixweight.config import option as _f
-from mixweight.config import require
+from mixweight.core.config import option as _f
+from mixweight.core.config import require
 
 SAMPLE_WEIGHTINGS = ("none", "linupper", "quadratic", "extremes")
 
@@ -115,12 +115,12 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
-        from mixweight.tracking import parse_report_to
+        from mixweight.core.tracking import parse_report_to
 
         self.report_to = parse_report_to(self.report_to)  # one form in config.yaml: a list of names
 
     def validate(self) -> None:
-        from mixweight.tracking import check_report_to
+        from mixweight.core.tracking import check_report_to
         from mixweight.weighting import RSchedule
 
         check_report_to(self.report_to, "train")

@@ -18,8 +18,8 @@ import torch
 import torch.distributed as dist
 from transformers import Trainer
 
-from mixweight.train.distributed import World, all_gather_cat
-from mixweight.train.loss import IGNORE_INDEX, per_sample_loss
+from mixweight.core.distributed import World, all_gather_cat
+from mixweight.core.loss import IGNORE_INDEX, per_sample_loss
 from mixweight.weighting import RSchedule, SampleWeighting
 
 

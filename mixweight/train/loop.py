@@ -17,25 +17,25 @@ import torch
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
+from mixweight.core.distributed import World, barrier, broadcast_object, close_world, init_world
+from mixweight.core.jsonio import write_json_atomic
+from mixweight.core.model import build_config, build_model, count_parameters, load_spec
+from mixweight.core.tracking import open_trackers
 from mixweight.data.manifest import load_manifest
 from mixweight.data.synthetic import resolve_corpus
 from mixweight.errors import MixweightError, first_line
-from mixweight.eval.domains import evaluate_domains, load_validation
-from mixweight.jsonio import write_json_atomic
 from mixweight.sampling.mixture import DomainMixture
 from mixweight.sampling.schedule import resolve_schedule
-from mixweight.tracking import open_trackers
 from mixweight.train import checkpoint as ckpt
 from mixweight.train import rundir
 from mixweight.train.config import TrainConfig
-from mixweight.train.distributed import World, barrier, broadcast_object, close_world, init_world
 from mixweight.train.metrics import MetricsLog
-from mixweight.train.model import build_config, build_model, count_parameters, load_spec
 from mixweight.train.objective import StepObjective, WeightedLoss
 from mixweight.train.optim import build_optimizer, build_scheduler
 from mixweight.train.parallel import full_model_state, full_optimizer_state, grad_norm_value, wrap_model
 from mixweight.train.rundir import RESUMABLE_CHANGES, config_changes  # noqa: F401 - used by DoReMi's reuse check
 from mixweight.train.step import StepResult
+from mixweight.train.validation import evaluate_domains, load_validation
 from mixweight.weighting import weight_stats
 
 # Bins of N * w for the sample-weight histogram; the last bin catches everything above 4x uniform.

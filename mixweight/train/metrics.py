@@ -5,7 +5,7 @@ first checkpoint is redone from step 0, and its records would otherwise appear t
 resume drops the records past the checkpoint (the resumed run writes them again). Rewrites go
 to a temporary name first, so a kill during one leaves the old file.
 
-`mirror` (mixweight.tracking.Trackers, set by the main process when `report_to` names trackers)
+`mirror` (mixweight.core.tracking.Trackers, set by the main process when `report_to` names trackers)
 gets every record written here, so the trackers see exactly what metrics.jsonl holds.
 """
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from mixweight.train.distributed import World
+from mixweight.core.distributed import World
 from mixweight.train.step import SampleReduction, StepResult, accumulate_gradients
 
 

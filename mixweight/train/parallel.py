@@ -24,8 +24,8 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.distributed.fsdp import FSDPModule, fully_shard
 
-from mixweight.train.chunked_loss import install_token_loss_forward
-from mixweight.train.distributed import World
+from mixweight.core.chunked_loss import install_token_loss_forward
+from mixweight.core.distributed import World
 
 FULL_ON_CPU = StateDictOptions(full_state_dict=True, cpu_offload=True)
 

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import yaml
 
+from mixweight.core.yamlio import load_yaml
 from mixweight.errors import MixweightError, first_line
-from mixweight.yamlio import load_yaml
 
 CONFIG_NAME = "config.yaml"
 INPUTS_NAME = "inputs.json"
@@ -143,7 +143,7 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 
 def write_run_files(run_dir: Path, config, inputs: dict) -> None:
-    from mixweight.config import to_yaml
+    from mixweight.core.config import to_yaml
 
     write_text_atomic(run_dir / CONFIG_NAME, CONFIG_MARKER + "\n" + to_yaml(config))
     write_text_atomic(run_dir / INPUTS_NAME, json.dumps(inputs, indent=2) + "\n")
@@ -185,11 +185,11 @@ def input_hashes(config, corpus: str | Path, manifest, phases, spec: dict) -> di
 
 def current_inputs(config) -> dict:
     """input_hashes for `config`, resolving everything itself (for callers without a built run)."""
+    from mixweight.core.distributed import is_main_process
+    from mixweight.core.model import load_spec
     from mixweight.data.manifest import load_manifest
     from mixweight.data.synthetic import resolve_corpus
     from mixweight.sampling.schedule import resolve_schedule
-    from mixweight.train.distributed import is_main_process
-    from mixweight.train.model import load_spec
 
     corpus = resolve_corpus(config.data, is_main_process())  # the local copy train() reads (a URL's cache copy)
     manifest = load_manifest(corpus)

@@ -40,9 +40,9 @@ from typing import Protocol
 
 import torch
 
+from mixweight.core.chunked_loss import lm_token_losses, sample_means
+from mixweight.core.distributed import World, all_gather_cat
 from mixweight.errors import MixweightError
-from mixweight.train.chunked_loss import lm_token_losses, sample_means
-from mixweight.train.distributed import World, all_gather_cat
 from mixweight.weighting import uniform_weights
 
 WEIGHTING_SCOPES = ("step", "micro_batch")

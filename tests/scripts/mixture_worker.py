@@ -9,10 +9,10 @@ import json
 import sys
 from pathlib import Path
 
+from mixweight.core.distributed import close_world, init_world
 from mixweight.data.manifest import load_manifest
 from mixweight.sampling.mixture import DomainMixture
 from mixweight.sampling.schedule import resolve_schedule
-from mixweight.train.distributed import close_world, init_world
 
 
 def main() -> None:

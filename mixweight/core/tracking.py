@@ -27,8 +27,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from mixweight.core.jsonio import write_json_atomic
 from mixweight.errors import MixweightError, first_line
-from mixweight.jsonio import write_json_atomic
 
 TRACKERS = ("tensorboard", "wandb", "mlflow")
 EXTRA = "pip install 'mixweight[tracking]'"

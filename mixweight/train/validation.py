@@ -13,12 +13,12 @@ from pathlib import Path
 
 import torch
 
+from mixweight.core.chunked_loss import lm_token_losses
+from mixweight.core.distributed import World, all_reduce_sum
 from mixweight.data.manifest import Manifest
 from mixweight.data.remote import local_copy
 from mixweight.data.streams import read_stream
 from mixweight.errors import MixweightError
-from mixweight.train.chunked_loss import lm_token_losses
-from mixweight.train.distributed import World, all_reduce_sum
 
 
 def load_validation(corpus_dir: str | Path, manifest: Manifest, max_blocks: int) -> dict[str, torch.Tensor]:

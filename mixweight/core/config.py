@@ -17,8 +17,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from mixweight.core.yamlio import load_yaml
 from mixweight.errors import MixweightError
-from mixweight.yamlio import load_yaml
 
 C = TypeVar("C")
 

@@ -25,8 +25,8 @@ import types
 import torch
 import torch.nn.functional as F
 
+from mixweight.core.loss import IGNORE_INDEX, per_token_losses
 from mixweight.errors import MixweightError
-from mixweight.train.loss import IGNORE_INDEX, per_token_losses
 
 LOSS_IMPLS = ("auto", "full", "chunked")
 # `auto` chunks when one sequence's logits hold at least this many values (V x L): 2^22 floats = 16 MiB

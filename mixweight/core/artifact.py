@@ -60,10 +60,13 @@ import os
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from mixweight.data.manifest import Manifest
+from mixweight.core.jsonio import write_json_atomic
 from mixweight.errors import MixweightError
-from mixweight.jsonio import write_json_atomic
+
+if TYPE_CHECKING:  # a type only: core sits below data (tests/test_layering.py)
+    from mixweight.data.manifest import Manifest
 
 SUM_TOLERANCE = 1e-3
 MISSING_POLICIES = ("zero",)

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
-from mixweight.data.manifest import Manifest
 from mixweight.errors import MixweightError, first_line
+
+if TYPE_CHECKING:  # a type only: core sits below data (tests/test_layering.py)
+    from mixweight.data.manifest import Manifest
 
 # proxies/ sits beside the package in a checkout (`pip install -e .`).
 SPEC_DIRS = [Path(__file__).resolve().parents[2] / "proxies", Path.cwd() / "proxies"]

@@ -9,7 +9,6 @@ resolved config is what gets written into the output directory.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import types
 import typing
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any, TypeVar
 import yaml
 
 from mixweight.core.yamlio import load_yaml
-from mixweight.errors import MixweightError
+from mixweight.errors import MixweightError, did_you_mean
 
 C = TypeVar("C")
 
@@ -41,8 +40,8 @@ def option(default, help_text: str, flags: tuple[str, ...] = ()):
 
 
 def closest_hint(name: str, valid: list[str]) -> str:
-    close = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
-    return f"did you mean '{close[0]}'?" if close else f"valid keys: {', '.join(sorted(valid))}"
+    hint = did_you_mean(name, valid)
+    return hint.strip() if hint else f"valid keys: {', '.join(sorted(valid))}"
 
 
 def _field_types(cls) -> dict[str, Any]:

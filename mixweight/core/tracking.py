@@ -17,7 +17,6 @@ training goes on and metrics.jsonl has every record.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import importlib.util
 import math
 import os
@@ -28,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mixweight.core.jsonio import write_json_atomic
-from mixweight.errors import MixweightError, first_line
+from mixweight.errors import MixweightError, did_you_mean, first_line
 
 TRACKERS = ("tensorboard", "wandb", "mlflow")
 EXTRA = "pip install 'mixweight[tracking]'"
@@ -54,8 +53,7 @@ def check_report_to(names: list[str], where: str) -> None:
     """Unknown names and trackers whose package is missing: one line each, before anything runs."""
     for name in names:
         if name not in TRACKERS:
-            close = difflib.get_close_matches(name, TRACKERS, n=1, cutoff=0.5)
-            hint = f"did you mean '{close[0]}'? " if close else ""
+            hint = did_you_mean(name, TRACKERS)
             raise MixweightError(
                 f"{where}: 'report_to' names an unknown tracker '{name}'; {hint}"
                 f"choose from {', '.join(TRACKERS)} or none"

@@ -16,7 +16,6 @@ no paths or timings, so the same seed and config give a byte-identical file.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import json
 import sys
@@ -34,7 +33,7 @@ from mixweight.data.manifest import load_manifest
 from mixweight.data.synthetic import resolve_corpus
 from mixweight.domain.doge import IMPLS, SCORES, DoGEObjective, published_defaults, replay, resolve_target
 from mixweight.domain.health import format_warning, weight_warnings
-from mixweight.errors import MixweightError
+from mixweight.errors import MixweightError, did_you_mean
 from mixweight.train import checkpoint as ckpt
 from mixweight.train.config import TrainConfig
 from mixweight.train.loop import train
@@ -159,8 +158,7 @@ def check_targets(targets: list[str], domains: list[str]) -> None:
     """Unknown names -> MixweightError naming them, the closest domain and the corpus's domains."""
     for name in targets:
         if name not in domains:
-            close = difflib.get_close_matches(name, domains, n=1, cutoff=0.4)
-            hint = f"did you mean '{close[0]}'? " if close else ""
+            hint = did_you_mean(name, domains, cutoff=0.4)
             raise MixweightError(
                 f"weights doge: --target '{name}' is not a domain of the corpus; {hint}"
                 f"the corpus's domains are {', '.join(domains)}"

@@ -22,7 +22,6 @@ domains, finite, >= 0, summing to 1 (within 1e-3, then renormalized).
 from __future__ import annotations
 
 import bisect
-import difflib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,7 +38,7 @@ from mixweight.core.artifact import (
 )
 from mixweight.core.yamlio import load_yaml
 from mixweight.data.manifest import Manifest
-from mixweight.errors import MixweightError
+from mixweight.errors import MixweightError, did_you_mean
 
 PHASE_KEYS = ("start_step", "weights")
 NAMED = ("natural", "uniform")
@@ -118,9 +117,8 @@ def _parse_schedule(raw: list, manifest: Manifest, path: Path) -> list[Phase]:
             raise MixweightError(f"{where}: expected a {{start_step, weights}} map, got {item!r}")
         for key in item:
             if key not in PHASE_KEYS:
-                close = difflib.get_close_matches(str(key), PHASE_KEYS, n=1)
-                hint = f"; did you mean '{close[0]}'?" if close else ""
-                raise MixweightError(f"{where}: unknown key {_key(key)} (allowed: {', '.join(PHASE_KEYS)}){hint}")
+                hint = did_you_mean(key, PHASE_KEYS, cutoff=0.6)
+                raise MixweightError(f"{where}: unknown key {_key(key)}; {hint}allowed: {', '.join(PHASE_KEYS)}")
         missing = [k for k in PHASE_KEYS if k not in item]
         if missing:
             raise MixweightError(f"{where}: missing {', '.join(missing)}")

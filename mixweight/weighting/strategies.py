@@ -9,12 +9,11 @@ lets a new strategy be one line.
 
 from __future__ import annotations
 
-import difflib
 from typing import Callable
 
 import torch
 
-from mixweight.errors import MixweightError
+from mixweight.errors import MixweightError, did_you_mean
 
 Strategy = Callable[[torch.Tensor], torch.Tensor]
 
@@ -52,9 +51,8 @@ ALIASES: dict[str, str] = {"none": "uniform"}
 
 def unknown_choice(what: str, name: object, valid: list[str]) -> MixweightError:
     """The error for a name not in a registry: lists the valid names and suggests the closest."""
-    close = difflib.get_close_matches(str(name).lower(), valid, n=1)
-    hint = f" Did you mean '{close[0]}'?" if close else ""
-    return MixweightError(f"unknown {what} '{name}'; valid: {', '.join(valid)}.{hint}")
+    hint = did_you_mean(str(name).lower(), valid, cutoff=0.6)
+    return MixweightError(f"unknown {what} '{name}'; {hint}valid: {', '.join(valid)}")
 
 
 def get_strategy(name: str) -> Strategy:

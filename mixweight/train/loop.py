@@ -44,7 +44,7 @@ HISTOGRAM_EDGES = np.array([0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0, 4.0,
 
 def autocast_context(precision: str, device: torch.device):
     """bf16 autocast (on a GPU, or on the CPU with precision bf16), else None. Matmuls run in bf16; the
-    logits are cast to fp32 before log-softmax (train/loss.py, train/chunked_loss.py), so per-sample
+    logits are cast to fp32 before log-softmax (core/loss.py, core/chunked_loss.py), so per-sample
     losses, their sums and the sample weights are fp32 whatever the precision."""
     use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
     return torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else None

@@ -43,18 +43,12 @@ import torch
 from mixweight.core.chunked_loss import lm_token_losses
 from mixweight.core.loss import per_token_losses  # noqa: F401 - the per-token loss DoReMi's excess is made of
 from mixweight.errors import MixweightError
+from mixweight.weighting.domain_update import doremi_update  # the update rule, shared with online mixing
 
 OBJECTIVES = ("paper", "token")
 MISSING_WARN_FRACTION = 0.1  # warn when a domain is absent from more than this share of steps
 MISSING_WARN_MIN_STEPS = 20  # ... once at least this many steps were seen
 INITIAL_EXCESS = 0.0  # lambda_0 of every domain (see the module docstring for why not log(vocab size))
-
-
-def doremi_update(alpha: torch.Tensor, excess: torch.Tensor, eta: float, smoothing: float) -> torch.Tensor:
-    """alpha' = (1 - c) * softmax(log alpha + eta * lambda) + c / k (exponentiated gradient + smoothing)."""
-    k = alpha.numel()
-    mixed = torch.softmax(torch.log(alpha) + eta * excess, dim=0)
-    return (1.0 - smoothing) * mixed + smoothing / k
 
 
 def objective_weights(

@@ -36,10 +36,11 @@ from mixweight.data.manifest import Manifest, load_manifest
 from mixweight.data.synthetic import resolve_corpus
 from mixweight.domain.doremi import OBJECTIVES, DoReMiReduction, replay
 from mixweight.domain.health import format_warning, weight_warnings
+from mixweight.domain.proxy import train_or_reuse
 from mixweight.errors import MixweightError
 from mixweight.train import checkpoint as ckpt
 from mixweight.train.config import TrainConfig
-from mixweight.train.loop import config_changes, train
+from mixweight.train.loop import train  # noqa: F401  (tests patch doremi_run.train)
 from mixweight.train.objective import WeightedLoss
 
 # Keys that do not change the weights: left out of the provenance's config hash.
@@ -160,20 +161,6 @@ def _train_config(config: DoReMiConfig, corpus: str, out: Path, steps: int, doma
     return train_config
 
 
-def _train_or_reuse(config: TrainConfig, objective=None) -> None:
-    """Train, resume an interrupted run, or reuse a finished run made with the same config."""
-    run_dir = Path(config.out)
-    latest = ckpt.latest_checkpoint(run_dir)
-    if latest is not None and (run_dir / "eval.json").is_file() and ckpt.read_state(latest)["step"] == config.steps:
-        details = config_changes(run_dir, config)
-        if details:
-            raise MixweightError(
-                f"{run_dir}: a finished run with a different config ({details}); delete it or choose another work_dir"
-            )
-        return
-    train(dataclasses.replace(config, resume=latest is not None), objective)
-
-
 def check_reference_run(run_dir: str | Path, corpus: str, manifest: Manifest) -> Path:
     """The reference run's newest checkpoint, after checking it was trained on this corpus and vocabulary."""
     run_dir = Path(run_dir)
@@ -259,7 +246,7 @@ def run_doremi(config: DoReMiConfig) -> DomainWeights:
             reference_model = given_reference
         else:
             reference_run = round_dir / "reference"
-            _train_or_reuse(_train_config(config, corpus, reference_run, reference_steps, weights_spec))
+            train_or_reuse(_train_config(config, corpus, reference_run, reference_steps, weights_spec))
             reference_model = _load_reference(reference_run)
         reduction = DoReMiReduction(
             reference_model,
@@ -271,9 +258,8 @@ def run_doremi(config: DoReMiConfig) -> DomainWeights:
             total_steps=config.steps,
         )
         proxy_run = round_dir / "proxy"
-        _train_or_reuse(_train_config(config, corpus, proxy_run, config.steps, "uniform"), WeightedLoss(reduction))
-        # the finished run's saved state: the same whether the proxy was trained now, resumed or reused
-        reduction.load_state_dict(ckpt.read_state(ckpt.latest_checkpoint(proxy_run)).get("objective", {}))
+        # the reduction ends with the finished run's saved state: the same whether trained now, resumed or reused
+        train_or_reuse(_train_config(config, corpus, proxy_run, config.steps, "uniform"), WeightedLoss(reduction))
         weights = reduction.average_weights()
         l1 = _l1(weights, history[-1]["weights"]) if history else None
         history.append({"round": r + 1, "weights": weights, "l1_to_previous": l1})

@@ -145,6 +145,14 @@ def cmd_weights_doge(args) -> None:
     report_result(json.dumps({"method": "doge", "weights": result.as_dict()}))
 
 
+def cmd_weights_regmix(args) -> None:
+    from mixweight.core.config import load_config
+    from mixweight.domain.regmix_run import RegMixConfig, run_regmix
+
+    result = run_regmix(load_config(RegMixConfig, args.config, _overrides(args, RegMixConfig)))
+    report_result(json.dumps({"method": "regmix", "weights": result.as_dict()}))
+
+
 def cmd_weights_export(args) -> None:
     from mixweight.core.artifact import load_domain_weights
     from mixweight.domain.export import export_weights
@@ -286,10 +294,12 @@ def build_parser() -> argparse.ArgumentParser:
     for name, cls_path, func in (
         ("doremi", "mixweight.domain.doremi_run:DoReMiConfig", cmd_weights_doremi),
         ("doge", "mixweight.domain.doge_run:DoGEConfig", cmd_weights_doge),
+        ("regmix", "mixweight.domain.regmix_run:RegMixConfig", cmd_weights_regmix),
     ):
         module, cls_name = cls_path.split(":")
         cls = getattr(__import__(module, fromlist=[cls_name]), cls_name)
-        method = weights_commands.add_parser(name, help=f"{name} domain weights from a proxy model")
+        how = "a swarm of small proxy runs and a regression" if name == "regmix" else "a proxy model"
+        method = weights_commands.add_parser(name, help=f"{name} domain weights from {how}")
         method.add_argument(
             "--config",
             default=None,

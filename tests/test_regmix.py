@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -105,3 +110,150 @@ def test_lightgbm_missing_is_one_line_naming_the_extra(monkeypatch):
     with pytest.raises(MixweightError, match=r'pip install -e "\.\[regmix\]"') as info:
         make_regressor("lightgbm", 0).fit(x, law_losses(x))
     assert "\n" not in str(info.value)
+
+
+# --- `mixweight weights regmix` end to end -------------------------------------------------------
+HELD_OUT = "noise,unigram,markov1,copy"  # 3 training domains left, so 5 runs are enough for the regression
+TRAINED = ["redundant", "markov2", "arithmetic"]
+
+
+def regmix_argv(corpus, out, *extra) -> list[str]:
+    args = f"--proxy gpt2-micro --runs 5 --steps 4 --batch-size 8 --warmup-steps 1 --eval-blocks 2 --target {HELD_OUT}"
+    return ["weights", "regmix", "--data", str(corpus), "--out", str(out), *args.split(), "--no-progress", *extra]
+
+
+def run_cli(argv: list[str], env_extra: dict | None = None, torchrun: list[str] | None = None) -> str:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    command = [sys.executable, *(torchrun or []), "-m", "mixweight", *argv]
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def swarm(synth_corpus, tmp_path_factory):
+    """One finished tiny swarm: (artifact path, the command's stdout)."""
+    out = tmp_path_factory.mktemp("regmix") / "first" / "domain_weights.json"
+    stdout = run_cli(regmix_argv(synth_corpus, out))
+    return out, stdout
+
+
+def test_a_tiny_swarm_writes_the_artifact_the_other_commands_take(swarm, synth_corpus, capsys):
+    from mixweight.cli import main
+    from mixweight.core.artifact import load_domain_weights
+    from mixweight.data.manifest import load_manifest
+    from mixweight.sampling.schedule import resolve_schedule
+
+    out, stdout = swarm
+    raw = json.loads(out.read_text())
+    weights = load_domain_weights(out)
+    domains = load_manifest(synth_corpus).domains
+    assert raw["domains"] == domains and raw["targets"] == HELD_OUT.split(",")
+    assert sum(raw["weights"]) == pytest.approx(1.0)
+    assert all(weights.as_dict()[d] == 0.0 for d in HELD_OUT.split(","))
+    method = raw["method"]
+    assert method["name"] == "regmix" and method["runs"] == 5 and method["regressor"] == "loglinear"
+    assert list(method["prior_weights"]) == TRAINED
+    assert len(method["swarm"]) == 5
+    for run in method["swarm"]:
+        assert all(run["weights"][d] == 0.0 for d in HELD_OUT.split(","))  # held out of every swarm run
+        assert sum(run["weights"].values()) == pytest.approx(1.0)
+        assert set(run["losses"]) == set(domains)
+        assert run["target_loss"] == pytest.approx(np.mean([run["losses"][d] for d in HELD_OUT.split(",")]))
+    cv = method["fit"]["cross_validation"]
+    assert cv["method"] == "leave-one-out" and len(cv["predicted"]) == 5 and cv["mae"] >= 0
+    assert method["fit"]["target_domains"] == HELD_OUT.split(",") and len(method["fit"]["laws"]) == 4
+    assert raw["provenance"]["seed"] == 0 and raw["provenance"]["proxy"]["name"] == "gpt2-micro"
+    assert "Spearman" in stdout and stdout.count("mixweight regmix: run ") == 5
+    assert out.with_name("domain_weights_fit.png").is_file() and out.with_name("domain_weights_bars.png").is_file()
+    # train takes it as a mixture; verify refits the swarm table to the same weights; export prints it
+    phases = resolve_schedule(load_manifest(synth_corpus), str(out))
+    assert phases[0].weights == pytest.approx(weights.as_dict())
+    main(["weights", "verify", str(out)])
+    assert "refitted 5 regmix swarm runs" in capsys.readouterr().out
+    main(["weights", "export", str(out), "--format", "json"])
+    assert json.loads(capsys.readouterr().out) == pytest.approx(weights.as_dict())
+
+
+def test_verify_catches_an_edited_regmix_artifact(swarm, tmp_path, cli_refuses):
+    out, _ = swarm
+    raw = json.loads(out.read_text())
+    raw["method"]["swarm"][0]["losses"]["noise"] += 1.0  # another observed loss: another fit and optimum
+    edited = tmp_path / "edited.json"
+    edited.write_text(json.dumps(raw))
+    assert "does not replay" in cli_refuses(["weights", "verify", edited])
+
+
+def test_the_same_swarm_twice_gives_the_same_bytes(swarm, synth_corpus, tmp_path):
+    out, _ = swarm
+    again = tmp_path / "again.json"
+    run_cli(regmix_argv(synth_corpus, again))
+    assert again.read_bytes() == out.read_bytes()
+
+
+def test_an_interrupted_swarm_trains_only_its_missing_runs(swarm, synth_corpus, tmp_path):
+    import shutil
+
+    out, _ = swarm
+    work = out.parent / "domain_weights.work"  # (the runs' configs name their paths: a work dir stays put)
+    shutil.rmtree(work / "runs" / "run-003")  # killed before its first checkpoint
+    (work / "runs" / "run-001" / "eval.json").unlink()  # killed after its last checkpoint, before eval.json
+    kept = {p: p.stat().st_mtime_ns for p in (work / "runs").glob("run-00[024]/eval.json")}
+    resumed = tmp_path / "resumed.json"
+    stdout = run_cli(regmix_argv(synth_corpus, resumed, "--work-dir", str(work)))
+    assert "(3 finished, 2 to train)" in stdout
+    assert sorted(line.split()[3] for line in stdout.splitlines() if " done" in line) == ["2/5", "4/5"]
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept  # the finished runs were not touched
+    assert resumed.read_bytes() == out.read_bytes()
+
+
+def test_a_larger_swarm_keeps_the_runs_it_has(swarm, synth_corpus, tmp_path):
+    out, _ = swarm
+    work = out.parent / "domain_weights.work"
+    stdout = run_cli(regmix_argv(synth_corpus, tmp_path / "six.json", "--work-dir", str(work), "--runs", "6"))
+    assert "(5 finished, 1 to train)" in stdout or "(6 finished, 0 to train)" in stdout
+    assert len(json.loads((tmp_path / "six.json").read_text())["method"]["swarm"]) == 6
+
+
+def test_a_work_dir_of_another_swarm_is_refused(swarm, synth_corpus, cli_refuses):
+    out, _ = swarm
+    work = out.parent / "domain_weights.work"
+    argv = regmix_argv(synth_corpus, out.parent / "other.json", "--work-dir", str(work), "--steps", "5")
+    message = cli_refuses(argv)
+    assert "steps: 4 -> 5" in message and "another --work-dir" in message
+
+
+@pytest.mark.distributed
+def test_two_processes_split_the_swarm_and_write_the_same_artifact(swarm, synth_corpus, tmp_path, free_port):
+    out, _ = swarm
+    two = tmp_path / "two.json"
+    torchrun = ["-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}"]
+    stdout = run_cli(regmix_argv(synth_corpus, two), torchrun=torchrun)
+    assert stdout.count("[process 0]") == 3 and stdout.count("[process 1]") == 2  # runs 0, 2, 4 and 1, 3
+    assert two.read_bytes() == out.read_bytes()
+
+
+def test_too_few_runs_is_refused_before_training(synth_corpus, tmp_path, cli_refuses):
+    message = cli_refuses(regmix_argv(synth_corpus, tmp_path / "w.json", "--runs", "3"))
+    assert "--runs 3 is too few for 3 training domains" in message and "at least 4" in message
+    assert not (tmp_path / "w.work").exists()
+
+
+def test_an_unknown_regressor_is_refused_with_the_closest(synth_corpus, tmp_path, cli_refuses):
+    message = cli_refuses(regmix_argv(synth_corpus, tmp_path / "w.json", "--regressor", "lightgmb"))
+    assert "did you mean 'lightgbm'" in message
+
+
+def test_a_target_naming_no_domain_is_refused(synth_corpus, tmp_path, cli_refuses):
+    argv = regmix_argv(synth_corpus, tmp_path / "w.json")
+    argv[argv.index(HELD_OUT)] = "noise,arithmetc"
+    message = cli_refuses(argv)
+    assert "--target 'arithmetc' is not a domain" in message and "did you mean 'arithmetic'" in message
+
+
+def test_an_infeasible_repetition_budget_is_refused_before_training(synth_corpus, tmp_path, cli_refuses):
+    argv = regmix_argv(synth_corpus, tmp_path / "w.json", "--token-budget", "10000000", "--max-epochs", "1")
+    message = cli_refuses(argv)
+    assert "no mixture fits a budget of 10,000,000 tokens within 1 epochs per domain" in message
+    assert not (tmp_path / "w.work").exists()
+    assert "needs --token-budget" in cli_refuses(regmix_argv(synth_corpus, tmp_path / "w.json", "--max-epochs", "2"))

@@ -5,7 +5,8 @@ Pure numpy/scipy functions; no training, no files (the swarm that produces the d
 
 - `sample_mixtures(prior, k, concentration, seed)`: the swarm's mixtures. Row 0 is the prior,
   row 1 uniform, row i >= 2 a Dirichlet draw centred on the prior, alpha = A * s_i * m * prior
-  with s_i log-uniform in [0.1, 5] (RegMix's range of scales: small s gives sparse mixtures);
+  with s_i log-uniform in [0.1, 5] (RegMix's range of scales: small s gives sparse mixtures;
+  when the prior is uniform, row 1 is a draw too);
   row i depends only on (seed, i), so a larger swarm extends a smaller one.
 - `LogLinear`: per target domain i, L_i(r) = c_i + k_i * exp(sum_j t_ij r_j) (Ye et al. 2024),
   fitted by least squares. t is identified up to a constant on the simplex (t + a 1 with
@@ -35,6 +36,7 @@ MAX_LOO = 64  # leave-one-out up to this many runs, K-fold above
 FOLDS = 10
 SEARCH_SAMPLES = 20000  # lightgbm: mixtures scored by the simulated search
 TOP_K = 100  # lightgbm: the best this many are averaged
+ZERO_BELOW = 1e-9  # weights of the optimum below this are set to 0
 LIGHTGBM_MISSING = (
     "weights regmix: --regressor lightgbm needs LightGBM, which is not installed; "
     'pip install -e ".[regmix]" (or pip install lightgbm), or use --regressor loglinear'
@@ -68,9 +70,10 @@ def sample_mixtures(prior: np.ndarray, k: int, concentration: float, seed: int, 
     """
     prior = np.asarray(prior, dtype=np.float64)
     m = len(prior)
-    rows = [prior, np.full(m, 1.0 / m)]
+    uniform = np.full(m, 1.0 / m)
+    rows = [prior] if np.allclose(prior, uniform, rtol=0, atol=1e-6) else [prior, uniform]  # no run twice
     lo, hi = math.log(SCALE_RANGE[0]), math.log(SCALE_RANGE[1])
-    for i in range(2, k):
+    for i in range(len(rows), k):
         rng = np.random.default_rng([seed, i])
         scale = math.exp(rng.uniform(lo, hi))
         alpha = np.maximum(concentration * scale * m * prior, 1e-6)
@@ -123,7 +126,7 @@ class LogLinear:
             p0 = np.clip(p0, bounds_low, np.nextafter(bounds_high, -np.inf))
             fit = least_squares(
                 residuals, p0, jac=jacobian, bounds=(bounds_low, bounds_high), method="trf", x_scale="jac",
-                xtol=1e-12, ftol=1e-12, gtol=1e-12, max_nfev=2000,
+                xtol=1e-12, ftol=1e-12, gtol=1e-12, max_nfev=200,
             )  # fmt: skip
             if best is None or fit.cost < best.cost - 1e-15:
                 best = fit
@@ -261,8 +264,10 @@ def optimise(
     if caps.sum() < 1 - 1e-12:
         raise MixweightError(f"weights regmix: the per-domain caps sum to {caps.sum():.4g} < 1: no mixture fits them")
     if isinstance(model, LogLinear):
-        return _optimise_smooth(model, prior, caps, kl_reg, seed, starts)
-    return _optimise_search(model, prior, caps, kl_reg, seed)
+        w = _optimise_smooth(model, prior, caps, kl_reg, seed, starts)
+    else:
+        w = _optimise_search(model, prior, caps, kl_reg, seed)
+    return _clip_to_caps(np.where(w < ZERO_BELOW, 0.0, w), caps)  # 1e-17 is a solver's 0
 
 
 def _optimise_smooth(model: LogLinear, prior, caps, kl_reg, seed, starts) -> np.ndarray:

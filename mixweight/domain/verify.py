@@ -13,6 +13,10 @@ artifact records:
 
 and reports the largest deviation and where it is. Within TOLERANCE the weights follow
 from the recorded signals; beyond it something was edited or the file is not what it says.
+
+A regmix artifact has no update rule to replay: its swarm table (each run's mixture and losses)
+is refitted and re-optimised with the recorded options (`regmix_run.replay_weights`) and the
+result compared with ``weights``.
 """
 
 from __future__ import annotations
@@ -114,7 +118,10 @@ def verify_file(path, tolerance: float = TOLERANCE) -> str:
     if not (tolerance >= 0):
         raise MixweightError(f"weights verify: --tolerance must be >= 0, got {tolerance}")
     where = f"weights file {shown(path)}"
-    result = verify_weights(load_domain_weights(path), where, tolerance)
+    weights = load_domain_weights(path)
+    if weights.method.get("name") == "regmix":
+        return _verify_regmix(weights, path, where, tolerance)
+    result = verify_weights(weights, where, tolerance)
     if result.first is not None:
         raise MixweightError(
             f"{where}: does not replay: first deviation above the tolerance {tolerance:g} at {result.first[1]} "
@@ -124,4 +131,24 @@ def verify_file(path, tolerance: float = TOLERANCE) -> str:
     return (
         f"{shown(path)}: replayed {result.steps} {result.method} steps; {result.compared} recorded weight vectors "
         f"match, largest deviation {result.max_deviation:.3g} (at {result.where}) <= {tolerance:g}"
+    )
+
+
+def _verify_regmix(weights: DomainWeights, path, where: str, tolerance: float) -> str:
+    """A regmix artifact has no per-step update to replay: its swarm table is refitted and re-optimised instead."""
+    from mixweight.domain.regmix_run import replay_weights
+
+    expected = np.asarray(replay_weights(weights), dtype=np.float64)
+    gaps = np.abs(np.asarray(weights.weights, dtype=np.float64) - expected)
+    i = int(gaps.argmax())
+    runs, regressor = len(weights.method.get("swarm", [])), weights.method.get("fit", {}).get("regressor")
+    if gaps[i] > tolerance:
+        raise MixweightError(
+            f"{where}: does not replay: refitting its {runs} swarm runs ({regressor}) gives weight {expected[i]:.6g} "
+            f"for domain '{shown(weights.domains[i])}', the file says {weights.weights[i]:.6g} (deviation "
+            f"{gaps[i]:.3g} > {tolerance:g}); the file was edited or does not come from this regmix run"
+        )
+    return (
+        f"{shown(path)}: refitted {runs} regmix swarm runs ({regressor}); the recorded weights match, largest "
+        f"deviation {gaps[i]:.3g} (domain '{shown(weights.domains[i])}') <= {tolerance:g}"
     )

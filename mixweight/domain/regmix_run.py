@@ -1,0 +1,653 @@
+"""`mixweight weights regmix`: a swarm of small proxy runs on sampled mixtures -> a regression -> the best mixture.
+
+    RegMixConfig -> corpus, targets, prior (natural | uniform over the training domains)
+      -> K mixtures (regmix.sample_mixtures: the prior, uniform, Dirichlet draws around the prior)
+      -> one ordinary training run per mixture (`mixweight.domain.proxy.train_or_reuse`, a
+         TrainConfig whose domain_weights is the run's mixture file), each run's eval.json
+      -> fit the target loss (mean validation loss over the target domains) on the mixtures,
+         leave-one-out Spearman and MAE of the fit
+      -> the mixture of lowest predicted target loss (within --max-epochs of a --token-budget,
+         pulled toward the prior by --kl-reg) -> domain_weights.json + two plots
+
+The work directory (default `<out stem>.work/` beside `out`) holds `mixtures/run-NNN.json`
+and `runs/run-NNN/`: each run is cached on its own, so a rerun trains only the runs that are
+missing and resumes an interrupted one. Mixture i depends on (seed, i) alone, so raising
+--runs keeps the finished runs. `swarm.json` records the options that define the runs; a
+work directory made with other options is refused, naming them.
+
+Under torchrun with P processes, process p trains runs p, p + P, ... as single-process runs
+in a child process of its own (no process group, its own device), so nothing is communicated
+while training; every process then waits for all eval.json files, and the main process fits
+and writes. The artifact holds no paths or timings: the same seed and config give the same
+bytes, whatever the process count.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+from tqdm.auto import tqdm
+
+import mixweight
+from mixweight.core.artifact import DomainWeights, check_output_file, corpus_weights, load_domain_weights
+from mixweight.core.config import option as _f
+from mixweight.core.config import require
+from mixweight.core.distributed import barrier, broadcast_object, close_world, init_world
+from mixweight.core.jsonio import write_json_atomic
+from mixweight.core.model import load_spec
+from mixweight.data.manifest import Manifest, load_manifest
+from mixweight.data.synthetic import resolve_corpus
+from mixweight.domain import regmix
+from mixweight.domain.health import format_warning
+from mixweight.errors import MixweightError, did_you_mean
+from mixweight.sampling.repetition import check_max_epochs, planned_epochs, project_max_epochs
+from mixweight.train.config import TrainConfig
+
+PRIORS = ("natural", "uniform")
+SWARM_FILE = "swarm.json"
+# The options that define the swarm's runs (a work directory belongs to one set of them); the others
+# (runs, regressor, kl_reg, token_budget, max_epochs, out, progress) change only the fit or the display.
+SWARM_KEYS = (
+    "proxy",
+    "steps",
+    "batch_size",
+    "lr",
+    "final_lr",
+    "warmup_steps",
+    "eval_blocks",
+    "prior",
+    "concentration",
+    "target",
+    "seed",
+)
+NOT_HASHED = ("out", "work_dir", "progress", "data")
+POOR_FIT_SPEARMAN = 0.5  # below this held-out rank correlation, the artifact warns that the fit ranks poorly
+POLL_SECONDS = 2.0
+CHILD_ENV_DROP = (
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+    "GROUP_RANK",
+    "GROUP_WORLD_SIZE",
+    "ROLE_RANK",
+    "ROLE_WORLD_SIZE",
+    "ROLE_NAME",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+)
+
+
+@dataclass
+class RegMixConfig:
+    data: str = _f(
+        None,
+        "corpus directory (made by `mixweight data synth` or `data prepare`), a corpus URL "
+        "(s3://, gs://, ..., file:///DIR; cached in --cache-dir), or `synthetic`",
+    )
+    out: str = _f(None, "the domain weights JSON file to write")
+    proxy: str = _f("gpt2-micro", "model spec of every swarm run (a name in proxies/ or an HF config JSON)")
+    runs: int = _f(
+        24,
+        "swarm size K: proxy runs, one per sampled mixture (at least the training domains + 1; RegMix trains 512)",
+    )
+    steps: int = _f(60, "optimizer steps of each swarm run")
+    batch_size: int = _f(16, "sequences per micro-batch of each swarm run")
+    lr: float = _f(3e-3, "peak learning rate of each swarm run")
+    final_lr: float = _f(3e-4, "learning rate at the last step of each swarm run (cosine decay target)")
+    warmup_steps: int = _f(5, "linear warmup steps of each swarm run")
+    eval_blocks: int = _f(16, "validation blocks per domain that give each run's per-domain loss")
+    prior: str = _f(
+        "natural",
+        "the mixture the swarm is centred on, and the KL pull's anchor: natural (token counts) or uniform",
+    )
+    concentration: float = _f(
+        1.0, "Dirichlet concentration A of the swarm around the prior (larger: closer to it); times a random scale"
+    )
+    target: str = _f(
+        "all",
+        "what the mixture minimises: all (the mean validation loss over every domain) or DOMAIN[,DOMAIN] "
+        "(held-out domains: weight 0 in every swarm run and in the result, their mean loss is the target)",
+    )
+    regressor: str = _f("loglinear", "loglinear (the data-mixing law, per target domain) or lightgbm (RegMix)")
+    kl_reg: float = _f(0.0, "pull toward the prior: the optimum minimises predicted loss + kl_reg * KL(w || prior)")
+    token_budget: Optional[int] = _f(
+        None, "tokens the main run will train on, T (with max_epochs: caps each domain at E * tokens_d / T)"
+    )
+    max_epochs: Optional[float] = _f(
+        None, "at most this many passes over any domain's training tokens within token_budget (needs token_budget)"
+    )
+    seed: int = _f(0, "seed of the mixtures, of every swarm run's init and data order, and of the search")
+    work_dir: Optional[str] = _f(None, "directory of the swarm's runs (default: <out stem>.work/ beside out)")
+    checkpoint_every: int = _f(1000, "save a swarm run's checkpoint every N steps (its last step is always saved)")
+    log_every: int = _f(10, "write a swarm run's training metrics every N steps")
+    progress: bool = _f(True, "show a progress bar over the swarm (only on a terminal)")
+
+    def validate(self) -> None:
+        require(self.data is not None, "weights regmix: --data is required (a corpus directory)")
+        require(self.out is not None, "weights regmix: --out is required (the weights JSON file to write)")
+        for name in ("runs", "steps", "batch_size", "eval_blocks", "checkpoint_every", "log_every"):
+            value = getattr(self, name)
+            require(value > 0, f"weights regmix: '{name}' must be a positive integer, got {value}")
+        require(self.warmup_steps >= 0, f"weights regmix: 'warmup_steps' must be >= 0, got {self.warmup_steps}")
+        require(self.lr > 0, f"weights regmix: 'lr' must be > 0, got {self.lr}")
+        require(
+            0 <= self.final_lr <= self.lr,
+            f"weights regmix: 'final_lr' must be in [0, lr={self.lr}], got {self.final_lr}",
+        )
+        require(
+            self.prior in PRIORS,
+            f"weights regmix: 'prior' must be natural or uniform, got {self.prior!r}; "
+            f"{did_you_mean(self.prior, PRIORS)}",
+        )
+        require(
+            self.concentration > 0 and math.isfinite(self.concentration),
+            f"weights regmix: 'concentration' must be > 0, got {self.concentration}",
+        )
+        regmix.check_regressor(self.regressor)
+        require(
+            self.kl_reg >= 0 and math.isfinite(self.kl_reg),
+            f"weights regmix: 'kl_reg' must be >= 0, got {self.kl_reg}",
+        )
+        require(
+            all(t.strip() for t in self.target.split(",")),
+            f"weights regmix: 'target' must be all or comma-separated domain names, got {self.target!r}",
+        )
+        require(
+            self.token_budget is None or self.token_budget > 0,
+            f"weights regmix: 'token_budget' must be a positive number of tokens, got {self.token_budget}",
+        )
+        if self.max_epochs is not None:
+            check_max_epochs(self.max_epochs, "weights regmix")
+            require(
+                self.token_budget is not None,
+                "weights regmix: --max-epochs needs --token-budget T (the tokens the main run will train on: "
+                "steps x global batch x seq_len)",
+            )
+
+    def resolved_work_dir(self) -> Path:
+        out = Path(self.out)
+        return Path(self.work_dir) if self.work_dir else out.with_name(f"{out.stem}.work")
+
+
+# --- targets, prior, caps -------------------------------------------------------------------
+def held_out_targets(target: str, domains: list[str]) -> list[str]:
+    """[] for `all`, else the named domains (checked against the corpus)."""
+    if target.strip() == "all":
+        return []
+    names = [t.strip() for t in target.split(",")]
+    for name in names:
+        if name not in domains:
+            raise MixweightError(
+                f"weights regmix: --target '{name}' is not a domain of the corpus; "
+                f"{did_you_mean(name, domains, cutoff=0.4)}the corpus's domains are {', '.join(domains)} "
+                "(or all)"
+            )
+    if len(set(names)) == len(domains):
+        raise MixweightError(
+            f"weights regmix: --target names every domain ({', '.join(domains)}); leave at least one to train on"
+        )
+    return sorted(set(names), key=domains.index)
+
+
+def prior_weights(manifest: Manifest, train_domains: list[str], kind: str) -> np.ndarray:
+    if kind == "uniform":
+        return np.full(len(train_domains), 1.0 / len(train_domains))
+    tokens = np.array([manifest.splits["train"][d].tokens for d in train_domains], dtype=np.float64)
+    return tokens / tokens.sum()
+
+
+def config_hash(config: RegMixConfig, manifest: Manifest) -> str:
+    values = {k: v for k, v in dataclasses.asdict(config).items() if k not in NOT_HASHED}
+    values["corpus_config_hash"] = manifest.config_hash
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
+
+
+def _swarm_record(config: RegMixConfig, manifest: Manifest) -> dict:
+    return {
+        **{k: getattr(config, k) for k in SWARM_KEYS},
+        "proxy_spec": load_spec(config.proxy),
+        "corpus_config_hash": manifest.config_hash,
+    }
+
+
+def _claim_work_dir(work: Path, record: dict) -> None:
+    """A work directory belongs to one swarm definition: runs made with other options are never mixed in."""
+    path = work / SWARM_FILE
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, ValueError):
+            raise MixweightError(f"{path}: cannot be read; pass another --work-dir") from None
+        changed = sorted(k for k in set(old) | set(record) if old.get(k) != record.get(k))
+        if changed:
+            shown = ", ".join(f"{k}: {old.get(k)!r} -> {record.get(k)!r}" for k in changed if k != "proxy_spec")
+            if "proxy_spec" in changed:
+                shown = ", ".join(filter(None, [shown, "the proxy spec's contents"]))
+            raise MixweightError(
+                f"{work}: holds a swarm made with other options ({shown}); pass another --work-dir "
+                "(or move this one aside) to start a new swarm"
+            )
+        return
+    work.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, record)
+
+
+# --- the swarm ------------------------------------------------------------------------------
+def member_config(config: RegMixConfig, corpus: str, work: Path, index: int) -> TrainConfig:
+    """Swarm run `index`: an ordinary single-process training run on its own mixture file."""
+    train_config = TrainConfig(
+        data=corpus,
+        out=str(work / "runs" / f"run-{index:03d}"),
+        model=config.proxy,
+        steps=config.steps,
+        batch_size=config.batch_size,
+        lr=config.lr,
+        final_lr=config.final_lr,
+        warmup_steps=config.warmup_steps,
+        seed=config.seed,  # one init and data seed for every run: the mixtures are the only difference
+        domain_weights=str(work / "mixtures" / f"run-{index:03d}.json"),
+        eval_every=0,
+        eval_blocks=config.eval_blocks,
+        checkpoint_every=config.checkpoint_every,
+        keep_checkpoints=1,
+        log_every=config.log_every,
+        progress=False,
+    )
+    train_config.validate()
+    return train_config
+
+
+def _finished(run_dir: Path) -> bool:
+    return (run_dir / "eval.json").is_file()
+
+
+def _run_line(index: int, total: int, losses: dict, targets: list[str], seconds: float | None, mixture: dict) -> str:
+    target = float(np.mean([losses[d]["loss"] for d in targets]))
+    mix = ", ".join(f"{d} {w:.2f}" for d, w in mixture.items() if w > 0)
+    took = f" in {seconds:.0f}s" if seconds is not None else ""
+    return f"mixweight regmix: run {index + 1}/{total} done{took}: target loss {target:.4f} ({mix})"
+
+
+def train_share(members: list[dict], indices: list[int], total: int, progress: bool, label: str = "") -> None:
+    """Train (or resume, or reuse) the swarm runs `indices` in this process, one after the other.
+
+    `members[i]` holds run i's TrainConfig fields, its mixture and its target domains. A run's
+    own output goes to `<work>/logs/run-NNN.log`; one line per finished run here.
+    """
+    from mixweight.domain.proxy import train_or_reuse
+
+    pending = [i for i in indices if not _finished(Path(members[i]["config"]["out"]))]
+    bar = tqdm(
+        total=len(indices),
+        initial=len(indices) - len(pending),
+        disable=not progress or None,
+        desc=f"regmix swarm{label}",
+        unit="run",
+        dynamic_ncols=True,
+    )
+    for i in pending:
+        member = members[i]
+        config = TrainConfig(**member["config"])
+        log = Path(member["log"])
+        log.parent.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        with log.open("a") as handle, contextlib.redirect_stdout(handle):
+            train_or_reuse(config)
+        losses = json.loads((Path(config.out) / "eval.json").read_text())["domains"]
+        line = _run_line(i, total, losses, member["targets"], time.perf_counter() - started, member["mixture"])
+        bar.update(1)
+        tqdm.write(line + label, file=sys.stdout)
+        sys.stdout.flush()
+    bar.close()
+
+
+def _child_env(local_rank: int) -> dict:
+    """The environment of a swarm worker: no torchrun world (each run is a single-process run), one device."""
+    env = {k: v for k, v in os.environ.items() if k not in CHILD_ENV_DROP and not k.startswith("TORCHELASTIC_")}
+    import torch
+
+    if torch.cuda.is_available():
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        devices = visible.split(",") if visible else [str(i) for i in range(torch.cuda.device_count())]
+        env["CUDA_VISIBLE_DEVICES"] = devices[local_rank % len(devices)]
+    return env
+
+
+def _train_swarm(members: list[dict], world, work: Path, progress: bool) -> None:
+    total = len(members)
+    if not world.distributed:
+        train_share(members, list(range(total)), total, progress)
+        return
+    # torchrun: this process's share, trained in a child with no process group (a world of one)
+    plan = work / "swarm_members.json"
+    if world.is_main:
+        write_json_atomic(plan, members)
+    barrier(world)
+    share = list(range(world.rank, total, world.size))
+    command = [sys.executable, "-m", "mixweight.domain.regmix_run", str(plan), ",".join(map(str, share))]
+    command.append(f" [process {world.rank}]")
+    child = subprocess.run(command, env=_child_env(world.local_rank))
+    if child.returncode != 0:
+        raise MixweightError(
+            f"weights regmix: process {world.rank}'s swarm runs {share} failed (exit code {child.returncode}); "
+            "the error is printed above; rerun the same command to continue the swarm"
+        )
+    runs = [Path(m["config"]["out"]) for m in members]
+    bar = tqdm(total=total, disable=not (world.is_main and progress) or None, desc="regmix swarm", unit="run")
+    while True:  # the other processes' shares: results come through the filesystem, nothing is communicated
+        done = sum(_finished(r) for r in runs)
+        bar.update(done - bar.n)
+        if done == total:
+            break
+        time.sleep(POLL_SECONDS)
+    bar.close()
+
+
+# --- the result -------------------------------------------------------------------------------
+def _fit_block(config: RegMixConfig, model, x: np.ndarray, y: np.ndarray) -> dict:
+    observed = y.mean(axis=1)
+    in_sample = regmix.fit_statistics(model.predict(x), observed)
+    held_out = regmix.cross_validate(config.regressor, x, y, config.seed)
+    block = {
+        "regressor": config.regressor,
+        "target_domains": None,  # filled by the caller
+        "in_sample": in_sample,
+        "cross_validation": held_out,
+    }
+    if isinstance(model, regmix.LogLinear):
+        block["laws"] = model.params
+    return block
+
+
+def _repetition(config: RegMixConfig, manifest: Manifest, weights: list[float]) -> dict | None:
+    if config.token_budget is None:
+        return None
+    tokens = manifest.train_tokens()
+    if config.max_epochs is None:
+        epochs = planned_epochs(dict(zip(manifest.domains, weights)), tokens, config.token_budget)
+        return {"token_budget": config.token_budget, "max_epochs": None, "epochs": epochs}
+    projection = project_max_epochs(
+        list(manifest.domains),
+        weights,
+        [tokens[d] for d in manifest.domains],
+        config.max_epochs,
+        config.token_budget,
+        "weights regmix",
+    )
+    return projection.as_dict()
+
+
+def run_regmix(config: RegMixConfig) -> DomainWeights:
+    """Train (or continue) the swarm, fit, optimise, and write the weights artifact to `config.out`."""
+    config.validate()
+    check_output_file(config.out, "weights regmix: --out")  # before any training, not after the swarm
+    world = init_world()  # the command's process group under torchrun (or one of our own, closed at the end)
+    try:
+        return _run(config, world)
+    finally:
+        close_world(world)
+
+
+def _run(config: RegMixConfig, world) -> DomainWeights:
+    corpus = resolve_corpus(config.data, world.is_main)
+    manifest = load_manifest(corpus)
+    domains = list(manifest.domains)
+    targets = held_out_targets(config.target, domains)
+    train_domains = [d for d in domains if d not in targets]
+    target_domains = targets or domains
+    if config.runs < len(train_domains) + 1:
+        raise MixweightError(
+            f"weights regmix: --runs {config.runs} is too few for {len(train_domains)} training domains: the "
+            f"regression needs at least {len(train_domains) + 1} runs (the domains + 1; RegMix trains hundreds)"
+        )
+    prior = prior_weights(manifest, train_domains, config.prior)
+    tokens = manifest.train_tokens()
+    caps = None
+    if config.max_epochs is not None:  # an impossible budget is refused before anything trains
+        project_max_epochs(
+            train_domains,
+            prior.tolist(),
+            [tokens[d] for d in train_domains],
+            config.max_epochs,
+            config.token_budget,
+            "weights regmix",
+        )
+        caps = np.array([config.max_epochs * tokens[d] / config.token_budget for d in train_domains])
+    mixtures = regmix.sample_mixtures(prior, config.runs, config.concentration, config.seed)
+    work = config.resolved_work_dir()
+    members = []
+    for i, row in enumerate(mixtures):
+        by_name = dict(zip(train_domains, row.tolist()))
+        members.append(
+            {
+                "config": dataclasses.asdict(member_config(config, corpus, work, i)),
+                "mixture": {d: by_name.get(d, 0.0) for d in domains},
+                "targets": target_domains,
+                "log": str(work / "logs" / f"run-{i:03d}.log"),
+            }
+        )
+    outcome = None
+    if world.is_main:
+        try:
+            _claim_work_dir(work, _swarm_record(config, manifest))
+            (work / "mixtures").mkdir(parents=True, exist_ok=True)
+            for member in members:
+                path = Path(member["config"]["domain_weights"])
+                weights = DomainWeights(domains=domains, weights=corpus_weights(domains, member["mixture"]))
+                if not path.is_file() or load_domain_weights(path).weights != weights.weights:
+                    weights.write(path)
+            outcome = ("ok", None)
+        except MixweightError as exc:
+            outcome = ("error", str(exc))
+    outcome = broadcast_object(outcome, world)
+    if outcome[0] == "error":
+        raise MixweightError(outcome[1])
+    cached = sum(_finished(Path(m["config"]["out"])) for m in members)
+    if world.is_main:
+        print(
+            f"mixweight regmix: swarm of {config.runs} runs of {config.proxy} x {config.steps} steps "
+            f"({cached} finished, {config.runs - cached} to train) in {work}",
+            flush=True,
+        )
+    _train_swarm(members, world, work, config.progress)
+
+    # the fit: every process computes it (cheap, deterministic); the main one writes
+    losses = [json.loads((Path(m["config"]["out"]) / "eval.json").read_text())["domains"] for m in members]
+    x = mixtures
+    y = np.array([[run[d]["loss"] for d in target_domains] for run in losses])
+    model = regmix.make_regressor(config.regressor, config.seed).fit(x, y)
+    fit = _fit_block(config, model, x, y)
+    fit["target_domains"] = target_domains
+    best_observed = int(np.argmin(y.mean(axis=1)))
+    chosen = regmix.optimise(model, prior, caps=caps, kl_reg=config.kl_reg, seed=config.seed, starts=x[best_observed])
+    weights = corpus_weights(domains, dict(zip(train_domains, chosen.tolist())))
+    predicted = {
+        "chosen": float(model.predict(chosen)[0]),
+        "prior": float(model.predict(prior)[0]),
+        "best_swarm_run": float(model.predict(x[best_observed])[0]),
+    }
+    swarm = [
+        {
+            "run": i,
+            "weights": members[i]["mixture"],
+            "losses": {d: run[d]["loss"] for d in domains},
+            "target_loss": float(y[i].mean()),
+        }
+        for i, run in enumerate(losses)
+    ]
+    method = {
+        "name": "regmix",
+        "runs": config.runs,
+        "steps": config.steps,
+        "batch_size": config.batch_size,
+        "lr": config.lr,
+        "final_lr": config.final_lr,
+        "warmup_steps": config.warmup_steps,
+        "eval_blocks": config.eval_blocks,
+        "prior": config.prior,
+        "prior_weights": dict(zip(train_domains, prior.tolist())),
+        "concentration": config.concentration,
+        "target": config.target,
+        "regressor": config.regressor,
+        "kl_reg": config.kl_reg,
+        "token_budget": config.token_budget,
+        "max_epochs": config.max_epochs,
+        "predicted_target_loss": predicted,
+        "best_swarm_run": {"run": best_observed, "target_loss": float(y[best_observed].mean())},
+        "fit": fit,
+        "swarm": swarm,
+    }
+    repetition = _repetition(config, manifest, weights)
+    if repetition is not None:
+        method["repetition"] = repetition
+    result = DomainWeights(
+        domains=domains,
+        weights=weights,
+        last_weights=None,
+        method=method,
+        targets=targets,
+        provenance={
+            "seed": config.seed,
+            "config_hash": config_hash(config, manifest),
+            "proxy": {"name": config.proxy, "spec": load_spec(config.proxy)},
+            "tokenizer_fingerprint": manifest.tokenizer.get("fingerprint"),
+            "domain_token_counts": tokens,
+            "corpus": str(Path(corpus).resolve()),
+            "corpus_config_hash": manifest.config_hash,
+            "stream_paths": {d: manifest.splits["train"][d].path for d in domains},
+            "mixweight_version": mixweight.__version__,
+        },
+    )
+    rho = fit["cross_validation"]["spearman"]
+    if not (rho >= POOR_FIT_SPEARMAN):
+        result.warnings = [
+            {
+                "code": "poor-fit",
+                "step": config.runs,
+                "domains": target_domains,
+                "message": (
+                    f"the {config.regressor} fit ranks held-out swarm runs poorly ({fit['cross_validation']['method']} "
+                    f"Spearman {rho:.2f} < {POOR_FIT_SPEARMAN}): the chosen mixture is a weak guess; usual remedies: "
+                    "more --runs, more --steps per run, more --eval-blocks"
+                ),
+            }
+        ]
+    if world.is_main:
+        cv = fit["cross_validation"]
+        print(
+            f"mixweight regmix: {config.regressor} fit over {config.runs} runs: {cv['method']} Spearman "
+            f"{cv['spearman']:.3f}, mean absolute error {cv['mae']:.4f} (in-sample Spearman "
+            f"{fit['in_sample']['spearman']:.3f}, MAE {fit['in_sample']['mae']:.4f}); predicted target loss: "
+            f"chosen {predicted['chosen']:.4f}, prior {predicted['prior']:.4f}, best swarm run "
+            f"{predicted['best_swarm_run']:.4f} (observed {y[best_observed].mean():.4f})",
+            flush=True,
+        )
+        for warning in result.warnings:
+            print(f"mixweight regmix: warning: {format_warning(warning)}", file=sys.stderr, flush=True)
+        out = Path(config.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        result.write(out)
+        plot_fit(result, out.with_name(f"{out.stem}_fit.png"))
+        plot_chosen_vs_prior(result, out.with_name(f"{out.stem}_bars.png"))
+    barrier(world)  # no process reads the weights before the main one has written them
+    return result
+
+
+# --- replay and plots --------------------------------------------------------------------------
+def replay_weights(artifact: DomainWeights) -> list[float]:
+    """The weights refitted and re-optimised from the artifact's own swarm table (for `weights verify`)."""
+    method = artifact.method
+    try:
+        swarm, fit = method["swarm"], method["fit"]
+        train_domains = list(method["prior_weights"])
+        prior = np.array([float(method["prior_weights"][d]) for d in train_domains])
+        targets = list(fit["target_domains"])
+        x = np.array([[float(run["weights"][d]) for d in train_domains] for run in swarm])
+        y = np.array([[float(run["losses"][d]) for d in targets] for run in swarm])
+        seed = int(artifact.provenance.get("seed", 0))
+        regressor, kl_reg = str(fit["regressor"]), float(method.get("kl_reg", 0.0))
+        budget, max_epochs = method.get("token_budget"), method.get("max_epochs")
+    except (KeyError, TypeError, ValueError) as exc:
+        raise MixweightError(f"regmix artifact: its swarm table or fit block is incomplete ({exc})") from None
+    caps = None
+    if max_epochs is not None:
+        tokens = artifact.provenance.get("domain_token_counts") or {}
+        caps = np.array([float(max_epochs) * int(tokens[d]) / float(budget) for d in train_domains])
+    model = regmix.make_regressor(regressor, seed).fit(x, y)
+    best = int(np.argmin(y.mean(axis=1)))
+    chosen = regmix.optimise(model, prior, caps=caps, kl_reg=kl_reg, seed=seed, starts=x[best])
+    return corpus_weights(artifact.domains, dict(zip(train_domains, chosen.tolist())))
+
+
+def plot_fit(weights: DomainWeights, path: str | Path) -> Path:
+    """Predicted (held out) against observed target loss, one point per swarm run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    cv = weights.method["fit"]["cross_validation"]
+    observed = [run["target_loss"] for run in weights.method["swarm"]]
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.scatter(observed, cv["predicted"], s=18)
+    low, high = min(observed + cv["predicted"]), max(observed + cv["predicted"])
+    ax.plot([low, high], [low, high], color="grey", linewidth=0.8, linestyle="--")
+    ax.set_xlabel("observed target loss (swarm run)")
+    ax.set_ylabel(f"predicted, {cv['method']}")
+    ax.set_title(f"{weights.method['fit']['regressor']}: Spearman {cv['spearman']:.2f}, MAE {cv['mae']:.3f}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_chosen_vs_prior(weights: DomainWeights, path: str | Path) -> Path:
+    """Bars per domain: the chosen mixture beside the prior the swarm was centred on."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    prior = weights.method.get("prior_weights", {})
+    x = range(len(weights.domains))
+    fig, ax = plt.subplots(figsize=(max(5, 0.9 * len(weights.domains)), 4))
+    label = f"prior ({weights.method.get('prior')})"
+    ax.bar([i - 0.2 for i in x], [prior.get(d, 0.0) for d in weights.domains], width=0.4, label=label)
+    ax.bar([i + 0.2 for i in x], weights.weights, width=0.4, label="regmix")
+    ax.set_xticks(list(x), weights.domains, rotation=30, ha="right")
+    ax.set_ylabel("proportion")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _worker(argv: list[str]) -> None:
+    """`python -m mixweight.domain.regmix_run PLAN INDICES LABEL`: one process's share of a swarm (torchrun)."""
+    plan, indices, label = argv[0], [int(i) for i in argv[1].split(",") if i], argv[2] if len(argv) > 2 else ""
+    members = json.loads(Path(plan).read_text())
+    try:
+        train_share(members, indices, len(members), progress=False, label=label)
+    except MixweightError as exc:
+        print(f"mixweight: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    _worker(sys.argv[1:])

@@ -8,32 +8,78 @@ import json
 import sys
 import typing
 
-from mixweight.core.config import FLAGS, HELP
+from mixweight.core.config import FLAGS, HELP, MOVED, NESTED, OWNED
 from mixweight.errors import MixweightError
 
 BOOL_FLAGS_NEGATABLE = {"progress"}
 
 
 def _add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
-    """One flag per config field; defaults are suppressed so only given flags override the YAML."""
+    """One flag per config field; defaults are suppressed so only given flags override the YAML.
+
+    A nested block (`train`, see `core.config.nested`) gets one ``--train.KEY`` flag per key of its
+    config class (dest ``train.KEY``), and its deprecated top-level aliases keep their old flags.
+    """
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
+        if NESTED in field.metadata:
+            _add_nested_flags(parser, cls, field)
+            continue
         flags = field.metadata.get(FLAGS) or ("--" + field.name.replace("_", "-"),)
-        described = field.metadata.get(HELP, "")
-        # A help text that explains its own default (e.g. one derived from another flag) is not repeated.
-        help_text = described if "(default:" in described else f"{described} (default: {field.default})"
-        kind = hints[field.name]
-        if kind is bool:
-            action = argparse.BooleanOptionalAction if field.name in BOOL_FLAGS_NEGATABLE else "store_true"
-            parser.add_argument(*flags, dest=field.name, action=action, default=argparse.SUPPRESS, help=help_text)
-        else:
-            scalar = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
+        _add_flag(parser, flags, field.name, hints[field.name], field.metadata.get(HELP, ""), field.default)
+
+
+def _add_flag(parser, flags, dest: str, kind, described: str, default, name: str | None = None) -> None:
+    # A help text that explains its own default (e.g. one derived from another flag) is not repeated.
+    help_text = described if "(default:" in described else f"{described} (default: {default})"
+    if kind is bool:
+        negatable = (name or dest) in BOOL_FLAGS_NEGATABLE
+        if negatable and "." in flags[0]:  # --train.progress / --train.no-progress
+            block, key = flags[0][2:].split(".", 1)
+            parser.add_argument(*flags, dest=dest, action="store_true", default=argparse.SUPPRESS, help=help_text)
             parser.add_argument(
-                *flags,
-                dest=field.name,
-                type=scalar if scalar in (int, float) else str,
+                f"--{block}.no-{key}",
+                dest=dest,
+                action="store_false",
                 default=argparse.SUPPRESS,
-                help=help_text,
+                help=f"turn {flags[0]} off (default: {default})",
+            )
+            return
+        action = argparse.BooleanOptionalAction if negatable else "store_true"
+        parser.add_argument(*flags, dest=dest, action=action, default=argparse.SUPPRESS, help=help_text)
+    else:
+        scalar = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
+        parser.add_argument(
+            *flags,
+            dest=dest,
+            type=scalar if scalar in (int, float) else str,
+            default=argparse.SUPPRESS,
+            help=help_text,
+        )
+
+
+def _add_nested_flags(parser: argparse.ArgumentParser, cls, block) -> None:
+    """--BLOCK.KEY for every key of the block's config class that the outer config does not set itself."""
+    inner, owned, moved = block.metadata[NESTED], block.metadata[OWNED], block.metadata[MOVED]
+    hints = typing.get_type_hints(inner)
+    defaults = getattr(cls, "TRAIN_DEFAULTS", {})  # the method's own defaults for the block
+    notes = getattr(cls, "TRAIN_DEFAULT_NOTES", {})  # defaults that follow other options
+    for field in dataclasses.fields(inner):
+        if field.name in owned:
+            continue
+        plain = field.metadata.get(FLAGS) or ("--" + field.name.replace("_", "-"),)
+        flags = tuple(f"--{block.name}.{flag[2:]}" for flag in plain)
+        default = notes.get(field.name, defaults.get(field.name, field.default))
+        described = field.metadata.get(HELP, "")
+        _add_flag(parser, flags, f"{block.name}.{field.name}", hints[field.name], described, default, field.name)
+        if field.name in moved:  # the flat flag of before the block: accepted, deprecated
+            _add_flag(
+                parser,
+                plain,
+                field.name,
+                hints[field.name],
+                f"{described} (deprecated: use {flags[0]})",
+                default,
             )
 
 
@@ -49,8 +95,18 @@ def _add_cache_dir(parser: argparse.ArgumentParser) -> None:
 
 
 def _overrides(args: argparse.Namespace, cls) -> dict:
+    """The flags given, as config values: --train.KEY into {"train": {KEY: ...}}; a deprecated flat alias
+    stays flat (the config loader moves it into its block, with the deprecation line)."""
     names = {f.name for f in dataclasses.fields(cls)}
-    return {k: v for k, v in vars(args).items() if k in names}
+    aliases = {key for block in dataclasses.fields(cls) for key in block.metadata.get(MOVED, ())}
+    values: dict = {}
+    for key, value in vars(args).items():
+        block, dot, inner = key.partition(".")
+        if dot and block in names:
+            values.setdefault(block, {})[inner] = value
+        elif key in names or key in aliases:
+            values[key] = value
+    return values
 
 
 def report_result(text: str) -> None:
@@ -133,7 +189,7 @@ def cmd_weights_doremi(args) -> None:
     from mixweight.core.config import load_config
     from mixweight.domain.doremi_run import DoReMiConfig, run_doremi
 
-    result = run_doremi(load_config(DoReMiConfig, args.config, _overrides(args, DoReMiConfig)))
+    result = run_doremi(load_config(DoReMiConfig, args.config, _overrides(args, DoReMiConfig), DoReMiConfig.COMMAND))
     report_result(json.dumps({"method": "doremi", "weights": result.as_dict()}))
 
 
@@ -141,7 +197,7 @@ def cmd_weights_doge(args) -> None:
     from mixweight.core.config import load_config
     from mixweight.domain.doge_run import DoGEConfig, run_doge
 
-    result = run_doge(load_config(DoGEConfig, args.config, _overrides(args, DoGEConfig)))
+    result = run_doge(load_config(DoGEConfig, args.config, _overrides(args, DoGEConfig), DoGEConfig.COMMAND))
     report_result(json.dumps({"method": "doge", "weights": result.as_dict()}))
 
 

@@ -9,6 +9,7 @@ resolved config is what gets written into the output directory.
 from __future__ import annotations
 
 import dataclasses
+import sys
 import types
 import typing
 from pathlib import Path
@@ -37,6 +38,94 @@ def option(default, help_text: str, flags: tuple[str, ...] = ()):
     """
     metadata = {HELP: help_text, FLAGS: tuple(flags)} if flags else {HELP: help_text}
     return dataclasses.field(default=default, metadata=metadata)
+
+
+NESTED = "nested"  # field metadata key: the config class whose keys a nested block (a mapping) may hold
+MOVED = "moved"  # field metadata key of a nested block: its keys that used to be top-level (deprecated aliases)
+OWNED = "owned"  # field metadata key of a nested block: {key: why it is refused} for keys the outer config sets
+
+
+def nested(cls, help_text: str, moved: tuple[str, ...] = (), owned: dict[str, str] | None = None):
+    """A field holding a block of `cls` overrides: ``train: {lr: 2e-3}`` in YAML, ``--train.lr`` as a flag.
+
+    The block keeps only the keys given (the outer config supplies its own defaults for the rest).
+    ``moved`` names keys that were top-level before (``lr`` for ``train.lr``): still accepted for a
+    release, with one deprecation line on stderr. ``owned`` maps the keys the outer config sets
+    itself to why they are refused in the block.
+    """
+    metadata = {HELP: help_text, NESTED: cls, MOVED: tuple(moved), OWNED: dict(owned or {})}
+    return dataclasses.field(default_factory=dict, metadata=metadata)
+
+
+def nested_fields(cls) -> list[dataclasses.Field]:
+    return [f for f in dataclasses.fields(cls) if NESTED in f.metadata]
+
+
+def nest_moved_keys(cls, values: dict[str, Any], where: str) -> dict[str, Any]:
+    """`values` with the deprecated top-level aliases of `cls`'s nested blocks moved into their block.
+
+    One deprecation line on stderr (main process) names every alias used; a key given in both
+    spellings is refused, naming both. `values` itself is not changed.
+    """
+    values = dict(values)
+    used = []
+    for block in nested_fields(cls):
+        inner = values.get(block.name)
+        inner = dict(inner) if isinstance(inner, dict) else inner
+        for key in block.metadata[MOVED]:
+            if key not in values:
+                continue
+            nested_name = f"{block.name}.{key}"
+            if isinstance(inner, dict) and key in inner:
+                raise MixweightError(
+                    f"{where}: '{key}' (--{key.replace('_', '-')}, deprecated) and '{nested_name}' "
+                    f"(--{nested_name.replace('_', '-')}) both given; give only '{nested_name}'"
+                )
+            if inner is None:
+                inner = {}
+            if isinstance(inner, dict):
+                inner[key] = values.pop(key)
+                used.append(nested_name)
+        if block.name in values or inner:
+            values[block.name] = inner
+    if used:
+        from mixweight.core.distributed import is_main_process
+
+        if is_main_process():
+            old = ", ".join(name.split(".", 1)[1] for name in used)
+            flags = ", ".join(f"--{name.replace('_', '-')}" for name in used)
+            print(
+                f"mixweight: deprecated: {where}: {old} moved into the {used[0].split('.', 1)[0]} block: write "
+                f"{', '.join(used)} (flags {flags}); the old spelling is accepted for one more release",
+                file=sys.stderr,
+                flush=True,
+            )
+    return values
+
+
+def _build_nested(block: dataclasses.Field, value: Any, where: str) -> dict[str, Any]:
+    """A nested block checked key by key against its config class: known, not owned, the right type."""
+    name = block.name
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise MixweightError(
+            f"{where}: '{name}' must be a mapping of {block.metadata[NESTED].__name__} keys, got {value!r}"
+        )
+    cls, owned = block.metadata[NESTED], block.metadata[OWNED]
+    types_ = _field_types(cls)
+    valid = [f.name for f in dataclasses.fields(cls) if f.name not in owned]
+    coerced = {}
+    for raw_key, item in value.items():
+        key = str(raw_key).replace("-", "_")
+        if key in owned:
+            raise MixweightError(f"{where}: '{name}.{key}' cannot be set here: {owned[key]}")
+        if key not in types_:
+            hint = did_you_mean(key, valid)
+            hint = hint.strip() if hint else f"valid keys: {', '.join(sorted(valid))}"
+            raise MixweightError(f"{where}: unknown key '{name}.{key}'; {hint}")
+        coerced[key] = _coerce(item, types_[key], f"{where}: '{name}.{key}'")
+    return coerced
 
 
 def closest_hint(name: str, valid: list[str]) -> str:
@@ -75,6 +164,14 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         return value
     if annotation is Any:
         return value
+    if dataclasses.is_dataclass(annotation):  # a typed section: built (and validated) where it enters
+        if isinstance(value, annotation):
+            return value
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            raise MixweightError(f"{where}: expected a mapping of {annotation.__name__} keys, got {value!r}")
+        return build_config(annotation, value, where)
     if annotation is bool:
         if isinstance(value, bool):
             return value
@@ -101,12 +198,17 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
 
 def build_config(cls: type[C], values: dict[str, Any], where: str) -> C:
     """Make a `cls` from a mapping, refusing unknown keys and values of the wrong type."""
+    values = nest_moved_keys(cls, values, where)
     types_ = _field_types(cls)
     valid = [f.name for f in dataclasses.fields(cls)]
     for key in values:
-        if key not in types_:
+        if key not in valid:
             raise MixweightError(f"{where}: unknown key '{key}'; {closest_hint(key, valid)}")
-    coerced = {k: _coerce(v, types_[k], f"{where}: '{k}'") for k, v in values.items()}
+    blocks = {f.name: f for f in nested_fields(cls)}
+    coerced = {
+        k: _build_nested(blocks[k], v, where) if k in blocks else _coerce(v, types_[k], f"{where}: '{k}'")
+        for k, v in values.items()
+    }
     missing = [
         f.name
         for f in dataclasses.fields(cls)
@@ -138,13 +240,21 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return raw
 
 
-def load_config(cls: type[C], yaml_path: str | Path | None, overrides: dict[str, Any]) -> C:
-    """Defaults < YAML file < explicit overrides (flags); dashes in keys are read as underscores."""
+def load_config(cls: type[C], yaml_path: str | Path | None, overrides: dict[str, Any], where: str = "config") -> C:
+    """Defaults < YAML file < explicit overrides (flags); dashes in keys are read as underscores.
+
+    A nested block (`train:`) is merged key by key: ``--train.lr`` overrides the YAML's
+    ``train: {lr: ...}`` and keeps its other keys. `where` names the source in messages when
+    there is no YAML file.
+    """
     values: dict[str, Any] = {}
     if yaml_path is not None:
-        values.update({k.replace("-", "_"): v for k, v in read_yaml(yaml_path).items()})
-    values.update(overrides)
-    return build_config(cls, values, where=str(yaml_path) if yaml_path else "config")
+        values.update({str(k).replace("-", "_"): v for k, v in read_yaml(yaml_path).items()})
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(values.get(key), dict):
+            value = {**values[key], **value}
+        values[key] = value
+    return build_config(cls, values, where=str(yaml_path) if yaml_path else where)
 
 
 def to_yaml(config) -> str:

@@ -8,9 +8,12 @@ The artifact lists every corpus domain (held-out targets at weight 0, named in `
 `train --domain-weights` takes it as it is, and holds the `replay` block from which
 `mixweight.domain.doge.replay` recomputes every step's weights.
 
-The proxy run lives in a work directory (default `<out stem>.work/` beside `out`) and is
-resumed from its newest checkpoint when run again with the same config. The artifact holds
-no paths or timings, so the same seed and config give a byte-identical file.
+The proxy run lives in a work directory (default `<out stem>.work/` beside `out`) and goes
+through the proxy runner (`mixweight.domain.proxy`): reused when finished with the same config,
+resumed from its newest checkpoint when interrupted. What is DoGE's own: the targets and the
+published defaults, the `DoGEObjective`, and the final weights rule (the normalized average of
+alpha over the training domains, targets at 0). The artifact holds no paths of the runs or
+timings, so the same seed and config give a byte-identical file.
 """
 
 from __future__ import annotations
@@ -18,43 +21,47 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
+from typing import ClassVar
 
-import mixweight
-from mixweight.core.artifact import DomainWeights, check_output_file, corpus_weights
+from mixweight.core.artifact import DomainWeights, corpus_weights
 from mixweight.core.config import option as _f
 from mixweight.core.config import require
-from mixweight.core.distributed import is_main_process
-from mixweight.core.model import load_spec
-from mixweight.data.manifest import load_manifest
-from mixweight.data.synthetic import resolve_corpus
 from mixweight.domain.doge import IMPLS, SCORES, DoGEObjective, published_defaults, replay, resolve_target
-from mixweight.domain.health import format_warning, weight_warnings
+from mixweight.domain.health import weight_warnings
+from mixweight.domain.proxy import (
+    MOVED_TRAIN_KEYS,
+    ProxyMethodConfig,
+    claim_work_dir,
+    provenance,
+    start,
+    train_or_reuse,
+    write_artifact,
+)
 from mixweight.errors import MixweightError, did_you_mean
-from mixweight.train import checkpoint as ckpt
 from mixweight.train.config import TrainConfig
-from mixweight.train.loop import train
 
-# Keys that do not change the weights: left out of the config hash (and of the resume check).
-# doge_impl: both forms compute the same gradients (to float rounding), so a run may resume with the other.
-NOT_HASHED = {"out", "work_dir", "progress", "data", "doge_impl", "report_to"}  # report_to: a view of the metrics
 PROXY_EVAL_BLOCKS = 16  # the proxy's final per-domain evaluation: informative only
 RENAMED_SCORE = "normalized-clipped"  # an earlier score that claimed to be the official code's form
 PROXY_GRAD_CLIP = 1.0  # the applied gradient's clip for score paper (every mixweight run's default)
+LEGACY_STAMP = "doge_config_hash"  # an older mixweight's work-directory stamp: a 16-hex hash of the flat config
 
 
 @dataclass
-class DoGEConfig:
-    data: str = _f(
-        None,
-        "corpus directory (made by `mixweight data synth` or `data prepare`), a corpus URL "
-        "(s3://, gs://, ..., file:///DIR; cached in --cache-dir), or `synthetic`",
-    )
-    out: str = _f(None, "the domain weights file to write (domain_weights.json)")
-    proxy: str = _f("gpt2-tiny", "proxy model spec: a name in proxies/ or a path to an HF config JSON")
+class DoGEConfig(ProxyMethodConfig):
+    """`weights doge`: the method's options; the proxy run's TrainConfig is the train block."""
+
+    COMMAND: ClassVar[str] = "weights doge"
+    NAME: ClassVar[str] = "doge"
+    TRAIN_DEFAULTS: ClassVar[dict] = {"batch_size": 16, "eval_every": 0, "eval_blocks": PROXY_EVAL_BLOCKS}
+    TRAIN_DEFAULT_NOTES: ClassVar[dict] = {"grad_clip": f"max_grad_norm with score reference, else {PROXY_GRAD_CLIP}"}
+
+    out: str = _f(None, "the domain weights file to write (domain_weights.json); required")
+    steps: int = _f(200, "proxy optimizer steps")
+    seed: int = _f(0, "seed for proxy init and data order")
+    work_dir: str = _f(None, "directory for the proxy run and its checkpoints (default: <out stem>.work/ beside out)")
+    log_every: int = _f(10, "record the weights and scores in the trajectory (and metrics) every N steps")
     target: str = _f(
         "mix",
         "mix (the published universal setting: a held-out mixture of the training domains, "
@@ -62,7 +69,6 @@ class DoGEConfig:
         "universal form: the other training domains, self term excluded) or DOMAIN[,DOMAIN] "
         "(held-out target domains: sampled, never trained on, weight 0 in the artifact)",
     )
-    steps: int = _f(200, "proxy optimizer steps")
     mu: float | None = _f(
         None, "temperature of the weight update; default: the published 0.01 (mix, all) or 0.05 (held-out domains)"
     )
@@ -75,40 +81,17 @@ class DoGEConfig:
         None,
         "clip each domain's gradient (targets too) to this norm before the "
         "scores, 0 = off; with score reference also the proxy's applied "
-        "gradient (the official code's max_grad_norm). Default: reference "
+        "gradient (the official code's max_grad_norm; train.grad_clip overrides that). Default: reference "
         "5.0 (mix, all) or 1.0 (held-out domains); paper 0",
     )
-    batch_size: int = _f(16, "sequences per micro-batch on each process")
-    grad_accum: int = _f(1, "micro-batches accumulated per optimizer step")
-    lr: float = _f(1e-3, "proxy peak learning rate (after warmup)")
-    final_lr: float = _f(1e-4, "proxy learning rate at the last step (cosine decay target)")
-    warmup_steps: int = _f(20, "linear warmup steps from 0 to lr")
-    seed: int = _f(0, "seed for proxy init and data order")
-    work_dir: str = _f(None, "directory for the proxy run and its checkpoints (default: <out stem>.work/ beside out)")
-    checkpoint_every: int = _f(100, "save a proxy checkpoint every N steps (a rerun resumes from the newest)")
-    log_every: int = _f(10, "record the weights and scores in the trajectory (and metrics) every N steps")
-    progress: bool = _f(True, "show a progress bar (only on a terminal)")
     doge_impl: str = _f(
         "ghost",
         "how the per-domain gradients are computed: ghost (one forward and one backward "
         "per micro-batch, split by domain at every layer) or loop (one forward and "
         "backward per domain); equal to float rounding",
     )
-    report_to: Union[list[str], str] = _f(
-        "none",
-        "mirror the proxy run's metrics to experiment trackers: tensorboard, wandb, mlflow (comma-separated), or none",
-    )
 
-    def validate(self) -> None:
-        from mixweight.core.tracking import check_report_to, parse_report_to
-
-        check_report_to(parse_report_to(self.report_to), "weights doge")
-        require(self.data is not None, "weights doge: --data is required (a corpus directory)")
-        require(self.out is not None, "weights doge: --out is required (the weights file to write)")
-        for name in ("steps", "batch_size", "grad_accum", "checkpoint_every", "log_every"):
-            value = getattr(self, name)
-            require(value > 0, f"weights doge: '{name}' must be a positive integer, got {value}")
-        require(self.warmup_steps >= 0, f"weights doge: 'warmup_steps' must be >= 0, got {self.warmup_steps}")
+    def check_options(self) -> None:
         require(self.mu is None or self.mu > 0, f"weights doge: 'mu' must be > 0, got {self.mu}")
         require(
             self.max_grad_norm is None or self.max_grad_norm >= 0,
@@ -125,14 +108,16 @@ class DoGEConfig:
             self.doge_impl in IMPLS,
             f"weights doge: 'doge_impl' must be one of {', '.join(IMPLS)}, got {self.doge_impl!r}",
         )
-        require(self.lr > 0, f"weights doge: 'lr' must be > 0, got {self.lr}")
-        require(
-            0 <= self.final_lr <= self.lr, f"weights doge: 'final_lr' must be in [0, lr={self.lr}], got {self.final_lr}"
-        )
         require(
             all(t.strip() for t in self.target.split(",")),
             f"weights doge: 'target' must be mix, all or comma-separated domain names, got {self.target!r}",
         )
+
+    def train_defaults(self) -> dict:
+        """Score reference clips the applied gradient at max_grad_norm as the official code's trainer does
+        (0: not at all; before `resolved`, the clip every run defaults to); score paper at PROXY_GRAD_CLIP."""
+        clip = self.max_grad_norm if self.score == "reference" and self.max_grad_norm is not None else PROXY_GRAD_CLIP
+        return {**self.TRAIN_DEFAULTS, "grad_clip": clip}
 
     def resolved(self, domains: list[str]) -> "DoGEConfig":
         """This config with the published defaults filled in (mu, max_grad_norm) for its target kind."""
@@ -148,10 +133,6 @@ class DoGEConfig:
         """Held-out target domain names ([] for the universal targets mix and all)."""
         target = resolve_target(self.target, domains)
         return [] if isinstance(target, str) else target
-
-    def resolved_work_dir(self) -> Path:
-        out = Path(self.out)
-        return Path(self.work_dir) if self.work_dir else out.with_name(f"{out.stem}.work")
 
 
 def check_targets(targets: list[str], domains: list[str]) -> None:
@@ -169,63 +150,45 @@ def check_targets(targets: list[str], domains: list[str]) -> None:
         )
 
 
-def _config_hash(config: DoGEConfig, corpus_hash: str) -> str:
-    values = {k: v for k, v in dataclasses.asdict(config).items() if k not in NOT_HASHED}
+def proxy_train_config(config: DoGEConfig, run_dir: Path, corpus: str | None = None) -> TrainConfig:
+    """The proxy's training run (`config` valid and resolved): uniform sampling over every domain, targets too."""
+    return config.proxy_train_config(run_dir, data=corpus)
+
+
+def _legacy_hash(config: DoGEConfig, corpus_hash: str) -> str | None:
+    """The stamp an older mixweight wrote for this config (resolved), or None if it could not have made it."""
+    if set(config.train) - set(MOVED_TRAIN_KEYS):
+        return None  # a train key the older config did not have
+    proxy = config.proxy_train_config(Path("proxy"))
+    values = {k: getattr(proxy, k) for k in ("batch_size", "grad_accum", "lr", "final_lr", "warmup_steps")}
+    values["checkpoint_every"] = proxy.checkpoint_every
+    for key in ("proxy", "target", "steps", "mu", "score", "max_grad_norm", "seed", "log_every"):
+        values[key] = getattr(config, key)
     values["corpus"] = corpus_hash
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _check_work_dir(work_dir: Path, config_hash: str) -> None:
-    """A work directory belongs to one config: resuming with another would mix two runs."""
-    stamp = work_dir / "doge_config_hash"
-    if stamp.is_file() and stamp.read_text().strip() != config_hash:
-        raise MixweightError(
-            f"{work_dir}: holds a DoGE proxy run made with a different config; "
-            "pass another --work-dir (or remove this one) to start afresh"
-        )
-    if is_main_process():
-        work_dir.mkdir(parents=True, exist_ok=True)
-        stamp.write_text(config_hash + "\n")
+def _legacy_work_dir(config: DoGEConfig, corpus_hash: str):
+    """A work directory an older mixweight made holds its stamp: kept working when the stamp is this config's."""
 
+    def check(work_dir: Path) -> None:
+        stamp = work_dir / LEGACY_STAMP
+        if stamp.is_file() and stamp.read_text().strip() != _legacy_hash(config, corpus_hash):
+            raise MixweightError(
+                f"{work_dir}: holds a DoGE proxy run made with a different config (its {LEGACY_STAMP} stamp, "
+                "from an older mixweight, does not match); delete it or choose another --work-dir"
+            )
 
-def proxy_train_config(config: DoGEConfig, run_dir: Path) -> TrainConfig:
-    """The proxy's training run; `config` resolved. Score reference clips the applied gradient at
-    max_grad_norm as the official code's trainer does (0: not at all); score paper at PROXY_GRAD_CLIP."""
-    grad_clip = config.max_grad_norm if config.score == "reference" else PROXY_GRAD_CLIP
-    return TrainConfig(
-        data=config.data,
-        out=str(run_dir),
-        model=config.proxy,
-        steps=config.steps,
-        batch_size=config.batch_size,
-        grad_accum=config.grad_accum,
-        lr=config.lr,
-        final_lr=config.final_lr,
-        warmup_steps=config.warmup_steps,
-        seed=config.seed,
-        domain_weights="uniform",
-        eval_every=0,
-        eval_blocks=PROXY_EVAL_BLOCKS,
-        checkpoint_every=config.checkpoint_every,
-        log_every=config.log_every,
-        progress=config.progress,
-        grad_clip=grad_clip,
-        resume=ckpt.latest_checkpoint(run_dir) is not None,
-        report_to=config.report_to,
-    )
+    return check
 
 
 def run_doge(config: DoGEConfig) -> DomainWeights:
-    """Train the DoGE proxy (or resume it) and write the weights artifact to `config.out`."""
-    config.validate()
-    check_output_file(config.out, "weights doge: --out")  # before any training, not after it
-    manifest = load_manifest(resolve_corpus(config.data, is_main_process()))
+    """Train the DoGE proxy (or resume or reuse it) and write the weights artifact to `config.out`."""
+    corpus, manifest = start(config)
     targets = config.targets(manifest.domains)
     check_targets(targets, manifest.domains)
     config = config.resolved(manifest.domains)
-    config_hash = _config_hash(config, manifest.config_hash)
-    work_dir = config.resolved_work_dir()
-    _check_work_dir(work_dir, config_hash)
+    work_dir = claim_work_dir(config, _legacy_work_dir(config, manifest.config_hash))
 
     objective = DoGEObjective(
         manifest.domains,
@@ -237,7 +200,8 @@ def run_doge(config: DoGEConfig) -> DomainWeights:
         total_steps=config.steps,
         impl=config.doge_impl,
     )
-    train(proxy_train_config(config, work_dir / "proxy"), objective=objective)
+    # the objective ends with the finished run's saved state: the same whether trained now, resumed or reused
+    train_or_reuse(proxy_train_config(config, work_dir / "proxy", corpus), objective)
 
     # Every corpus domain is listed (held-out targets at weight 0), so `train --domain-weights` takes the file.
     by_name = dict(zip(objective.train_domains, objective.average_weights()))
@@ -257,20 +221,9 @@ def run_doge(config: DoGEConfig) -> DomainWeights:
         },
         trajectory=objective.trajectory,
         replay=objective.replay_block(),
-        provenance={
-            "seed": config.seed,
-            "config_hash": config_hash,
-            "proxy": {"spec": config.proxy, "config": load_spec(config.proxy)},
-            "tokenizer_fingerprint": manifest.tokenizer.get("fingerprint"),
-            "domain_token_counts": manifest.train_tokens(),
-            "mixweight_version": mixweight.__version__,
-        },
+        provenance=provenance(config, manifest, corpus),
     )
     # Collapse, starved domains, weights still moving: judged on every step, recomputed from the record.
     weights.warnings = weight_warnings(replay(weights), objective.train_domains)
-    if is_main_process():
-        Path(config.out).parent.mkdir(parents=True, exist_ok=True)
-        weights.write(config.out)
-        for warning in weights.warnings:
-            print(f"mixweight doge: warning: {format_warning(warning)}", file=sys.stderr, flush=True)
+    write_artifact(weights, config.out, manifest)
     return weights

@@ -6,57 +6,62 @@
         weights_r: the proxy's average alpha
     -> <out> (the last round's weights, trajectory, provenance) + <stem>_trajectory.png, <stem>_bars.png
 
-Every run lives in `work_dir` (default `<out stem>.work/` next to `out`): a finished run is
-reused, an interrupted one is resumed from its newest checkpoint, so re-running the same
-command continues where it stopped. The weights file holds no timestamps and no paths of
-the run directories: the same seed and config give the same bytes.
+Every run lives in `work_dir` (default `<out stem>.work/` next to `out`) and goes through the
+proxy runner (`mixweight.domain.proxy`): a finished run is reused, an interrupted one is resumed
+from its newest checkpoint, so re-running the same command continues where it stopped. What is
+DoReMi's own: the reference runs and the rounds, the `DoReMiReduction` objective, and the final
+weights rule (the average of alpha over the last proxy's steps). The weights file holds no
+timestamps and no paths of the run directories: the same seed and config give the same bytes.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
-import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
+from typing import ClassVar, Optional
 
-import yaml
-
-import mixweight
-from mixweight.core.artifact import DomainWeights, check_output_file, resolve_proportions
+from mixweight.core.artifact import DomainWeights, resolve_proportions
 from mixweight.core.config import option as _f
 from mixweight.core.config import require
 from mixweight.core.distributed import is_main_process
-from mixweight.core.model import load_model, load_spec
+from mixweight.core.model import load_model
 from mixweight.core.yamlio import load_yaml
 from mixweight.data.manifest import Manifest, load_manifest
 from mixweight.data.synthetic import resolve_corpus
 from mixweight.domain.doremi import OBJECTIVES, DoReMiReduction, replay
-from mixweight.domain.health import format_warning, weight_warnings
-from mixweight.domain.proxy import train_or_reuse
+from mixweight.domain.health import weight_warnings
+from mixweight.domain.proxy import (
+    ProxyMethodConfig,
+    claim_work_dir,
+    provenance,
+    start,
+    train_or_reuse,
+    write_artifact,
+)
 from mixweight.errors import MixweightError
 from mixweight.train import checkpoint as ckpt
 from mixweight.train.config import TrainConfig
-from mixweight.train.loop import train  # noqa: F401  (tests patch doremi_run.train)
+from mixweight.train.loop import train  # noqa: F401  (kept importable here: tests patch doremi_run.train)
 from mixweight.train.objective import WeightedLoss
-
-# Keys that do not change the weights: left out of the provenance's config hash.
-UNHASHED = ("out", "work_dir", "progress", "data", "report_to")
 
 
 @dataclass
-class DoReMiConfig:
-    data: str = _f(
-        None,
-        "corpus directory (made by `mixweight data synth` or `data prepare`), a corpus URL "
-        "(s3://, gs://, ..., file:///DIR; cached in --cache-dir), or `synthetic`",
-    )
-    out: str = _f(None, "the domain weights JSON file to write")
+class DoReMiConfig(ProxyMethodConfig):
+    """`weights doremi`: the method's options; the reference and proxy runs' TrainConfig is the train block."""
+
+    COMMAND: ClassVar[str] = "weights doremi"
+    NAME: ClassVar[str] = "doremi"
+    TRAIN_DEFAULTS: ClassVar[dict] = {"batch_size": 32, "eval_every": 0}  # the global batch should cover every domain
+
     proxy: str = _f(
         "gpt2-tiny", "model spec of the reference and proxy models (a name in proxies/ or an HF config JSON)"
+    )
+    steps: int = _f(200, "optimizer steps of each proxy run")
+    seed: int = _f(0, "seed for model init and data order (reference and proxy)")
+    work_dir: Optional[str] = _f(
+        None, "directory of the reference and proxy runs (default: <out stem>.work/ next to out)"
     )
     reference: Optional[str] = _f(
         None, "a finished reference run directory to reuse in round 1 (trained on this corpus)"
@@ -64,7 +69,6 @@ class DoReMiConfig:
     reference_weights: str = _f(
         "natural", "domain weights the reference is trained on: natural, uniform or a weights JSON file"
     )
-    steps: int = _f(200, "optimizer steps of each proxy run")
     reference_steps: Optional[int] = _f(None, "optimizer steps of each reference run (default: steps)")
     eta: float = _f(1.0, "step size of the exponentiated-gradient update of the domain weights (0.1 if they collapse)")
     smoothing: float = _f(1e-3, "smoothing c: mix c/k of uniform into the domain weights at every update")
@@ -73,33 +77,9 @@ class DoReMiConfig:
         "paper",
         "proxy loss: paper (sum_i alpha_i * mean loss of domain i) or token (reference code's token-weighted mean)",
     )
-    batch_size: int = _f(32, "sequences per micro-batch on each process (the global batch should cover every domain)")
-    grad_accum: int = _f(1, "micro-batches accumulated per optimizer step")
-    lr: float = _f(1e-3, "peak learning rate (after warmup)")
-    final_lr: float = _f(1e-4, "learning rate at the last step (cosine decay target)")
-    warmup_steps: int = _f(20, "linear warmup steps from 0 to lr")
-    seed: int = _f(0, "seed for model init and data order (reference and proxy)")
-    work_dir: Optional[str] = _f(
-        None, "directory of the reference and proxy runs (default: <out stem>.work/ next to out)"
-    )
-    log_every: int = _f(10, "record the domain weights in the trajectory and metrics every N steps")
-    checkpoint_every: int = _f(100, "save reference and proxy checkpoints every N steps (for resuming)")
-    progress: bool = _f(True, "show progress bars (only on a terminal)")
-    report_to: Union[list[str], str] = _f(
-        "none",
-        "mirror the reference and proxy runs' metrics to experiment "
-        "trackers: tensorboard, wandb, mlflow (comma-separated), or none",
-    )
 
-    def validate(self) -> None:
-        from mixweight.core.tracking import check_report_to, parse_report_to
-
-        check_report_to(parse_report_to(self.report_to), "weights doremi")
-        require(self.data is not None, "weights doremi: --data is required (a corpus directory)")
-        require(self.out is not None, "weights doremi: --out is required (the weights JSON file to write)")
-        for name in ("steps", "rounds", "batch_size", "grad_accum", "log_every", "checkpoint_every"):
-            value = getattr(self, name)
-            require(value > 0, f"weights doremi: '{name}' must be a positive integer, got {value}")
+    def check_options(self) -> None:
+        require(self.rounds > 0, f"weights doremi: 'rounds' must be a positive integer, got {self.rounds}")
         require(
             self.reference_steps is None or self.reference_steps > 0,
             f"weights doremi: 'reference_steps' must be a positive integer, got {self.reference_steps}",
@@ -110,12 +90,6 @@ class DoReMiConfig:
             self.objective in OBJECTIVES,
             f"weights doremi: 'objective' must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}",
         )
-        require(self.lr > 0, f"weights doremi: 'lr' must be > 0, got {self.lr}")
-        require(
-            0 <= self.final_lr <= self.lr,
-            f"weights doremi: 'final_lr' must be in [0, lr={self.lr}], got {self.final_lr}",
-        )
-        require(self.warmup_steps >= 0, f"weights doremi: 'warmup_steps' must be >= 0, got {self.warmup_steps}")
         require(
             self.reference_weights in ("natural", "uniform") or Path(self.reference_weights).is_file(),
             f"weights doremi: 'reference_weights' must be natural, uniform or a weights JSON file; "
@@ -126,39 +100,10 @@ class DoReMiConfig:
             f"weights doremi: 'reference' {self.reference!r} is not a run directory",
         )
 
-    def resolved_work_dir(self) -> Path:
-        out = Path(self.out)
-        return Path(self.work_dir) if self.work_dir else out.with_name(f"{out.stem}.work")
-
-
-def config_hash(config: DoReMiConfig, manifest: Manifest) -> str:
-    """sha256 of the config's weight-determining keys, with the corpus named by its own config hash."""
-    values = {k: v for k, v in dataclasses.asdict(config).items() if k not in UNHASHED}
-    values["corpus_config_hash"] = manifest.config_hash
-    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
-
 
 def _train_config(config: DoReMiConfig, corpus: str, out: Path, steps: int, domain_weights: str) -> TrainConfig:
-    train_config = TrainConfig(
-        data=corpus,
-        out=str(out),
-        model=config.proxy,
-        steps=steps,
-        batch_size=config.batch_size,
-        grad_accum=config.grad_accum,
-        lr=config.lr,
-        final_lr=config.final_lr,
-        warmup_steps=config.warmup_steps,
-        seed=config.seed,
-        domain_weights=domain_weights,
-        eval_every=0,
-        checkpoint_every=config.checkpoint_every,
-        log_every=config.log_every,
-        progress=config.progress,
-        report_to=config.report_to,
-    )
-    train_config.validate()
-    return train_config
+    """A reference or proxy run's TrainConfig (`config` valid)."""
+    return config.proxy_train_config(out, steps, domain_weights, data=corpus)
 
 
 def check_reference_run(run_dir: str | Path, corpus: str, manifest: Manifest) -> Path:
@@ -222,19 +167,13 @@ def _add_replay_and_warnings(result: DomainWeights, reduction: DoReMiReduction, 
 
 def run_doremi(config: DoReMiConfig) -> DomainWeights:
     """Compute DoReMi domain weights (docs/algorithms.md section 2) and write them to `config.out`."""
-    config.validate()
-    check_output_file(config.out, "weights doremi: --out")  # before any training, not after the proxy finished
-    corpus = resolve_corpus(config.data, is_main_process())
-    manifest = load_manifest(corpus)
+    corpus, manifest = start(config)
     resolve_proportions(manifest, config.reference_weights)  # a bad weights file fails before any training
     given_reference = None
     if config.reference is not None:  # checked, and its model loaded, before anything is written
         check_reference_run(config.reference, corpus, manifest)
         given_reference = _load_reference(Path(config.reference))
-    work = config.resolved_work_dir()
-    if is_main_process():
-        work.mkdir(parents=True, exist_ok=True)
-        (work / "doremi_config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
+    work = claim_work_dir(config)
     reference_steps = config.reference_steps or config.steps
 
     history: list[dict] = []
@@ -245,8 +184,9 @@ def run_doremi(config: DoReMiConfig) -> DomainWeights:
         if r == 0 and given_reference is not None:
             reference_model = given_reference
         else:
-            reference_run = round_dir / "reference"
-            train_or_reuse(_train_config(config, corpus, reference_run, reference_steps, weights_spec))
+            reference_run = train_or_reuse(
+                _train_config(config, corpus, round_dir / "reference", reference_steps, weights_spec)
+            )
             reference_model = _load_reference(reference_run)
         reduction = DoReMiReduction(
             reference_model,
@@ -257,9 +197,9 @@ def run_doremi(config: DoReMiConfig) -> DomainWeights:
             config.log_every,
             total_steps=config.steps,
         )
-        proxy_run = round_dir / "proxy"
+        proxy = _train_config(config, corpus, round_dir / "proxy", config.steps, "uniform")
         # the reduction ends with the finished run's saved state: the same whether trained now, resumed or reused
-        train_or_reuse(_train_config(config, corpus, proxy_run, config.steps, "uniform"), WeightedLoss(reduction))
+        train_or_reuse(proxy, WeightedLoss(reduction, proxy.loss_impl, proxy.weighting_scope))
         weights = reduction.average_weights()
         l1 = _l1(weights, history[-1]["weights"]) if history else None
         history.append({"round": r + 1, "weights": weights, "l1_to_previous": l1})
@@ -297,28 +237,8 @@ def run_doremi(config: DoReMiConfig) -> DomainWeights:
             ],
         },
         trajectory=[{"step": e["step"], "weights": e["weights"], "signal": e["signal"]} for e in reduction.trajectory],
-        provenance={
-            "seed": config.seed,
-            "config_hash": config_hash(config, manifest),
-            "proxy": {"name": config.proxy, "spec": load_spec(config.proxy)},
-            "tokenizer_fingerprint": manifest.tokenizer.get("fingerprint"),
-            "domain_token_counts": manifest.train_tokens(),
-            "corpus": str(Path(corpus).resolve()),
-            "corpus_config_hash": manifest.config_hash,
-            "stream_paths": {d: manifest.splits["train"][d].path for d in manifest.domains},
-            "mixweight_version": mixweight.__version__,
-        },
+        provenance=provenance(config, manifest, corpus),
     )
     _add_replay_and_warnings(result, reduction, config.smoothing / len(manifest.domains))
-    if is_main_process():
-        from mixweight.domain.plots import plot_trajectory, plot_weights_vs_natural
-
-        for warning in result.warnings:
-            print(f"mixweight doremi: warning: {format_warning(warning)}", file=sys.stderr, flush=True)
-
-        out = Path(config.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        result.write(out)
-        plot_trajectory(result, out.with_name(f"{out.stem}_trajectory.png"))
-        plot_weights_vs_natural(result, manifest.natural_weights(), out.with_name(f"{out.stem}_bars.png"))
+    write_artifact(result, config.out, manifest)
     return result

@@ -20,8 +20,25 @@ docs/design.md ("Adding a weights method") describes the seam.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import sys
+from dataclasses import InitVar, dataclass
 from pathlib import Path
+from typing import ClassVar, Optional, Union
 
+import yaml
+
+import mixweight
+from mixweight.core.artifact import DomainWeights, check_output_file
+from mixweight.core.config import nest_moved_keys, nested, require
+from mixweight.core.config import option as _f
+from mixweight.core.distributed import is_main_process
+from mixweight.core.model import load_spec
+from mixweight.core.yamlio import load_yaml
+from mixweight.data.manifest import Manifest, load_manifest
+from mixweight.data.synthetic import resolve_corpus
+from mixweight.domain.health import format_warning
 from mixweight.errors import MixweightError
 from mixweight.train import checkpoint as ckpt
 from mixweight.train.config import TrainConfig
@@ -59,3 +76,223 @@ def train_or_reuse(config: TrainConfig, objective=None) -> Path:
     if objective is not None:
         objective.load_state_dict(ckpt.read_state(ckpt.latest_checkpoint(run_dir)).get("objective", {}))
     return run_dir
+
+
+# --- a method's config: its own options + a `train:` block for its proxy runs ------------------------------
+
+# Keys that change no weights: left out of the config hash and of the work directory's check, wherever they
+# appear (a method's options or its train block). doge_impl: both forms compute the same gradients (to float
+# rounding), so a run may resume with the other.
+UNHASHED = frozenset({"data", "out", "work_dir", "progress", "report_to", "doge_impl"})
+# TrainConfig keys a proxy's train block may not set: the method sets them (the value says from where).
+OWNED_TRAIN_KEYS = {
+    "data": "the corpus is the method's --data",
+    "out": "the proxy runs live in the method's --work-dir",
+    "model": "the proxy model is the method's 'proxy'",
+    "steps": "a proxy's steps are the method's 'steps'",
+    "seed": "the seed is the method's 'seed'",
+    "log_every": "the logging interval is the method's 'log_every' (it also paces the weights trajectory)",
+    "domain_weights": "the method decides what its proxy runs sample",
+    "domain_weights_every": "the method decides what its proxy runs sample",
+    "resume": "a proxy run resumes by itself when it was interrupted",
+}
+# TrainConfig keys that were top-level method keys before the train block: accepted for a release (deprecated).
+MOVED_TRAIN_KEYS = (
+    "batch_size",
+    "grad_accum",
+    "lr",
+    "final_lr",
+    "warmup_steps",
+    "checkpoint_every",
+    "progress",
+    "report_to",
+)
+TRAIN_BLOCK_HELP = (
+    "TrainConfig overrides for the proxy runs (YAML: a train: mapping; flags: --train.KEY); "
+    "the method's own defaults fill the rest"
+)
+
+
+@dataclass
+class ProxyMethodConfig:
+    """What every proxy-based weights method's config holds; a method adds its own options and rules.
+
+    Subclasses set COMMAND (the CLI command, for messages), NAME (the artifact's method name) and
+    TRAIN_DEFAULTS (the train-block defaults where they differ from TrainConfig's), check their own
+    options in `check_options`, and may extend `train_defaults`.
+    """
+
+    COMMAND: ClassVar[str] = "weights"
+    NAME: ClassVar[str] = "proxy"
+    TRAIN_DEFAULTS: ClassVar[dict] = {"eval_every": 0}
+
+    data: Optional[str] = _f(
+        None,
+        "corpus directory (made by `mixweight data synth` or `data prepare`), a corpus URL "
+        "(s3://, gs://, ..., file:///DIR; cached in --cache-dir), or `synthetic`; required",
+    )
+    out: Optional[str] = _f(None, "the domain weights JSON file to write; required")
+    proxy: str = _f("gpt2-tiny", "proxy model spec: a name in proxies/ or a path to an HF config JSON")
+    steps: int = _f(200, "optimizer steps of each proxy run")
+    seed: int = _f(0, "seed for model init and data order of every proxy run")
+    work_dir: Optional[str] = _f(None, "directory of the proxy runs (default: <out stem>.work/ next to out)")
+    log_every: int = _f(10, "record the domain weights in the trajectory (and the runs' metrics) every N steps")
+    train: dict = nested(TrainConfig, TRAIN_BLOCK_HELP, moved=MOVED_TRAIN_KEYS, owned=OWNED_TRAIN_KEYS)
+    # The Python spelling of the deprecated top-level keys (YAML and flags are handled where they are read).
+    batch_size: InitVar[Optional[int]] = None
+    grad_accum: InitVar[Optional[int]] = None
+    lr: InitVar[Optional[float]] = None
+    final_lr: InitVar[Optional[float]] = None
+    warmup_steps: InitVar[Optional[int]] = None
+    checkpoint_every: InitVar[Optional[int]] = None
+    progress: InitVar[Optional[bool]] = None
+    report_to: InitVar[Optional[Union[list[str], str]]] = None
+
+    def __post_init__(self, *moved) -> None:
+        given = {k: v for k, v in zip(MOVED_TRAIN_KEYS, moved) if v is not None}
+        if given:
+            self.train = nest_moved_keys(type(self), {**given, "train": self.train}, self.COMMAND)["train"]
+
+    # --- checks (once, where the config enters) ---------------------------------------------------------
+    def validate(self) -> None:
+        """The options shared by every method, and the train block (TrainConfig.validate on the proxy's config)."""
+        for name in ("steps", "log_every"):
+            value = getattr(self, name)
+            require(value > 0, f"{self.COMMAND}: '{name}' must be a positive integer, got {value}")
+        self.check_options()  # before the train block: its defaults may follow the method's options
+        probe = self.proxy_train_config(Path(self.work_dir or "proxy"), data=self.data or "corpus")
+        try:  # data and out may still be unknown here (a pipeline section): TrainConfig checks the values only
+            probe.validate()
+        except MixweightError as exc:
+            message = str(exc).removeprefix("train: ")
+            raise MixweightError(f"{self.COMMAND}: the proxy's train block: {message}") from exc
+
+    def check_options(self) -> None:
+        """The method's own options (a subclass's checks)."""
+
+    def require_paths(self) -> None:
+        require(self.data is not None, f"{self.COMMAND}: --data is required (a corpus directory)")
+        require(self.out is not None, f"{self.COMMAND}: --out is required (the weights JSON file to write)")
+
+    # --- what the proxy runs are -----------------------------------------------------------------------
+    def train_defaults(self) -> dict:
+        """The train block's defaults where the method's differ from TrainConfig's."""
+        return dict(self.TRAIN_DEFAULTS)
+
+    def proxy_train_config(
+        self, run_dir: Path, steps: Optional[int] = None, domain_weights: str = "uniform", data: Optional[str] = None
+    ) -> TrainConfig:
+        """One proxy run's TrainConfig: TrainConfig's defaults < the method's < the train block < the keys the
+        method sets (corpus, run directory, model, steps, seed, log_every, sampling). `self` is valid."""
+        values = {
+            **self.train_defaults(),
+            **self.train,
+            "data": data if data is not None else self.data,
+            "out": str(run_dir),
+            "model": self.proxy,
+            "steps": steps if steps is not None else self.steps,
+            "seed": self.seed,
+            "log_every": self.log_every,
+            "domain_weights": domain_weights,
+        }
+        return TrainConfig(**values)
+
+    def resolved_work_dir(self) -> Path:
+        out = Path(self.out)
+        return Path(self.work_dir) if self.work_dir else out.with_name(f"{out.stem}.work")
+
+    def options(self) -> dict:
+        """The method's own options (every field but the train block), as the work directory records them."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "train"}
+
+
+def effective_train_block(config: ProxyMethodConfig) -> dict:
+    """The train block with the method's defaults filled in: what the config hash covers."""
+    return {**config.train_defaults(), **config.train}
+
+
+def config_hash(config: ProxyMethodConfig, corpus_config_hash: str) -> str:
+    """sha256 hex of the method's weight-determining options, its train block (with the method's defaults)
+    and the corpus's own config hash; keys in UNHASHED are left out. `config` is valid and resolved."""
+    values = {k: v for k, v in config.options().items() if k not in UNHASHED}
+    values["train"] = {k: v for k, v in effective_train_block(config).items() if k not in UNHASHED}
+    values["corpus_config_hash"] = corpus_config_hash
+    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()
+
+
+# --- the work directory -----------------------------------------------------------------------------------
+def record_path(config: ProxyMethodConfig) -> Path:
+    return config.resolved_work_dir() / f"{config.NAME}_config.yaml"
+
+
+def claim_work_dir(config: ProxyMethodConfig, legacy_check=None) -> Path:
+    """Check the work directory holds runs of this method config, then record it there; returns the directory.
+
+    Each proxy run's TrainConfig is compared by the trainer (`train_or_reuse`); this compares what no
+    TrainConfig holds, the method's own options (eta, mu, target, ...), against `<NAME>_config.yaml`
+    written by the last run here: another value stops with one line naming the changed keys. A key the
+    record lacks had its default. `legacy_check(work_dir)` decides for a work directory without a record
+    (made by an older mixweight); it may raise. `config` is valid and resolved.
+    """
+    work_dir = config.resolved_work_dir()
+    path = record_path(config)
+    if path.is_file():
+        saved = load_yaml(path.read_text()) or {}
+        if not isinstance(saved, dict):
+            saved = {}
+        defaults = {f.name: f.default for f in dataclasses.fields(config) if f.default is not dataclasses.MISSING}
+        current = {k: v for k, v in config.options().items() if k not in UNHASHED}
+        changed = sorted(k for k in current if saved.get(k, defaults.get(k)) != current[k])
+        if changed:
+            details = ", ".join(f"{k}: {saved.get(k, defaults.get(k))!r} -> {current[k]!r}" for k in changed)
+            raise MixweightError(
+                f"{work_dir}: holds {config.NAME} proxy runs made with a different config ({details}); "
+                "delete it or choose another --work-dir"
+            )
+    elif legacy_check is not None:
+        legacy_check(work_dir)
+    if is_main_process():
+        work_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
+    return work_dir
+
+
+# --- start and finish: the same for every method ----------------------------------------------------------
+def start(config: ProxyMethodConfig) -> tuple[str, Manifest]:
+    """Check the config and --out (before any training), then read the corpus: (local corpus dir, manifest)."""
+    config.validate()
+    config.require_paths()
+    check_output_file(config.out, f"{config.COMMAND}: --out")  # before any training, not after the proxy finished
+    corpus = resolve_corpus(config.data, is_main_process())
+    return corpus, load_manifest(corpus)
+
+
+def provenance(config: ProxyMethodConfig, manifest: Manifest, corpus: str) -> dict:
+    """The artifact's provenance, one schema for every method (docs/weights-methods.md). `config` resolved."""
+    return {
+        "seed": config.seed,
+        "config_hash": config_hash(config, manifest.config_hash),
+        "proxy": {"name": config.proxy, "spec": load_spec(config.proxy)},
+        "tokenizer_fingerprint": manifest.tokenizer.get("fingerprint"),
+        "domain_token_counts": manifest.train_tokens(),
+        "corpus": str(Path(corpus).resolve()),
+        "corpus_config_hash": manifest.config_hash,
+        "stream_paths": {d: manifest.splits["train"][d].path for d in manifest.domains},
+        "mixweight_version": mixweight.__version__,
+    }
+
+
+def write_artifact(result: DomainWeights, out: str | Path, manifest: Manifest) -> None:
+    """Main process only: the health warnings on stderr, the weights file, its two plots beside it."""
+    if not is_main_process():
+        return
+    from mixweight.domain.plots import plot_trajectory, plot_weights_vs_natural
+
+    name = result.method.get("name", "weights")
+    for warning in result.warnings:
+        print(f"mixweight {name}: warning: {format_warning(warning)}", file=sys.stderr, flush=True)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result.write(out)
+    plot_trajectory(result, out.with_name(f"{out.stem}_trajectory.png"))
+    plot_weights_vs_natural(result, manifest.natural_weights(), out.with_name(f"{out.stem}_bars.png"))

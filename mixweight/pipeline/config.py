@@ -8,8 +8,10 @@
                                                         or corpus URL (s3://, gs://, ..., file:///DIR)
     train:   TrainConfig keys shared by every arm (model, steps, batch_size, lr, ...); its report_to
              (experiment trackers) also reaches the DoReMi and DoGE proxies unless their section sets one
-    doremi:  DoReMiConfig keys (proxy, steps, eta, ...), or null to skip DoReMi
-    doge:    DoGEConfig keys (proxy, steps, mu, ...), or null to skip DoGE
+    doremi:  DoReMiConfig: its options (proxy, steps, eta, ...) and a train: block of TrainConfig overrides for
+             its reference and proxy runs ({eta: 1.0, train: {lr: 2e-3, batch_size: 28}}), or null to skip DoReMi
+    doge:    DoGEConfig: its options (proxy, steps, mu, ...) and a train: block, or null to skip DoGE
+             (the flat form of before, {lr: 2e-3, ...} beside the options, is read with one deprecation line)
     arms:    {name: TrainConfig overrides}; domain_weights may name a method: doremi | doge.
              A name becomes the directory runs/<name>-seed<S>: one plain path component.
     seeds:   [0, 1, ...]  every arm runs once per seed
@@ -34,12 +36,18 @@ from typing import Any, Optional, Union
 
 from mixweight.core.config import build_config, closest_hint, read_yaml, require
 from mixweight.data.names import NAME_RULE, name_problem
-from mixweight.domain.doge_run import DoGEConfig
-from mixweight.domain.doremi_run import DoReMiConfig
+from mixweight.domain.doge_run import DoGEConfig, run_doge
+from mixweight.domain.doremi_run import DoReMiConfig, run_doremi
 from mixweight.errors import MixweightError
 from mixweight.train.config import TrainConfig
 
-METHODS = ("doremi", "doge")
+# The typed weights sections: YAML key -> (config class, runner). A section is built and validated once, when
+# the pipeline YAML is read; its data, out and work_dir are set by the pipeline. A new method is one line here.
+WEIGHTS_SECTIONS = {
+    "doremi": (DoReMiConfig, run_doremi),
+    "doge": (DoGEConfig, run_doge),
+}
+METHODS = tuple(WEIGHTS_SECTIONS)
 DEFAULT_ARMS = {
     "uniform": {"domain_weights": "uniform"},
     "linupper": {"domain_weights": "uniform", "sample_weighting": "linupper"},
@@ -164,8 +172,11 @@ def check_arm_name(name) -> None:
 class PipelineConfig:
     data: dict = field(default_factory=lambda: {"synthetic": {}})
     train: dict = field(default_factory=dict)
-    doremi: Optional[dict] = field(default_factory=dict)
-    doge: Optional[dict] = field(default_factory=dict)
+    # one typed field per weights method (WEIGHTS_SECTIONS), in table order: the method's config, or None (null)
+    for _name, (_cls, _run) in WEIGHTS_SECTIONS.items():
+        __annotations__[_name] = Optional[_cls]
+        vars()[_name] = field(default_factory=_cls)
+    del _name, _cls, _run
     arms: dict = field(default_factory=lambda: dict(DEFAULT_ARMS))
     seeds: list[int] = field(default_factory=lambda: [0])
     report: dict = field(default_factory=dict)
@@ -181,10 +192,11 @@ class PipelineConfig:
         require(all(seed >= 0 for seed in self.seeds), f"pipeline: 'seeds' must be >= 0, got {self.seeds}")
         require(bool(self.arms), "pipeline: 'arms' is empty")
         report = build_config(ReportSection, self.report, "pipeline 'report'")
-        for section, cls in (("train", TrainConfig), ("doremi", DoReMiConfig), ("doge", DoGEConfig)):
-            values = getattr(self, section)
-            if values is not None:
-                stage_config(cls, values, f"pipeline '{section}'")
+        stage_config(TrainConfig, self.train, "pipeline 'train'")
+        for method in METHODS:  # built and validated when read; here only what the pipeline sets itself
+            section = getattr(self, method)
+            given = [k for k in sorted(OWNED_BY_PIPELINE) if getattr(section, k, None) not in (None, False)]
+            require(not given, f"pipeline '{method}': '{given[0] if given else ''}' is set by the pipeline; remove it")
         for name, overrides in self.arms.items():
             check_arm_name(name)
             require(isinstance(overrides, dict), f"pipeline: arm '{name}' must be a mapping of train keys")
@@ -220,6 +232,18 @@ def stage_config(cls, values: dict, where: str, **owned):
             raise MixweightError(f"{where}: unknown key '{key}'; {closest_hint(key, names)}")
     placeholders = {k: "." for k in ("data", "out") if k in names}
     return build_config(cls, {**placeholders, **values, **owned}, where)
+
+
+def section_key(section) -> dict[str, Any]:
+    """A weights section's values for its stage key: the options that differ from their defaults and the train
+    block, without the keys that change no result (NOT_IN_STAGE_KEY), so flat and nested forms key alike."""
+    values = {
+        f.name: getattr(section, f.name)
+        for f in dataclasses.fields(section)
+        if f.name != "train" and f.name not in NOT_IN_STAGE_KEY and getattr(section, f.name) != f.default
+    }
+    train = {k: v for k, v in getattr(section, "train", {}).items() if k not in NOT_IN_STAGE_KEY}
+    return {**values, "train": train} if train else values
 
 
 def arm_values(config: PipelineConfig, name: str) -> dict[str, Any]:

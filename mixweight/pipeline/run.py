@@ -33,10 +33,18 @@ import yaml
 from mixweight.core.distributed import barrier, broadcast_object, close_world, init_world, is_main_process
 from mixweight.core.yamlio import load_yaml
 from mixweight.data.manifest import load_manifest
-from mixweight.domain.doge_run import DoGEConfig, check_targets, run_doge
-from mixweight.domain.doremi_run import DoReMiConfig, run_doremi
+from mixweight.domain.doge_run import DoGEConfig, check_targets
 from mixweight.errors import MixweightError
-from mixweight.pipeline.config import METHODS, NOT_IN_STAGE_KEY, PipelineConfig, arm_values, data_form, stage_config
+from mixweight.pipeline.config import (
+    METHODS,
+    NOT_IN_STAGE_KEY,
+    WEIGHTS_SECTIONS,
+    PipelineConfig,
+    arm_values,
+    data_form,
+    section_key,
+    stage_config,
+)
 from mixweight.pipeline.inputs import input_fingerprints, manifest_sha256
 from mixweight.pipeline.stages import CHANGED, DONE, EXTEND, Stage, stage_key
 from mixweight.train.config import TrainConfig
@@ -98,21 +106,19 @@ def _wait_for_main() -> None:
 
 
 def _method_stage(
-    method: str, section: dict, corpus: str, data_key: str, out: Path, progress: bool, report_to="none"
+    method: str, section, corpus: str, data_key: str, out: Path, progress: bool, report_to="none"
 ) -> Stage:
+    """`section`: the method's typed config, validated when the pipeline YAML was read."""
     directory = out / "weights" / method
-    cls, runner = (DoReMiConfig, run_doremi) if method == "doremi" else (DoGEConfig, run_doge)
-    stage_cfg = stage_config(
-        cls,
-        {"progress": progress, "report_to": report_to, **section},
-        f"pipeline '{method}'",
-        data=corpus,
-        out=str(directory / WEIGHTS_FILE),
-        work_dir=str(directory / "work"),
+    runner = WEIGHTS_SECTIONS[method][1]
+    train = {"progress": progress, "report_to": report_to, **section.train}  # the arms' display and trackers
+    stage_cfg = dataclasses.replace(
+        section, data=corpus, out=str(directory / WEIGHTS_FILE), work_dir=str(directory / "work"), train=train
     )
     steps = stage_cfg.steps * (2 * getattr(stage_cfg, "rounds", 1) if method == "doremi" else 3)
-    key_section = {k: v for k, v in section.items() if k not in NOT_IN_STAGE_KEY}
-    return Stage(f"weights {method}", directory, key_section, {"data": data_key}, steps, lambda: runner(stage_cfg))
+    return Stage(
+        f"weights {method}", directory, section_key(section), {"data": data_key}, steps, lambda: runner(stage_cfg)
+    )
 
 
 def _arm_can_continue(old: dict, new: dict, changed: list[str]) -> bool:
@@ -229,9 +235,8 @@ def check_against_corpus(config: PipelineConfig, corpus: str) -> None:
 
     manifest = load_manifest(corpus)
     if config.doge is not None:
-        doge = stage_config(DoGEConfig, config.doge, "pipeline 'doge'")
         try:
-            check_targets(_held_out_targets(doge, manifest.domains), manifest.domains)
+            check_targets(_held_out_targets(config.doge, manifest.domains), manifest.domains)
         except MixweightError as exc:
             raise MixweightError(f"pipeline 'doge.target': {exc}") from exc
     for name in config.arms:

@@ -112,6 +112,9 @@ class MixtureLoader:
             segment.cleanup()
         if self.world.local_rank == 0:
             remove_filelocks(self.dataset._shm_prefix_int)
+        # Every process sees the segments gone before any builds the next dataset (a schedule's next phase):
+        # streaming picks the first free prefix on each process, and a peer still unlinking would make two differ.
+        barrier(self.world)
 
     def _loader(self):
         return iter(DataLoader(self.dataset, batch_size=self.micro_batch_size, num_workers=0, collate_fn=_collate))

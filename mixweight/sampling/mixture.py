@@ -72,6 +72,16 @@ class DomainMixture:
         self._local_counts += np.bincount(batch["domain"].numpy(), minlength=len(self._local_counts))
         return batch
 
+    def append_phase(self, phase: Phase) -> None:
+        """A phase decided during the run (online mixing): it starts after every phase so far. A resumed
+        run appends the phases its checkpoint recorded before `load_state_dict`, so they are rebuilt alike."""
+        if phase.start_step <= self.phases[-1].start_step:
+            raise ValueError(
+                f"phase starting at step {phase.start_step} does not come after the last one "
+                f"({self.phases[-1].start_step})"
+            )
+        self.phases = [*self.phases, phase]
+
     def _enter(self, phase: int, epoch: int, sample_in_epoch: int) -> None:
         if phase != self.phase:
             self._counts_before[:] = 0

@@ -36,12 +36,30 @@ class TrainConfig:
     seed: int = _f(0, "seed for model init and data order")
     domain_weights: str = _f(
         "natural",
-        "sampling proportions of the domains: natural (by token count), uniform, a domain_weights.json, or a schedule "
-        "file (.yaml/.json list of {start_step, weights})",
+        "sampling proportions of the domains: natural (by token count), uniform, a domain_weights.json, a schedule "
+        "file (.yaml/.json list of {start_step, weights}), or online:odm / online:doremi (updated from this run's "
+        "own losses every --mixing-every steps)",
     )
     domain_weights_every: int = _f(
         0, "follow the weights file's trajectory, entry i from step i*N (0: use its final weights)"
     )
+    mixing_every: int = _f(
+        0, "online domain weights: steps per phase; the mixture is re-chosen every N steps (needs online:...)"
+    )
+    mixing_prior: str = _f(
+        "uniform", "online domain weights: the first phase's mixture: uniform, natural or a domain_weights.json"
+    )
+    odm_alpha: float = _f(0.9, "online:odm: reward smoothing, R <- alpha R + (1 - alpha) loss / pi")
+    odm_exploration: Optional[float] = _f(
+        None, "online:odm: a fixed exploration rate in (0, 1/k] (default: min(1/k, sqrt(ln k / (k t))), decaying)"
+    )
+    doremi_reference: Optional[str] = _f(
+        None,
+        "online:doremi: the reference run directory (`mixweight weights doremi` leaves it at "
+        "<out stem>.work/round-0/reference), trained on this corpus",
+    )
+    doremi_eta: float = _f(1.0, "online:doremi: step size of the exponentiated-gradient update")
+    doremi_smoothing: float = _f(1e-3, "online:doremi: smoothing c, c/k of uniform mixed into the weights")
     batching: str = _f(
         "random",
         "how micro-batches mix domains: random (shuffled together) or per_stream (each micro-batch from one domain); "
@@ -166,6 +184,9 @@ class TrainConfig:
         from mixweight.sampling.loader import check_batching
 
         check_batching(self.batching)
+        from mixweight.train.online import check_online_config
+
+        check_online_config(self)
         require(
             self.precision in ("auto", "bf16", "fp32"),
             f"train: 'precision' must be auto, bf16 or fp32, got {self.precision!r}",

@@ -25,12 +25,12 @@ from mixweight.data.manifest import load_manifest
 from mixweight.data.synthetic import resolve_corpus
 from mixweight.errors import MixweightError, first_line
 from mixweight.sampling.mixture import DomainMixture
-from mixweight.sampling.schedule import resolve_schedule
 from mixweight.train import checkpoint as ckpt
 from mixweight.train import rundir
 from mixweight.train.config import TrainConfig
 from mixweight.train.metrics import MetricsLog
 from mixweight.train.objective import StepObjective, WeightedLoss
+from mixweight.train.online import ARTIFACT_NAME, attach, build_mixer, resolve_phases
 from mixweight.train.optim import build_optimizer, build_scheduler
 from mixweight.train.parallel import full_model_state, full_optimizer_state, grad_norm_value, wrap_model
 from mixweight.train.rundir import RESUMABLE_CHANGES, config_changes  # noqa: F401 - used by DoReMi's reuse check
@@ -238,8 +238,10 @@ def _train(config: TrainConfig, objective: StepObjective, world: World, lock: ru
     # Every input is checked before anything is written into --out.
     corpus = resolve_corpus(config.data, world.is_main)
     manifest = load_manifest(corpus)
-    phases = resolve_schedule(manifest, config.domain_weights, config.domain_weights_every)
+    phases = resolve_phases(manifest, config)  # a static schedule, or online mixing's prior as phase 0
     build_config(config.model, manifest)
+    mixer = build_mixer(config, manifest, corpus, phases)  # None for static weights (online DoReMi: its reference)
+    objective = attach(mixer, objective)
     inputs = rundir.input_hashes(config, corpus, manifest, phases, load_spec(config.model))
     resume_from = _prepare_run_dir(config, world, inputs, lock)
     run_dir = Path(config.out)
@@ -263,6 +265,10 @@ def _train(config: TrainConfig, objective: StepObjective, world: World, lock: ru
             state = ckpt.read_resume_state(resume_from)
             ckpt.load_trainer_state(resume_from, model, optimizer, scheduler)
             try:
+                if mixer is not None:  # its phases first: the loader's saved phase may be one of them
+                    mixer.load_state_dict(state["mixing"])
+                    for phase in mixer.loader_phases()[len(loader.phases) :]:
+                        loader.append_phase(phase)
                 loader.load_state_dict(state["loader"])
                 objective.load_state_dict(state.get("objective", {}))
             except (KeyError, ValueError, TypeError, IndexError) as exc:
@@ -286,11 +292,15 @@ def _train(config: TrainConfig, objective: StepObjective, world: World, lock: ru
 
         def save(step: int) -> None:
             state = {"loader": loader.state_dict(), "skipped_steps": skipped, "objective": objective.state_dict()}
+            if mixer is not None:
+                state["mixing"] = mixer.state_dict()
             model_state, optimizer_state = full_model_state(model), full_optimizer_state(model, optimizer)
             if world.is_main:
                 ckpt.save_checkpoint(
                     run_dir, step, hf_model, model_state, optimizer_state, scheduler, state, config.keep_checkpoints
                 )
+                if mixer is not None:  # the weights trajectory so far, as a reusable artifact
+                    mixer.artifact(manifest, config.seed, config.steps).write(run_dir / ARTIFACT_NAME)
             barrier(world)
 
         if world.is_main:
@@ -311,9 +321,14 @@ def _train(config: TrainConfig, objective: StepObjective, world: World, lock: ru
         model.train()
         for step in range(start_step, config.steps):
             started = time.perf_counter()
+            new_phase = mixer is not None and mixer.phase_due(step)
+            if new_phase:  # every K steps the online mixture starts a phase (after a resume too: from its state)
+                loader.append_phase(mixer.start_phase(step))
             micro_batches = [loader.next_batch(step) for _ in range(config.grad_accum)]
             lr = scheduler.get_last_lr()[0]
             result = objective.compute_gradients(model, micro_batches, step, world, autocast, lr)
+            if mixer is not None:
+                mixer.observe(step, result, micro_batches)
             clip = config.grad_clip if config.grad_clip > 0 else float("inf")
             grad_norm = grad_norm_value(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
             if result.n_finite == 0 or not math.isfinite(grad_norm):
@@ -329,7 +344,7 @@ def _train(config: TrainConfig, objective: StepObjective, world: World, lock: ru
             bar.update(1)
             bar.set_postfix(loss=f"{result.mean_loss:.3f}", tok_s=f"{tokens_per_s:,.0f}")
             histogram = done % config.weight_histogram_every == 0
-            if done % config.log_every == 0 or done == config.steps or histogram:
+            if done % config.log_every == 0 or done == config.steps or histogram or new_phase:
                 record = _step_record(
                     done,
                     result,
@@ -342,6 +357,8 @@ def _train(config: TrainConfig, objective: StepObjective, world: World, lock: ru
                     histogram,
                 )
                 record["mixture"] = loader.mixture()  # cumulative achieved vs target share, this phase
+                if mixer is not None:
+                    record.update(mixer.step_metrics())  # the phase's weights and the method's signal
                 metrics.write({**record, **objective.step_metrics()})
             if config.eval_every and done % config.eval_every == 0 and done != config.steps:
                 evaluate(done)

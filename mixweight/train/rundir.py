@@ -28,7 +28,8 @@ from mixweight.errors import MixweightError, first_line
 CONFIG_NAME = "config.yaml"
 INPUTS_NAME = "inputs.json"
 LOCK_NAME = ".lock"
-RUN_FILES = ("metrics.jsonl", "eval.json", INPUTS_NAME)  # written after config.yaml, replaced by a new start
+# written after config.yaml, replaced by a new start (domain_weights.json: online mixing's trajectory)
+RUN_FILES = ("metrics.jsonl", "eval.json", INPUTS_NAME, "domain_weights.json")
 CONFIG_MARKER = "# mixweight train: the resolved config of this run (rewritten by each start or --resume)"
 
 # Keys that may change when resuming: they do not alter the training trajectory. `out` changes when a
@@ -189,11 +190,11 @@ def current_inputs(config) -> dict:
     from mixweight.core.model import load_spec
     from mixweight.data.manifest import load_manifest
     from mixweight.data.synthetic import resolve_corpus
-    from mixweight.sampling.schedule import resolve_schedule
+    from mixweight.train.online import resolve_phases
 
     corpus = resolve_corpus(config.data, is_main_process())  # the local copy train() reads (a URL's cache copy)
     manifest = load_manifest(corpus)
-    phases = resolve_schedule(manifest, config.domain_weights, config.domain_weights_every)
+    phases = resolve_phases(manifest, config)  # online mixing: its prior
     return input_hashes(config, corpus, manifest, phases, load_spec(config.model))
 
 

@@ -1,0 +1,262 @@
+"""Online domain mixing in the main run (`--domain-weights online:odm|online:doremi --mixing-every K`).
+
+The update rules against hand computations and the offline DoReMi rule; end to end: the
+phases, the artifact and its replay as a static schedule, kill -9 mid-phase then resume, two
+processes against one, and the bad inputs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mixweight.domain.doremi import DoReMiReduction
+from mixweight.train.online import DoReMiMixer, ExcessSignal, ODMMixer
+from mixweight.train.step import StepResult
+
+DOMAINS = ["a", "b", "c"]
+
+
+def _result(losses: list[float], domains: list[int]) -> StepResult:
+    losses_t = torch.tensor(losses, dtype=torch.float32)
+    return StepResult(losses_t, torch.tensor(domains), torch.full_like(losses_t, 1 / len(losses)), 0.0, len(losses))
+
+
+# --- the update rules ---------------------------------------------------------------------------------
+def test_odm_follows_exp3_by_hand_with_importance_weights_smoothing_and_exploration():
+    mixer = ODMMixer(DOMAINS, [0.5, 0.25, 0.25], every=2, alpha=0.5, exploration=0.1)
+    # step 0: domain means a=2, b=4, c absent; pi = the prior
+    mixer.observe(0, _result([1.0, 3.0, 4.0], [0, 0, 1]), None)
+    r = [0.5 * 0 + 0.5 * 2 / 0.5, 0.5 * 0 + 0.5 * 4 / 0.25, 0.0]  # c keeps R = 0
+    assert mixer.rewards.tolist() == pytest.approx(r, abs=1e-12)
+    # step 1: a=1, b absent, c=6 (a non-finite loss is left out of its domain's mean)
+    mixer.observe(1, _result([1.0, float("nan"), 6.0], [0, 1, 2]), None)
+    r = [0.5 * r[0] + 0.5 * 1 / 0.5, r[1], 0.5 * r[2] + 0.5 * 6 / 0.25]
+    assert mixer.rewards.tolist() == pytest.approx(r, abs=1e-12)
+    assert mixer.phase_due(2) and not mixer.phase_due(1)
+    phase = mixer.start_phase(2)
+    prior = [0.5, 0.25, 0.25]
+    gibbs = [p * math.exp(0.1 * x) for p, x in zip(prior, r)]
+    expected = [(1 - 3 * 0.1) * g / sum(gibbs) + 0.1 for g in gibbs]
+    assert [phase.weights[d] for d in DOMAINS] == pytest.approx(expected, abs=1e-12)
+    assert phase.start_step == 2 and sum(phase.weights.values()) == pytest.approx(1.0)
+    # the next rewards are importance-weighted by the new phase's proportions
+    mixer.observe(2, _result([3.0], [2]), None)
+    assert mixer.rewards[2].item() == pytest.approx(0.5 * r[2] + 0.5 * 3.0 / expected[2], abs=1e-12)
+
+
+def test_odm_exploration_decays_as_published_and_a_zero_prior_domain_stays_out():
+    mixer = ODMMixer(DOMAINS + ["held_out"], [0.4, 0.3, 0.3, 0.0], every=1)
+    k = 3  # the sampled domains
+    assert mixer.exploration(0) == pytest.approx(1 / k)
+    assert mixer.exploration(100) == pytest.approx(min(1 / k, math.sqrt(math.log(k) / (k * 100))))
+    for step in range(100):
+        mixer.observe(step, _result([5.0, 1.0, 1.0, 9.0], [0, 1, 2, 3]), None)
+    weights = mixer.start_phase(100).weights
+    assert weights["held_out"] == 0.0 and mixer.rewards[3].item() == 0.0
+    assert weights["a"] > weights["b"] > 0 and min(weights["b"], weights["c"]) >= mixer.exploration(100) - 1e-12
+
+
+def test_online_doremi_applies_the_offline_proxy_update_to_the_same_signals():
+    offline = DoReMiReduction(None, DOMAINS, eta=0.7, smoothing=0.01)
+    online = DoReMiMixer(DOMAINS, [1 / 3] * 3, every=3, excess=ExcessSignal(None, None), eta=0.7, smoothing=0.01)
+    generator = torch.Generator().manual_seed(0)
+    for step in range(6):
+        domains = torch.tensor([0, 0, 1, 1, 2, 2])[: 4 + step % 3]  # some steps lack domain c
+        losses = torch.rand(len(domains), generator=generator) * 4
+        losses[0] = float("nan") if step == 4 else losses[0]
+        sig = torch.stack([torch.rand(len(domains), generator=generator) * 60, torch.full((len(domains),), 63.0)], 1)
+        offline.weights(losses, domains, step, signal=sig)
+        online.update(sig.to(torch.float64), losses, domains)
+        assert torch.equal(online.alpha, offline.alpha) and torch.equal(online.excess, offline.excess)
+
+
+# --- end to end ---------------------------------------------------------------------------------------
+STEPS, EVERY = 16, 6
+
+
+def _train(corpus, spec, out, *extra, steps=STEPS, batch=8):
+    args = f"--steps {steps} --batch-size {batch} --lr 3e-3 --warmup-steps 2 --eval-every 8 --eval-blocks 2"
+    args += " --checkpoint-every 4 --log-every 2 --no-progress"
+    return ["train", "--data", corpus, "--model", spec, "--out", str(out), *args.split(), *extra]
+
+
+ODM = ["--domain-weights", "online:odm", "--mixing-every", str(EVERY), "--odm-exploration", "0.05"]
+LINUPPER = ["--sample-weighting", "linupper", "--weight-cap", "2"]
+
+
+def _run(argv, launcher=(sys.executable, "-m", "mixweight")):
+    done = subprocess.run([*launcher, *argv], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-4000:]
+
+
+def _params(run, steps=STEPS):
+    return load_file(str(run / "checkpoints" / f"step-{steps}" / "model" / "model.safetensors"))
+
+
+def _records(run):
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for record in records:
+        record.pop("time", None)
+    return records
+
+
+@pytest.fixture(scope="module")
+def odm_run(synth_corpus, tiny_spec, tmp_path_factory):
+    """ODM + LinUpper with a cap, uninterrupted: phases at steps 0, 6, 12."""
+    out = tmp_path_factory.mktemp("online") / "straight"
+    _run(_train(synth_corpus, tiny_spec, out, *ODM, *LINUPPER))
+    return out
+
+
+def test_odm_run_records_its_phases_and_a_weights_artifact_that_replays_as_a_schedule(
+    odm_run, synth_corpus, tiny_spec, tmp_path
+):
+    artifact = json.loads((odm_run / "domain_weights.json").read_text())
+    assert artifact["method"]["name"] == "online:odm" and artifact["method"]["mixing_every"] == EVERY
+    assert [e["step"] for e in artifact["trajectory"]] == [0, 6, 12]
+    first, *later = [e["weights"] for e in artifact["trajectory"]]
+    assert first == pytest.approx([1 / 7] * 7) and all(w != first for w in later)  # the bandit moved them
+    records = [r for r in _records(odm_run) if "loss" in r]
+    assert all("online_mixing" in r and "weights" in r for r in records)  # both levels are recorded
+    by_step = {r["step"]: r for r in records}
+    # the phase's first step is logged with its weights; the loader samples that phase
+    assert by_step[7]["online_mixing"]["phase_start"] == 6 and by_step[7]["mixture"]["phase"] == 1
+    assert list(by_step[7]["online_mixing"]["weights"].values()) == artifact["trajectory"][1]["weights"]
+    assert by_step[7]["weights"]["max_weight_x_n"] <= 2 + 1e-6  # the sample weights act within the batch
+
+    # another run follows the trajectory as a static schedule: the same phases, the same samples, the same model
+    replay = tmp_path / "replay"
+    _run(
+        _train(
+            synth_corpus,
+            tiny_spec,
+            replay,
+            "--domain-weights",
+            str(odm_run / "domain_weights.json"),
+            "--domain-weights-every",
+            str(EVERY),
+            *LINUPPER,
+        )
+    )
+    replayed = {r["step"]: r["mixture"] for r in _records(replay) if "loss" in r}
+    for step, record in ((s, r) for s, r in by_step.items() if s % 2 == 0):  # both logged every 2 steps
+        assert replayed[step]["phase"] == record["mixture"]["phase"]
+        for domain, share in record["mixture"]["domains"].items():
+            assert replayed[step]["domains"][domain]["samples"] == share["samples"]  # the same draws
+            assert replayed[step]["domains"][domain]["target"] == pytest.approx(share["target"], abs=1e-12)
+    a, b = _params(odm_run), _params(replay)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+KILL_MID_PHASE = textwrap.dedent("""
+    import os, signal, sys
+    from mixweight.cli import main
+    from mixweight.train import online
+
+    real = online.ODMMixer.observe
+    def die_at_step_10(self, step, result, micro_batches):
+        real(self, step, result, micro_batches)
+        if step == 10:  # checkpoint step-8 is written; the phase that began at 6 is half done
+            os.kill(os.getpid(), signal.SIGKILL)
+    online.ODMMixer.observe = die_at_step_10
+    main(sys.argv[1:])
+""")
+
+
+def test_kill_9_mid_phase_then_resume_gives_the_same_weights_parameters_and_metrics(
+    odm_run, synth_corpus, tiny_spec, tmp_path
+):
+    killed = tmp_path / "killed"
+    argv = _train(synth_corpus, tiny_spec, killed, *ODM, *LINUPPER)
+    done = subprocess.run([sys.executable, "-c", KILL_MID_PHASE, *argv], capture_output=True, text=True)
+    assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
+    state = json.loads((killed / "checkpoints" / "step-8" / "state.json").read_text())
+    assert [p["start_step"] for p in state["mixing"]["phases"]] == [0, 6]  # the bandit's state is in the checkpoint
+    assert not (killed / "checkpoints" / f"step-{STEPS}").exists()
+
+    _run([*argv, "--resume"])
+    a, b = _params(odm_run), _params(killed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert _records(killed) == _records(odm_run)
+    assert (killed / "domain_weights.json").read_text() == (odm_run / "domain_weights.json").read_text()
+    assert (killed / "eval.json").read_text() == (odm_run / "eval.json").read_text()
+
+
+@pytest.fixture(scope="module")
+def reference_run(synth_corpus, tiny_spec, tmp_path_factory, train_config):
+    from mixweight.train.loop import train
+
+    out = tmp_path_factory.mktemp("reference") / "reference"
+    train(train_config(synth_corpus, tiny_spec, out, steps=6, batch_size=8, lr=3e-3, warmup_steps=1, eval_every=0,
+                       eval_blocks=2, progress=False))  # fmt: skip
+    return out
+
+
+@pytest.mark.distributed
+def test_online_doremi_with_linupper_on_two_processes_equals_one(
+    reference_run, synth_corpus, tiny_spec, tmp_path, free_port
+):
+    flags = ["--domain-weights", "online:doremi", "--mixing-every", "2", "--doremi-reference", str(reference_run)]
+    flags += ["--mixing-prior", "natural", *LINUPPER]
+    _run(_train(synth_corpus, tiny_spec, tmp_path / "one", *flags, steps=6, batch=8))
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}"]
+    _run(
+        _train(synth_corpus, tiny_spec, tmp_path / "two", *flags, steps=6, batch=4),
+        launcher=(*torchrun, "-m", "mixweight"),
+    )
+    one, two = (json.loads((tmp_path / r / "domain_weights.json").read_text()) for r in ("one", "two"))
+    assert [e["step"] for e in one["trajectory"]] == [e["step"] for e in two["trajectory"]] == [0, 2, 4]
+    for a, b in zip(one["trajectory"][1:], two["trajectory"][1:]):
+        assert a["weights"] == pytest.approx(b["weights"], abs=1e-6)
+        assert a["signal"] == pytest.approx(b["signal"], abs=1e-5) and max(a["signal"]) > 0  # the excess was measured
+    assert one["trajectory"][2]["weights"] != one["trajectory"][0]["weights"]
+    p1, p2 = _params(tmp_path / "one", 6), _params(tmp_path / "two", 6)
+    assert all(torch.allclose(p1[k], p2[k], atol=1e-5) for k in p1)
+
+
+# --- bad input: one line, nothing written -------------------------------------------------------------
+def _refused(cli_refuses, corpus, spec, out, *flags) -> str:
+    line = cli_refuses(_train(corpus, spec, out, *flags, steps=2))
+    assert not out.exists()
+    return line
+
+
+def test_an_unknown_online_method_gets_the_closest_name(cli_refuses, synth_corpus, tiny_spec, tmp_path):
+    line = _refused(cli_refuses, synth_corpus, tiny_spec, tmp_path / "r", "--domain-weights", "online:odn")
+    assert "did you mean 'online:odm'" in line
+
+
+def test_online_mixing_needs_steps_per_phase(cli_refuses, synth_corpus, tiny_spec, tmp_path):
+    line = _refused(cli_refuses, synth_corpus, tiny_spec, tmp_path / "r", "--domain-weights", "online:odm")
+    assert "'mixing_every' > 0" in line
+    line = _refused(cli_refuses, synth_corpus, tiny_spec, tmp_path / "r", "--mixing-every", "5")
+    assert "is for online domain weights" in line
+
+
+def test_online_doremi_needs_a_reference_run_of_the_same_vocabulary(cli_refuses, synth_corpus, tiny_spec, tmp_path):
+    flags = ["--domain-weights", "online:doremi", "--mixing-every", "2"]
+    assert "needs 'doremi_reference'" in _refused(cli_refuses, synth_corpus, tiny_spec, tmp_path / "r", *flags)
+    assert "not a finished run directory" in _refused(
+        cli_refuses, synth_corpus, tiny_spec, tmp_path / "r", *flags, "--doremi-reference", str(tmp_path)
+    )
+    other = tmp_path / "other-vocab"
+    (other / "checkpoints" / "step-1" / "model").mkdir(parents=True)
+    (other / "config.yaml").write_text("data: elsewhere\n")
+    (other / "checkpoints" / "step-1" / "state.json").write_text('{"step": 1, "loader": {}}')
+    (other / "checkpoints" / "step-1" / "model" / "config.json").write_text('{"vocab_size": 50257}')
+    line = _refused(cli_refuses, synth_corpus, tiny_spec, tmp_path / "r", *flags, "--doremi-reference", str(other))
+    assert "vocab_size 50257" in line and "has 256" in line
+
+
+def test_an_exploration_rate_above_one_over_k_is_refused(cli_refuses, synth_corpus, tiny_spec, tmp_path):
+    line = _refused(cli_refuses, synth_corpus, tiny_spec, tmp_path / "r", *ODM[:4], "--odm-exploration", "0.5")
+    assert "(0, 1/k]" in line

@@ -211,9 +211,19 @@ def cmd_weights_regmix(args) -> None:
 
 def cmd_weights_export(args) -> None:
     from mixweight.core.artifact import load_domain_weights
-    from mixweight.domain.export import export_weights
+    from mixweight.domain.export import cap_to_budget, export_weights
 
-    print(export_weights(load_domain_weights(args.file), args.format))
+    weights = load_domain_weights(args.file)
+    tokens = None
+    if args.data is not None and (args.token_budget is not None or args.max_epochs is not None):
+        from mixweight.data.manifest import load_manifest
+        from mixweight.data.synthetic import resolve_corpus
+
+        tokens = load_manifest(resolve_corpus(args.data)).train_tokens()
+    weights, note = cap_to_budget(weights, args.token_budget, args.max_epochs, tokens)
+    if note:
+        print(f"mixweight weights export: {note}", file=sys.stderr)
+    print(export_weights(weights, args.format))
 
 
 def cmd_weights_verify(args) -> None:
@@ -372,6 +382,25 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["streams-yaml", "megatron", "json"],
         help="streams-yaml (llm-foundry streams with proportions), megatron (a --data-path list: "
         "weight path ...) or json ({domain: weight}); required, no default",
+    )
+    export.add_argument(
+        "--token-budget",
+        type=int,
+        default=None,
+        help="tokens the run will train on, T: prints each domain's planned epochs (w_d T / tokens_d) on stderr "
+        "(default: none)",
+    )
+    export.add_argument(
+        "--max-epochs",
+        type=float,
+        default=None,
+        help="move the weights within E passes over each domain's tokens in T (KL projection; needs "
+        "--token-budget; default: none)",
+    )
+    export.add_argument(
+        "--data",
+        default=None,
+        help="corpus whose token counts --max-epochs uses (default: the file's provenance.domain_token_counts)",
     )
     export.set_defaults(func=cmd_weights_export)
     verify = weights_commands.add_parser(

@@ -65,3 +65,48 @@ def export_weights(weights: DomainWeights, fmt: str) -> str:
     if fmt not in FORMATS:
         raise MixweightError(f"weights export: unknown format {fmt!r}; valid formats: {', '.join(FORMATS)}")
     return FORMATS[fmt](weights)
+
+
+def cap_to_budget(
+    weights: DomainWeights, token_budget: int | None, max_epochs: float | None, domain_tokens: dict | None = None
+) -> tuple[DomainWeights, str | None]:
+    """`weights` moved within `max_epochs` passes over each domain of a `token_budget`-token run (the KL
+    projection of mixweight.sampling.repetition), and a line saying what moved (or the planned epochs).
+
+    The domains' token counts come from `domain_tokens` (a corpus's manifest) or the file's
+    provenance (`domain_token_counts`, written by the weights commands).
+    """
+    import dataclasses
+
+    from mixweight.sampling.repetition import planned_epochs, project_max_epochs
+
+    if token_budget is None and max_epochs is None:
+        return weights, None
+    if token_budget is None:
+        raise MixweightError(
+            "weights export: --max-epochs needs --token-budget T (the tokens the run will train on: "
+            "steps x global batch x seq_len)"
+        )
+    if not token_budget > 0:
+        raise MixweightError(f"weights export: --token-budget must be a positive number of tokens, got {token_budget}")
+    tokens = domain_tokens or weights.provenance.get("domain_token_counts")
+    missing = [d for d in weights.domains if not isinstance(tokens, dict) or not isinstance(tokens.get(d), int)]
+    if missing:
+        raise MixweightError(
+            f"weights export: the file's provenance has no domain_token_counts for {missing} (the weights commands "
+            "write them); pass --data CORPUS to take them from the corpus's manifest"
+        )
+    if max_epochs is None:
+        epochs = planned_epochs(weights.as_dict(), tokens, token_budget)
+        return weights, "planned epochs over {:,} tokens: {}".format(
+            token_budget, ", ".join(f"{d} {e:.3g}" for d, e in epochs.items())
+        )
+    projection = project_max_epochs(
+        list(weights.domains),
+        list(weights.weights),
+        [tokens[d] for d in weights.domains],
+        max_epochs,
+        token_budget,
+        "weights export: --max-epochs",
+    )
+    return dataclasses.replace(weights, weights=projection.after), projection.summary()

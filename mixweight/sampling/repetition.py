@@ -182,3 +182,74 @@ def project_max_epochs(
         tokens=[int(t) for t in domain_tokens],
         capped=[domains[i] for i in sorted(capped) if abs(after[i] - w[i]) > MOVED],
     )
+
+
+# --- a training run's phases ------------------------------------------------------------------
+REPETITION_FILE = "repetition.json"
+
+
+def cap_phases(phases: list, manifest, max_epochs: float | None, steps: int, token_budget: int) -> tuple[list, dict]:
+    """Every phase's weights projected within `max_epochs` (None: unchanged), and the run's repetition record.
+
+    Each phase is capped as if it held for the whole run (T = `token_budget`, the run's tokens), so
+    no phase alone can take a domain past the cap. The record holds the budget, each phase's
+    projection (when capped), and the planned epochs per domain over the run: the sum over phases
+    of w_d x (the phase's share of the steps) x T / tokens_d.
+    """
+    from mixweight.sampling.schedule import Phase
+
+    domains = list(manifest.domains)
+    tokens = manifest.train_tokens()
+    out, projections = [], []
+    for index, phase in enumerate(phases):
+        if max_epochs is None:
+            out.append(phase)
+            continue
+        projection = project_max_epochs(
+            domains,
+            [phase.weights[d] for d in domains],
+            [tokens[d] for d in domains],
+            max_epochs,
+            token_budget,
+            f"train: --max-epochs (phase {index}, from step {phase.start_step})"
+            if len(phases) > 1
+            else "train: --max-epochs",
+        )
+        projections.append({"phase": index, "start_step": phase.start_step, **projection.as_dict()})
+        out.append(Phase(phase.start_step, dict(zip(domains, projection.after))) if projection.changed else phase)
+    epochs = dict.fromkeys(domains, 0.0)
+    for index, phase in enumerate(out):
+        end = out[index + 1].start_step if index + 1 < len(out) else steps
+        share = max(min(end, steps) - phase.start_step, 0) / steps
+        for d, value in planned_epochs(phase.weights, tokens, token_budget).items():
+            epochs[d] += share * value
+    record = {
+        "token_budget": token_budget,
+        "max_epochs": max_epochs,
+        "domain_tokens": {d: tokens[d] for d in domains},
+        "planned_epochs": epochs,
+        "phases": projections,
+    }
+    return out, record
+
+
+def write_repetition(run_dir, record: dict) -> None:
+    """Main process: RUN/repetition.json, and one line per phase whose weights the cap moved."""
+    from pathlib import Path
+
+    from mixweight.core.jsonio import write_json_atomic
+
+    for entry in record.get("phases", []):
+        if entry["capped"]:
+            where = f" (phase {entry['phase']}, from step {entry['start_step']})" if len(record["phases"]) > 1 else ""
+            moved = ", ".join(
+                f"{d} {entry['weights_before'][d]:.4f}->{entry['weights_after'][d]:.4f} "
+                f"({entry['epochs_before'][d]:.3g}->{entry['epochs_after'][d]:.3g} epochs)"
+                for d in entry["capped"]
+            )
+            print(
+                f"mixweight train: --max-epochs {record['max_epochs']:g}{where}: capped {moved} over "
+                f"{record['token_budget']:,} tokens; the other domains scaled up",
+                flush=True,
+            )
+    write_json_atomic(Path(run_dir) / REPETITION_FILE, record)

@@ -43,6 +43,11 @@ class TrainConfig:
     domain_weights_every: int = _f(
         0, "follow the weights file's trajectory, entry i from step i*N (0: use its final weights)"
     )
+    max_epochs: Optional[float] = _f(
+        None,
+        "at most this many passes over any domain's training tokens in this run (T = steps x global batch x "
+        "seq_len): every phase's weights are moved onto w_d <= E * tokens_d / T by a KL projection (default: none)",
+    )
     mixing_every: int = _f(
         0, "online domain weights: steps per phase; the mixture is re-chosen every N steps (needs online:...)"
     )
@@ -180,6 +185,10 @@ class TrainConfig:
         require(
             self.domain_weights_every >= 0,
             f"train: 'domain_weights_every' must be >= 0, got {self.domain_weights_every}",
+        )
+        require(
+            self.max_epochs is None or 0 < self.max_epochs < float("inf"),
+            f"train: 'max_epochs' must be a number > 0 (passes over each domain's tokens), got {self.max_epochs}",
         )
         from mixweight.sampling.loader import check_batching
 

@@ -25,6 +25,7 @@ from mixweight.data.manifest import load_manifest
 from mixweight.data.synthetic import resolve_corpus
 from mixweight.errors import MixweightError, first_line
 from mixweight.sampling.mixture import DomainMixture
+from mixweight.sampling.repetition import cap_phases, write_repetition
 from mixweight.train import checkpoint as ckpt
 from mixweight.train import rundir
 from mixweight.train.config import TrainConfig
@@ -240,6 +241,8 @@ def _train(config: TrainConfig, objective: StepObjective, world: World, lock: ru
     manifest = load_manifest(corpus)
     phases = resolve_phases(manifest, config)  # a static schedule, or online mixing's prior as phase 0
     build_config(config.model, manifest)
+    run_tokens = config.steps * config.batch_size * world.size * config.grad_accum * manifest.seq_len
+    phases, repetition = cap_phases(phases, manifest, config.max_epochs, config.steps, run_tokens)  # --max-epochs
     mixer = build_mixer(config, manifest, corpus, phases)  # None for static weights (online DoReMi: its reference)
     objective = attach(mixer, objective)
     inputs = rundir.input_hashes(config, corpus, manifest, phases, load_spec(config.model))
@@ -279,6 +282,7 @@ def _train(config: TrainConfig, objective: StepObjective, world: World, lock: ru
             start_step, skipped = state["step"], state.get("skipped_steps", 0)
         if world.is_main:
             _record_run(config, inputs, metrics, start_step)
+            write_repetition(run_dir, repetition)  # RUN/repetition.json: planned epochs, what the cap moved
 
         val_sets = load_validation(corpus, manifest, config.eval_blocks)
         tokens_per_step = global_micro * config.grad_accum * manifest.seq_len

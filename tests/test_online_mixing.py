@@ -260,3 +260,45 @@ def test_online_doremi_needs_a_reference_run_of_the_same_vocabulary(cli_refuses,
 def test_an_exploration_rate_above_one_over_k_is_refused(cli_refuses, synth_corpus, tiny_spec, tmp_path):
     line = _refused(cli_refuses, synth_corpus, tiny_spec, tmp_path / "r", *ODM[:4], "--odm-exploration", "0.5")
     assert "(0, 1/k]" in line
+
+
+# --- the pipeline and its report ----------------------------------------------------------------------
+def test_pipeline_runs_odm_and_online_doremi_arms_and_reports_their_trajectories(tmp_path, tiny_spec):
+    import yaml
+
+    from mixweight.pipeline import load_pipeline_config, run_pipeline
+
+    short = {"lr": 3e-3, "warmup_steps": 1, "batch_size": 8, "progress": False}
+    config = {
+        "data": {"synthetic": {"seed": 0, "tokens_per_domain": 4096, "seq_len": 64}},
+        "train": {"model": tiny_spec, "steps": 6, "batch_size": 8, "lr": 3e-3, "warmup_steps": 1, "eval_every": 3,
+                  "eval_blocks": 4},
+        "doremi": {"proxy": tiny_spec, "steps": 4, "reference_steps": 4, "log_every": 2, "train": short},
+        "doge": None,
+        "arms": {
+            "uniform": {"domain_weights": "uniform"},
+            "odm": {"domain_weights": "online:odm", "mixing_every": 2, "odm_exploration": 0.05},
+            "online-doremi": {"domain_weights": "online:doremi", "mixing_every": 2, "sample_weighting": "linupper"},
+        },
+        "progress": False,
+    }  # fmt: skip
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = tmp_path / "out"
+    report = run_pipeline(load_pipeline_config(path), out)
+
+    reference = out / "weights" / "doremi" / "work" / "round-0" / "reference"
+    saved = yaml.safe_load((out / "runs" / "online-doremi-seed0" / "config.yaml").read_text())
+    assert saved["doremi_reference"] == str(reference) and (reference / "eval.json").is_file()
+    for arm in ("odm", "online-doremi"):
+        mixture = report["domain_weights"][arm]
+        assert mixture["method"]["name"] == f"online:{arm.split('-')[-1]}"
+        assert mixture["trajectory"]["steps"] == [0, 2, 4]
+    assert "doremi" in report["domain_weights"]  # the offline weights, beside them
+    assert (out / "report" / "online_trajectories.png").is_file()
+    assert "online_trajectories.png" in (out / "report" / "report.md").read_text()
+
+
+def test_an_epoch_cap_cannot_bound_phases_decided_during_the_run(cli_refuses, synth_corpus, tiny_spec, tmp_path):
+    line = _refused(cli_refuses, synth_corpus, tiny_spec, tmp_path / "r", *ODM[:4], "--max-epochs", "2")
+    assert "drop max_epochs" in line

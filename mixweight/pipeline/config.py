@@ -12,7 +12,8 @@
              its reference and proxy runs ({eta: 1.0, train: {lr: 2e-3, batch_size: 28}}), or null to skip DoReMi
     doge:    DoGEConfig: its options (proxy, steps, mu, ...) and a train: block, or null to skip DoGE
              (the flat form of before, {lr: 2e-3, ...} beside the options, is read with one deprecation line)
-    arms:    {name: TrainConfig overrides}; domain_weights may name a method: doremi | doge.
+    arms:    {name: TrainConfig overrides}; domain_weights may name a method: doremi | doge, or be online:odm |
+             online:doremi with mixing_every (online DoReMi's reference: the doremi stage's round-0 reference run).
              A name becomes the directory runs/<name>-seed<S>: one plain path component.
     seeds:   [0, 1, ...]  every arm runs once per seed
     report:  {baseline: uniform}
@@ -48,6 +49,9 @@ WEIGHTS_SECTIONS = {
     "doge": (DoGEConfig, run_doge),
 }
 METHODS = tuple(WEIGHTS_SECTIONS)
+# Online arms that read a weights stage's work: online DoReMi's reference is the doremi stage's round-0 reference
+# run (unless the arm names its own doremi_reference).
+ONLINE_NEEDS = {"online:doremi": "doremi"}
 DEFAULT_ARMS = {
     "uniform": {"domain_weights": "uniform"},
     "linupper": {"domain_weights": "uniform", "sample_weighting": "linupper"},
@@ -208,6 +212,14 @@ class PipelineConfig:
                     f"pipeline: arm '{name}' uses domain_weights '{method}' but the '{method}' section is null",
                 )
                 arm = {**arm, "domain_weights": "uniform"}  # the file exists only once the method has run
+            needs = online_stage(arm)
+            if needs is not None:
+                require(
+                    getattr(self, needs) is not None,
+                    f"pipeline: arm '{name}' uses domain_weights '{method}', whose reference run comes from the "
+                    f"'{needs}' section, but that section is null (or give the arm its own doremi_reference)",
+                )
+                arm = {**arm, "doremi_reference": "."}  # the run exists only once the method has run
             stage_config(TrainConfig, arm, f"pipeline arm '{name}'")
         eval_section = build_config(EvalSection, self.eval, "pipeline 'eval'")
         if eval_section.lm_eval is not None:
@@ -244,6 +256,12 @@ def section_key(section) -> dict[str, Any]:
     }
     train = {k: v for k, v in getattr(section, "train", {}).items() if k not in NOT_IN_STAGE_KEY}
     return {**values, "train": train} if train else values
+
+
+def online_stage(arm: dict) -> Optional[str]:
+    """The weights stage an online arm reads (online:doremi's reference run), or None."""
+    needs = ONLINE_NEEDS.get(arm.get("domain_weights"))
+    return needs if needs is not None and arm.get("doremi_reference") is None else None
 
 
 def arm_values(config: PipelineConfig, name: str) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import yaml
 
+from mixweight.core.artifact import resolve_proportions
 from mixweight.core.distributed import barrier, broadcast_object, close_world, init_world, is_main_process
 from mixweight.core.yamlio import load_yaml
 from mixweight.data.manifest import load_manifest
@@ -42,6 +43,7 @@ from mixweight.pipeline.config import (
     PipelineConfig,
     arm_values,
     data_form,
+    online_stage,
     section_key,
     stage_config,
 )
@@ -121,6 +123,12 @@ def _method_stage(
     )
 
 
+def online_reference(config: PipelineConfig, out: Path) -> Path:
+    """Online DoReMi's reference in the pipeline: the doremi section's own reference run, else its round-0 one."""
+    given = getattr(config.doremi, "reference", None)
+    return Path(given) if given else out / "weights" / "doremi" / "work" / "round-0" / "reference"
+
+
 def _arm_can_continue(old: dict, new: dict, changed: list[str]) -> bool:
     """The trainer resumes across these changes; fewer steps than were trained is not one (the run is past it)."""
     return set(changed) <= RESUMABLE_CHANGES and (new.get("steps") or 0) >= (old.get("steps") or 0)
@@ -145,6 +153,10 @@ def _arm_stage(config: PipelineConfig, name: str, seed: int, corpus: str, upstre
         # how --out is spelled (relative, absolute, OUT moved), which must not make the arm "changed"
         train_values["domain_weights"] = str(out / "weights" / method / WEIGHTS_FILE)
         inputs[method] = upstream[method]
+    needs = online_stage(values)
+    if needs is not None:  # online DoReMi: the doremi stage's reference run, keyed by that stage (not its path)
+        train_values["doremi_reference"] = str(online_reference(config, out))
+        inputs[needs] = upstream[needs]
     directory = out / "runs" / f"{name}-seed{seed}"
     train_cfg = stage_config(TrainConfig, train_values, f"pipeline arm '{name}'", data=corpus, out=str(directory))
 
@@ -204,7 +216,10 @@ def build_stages(config: PipelineConfig, out: Path) -> tuple[list[Stage], dict[s
     stages, keys = [data], {"data": data.key}
     for method in METHODS:
         section = getattr(config, method)
-        uses = any(arm_values(config, arm).get("domain_weights") == method for arm in config.arms)
+        uses = any(
+            arm_values(config, arm).get("domain_weights") == method or online_stage(arm_values(config, arm)) == method
+            for arm in config.arms
+        )
         if section is not None and uses:
             stage = _method_stage(
                 method, section, corpus, data.key, out, config.progress, config.train.get("report_to", "none")
@@ -242,7 +257,12 @@ def check_against_corpus(config: PipelineConfig, corpus: str) -> None:
     for name in config.arms:
         values = arm_values(config, name)
         spec = values.get("domain_weights", TrainConfig.domain_weights)
-        if spec not in METHODS:  # a named mixture or a file: check it against the corpus now
+        if str(spec).startswith("online:"):  # online mixing: its prior mixture
+            try:
+                resolve_proportions(manifest, str(values.get("mixing_prior", TrainConfig.mixing_prior)))
+            except MixweightError as exc:
+                raise MixweightError(f"pipeline arm '{name}': mixing_prior: {exc}") from exc
+        elif spec not in METHODS:  # a named mixture or a file: check it against the corpus now
             try:
                 resolve_schedule(manifest, str(spec), int(values.get("domain_weights_every", 0) or 0))
             except MixweightError as exc:

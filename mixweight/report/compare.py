@@ -102,8 +102,12 @@ def compare_runs(
     trajectories = {
         name: figures.weight_trajectory(out, name, m["trajectory"])
         for name, m in mixtures.items()
-        if m["trajectory"] and m["trajectory"]["steps"]
+        if m["trajectory"] and m["trajectory"]["steps"] and not m.get("online")
     }
+    online = {n: m for n, m in mixtures.items() if m.get("online") and m["trajectory"] and m["trajectory"]["steps"]}
+    if online:  # the online arms' phases beside the offline weights
+        offline = {n: m for n, m in mixtures.items() if not m.get("online")}
+        figs["online_trajectories"] = figures.online_trajectories(out, online, offline, domains)
     if diagnostics:
         figs["sample_weights"] = figures.sample_weight_diagnostics(out, diagnostics)
 
@@ -181,10 +185,19 @@ def render_markdown(report: dict, figs: dict[str, str], trajectories: dict[str, 
         ]
         for name, path in trajectories.items():
             parts += [f"### {name}: weights during the proxy run", f"![{name} trajectory]({path})"]
+        if "online_trajectories" in figs:
+            parts += [
+                "### Online mixing: the weights of each phase",
+                "Arms with online domain weights chose a new mixture every `mixing_every` steps from their own "
+                "losses; each line is a domain's sampling weight per phase, the levels in the same colour are the "
+                "offline mixtures' weights for that domain. In the table above their weights are the proportions "
+                "averaged over the trained steps.",
+                f"![online trajectories]({figs['online_trajectories']})",
+            ]
         without = [
             n
             for n, m in mixtures.items()
-            if m["method"].get("name") not in ("natural", "uniform") and n not in trajectories
+            if m["method"].get("name") not in ("natural", "uniform") and n not in trajectories and not m.get("online")
         ]
         if without:
             parts.append(f"No trajectory recorded for: {', '.join(without)}.")

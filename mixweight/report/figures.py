@@ -95,3 +95,31 @@ def sample_weight_diagnostics(out_dir: Path, diagnostics: dict[str, dict]) -> st
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     return _save(fig, out_dir, "sample_weights.png")
+
+
+def online_trajectories(out_dir: Path, online: dict[str, dict], offline: dict[str, dict], domains: list[str]) -> str:
+    """A panel per online-mixing arm: each domain's sampling weight per phase (a step line, to the arm's last
+    step) and, in the same colour, each offline mixture's weight for that domain as a level (one line style each)."""
+    styles = ["--", ":", "-."]
+    fig = Figure(figsize=(7.2, 3.4 * len(online)))
+    for i, (name, mixture) in enumerate(online.items()):
+        ax = fig.add_subplot(len(online), 1, i + 1)
+        steps = list(mixture["trajectory"]["steps"])
+        end = max(int(mixture["method"].get("steps") or 0), steps[-1] + 1)
+        for j, domain in enumerate(domains):
+            values = mixture["trajectory"]["weights"].get(domain)
+            if values is None:
+                continue
+            color = f"C{j % 10}"
+            ax.step([*steps, end], [*values, values[-1]], where="post", color=color, label=domain)
+            for k, other in enumerate(offline.values()):
+                level = other["weights"].get(domain)
+                if level is not None:
+                    ax.axhline(level, color=color, linestyle=styles[k % len(styles)], linewidth=0.8, alpha=0.6)
+        levels = ", ".join(f"{styles[k % len(styles)]} {n}" for k, n in enumerate(offline))
+        ax.set_title(f"{name}: weights per phase" + (f" (levels: {levels})" if levels else ""), fontsize=9)
+        ax.set_xlabel("step")
+        ax.set_ylabel("domain weight")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
+    return _save(fig, out_dir, "online_trajectories.png")

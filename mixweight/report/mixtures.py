@@ -1,5 +1,7 @@
 """The domain weights (mixtures) compared side by side: the corpus's natural mixture, uniform,
-and each method's `domain_weights.json` with its trajectory."""
+each method's `domain_weights.json` with its trajectory, and each online-mixing arm's per-phase
+trajectory (the `domain_weights.json` its run wrote; its `weights` are the proportions averaged
+over the trained steps)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,8 @@ from mixweight.core.artifact import load_domain_weights
 from mixweight.data.manifest import Manifest
 from mixweight.errors import MixweightError
 from mixweight.report.runs import Arm
+
+ONLINE_WEIGHTS = "domain_weights.json"  # what an online-mixing run writes into its run directory
 
 
 def _trajectory(entries: list[dict], file_domains: list[str], where: str) -> dict:
@@ -90,4 +94,18 @@ def collect_mixtures(
     files = weights_files if weights_files is not None else _weights_files_of_runs(arms)
     for name, path in files.items():
         mixtures[str(name)] = load_mixture(path, domains)
+    for name, path in online_weights_files(arms).items():
+        mixtures[name if name not in mixtures else f"{name} (online)"] = {**load_mixture(path, domains), "online": True}
     return mixtures
+
+
+def online_weights_files(arms: list[Arm]) -> dict[str, Path]:
+    """Each online-mixing arm's weights trajectory (RUN/domain_weights.json of its first seed that has one)."""
+    found: dict[str, Path] = {}
+    for arm in arms:
+        for run in arm.runs:
+            path = Path(run.path) / ONLINE_WEIGHTS
+            if str(run.config.get("domain_weights", "")).startswith("online:") and path.is_file():
+                found[arm.name] = path
+                break
+    return found

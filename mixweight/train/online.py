@@ -94,6 +94,11 @@ def check_online_config(config) -> None:
         f"(mixing_every), so drop domain_weights_every {config.domain_weights_every}",
     )
     require(
+        getattr(config, "max_epochs", None) is None,
+        "train: 'max_epochs' projects the phases known when the run starts onto an epoch budget; online weights "
+        "decide their phases during the run, so the two cannot be combined: drop max_epochs",
+    )
+    require(
         config.mixing_prior in ("natural", "uniform") or Path(config.mixing_prior).is_file(),
         f"train: 'mixing_prior' must be natural, uniform or a domain_weights.json file; {config.mixing_prior!r} is "
         "none of these",

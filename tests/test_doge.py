@@ -18,6 +18,7 @@ from mixweight.domain.doge import (
     DoGEObjective,
     clip_rows,
     doge_scores,
+    doge_step,
     doge_update,
     heldout_mix_mask,
     replay,
@@ -128,9 +129,46 @@ def test_update_keeps_absent_domains_and_is_stable_for_huge_scores():
     torch.testing.assert_close(got, torch.tensor([0.75, 0.25, 0.0], dtype=torch.float64))
 
 
-def test_bad_score_name_is_refused():
-    with pytest.raises(MixweightError, match="reference, paper"):
-        doge_scores(torch.ones(2, 3), "all", score="cosine")
+def test_the_pure_update_matches_a_hand_computation():
+    """doge_step from the rows' inner products alone: two training domains and a held-out target, clipped."""
+    sums = torch.tensor([[6.0, 8.0], [0.0, 1.0], [0.0, 4.0]], dtype=torch.float64)  # summed gradients G_r
+    counts = torch.tensor([2.0, 1.0, 2.0])  # mean gradients g_r = G_r / n_r: [3, 4] (norm 5), [0, 1], [0, 2]
+    alpha = torch.tensor([0.5, 0.5], dtype=torch.float64)
+    got = doge_step(sums @ sums.t(), counts, [0, 1, None], alpha, lr=0.1, mu=0.05, score="reference",
+                    max_grad_norm=2.5, universal=False)  # fmt: skip
+    c0 = 2.5 / (5 + 1e-6)  # clip_grad_norm_'s factor for row 0; rows 1 and 2 are below 2.5
+    raw = [c0 * 8.0, 2.0]  # <c0 [3, 4], [0, 2]>, <[0, 1], [0, 2]>
+    mean_norm = (5 * c0 + 1.0) / 2 + 1e-6
+    scores = [min(max(v / mean_norm, 0.0), 5.0) for v in raw]
+    logits = [math.log(0.5) + 0.1 * v / 0.05 for v in scores]
+    new_alpha = [math.exp(v) / sum(math.exp(u) for u in logits) for v in logits]
+    assert got.updated and got.present.tolist() == [True, True]
+    torch.testing.assert_close(got.scores, torch.tensor(scores, dtype=torch.float64), rtol=1e-12, atol=0)
+    torch.testing.assert_close(got.alpha, torch.tensor(new_alpha, dtype=torch.float64), rtol=1e-12, atol=0)
+    torch.testing.assert_close(got.mix, got.alpha, rtol=1e-15, atol=0)  # every training domain present
+    # the applied gradient sum_i alpha'_i c_i g_i = row_weights @ G: row 0 weighs alpha'_0 c0 / 2, the target 0
+    expected_rows = torch.tensor([new_alpha[0] * c0 / 2, new_alpha[1], 0.0], dtype=torch.float64)
+    torch.testing.assert_close(got.row_weights, expected_rows, rtol=1e-12, atol=0)
+
+    # No target sample in the step: no update (alpha kept), the present domains still train, an absent one not.
+    counts = torch.tensor([2.0, 0.0, 0.0])
+    kept = doge_step(sums @ sums.t(), counts, [0, 1, None], alpha, 0.1, 0.05, "reference", 2.5, universal=False)
+    assert not kept.updated and kept.alpha is alpha and kept.present.tolist() == [True, False]
+    assert kept.mix.tolist() == [1.0, 0.0] and kept.scores.tolist() == [0.0, 0.0]
+    torch.testing.assert_close(kept.row_weights, torch.tensor([c0 / 2, 0.0, 0.0], dtype=torch.float64))
+
+
+def test_bad_arguments_are_refused_by_the_objective():
+    """Checked once, at the constructor (the pure functions assume valid values)."""
+    for kwargs, match in [
+        ({"score": "cosine"}, "reference, paper"),
+        ({"mu": 0.0}, "mu must be > 0"),
+        ({"max_grad_norm": -1.0}, "max_grad_norm must be >= 0"),
+        ({"target": "c"}, r"target domain\(s\) \['c'\] not in"),
+        ({"target": "a,b"}, "every domain is a target"),
+    ]:
+        with pytest.raises(MixweightError, match=match):
+            DoGEObjective(["a", "b"], **{"target": "all", **kwargs})
 
 
 # --- the objective's gradients ---------------------------------------------------------------

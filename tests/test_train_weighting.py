@@ -17,8 +17,9 @@ from mixweight.core.loss import per_sample_loss
 from mixweight.core.model import build_model
 from mixweight.data.manifest import load_manifest
 from mixweight.data.streams import read_stream
+from mixweight.train.objective import WeightedLoss
 from mixweight.train.reductions import SampleWeightingReduction
-from mixweight.train.step import MeanReduction, accumulate_gradients
+from mixweight.train.step import MeanReduction, StepReduction, accumulate_gradients
 from mixweight.weighting import SampleWeighting, sample_weights
 
 
@@ -109,7 +110,7 @@ def test_weights_are_the_library_function_of_the_step_losses(synth_corpus, tiny_
     reduction = SampleWeightingReduction(SampleWeighting("quadratic", 0.7))
     result = accumulate_gradients(model, [batch], reduction, step=0, world=World())
     torch.testing.assert_close(result.weights, sample_weights(losses, "quadratic", r=0.7).float())
-    assert result.objective == pytest.approx((result.weights * losses).sum().item(), rel=1e-5)
+    assert result.weighted_loss == pytest.approx((result.weights * losses).sum().item(), rel=1e-5)
 
 
 class _InfLossModel(torch.nn.Module):
@@ -136,6 +137,81 @@ def test_a_non_finite_sample_gets_zero_weight_and_poisons_nothing(reduction):
     # and any weighting of equal losses is uniform; a NaN or inf leaking from sample 0 would show here.
     expected = torch.full((16,), 1 / 16) - torch.nn.functional.one_hot(torch.tensor(0), 16)
     torch.testing.assert_close(model.bias.grad, expected, rtol=0, atol=1e-6)
+
+
+def _reference_step(model, micro_batches, weigh, scope="step"):
+    """A step written out plainly: forward, weights from the detached losses of the weighting group,
+    backward of sum_i w_i l_i micro-batch by micro-batch (so .grad accumulates in the step's order)."""
+    groups = [[mb] for mb in micro_batches] if scope == "micro_batch" else [micro_batches]
+    for group in groups:
+        with torch.no_grad():
+            losses = torch.cat(
+                [per_sample_loss(model(input_ids=mb["input_ids"]).logits, mb["input_ids"]) for mb in group]
+            )
+        weights = weigh(losses) / len(groups)
+        start = 0
+        for mb in group:
+            mb_losses = per_sample_loss(model(input_ids=mb["input_ids"]).logits, mb["input_ids"])
+            (weights[start : start + len(mb_losses)] * mb_losses).sum().backward()
+            start += len(mb_losses)
+
+
+@pytest.mark.parametrize(
+    "reduction, scope",
+    [
+        (MeanReduction(), "step"),  # needs_whole_step False: 1/N as it goes
+        (SampleWeightingReduction(SampleWeighting("linupper", 0.4)), "step"),  # whole step
+        (SampleWeightingReduction(SampleWeighting("linupper", 0.4)), "micro_batch"),  # each micro-batch a group
+    ],
+    ids=["mean", "whole-step", "micro-batch-scope"],
+)
+@pytest.mark.parametrize("grad_accum", [1, 3])
+def test_each_accumulation_branch_gives_the_plain_reference_gradients_bit_for_bit(
+    synth_corpus, tiny_spec, reduction, scope, grad_accum
+):
+    manifest, batch = _batch(synth_corpus, n=12)
+    micro = [{k: v[i : i + 12 // grad_accum] for k, v in batch.items()} for i in range(0, 12, 12 // grad_accum)]
+    model = build_model(tiny_spec, manifest, seed=0)
+    result = accumulate_gradients(model, micro, reduction, step=0, world=World(), scope=scope)
+    reference = build_model(tiny_spec, manifest, seed=0)
+    if reduction.needs_whole_step:
+        _reference_step(reference, micro, lambda losses: sample_weights(losses, "linupper", r=0.4).float(), scope)
+    else:
+        _reference_step(reference, micro, lambda losses: torch.full_like(losses, 1 / 12))
+    got, expected = _grads(model), _grads(reference)
+    assert got.keys() == expected.keys()
+    for name in expected:
+        assert torch.equal(got[name], expected[name]), name
+    assert result.weights.sum().item() == pytest.approx(1.0, abs=1e-6) and len(result.losses) == 12
+
+
+class _ByDomain(StepReduction):
+    """Overrides nothing but `weights`: weight proportional to domain id + 1 (the base class does the rest)."""
+
+    def weights(self, losses, domains, step, signal=None):
+        scores = (domains + 1).float()
+        return scores / scores.sum()
+
+
+def test_a_reduction_that_only_defines_weights_works_in_a_step_and_a_run(
+    synth_corpus, tiny_spec, tmp_path, make_config
+):
+    manifest, batch = _batch(synth_corpus)
+    micro = [{k: v[:4] for k, v in batch.items()}, {k: v[4:] for k, v in batch.items()}]
+    objective = WeightedLoss(_ByDomain())
+    model = build_model(tiny_spec, manifest, seed=0)
+    result = objective.compute_gradients(model, micro, 0, World(), None, 1e-3)
+    expected = (batch["domain"] + 1).float() / (batch["domain"] + 1).sum()
+    assert torch.equal(result.weights, expected)  # the base class's default: weighed over the whole step
+    reference = build_model(tiny_spec, manifest, seed=0)
+    _reference_step(reference, micro, lambda losses: expected)
+    for name, grad in _grads(reference).items():
+        assert torch.equal(_grads(model)[name], grad), name
+    assert objective.state_dict() == {} and objective.step_metrics() == {}
+    objective.load_state_dict({})
+    loop.train(make_config(synth_corpus, tiny_spec, tmp_path / "run", steps=2, checkpoint_every=1), objective)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == [1, 2]
 
 
 def test_trainer_accumulation_equals_one_big_batch(synth_corpus, tiny_spec, tmp_path, make_config):

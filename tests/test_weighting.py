@@ -194,15 +194,19 @@ def test_weight_stats():
     [
         ({"strategy": "linuper"}, "did you mean 'linupper'"),
         ({"strategy": "bogus"}, "valid: extremes, linupper"),
-        ({"r": 0.0}, "r must be > 0"),
-        ({"r": -1.0}, "r must be > 0"),
-        ({"r": NAN}, "r must be > 0"),
+        ({"schedule": 0.0}, "r must be a number > 0"),
+        ({"schedule": -1.0}, "r must be a number > 0"),
+        ({"schedule": NAN}, "r must be a number > 0"),
         ({"cap": 0.5}, "cap must be >= 1"),
     ],
 )
 def test_bad_arguments(kwargs, match):
+    """The library checks its arguments once, at the constructor; sample_weights assumes them valid."""
     with pytest.raises(ValueError, match=f"(?i){match}"):
-        sample_weights(LOSSES, **kwargs)
+        SampleWeighting(**kwargs)
+    if "strategy" in kwargs:  # a name is looked up wherever it is used
+        with pytest.raises(ValueError, match=f"(?i){match}"):
+            sample_weights(LOSSES, kwargs["strategy"])
 
 
 def test_schedule_values():

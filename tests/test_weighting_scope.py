@@ -68,17 +68,17 @@ def test_micro_batch_scope_weights_each_micro_batch_separately(synth_corpus, tin
     got = _grads(model)
     # by hand: each micro-batch's own LinUpper weights over its own losses, the step their mean over 3 groups
     reference = build_model(tiny_spec, manifest, seed=0)
-    objective, weights = 0.0, []
+    weighted_loss, weights = 0.0, []
     for mb in micro:
         losses = per_sample_loss(reference(input_ids=mb["input_ids"]).logits, mb["input_ids"])
         w = sample_weights(losses.detach(), "linupper", r=0.3).float() / len(micro)
         weights.append(w)
-        objective = objective + (w * losses).sum()
-    objective.backward()
+        weighted_loss = weighted_loss + (w * losses).sum()
+    weighted_loss.backward()
     expected = torch.cat(weights)
     torch.testing.assert_close(result.weights, expected, atol=1e-7, rtol=1e-6)
     assert result.weights.sum().item() == pytest.approx(1.0, abs=1e-6)
-    assert result.objective == pytest.approx(objective.item(), rel=1e-5)
+    assert result.weighted_loss == pytest.approx(weighted_loss.item(), rel=1e-5)
     # Same sums in the same order up to how the backward accumulates: float32 noise (~1e-9 here); a
     # micro-batch weighted as part of the whole step instead moves gradients by ~1e-2 (checked below).
     for name, grad in _grads(reference).items():

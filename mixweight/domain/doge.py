@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import functools
 from contextlib import nullcontext
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -70,7 +71,8 @@ from mixweight.core.distributed import World, all_gather_cat, all_reduce_sum
 from mixweight.core.loss import per_sample_loss
 from mixweight.domain.ghost import DomainRows, Recompute
 from mixweight.errors import MixweightError
-from mixweight.train.step import StepResult
+from mixweight.train.parallel import grad_sync, unwrap
+from mixweight.train.step import StepResult, to_device
 
 SCORES = ("reference", "paper")
 IMPLS = ("ghost", "loop")  # how the per-domain gradients are computed; equal to float rounding
@@ -119,19 +121,14 @@ def doge_scores(
         domains, or the held-out mixture): s_i = <g_i, g_target>, g_target the SUM of those rows
         for "reference" (as the official code), their mean for "paper".
     score: "reference": s_i / (mean_j ||g_j||_2 + 1e-6), the mean over the k training domains'
-        norms, clipped to [0, 5]; "paper": the raw inner product.
+        norms, clipped to [0, 5]; "paper": the raw inner product (docs/algorithms.md section 3.3).
+    Arguments are assumed valid (DoGEObjective and the runner's config check them).
     """
-    if score not in SCORES:
-        raise MixweightError(f"doge: score must be one of {', '.join(SCORES)}, got {score!r}")
     grads = domain_grads.double()
-    if isinstance(target, str):
-        if target != ALL:
-            raise MixweightError(f"doge: target must be 'all' or a list of target indices, got {target!r}")
+    if isinstance(target, str):  # "all"
         total = grads.sum(dim=0)
         raw = grads @ total - (grads * grads).sum(dim=1)
     else:
-        if target_grads is None or len(target) == 0:
-            raise MixweightError("doge: a held-out target needs target_grads and at least one target index")
         rows = target_grads.double()[list(target)]
         raw = grads @ (rows.sum(dim=0) if score == "reference" else rows.mean(dim=0))
     return normalize_scores(raw, grads.norm(dim=1), score)
@@ -140,14 +137,13 @@ def doge_scores(
 def doge_update(
     alpha: torch.Tensor, scores: torch.Tensor, lr: float, mu: float, present: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """alpha_next proportional to alpha * exp(lr * s / mu), in log space (logsumexp), float64.
+    """alpha_next proportional to alpha * exp(lr * s / mu), in log space (logsumexp), float64
+    (docs/algorithms.md section 3.4); mu > 0 is assumed (checked where it enters).
 
     `present` (bool [k], default all): only these domains are updated; the others keep their
     alpha exactly and the present ones share the mass they held before (their sum is
     preserved), so alpha_next still sums to 1. Scores of absent domains are ignored.
     """
-    if mu <= 0:
-        raise MixweightError(f"doge: mu must be > 0, got {mu}")
     alpha = alpha.double()
     present = torch.ones_like(alpha, dtype=torch.bool) if present is None else present.bool()
     if not present.any():
@@ -211,15 +207,93 @@ def resolve_target(target, domains: list[str]) -> str | list[str]:
         if target in (MIX, ALL) and target not in domains:
             return target
         target = [t.strip() for t in target.split(",")]
-    target = list(target)
-    if not target:
-        raise MixweightError("doge: give a target: 'mix', 'all' or held-out domain names")
-    return target
+    return list(target)
 
 
 def published_defaults(target) -> dict:
     """mu and max_grad_norm of the published configuration for this kind of target."""
     return PUBLISHED["universal" if target in (MIX, ALL) else "out-of-domain"]
+
+
+@dataclass
+class DoGEStep:
+    """What one step's update decided (`doge_step`)."""
+
+    alpha: torch.Tensor  # [k] float64: the weights after the step (the same tensor when not updated)
+    scores: torch.Tensor  # [k] float64: each present training domain's score, 0.0 elsewhere
+    present: torch.Tensor  # [k] bool: training domains with a finite sample in the step
+    updated: bool  # False when no training domain, or no target sample, was present: alpha kept
+    mix: torch.Tensor  # [k] float64: alpha renormalized over the present domains (0 elsewhere)
+    row_weights: torch.Tensor  # [R]: the applied gradient is row_weights @ (the rows' gradient sums)
+
+
+def doge_step(
+    inner: torch.Tensor,
+    counts: torch.Tensor,
+    slots: list[int | None],
+    alpha: torch.Tensor,
+    lr: float,
+    mu: float,
+    score: str,
+    max_grad_norm: float,
+    universal: bool,
+) -> DoGEStep:
+    """DoGE's update from the inner products of one step's per-domain gradient sums: a pure function.
+
+    inner: [R, R] float64, <G_r, G_s> for the rows' gradients summed over their finite samples (all ranks);
+    counts: [R] each row's finite samples (0: the row is absent); slots: each row's training-domain index
+    into `alpha` [k], or None for a target row (a held-out domain or the held-out mixture); universal: the
+    target "all" (scores against the other training rows; target rows unused).
+
+    Row r's mean-loss gradient is g_r = G_r / counts[r], clipped to max_grad_norm (`clip_scale`): c_r g_r.
+    Every quantity the scores need is an inner product of those, so `inner` scaled by scalars suffices
+    (docs/algorithms.md sections 3.3 and 3.4): the scores (`normalize_scores`) and `doge_update` give
+    alpha', and the applied gradient is sum over present i of alpha'_i c_i g_i / sum over present alpha'_i
+    (docs/algorithms.md section 3.1), i.e. `row_weights @ G`. Arguments are assumed valid.
+    """
+    count = counts.double().clamp(min=1)
+    gram = inner / (count.unsqueeze(0) * count.unsqueeze(1))  # <g_r, g_s>
+    clip = clip_scale(gram.diagonal().clamp(min=0).sqrt(), max_grad_norm)
+    factor, clipped = clip / count, gram * (clip.unsqueeze(0) * clip.unsqueeze(1))  # the clipped rows' products
+    kept = [r for r in range(len(slots)) if counts[r] > 0]  # a domain whose losses are all non-finite is absent
+    train_rows = [r for r in kept if slots[r] is not None]
+    target_rows = [r for r in kept if slots[r] is None]
+    present = torch.zeros(len(alpha), dtype=torch.bool)
+    present[[slots[r] for r in train_rows]] = True
+    scores = torch.zeros(len(alpha), dtype=torch.float64)
+    updated = bool(train_rows) and (universal or bool(target_rows))
+    if updated:  # doge_scores on the clipped rows, from their inner products
+        if universal:  # <g_i, sum_{j != i} g_j>
+            block = clipped[train_rows][:, train_rows]
+            raw = block.masked_fill(torch.eye(len(block), dtype=torch.bool, device=block.device), 0.0).sum(dim=1)
+        else:  # reference: the sum of the targets; paper: their mean
+            raw = clipped[train_rows][:, target_rows].sum(dim=1)
+            raw = raw if score == "reference" else raw / len(target_rows)
+        scores[present] = normalize_scores(raw, clipped.diagonal()[train_rows].clamp(min=0).sqrt(), score).cpu()
+        alpha = doge_update(alpha, scores, lr, mu, present)
+    mix = torch.zeros(len(alpha), dtype=torch.float64)
+    if present.any():
+        mix[present] = alpha[present] / alpha[present].sum()
+    row_weights = torch.zeros(len(slots), dtype=torch.float64, device=inner.device)
+    row_weights[train_rows] = mix[present].to(inner.device) * factor[train_rows]
+    return DoGEStep(alpha, scores, present, updated, mix, row_weights)
+
+
+def _check_arguments(domains: list[str], targets: list[str], mu, score, max_grad_norm, impl) -> None:
+    """DoGEObjective's arguments, checked once for library users (`weights doge` checks its config first)."""
+    if impl not in IMPLS:
+        raise MixweightError(f"doge: impl must be one of {', '.join(IMPLS)}, got {impl!r}")
+    if score not in SCORES:
+        raise MixweightError(f"doge: score must be one of {', '.join(SCORES)}, got {score!r}")
+    if not mu > 0:
+        raise MixweightError(f"doge: mu must be > 0, got {mu}")
+    if not max_grad_norm >= 0:
+        raise MixweightError(f"doge: max_grad_norm must be >= 0 (0: no clipping), got {max_grad_norm}")
+    unknown = [t for t in targets if t not in domains]
+    if unknown:
+        raise MixweightError(f"doge: target domain(s) {unknown} not in the corpus's domains {domains}")
+    if set(targets) >= set(domains):
+        raise MixweightError(f"doge: every domain is a target ({targets}); leave at least one domain to train on")
 
 
 class DoGEObjective:
@@ -245,27 +319,15 @@ class DoGEObjective:
         total_steps: int | None = None,
         impl: str = "ghost",
     ):
-        if impl not in IMPLS:
-            raise MixweightError(f"doge: impl must be one of {', '.join(IMPLS)}, got {impl!r}")
+        self.target = resolve_target(target, domains)
+        targets = [] if isinstance(self.target, str) else self.target
+        _check_arguments(domains, targets, mu, score, max_grad_norm, impl)
         self.impl = impl
         self._rows: DomainRows | None = None
         self._buffer: torch.Tensor | None = None
-        if score not in SCORES:
-            raise MixweightError(f"doge: score must be one of {', '.join(SCORES)}, got {score!r}")
-        if mu <= 0:
-            raise MixweightError(f"doge: mu must be > 0, got {mu}")
-        if max_grad_norm < 0:
-            raise MixweightError(f"doge: max_grad_norm must be >= 0 (0: no clipping), got {max_grad_norm}")
-        self.target = resolve_target(target, domains)
-        targets = [] if isinstance(self.target, str) else self.target
-        unknown = [t for t in targets if t not in domains]
-        if unknown:
-            raise MixweightError(f"doge: target domain(s) {unknown} not in the corpus's domains {domains}")
         self.domains = list(domains)
         self.target_ids = [domains.index(t) for t in targets]
         self.train_ids = [i for i in range(len(domains)) if i not in self.target_ids]
-        if not self.train_ids:
-            raise MixweightError(f"doge: every domain is a target ({targets}); leave at least one domain to train on")
         self.train_domains = [domains[i] for i in self.train_ids]
         self.mix = self.target == MIX
         self.mu, self.score, self.max_grad_norm = mu, score, max_grad_norm
@@ -329,9 +391,9 @@ class DoGEObjective:
         rows = buffer[: rows * size].view(rows, size)
         return rows if self.impl == "ghost" else rows.zero_()
 
-    def _domain_rows(self, module, params, micro_batches, groups, rows, grads, finite, local_losses, autocast) -> None:
+    def _domain_rows(self, module, params, micro_batches, groups, rows, grads, finite, mb_losses, autocast) -> None:
         """Add each row's summed gradient over its local finite-loss samples into `grads` [R, P] and the
-        counts into `finite`; the per-sample losses into `local_losses` (the step's local order).
+        counts into `finite`; each micro-batch's per-sample losses into `mb_losses`.
 
         "ghost": one forward and one backward per micro-batch (mixweight.domain.ghost);
         "loop": one forward and backward per row and micro-batch (the reference implementation).
@@ -340,127 +402,99 @@ class DoGEObjective:
             if self._rows is None or self._rows.module is not module:
                 self._rows = DomainRows(module, params)
             self._rows.begin(grads)
-            offset = 0
             for i, (mb, group) in enumerate(zip(micro_batches, groups)):
                 losses = self._rows.accumulate(mb, group, rows, grads, finite, per_sample_loss, autocast, verify=i == 0)
-                local_losses[offset : offset + len(losses)] = losses.float()
-                offset += len(losses)
+                mb_losses[i][:] = losses.float()
             self._rows.finish()
             return
         for row, d in enumerate(rows):
-            offset = 0
-            for mb, group in zip(micro_batches, groups):
+            for mb, group, measured in zip(micro_batches, groups, mb_losses):
                 mask = group == d
-                if mask.any():
+                if mask.any():  # the same loss function as ghost's (per_sample_loss on the logits)
                     with autocast or nullcontext():
                         logits = module(input_ids=mb["input_ids"][mask]).logits
                     losses = per_sample_loss(logits, mb["input_ids"][mask])
                     ok = torch.isfinite(losses.detach())
-                    positions = torch.nonzero(mask).squeeze(1) + offset
-                    local_losses[positions] = losses.detach().float()
+                    measured[mask] = losses.detach().float()
                     finite[row] += ok.sum()
                     if ok.any():
                         parts = torch.autograd.grad(torch.where(ok, losses, 0.0).sum(), params, allow_unused=True)
                         grads[row] += torch.cat(
                             [(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(parts, params)]
                         ).to(grads.dtype)
-                offset += len(mb["domain"])
 
     def compute_gradients(self, model, micro_batches, step, world: World, autocast, lr) -> StepResult:
-        module = getattr(model, "module", model)  # never through DDP: we reduce gradients ourselves
+        """Per-domain gradients -> the update (`doge_step`, pure) -> the mixed gradient in `.grad`."""
+        module = unwrap(model)  # never through DDP: the rows are all-reduced here
         params = [p for p in module.parameters() if p.requires_grad]
-        device = params[0].device
-        micro_batches = [{k: v.to(device) for k, v in mb.items()} for mb in micro_batches]
+        micro_batches = to_device(micro_batches, params[0].device)
         groups = [self._groups(mb) for mb in micro_batches]
-        local_domains = torch.cat([mb["domain"] for mb in micro_batches])
-        local_losses = torch.full((len(local_domains),), float("nan"), device=device, dtype=torch.float32)
+        rows, grads, finite, local_losses = self._domain_gradients(
+            model, module, params, micro_batches, groups, world, autocast
+        )
+        slots = [self.train_ids.index(d) if d in self.train_ids else None for d in rows]
+        inner = (grads @ grads.t()).double()  # every score needs only the rows' inner products: one pass
+        universal = self.target == ALL
+        update = doge_step(inner, finite, slots, self.alpha, lr, self.mu, self.score, self.max_grad_norm, universal)
+        self.alpha = update.alpha
+        applied = update.row_weights.to(grads.dtype) @ grads  # sum_i alpha_i * clipped g_i: one pass
+        for param, piece in zip(params, applied.split([p.numel() for p in params])):
+            param.grad = piece.view_as(param).to(param.dtype, copy=True)
+        self._record(step, lr, update)
+        return self._result(micro_batches, groups, local_losses, rows, slots, finite, update, world)
+
+    def _domain_gradients(self, model, module, params, micro_batches, groups, world: World, autocast):
+        """The rows present in the step (same on every rank), their global gradient sums [R, P] over finite
+        samples, their finite counts [R], and this process's per-sample losses (the step's local order)."""
+        mb_losses = [torch.full((len(g),), float("nan"), device=g.device, dtype=torch.float32) for g in groups]
         mix_group = len(self.domains)
-        counts = all_reduce_sum(torch.bincount(torch.cat(groups), minlength=mix_group + 1).to(device), world)
+        counts = all_reduce_sum(torch.bincount(torch.cat(groups), minlength=mix_group + 1), world)
         target_groups = [mix_group] if self.mix else self.target_ids
-        rows = [d for d in self.train_ids + target_groups if counts[d] > 0]  # same on every rank
-        sizes = [p.numel() for p in params]
-        sync = getattr(model, "no_sync", None)  # belt and braces: the forwards below bypass DDP anyway
-        with sync() if sync is not None else nullcontext():
+        rows = [d for d in self.train_ids + target_groups if counts[d] > 0]
+        most, size = len(target_groups) + len(self.train_ids), sum(p.numel() for p in params)
+        dtype = torch.promote_types(params[0].dtype, torch.float32)
+        with grad_sync(model, False):  # belt and braces: the forwards below bypass DDP anyway
             while True:
-                grads = self._row_buffer(
-                    len(target_groups) + len(self.train_ids),
-                    len(rows),
-                    sum(sizes),
-                    device,
-                    torch.promote_types(params[0].dtype, torch.float32),
-                )
-                finite = torch.zeros(len(rows), device=device)
+                grads = self._row_buffer(most, len(rows), size, params[0].device, dtype)
+                finite = torch.zeros(len(rows), device=params[0].device)
                 try:
-                    self._domain_rows(
-                        module, params, micro_batches, groups, rows, grads, finite, local_losses, autocast
-                    )
+                    self._domain_rows(module, params, micro_batches, groups, rows, grads, finite, mb_losses, autocast)
                     break
                 except Recompute:  # the first step's check moved parameters to the per-domain path
                     continue
         all_reduce_sum(grads, world)
         all_reduce_sum(finite, world)
-        kept = [r for r in range(len(rows)) if finite[r] > 0]  # a domain whose losses are all non-finite is absent
-        # Row r of the clipped global mean-loss gradients (clip_rows after dividing by the count; the same
-        # on every rank) is factor[r] * grads[r]: the scalars enter the products, so no pass over the rows
-        # rescales them. Every score needs only the rows' inner products: one [R, R] matrix, one pass.
-        count = finite.double().clamp(min=1)
-        gram = (grads @ grads.t()).double() / (count.unsqueeze(0) * count.unsqueeze(1))
-        clip = clip_scale(gram.diagonal().clamp(min=0).sqrt(), self.max_grad_norm)
-        factor, clipped = clip / count, gram * (clip.unsqueeze(0) * clip.unsqueeze(1))  # the clipped rows' products
+        return rows, grads, finite, torch.cat(mb_losses)
 
-        train_rows = [r for r in kept if rows[r] in self.train_ids]
-        target_rows = [r for r in kept if rows[r] in target_groups]
-        present = torch.zeros(len(self.train_ids), dtype=torch.bool)
-        slot = {d: i for i, d in enumerate(self.train_ids)}
-        present[[slot[rows[r]] for r in train_rows]] = True
-        scores = torch.zeros(len(self.train_ids), dtype=torch.float64)
-        updated = bool(train_rows) and (self.target == ALL or bool(target_rows))
-        if updated:  # doge_scores on the clipped rows, from their inner products
-            if self.target == ALL:  # <g_i, sum_{j != i} g_j>
-                block = clipped[train_rows][:, train_rows]
-                raw = block.masked_fill(torch.eye(len(block), dtype=torch.bool, device=device), 0.0).sum(dim=1)
-            else:  # reference: the sum of the targets; paper: their mean
-                raw = clipped[train_rows][:, target_rows].sum(dim=1)
-                raw = raw if self.score == "reference" else raw / len(target_rows)
-            scores[present] = normalize_scores(
-                raw, clipped.diagonal()[train_rows].clamp(min=0).sqrt(), self.score
-            ).cpu()
-            self.alpha = doge_update(self.alpha, scores, lr, self.mu, present)
-        mix = torch.zeros(len(self.train_ids), dtype=torch.float64)
-        if present.any():
-            mix[present] = self.alpha[present] / self.alpha[present].sum()
-        weights = torch.zeros(len(rows), dtype=torch.float64, device=device)
-        weights[train_rows] = mix[present].to(device) * factor[train_rows]
-        applied = weights.to(grads.dtype) @ grads  # sum_i alpha_i * clipped g_i: one pass
-        for param, piece in zip(params, applied.split(sizes)):
-            param.grad = piece.view_as(param).to(param.dtype, copy=True)
-
+    def _record(self, step: int, lr: float, update: "DoGEStep") -> None:
+        """The running average, the replay record, the step's metrics and the trajectory."""
         self.alpha_sum += self.alpha
         self.updates += 1
-        used = present if updated else torch.zeros_like(present)  # no update: recorded with no domain present
-        self.signals.append([float(s) if u else 0.0 for s, u in zip(scores.tolist(), used.tolist())])
+        used = update.present if update.updated else torch.zeros_like(update.present)  # no update: none present
+        self.signals.append([float(s) if u else 0.0 for s, u in zip(update.scores.tolist(), used.tolist())])
         self.present.append(used.tolist())
         self.lrs.append(float(lr))
-        signal = {self.train_domains[i]: (scores[i].item() if used[i] else None) for i in range(len(self.train_ids))}
+        scores = {d: (update.scores[i].item() if used[i] else None) for i, d in enumerate(self.train_domains)}
         alpha_by_name = dict(zip(self.train_domains, self.alpha.tolist()))
-        self._last = {"doge": {"alpha": alpha_by_name, "scores": signal, "updated": updated}}
+        self._last = {"doge": {"alpha": alpha_by_name, "scores": scores, "updated": update.updated}}
         done = step + 1
         if done % self.log_every == 0 or done == self.total_steps:
             self.trajectory.append(
-                {"step": done, "weights": {d: alpha_by_name.get(d, 0.0) for d in self.domains}, "signal": signal}
+                {"step": done, "weights": {d: alpha_by_name.get(d, 0.0) for d in self.domains}, "signal": scores}
             )
 
+    def _result(self, micro_batches, groups, local_losses, rows, slots, finite, update, world) -> StepResult:
+        """The step's record: a training domain's finite sample weighs mix_i / (its finite count), targets 0."""
         losses = all_gather_cat(local_losses, world).cpu()
-        domains = all_gather_cat(local_domains, world).cpu()
+        domains = all_gather_cat(torch.cat([mb["domain"] for mb in micro_batches]), world).cpu()
         sample_groups = all_gather_cat(torch.cat(groups), world).cpu()
         n_finite = finite.cpu()
         weights = torch.zeros(len(losses))
         ok = torch.isfinite(losses)
-        for r in train_rows:
-            d = rows[r]
-            weights[(sample_groups == d) & ok] = float(mix[slot[d]] / n_finite[r])
-        objective = (weights * torch.where(ok, losses, torch.zeros_like(losses))).sum().item()
-        return StepResult(losses, domains, weights, objective, int(ok.sum()))
+        for r, (d, slot) in enumerate(zip(rows, slots)):
+            if slot is not None and update.present[slot]:
+                weights[(sample_groups == d) & ok] = float(update.mix[slot] / n_finite[r])
+        return StepResult.of(losses, domains, weights)
 
     # --- state -------------------------------------------------------------------------
     def state_dict(self) -> dict:

@@ -43,6 +43,7 @@ import torch
 from mixweight.core.chunked_loss import lm_token_losses
 from mixweight.core.loss import per_token_losses  # noqa: F401 - the per-token loss DoReMi's excess is made of
 from mixweight.errors import MixweightError
+from mixweight.train.step import StepReduction
 from mixweight.weighting.domain_update import doremi_update  # the update rule, shared with online mixing
 
 OBJECTIVES = ("paper", "token")
@@ -76,19 +77,20 @@ def objective_weights(
         renormalized = torch.where(present, alpha, torch.zeros_like(alpha))
         renormalized = renormalized / renormalized.sum()
         weights = renormalized[domains] * counts / per_domain[domains].clamp(min=1e-300)
-    elif objective == "token":
+    else:  # "token" (the objective is checked where it enters: DoReMiReduction, the runner's config)
         scale = alpha if sampling_weights is None else alpha / sampling_weights
         per_sample = scale[domains] * counts
         weights = per_sample / per_sample.sum().clamp(min=1e-300)
-    else:
-        raise MixweightError(f"doremi: objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
     return torch.where(valid, weights, torch.zeros_like(weights))
 
 
-class DoReMiReduction:
-    """The DoReMi proxy's SampleReduction: excess-loss signal, alpha update, domain-weighted objective."""
+class DoReMiReduction(StepReduction):
+    """The DoReMi proxy's StepReduction: excess-loss signal, alpha update, domain-weighted loss.
 
-    needs_whole_step = True
+    Implements every hook of `mixweight.train.step.StepReduction`: `sample_signal` (the excess
+    loss, docs/algorithms.md section 2.2), `weights` (the update, section 2.3, and the proxy's
+    loss, section 2.4), `state_dict`/`load_state_dict` and `step_metrics`.
+    """
 
     def __init__(
         self,

@@ -8,8 +8,6 @@ from typing import Optional, Union
 from mixweight.core.config import option as _f
 from mixweight.core.config import require
 
-SAMPLE_WEIGHTINGS = ("none", "linupper", "quadratic", "extremes")
-
 
 @dataclass
 class TrainConfig:
@@ -144,11 +142,11 @@ class TrainConfig:
 
     def validate(self) -> None:
         from mixweight.core.tracking import check_report_to
-        from mixweight.weighting import RSchedule
+        from mixweight.errors import did_you_mean
+        from mixweight.weighting import SAMPLE_WEIGHTINGS, SCHEDULES
 
         check_report_to(self.report_to, "train")
 
-        RSchedule(kind=self.r_schedule, r=self.r, r_start=self.r_start, warmup_steps=self.r_warmup_steps)
         require(self.data is not None, "train: --data is required (a corpus directory)")
         require(self.out is not None, "train: --out is required (the run directory)")
         for name in (
@@ -167,9 +165,17 @@ class TrainConfig:
             require(value > 0, f"train: '{name}' must be a positive integer, got {value}")
         require(
             self.sample_weighting in SAMPLE_WEIGHTINGS,
-            f"train: 'sample_weighting' must be one of {', '.join(SAMPLE_WEIGHTINGS)}, got {self.sample_weighting!r}",
+            f"train: unknown 'sample_weighting' {self.sample_weighting!r}; "
+            f"{did_you_mean(self.sample_weighting, SAMPLE_WEIGHTINGS)}valid: {', '.join(SAMPLE_WEIGHTINGS)}",
         )
-        require(self.r > 0 and self.r_start > 0, f"train: 'r' and 'r_start' must be > 0, got {self.r}, {self.r_start}")
+        require(
+            self.r_schedule in SCHEDULES,
+            f"train: unknown 'r_schedule' {self.r_schedule!r}; "
+            f"{did_you_mean(self.r_schedule, SCHEDULES)}valid: {', '.join(SCHEDULES)}",
+        )
+        # Checked here once for a run (NaN fails every comparison); the weighting functions assume valid values.
+        require(self.r > 0, f"train: 'r' (--temperature) must be > 0, got {self.r}")
+        require(self.r_start > 0, f"train: 'r_start' must be > 0, got {self.r_start}")
         require(
             self.weight_cap is None or self.weight_cap >= 1,
             f"train: 'weight_cap' must be >= 1 (c/N can be no less than the uniform 1/N), got {self.weight_cap}",

@@ -180,7 +180,7 @@ def _step_record(
     record = {
         "step": step,
         "loss": result.mean_loss,
-        "objective": result.objective,
+        "objective": result.weighted_loss,  # sum_i w_i l_i; the key predates the name (users' files read it)
         "lr": lr,
         "grad_norm": grad_norm,
         "tokens": tokens,
@@ -223,8 +223,8 @@ class NonFiniteStreak:
 def train(config: TrainConfig, objective: StepObjective | None = None) -> dict:
     """Run (or resume) a training run; returns the final evaluation.
 
-    `objective` decides how each step's gradients are made; by default the per-sample
-    loss reduced by the config's sample weighting (plain mean when none).
+    `objective` (a StepObjective, mixweight/train/objective.py) makes each step's gradients; by
+    default the weighted loss of the config's sample weighting (the plain mean when none).
     """
     world = init_world()
     lock = rundir.RunLock(config.out)  # held by the main process from the checks to the end of the run

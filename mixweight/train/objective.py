@@ -1,10 +1,11 @@
 """What one optimizer step computes: the seam where sample weights and domain methods plug in.
 
-The loop owns data, optimizer, clipping, logging and checkpoints; a `StepObjective`
-owns how the step's gradients are made. The default, `WeightedLoss`, reduces per-sample
-losses with a `SampleReduction` (the plain mean, LinUpper, ..., or DoReMi's domain-
-weighted objective). DoGE, which needs one backward per domain, is an objective of its own.
-An objective's state (domain weights, running averages) is saved in every checkpoint.
+The loop owns data, optimizer, clipping, logging and checkpoints; a `StepObjective` owns how
+the step's gradients are made. The default, `WeightedLoss`, is `accumulate_gradients`
+(mixweight/train/step.py) with a `StepReduction`: the plain mean, LinUpper, ... (reductions.py),
+or DoReMi's domain weights. DoGE, which needs one gradient per domain, is an objective of its own
+(mixweight/domain/doge.py). An objective's state (domain weights, running averages) is saved in
+every checkpoint (state.json's "objective").
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from mixweight.core.distributed import World
-from mixweight.train.step import SampleReduction, StepResult, accumulate_gradients
+from mixweight.train.step import StepReduction, StepResult, accumulate_gradients
 
 
 class StepObjective(Protocol):
@@ -31,13 +32,14 @@ class StepObjective(Protocol):
 
 
 class WeightedLoss:
-    """sum_i w_i * l_i over the step, with weights from a SampleReduction.
+    """The weighted loss sum_i w_i * l_i over the step, with weights from a StepReduction.
 
     `loss_impl` (auto, full, chunked) is how per-sample losses are computed (chunked_loss.py);
     `scope` the weighting group (step: exact; micro_batch: each micro-batch, no extra forward).
+    The reduction's state and metrics are the objective's.
     """
 
-    def __init__(self, reduction: SampleReduction, loss_impl: str = "auto", scope: str = "step"):
+    def __init__(self, reduction: StepReduction, loss_impl: str = "auto", scope: str = "step"):
         self.reduction, self.loss_impl, self.scope = reduction, loss_impl, scope
 
     @classmethod
@@ -52,14 +54,10 @@ class WeightedLoss:
         )
 
     def state_dict(self) -> dict:
-        getter = getattr(self.reduction, "state_dict", None)
-        return getter() if getter is not None else {}
+        return self.reduction.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
-        loader = getattr(self.reduction, "load_state_dict", None)
-        if loader is not None:
-            loader(state)
+        self.reduction.load_state_dict(state)
 
     def step_metrics(self) -> dict:
-        getter = getattr(self.reduction, "step_metrics", None)
-        return getter() if getter is not None else {}
+        return self.reduction.step_metrics()

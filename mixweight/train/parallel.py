@@ -15,6 +15,8 @@ leak into save_pretrained; `module.compile()` keeps the module, its keys and DDP
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
@@ -48,6 +50,19 @@ def wrap_model(model: torch.nn.Module, world: World, fsdp: bool, compile: bool =
     if compile:
         model.compile()
     return model
+
+
+def grad_sync(model: torch.nn.Module, sync: bool):
+    """The context for one micro-batch's forward and backward: all-reduce gradients only when `sync`.
+
+    Under DDP each backward all-reduces the gradients unless it runs inside `model.no_sync()`
+    (forward included, as DDP requires); a step syncs only in its last micro-batch's backward, the
+    others accumulate locally. FSDP (fully_shard) reduce-scatters in every backward, and a plain
+    module has nothing to sync: both get no context.
+    """
+    if sync or not isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        return nullcontext()
+    return model.no_sync()
 
 
 def is_sharded(model: torch.nn.Module) -> bool:

@@ -5,14 +5,12 @@ from __future__ import annotations
 import torch
 
 from mixweight.train.config import TrainConfig
-from mixweight.train.step import MeanReduction, SampleReduction
+from mixweight.train.step import MeanReduction, StepReduction
 from mixweight.weighting import RSchedule, SampleWeighting
 
 
-class SampleWeightingReduction:
+class SampleWeightingReduction(StepReduction):
     """LinUpper / Quadratic / Extremes over the whole step's losses (all ranks, all micro-batches)."""
-
-    needs_whole_step = True
 
     def __init__(self, weighting: SampleWeighting):
         self.weighting = weighting
@@ -23,8 +21,8 @@ class SampleWeightingReduction:
         return self.weighting.weights(losses, step).to(torch.float32)
 
 
-def reduction_from_config(config: TrainConfig) -> SampleReduction:
-    if config.sample_weighting == "none":
-        return MeanReduction()
+def reduction_from_config(config: TrainConfig) -> StepReduction:
+    """The config's sample weighting (validated by TrainConfig.validate); "none" is the plain mean."""
     schedule = RSchedule(kind=config.r_schedule, r=config.r, r_start=config.r_start, warmup_steps=config.r_warmup_steps)
-    return SampleWeightingReduction(SampleWeighting(config.sample_weighting, schedule, cap=config.weight_cap))
+    weighting = SampleWeighting(config.sample_weighting, schedule, cap=config.weight_cap)
+    return MeanReduction() if weighting.is_uniform else SampleWeightingReduction(weighting)

@@ -2,15 +2,17 @@
 
 Pure tensor functions: the caller computes per-sample losses, gathers them over ranks,
 and minimizes sum_i w_i l_i with ``w = sample_weights(losses)`` or
-``SampleWeighting(...).weights(losses, step)``.
+``SampleWeighting(...).weights(losses, step)``. Arguments are checked once, by the
+constructors (``SampleWeighting``, ``RSchedule``); the functions assume valid values.
 """
 
 from mixweight.weighting.sample_weighting import SampleWeighting, uniform_weights
 from mixweight.weighting.schedule import SCHEDULES, RSchedule
-from mixweight.weighting.strategies import STRATEGIES, get_strategy, normalize_losses
+from mixweight.weighting.strategies import SAMPLE_WEIGHTINGS, STRATEGIES, get_strategy, normalize_losses
 from mixweight.weighting.weights import sample_weights, weight_stats
 
 __all__ = [
+    "SAMPLE_WEIGHTINGS",
     "SCHEDULES",
     "STRATEGIES",
     "RSchedule",

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import torch
 
+from mixweight.errors import MixweightError
 from mixweight.weighting.schedule import RSchedule
 from mixweight.weighting.strategies import ALIASES, get_strategy
-from mixweight.weighting.weights import _check_cap, sample_weights
+from mixweight.weighting.weights import sample_weights
 
 
 def uniform_weights(losses: torch.Tensor) -> torch.Tensor:
@@ -26,12 +27,25 @@ def uniform_weights(losses: torch.Tensor) -> torch.Tensor:
         return out
 
 
+def _check_cap(cap: float | None) -> float | None:
+    if cap is None:
+        return None
+    cap = float(cap)
+    if not cap >= 1:  # also refuses NaN
+        raise MixweightError(f"cap must be >= 1 (weights are capped at cap/N and N weights must sum to 1), got {cap}")
+    return cap
+
+
 class SampleWeighting:
     """Per-step sample weights: ``SampleWeighting("linupper", RSchedule(...), cap=2.0)``.
 
+    The library's one check of its arguments: the strategy name, the cap (>= 1) and, through
+    RSchedule, r (> 0); ``sample_weights`` then assumes them valid.
+
     ``schedule`` may be an RSchedule or a plain number (constant r). Strategy "uniform" or
-    "none", and any step where the schedule says burn-in (r_at is None), give exactly
-    1/N_finite on the finite samples (the ordinary mean loss), zeros on non-finite ones.
+    "none" (its alias in strategies.ALIASES, the one place that knows it), and any step where
+    the schedule says burn-in (r_at is None), give exactly 1/N_finite on the finite samples (the
+    ordinary mean loss), zeros on non-finite ones.
     """
 
     def __init__(self, strategy: str = "linupper", schedule: RSchedule | float = 0.4, cap: float | None = None) -> None:

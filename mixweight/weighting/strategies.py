@@ -45,8 +45,11 @@ STRATEGIES: dict[str, Strategy] = {
     "uniform": uniform,
 }
 
-# Config files and CLI flags may say "none" for "no reweighting".
+# Config files and CLI flags say "none" for "no reweighting": the uniform strategy, the plain mean loss.
 ALIASES: dict[str, str] = {"none": "uniform"}
+
+# The names a training config's `sample_weighting` takes: "none", then every reweighting strategy.
+SAMPLE_WEIGHTINGS: tuple[str, ...] = (*ALIASES, *(name for name in STRATEGIES if name not in ALIASES.values()))
 
 
 def unknown_choice(what: str, name: object, valid: list[str]) -> MixweightError:

@@ -2,32 +2,19 @@
 
 w_i = exp(f(x_i) / r) / sum_j exp(f(x_j) / r) is the closed-form maximizer of
 sum_i w_i f_i - r KL(w || uniform) over the simplex (the paper's Proposition 1); the
-training objective is then sum_i w_i l_i. Weights are computed from detached losses, so
-they act as constants in the backward pass, exactly as in the paper and its code.
+training loss is then the weighted loss sum_i w_i l_i. Weights are computed from detached losses, so
+they act as constants in the backward pass, exactly as in the paper and its code
+(docs/algorithms.md sections 1.4 and 1.5).
+
+These are pure functions of valid input: r > 0 and cap >= 1 are checked where they enter
+(TrainConfig.validate for a run; RSchedule and SampleWeighting for library users), not here.
 """
 
 from __future__ import annotations
 
 import torch
 
-from mixweight.errors import MixweightError
 from mixweight.weighting.strategies import get_strategy, normalize_losses
-
-
-def _check_r(r: float) -> float:
-    r = float(r)
-    if not r > 0:  # also refuses NaN
-        raise MixweightError(f"temperature r must be > 0 (large r -> uniform weights), got {r}")
-    return r
-
-
-def _check_cap(cap: float | None) -> float | None:
-    if cap is None:
-        return None
-    cap = float(cap)
-    if not cap >= 1:  # also refuses NaN
-        raise MixweightError(f"cap must be >= 1 (weights are capped at cap/N and N weights must sum to 1), got {cap}")
-    return cap
 
 
 def _capped_softmax(z: torch.Tensor, cap: float) -> torch.Tensor:
@@ -68,10 +55,11 @@ def sample_weights(
     and never requires grad.
 
     - strategy: "linupper", "quadratic", "extremes" or "uniform" ("none" is an alias).
-    - r: softmax temperature, > 0. Max/min weight ratio is at most e^(1/r). r -> inf gives
-      uniform weights; r -> 0 puts all mass on the samples with the highest score f(x),
-      shared equally among ties (LinUpper: every sample with x >= 0).
-    - cap: if set (>= 1), no weight exceeds cap/N; see ``_capped_softmax`` (the paper's
+    - r: softmax temperature, > 0 (not checked here: SampleWeighting / RSchedule check it).
+      Max/min weight ratio is at most e^(1/r). r -> inf gives uniform weights; r -> 0 puts
+      all mass on the samples with the highest score f(x), shared equally among ties
+      (LinUpper: every sample with x >= 0).
+    - cap: if set (>= 1, not checked here), no weight exceeds cap/N; see ``_capped_softmax`` (the paper's
       Theorem 1 needs cap = 2). None leaves the softmax weights unchanged.
 
     Non-finite losses (NaN, +-inf) get weight exactly 0 and the remaining samples are
@@ -80,8 +68,6 @@ def sample_weights(
     caller should skip the step.
     """
     f = get_strategy(strategy)
-    r = _check_r(r)
-    cap = _check_cap(cap)
     out_dtype = torch.float64 if losses.dtype == torch.float64 else torch.float32
     with torch.no_grad():
         flat = losses.detach().reshape(-1).to(torch.float64)

@@ -302,3 +302,20 @@ def test_pipeline_runs_odm_and_online_doremi_arms_and_reports_their_trajectories
 def test_an_epoch_cap_cannot_bound_phases_decided_during_the_run(cli_refuses, synth_corpus, tiny_spec, tmp_path):
     line = _refused(cli_refuses, synth_corpus, tiny_spec, tmp_path / "r", *ODM[:4], "--max-epochs", "2")
     assert "drop max_epochs" in line
+
+
+def test_resuming_against_a_reference_run_that_changed_is_refused(
+    reference_run, cli_refuses, synth_corpus, tiny_spec, tmp_path
+):
+    import shutil
+
+    reference = tmp_path / "reference"
+    shutil.copytree(reference_run, reference)
+    flags = ["--domain-weights", "online:doremi", "--mixing-every", "2", "--doremi-reference", str(reference)]
+    _run(_train(synth_corpus, tiny_spec, tmp_path / "run", *flags, steps=2))
+    from mixweight.train.checkpoint import latest_checkpoint
+
+    state = latest_checkpoint(reference) / "state.json"
+    state.write_text(state.read_text() + "\n")  # the reference's checkpoint rewritten in place
+    line = cli_refuses([*_train(synth_corpus, tiny_spec, tmp_path / "run", *flags, steps=4), "--resume"])
+    assert "doremi_reference: the contents of" in line

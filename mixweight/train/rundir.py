@@ -47,7 +47,12 @@ RESUMABLE_CHANGES = {
     "log_every",
     "report_to",
 }
-CONFIG_KEY_OF_INPUT = {"corpus": "data", "model": "model", "domain_weights": "domain_weights"}
+CONFIG_KEY_OF_INPUT = {
+    "corpus": "data",
+    "model": "model",
+    "domain_weights": "domain_weights",
+    "doremi_reference": "doremi_reference",
+}
 
 
 # --- one writer ---------------------------------------------------------------------------------
@@ -174,7 +179,7 @@ def corpus_hash(corpus: str | Path, manifest) -> str:
 def input_hashes(config, corpus: str | Path, manifest, phases, spec: dict) -> dict:
     """What the config's paths held: the corpus, the model spec (its parsed keys) and the domain weights
     (the phases they resolve to: a schedule's nested files count, whitespace and provenance do not)."""
-    return {
+    hashes = {
         "corpus": {"path": str(corpus), "sha256": corpus_hash(corpus, manifest)},
         "model": {"spec": config.model, "sha256": _sha256_json(spec)},
         "domain_weights": {
@@ -182,6 +187,23 @@ def input_hashes(config, corpus: str | Path, manifest, phases, spec: dict) -> di
             "sha256": _sha256_json([dataclasses.asdict(p) for p in phases]),
         },
     }
+    reference = getattr(config, "doremi_reference", None)
+    if reference is not None:  # online DoReMi: a reference run trained further is another reference
+        hashes["doremi_reference"] = {"path": str(reference), "sha256": reference_hash(reference)}
+    return hashes
+
+
+def reference_hash(run_dir: str | Path) -> str:
+    """sha256 of a reference run's newest checkpoint: its name, state.json and model config (not the weights'
+    bytes: a run trained further has a newer checkpoint; a checkpoint rewritten in place changes its state)."""
+    from mixweight.train.checkpoint import latest_checkpoint
+
+    latest = latest_checkpoint(run_dir)
+    digest = hashlib.sha256(str(None if latest is None else latest.name).encode())
+    for name in ("state.json", "model/config.json"):
+        path = None if latest is None else latest / name
+        digest.update(b"\0" + (path.read_bytes() if path is not None and path.is_file() else b"missing"))
+    return digest.hexdigest()
 
 
 def current_inputs(config) -> dict:

@@ -28,8 +28,8 @@ def _pipeline_yaml(tmp_path, spec, linupper_r=0.4) -> Path:
             "eval_blocks": 4,
             "checkpoint_every": 100,
         },
-        "doremi": {"proxy": spec, "steps": 6, "reference_steps": 6, "log_every": 2, **short},
-        "doge": {"proxy": spec, "steps": 4, "log_every": 2, **short},
+        "doremi": {"proxy": spec, "steps": 6, "reference_steps": 6, "log_every": 2, "train": short},  # nested form
+        "doge": {"proxy": spec, "steps": 4, "log_every": 2, **short},  # the flat form: deprecated, still read
         "arms": {
             "uniform": {"domain_weights": "uniform"},
             "linupper": {"domain_weights": "uniform", "sample_weighting": "linupper", "r": linupper_r},
@@ -108,3 +108,39 @@ def test_pipeline_config_errors_name_the_key(tmp_path):
     bad.write_text(yaml.safe_dump({"train": {"out": "somewhere"}}))
     with pytest.raises(MixweightError, match="'out' is set by the pipeline"):
         load_pipeline_config(bad)
+
+
+def test_weights_sections_are_typed_and_read_in_nested_or_flat_form(tmp_path, capsys):
+    from mixweight.domain.doremi_run import DoReMiConfig
+    from mixweight.pipeline.config import section_key
+
+    path = tmp_path / "p.yaml"
+    nested = {"eta": 0.5, "train": {"lr": 2e-3, "batch_size": 28}}
+    path.write_text(yaml.safe_dump({"doremi": nested}))
+    from_nested = load_pipeline_config(path)
+    assert "deprecated" not in capsys.readouterr().err
+    path.write_text(yaml.safe_dump({"doremi": {"eta": 0.5, "lr": 2e-3, "batch_size": 28}}))
+    from_flat = load_pipeline_config(path)
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if x]
+    assert line.startswith("mixweight: deprecated:") and "'doremi'" in line and "train.lr" in line
+    assert isinstance(from_nested.doremi, DoReMiConfig) and from_nested.doremi == from_flat.doremi
+    assert from_nested.doremi.train == {"lr": 2e-3, "batch_size": 28}
+    assert section_key(from_nested.doremi) == section_key(from_flat.doremi) == nested  # defaults are left out
+
+
+@pytest.mark.parametrize(
+    "section, message",
+    [
+        ({"train": {"weight_decy": 0.0}}, r"unknown key 'train.weight_decy'; did you mean 'weight_decay'\?"),
+        ({"etaa": 1.0}, r"unknown key 'etaa'; did you mean 'eta'\?"),
+        ({"train": {"lr": -1.0}}, r"weights doremi: the proxy's train block: 'lr' must be > 0"),
+        ({"lr": 1e-3, "train": {"lr": 2e-3}}, r"'lr' \(--lr, deprecated\) and 'train.lr' \(--train.lr\) both given"),
+        ({"work_dir": "x"}, r"pipeline 'doremi': 'work_dir' is set by the pipeline; remove it"),
+        ({"train": {"out": "x"}}, r"'train.out' cannot be set here"),
+    ],
+)
+def test_weights_section_errors_name_the_key(tmp_path, section, message):
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({"doremi": section}))
+    with pytest.raises(MixweightError, match=message):
+        load_pipeline_config(path)

@@ -23,3 +23,12 @@ def test_the_shipped_train_config_trains_on_the_built_in_corpus(tmp_path, monkey
     assert {k: saved[k] for k in kept} == {k: shipped[k] for k in kept}
     assert json.loads((out / "eval.json").read_text())["step"] == 2
     assert any((tmp_path / "cache").rglob("manifest.json"))
+
+
+def test_the_shipped_pipeline_configs_use_the_nested_weights_form(capsys):
+    from mixweight.pipeline import load_pipeline_config
+
+    for name in ("quickstart.yaml", "slimpajama-gpt2-mini.yaml"):
+        config = load_pipeline_config(CONFIG.with_name(name))
+        assert config.doremi.train and config.doge.train, name  # the proxies' train keys sit in their train block
+        assert "deprecated" not in capsys.readouterr().err, name

@@ -118,8 +118,9 @@ TRAINED = ["redundant", "markov2", "arithmetic"]
 
 
 def regmix_argv(corpus, out, *extra) -> list[str]:
-    args = f"--proxy gpt2-micro --runs 5 --steps 4 --batch-size 8 --warmup-steps 1 --eval-blocks 2 --target {HELD_OUT}"
-    return ["weights", "regmix", "--data", str(corpus), "--out", str(out), *args.split(), "--no-progress", *extra]
+    args = "--proxy gpt2-micro --runs 5 --steps 4 --train.batch-size 8 --train.warmup-steps 1 --train.eval-blocks 2"
+    args += f" --target {HELD_OUT}"
+    return ["weights", "regmix", "--data", str(corpus), "--out", str(out), *args.split(), "--train.no-progress", *extra]
 
 
 def run_cli(argv: list[str], env_extra: dict | None = None, torchrun: list[str] | None = None) -> str:

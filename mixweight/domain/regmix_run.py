@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -35,22 +34,21 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import ClassVar, Optional
 
 import numpy as np
 from tqdm.auto import tqdm
 
-import mixweight
-from mixweight.core.artifact import DomainWeights, check_output_file, corpus_weights, load_domain_weights
+from mixweight.core.artifact import DomainWeights, corpus_weights, load_domain_weights
 from mixweight.core.config import option as _f
 from mixweight.core.config import require
 from mixweight.core.distributed import barrier, broadcast_object, close_world, init_world
 from mixweight.core.jsonio import write_json_atomic
 from mixweight.core.model import load_spec
-from mixweight.data.manifest import Manifest, load_manifest
-from mixweight.data.synthetic import resolve_corpus
+from mixweight.data.manifest import Manifest
 from mixweight.domain import regmix
 from mixweight.domain.health import format_warning
+from mixweight.domain.proxy import UNHASHED, ProxyMethodConfig, effective_train_block, provenance, start
 from mixweight.errors import MixweightError, did_you_mean
 from mixweight.sampling.repetition import check_max_epochs, planned_epochs, project_max_epochs
 from mixweight.train.config import TrainConfig
@@ -59,20 +57,10 @@ PRIORS = ("natural", "uniform")
 SWARM_FILE = "swarm.json"
 # The options that define the swarm's runs (a work directory belongs to one set of them); the others
 # (runs, regressor, kl_reg, token_budget, max_epochs, out, progress) change only the fit or the display.
-SWARM_KEYS = (
-    "proxy",
-    "steps",
-    "batch_size",
-    "lr",
-    "final_lr",
-    "warmup_steps",
-    "eval_blocks",
-    "prior",
-    "concentration",
-    "target",
-    "seed",
-)
-NOT_HASHED = ("out", "work_dir", "progress", "data")
+# What defines the swarm's mixtures and runs, beyond each run's TrainConfig (which the trainer checks itself):
+# a work directory belongs to one set of these. The other options (runs, regressor, kl_reg, token_budget,
+# max_epochs) change only the fit, so changing them reuses the runs.
+SWARM_KEYS = ("proxy", "steps", "seed", "prior", "concentration", "target")
 POOR_FIT_SPEARMAN = 0.5  # below this held-out rank correlation, the artifact warns that the fit ranks poorly
 POLL_SECONDS = 2.0
 CHILD_ENV_DROP = (
@@ -91,24 +79,32 @@ CHILD_ENV_DROP = (
 
 
 @dataclass
-class RegMixConfig:
-    data: str = _f(
-        None,
-        "corpus directory (made by `mixweight data synth` or `data prepare`), a corpus URL "
-        "(s3://, gs://, ..., file:///DIR; cached in --cache-dir), or `synthetic`",
-    )
-    out: str = _f(None, "the domain weights JSON file to write")
+class RegMixConfig(ProxyMethodConfig):
+    """`weights regmix`: the swarm's and the fit's options; every swarm run's TrainConfig is the train block."""
+
+    COMMAND: ClassVar[str] = "weights regmix"
+    NAME: ClassVar[str] = "regmix"
+    # Small, short runs: the swarm's defaults where they differ from TrainConfig's.
+    TRAIN_DEFAULTS: ClassVar[dict] = {
+        "eval_every": 0,
+        "batch_size": 16,
+        "lr": 3e-3,
+        "final_lr": 3e-4,
+        "warmup_steps": 5,
+        "eval_blocks": 16,
+        "checkpoint_every": 1000,
+        "keep_checkpoints": 1,
+    }
+
     proxy: str = _f("gpt2-micro", "model spec of every swarm run (a name in proxies/ or an HF config JSON)")
+    steps: int = _f(60, "optimizer steps of each swarm run")
+    seed: int = _f(0, "seed of the mixtures, of every swarm run's init and data order, and of the search")
+    work_dir: Optional[str] = _f(None, "directory of the swarm's runs (default: <out stem>.work/ beside out)")
+    log_every: int = _f(10, "write each swarm run's training metrics every N steps")
     runs: int = _f(
         24,
         "swarm size K: proxy runs, one per sampled mixture (at least the training domains + 1; RegMix trains 512)",
     )
-    steps: int = _f(60, "optimizer steps of each swarm run")
-    batch_size: int = _f(16, "sequences per micro-batch of each swarm run")
-    lr: float = _f(3e-3, "peak learning rate of each swarm run")
-    final_lr: float = _f(3e-4, "learning rate at the last step of each swarm run (cosine decay target)")
-    warmup_steps: int = _f(5, "linear warmup steps of each swarm run")
-    eval_blocks: int = _f(16, "validation blocks per domain that give each run's per-domain loss")
     prior: str = _f(
         "natural",
         "the mixture the swarm is centred on, and the KL pull's anchor: natural (token counts) or uniform",
@@ -129,24 +125,9 @@ class RegMixConfig:
     max_epochs: Optional[float] = _f(
         None, "at most this many passes over any domain's training tokens within token_budget (needs token_budget)"
     )
-    seed: int = _f(0, "seed of the mixtures, of every swarm run's init and data order, and of the search")
-    work_dir: Optional[str] = _f(None, "directory of the swarm's runs (default: <out stem>.work/ beside out)")
-    checkpoint_every: int = _f(1000, "save a swarm run's checkpoint every N steps (its last step is always saved)")
-    log_every: int = _f(10, "write a swarm run's training metrics every N steps")
-    progress: bool = _f(True, "show a progress bar over the swarm (only on a terminal)")
 
-    def validate(self) -> None:
-        require(self.data is not None, "weights regmix: --data is required (a corpus directory)")
-        require(self.out is not None, "weights regmix: --out is required (the weights JSON file to write)")
-        for name in ("runs", "steps", "batch_size", "eval_blocks", "checkpoint_every", "log_every"):
-            value = getattr(self, name)
-            require(value > 0, f"weights regmix: '{name}' must be a positive integer, got {value}")
-        require(self.warmup_steps >= 0, f"weights regmix: 'warmup_steps' must be >= 0, got {self.warmup_steps}")
-        require(self.lr > 0, f"weights regmix: 'lr' must be > 0, got {self.lr}")
-        require(
-            0 <= self.final_lr <= self.lr,
-            f"weights regmix: 'final_lr' must be in [0, lr={self.lr}], got {self.final_lr}",
-        )
+    def check_options(self) -> None:
+        require(self.runs > 0, f"weights regmix: 'runs' must be a positive integer, got {self.runs}")
         require(
             self.prior in PRIORS,
             f"weights regmix: 'prior' must be natural or uniform, got {self.prior!r}; "
@@ -177,9 +158,10 @@ class RegMixConfig:
                 "steps x global batch x seq_len)",
             )
 
-    def resolved_work_dir(self) -> Path:
-        out = Path(self.out)
-        return Path(self.work_dir) if self.work_dir else out.with_name(f"{out.stem}.work")
+    @property
+    def progress(self) -> bool:
+        """The swarm's progress bar (the train block's `progress`); the runs themselves show none."""
+        return bool(self.train.get("progress", True))
 
 
 # --- targets, prior, caps -------------------------------------------------------------------
@@ -209,15 +191,11 @@ def prior_weights(manifest: Manifest, train_domains: list[str], kind: str) -> np
     return tokens / tokens.sum()
 
 
-def config_hash(config: RegMixConfig, manifest: Manifest) -> str:
-    values = {k: v for k, v in dataclasses.asdict(config).items() if k not in NOT_HASHED}
-    values["corpus_config_hash"] = manifest.config_hash
-    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
-
-
 def _swarm_record(config: RegMixConfig, manifest: Manifest) -> dict:
+    train = {k: v for k, v in effective_train_block(config).items() if k not in UNHASHED}
     return {
         **{k: getattr(config, k) for k in SWARM_KEYS},
+        "train": train,
         "proxy_spec": load_spec(config.proxy),
         "corpus_config_hash": manifest.config_hash,
     }
@@ -247,25 +225,14 @@ def _claim_work_dir(work: Path, record: dict) -> None:
 
 # --- the swarm ------------------------------------------------------------------------------
 def member_config(config: RegMixConfig, corpus: str, work: Path, index: int) -> TrainConfig:
-    """Swarm run `index`: an ordinary single-process training run on its own mixture file."""
-    train_config = TrainConfig(
-        data=corpus,
-        out=str(work / "runs" / f"run-{index:03d}"),
-        model=config.proxy,
-        steps=config.steps,
-        batch_size=config.batch_size,
-        lr=config.lr,
-        final_lr=config.final_lr,
-        warmup_steps=config.warmup_steps,
-        seed=config.seed,  # one init and data seed for every run: the mixtures are the only difference
+    """Swarm run `index`: an ordinary single-process training run on its own mixture file (the train block's
+    options; one init and data seed for every run, so the mixtures are the only difference)."""
+    train_config = config.proxy_train_config(
+        work / "runs" / f"run-{index:03d}",
         domain_weights=str(work / "mixtures" / f"run-{index:03d}.json"),
-        eval_every=0,
-        eval_blocks=config.eval_blocks,
-        checkpoint_every=config.checkpoint_every,
-        keep_checkpoints=1,
-        log_every=config.log_every,
-        progress=False,
+        data=corpus,
     )
+    train_config = dataclasses.replace(train_config, progress=False, report_to=[])
     train_config.validate()
     return train_config
 
@@ -392,8 +359,6 @@ def _repetition(config: RegMixConfig, manifest: Manifest, weights: list[float]) 
 
 def run_regmix(config: RegMixConfig) -> DomainWeights:
     """Train (or continue) the swarm, fit, optimise, and write the weights artifact to `config.out`."""
-    config.validate()
-    check_output_file(config.out, "weights regmix: --out")  # before any training, not after the swarm
     world = init_world()  # the command's process group under torchrun (or one of our own, closed at the end)
     try:
         return _run(config, world)
@@ -402,8 +367,7 @@ def run_regmix(config: RegMixConfig) -> DomainWeights:
 
 
 def _run(config: RegMixConfig, world) -> DomainWeights:
-    corpus = resolve_corpus(config.data, world.is_main)
-    manifest = load_manifest(corpus)
+    corpus, manifest = start(config)  # the config and --out checked before any training, the corpus read
     domains = list(manifest.domains)
     targets = held_out_targets(config.target, domains)
     train_domains = [d for d in domains if d not in targets]
@@ -492,11 +456,8 @@ def _run(config: RegMixConfig, world) -> DomainWeights:
         "name": "regmix",
         "runs": config.runs,
         "steps": config.steps,
-        "batch_size": config.batch_size,
-        "lr": config.lr,
-        "final_lr": config.final_lr,
-        "warmup_steps": config.warmup_steps,
-        "eval_blocks": config.eval_blocks,
+        "proxy": config.proxy,
+        "train": {k: v for k, v in effective_train_block(config).items() if k not in UNHASHED},
         "prior": config.prior,
         "prior_weights": dict(zip(train_domains, prior.tolist())),
         "concentration": config.concentration,
@@ -519,17 +480,7 @@ def _run(config: RegMixConfig, world) -> DomainWeights:
         last_weights=None,
         method=method,
         targets=targets,
-        provenance={
-            "seed": config.seed,
-            "config_hash": config_hash(config, manifest),
-            "proxy": {"name": config.proxy, "spec": load_spec(config.proxy)},
-            "tokenizer_fingerprint": manifest.tokenizer.get("fingerprint"),
-            "domain_token_counts": tokens,
-            "corpus": str(Path(corpus).resolve()),
-            "corpus_config_hash": manifest.config_hash,
-            "stream_paths": {d: manifest.splits["train"][d].path for d in domains},
-            "mixweight_version": mixweight.__version__,
-        },
+        provenance=provenance(config, manifest, corpus),
     )
     rho = fit["cross_validation"]["spearman"]
     if not (rho >= POOR_FIT_SPEARMAN):

@@ -1,5 +1,6 @@
 """DoGE: the score and update formulas, the per-domain gradients, and the proxy run's artifact."""
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -286,22 +287,16 @@ def test_one_micro_batch_of_8_equals_two_of_4(synth_corpus, tiny_spec):
 # --- the proxy run ---------------------------------------------------------------------------
 
 
+OPTIONS = {f.name for f in dataclasses.fields(DoGEConfig)}
+
+
 def _config(corpus, spec, out, **overrides) -> DoGEConfig:
-    values = dict(
-        data=corpus,
-        out=str(out),
-        proxy=spec,
-        steps=6,
-        batch_size=8,
-        lr=3e-3,
-        final_lr=3e-4,
-        warmup_steps=2,
-        checkpoint_every=100,
-        log_every=2,
-        progress=False,
-    )
-    values.update(overrides)
-    return DoGEConfig(**values)
+    """The nested form: DoGE's options, and a train block for any other key (lr, checkpoint_every, ...)."""
+    values = dict(data=corpus, out=str(out), proxy=spec, steps=6, log_every=2)
+    train = dict(batch_size=8, lr=3e-3, final_lr=3e-4, warmup_steps=2, checkpoint_every=100, progress=False)
+    for key, value in overrides.items():
+        (values if key in OPTIONS else train)[key] = value
+    return DoGEConfig(**values, train=train)
 
 
 def test_a_short_run_writes_a_valid_deterministic_artifact(synth_corpus, tiny_spec, tmp_path):
@@ -454,10 +449,17 @@ def test_resume_after_a_crash_gives_the_same_weights(synth_corpus, tiny_spec, tm
     assert (tmp_path / "straight.json").read_bytes() == (tmp_path / "resumed.json").read_bytes()
 
 
-def test_a_work_dir_of_another_config_is_refused(synth_corpus, tiny_spec, tmp_path):
-    run_doge(_config(synth_corpus, tiny_spec, tmp_path / "w.json", steps=2))
-    with pytest.raises(MixweightError, match="different config"):
+def test_a_work_dir_of_another_config_is_refused(synth_corpus, tiny_spec, tmp_path, capsys):
+    first = run_doge(_config(synth_corpus, tiny_spec, tmp_path / "w.json", steps=2))
+    capsys.readouterr()
+    again = run_doge(_config(synth_corpus, tiny_spec, tmp_path / "w.json", steps=2))  # reused: nothing trained
+    assert "mixweight train:" not in capsys.readouterr().out and again.weights == first.weights
+    with pytest.raises(
+        MixweightError, match=r"holds doge proxy runs made with a different config \(mu: 0.01 -> 0.05\)"
+    ):
         run_doge(_config(synth_corpus, tiny_spec, tmp_path / "w.json", steps=2, mu=0.05))
+    with pytest.raises(MixweightError, match=r"proxy: a finished run with a different config \(lr: 0.003 -> 0.002"):
+        run_doge(_config(synth_corpus, tiny_spec, tmp_path / "w.json", steps=2, lr=2e-3))
 
 
 @pytest.mark.parametrize("target, suggestion", [("arithmetc", "arithmetic"), ("markov", "markov"), ("wiki", None)])

@@ -1,5 +1,6 @@
 """DoReMi: the update rule, the proxy reduction, and end-to-end weights on the synthetic corpus."""
 
+import dataclasses
 import json
 import math
 import shutil
@@ -160,22 +161,16 @@ def test_sample_signal_is_the_clipped_excess_over_the_reference(synth_corpus, ti
 
 
 # --- end to end on the synthetic corpus ---------------------------------------------------------------
+OPTIONS = {f.name for f in dataclasses.fields(DoReMiConfig)}
+
+
 def _config(corpus, spec, out, **overrides) -> DoReMiConfig:
-    values = dict(
-        data=corpus,
-        out=str(out),
-        proxy=spec,
-        steps=60,
-        batch_size=32,
-        lr=3e-3,
-        final_lr=3e-4,
-        warmup_steps=5,
-        log_every=10,
-        checkpoint_every=1000,
-        progress=False,
-    )
-    values.update(overrides)
-    return DoReMiConfig(**values)
+    """The nested form: DoReMi's options, and a train block for any other key (lr, checkpoint_every, ...)."""
+    values = dict(data=corpus, out=str(out), proxy=spec, steps=60, log_every=10)
+    train = dict(batch_size=32, lr=3e-3, final_lr=3e-4, warmup_steps=5, checkpoint_every=1000, progress=False)
+    for key, value in overrides.items():
+        (values if key in OPTIONS else train)[key] = value
+    return DoReMiConfig(**values, train=train)
 
 
 @pytest.fixture(scope="module")
@@ -326,3 +321,24 @@ def test_a_bad_reference_weights_file_is_refused_before_training(synth_corpus, t
 def test_config_validation(overrides, message):
     with pytest.raises(MixweightError, match=message):
         _config("corpus", "spec", "w.json", **overrides).validate()
+
+
+def test_the_train_block_is_checked_by_train_config_rules():
+    with pytest.raises(MixweightError, match="weights doremi: the proxy's train block: 'lr' must be > 0, got -1.0"):
+        _config("corpus", "spec", "w.json", lr=-1.0).validate()
+    with pytest.raises(MixweightError, match="'final_lr' must be in"):
+        _config("corpus", "spec", "w.json", final_lr=1.0).validate()
+
+
+def test_a_changed_option_or_train_key_is_refused_naming_it(synth_corpus, tiny_spec, tmp_path, capsys):
+    small = dict(steps=3, reference_steps=2, log_every=1)
+    first = run_doremi(_config(synth_corpus, tiny_spec, tmp_path / "w.json", **small))
+    capsys.readouterr()
+    again = run_doremi(_config(synth_corpus, tiny_spec, tmp_path / "w.json", **small))  # reused: nothing trained
+    assert "mixweight train:" not in capsys.readouterr().out and again.weights == first.weights
+    with pytest.raises(MixweightError, match=r"w.work: holds doremi proxy runs made with a different config \(eta: "):
+        run_doremi(_config(synth_corpus, tiny_spec, tmp_path / "w.json", eta=0.5, **small))
+    with pytest.raises(
+        MixweightError, match=r"reference: a finished run with a different config \(weight_decay: 0.1 ->"
+    ):
+        run_doremi(_config(synth_corpus, tiny_spec, tmp_path / "w.json", weight_decay=0.0, **small))

@@ -329,7 +329,7 @@ class DoGEObjective:
         self.target_ids = [domains.index(t) for t in targets]
         self.train_ids = [i for i in range(len(domains)) if i not in self.target_ids]
         self.train_domains = [domains[i] for i in self.train_ids]
-        self.mix = self.target == MIX
+        self.heldout_mix = self.target == MIX  # the target is the held-out mixture of the training domains
         self.mu, self.score, self.max_grad_norm = mu, score, max_grad_norm
         self.log_every, self.total_steps = log_every, total_steps
         k = len(self.train_ids)
@@ -373,7 +373,7 @@ class DoGEObjective:
     def _groups(self, micro_batch: dict) -> torch.Tensor:
         """Each sample's gradient row: its domain id, or len(domains) for a block of the held-out mixture."""
         groups = micro_batch["domain"].clone()
-        if self.mix:
+        if self.heldout_mix:
             held_out = heldout_mix_mask(micro_batch["input_ids"], len(self.train_ids) + 1)
             groups[held_out] = len(self.domains)
         return groups
@@ -449,7 +449,7 @@ class DoGEObjective:
         mb_losses = [torch.full((len(g),), float("nan"), device=g.device, dtype=torch.float32) for g in groups]
         mix_group = len(self.domains)
         counts = all_reduce_sum(torch.bincount(torch.cat(groups), minlength=mix_group + 1), world)
-        target_groups = [mix_group] if self.mix else self.target_ids
+        target_groups = [mix_group] if self.heldout_mix else self.target_ids
         rows = [d for d in self.train_ids + target_groups if counts[d] > 0]
         most, size = len(target_groups) + len(self.train_ids), sum(p.numel() for p in params)
         dtype = torch.promote_types(params[0].dtype, torch.float32)

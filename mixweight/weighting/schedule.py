@@ -1,4 +1,4 @@
-"""The temperature schedule for sample weights (the paper's "curriculum").
+"""The temperature schedule for sample weights (the paper's "curriculum"; docs/algorithms.md section 1.6).
 
 Early in training every loss is high and noisy, so the paper starts near-uniform (r = 100)
 and switches to the target r after W steps; the GPT-2 code instead trains on the plain

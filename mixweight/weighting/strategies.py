@@ -1,4 +1,5 @@
-"""Sample-weighting strategies of Sow et al. (ICLR 2025), as pure functions of normalized loss.
+"""Sample-weighting strategies of Sow et al. (ICLR 2025), as pure functions of normalized loss
+(docs/algorithms.md sections 1.2 and 1.3).
 
 Each strategy maps x in [-1, 1] (the batch's losses rescaled so the lowest is -1 and the
 highest +1; see ``normalize_losses`` for near-equal losses) to a score f(x);

@@ -2,6 +2,7 @@
 
 import functools
 import json
+import re
 import subprocess
 import sys
 from contextlib import contextmanager
@@ -17,10 +18,12 @@ from mixweight.core.loss import per_sample_loss
 from mixweight.core.model import build_model
 from mixweight.data.manifest import load_manifest
 from mixweight.data.streams import read_stream
+from mixweight.errors import MixweightError
+from mixweight.train.config import TrainConfig
 from mixweight.train.objective import WeightedLoss
-from mixweight.train.reductions import SampleWeightingReduction
+from mixweight.train.reductions import SampleWeightingReduction, reduction_from_config
 from mixweight.train.step import MeanReduction, StepReduction, accumulate_gradients
-from mixweight.weighting import SampleWeighting, sample_weights
+from mixweight.weighting import SAMPLE_WEIGHTINGS, STRATEGIES, SampleWeighting, sample_weights
 
 
 @pytest.fixture(scope="session")
@@ -212,6 +215,32 @@ def test_a_reduction_that_only_defines_weights_works_in_a_step_and_a_run(
     loop.train(make_config(synth_corpus, tiny_spec, tmp_path / "run", steps=2, checkpoint_every=1), objective)
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "loss" in r] == [1, 2]
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"sample_weighting": "linuper"}, "unknown 'sample_weighting' 'linuper'; did you mean 'linupper'? valid: "),
+        ({"sample_weighting": "uniform"}, "valid: none, linupper, quadratic, extremes"),  # the library's name
+        ({"r_schedule": "cosin"}, "unknown 'r_schedule' 'cosin'; did you mean 'cosine'?"),
+        ({"r": 0.0}, "'r' (--temperature) must be > 0, got 0.0"),
+        ({"r": float("nan")}, "'r' (--temperature) must be > 0, got nan"),
+        ({"r_start": -1.0}, "'r_start' must be > 0, got -1.0"),
+        ({"weight_cap": 0.5}, "'weight_cap' must be >= 1"),
+    ],
+)
+def test_the_config_checks_each_sample_weighting_value_once(fields, message):
+    with pytest.raises(MixweightError, match=re.escape(message)):
+        TrainConfig(data=".", out=".", **fields).validate()
+
+
+def test_sample_weighting_names_come_from_the_strategy_registry():
+    assert SAMPLE_WEIGHTINGS == ("none", *[name for name in STRATEGIES if name != "uniform"])
+    for name in SAMPLE_WEIGHTINGS:
+        config = TrainConfig(data=".", out=".", sample_weighting=name)
+        config.validate()
+        reduction = reduction_from_config(config)
+        assert isinstance(reduction, MeanReduction) == (name == "none")  # "none": the plain mean, nothing else
 
 
 def test_trainer_accumulation_equals_one_big_batch(synth_corpus, tiny_spec, tmp_path, make_config):

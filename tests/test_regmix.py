@@ -258,3 +258,46 @@ def test_an_infeasible_repetition_budget_is_refused_before_training(synth_corpus
     assert "no mixture fits a budget of 10,000,000 tokens within 1 epochs per domain" in message
     assert not (tmp_path / "w.work").exists()
     assert "needs --token-budget" in cli_refuses(regmix_argv(synth_corpus, tmp_path / "w.json", "--max-epochs", "2"))
+
+
+def test_a_pipeline_with_a_regmix_section_and_arm(tmp_path, capsys):
+    import yaml
+
+    from mixweight.pipeline import load_pipeline_config, run_pipeline
+
+    config = {
+        "data": {"synthetic": {"seed": 0, "tokens_per_domain": 4096, "seq_len": 64}},
+        "train": {"model": "gpt2-micro", "steps": 4, "batch_size": 8, "warmup_steps": 1, "eval_every": 2},
+        "doremi": None,
+        "doge": None,
+        "regmix": {
+            "runs": 5,
+            "steps": 3,
+            "target": HELD_OUT,
+            "train": {"batch_size": 8, "warmup_steps": 1, "eval_blocks": 2},
+        },
+        "arms": {
+            "uniform": {"domain_weights": "uniform"},
+            "regmix": {"domain_weights": "regmix", "max_epochs": 100},
+        },
+        "progress": False,
+    }
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = tmp_path / "out"
+    report = run_pipeline(load_pipeline_config(path), out)
+    weights = json.loads((out / "weights" / "regmix" / "domain_weights.json").read_text())
+    assert weights["method"]["name"] == "regmix" and len(weights["method"]["swarm"]) == 5
+    run_config = yaml.safe_load((out / "runs" / "regmix-seed0" / "config.yaml").read_text())
+    assert run_config["domain_weights"].endswith("weights/regmix/domain_weights.json")
+    assert report["domain_weights"]["regmix"]["weights"] == pytest.approx(
+        dict(zip(weights["domains"], weights["weights"]))
+    )
+    assert set(report["planned_epochs"]) == {"uniform", "regmix"}
+    assert report["planned_epochs"]["regmix"]["max_epochs"] == 100
+    assert all(report["planned_epochs"]["regmix"]["epochs"][d] == 0 for d in HELD_OUT.split(","))
+    markdown = (out / "report" / "report.md").read_text()
+    assert "## Planned epochs per domain" in markdown and "| regmix |" not in markdown.split("## Planned")[0][:10]
+    capsys.readouterr()
+    run_pipeline(load_pipeline_config(path), out)
+    assert capsys.readouterr().out.count(": cached") == 4  # data, regmix and the two arms

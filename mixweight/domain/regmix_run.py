@@ -158,9 +158,9 @@ class RegMixConfig(ProxyMethodConfig):
                 "steps x global batch x seq_len)",
             )
 
-    @property
-    def progress(self) -> bool:
-        """The swarm's progress bar (the train block's `progress`); the runs themselves show none."""
+    def show_progress(self) -> bool:
+        """The swarm's progress bar (the train block's `progress`); the runs themselves show none.
+        (Not a `progress` attribute: that name is the deprecated flat key, which dataclasses.replace passes on.)"""
         return bool(self.train.get("progress", True))
 
 
@@ -426,7 +426,7 @@ def _run(config: RegMixConfig, world) -> DomainWeights:
             f"({cached} finished, {config.runs - cached} to train) in {work}",
             flush=True,
         )
-    _train_swarm(members, world, work, config.progress)
+    _train_swarm(members, world, work, config.show_progress())
 
     # the fit: every process computes it (cheap, deterministic); the main one writes
     losses = [json.loads((Path(m["config"]["out"]) / "eval.json").read_text())["domains"] for m in members]

@@ -11,8 +11,10 @@
     doremi:  DoReMiConfig: its options (proxy, steps, eta, ...) and a train: block of TrainConfig overrides for
              its reference and proxy runs ({eta: 1.0, train: {lr: 2e-3, batch_size: 28}}), or null to skip DoReMi
     doge:    DoGEConfig: its options (proxy, steps, mu, ...) and a train: block, or null to skip DoGE
+    regmix:  RegMixConfig: the swarm's options (proxy, runs, steps, target, regressor, ...) and a train: block for
+             every swarm run, or null to skip RegMix (it runs only when an arm uses domain_weights: regmix)
              (the flat form of before, {lr: 2e-3, ...} beside the options, is read with one deprecation line)
-    arms:    {name: TrainConfig overrides}; domain_weights may name a method: doremi | doge, or be online:odm |
+    arms:    {name: TrainConfig overrides}; domain_weights may name a method: doremi | doge | regmix, or be online:odm |
              online:doremi with mixing_every (online DoReMi's reference: the doremi stage's round-0 reference run).
              A name becomes the directory runs/<name>-seed<S>: one plain path component.
     seeds:   [0, 1, ...]  every arm runs once per seed
@@ -39,6 +41,7 @@ from mixweight.core.config import build_config, closest_hint, read_yaml, require
 from mixweight.data.names import NAME_RULE, name_problem
 from mixweight.domain.doge_run import DoGEConfig, run_doge
 from mixweight.domain.doremi_run import DoReMiConfig, run_doremi
+from mixweight.domain.regmix_run import RegMixConfig, run_regmix
 from mixweight.errors import MixweightError
 from mixweight.train.config import TrainConfig
 
@@ -47,6 +50,7 @@ from mixweight.train.config import TrainConfig
 WEIGHTS_SECTIONS = {
     "doremi": (DoReMiConfig, run_doremi),
     "doge": (DoGEConfig, run_doge),
+    "regmix": (RegMixConfig, run_regmix),
 }
 METHODS = tuple(WEIGHTS_SECTIONS)
 # Online arms that read a weights stage's work: online DoReMi's reference is the doremi stage's round-0 reference

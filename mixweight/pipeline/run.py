@@ -117,7 +117,10 @@ def _method_stage(
     stage_cfg = dataclasses.replace(
         section, data=corpus, out=str(directory / WEIGHTS_FILE), work_dir=str(directory / "work"), train=train
     )
-    steps = stage_cfg.steps * (2 * getattr(stage_cfg, "rounds", 1) if method == "doremi" else 3)
+    # work estimate for the ETA, in proxy steps: DoReMi trains a reference and a proxy per round, DoGE's step costs
+    # about three plain ones, RegMix trains one short run per swarm member
+    factor = {"doremi": 2 * getattr(stage_cfg, "rounds", 1), "regmix": getattr(stage_cfg, "runs", 1)}.get(method, 3)
+    steps = stage_cfg.steps * factor
     return Stage(
         f"weights {method}", directory, section_key(section), {"data": data_key}, steps, lambda: runner(stage_cfg)
     )

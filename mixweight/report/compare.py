@@ -13,6 +13,7 @@ from mixweight.domain.health import format_warning
 from mixweight.errors import MixweightError
 from mixweight.report import figures, stats, tables
 from mixweight.report.mixtures import collect_mixtures
+from mixweight.report.repetition import epochs_table, planned_epochs
 from mixweight.report.runs import Arm, check_same_corpus, group_arms
 
 FORMAT = "mixweight-report/1"
@@ -93,6 +94,7 @@ def compare_runs(
     diagnostics = {a.name: d for a in arms if (d := stats.sample_weight_diagnostics(a)) is not None}
     mixtures = collect_mixtures(arms, domains, manifest, weights_files)
     downstream = {a.name: d for a in arms if (d := stats.downstream_summary(a)) is not None}
+    epochs = {a.name: e for a in arms if (e := planned_epochs(a, domains)) is not None}  # RUN/repetition.json
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -126,6 +128,7 @@ def compare_runs(
         "sample_weights": diagnostics,
         "domain_weights": mixtures,
         "downstream": downstream,
+        "planned_epochs": epochs,
         "figures": {**figs, **{f"weights_trajectory:{k}": v for k, v in trajectories.items()}},
     }
     write_json_atomic(out / "report.json", report)
@@ -201,6 +204,14 @@ def render_markdown(report: dict, figs: dict[str, str], trajectories: dict[str, 
         ]
         if without:
             parts.append(f"No trajectory recorded for: {', '.join(without)}.")
+    if report.get("planned_epochs"):
+        parts += [
+            "## Planned epochs per domain",
+            "How many passes over each domain's training tokens an arm's run plans: the sum over its mixture "
+            "phases of weight x the phase's tokens / the domain's training tokens (mean over seeds). Above 1 the "
+            "run repeats the domain; * marks a domain whose weight `--max-epochs` lowered to its cap.",
+            epochs_table(report["planned_epochs"], domains),
+        ]
     if report["sample_weights"]:
         parts += [
             "## Sample-weight diagnostics",

@@ -8,7 +8,7 @@ import json
 import sys
 import typing
 
-from mixweight.core.config import FLAGS, HELP, MOVED, NESTED, OWNED
+from mixweight.core.config import FLAGS, HELP, MOVED, NESTED, OWNED, held_deprecations
 from mixweight.errors import MixweightError
 
 BOOL_FLAGS_NEGATABLE = {"progress"}
@@ -483,7 +483,8 @@ def main(argv: list[str] | None = None) -> None:
     # Under torchrun, one process group serves every stage of the command (a DoReMi run trains twice).
     world = init_world()
     try:
-        args.func(args)
+        with held_deprecations():  # a refused command prints its error line alone
+            args.func(args)
     except MixweightError as exc:
         print(f"mixweight: error: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -8,6 +8,7 @@ resolved config is what gets written into the output directory.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
 import types
@@ -94,13 +95,38 @@ def nest_moved_keys(cls, values: dict[str, Any], where: str) -> dict[str, Any]:
         if is_main_process():
             old = ", ".join(name.split(".", 1)[1] for name in used)
             flags = ", ".join(f"--{name.replace('_', '-')}" for name in used)
-            print(
+            _deprecated(
                 f"mixweight: deprecated: {where}: {old} moved into the {used[0].split('.', 1)[0]} block: write "
-                f"{', '.join(used)} (flags {flags}); the old spelling is accepted for one more release",
-                file=sys.stderr,
-                flush=True,
+                f"{', '.join(used)} (flags {flags}); the old spelling is accepted for one more release"
             )
     return values
+
+
+_held: list[str] | None = None  # deprecation lines held back by `held_deprecations` (the CLI)
+
+
+def _deprecated(line: str) -> None:
+    if _held is None:
+        print(line, file=sys.stderr, flush=True)
+    elif line not in _held:
+        _held.append(line)
+
+
+@contextlib.contextmanager
+def held_deprecations():
+    """Hold deprecation lines back while the body runs; they are printed (once each) when it succeeds.
+
+    The CLI runs every command inside it, so a refused command prints its one error line and
+    nothing else, and a command that runs still says what it read in a deprecated form.
+    """
+    global _held
+    _held = []
+    try:
+        yield
+        for line in _held:
+            print(line, file=sys.stderr, flush=True)
+    finally:
+        _held = None
 
 
 def _build_nested(block: dataclasses.Field, value: Any, where: str) -> dict[str, Any]:

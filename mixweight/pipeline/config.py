@@ -251,13 +251,10 @@ def stage_config(cls, values: dict, where: str, **owned):
 
 
 def section_key(section) -> dict[str, Any]:
-    """A weights section's values for its stage key: the options that differ from their defaults and the train
+    """A weights section's values for its stage key: its options (those the pipeline sets left out) and its train
     block, without the keys that change no result (NOT_IN_STAGE_KEY), so flat and nested forms key alike."""
-    values = {
-        f.name: getattr(section, f.name)
-        for f in dataclasses.fields(section)
-        if f.name != "train" and f.name not in NOT_IN_STAGE_KEY and getattr(section, f.name) != f.default
-    }
+    skip = {"train"} | OWNED_BY_PIPELINE | NOT_IN_STAGE_KEY
+    values = {f.name: getattr(section, f.name) for f in dataclasses.fields(section) if f.name not in skip}
     train = {k: v for k, v in getattr(section, "train", {}).items() if k not in NOT_IN_STAGE_KEY}
     return {**values, "train": train} if train else values
 

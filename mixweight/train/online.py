@@ -3,7 +3,7 @@
 The main model is the proxy. After every optimizer step the loop hands the mixer the step's
 result (every sample's loss and domain in global order, gathered across processes); every K
 steps the mixer's current proportions start a new phase of the `DomainMixture` (a new dataset
-built with seed + phase index, as for a static schedule). docs/algorithms.md section 5 has the
+built with seed + phase index, as for a static schedule). docs/algorithms.md section 6 has the
 formulas and their sources; docs/design.md section 5.4 where this sits in the loop.
 
     step s:   phase due (s > 0, s % K == 0)?  -> loader.append_phase(Phase(s, mixer.start_phase(s)))
@@ -357,7 +357,9 @@ class OnlineMixer:
 
 
 class ODMMixer(OnlineMixer):
-    """ODM (Albalak et al., 2023): EXP3 over the domains, reward = the domain's training loss (section 5.2)."""
+    """ODM (Albalak et al., 2023): EXP3 over the domains, reward = the domain's training loss.
+
+    docs/algorithms.md section 6.2."""
 
     name = "odm"
 
@@ -415,7 +417,9 @@ class ODMMixer(OnlineMixer):
 
 
 class DoReMiMixer(OnlineMixer):
-    """Online DoReMi: alpha <- doremi_update(alpha, lambda) every step on the excess loss (section 5.3)."""
+    """Online DoReMi: alpha <- doremi_update(alpha, lambda) every step on the excess loss.
+
+    docs/algorithms.md section 6.3."""
 
     name = "doremi"
 

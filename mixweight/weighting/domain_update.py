@@ -2,7 +2,7 @@
 
 Shared by the offline proxy methods (`mixweight.domain.doremi`) and the online mixer of the
 main run (`mixweight.train.online`), so both apply exactly the same arithmetic.
-docs/algorithms.md sections 2.3 (DoReMi) and 5 (online mixing) state the formulas.
+docs/algorithms.md sections 2.3 (DoReMi) and 6 (online mixing) state the formulas.
 
 - `doremi_update`: exponentiated gradient on the per-domain excess loss, then smoothing;
 - `domain_means`: per-domain averages of per-sample sums (token-weighted), with which domains were present;

@@ -95,6 +95,17 @@ def test_an_unknown_regressor_gets_the_closest_name():
         make_regressor("loglinaer", 0)
 
 
+def test_lightgbm_ranks_exact_law_data_and_its_search_is_deterministic():
+    pytest.importorskip("lightgbm")
+    x = sample_mixtures(PRIOR, 40, 1.0, seed=0)
+    stats = cross_validate("lightgbm", x, law_losses(x), seed=0)
+    assert stats["spearman"] > 0.8  # trees rank a smooth law well from 40 points, without knowing its form
+    chosen = optimise(make_regressor("lightgbm", 0).fit(x, law_losses(x)), PRIOR, seed=0)
+    again = optimise(make_regressor("lightgbm", 0).fit(x, law_losses(x)), PRIOR, seed=0)
+    assert np.array_equal(chosen, again) and chosen.sum() == pytest.approx(1.0)
+    assert law_losses(chosen[None]).mean() < law_losses(PRIOR[None]).mean()  # better than the prior it started from
+
+
 def test_lightgbm_missing_is_one_line_naming_the_extra(monkeypatch):
     import builtins
 
@@ -110,6 +121,10 @@ def test_lightgbm_missing_is_one_line_naming_the_extra(monkeypatch):
     with pytest.raises(MixweightError, match=r'pip install -e "\.\[regmix\]"') as info:
         make_regressor("lightgbm", 0).fit(x, law_losses(x))
     assert "\n" not in str(info.value)
+    from mixweight.domain.regmix_run import RegMixConfig
+
+    with pytest.raises(MixweightError, match="needs LightGBM"):  # when the config is read, before any swarm run
+        RegMixConfig(data="c", out="w.json", regressor="lightgbm").validate()
 
 
 # --- `mixweight weights regmix` end to end -------------------------------------------------------

@@ -52,6 +52,11 @@ def check_regressor(name: str) -> str:
     return name
 
 
+def require_lightgbm() -> None:
+    """LightGBM importable, else the one-line MixweightError naming the extra."""
+    _lightgbm()
+
+
 def _lightgbm():
     try:
         import lightgbm

@@ -138,6 +138,8 @@ class RegMixConfig(ProxyMethodConfig):
             f"weights regmix: 'concentration' must be > 0, got {self.concentration}",
         )
         regmix.check_regressor(self.regressor)
+        if self.regressor == "lightgbm":
+            regmix.require_lightgbm()  # refused now, not after the swarm has trained
         require(
             self.kl_reg >= 0 and math.isfinite(self.kl_reg),
             f"weights regmix: 'kl_reg' must be >= 0, got {self.kl_reg}",

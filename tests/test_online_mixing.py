@@ -319,3 +319,22 @@ def test_resuming_against_a_reference_run_that_changed_is_refused(
     state.write_text(state.read_text() + "\n")  # the reference's checkpoint rewritten in place
     line = cli_refuses([*_train(synth_corpus, tiny_spec, tmp_path / "run", *flags, steps=4), "--resume"])
     assert "doremi_reference: the contents of" in line
+
+
+def test_a_pipeline_online_doremi_arm_needs_the_doremi_section(tmp_path, tiny_spec):
+    import yaml
+
+    from mixweight.errors import MixweightError
+    from mixweight.pipeline import load_pipeline_config
+
+    arm = {"domain_weights": "online:doremi", "mixing_every": 2}
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump({"train": {"model": tiny_spec}, "doremi": None, "arms": {"od": arm}}))
+    with pytest.raises(MixweightError, match="reference run comes from the 'doremi' section, but that section is null"):
+        load_pipeline_config(path)
+    path.write_text(
+        yaml.safe_dump(
+            {"train": {"model": tiny_spec}, "doremi": None, "arms": {"od": {**arm, "doremi_reference": str(tmp_path)}}}
+        )
+    )
+    assert load_pipeline_config(path).arms["od"]["doremi_reference"] == str(tmp_path)  # its own reference: no section

@@ -13,7 +13,7 @@ from mixweight.domain.health import format_warning
 from mixweight.errors import MixweightError
 from mixweight.report import figures, stats, tables
 from mixweight.report.mixtures import collect_mixtures
-from mixweight.report.repetition import epochs_table, planned_epochs
+from mixweight.report.repetition import epochs_table, planned_epochs, regmix_fit_figure
 from mixweight.report.runs import Arm, check_same_corpus, group_arms
 
 FORMAT = "mixweight-report/1"
@@ -112,6 +112,9 @@ def compare_runs(
         figs["online_trajectories"] = figures.online_trajectories(out, online, offline, domains)
     if diagnostics:
         figs["sample_weights"] = figures.sample_weight_diagnostics(out, diagnostics)
+    for name, m in mixtures.items():  # a regmix file: the swarm's held-out fit its weights rest on
+        if (fit_figure := regmix_fit_figure(out, name, m.get("method") or {})) is not None:
+            figs[f"regmix_fit:{name}"] = fit_figure
 
     report = {
         "format": FORMAT,
@@ -188,6 +191,16 @@ def render_markdown(report: dict, figs: dict[str, str], trajectories: dict[str, 
         ]
         for name, path in trajectories.items():
             parts += [f"### {name}: weights during the proxy run", f"![{name} trajectory]({path})"]
+        for key, path in figs.items():
+            if key.startswith("regmix_fit:"):
+                name = key.split(":", 1)[1]
+                fit = mixtures[name]["method"]["fit"]["cross_validation"]
+                parts += [
+                    f"### {name}: the swarm's fit",
+                    f"Held-out ({fit['method']}) predicted against observed target loss, one point per swarm run: "
+                    f"Spearman {fit['spearman']:.3f}, mean absolute error {fit['mae']:.4f}.",
+                    f"![{name} fit]({path})",
+                ]
         if "online_trajectories" in figs:
             parts += [
                 "### Online mixing: the weights of each phase",

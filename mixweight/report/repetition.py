@@ -50,3 +50,37 @@ def epochs_table(planned: dict[str, dict], domains: list[str]) -> str:
     caps = ["none" if info["max_epochs"] is None else f"{info['max_epochs']}" for info in planned.values()]
     rows.append(["*max_epochs*", *caps])
     return table(["domain", *planned], rows)
+
+
+# --- a RegMix artifact's fit, next to its weights ---------------------------------------------------------
+def regmix_fit_figure(out_dir, name: str, method: dict) -> str | None:
+    """`regmix_fit_<name>.png`: the swarm's held-out predicted vs observed target loss (the fit the weights
+    rest on); None when `method` is not a regmix record with a fit."""
+    import re
+    from pathlib import Path
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fit, swarm = method.get("fit"), method.get("swarm")
+    if method.get("name") != "regmix" or not isinstance(fit, dict) or not isinstance(swarm, list):
+        return None
+    cv = fit.get("cross_validation") or {}
+    predicted = cv.get("predicted") or []
+    observed = [run.get("target_loss") for run in swarm]
+    if len(predicted) != len(observed) or not observed:
+        return None
+    file = f"regmix_fit_{re.sub(r'[^A-Za-z0-9_+-]', '_', name)}.png"
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.scatter(observed, predicted, s=16)
+    low, high = min(observed + predicted), max(observed + predicted)
+    ax.plot([low, high], [low, high], color="grey", linewidth=0.8, linestyle="--")
+    ax.set_xlabel("observed target loss (swarm run)")
+    ax.set_ylabel(f"predicted ({cv.get('method', 'held out')})")
+    ax.set_title(f"{name}: Spearman {cv.get('spearman', float('nan')):.2f}, MAE {cv.get('mae', float('nan')):.3f}")
+    fig.tight_layout()
+    fig.savefig(Path(out_dir) / file, dpi=100)
+    plt.close(fig)
+    return file

@@ -39,7 +39,7 @@ from mixweight.core.yamlio import load_yaml
 from mixweight.data.manifest import Manifest, load_manifest
 from mixweight.errors import MixweightError, did_you_mean
 from mixweight.sampling.schedule import Phase, resolve_schedule
-from mixweight.train.step import StepResult
+from mixweight.train.step import StepReduction, StepResult
 from mixweight.weighting.domain_update import (
     domain_means,
     doremi_update,
@@ -175,7 +175,7 @@ def load_reference(run_dir, corpus, manifest: Manifest):
     return load_model(model_dir).eval().requires_grad_(False)
 
 
-class ExcessSignal:
+class ExcessSignal(StepReduction):
     """Wraps the run's SampleReduction: the same sample weights, plus DoReMi's per-sample excess signal.
 
     `sample_signal` is the offline proxy's (docs/algorithms.md section 2.2): per sample, the sum over
@@ -202,17 +202,13 @@ class ExcessSignal:
         return self.inner.weights(losses, domains, step, signal=None)
 
     def state_dict(self) -> dict:
-        getter = getattr(self.inner, "state_dict", None)
-        return getter() if getter is not None else {}
+        return self.inner.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
-        loader = getattr(self.inner, "load_state_dict", None)
-        if loader is not None:
-            loader(state)
+        self.inner.load_state_dict(state)
 
     def step_metrics(self) -> dict:
-        getter = getattr(self.inner, "step_metrics", None)
-        return getter() if getter is not None else {}
+        return self.inner.step_metrics()
 
 
 # --- the mixers -----------------------------------------------------------------------------------

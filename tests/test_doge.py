@@ -482,6 +482,8 @@ def test_bad_config_values_are_refused():
         DoGEConfig(data="d", out="o", score="normalized-clipped").validate()
     with pytest.raises(MixweightError, match="max_grad_norm"):
         DoGEConfig(data="d", out="o", max_grad_norm=-1.0).validate()
+    with pytest.raises(MixweightError, match="train.fsdp is not supported"):
+        DoGEConfig(data="d", out="o", train={"fsdp": True}).validate()
 
 
 def test_published_defaults_follow_the_target_kind():

@@ -96,6 +96,12 @@ def test_both_spellings_of_a_key_are_refused(tmp_path, cli_refuses):
     assert not (tmp_path / "w.json").exists() and not (tmp_path / "w.work").exists()
 
 
+def test_a_refused_command_prints_its_error_line_alone(synth_corpus, tmp_path, cli_refuses):
+    """The deprecation line of a flat flag is held back: a refused command prints one line (cli_refuses checks)."""
+    error = cli_refuses(["weights", "doge", "--data", synth_corpus, "--out", tmp_path, "--lr", "1e-3"])
+    assert "is a directory" in error
+
+
 def test_an_unknown_or_owned_train_key_is_refused_with_a_hint(tmp_path, cli_refuses):
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump({"train": {"weight_decy": 0.0}}))

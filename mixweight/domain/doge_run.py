@@ -109,6 +109,11 @@ class DoGEConfig(ProxyMethodConfig):
             f"weights doge: 'doge_impl' must be one of {', '.join(IMPLS)}, got {self.doge_impl!r}",
         )
         require(
+            not self.train.get("fsdp", False),
+            "weights doge: train.fsdp is not supported (DoGE holds one full gradient per domain on every process); "
+            "leave it off (DDP)",
+        )
+        require(
             all(t.strip() for t in self.target.split(",")),
             f"weights doge: 'target' must be mix, all or comma-separated domain names, got {self.target!r}",
         )

@@ -317,3 +317,19 @@ def test_a_pipeline_with_a_regmix_section_and_arm(tmp_path, capsys):
     capsys.readouterr()
     run_pipeline(load_pipeline_config(path), out)
     assert capsys.readouterr().out.count(": cached") == 4  # data, regmix and the two arms
+
+
+def test_a_diverged_swarm_run_is_named_not_fitted(swarm, synth_corpus, tmp_path, cli_refuses):
+    out, _ = swarm
+    work = out.parent / "domain_weights.work"
+    eval_json = work / "runs" / "run-002" / "eval.json"
+    kept = eval_json.read_text()
+    try:
+        record = json.loads(kept)
+        record["domains"]["noise"]["loss"] = float("nan")
+        eval_json.write_text(json.dumps(record))
+        message = cli_refuses(regmix_argv(synth_corpus, tmp_path / "w.json", "--work-dir", str(work)))
+        assert "swarm run(s) [2] ended with a non-finite validation loss" in message
+        assert not (tmp_path / "w.json").exists()
+    finally:
+        eval_json.write_text(kept)

@@ -433,7 +433,14 @@ def _run(config: RegMixConfig, world) -> DomainWeights:
     # the fit: every process computes it (cheap, deterministic); the main one writes
     losses = [json.loads((Path(m["config"]["out"]) / "eval.json").read_text())["domains"] for m in members]
     x = mixtures
-    y = np.array([[run[d]["loss"] for d in target_domains] for run in losses])
+    y = np.array([[run[d]["loss"] for d in target_domains] for run in losses], dtype=np.float64)
+    diverged = [i for i in range(len(y)) if not np.isfinite(y[i]).all()]
+    if diverged:
+        raise MixweightError(
+            f"weights regmix: swarm run(s) {diverged} ended with a non-finite validation loss on a target domain, "
+            f"so no regression can use them; lower train.lr (or raise train.warmup_steps) and remove "
+            f"{work / 'runs'}/run-NNN of those runs to train them again"
+        )
     model = regmix.make_regressor(config.regressor, config.seed).fit(x, y)
     fit = _fit_block(config, model, x, y)
     fit["target_domains"] = target_domains

@@ -333,3 +333,19 @@ def test_a_diverged_swarm_run_is_named_not_fitted(swarm, synth_corpus, tmp_path,
         assert not (tmp_path / "w.json").exists()
     finally:
         eval_json.write_text(kept)
+
+
+def test_the_lightgbm_regressor_refits_a_finished_swarm_and_verifies(swarm, synth_corpus, tmp_path, capsys):
+    pytest.importorskip("lightgbm")
+    from mixweight.cli import main
+
+    out, _ = swarm
+    work = out.parent / "domain_weights.work"
+    trees = tmp_path / "trees.json"
+    stdout = run_cli(regmix_argv(synth_corpus, trees, "--work-dir", str(work), "--regressor", "lightgbm"))
+    assert "(5 finished, 0 to train)" in stdout and "lightgbm fit over 5 runs" in stdout  # the runs are reused
+    raw = json.loads(trees.read_text())
+    assert raw["method"]["regressor"] == "lightgbm" and "laws" not in raw["method"]["fit"]
+    assert raw["method"]["swarm"] == json.loads(out.read_text())["method"]["swarm"]
+    main(["weights", "verify", str(trees)])
+    assert "refitted 5 regmix swarm runs (lightgbm)" in capsys.readouterr().out

@@ -172,6 +172,10 @@ def test_export_caps_to_a_token_budget(tmp_path, capsys):
     captured = capsys.readouterr()
     assert json.loads(captured.out) == pytest.approx({"a": 0.4, "b": 0.6})
     assert "capped a 0.8000->0.4000 (4->2 epochs)" in captured.err
+    main(["weights", "export", str(file), "--format", "json", "--token-budget", "500"])  # epochs only, no cap
+    captured = capsys.readouterr()
+    assert json.loads(captured.out) == pytest.approx({"a": 0.8, "b": 0.2})
+    assert "planned epochs over 500 tokens: a 4, b 0.1" in captured.err
 
 
 def test_export_refusals(tmp_path, cli_refuses):

@@ -349,3 +349,28 @@ def test_the_lightgbm_regressor_refits_a_finished_swarm_and_verifies(swarm, synt
     assert raw["method"]["swarm"] == json.loads(out.read_text())["method"]["swarm"]
     main(["weights", "verify", str(trees)])
     assert "refitted 5 regmix swarm runs (lightgbm)" in capsys.readouterr().out
+
+
+def test_a_pipeline_regmix_section_that_does_not_fit_the_corpus_is_refused_before_training(tmp_path):
+    import yaml
+
+    from mixweight.pipeline import load_pipeline_config, run_pipeline
+
+    config = {
+        "data": {"synthetic": {"seed": 0, "tokens_per_domain": 4096, "seq_len": 64}},
+        "train": {"model": "gpt2-micro", "steps": 2, "batch_size": 8},
+        "doremi": None,
+        "doge": None,
+        "regmix": {"runs": 5, "steps": 2, "target": "noise,arithmetc"},
+        "arms": {"uniform": {"domain_weights": "uniform"}, "regmix": {"domain_weights": "regmix"}},
+        "progress": False,
+    }
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(MixweightError, match="pipeline 'regmix': weights regmix: --target 'arithmetc'"):
+        run_pipeline(load_pipeline_config(path), tmp_path / "out")
+    assert not (tmp_path / "out" / "runs").exists()  # refused after the corpus, before any arm or swarm run
+    config["regmix"]["target"] = "noise"
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(MixweightError, match="--runs 5 is too few for 6 training domains"):
+        run_pipeline(load_pipeline_config(path), tmp_path / "out")

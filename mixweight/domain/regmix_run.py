@@ -368,12 +368,12 @@ def run_regmix(config: RegMixConfig) -> DomainWeights:
         close_world(world)
 
 
-def _run(config: RegMixConfig, world) -> DomainWeights:
-    corpus, manifest = start(config)  # the config and --out checked before any training, the corpus read
+def check_swarm(config: RegMixConfig, manifest: Manifest) -> tuple[list[str], list[str], np.ndarray, np.ndarray | None]:
+    """The checks that need the corpus (targets, enough runs, a feasible repetition budget), before anything
+    trains; returns (held-out targets, training domains, the prior over them, the caps or None)."""
     domains = list(manifest.domains)
     targets = held_out_targets(config.target, domains)
     train_domains = [d for d in domains if d not in targets]
-    target_domains = targets or domains
     if config.runs < len(train_domains) + 1:
         raise MixweightError(
             f"weights regmix: --runs {config.runs} is too few for {len(train_domains)} training domains: the "
@@ -392,6 +392,14 @@ def _run(config: RegMixConfig, world) -> DomainWeights:
             "weights regmix",
         )
         caps = np.array([config.max_epochs * tokens[d] / config.token_budget for d in train_domains])
+    return targets, train_domains, prior, caps
+
+
+def _run(config: RegMixConfig, world) -> DomainWeights:
+    corpus, manifest = start(config)  # the config and --out checked before any training, the corpus read
+    domains = list(manifest.domains)
+    targets, train_domains, prior, caps = check_swarm(config, manifest)
+    target_domains = targets or domains
     mixtures = regmix.sample_mixtures(prior, config.runs, config.concentration, config.seed)
     work = config.resolved_work_dir()
     members = []

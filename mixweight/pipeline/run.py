@@ -257,6 +257,13 @@ def check_against_corpus(config: PipelineConfig, corpus: str) -> None:
             check_targets(_held_out_targets(config.doge, manifest.domains), manifest.domains)
         except MixweightError as exc:
             raise MixweightError(f"pipeline 'doge.target': {exc}") from exc
+    if config.regmix is not None and any(arm_values(config, a).get("domain_weights") == "regmix" for a in config.arms):
+        from mixweight.domain.regmix_run import check_swarm
+
+        try:  # its targets, enough runs for the training domains, a repetition budget the corpus can meet
+            check_swarm(config.regmix, manifest)
+        except MixweightError as exc:
+            raise MixweightError(f"pipeline 'regmix': {exc}") from exc
     for name in config.arms:
         values = arm_values(config, name)
         spec = values.get("domain_weights", TrainConfig.domain_weights)

@@ -374,3 +374,28 @@ def test_a_pipeline_regmix_section_that_does_not_fit_the_corpus_is_refused_befor
     path.write_text(yaml.safe_dump(config))
     with pytest.raises(MixweightError, match="--runs 5 is too few for 6 training domains"):
         run_pipeline(load_pipeline_config(path), tmp_path / "out")
+
+
+@pytest.mark.slow
+def test_kill_9_mid_swarm_then_rerun_gives_the_same_bytes(synth_corpus, tmp_path):
+    import signal
+    import time
+
+    extra = ["--steps", "20", "--train.checkpoint-every", "3"]
+    straight = tmp_path / "straight.json"
+    run_cli(regmix_argv(synth_corpus, straight, *extra))
+    killed = tmp_path / "killed.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "mixweight", *regmix_argv(synth_corpus, killed, *extra)]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    runs = tmp_path / "killed.work" / "runs"
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(runs.glob("run-002/checkpoints/step-*")):  # inside the third run
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not killed.exists() and (runs / "run-001" / "eval.json").is_file()
+    stdout = run_cli(regmix_argv(synth_corpus, killed, *extra))
+    finished = int(stdout.split(" finished, ")[0].rsplit("(", 1)[1])
+    assert 2 <= finished < 5
+    assert killed.read_bytes() == straight.read_bytes()

@@ -181,6 +181,10 @@ def test_a_tiny_swarm_writes_the_artifact_the_other_commands_take(swarm, synth_c
     assert method["fit"]["target_domains"] == HELD_OUT.split(",") and len(method["fit"]["laws"]) == 4
     assert raw["provenance"]["seed"] == 0 and raw["provenance"]["proxy"]["name"] == "gpt2-micro"
     assert "Spearman" in stdout and stdout.count("mixweight regmix: run ") == 5
+    assert (
+        raw["warnings"][0]["code"] == "small-swarm"
+        and "5 runs for a law with 4 parameters" in raw["warnings"][0]["message"]
+    )
     assert out.with_name("domain_weights_fit.png").is_file() and out.with_name("domain_weights_bars.png").is_file()
     # train takes it as a mixture; verify refits the swarm table to the same weights; export prints it
     phases = resolve_schedule(load_manifest(synth_corpus), str(out))
@@ -399,3 +403,19 @@ def test_kill_9_mid_swarm_then_rerun_gives_the_same_bytes(synth_corpus, tmp_path
     finished = int(stdout.split(" finished, ")[0].rsplit("(", 1)[1])
     assert 2 <= finished < 5
     assert killed.read_bytes() == straight.read_bytes()
+
+
+def test_fit_warnings_name_a_small_swarm_and_a_poor_ranking():
+    from mixweight.domain.regmix_run import RegMixConfig, fit_warnings
+
+    poor = {"cross_validation": {"method": "leave-one-out", "spearman": 0.2}}
+    good = {"cross_validation": {"method": "leave-one-out", "spearman": 0.9}}
+    codes = lambda config, fit: [w["code"] for w in fit_warnings(config, fit, 3, ["a"])]  # noqa: E731
+    assert codes(RegMixConfig(runs=12), good) == []  # 3 x (3 + 1) runs
+    assert codes(RegMixConfig(runs=11), good) == ["small-swarm"]
+    assert codes(RegMixConfig(runs=11, regressor="lightgbm"), good) == []  # trees have no parameter count
+    assert codes(RegMixConfig(runs=40), poor) == ["poor-fit"]
+    assert codes(RegMixConfig(runs=5), {"cross_validation": {"method": "leave-one-out", "spearman": float("nan")}}) == [
+        "small-swarm",
+        "poor-fit",
+    ]

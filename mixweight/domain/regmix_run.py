@@ -62,6 +62,10 @@ SWARM_FILE = "swarm.json"
 # max_epochs) change only the fit, so changing them reuses the runs.
 SWARM_KEYS = ("proxy", "steps", "seed", "prior", "concentration", "target")
 POOR_FIT_SPEARMAN = 0.5  # below this held-out rank correlation, the artifact warns that the fit ranks poorly
+# Below this many runs per parameter of a log-linear law (m + 1 with m training domains), the artifact warns: on the
+# synthetic corpus such fits ranked unseen mixtures poorly while their leave-one-out Spearman looked good
+# (benchmarks/RESULTS.md, regmix_rank.py).
+RUNS_PER_PARAMETER = 3
 POLL_SECONDS = 2.0
 CHILD_ENV_DROP = (
     "RANK",
@@ -499,20 +503,7 @@ def _run(config: RegMixConfig, world) -> DomainWeights:
         targets=targets,
         provenance=provenance(config, manifest, corpus),
     )
-    rho = fit["cross_validation"]["spearman"]
-    if not (rho >= POOR_FIT_SPEARMAN):
-        result.warnings = [
-            {
-                "code": "poor-fit",
-                "step": config.runs,
-                "domains": target_domains,
-                "message": (
-                    f"the {config.regressor} fit ranks held-out swarm runs poorly ({fit['cross_validation']['method']} "
-                    f"Spearman {rho:.2f} < {POOR_FIT_SPEARMAN}): the chosen mixture is a weak guess; usual remedies: "
-                    "more --runs, more --steps per run, more --eval-blocks"
-                ),
-            }
-        ]
+    result.warnings = fit_warnings(config, fit, len(train_domains), target_domains)
     if world.is_main:
         cv = fit["cross_validation"]
         print(
@@ -532,6 +523,42 @@ def _run(config: RegMixConfig, world) -> DomainWeights:
         plot_chosen_vs_prior(result, out.with_name(f"{out.stem}_bars.png"))
     barrier(world)  # no process reads the weights before the main one has written them
     return result
+
+
+def fit_warnings(config: RegMixConfig, fit: dict, train_domains: int, target_domains: list[str]) -> list[dict]:
+    """`small-swarm` (log-linear with fewer than RUNS_PER_PARAMETER runs per parameter) and `poor-fit`
+    (held-out Spearman below POOR_FIT_SPEARMAN), each {code, step (the swarm size), domains, message}."""
+    found = []
+    cv = fit["cross_validation"]
+    needed = RUNS_PER_PARAMETER * (train_domains + 1)
+    if config.regressor == "loglinear" and config.runs < needed:
+        found.append(
+            {
+                "code": "small-swarm",
+                "step": config.runs,
+                "domains": target_domains,
+                "message": (
+                    f"{config.runs} runs for a law with {train_domains + 1} parameters per target domain: with fewer "
+                    f"than {RUNS_PER_PARAMETER}x as many runs ({needed}) the fit nearly interpolates the swarm, its "
+                    f"{cv['method']} Spearman ({cv['spearman']:.2f}) is optimistic and the chosen mixture can be worse "
+                    "than the prior; use more --runs"
+                ),
+            }
+        )
+    if not (cv["spearman"] >= POOR_FIT_SPEARMAN):
+        found.append(
+            {
+                "code": "poor-fit",
+                "step": config.runs,
+                "domains": target_domains,
+                "message": (
+                    f"the {config.regressor} fit ranks held-out swarm runs poorly ({cv['method']} Spearman "
+                    f"{cv['spearman']:.2f} < {POOR_FIT_SPEARMAN}): the chosen mixture is a weak guess; usual remedies: "
+                    "more --runs, more --steps per run, more eval blocks (train.eval_blocks)"
+                ),
+            }
+        )
+    return found
 
 
 # --- replay and plots --------------------------------------------------------------------------

@@ -419,3 +419,21 @@ def test_fit_warnings_name_a_small_swarm_and_a_poor_ranking():
         "small-swarm",
         "poor-fit",
     ]
+
+
+def test_a_shared_memory_name_clash_starts_the_run_again(monkeypatch):
+    from mixweight.domain import regmix_run
+
+    monkeypatch.setattr(regmix_run.time, "sleep", lambda seconds: None)
+    calls = []
+
+    def clashing(config):
+        calls.append(config)
+        if len(calls) < 3:
+            raise FileExistsError(17, "File exists", "/000047_locals")
+
+    regmix_run._train_with_retries(clashing, "config")
+    assert calls == ["config"] * 3
+    calls.clear()
+    with pytest.raises(FileExistsError):
+        regmix_run._train_with_retries(clashing, "config", attempts=2)

@@ -278,13 +278,28 @@ def train_share(members: list[dict], indices: list[int], total: int, progress: b
         log.parent.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
         with log.open("a") as handle, contextlib.redirect_stdout(handle):
-            train_or_reuse(config)
+            _train_with_retries(train_or_reuse, config)
         losses = json.loads((Path(config.out) / "eval.json").read_text())["domains"]
         line = _run_line(i, total, losses, member["targets"], time.perf_counter() - started, member["mixture"])
         bar.update(1)
         tqdm.write(line + label, file=sys.stdout)
         sys.stdout.flush()
     bar.close()
+
+
+def _train_with_retries(train_or_reuse, config: TrainConfig, attempts: int = 5) -> None:
+    """One swarm run. Swarm processes on one machine build their mosaicml-streaming datasets at the same
+    moments, and streaming's choice of a free shared-memory prefix is not atomic across independent
+    processes: two may pick the same one, and the second then fails with FileExistsError on creating it.
+    Nothing is trained by then (the dataset is built before the first step), so the run is started again."""
+    for attempt in range(attempts):
+        try:
+            train_or_reuse(config)
+            return
+        except FileExistsError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.5 * (attempt + 1))
 
 
 def _child_env(local_rank: int) -> dict:

@@ -65,7 +65,12 @@ def _add_nested_flags(parser: argparse.ArgumentParser, cls, block) -> None:
     defaults = getattr(cls, "TRAIN_DEFAULTS", {})  # the method's own defaults for the block
     notes = getattr(cls, "TRAIN_DEFAULT_NOTES", {})  # defaults that follow other options
     for field in dataclasses.fields(inner):
-        if field.name in owned:
+        if field.name in owned:  # hidden, so that the config check refuses it with its reason (not "unrecognized")
+            plain = field.metadata.get(FLAGS) or ("--" + field.name.replace("_", "-"),)
+            hidden = tuple(f"--{block.name}.{flag[2:]}" for flag in plain)
+            parser.add_argument(
+                *hidden, dest=f"{block.name}.{field.name}", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+            )
             continue
         plain = field.metadata.get(FLAGS) or ("--" + field.name.replace("_", "-"),)
         flags = tuple(f"--{block.name}.{flag[2:]}" for flag in plain)

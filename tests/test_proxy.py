@@ -200,3 +200,33 @@ def test_one_config_hash_for_every_method():
     assert config_hash(doremi, "c") != config_hash(doremi, "d")
     assert config_hash(DoGEConfig(), "c") != config_hash(DoGEConfig(doge_impl="loop", mu=0.5), "c")
     assert config_hash(DoGEConfig(mu=0.5), "c") == config_hash(DoGEConfig(doge_impl="loop", mu=0.5), "c")
+
+
+@pytest.mark.parametrize(
+    "method,flag,reason",
+    [
+        ("regmix", "--train.max-epochs", "its own --max-epochs caps the chosen mixture"),
+        ("doremi", "--train.sample-weighting", "their own step objective"),
+        ("doge", "--train.r", "their own step objective"),
+        ("regmix", "--train.weight-cap", "their own step objective"),
+        ("regmix", "--train.mixing-every", "online domain mixing"),
+        ("doge", "--train.odm-alpha", "online domain mixing"),
+        ("doremi", "--train.domain-weights", "the method decides what its proxy runs sample"),
+    ],
+)
+def test_a_train_key_the_method_ignores_or_would_corrupt_is_refused_naming_why(
+    tmp_path, cli_refuses, method, flag, reason
+):
+    error = cli_refuses(["weights", method, "--data", "d", "--out", tmp_path / "w.json", flag, "2"])
+    key = flag.removeprefix("--train.").replace("-", "_")
+    assert f"'train.{key}' cannot be set here" in error and reason in error
+    assert not (tmp_path / "w.json").exists()
+
+
+def test_the_refused_train_keys_are_not_offered_in_help(capsys):
+    from mixweight.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["weights", "regmix", "--help"])
+    shown = capsys.readouterr().out
+    assert "--max-epochs" in shown and "--train.max-epochs" not in shown and "--train.sample-weighting" not in shown

@@ -95,6 +95,27 @@ OWNED_TRAIN_KEYS = {
     "domain_weights": "the method decides what its proxy runs sample",
     "domain_weights_every": "the method decides what its proxy runs sample",
     "resume": "a proxy run resumes by itself when it was interrupted",
+    "max_epochs": (
+        "a proxy run trains the mixture the method records, unprojected "
+        "(weights regmix: its own --max-epochs caps the chosen mixture instead)"
+    ),
+    **{
+        key: "DoReMi and DoGE give their proxy runs their own step objective, and a swarm of sample-weighted "
+        "runs would fit a law of another objective than the main run's mixture: set it on the main run"
+        for key in ("sample_weighting", "r", "r_schedule", "r_start", "r_warmup_steps", "weight_cap", "weighting_scope")
+    },
+    **{
+        key: "online domain mixing would replace the mixture the method decides for its proxy runs"
+        for key in (
+            "mixing_every",
+            "mixing_prior",
+            "odm_alpha",
+            "odm_exploration",
+            "doremi_reference",
+            "doremi_eta",
+            "doremi_smoothing",
+        )
+    },
 }
 # TrainConfig keys that were top-level method keys before the train block: accepted for a release (deprecated).
 MOVED_TRAIN_KEYS = (

@@ -143,7 +143,7 @@ class LmEvalSection:
 
 @dataclass
 class EvalSection:
-    lm_eval: Optional[dict] = None
+    lm_eval: Optional[LmEvalSection] = None
 
 
 LM_EVAL_KEYS = [f.name for f in dataclasses.fields(LmEvalSection)]
@@ -187,9 +187,11 @@ class PipelineConfig:
     del _name, _cls, _run
     arms: dict = field(default_factory=lambda: dict(DEFAULT_ARMS))
     seeds: list[int] = field(default_factory=lambda: [0])
-    report: dict = field(default_factory=dict)
-    eval: dict = field(default_factory=dict)
+    report: ReportSection = field(default_factory=ReportSection)
+    eval: EvalSection = field(default_factory=EvalSection)
     progress: bool = True
+    # `train` and `arms` keep the keys as written (a stage's key is the values a user gave); validate() builds
+    # each arm's typed TrainConfig from them once, and arm_config() hands it to the stage that completes it.
 
     def validate(self) -> None:
         data_form(self.data)
@@ -199,12 +201,12 @@ class PipelineConfig:
         )
         require(all(seed >= 0 for seed in self.seeds), f"pipeline: 'seeds' must be >= 0, got {self.seeds}")
         require(bool(self.arms), "pipeline: 'arms' is empty")
-        report = build_config(ReportSection, self.report, "pipeline 'report'")
-        stage_config(TrainConfig, self.train, "pipeline 'train'")
+        train_section(self.train, "pipeline 'train'")
         for method in METHODS:  # built and validated when read; here only what the pipeline sets itself
             section = getattr(self, method)
             given = [k for k in sorted(OWNED_BY_PIPELINE) if getattr(section, k, None) not in (None, False)]
             require(not given, f"pipeline '{method}': '{given[0] if given else ''}' is set by the pipeline; remove it")
+        arm_configs = {}
         for name, overrides in self.arms.items():
             check_arm_name(name)
             require(isinstance(overrides, dict), f"pipeline: arm '{name}' must be a mapping of train keys")
@@ -215,7 +217,6 @@ class PipelineConfig:
                     getattr(self, method) is not None,
                     f"pipeline: arm '{name}' uses domain_weights '{method}' but the '{method}' section is null",
                 )
-                arm = {**arm, "domain_weights": "uniform"}  # the file exists only once the method has run
             needs = online_stage(arm)
             if needs is not None:
                 require(
@@ -223,31 +224,44 @@ class PipelineConfig:
                     f"pipeline: arm '{name}' uses domain_weights '{method}', whose reference run comes from the "
                     f"'{needs}' section, but that section is null (or give the arm its own doremi_reference)",
                 )
-                arm = {**arm, "doremi_reference": "."}  # the run exists only once the method has run
-            stage_config(TrainConfig, arm, f"pipeline arm '{name}'")
-        eval_section = build_config(EvalSection, self.eval, "pipeline 'eval'")
-        if eval_section.lm_eval is not None:
-            build_config(LmEvalSection, eval_section.lm_eval, "pipeline 'eval.lm_eval'")
+            # domain_weights may still name a weights section (its file exists once the method has run) and an
+            # online DoReMi arm may lack its reference: the arm's stage sets both, with data and out
+            arm_configs[name] = train_section(arm, f"pipeline arm '{name}'")
         require(
-            report.baseline is None or report.baseline in self.arms,
-            f"pipeline: report baseline '{report.baseline}' is not an arm; arms: {sorted(self.arms)}",
+            self.report.baseline is None or self.report.baseline in self.arms,
+            f"pipeline: report baseline '{self.report.baseline}' is not an arm; arms: {sorted(self.arms)}",
         )
+        self._arm_configs = arm_configs
 
-    def lm_eval(self) -> Optional[LmEvalSection]:
-        options = self.eval.get("lm_eval")
-        return None if options is None else build_config(LmEvalSection, options, "pipeline 'eval.lm_eval'")
+    def arm_config(self, name: str) -> TrainConfig:
+        """Arm `name`'s TrainConfig as validated when the YAML was read; its stage sets data, out, seed, and a
+        weights file or reference run a weights stage makes."""
+        if "_arm_configs" not in vars(self):  # a copy (dataclasses.replace) does not carry it: build it again
+            self.validate()
+        return self._arm_configs[name]
 
 
-def stage_config(cls, values: dict, where: str, **owned):
-    """Build a stage's config from a pipeline section plus the paths the pipeline owns."""
-    names = [f.name for f in dataclasses.fields(cls)]
+@dataclass
+class _SectionTrainConfig(TrainConfig):
+    """A TrainConfig the pipeline completes before training: built and checked without data and out."""
+
+    def validate(self) -> None:
+        super().validate(require_paths=False)
+
+
+TRAIN_KEYS = [f.name for f in dataclasses.fields(TrainConfig)]
+
+
+def train_section(values: dict, where: str) -> TrainConfig:
+    """The typed TrainConfig of the pipeline's train section or of one arm (train merged with the arm's keys),
+    checked once here: unknown keys, keys the pipeline sets, types and values."""
     for key in values:
         if key in OWNED_BY_PIPELINE:
             raise MixweightError(f"{where}: '{key}' is set by the pipeline; remove it")
-        if key not in names:
-            raise MixweightError(f"{where}: unknown key '{key}'; {closest_hint(key, names)}")
-    placeholders = {k: "." for k in ("data", "out") if k in names}
-    return build_config(cls, {**placeholders, **values, **owned}, where)
+        if key not in TRAIN_KEYS:
+            raise MixweightError(f"{where}: unknown key '{key}'; {closest_hint(key, TRAIN_KEYS)}")
+    section = build_config(_SectionTrainConfig, values, where)
+    return TrainConfig(**{name: getattr(section, name) for name in TRAIN_KEYS})
 
 
 def section_key(section) -> dict[str, Any]:

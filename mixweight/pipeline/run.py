@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
-import inspect
 import os
 import socket
 import time
@@ -34,7 +33,7 @@ from mixweight.core.artifact import resolve_proportions
 from mixweight.core.distributed import barrier, broadcast_object, close_world, init_world, is_main_process
 from mixweight.core.yamlio import load_yaml
 from mixweight.data.manifest import load_manifest
-from mixweight.domain.doge_run import DoGEConfig, check_targets
+from mixweight.domain.doge_run import check_targets
 from mixweight.errors import MixweightError
 from mixweight.pipeline.config import (
     METHODS,
@@ -45,7 +44,6 @@ from mixweight.pipeline.config import (
     data_form,
     online_stage,
     section_key,
-    stage_config,
 )
 from mixweight.pipeline.inputs import input_fingerprints, manifest_sha256
 from mixweight.pipeline.stages import CHANGED, DONE, EXTEND, Stage, stage_key
@@ -150,18 +148,19 @@ def _arm_stage(config: PipelineConfig, name: str, seed: int, corpus: str, upstre
     values = {"seed": seed, "progress": config.progress, **arm_values(config, name)}
     method = values.get("domain_weights")
     inputs = {"data": upstream["data"]}
-    train_values = dict(values)
+    directory = out / "runs" / f"{name}-seed{seed}"
+    # the arm's TrainConfig was checked when the YAML was read; here the pipeline sets what it owns
+    owned = {"data": corpus, "out": str(directory), "seed": values["seed"], "progress": values["progress"]}
     if method in METHODS:
         # the key keeps the method's name (its weights stage's key is an input): the file's path changes with
         # how --out is spelled (relative, absolute, OUT moved), which must not make the arm "changed"
-        train_values["domain_weights"] = str(out / "weights" / method / WEIGHTS_FILE)
+        owned["domain_weights"] = str(out / "weights" / method / WEIGHTS_FILE)
         inputs[method] = upstream[method]
     needs = online_stage(values)
     if needs is not None:  # online DoReMi: the doremi stage's reference run, keyed by that stage (not its path)
-        train_values["doremi_reference"] = str(online_reference(config, out))
+        owned["doremi_reference"] = str(online_reference(config, out))
         inputs[needs] = upstream[needs]
-    directory = out / "runs" / f"{name}-seed{seed}"
-    train_cfg = stage_config(TrainConfig, train_values, f"pipeline arm '{name}'", data=corpus, out=str(directory))
+    train_cfg = dataclasses.replace(config.arm_config(name), **owned)
 
     def run() -> None:
         if _trained_to(directory) == train_cfg.steps:
@@ -229,7 +228,7 @@ def build_stages(config: PipelineConfig, out: Path) -> tuple[list[Stage], dict[s
             )  # the arms' trackers, unless set
             stages.append(stage)
             keys[method] = stage.key
-    lm_eval = config.lm_eval()
+    lm_eval = config.eval.lm_eval
     arms: dict[str, list[str]] = {}
     for name in config.arms:
         for seed in config.seeds:
@@ -241,12 +240,6 @@ def build_stages(config: PipelineConfig, out: Path) -> tuple[list[Stage], dict[s
     return stages, arms, corpus
 
 
-def _held_out_targets(doge: DoGEConfig, domains: list[str]) -> list[str]:
-    # DoGEConfig.targets takes the corpus's domains where 'mix'/'all' may also name a corpus domain
-    takes_domains = len(inspect.signature(doge.targets).parameters) == 1
-    return doge.targets(domains) if takes_domains else doge.targets()
-
-
 def check_against_corpus(config: PipelineConfig, corpus: str) -> None:
     """Checks that need the corpus's domains, run before the first proxy trains (not when an arm meets them)."""
     from mixweight.sampling.schedule import resolve_schedule
@@ -254,7 +247,7 @@ def check_against_corpus(config: PipelineConfig, corpus: str) -> None:
     manifest = load_manifest(corpus)
     if config.doge is not None:
         try:
-            check_targets(_held_out_targets(config.doge, manifest.domains), manifest.domains)
+            check_targets(config.doge.targets(manifest.domains), manifest.domains)
         except MixweightError as exc:
             raise MixweightError(f"pipeline 'doge.target': {exc}") from exc
     if config.regmix is not None and any(arm_values(config, a).get("domain_weights") == "regmix" for a in config.arms):
@@ -428,9 +421,7 @@ def _run_stages(config, out: Path, stages: list[Stage], arms: dict, corpus: str,
                 for m in METHODS
                 if (out / "weights" / m / WEIGHTS_FILE).is_file()
             }
-            report = compare_runs(
-                arms, out / "report", weights_files=weights or None, baseline=config.report.get("baseline")
-            )
+            report = compare_runs(arms, out / "report", weights_files=weights or None, baseline=config.report.baseline)
             print(
                 f"[report] {out / 'report' / 'report.md'} (pipeline took {_eta(time.perf_counter() - started)})",
                 flush=True,

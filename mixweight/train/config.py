@@ -140,15 +140,17 @@ class TrainConfig:
 
         self.report_to = parse_report_to(self.report_to)  # one form in config.yaml: a list of names
 
-    def validate(self) -> None:
+    def validate(self, require_paths: bool = True) -> None:
+        """Check every value once, where it enters. `require_paths=False`: a config that a caller completes before
+        training (the pipeline's train and arm sections): data, out and an online DoReMi reference may be unset."""
         from mixweight.core.tracking import check_report_to
         from mixweight.errors import did_you_mean
         from mixweight.weighting import SAMPLE_WEIGHTINGS, SCHEDULES
 
         check_report_to(self.report_to, "train")
 
-        require(self.data is not None, "train: --data is required (a corpus directory)")
-        require(self.out is not None, "train: --out is required (the run directory)")
+        require(not require_paths or self.data is not None, "train: --data is required (a corpus directory)")
+        require(not require_paths or self.out is not None, "train: --out is required (the run directory)")
         for name in (
             "max_nonfinite_steps",
             "steps",
@@ -201,7 +203,7 @@ class TrainConfig:
         check_batching(self.batching)
         from mixweight.train.online import check_online_config
 
-        check_online_config(self)
+        check_online_config(self, require_reference=require_paths)
         require(
             self.precision in ("auto", "bf16", "fp32"),
             f"train: 'precision' must be auto, bf16 or fp32, got {self.precision!r}",

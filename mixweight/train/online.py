@@ -69,8 +69,9 @@ def online_method(spec) -> str | None:
     return method
 
 
-def check_online_config(config) -> None:
-    """The online-mixing keys of a TrainConfig (called by TrainConfig.validate)."""
+def check_online_config(config, require_reference: bool = True) -> None:
+    """The online-mixing keys of a TrainConfig (called by TrainConfig.validate; `require_reference=False` when the
+    caller sets online DoReMi's reference run later, as the pipeline does)."""
     method = online_method(config.domain_weights)
     if method is None:
         require(
@@ -111,7 +112,7 @@ def check_online_config(config) -> None:
         )
     else:
         require(
-            config.doremi_reference is not None,
+            config.doremi_reference is not None or not require_reference,
             "train: domain_weights online:doremi needs 'doremi_reference', the reference run directory (`mixweight "
             "weights doremi` leaves it at <out stem>.work/round-0/reference; the pipeline passes its own)",
         )

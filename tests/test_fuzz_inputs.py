@@ -211,3 +211,17 @@ def _is_json(payload: bytes) -> bool:
     except ValueError:
         return False
     return True
+
+
+def test_random_regmix_artifacts_verify_or_are_refused_in_one_line(tmp_path):
+    """`weights verify` on mangled regmix artifacts (it refits their swarm table): a verdict or one line."""
+    from mixweight.domain.verify import verify_file
+    from tests.test_weights_hostile import REGMIX
+
+    rng = random.Random(1)
+    outcomes = []
+    for index, payload in enumerate(payloads(rng, REGMIX)[:30]):
+        path = tmp_path / f"r{index}.json"
+        path.write_bytes(payload)
+        outcomes.append(accepts_or_refuses(verify_file, path))
+    assert "refused" in outcomes

@@ -89,3 +89,105 @@ def test_a_domain_weights_value_the_os_refuses_is_one_line(synth_corpus):
     manifest = load_manifest(synth_corpus)
     with pytest.raises(MixweightError, match="expected natural, uniform"):
         resolve_schedule(manifest, "w" * 300 + ".json")
+
+
+# --- regmix artifacts: `weights verify` refits the swarm table, so every field it reads is checked -------------
+def regmix_artifact() -> dict:
+    """A small regmix artifact whose weights are its own refit (so it verifies): 3 domains, 8 runs on an exact law."""
+    import numpy as np
+
+    from mixweight.core.artifact import DomainWeights
+    from mixweight.domain.regmix_run import replay_weights
+
+    domains = ["a", "b", "c"]
+    rng = np.random.default_rng(0)
+    mixtures = rng.dirichlet(np.ones(3), size=8)
+    swarm = [
+        {
+            "run": i,
+            "weights": dict(zip(domains, row.tolist())),
+            "losses": {d: float(2.0 + np.exp(0.5 - 1.5 * row[j])) for j, d in enumerate(domains)},
+            "target_loss": 0.0,
+        }
+        for i, row in enumerate(mixtures)
+    ]
+    method = {
+        "name": "regmix",
+        "prior_weights": {"a": 0.5, "b": 0.3, "c": 0.2},
+        "kl_reg": 0.0,
+        "token_budget": 1000,
+        "max_epochs": 2.0,
+        "fit": {"regressor": "loglinear", "target_domains": domains},
+        "swarm": swarm,
+    }
+    provenance = {"seed": 0, "domain_token_counts": {"a": 400, "b": 300, "c": 600}}
+    draft = DomainWeights(domains=domains, weights=[1 / 3] * 3, method=method, provenance=provenance)
+    weights = replay_weights(draft)
+    return {"domains": domains, "weights": weights, "method": method, "provenance": provenance}
+
+
+def _edited(edit) -> dict:
+    import copy
+
+    artifact = copy.deepcopy(REGMIX)
+    edit(artifact)
+    return artifact
+
+
+REGMIX = regmix_artifact()
+REGMIX_CASES = [
+    ("empty swarm", lambda a: a["method"].update(swarm=[]), r"method.swarm must be a list of at least 4 runs.*got 0"),
+    ("no budget", lambda a: a["method"].pop("token_budget"), r"method.max_epochs is set but method.token_budget"),
+    (
+        "no token counts",
+        lambda a: a["provenance"].pop("domain_token_counts"),
+        r"method.max_epochs needs provenance.domain_token_counts",
+    ),
+    (
+        "a token count short",
+        lambda a: a["provenance"]["domain_token_counts"].pop("b"),
+        r"provenance.domain_token_counts for every training domain",
+    ),
+    (
+        "NaN loss",
+        lambda a: a["method"]["swarm"][2]["losses"].update(b=float("nan")),
+        r"method.swarm\[2\].losses.b is nan, expected a finite number",
+    ),
+    ("a loss as text", lambda a: a["method"]["swarm"][0]["losses"].update(a="low"), r"swarm\[0\].losses.a is 'low'"),
+    ("a run lacks a target", lambda a: a["method"]["swarm"][1]["losses"].pop("c"), r"swarm\[1\].losses lacks \['c'\]"),
+    ("a run is a number", lambda a: a["method"]["swarm"].__setitem__(3, 7), r"method.swarm\[3\] must be a mapping"),
+    ("no fit", lambda a: a["method"].pop("fit"), r"method.fit must be a mapping"),
+    ("unknown regressor", lambda a: a["method"]["fit"].update(regressor="svm"), r"method.fit.regressor is 'svm'"),
+    ("no targets", lambda a: a["method"]["fit"].update(target_domains=[]), r"method.fit.target_domains must be"),
+    ("no prior", lambda a: a["method"].pop("prior_weights"), r"method.prior_weights must be a non-empty"),
+    ("prior of another corpus", lambda a: a["method"]["prior_weights"].update(z=0.1), r"names \['z'\], not domains"),
+    ("negative kl", lambda a: a["method"].update(kl_reg=-1), r"method.kl_reg is -1.0, expected >= 0"),
+    ("budget text", lambda a: a["method"].update(token_budget="big"), r"method.token_budget is 'big'"),
+    ("max_epochs zero", lambda a: a["method"].update(max_epochs=0), r"method.max_epochs is 0, expected a positive"),
+    ("caps below 1", lambda a: a["method"].update(max_epochs=0.1), r"allows only 0.13 of the mixture"),
+    ("seed text", lambda a: a["provenance"].update(seed="zero"), r"provenance.seed is 'zero', expected an integer"),
+    ("edited weights", lambda a: a.update(weights=[0.2, 0.3, 0.5]), r"does not replay: refitting its 8 swarm runs"),
+]
+
+
+def test_a_regmix_artifact_as_written_verifies(tmp_path):
+    import json
+
+    from mixweight.domain.verify import verify_file
+
+    path = tmp_path / "w.json"
+    path.write_text(json.dumps(REGMIX))
+    assert "refitted 8 regmix swarm runs (loglinear); the recorded weights match" in verify_file(path)
+
+
+@pytest.mark.parametrize("name, edit, message", REGMIX_CASES, ids=[c[0] for c in REGMIX_CASES])
+def test_an_edited_regmix_artifact_is_one_verify_line_naming_the_file_and_field(tmp_path, name, edit, message):
+    import json
+
+    from mixweight.domain.verify import verify_file
+
+    path = tmp_path / "edited.json"
+    path.write_text(json.dumps(_edited(edit)))
+    with pytest.raises(MixweightError, match=message) as caught:
+        verify_file(path)
+    assert str(path) in str(caught.value) and "\n" not in str(caught.value)

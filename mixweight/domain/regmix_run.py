@@ -577,28 +577,99 @@ def fit_warnings(config: RegMixConfig, fit: dict, train_domains: int, target_dom
 
 
 # --- replay and plots --------------------------------------------------------------------------
-def replay_weights(artifact: DomainWeights) -> list[float]:
-    """The weights refitted and re-optimised from the artifact's own swarm table (for `weights verify`)."""
-    method = artifact.method
+def _number(value, where: str, field: str, positive: bool = False) -> float:
+    """A finite number (> 0 with `positive`), else one line naming the file and the field."""
     try:
-        swarm, fit = method["swarm"], method["fit"]
-        train_domains = list(method["prior_weights"])
-        prior = np.array([float(method["prior_weights"][d]) for d in train_domains])
-        targets = list(fit["target_domains"])
-        x = np.array([[float(run["weights"][d]) for d in train_domains] for run in swarm])
-        y = np.array([[float(run["losses"][d]) for d in targets] for run in swarm])
-        seed = int(artifact.provenance.get("seed", 0))
-        regressor, kl_reg = str(fit["regressor"]), float(method.get("kl_reg", 0.0))
-        budget, max_epochs = method.get("token_budget"), method.get("max_epochs")
-    except (KeyError, TypeError, ValueError) as exc:
-        raise MixweightError(f"regmix artifact: its swarm table or fit block is incomplete ({exc})") from None
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        number = None
+    if number is None or isinstance(value, bool) or not math.isfinite(number) or (positive and number <= 0):
+        need = "a positive finite number" if positive else "a finite number"
+        raise MixweightError(f"{where}: {field} is {value!r}, expected {need}")
+    return number
+
+
+def _mapping(value, where: str, field: str) -> dict:
+    if not isinstance(value, dict) or not value:
+        raise MixweightError(f"{where}: {field} must be a non-empty {{domain: number}} mapping, got {value!r}")
+    return value
+
+
+def replay_weights(artifact: DomainWeights, where: str = "regmix artifact") -> list[float]:
+    """The weights refitted and re-optimised from the artifact's own swarm table (for `weights verify`).
+
+    Every field the refit reads is checked first: an edited file is one MixweightError line naming `where`
+    (the file) and the field, never a traceback."""
+    method = artifact.method
+    prior_map = _mapping(method.get("prior_weights"), where, "method.prior_weights")
+    train_domains = list(prior_map)
+    unknown = [d for d in train_domains if d not in artifact.domains]
+    if unknown:
+        raise MixweightError(f"{where}: method.prior_weights names {unknown}, not domains of the file")
+    prior = np.array([_number(prior_map[d], where, f"method.prior_weights.{d}") for d in train_domains])
+    fit = method.get("fit")
+    if not isinstance(fit, dict):
+        raise MixweightError(f"{where}: method.fit must be a mapping (the regression's record), got {fit!r}")
+    targets = fit.get("target_domains")
+    if not isinstance(targets, list) or not targets or not all(isinstance(t, str) for t in targets):
+        raise MixweightError(f"{where}: method.fit.target_domains must be a non-empty list of domain names")
+    regressor = fit.get("regressor")
+    if regressor not in regmix.REGRESSORS:
+        raise MixweightError(
+            f"{where}: method.fit.regressor is {regressor!r}, expected one of {', '.join(regmix.REGRESSORS)}"
+        )
+    swarm = method.get("swarm")
+    needed = len(train_domains) + 1
+    if not isinstance(swarm, list) or len(swarm) < needed:
+        got = f"{len(swarm)} runs" if isinstance(swarm, list) else repr(swarm)
+        raise MixweightError(
+            f"{where}: method.swarm must be a list of at least {needed} runs (the training domains + 1), got {got}"
+        )
+    x, y = [], []
+    for i, run in enumerate(swarm):
+        if not isinstance(run, dict):
+            raise MixweightError(f"{where}: method.swarm[{i}] must be a mapping (weights, losses), got {run!r}")
+        mix = _mapping(run.get("weights"), where, f"method.swarm[{i}].weights")
+        losses = _mapping(run.get("losses"), where, f"method.swarm[{i}].losses")
+        for name, source, wanted in (("weights", mix, train_domains), ("losses", losses, targets)):
+            missing = [d for d in wanted if d not in source]
+            if missing:
+                raise MixweightError(f"{where}: method.swarm[{i}].{name} lacks {missing}")
+        x.append([_number(mix[d], where, f"method.swarm[{i}].weights.{d}") for d in train_domains])
+        y.append([_number(losses[d], where, f"method.swarm[{i}].losses.{d}") for d in targets])
+    x, y = np.array(x), np.array(y)
+    seed = artifact.provenance.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise MixweightError(f"{where}: provenance.seed is {seed!r}, expected an integer")
+    kl_reg = _number(method.get("kl_reg", 0.0), where, "method.kl_reg")
+    if kl_reg < 0:
+        raise MixweightError(f"{where}: method.kl_reg is {kl_reg}, expected >= 0")
     caps = None
+    max_epochs = method.get("max_epochs")
     if max_epochs is not None:
-        tokens = artifact.provenance.get("domain_token_counts") or {}
-        caps = np.array([float(max_epochs) * int(tokens[d]) / float(budget) for d in train_domains])
-    model = regmix.make_regressor(regressor, seed).fit(x, y)
-    best = int(np.argmin(y.mean(axis=1)))
-    chosen = regmix.optimise(model, prior, caps=caps, kl_reg=kl_reg, seed=seed, starts=x[best])
+        epochs = _number(max_epochs, where, "method.max_epochs", positive=True)
+        if method.get("token_budget") is None:
+            raise MixweightError(f"{where}: method.max_epochs is set but method.token_budget is missing (it needs T)")
+        budget = _number(method["token_budget"], where, "method.token_budget", positive=True)
+        tokens = artifact.provenance.get("domain_token_counts")
+        if not isinstance(tokens, dict) or any(d not in tokens for d in train_domains):
+            raise MixweightError(
+                f"{where}: method.max_epochs needs provenance.domain_token_counts for every training domain "
+                f"({', '.join(train_domains)}), got {tokens!r}"
+            )
+        counts = [_number(tokens[d], where, f"provenance.domain_token_counts.{d}") for d in train_domains]
+        caps = np.array([epochs * c / budget for c in counts])
+        if caps.sum() < 1.0:
+            raise MixweightError(
+                f"{where}: method.max_epochs {epochs:g} over method.token_budget {budget:g} allows only "
+                f"{caps.sum():.3g} of the mixture (caps must sum to at least 1)"
+            )
+    try:
+        model = regmix.make_regressor(regressor, int(seed)).fit(x, y)
+        best = int(np.argmin(y.mean(axis=1)))
+        chosen = regmix.optimise(model, prior, caps=caps, kl_reg=kl_reg, seed=int(seed), starts=x[best])
+    except (ValueError, ArithmeticError, np.linalg.LinAlgError) as exc:
+        raise MixweightError(f"{where}: its swarm table cannot be refitted ({type(exc).__name__}: {exc})") from None
     return corpus_weights(artifact.domains, dict(zip(train_domains, chosen.tolist())))
 
 

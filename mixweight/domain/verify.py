@@ -138,7 +138,7 @@ def _verify_regmix(weights: DomainWeights, path, where: str, tolerance: float) -
     """A regmix artifact has no per-step update to replay: its swarm table is refitted and re-optimised instead."""
     from mixweight.domain.regmix_run import replay_weights
 
-    expected = np.asarray(replay_weights(weights), dtype=np.float64)
+    expected = np.asarray(replay_weights(weights, where), dtype=np.float64)
     gaps = np.abs(np.asarray(weights.weights, dtype=np.float64) - expected)
     i = int(gaps.argmax())
     runs, regressor = len(weights.method.get("swarm", [])), weights.method.get("fit", {}).get("regressor")

@@ -9,6 +9,7 @@ import json
 import os
 import socket
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -81,6 +82,36 @@ def float64_mixweight() -> list[str]:
 def shm_segments():
     """A function listing the shared-memory segments in /dev/shm (mosaicml-streaming's live there)."""
     return lambda: set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+
+
+@pytest.fixture
+def crash_at_step():
+    """`with crash_at_step(n): ...` makes optimizer step n raise KeyboardInterrupt (a run killed mid-training),
+    then restores the real step. `objective`: the StepObjective class whose compute_gradients is patched
+    (default WeightedLoss, the plain and DoReMi step; DoGEObjective for DoGE); `when(objective)`: crash only
+    that objective's step (a DoReMi proxy, not its reference run); `message`: the interrupt's text."""
+
+    @contextmanager
+    def crashing(step: int, objective=None, when=None, message: str = "simulated crash"):
+        if objective is None:
+            from mixweight.train.objective import WeightedLoss as objective
+        real_step, own = objective.compute_gradients, "compute_gradients" in vars(objective)
+
+        def crash(self, model, micro_batches, at, *args):
+            if at == step and (when is None or when(self)):
+                raise KeyboardInterrupt(message)
+            return real_step(self, model, micro_batches, at, *args)
+
+        objective.compute_gradients = crash
+        try:
+            yield
+        finally:
+            if own:
+                objective.compute_gradients = real_step
+            else:
+                del objective.compute_gradients  # inherited: the base class's step again
+
+    return crashing
 
 
 @pytest.fixture

@@ -430,21 +430,12 @@ def test_out_naming_a_directory_is_refused_before_training(synth_corpus, tiny_sp
     assert not (tmp_path / "weights.work").exists() and list((tmp_path / "weights").iterdir()) == []
 
 
-def test_resume_after_a_crash_gives_the_same_weights(synth_corpus, tiny_spec, tmp_path, monkeypatch):
+def test_resume_after_a_crash_gives_the_same_weights(synth_corpus, tiny_spec, tmp_path, crash_at_step):
     run_doge(_config(synth_corpus, tiny_spec, tmp_path / "straight.json", checkpoint_every=4))
-    real_step = DoGEObjective.compute_gradients
-
-    def crash_at_step_5(self, model, micro_batches, step, *args):
-        if step == 5:
-            raise KeyboardInterrupt("simulated crash")
-        return real_step(self, model, micro_batches, step, *args)
-
-    monkeypatch.setattr(DoGEObjective, "compute_gradients", crash_at_step_5)
-    with pytest.raises(KeyboardInterrupt):
+    with crash_at_step(5, objective=DoGEObjective), pytest.raises(KeyboardInterrupt):
         run_doge(_config(synth_corpus, tiny_spec, tmp_path / "resumed.json", checkpoint_every=4))
     assert not (tmp_path / "resumed.json").exists()
     assert [s for s, _ in list_checkpoints(tmp_path / "resumed.work" / "proxy")] == [4]
-    monkeypatch.setattr(DoGEObjective, "compute_gradients", real_step)
     run_doge(_config(synth_corpus, tiny_spec, tmp_path / "resumed.json", checkpoint_every=4))
     assert (tmp_path / "straight.json").read_bytes() == (tmp_path / "resumed.json").read_bytes()
 

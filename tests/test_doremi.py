@@ -18,7 +18,6 @@ from mixweight.domain.doremi import DoReMiReduction, doremi_update, objective_we
 from mixweight.domain.doremi_run import DoReMiConfig, run_doremi
 from mixweight.errors import MixweightError
 from mixweight.train.config import TrainConfig
-from mixweight.train.objective import WeightedLoss
 
 DOMAINS = ["a", "b", "c"]
 LEARNABLE = ["unigram", "markov1", "markov2", "arithmetic", "copy"]
@@ -207,22 +206,14 @@ def test_same_seed_and_config_give_the_same_bytes(synth_corpus, tiny_spec, tmp_p
     assert other_seed.read_bytes() != first.read_bytes()
 
 
-def test_an_interrupted_proxy_resumes_to_the_same_weights(synth_corpus, tiny_spec, tmp_path, monkeypatch):
+def test_an_interrupted_proxy_resumes_to_the_same_weights(synth_corpus, tiny_spec, tmp_path, crash_at_step):
     small = dict(steps=20, checkpoint_every=10, log_every=5)
     run_doremi(_config(synth_corpus, tiny_spec, tmp_path / "straight.json", **small))
-    real_step = WeightedLoss.compute_gradients
-
-    def crash_in_the_proxy(self, model, micro_batches, step, *args):
-        if isinstance(self.reduction, DoReMiReduction) and step == 13:
-            raise KeyboardInterrupt("simulated crash")
-        return real_step(self, model, micro_batches, step, *args)
-
-    monkeypatch.setattr(WeightedLoss, "compute_gradients", crash_in_the_proxy)
     out = tmp_path / "resumed" / "w.json"
-    with pytest.raises(KeyboardInterrupt):
+    in_the_proxy = lambda objective: isinstance(objective.reduction, DoReMiReduction)  # noqa: E731
+    with crash_at_step(13, when=in_the_proxy), pytest.raises(KeyboardInterrupt):
         run_doremi(_config(synth_corpus, tiny_spec, out, **small))
     assert not out.exists()
-    monkeypatch.setattr(WeightedLoss, "compute_gradients", real_step)
     run_doremi(_config(synth_corpus, tiny_spec, out, **small))
     assert out.read_bytes() == (tmp_path / "straight.json").read_bytes()
 

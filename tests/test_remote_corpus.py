@@ -25,7 +25,6 @@ from mixweight.data.remote import CACHE_DIR_ENV, MARKER
 from mixweight.errors import MixweightError
 from mixweight.train import loop
 from mixweight.train.checkpoint import list_checkpoints
-from mixweight.train.objective import WeightedLoss
 
 REPO = Path(__file__).resolve().parents[1]
 SYNTH = ["--tokens-per-domain", "8192", "--seq-len", "64"]  # the bytes of conftest's synth_corpus
@@ -127,23 +126,14 @@ def test_unsupported_scheme_is_one_line(cli_refuses, tmp_path):
 
 # --- reading ---------------------------------------------------------------------------------------
 def test_train_resume_and_eval_from_a_url_match_the_local_corpus(
-    remote, synth_corpus, tiny_spec, tmp_path, cache, monkeypatch, capsys, make_config
+    remote, synth_corpus, tiny_spec, tmp_path, cache, crash_at_step, capsys, make_config
 ):
     local, resumed = tmp_path / "local", tmp_path / "remote"
     loop.train(make_config(synth_corpus, tiny_spec, local))
 
-    real_step = WeightedLoss.compute_gradients
-
-    def crash_at_step_3(self, model, micro_batches, step, *args):
-        if step == 3:
-            raise KeyboardInterrupt("simulated crash")
-        return real_step(self, model, micro_batches, step, *args)
-
-    monkeypatch.setattr(WeightedLoss, "compute_gradients", crash_at_step_3)
-    with pytest.raises(KeyboardInterrupt):
+    with crash_at_step(3), pytest.raises(KeyboardInterrupt):
         loop.train(make_config(remote, tiny_spec, resumed))
     assert [s for s, _ in list_checkpoints(resumed)] == [2]
-    monkeypatch.setattr(WeightedLoss, "compute_gradients", real_step)
     loop.train(make_config(remote, tiny_spec, resumed, resume=True))
 
     a = load_file(str(local / "checkpoints" / "step-4" / "model" / "model.safetensors"))

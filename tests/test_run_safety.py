@@ -18,7 +18,6 @@ import mixweight.train.loop as loop
 from mixweight.data.synthetic import write_synthetic_corpus
 from mixweight.errors import MixweightError
 from mixweight.train.config import TrainConfig
-from mixweight.train.objective import WeightedLoss
 
 DOMAINS = ["redundant", "noise", "unigram", "markov1", "markov2", "arithmetic", "copy"]
 
@@ -166,21 +165,12 @@ def test_a_corpus_regenerated_in_place_is_a_config_change(tiny_spec, tmp_path, m
 
 # --- truthful metrics and results ---------------------------------------------------------------
 def test_a_rerun_after_a_crash_before_the_first_checkpoint_starts_metrics_afresh(
-    synth_corpus, tiny_spec, tmp_path, monkeypatch, capsys, make_config
+    synth_corpus, tiny_spec, tmp_path, crash_at_step, capsys, make_config
 ):
-    real_step = WeightedLoss.compute_gradients
-
-    def crash_at_step_3(self, model, micro_batches, step, *args):
-        if step == 3:
-            raise KeyboardInterrupt("simulated kill")
-        return real_step(self, model, micro_batches, step, *args)
-
     run = tmp_path / "run"
-    monkeypatch.setattr(WeightedLoss, "compute_gradients", crash_at_step_3)
-    with pytest.raises(KeyboardInterrupt):
+    with crash_at_step(3, message="simulated kill"), pytest.raises(KeyboardInterrupt):
         loop.train(make_config(synth_corpus, tiny_spec, run, steps=5, checkpoint_every=10))
     assert _steps(run) == [1, 2, 3] and not (run / "checkpoints").exists()
-    monkeypatch.setattr(WeightedLoss, "compute_gradients", real_step)
     loop.train(make_config(synth_corpus, tiny_spec, run, steps=5, checkpoint_every=10, resume=True))
     assert _steps(run) == [1, 2, 3, 4, 5]
     assert "replacing metrics.jsonl (3 records of an earlier start)" in capsys.readouterr().out

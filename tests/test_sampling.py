@@ -24,7 +24,6 @@ from mixweight.errors import MixweightError
 from mixweight.sampling.mixture import DomainMixture
 from mixweight.sampling.schedule import phase_at, resolve_schedule
 from mixweight.sampling.shm import SHM_DIR, clean_stale_shared_memory, registered_locals, streaming_segments
-from mixweight.train.objective import WeightedLoss
 
 REPO = Path(__file__).resolve().parents[1]
 SKEWED = [0.7, 0.2, 0.1, 0.0, 0.0, 0.0, 0.0]
@@ -212,7 +211,7 @@ def make_config(train_config):
     )
 
 
-def test_trainer_resume_across_a_phase_boundary_is_exact(synth_corpus, tiny_spec, tmp_path, monkeypatch, make_config):
+def test_trainer_resume_across_a_phase_boundary_is_exact(synth_corpus, tiny_spec, tmp_path, crash_at_step, make_config):
     manifest = load_manifest(synth_corpus)
     schedule = tmp_path / "phases.json"
     schedule.write_text(
@@ -225,17 +224,8 @@ def test_trainer_resume_across_a_phase_boundary_is_exact(synth_corpus, tiny_spec
     )
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     loop.train(make_config(synth_corpus, tiny_spec, straight, domain_weights=str(schedule)))
-    real_step = WeightedLoss.compute_gradients
-
-    def crash_at_step_15(self, model, micro_batches, step, *args):
-        if step == 15:
-            raise KeyboardInterrupt("simulated crash")
-        return real_step(self, model, micro_batches, step, *args)
-
-    monkeypatch.setattr(WeightedLoss, "compute_gradients", crash_at_step_15)
-    with pytest.raises(KeyboardInterrupt):
+    with crash_at_step(15), pytest.raises(KeyboardInterrupt):
         loop.train(make_config(synth_corpus, tiny_spec, resumed, domain_weights=str(schedule)))
-    monkeypatch.setattr(WeightedLoss, "compute_gradients", real_step)
     loop.train(make_config(synth_corpus, tiny_spec, resumed, domain_weights=str(schedule), resume=True))
 
     def records(run):

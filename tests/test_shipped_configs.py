@@ -1,4 +1,9 @@
-"""configs/train-quickstart.yaml runs as shipped (the pipeline configs are run in test_pipeline_safety.py)."""
+"""configs/train-quickstart.yaml runs as shipped; the shipped pipeline configs use the nested weights form.
+
+The pipeline configs are not run here (a full pipeline is minutes of proxy and arm training): they are loaded
+and validated in test_pipeline.py::test_shipped_pipeline_configs_load_and_validate, and the pipeline they
+describe runs in miniature in test_pipeline.py::test_miniature_pipeline_end_to_end_then_cached_then_one_arm_rerun.
+"""
 
 from __future__ import annotations
 

@@ -13,7 +13,6 @@ import mixweight.train.loop as loop
 from mixweight.core import tracking
 from mixweight.errors import MixweightError
 from mixweight.train.config import TrainConfig
-from mixweight.train.objective import WeightedLoss
 
 STEPS, CRASH_AT, CHECKPOINT = 6, 4, 3
 
@@ -36,20 +35,11 @@ def make_config(train_config):
     )
 
 
-def _crash_then_resume(make_config, corpus, spec, out, monkeypatch, report_to) -> list[dict]:
+def _crash_then_resume(make_config, corpus, spec, out, crash_at_step, report_to) -> list[dict]:
     """Train, crash at step CRASH_AT (records past the checkpoint already mirrored), resume; the records."""
-    real_step = WeightedLoss.compute_gradients
-
-    def crash(self, model, micro_batches, step, *args):
-        if step == CRASH_AT:
-            raise KeyboardInterrupt("simulated crash")
-        return real_step(self, model, micro_batches, step, *args)
-
-    monkeypatch.setattr(WeightedLoss, "compute_gradients", crash)
-    with pytest.raises(KeyboardInterrupt):
+    with crash_at_step(CRASH_AT), pytest.raises(KeyboardInterrupt):
         loop.train(make_config(corpus, spec, out, report_to=report_to))
     first_ids = json.loads((out / tracking.STATE_FILE).read_text())
-    monkeypatch.setattr(WeightedLoss, "compute_gradients", real_step)
     loop.train(make_config(corpus, spec, out, report_to=report_to, resume=True))
     state = json.loads((out / tracking.STATE_FILE).read_text())
     for name in ("wandb", "mlflow"):  # a resume continues the same tracker run
@@ -196,12 +186,12 @@ def test_pipeline_report_to_changes_no_stage_key(synth_corpus, tmp_path):
 
 # --- the trackers, read back -----------------------------------------------------------------------
 def test_tensorboard_events_match_metrics_across_a_crash_and_resume(
-    synth_corpus, tiny_spec, tmp_path, monkeypatch, make_config
+    synth_corpus, tiny_spec, tmp_path, monkeypatch, make_config, crash_at_step
 ):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out = tmp_path / "run"
-    records = _crash_then_resume(make_config, synth_corpus, tiny_spec, out, monkeypatch, "tensorboard")
+    records = _crash_then_resume(make_config, synth_corpus, tiny_spec, out, crash_at_step, "tensorboard")
     events = EventAccumulator(str(out / "tensorboard"), size_guidance={"scalars": 0, "histograms": 0, "tensors": 0})
     events.Reload()
     expected = _expected_series(records)
@@ -232,7 +222,7 @@ def test_tensorboard_events_match_metrics_across_a_crash_and_resume(
 
 
 def test_wandb_offline_writes_its_run_files_and_resumes_the_same_run(
-    synth_corpus, tiny_spec, tmp_path, monkeypatch, make_config
+    synth_corpus, tiny_spec, tmp_path, monkeypatch, make_config, crash_at_step
 ):
     pytest.importorskip("wandb", reason="wandb is in the tracking extra only: pip install 'mixweight[tracking]'")
     for name, value in {
@@ -246,7 +236,7 @@ def test_wandb_offline_writes_its_run_files_and_resumes_the_same_run(
         monkeypatch.setenv(name, value)
     (tmp_path / "wb").mkdir()
     out = tmp_path / "run"
-    _crash_then_resume(make_config, synth_corpus, tiny_spec, out, monkeypatch, "wandb")
+    _crash_then_resume(make_config, synth_corpus, tiny_spec, out, crash_at_step, "wandb")
     run_id = json.loads((out / tracking.STATE_FILE).read_text())["wandb"]["run_id"]
     runs = sorted((tmp_path / "wb" / "wandb").glob(f"offline-run-*-{run_id}"))
     assert len(runs) == 2  # the crashed start and its resume, one W&B run id (`wandb sync` joins them)
@@ -262,7 +252,9 @@ def test_wandb_offline_writes_its_run_files_and_resumes_the_same_run(
         assert name in data
 
 
-def test_mlflow_file_store_has_the_params_and_metrics(synth_corpus, tiny_spec, tmp_path, monkeypatch, make_config):
+def test_mlflow_file_store_has_the_params_and_metrics(
+    synth_corpus, tiny_spec, tmp_path, monkeypatch, make_config, crash_at_step
+):
     pytest.importorskip("mlflow", reason="mlflow is in the tracking extra only: pip install 'mixweight[tracking]'")
     from mlflow.tracking import MlflowClient
 
@@ -270,7 +262,7 @@ def test_mlflow_file_store_has_the_params_and_metrics(synth_corpus, tiny_spec, t
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 refuses its file store without it
     out = tmp_path / "run"
-    records = _crash_then_resume(make_config, synth_corpus, tiny_spec, out, monkeypatch, "mlflow")
+    records = _crash_then_resume(make_config, synth_corpus, tiny_spec, out, crash_at_step, "mlflow")
     state = json.loads((out / tracking.STATE_FILE).read_text())["mlflow"]
     assert state["tracking_uri"] == uri
     client = MlflowClient(tracking_uri=uri)

@@ -85,22 +85,13 @@ def test_per_domain_evaluation_matches_a_hand_computation(synth_corpus, tiny_spe
 
 
 @pytest.mark.parametrize("grad_accum", [1, 2])
-def test_resume_after_a_crash_is_exact(synth_corpus, tiny_spec, tmp_path, monkeypatch, grad_accum, make_config):
+def test_resume_after_a_crash_is_exact(synth_corpus, tiny_spec, tmp_path, crash_at_step, grad_accum, make_config):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     loop.train(make_config(synth_corpus, tiny_spec, straight, grad_accum=grad_accum))
 
-    real_step = WeightedLoss.compute_gradients
-
-    def crash_at_step_13(self, model, micro_batches, step, *args):
-        if step == 13:
-            raise KeyboardInterrupt("simulated crash")
-        return real_step(self, model, micro_batches, step, *args)
-
-    monkeypatch.setattr(WeightedLoss, "compute_gradients", crash_at_step_13)
-    with pytest.raises(KeyboardInterrupt):
+    with crash_at_step(13), pytest.raises(KeyboardInterrupt):
         loop.train(make_config(synth_corpus, tiny_spec, resumed, grad_accum=grad_accum))
     assert [s for s, _ in list_checkpoints(resumed)] == [10]
-    monkeypatch.setattr(WeightedLoss, "compute_gradients", real_step)
     loop.train(make_config(synth_corpus, tiny_spec, resumed, grad_accum=grad_accum, resume=True))
 
     a, b = _params(straight, 20), _params(resumed, 20)

@@ -25,7 +25,7 @@ from mixweight.domain.doge import (
     replay,
     resolve_target,
 )
-from mixweight.domain.doge_run import DoGEConfig, run_doge
+from mixweight.domain.doge_run import DoGEConfig, check_targets, run_doge
 from mixweight.domain.verify import verify_weights
 from mixweight.errors import MixweightError
 from mixweight.train.checkpoint import list_checkpoints
@@ -159,17 +159,21 @@ def test_the_pure_update_matches_a_hand_computation():
     torch.testing.assert_close(kept.row_weights, torch.tensor([c0 / 2, 0.0, 0.0], dtype=torch.float64))
 
 
-def test_bad_arguments_are_refused_by_the_objective():
-    """Checked once, at the constructor (the pure functions assume valid values)."""
+def test_bad_arguments_are_refused_where_they_enter():
+    """Checked once, where a user gives them: DoGEConfig (and check_targets against the corpus's domains); the
+    objective and the pure functions below it assume valid values."""
     for kwargs, match in [
         ({"score": "cosine"}, "reference, paper"),
-        ({"mu": 0.0}, "mu must be > 0"),
-        ({"max_grad_norm": -1.0}, "max_grad_norm must be >= 0"),
-        ({"target": "c"}, r"target domain\(s\) \['c'\] not in"),
-        ({"target": "a,b"}, "every domain is a target"),
+        ({"mu": 0.0}, "'mu' must be > 0"),
+        ({"max_grad_norm": -1.0}, "'max_grad_norm' must be >= 0"),
     ]:
         with pytest.raises(MixweightError, match=match):
-            DoGEObjective(["a", "b"], **{"target": "all", **kwargs})
+            DoGEConfig(data="d", out="o", **kwargs).validate()
+    for target, match in [("c", "--target 'c' is not a domain of the corpus"), ("a,b", "names every domain")]:
+        config = DoGEConfig(data="d", out="o", target=target)
+        config.validate()  # the form is right; the names are checked against the corpus's domains
+        with pytest.raises(MixweightError, match=match):
+            check_targets(config.targets(["a", "b"]), ["a", "b"])
 
 
 # --- the objective's gradients ---------------------------------------------------------------

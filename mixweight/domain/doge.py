@@ -279,23 +279,6 @@ def doge_step(
     return DoGEStep(alpha, scores, present, updated, mix, row_weights)
 
 
-def _check_arguments(domains: list[str], targets: list[str], mu, score, max_grad_norm, impl) -> None:
-    """DoGEObjective's arguments, checked once for library users (`weights doge` checks its config first)."""
-    if impl not in IMPLS:
-        raise MixweightError(f"doge: impl must be one of {', '.join(IMPLS)}, got {impl!r}")
-    if score not in SCORES:
-        raise MixweightError(f"doge: score must be one of {', '.join(SCORES)}, got {score!r}")
-    if not mu > 0:
-        raise MixweightError(f"doge: mu must be > 0, got {mu}")
-    if not max_grad_norm >= 0:
-        raise MixweightError(f"doge: max_grad_norm must be >= 0 (0: no clipping), got {max_grad_norm}")
-    unknown = [t for t in targets if t not in domains]
-    if unknown:
-        raise MixweightError(f"doge: target domain(s) {unknown} not in the corpus's domains {domains}")
-    if set(targets) >= set(domains):
-        raise MixweightError(f"doge: every domain is a target ({targets}); leave at least one domain to train on")
-
-
 class DoGEObjective:
     """The DoGE proxy step as a `StepObjective` for `mixweight.train.loop.train`.
 
@@ -306,6 +289,11 @@ class DoGEObjective:
         the scores and the applied gradient (0: no clipping).
     impl: "ghost" (default): every per-domain gradient from one forward and one backward
         (mixweight.domain.ghost); "loop": one forward and backward per domain. Equal to float rounding.
+
+    The arguments are assumed valid: they are checked once, where they enter from a user, by
+    `DoGEConfig.validate` (mu > 0, max_grad_norm >= 0, score in SCORES, impl in IMPLS, the target's form) and
+    `doge_run.check_targets` (held-out targets are corpus domains and leave one to train on). A library user
+    building this objective directly builds a DoGEConfig first, or passes values that satisfy those rules.
     """
 
     def __init__(
@@ -321,7 +309,6 @@ class DoGEObjective:
     ):
         self.target = resolve_target(target, domains)
         targets = [] if isinstance(self.target, str) else self.target
-        _check_arguments(domains, targets, mu, score, max_grad_norm, impl)
         self.impl = impl
         self._rows: DomainRows | None = None
         self._buffer: torch.Tensor | None = None

@@ -234,6 +234,15 @@ def test_the_config_checks_each_sample_weighting_value_once(fields, message):
         TrainConfig(data=".", out=".", **fields).validate()
 
 
+def test_sample_weighting_names_are_case_insensitive_and_lower_cased_where_they_enter():
+    config = TrainConfig(data=".", out=".", sample_weighting="LinUpper")  # get_strategy's rule: any case
+    config.validate()
+    assert config.sample_weighting == "linupper"  # what config.yaml, the reduction and the report see
+    assert isinstance(reduction_from_config(config), SampleWeightingReduction)
+    with pytest.raises(MixweightError, match="did you mean 'linupper'"):
+        TrainConfig(data=".", out=".", sample_weighting="LinUper").validate()
+
+
 def test_sample_weighting_names_come_from_the_strategy_registry():
     assert SAMPLE_WEIGHTINGS == ("none", *[name for name in STRATEGIES if name != "uniform"])
     for name in SAMPLE_WEIGHTINGS:

@@ -139,6 +139,8 @@ class TrainConfig:
         from mixweight.core.tracking import parse_report_to
 
         self.report_to = parse_report_to(self.report_to)  # one form in config.yaml: a list of names
+        if isinstance(self.sample_weighting, str):  # names are case-insensitive: lower-cased here, where they enter
+            self.sample_weighting = self.sample_weighting.lower()
 
     def validate(self, require_paths: bool = True) -> None:
         """Check every value once, where it enters. `require_paths=False`: a config that a caller completes before

@@ -97,6 +97,38 @@ def test_shipped_pipeline_configs_load_and_validate(name):
     assert {"uniform", "linupper", "doremi", "doremi+linupper", "doge", "doge+linupper"} <= set(config.arms)
 
 
+def test_every_section_is_typed_when_the_yaml_is_read_with_no_placeholder_paths(tmp_path):
+    from mixweight.pipeline.config import LmEvalSection, ReportSection
+    from mixweight.train.config import TrainConfig
+
+    path = tmp_path / "p.yaml"
+    arms = {
+        "u": {"domain_weights": "uniform"},
+        "d": {"domain_weights": "doremi", "seed": 7},
+        "o": {"domain_weights": "online:doremi", "mixing_every": 2},
+    }
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "train": {"steps": 3, "sample_weighting": "LinUpper"},
+                "arms": arms,
+                "report": {"baseline": "u"},
+                "eval": {"lm_eval": {"tasks": ["t"]}},
+            }
+        )
+    )
+    config = load_pipeline_config(path)
+    assert isinstance(config.report, ReportSection) and config.report.baseline == "u"
+    assert isinstance(config.eval.lm_eval, LmEvalSection) and config.eval.lm_eval.num_fewshot == 5
+    assert config.arms == arms  # the keys as written: what a stage's key hashes
+    doremi_arm = config.arm_config("d")
+    assert type(doremi_arm) is TrainConfig and doremi_arm.data is None and doremi_arm.out is None
+    assert (doremi_arm.domain_weights, doremi_arm.seed, doremi_arm.steps) == ("doremi", 7, 3)  # resolved by its stage
+    assert doremi_arm.sample_weighting == "linupper"
+    assert config.arm_config("o").doremi_reference is None  # the doremi stage's reference run, set by the arm's stage
+    assert dataclasses.replace(config, progress=False).arm_config("u") == config.arm_config("u")
+
+
 def test_pipeline_config_errors_name_the_key(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"train": {"stepz": 3}}))

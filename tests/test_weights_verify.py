@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-import mixweight.domain.doremi_run as doremi_run
 from mixweight.cli import main
 from mixweight.core.artifact import check_output_file
 from mixweight.domain.doremi import INITIAL_EXCESS, DoReMiReduction, doremi_update, replay
@@ -180,7 +179,9 @@ def test_out_naming_a_directory_is_refused_before_training(synth_corpus, tiny_sp
     def no_training(*args, **kwargs):
         raise AssertionError("trained before checking --out")
 
-    monkeypatch.setattr(doremi_run, "train", no_training)
+    import mixweight.domain.proxy as proxy
+
+    monkeypatch.setattr(proxy, "train", no_training)  # what train_or_reuse calls: the guard can fail
     config = DoReMiConfig(data=synth_corpus, out=str(tmp_path), proxy=tiny_spec, steps=2, progress=False)
     with pytest.raises(MixweightError, match=r"--out .* is a directory; give a file path"):
         run_doremi(config)

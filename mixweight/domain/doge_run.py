@@ -33,13 +33,14 @@ from mixweight.domain.health import weight_warnings
 from mixweight.domain.proxy import (
     MOVED_TRAIN_KEYS,
     ProxyMethodConfig,
+    check_target_domains,
     claim_work_dir,
     provenance,
     start,
     train_or_reuse,
     write_artifact,
 )
-from mixweight.errors import MixweightError, did_you_mean
+from mixweight.errors import MixweightError
 from mixweight.train.config import TrainConfig
 
 PROXY_EVAL_BLOCKS = 16  # the proxy's final per-domain evaluation: informative only
@@ -142,17 +143,7 @@ class DoGEConfig(ProxyMethodConfig):
 
 def check_targets(targets: list[str], domains: list[str]) -> None:
     """Unknown names -> MixweightError naming them, the closest domain and the corpus's domains."""
-    for name in targets:
-        if name not in domains:
-            hint = did_you_mean(name, domains, cutoff=0.4)
-            raise MixweightError(
-                f"weights doge: --target '{name}' is not a domain of the corpus; {hint}"
-                f"the corpus's domains are {', '.join(domains)}"
-            )
-    if len(set(targets)) == len(domains):
-        raise MixweightError(
-            f"weights doge: --target names every domain ({', '.join(domains)}); leave at least one to train on"
-        )
+    check_target_domains("weights doge", targets, domains)
 
 
 def proxy_train_config(config: DoGEConfig, run_dir: Path, corpus: str | None = None) -> TrainConfig:

@@ -43,7 +43,6 @@ from mixweight.domain.proxy import (
 from mixweight.errors import MixweightError
 from mixweight.train import checkpoint as ckpt
 from mixweight.train.config import TrainConfig
-from mixweight.train.loop import train  # noqa: F401  (kept importable here: tests patch doremi_run.train)
 from mixweight.train.objective import WeightedLoss
 
 

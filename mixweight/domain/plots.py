@@ -36,16 +36,45 @@ def plot_trajectory(weights: DomainWeights, path: str | Path) -> Path:
     return path
 
 
-def plot_weights_vs_natural(weights: DomainWeights, natural: dict[str, float], path: str | Path) -> Path:
-    """Bars per domain: the final weights beside the natural (token-count) proportions."""
+def plot_weights_vs_natural(
+    weights: DomainWeights, natural: dict[str, float], path: str | Path, label: str = "natural"
+) -> Path:
+    """Bars per domain: the final weights beside a reference mixture, by default the natural (token-count)
+    proportions (regmix: the prior its swarm was centred on, `label` naming it)."""
     path = Path(path)
     x = range(len(weights.domains))
     fig, ax = plt.subplots(figsize=(max(5, 0.9 * len(weights.domains)), 4))
-    ax.bar([i - 0.2 for i in x], [natural.get(d, 0.0) for d in weights.domains], width=0.4, label="natural")
+    ax.bar([i - 0.2 for i in x], [natural.get(d, 0.0) for d in weights.domains], width=0.4, label=label)
     ax.bar([i + 0.2 for i in x], weights.weights, width=0.4, label=weights.method.get("name", "weights"))
     ax.set_xticks(list(x), weights.domains, rotation=30, ha="right")
     ax.set_ylabel("proportion")
     ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_regmix_fit(method: dict, path: str | Path, title: str | None = None, size: float = 5.0) -> Path | None:
+    """A regmix record's held-out predicted against observed target loss, one point per swarm run (the fit the
+    weights rest on); None, nothing written, when `method` is not a regmix record with a fit."""
+    fit, swarm = method.get("fit"), method.get("swarm")
+    if method.get("name") != "regmix" or not isinstance(fit, dict) or not isinstance(swarm, list):
+        return None
+    cv = fit.get("cross_validation") or {}
+    predicted = list(cv.get("predicted") or [])
+    observed = [run.get("target_loss") for run in swarm if isinstance(run, dict)]
+    if len(predicted) != len(observed) or not observed:
+        return None
+    path = Path(path)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.scatter(observed, predicted, s=16)
+    low, high = min(observed + predicted), max(observed + predicted)
+    ax.plot([low, high], [low, high], color="grey", linewidth=0.8, linestyle="--")
+    ax.set_xlabel("observed target loss (swarm run)")
+    ax.set_ylabel(f"predicted ({cv.get('method', 'held out')})")
+    name = title if title is not None else str(fit.get("regressor", "regmix"))
+    ax.set_title(f"{name}: Spearman {cv.get('spearman', float('nan')):.2f}, MAE {cv.get('mae', float('nan')):.3f}")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

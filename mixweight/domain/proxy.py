@@ -39,7 +39,7 @@ from mixweight.core.yamlio import load_yaml
 from mixweight.data.manifest import Manifest, load_manifest
 from mixweight.data.synthetic import resolve_corpus
 from mixweight.domain.health import format_warning
-from mixweight.errors import MixweightError
+from mixweight.errors import MixweightError, did_you_mean
 from mixweight.train import checkpoint as ckpt
 from mixweight.train.config import TrainConfig
 from mixweight.train.loop import config_changes, train
@@ -241,31 +241,65 @@ def config_hash(config: ProxyMethodConfig, corpus_config_hash: str) -> str:
     return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()
 
 
+# --- held-out target domains (DoGE's --target, regmix's --target) ----------------------------------------
+def check_target_domains(command: str, targets: list[str], domains: list[str], also: str = "") -> None:
+    """Unknown names -> MixweightError naming them, the closest domain and the corpus's domains (`also`: the
+    other values the option takes, e.g. "all"); naming every domain is refused too (nothing left to train on)."""
+    for name in targets:
+        if name not in domains:
+            hint = did_you_mean(name, domains, cutoff=0.4)
+            raise MixweightError(
+                f"{command}: --target '{name}' is not a domain of the corpus; {hint}"
+                f"the corpus's domains are {', '.join(domains)}" + (f" (or {also})" if also else "")
+            )
+    if len(set(targets)) == len(domains):
+        raise MixweightError(
+            f"{command}: --target names every domain ({', '.join(domains)}); leave at least one to train on"
+        )
+
+
 # --- the work directory -----------------------------------------------------------------------------------
 def record_path(config: ProxyMethodConfig) -> Path:
     return config.resolved_work_dir() / f"{config.NAME}_config.yaml"
 
 
-def claim_work_dir(config: ProxyMethodConfig, legacy_check=None) -> Path:
+def claim_work_dir(
+    config: ProxyMethodConfig, legacy_check=None, keys: Optional[tuple[str, ...]] = None, extra: Optional[dict] = None
+) -> Path:
     """Check the work directory holds runs of this method config, then record it there; returns the directory.
 
     Each proxy run's TrainConfig is compared by the trainer (`train_or_reuse`); this compares what no
     TrainConfig holds, the method's own options (eta, mu, target, ...), against `<NAME>_config.yaml`
     written by the last run here: another value stops with one line naming the changed keys. A key the
-    record lacks had its default. `legacy_check(work_dir)` decides for a work directory without a record
-    (made by an older mixweight); it may raise. `config` is valid and resolved.
+    record lacks had its default. `keys` limits the comparison to the options that define the runs (regmix:
+    the fit's options reuse the swarm); `extra` adds values recorded and compared beside them (regmix: the
+    train block, the proxy spec, the corpus's config hash). `legacy_check(work_dir)` decides for a work
+    directory without a record (made by an older mixweight); it may raise. `config` is valid and resolved.
     """
     work_dir = config.resolved_work_dir()
     path = record_path(config)
+    extra = dict(extra or {})
     if path.is_file():
         saved = load_yaml(path.read_text()) or {}
         if not isinstance(saved, dict):
             saved = {}
         defaults = {f.name: f.default for f in dataclasses.fields(config) if f.default is not dataclasses.MISSING}
-        current = {k: v for k, v in config.options().items() if k not in UNHASHED}
+        current = {k: v for k, v in config.options().items() if k not in UNHASHED and (keys is None or k in keys)}
+        current.update(extra)
         changed = sorted(k for k in current if saved.get(k, defaults.get(k)) != current[k])
         if changed:
-            details = ", ".join(f"{k}: {saved.get(k, defaults.get(k))!r} -> {current[k]!r}" for k in changed)
+
+            def shown(key: str) -> str:
+                old, new = saved.get(key, defaults.get(key)), current[key]
+                if isinstance(old, dict) and isinstance(new, dict):
+                    keys_ = sorted(set(old) | set(new), key=str)
+                    inner = [f"{key}.{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys_ if old.get(k) != new.get(k)]
+                    if len(inner) <= 3 and all(len(line) < 120 for line in inner):
+                        return ", ".join(inner)
+                    return f"{key}'s contents"
+                return f"{key}: {old!r} -> {new!r}"
+
+            details = ", ".join(shown(k) for k in changed)
             raise MixweightError(
                 f"{work_dir}: holds {config.NAME} proxy runs made with a different config ({details}); "
                 "delete it or choose another --work-dir"
@@ -274,7 +308,7 @@ def claim_work_dir(config: ProxyMethodConfig, legacy_check=None) -> Path:
         legacy_check(work_dir)
     if is_main_process():
         work_dir.mkdir(parents=True, exist_ok=True)
-        path.write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
+        path.write_text(yaml.safe_dump({**dataclasses.asdict(config), **extra}, sort_keys=False))
     return work_dir
 
 
@@ -303,8 +337,9 @@ def provenance(config: ProxyMethodConfig, manifest: Manifest, corpus: str) -> di
     }
 
 
-def write_artifact(result: DomainWeights, out: str | Path, manifest: Manifest) -> None:
-    """Main process only: the health warnings on stderr, the weights file, its two plots beside it."""
+def write_artifact(result: DomainWeights, out: str | Path, manifest: Manifest, plots=None) -> None:
+    """Main process only: the health warnings on stderr, the weights file, its plots beside it: by default the
+    trajectory and the weights vs natural bars; `plots(result, out)` draws a method's own instead."""
     if not is_main_process():
         return
     from mixweight.domain.plots import plot_trajectory, plot_weights_vs_natural
@@ -315,5 +350,8 @@ def write_artifact(result: DomainWeights, out: str | Path, manifest: Manifest) -
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     result.write(out)
+    if plots is not None:
+        plots(result, out)
+        return
     plot_trajectory(result, out.with_name(f"{out.stem}_trajectory.png"))
     plot_weights_vs_natural(result, manifest.natural_weights(), out.with_name(f"{out.stem}_bars.png"))

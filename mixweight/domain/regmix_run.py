@@ -12,8 +12,9 @@
 The work directory (default `<out stem>.work/` beside `out`) holds `mixtures/run-NNN.json`
 and `runs/run-NNN/`: each run is cached on its own, so a rerun trains only the runs that are
 missing and resumes an interrupted one. Mixture i depends on (seed, i) alone, so raising
---runs keeps the finished runs. `swarm.json` records the options that define the runs; a
-work directory made with other options is refused, naming them.
+--runs keeps the finished runs. `regmix_config.yaml` (`proxy.claim_work_dir`) records the
+options that define the runs (SWARM_KEYS, the train block but its checkpoint keys, the proxy
+spec, the corpus); a work directory made with other ones is refused, naming them.
 
 Under torchrun with P processes, process p trains runs p, p + P, ... as single-process runs
 in a child process of its own (no process group, its own device), so nothing is communicated
@@ -47,16 +48,22 @@ from mixweight.core.jsonio import write_json_atomic
 from mixweight.core.model import load_spec
 from mixweight.data.manifest import Manifest
 from mixweight.domain import regmix
-from mixweight.domain.health import format_warning
-from mixweight.domain.proxy import UNHASHED, ProxyMethodConfig, effective_train_block, provenance, start
+from mixweight.domain.proxy import (
+    UNHASHED,
+    ProxyMethodConfig,
+    check_target_domains,
+    claim_work_dir,
+    effective_train_block,
+    provenance,
+    start,
+    write_artifact,
+)
 from mixweight.errors import MixweightError, did_you_mean
 from mixweight.sampling.repetition import check_max_epochs, planned_epochs, project_max_epochs
 from mixweight.train.config import TrainConfig
 
 PRIORS = ("natural", "uniform")
-SWARM_FILE = "swarm.json"
-# The options that define the swarm's runs (a work directory belongs to one set of them); the others
-# (runs, regressor, kl_reg, token_budget, max_epochs, out, progress) change only the fit or the display.
+SWARM_FILE = "swarm.json"  # the record of a work directory made before regmix_config.yaml
 # What defines the swarm's mixtures and runs, beyond each run's TrainConfig (which the trainer checks itself):
 # a work directory belongs to one set of these. The other options (runs, regressor, kl_reg, token_budget,
 # max_epochs) change only the fit, so changing them reuses the runs.
@@ -176,17 +183,7 @@ def held_out_targets(target: str, domains: list[str]) -> list[str]:
     if target.strip() == "all":
         return []
     names = [t.strip() for t in target.split(",")]
-    for name in names:
-        if name not in domains:
-            raise MixweightError(
-                f"weights regmix: --target '{name}' is not a domain of the corpus; "
-                f"{did_you_mean(name, domains, cutoff=0.4)}the corpus's domains are {', '.join(domains)} "
-                "(or all)"
-            )
-    if len(set(names)) == len(domains):
-        raise MixweightError(
-            f"weights regmix: --target names every domain ({', '.join(domains)}); leave at least one to train on"
-        )
+    check_target_domains("weights regmix", names, domains, also="all")
     return sorted(set(names), key=domains.index)
 
 
@@ -197,36 +194,41 @@ def prior_weights(manifest: Manifest, train_domains: list[str], kind: str) -> np
     return tokens / tokens.sum()
 
 
-def _swarm_record(config: RegMixConfig, manifest: Manifest) -> dict:
-    train = {k: v for k, v in effective_train_block(config).items() if k not in UNHASHED}
+# Train-block keys that change no run's result (how often a run checkpoints, how many it keeps): a work
+# directory's record leaves them out, so changing them reuses the swarm.
+UNRECORDED_TRAIN_KEYS = frozenset({"checkpoint_every", "keep_checkpoints"})
+
+
+def swarm_record(config: RegMixConfig, manifest: Manifest) -> dict:
+    """What defines the swarm beyond the options in SWARM_KEYS: recorded and compared by `claim_work_dir`."""
+    skipped = UNHASHED | UNRECORDED_TRAIN_KEYS
     return {
-        **{k: getattr(config, k) for k in SWARM_KEYS},
-        "train": train,
+        "train": {k: v for k, v in effective_train_block(config).items() if k not in skipped},
         "proxy_spec": load_spec(config.proxy),
         "corpus_config_hash": manifest.config_hash,
     }
 
 
-def _claim_work_dir(work: Path, record: dict) -> None:
-    """A work directory belongs to one swarm definition: runs made with other options are never mixed in."""
-    path = work / SWARM_FILE
-    if path.is_file():
+def _legacy_swarm_json(config: RegMixConfig):
+    """A work directory from before `regmix_config.yaml` records its swarm in `swarm.json`: the same options."""
+
+    def check(work: Path) -> None:
+        path = work / SWARM_FILE
+        if not path.is_file():
+            return
         try:
             old = json.loads(path.read_text())
         except (OSError, ValueError):
             raise MixweightError(f"{path}: cannot be read; pass another --work-dir") from None
-        changed = sorted(k for k in set(old) | set(record) if old.get(k) != record.get(k))
+        changed = [k for k in SWARM_KEYS if isinstance(old, dict) and k in old and old[k] != getattr(config, k)]
         if changed:
-            shown = ", ".join(f"{k}: {old.get(k)!r} -> {record.get(k)!r}" for k in changed if k != "proxy_spec")
-            if "proxy_spec" in changed:
-                shown = ", ".join(filter(None, [shown, "the proxy spec's contents"]))
+            details = ", ".join(f"{k}: {old[k]!r} -> {getattr(config, k)!r}" for k in changed)
             raise MixweightError(
-                f"{work}: holds a swarm made with other options ({shown}); pass another --work-dir "
-                "(or move this one aside) to start a new swarm"
+                f"{work}: holds regmix proxy runs made with a different config ({details}); "
+                "delete it or choose another --work-dir"
             )
-        return
-    work.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(path, record)
+
+    return check
 
 
 # --- the swarm ------------------------------------------------------------------------------
@@ -435,7 +437,7 @@ def _run(config: RegMixConfig, world) -> DomainWeights:
     outcome = None
     if world.is_main:
         try:
-            _claim_work_dir(work, _swarm_record(config, manifest))
+            claim_work_dir(config, _legacy_swarm_json(config), keys=SWARM_KEYS, extra=swarm_record(config, manifest))
             (work / "mixtures").mkdir(parents=True, exist_ok=True)
             for member in members:
                 path = Path(member["config"]["domain_weights"])
@@ -529,13 +531,7 @@ def _run(config: RegMixConfig, world) -> DomainWeights:
             f"{predicted['best_swarm_run']:.4f} (observed {y[best_observed].mean():.4f})",
             flush=True,
         )
-        for warning in result.warnings:
-            print(f"mixweight regmix: warning: {format_warning(warning)}", file=sys.stderr, flush=True)
-        out = Path(config.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        result.write(out)
-        plot_fit(result, out.with_name(f"{out.stem}_fit.png"))
-        plot_chosen_vs_prior(result, out.with_name(f"{out.stem}_bars.png"))
+    write_artifact(result, config.out, manifest, plots=write_plots)
     barrier(world)  # no process reads the weights before the main one has written them
     return result
 
@@ -673,50 +669,15 @@ def replay_weights(artifact: DomainWeights, where: str = "regmix artifact") -> l
     return corpus_weights(artifact.domains, dict(zip(train_domains, chosen.tolist())))
 
 
-def plot_fit(weights: DomainWeights, path: str | Path) -> Path:
-    """Predicted (held out) against observed target loss, one point per swarm run."""
-    import matplotlib
+def write_plots(weights: DomainWeights, out: Path) -> None:
+    """Beside the artifact: `<stem>_fit.png` (held-out predicted vs observed target loss per swarm run) and
+    `<stem>_bars.png` (the chosen mixture beside the prior the swarm was centred on)."""
+    from mixweight.domain.plots import plot_regmix_fit, plot_weights_vs_natural
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    cv = weights.method["fit"]["cross_validation"]
-    observed = [run["target_loss"] for run in weights.method["swarm"]]
-    fig, ax = plt.subplots(figsize=(5, 5))
-    ax.scatter(observed, cv["predicted"], s=18)
-    low, high = min(observed + cv["predicted"]), max(observed + cv["predicted"])
-    ax.plot([low, high], [low, high], color="grey", linewidth=0.8, linestyle="--")
-    ax.set_xlabel("observed target loss (swarm run)")
-    ax.set_ylabel(f"predicted, {cv['method']}")
-    ax.set_title(f"{weights.method['fit']['regressor']}: Spearman {cv['spearman']:.2f}, MAE {cv['mae']:.3f}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
-def plot_chosen_vs_prior(weights: DomainWeights, path: str | Path) -> Path:
-    """Bars per domain: the chosen mixture beside the prior the swarm was centred on."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
+    plot_regmix_fit(weights.method, out.with_name(f"{out.stem}_fit.png"))
     prior = weights.method.get("prior_weights", {})
-    x = range(len(weights.domains))
-    fig, ax = plt.subplots(figsize=(max(5, 0.9 * len(weights.domains)), 4))
     label = f"prior ({weights.method.get('prior')})"
-    ax.bar([i - 0.2 for i in x], [prior.get(d, 0.0) for d in weights.domains], width=0.4, label=label)
-    ax.bar([i + 0.2 for i in x], weights.weights, width=0.4, label="regmix")
-    ax.set_xticks(list(x), weights.domains, rotation=30, ha="right")
-    ax.set_ylabel("proportion")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    plot_weights_vs_natural(weights, prior, out.with_name(f"{out.stem}_bars.png"), label=label)
 
 
 def _worker(argv: list[str]) -> None:

@@ -59,28 +59,7 @@ def regmix_fit_figure(out_dir, name: str, method: dict) -> str | None:
     import re
     from pathlib import Path
 
-    import matplotlib
+    from mixweight.domain.plots import plot_regmix_fit
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fit, swarm = method.get("fit"), method.get("swarm")
-    if method.get("name") != "regmix" or not isinstance(fit, dict) or not isinstance(swarm, list):
-        return None
-    cv = fit.get("cross_validation") or {}
-    predicted = cv.get("predicted") or []
-    observed = [run.get("target_loss") for run in swarm]
-    if len(predicted) != len(observed) or not observed:
-        return None
     file = f"regmix_fit_{re.sub(r'[^A-Za-z0-9_+-]', '_', name)}.png"
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    ax.scatter(observed, predicted, s=16)
-    low, high = min(observed + predicted), max(observed + predicted)
-    ax.plot([low, high], [low, high], color="grey", linewidth=0.8, linestyle="--")
-    ax.set_xlabel("observed target loss (swarm run)")
-    ax.set_ylabel(f"predicted ({cv.get('method', 'held out')})")
-    ax.set_title(f"{name}: Spearman {cv.get('spearman', float('nan')):.2f}, MAE {cv.get('mae', float('nan')):.3f}")
-    fig.tight_layout()
-    fig.savefig(Path(out_dir) / file, dpi=100)
-    plt.close(fig)
-    return file
+    return file if plot_regmix_fit(method, Path(out_dir) / file, title=name, size=4.5) is not None else None

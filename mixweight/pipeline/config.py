@@ -146,9 +146,6 @@ class EvalSection:
     lm_eval: Optional[LmEvalSection] = None
 
 
-LM_EVAL_KEYS = [f.name for f in dataclasses.fields(LmEvalSection)]
-
-
 def data_form(data: dict) -> tuple[str, Any]:
     """('synthetic' | 'prepare' | 'path', its typed config) from the pipeline's `data` section."""
     given = list(data) if isinstance(data, dict) else data  # keys as given: YAML keys may mix types, so no sort

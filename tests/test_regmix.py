@@ -279,6 +279,7 @@ def test_two_processes_split_the_swarm_and_write_the_same_artifact(swarm, synth_
     torchrun = ["-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}"]
     stdout = run_cli(regmix_argv(synth_corpus, two), torchrun=torchrun)
     assert stdout.count("[process 0]") == 3 and stdout.count("[process 1]") == 2  # runs 0, 2, 4 and 1, 3
+    assert "mixweight regmix: swarm progress: 5/5 runs finished" in stdout  # the main process watches them all
     assert two.read_bytes() == out.read_bytes()
 
 
@@ -461,3 +462,40 @@ def test_a_shared_memory_name_clash_starts_the_run_again(monkeypatch):
     calls.clear()
     with pytest.raises(FileExistsError):
         regmix_run._train_with_retries(clashing, "config", attempts=2)
+
+
+class _Child:
+    """A stand-in for this process's swarm child: each poll, one run of some process finishes; it exits after
+    its own share (`exits_after` polls) with `code`."""
+
+    def __init__(self, runs, order, exits_after, code=0):
+        self.runs, self.order, self.polls, self.exits_after, self.code = runs, list(order), 0, exits_after, code
+
+    def poll(self):
+        self.polls += 1
+        if self.order:
+            run = self.runs[self.order.pop(0)]
+            run.mkdir(parents=True, exist_ok=True)
+            (run / "eval.json").write_text("{}")
+        return self.code if self.polls > self.exits_after else None
+
+    def wait(self):
+        return self.code
+
+    def terminate(self):
+        pass
+
+
+def test_the_main_process_shows_whole_swarm_progress_while_its_own_child_trains(tmp_path, capsys):
+    from mixweight.domain.regmix_run import watch_swarm
+
+    runs = [tmp_path / f"run-{i:03d}" for i in range(5)]
+    child = _Child(runs, order=[1, 0, 3, 2, 4], exits_after=5)  # the child runs while all five finish
+    assert watch_swarm(child, runs, report=True, bar=False, poll=0) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if "swarm progress" in line]
+    assert [line.split()[4] for line in lines] == ["1/5", "2/5", "3/5", "4/5", "5/5"]
+    assert "left" in lines[0] and "left" not in lines[-1]
+    assert child.polls <= 6  # the lines came while the child was still running, not after it
+
+    failing = _Child([tmp_path / "x", tmp_path / "y"], order=[], exits_after=0, code=3)
+    assert watch_swarm(failing, [tmp_path / "x", tmp_path / "y"], report=True, bar=False, poll=0) == 3

@@ -18,8 +18,9 @@ spec, the corpus); a work directory made with other ones is refused, naming them
 
 Under torchrun with P processes, process p trains runs p, p + P, ... as single-process runs
 in a child process of its own (no process group, its own device), so nothing is communicated
-while training; every process then waits for all eval.json files, and the main process fits
-and writes. The artifact holds no paths or timings: the same seed and config give the same
+while training; every process watches the eval.json files while its child trains and until all
+exist (the main process prints the whole swarm's finished count and an ETA as it changes), and
+the main process fits and writes. The artifact holds no paths or timings: the same seed and config give the same
 bytes, whatever the process count.
 """
 
@@ -329,21 +330,51 @@ def _train_swarm(members: list[dict], world, work: Path, progress: bool) -> None
     share = list(range(world.rank, total, world.size))
     command = [sys.executable, "-m", "mixweight.domain.regmix_run", str(plan), ",".join(map(str, share))]
     command.append(f" [process {world.rank}]")
-    child = subprocess.run(command, env=_child_env(world.local_rank))
-    if child.returncode != 0:
+    child = subprocess.Popen(command, env=_child_env(world.local_rank))
+    runs = [Path(m["config"]["out"]) for m in members]
+    code = watch_swarm(child, runs, world.is_main, world.is_main and progress)
+    if code != 0:
         raise MixweightError(
-            f"weights regmix: process {world.rank}'s swarm runs {share} failed (exit code {child.returncode}); "
+            f"weights regmix: process {world.rank}'s swarm runs {share} failed (exit code {code}); "
             "the error is printed above; rerun the same command to continue the swarm"
         )
-    runs = [Path(m["config"]["out"]) for m in members]
-    bar = tqdm(total=total, disable=not (world.is_main and progress) or None, desc="regmix swarm", unit="run")
-    while True:  # the other processes' shares: results come through the filesystem, nothing is communicated
-        done = sum(_finished(r) for r in runs)
-        bar.update(done - bar.n)
-        if done == total:
-            break
-        time.sleep(POLL_SECONDS)
-    bar.close()
+
+
+def watch_swarm(child, runs: list[Path], report: bool, bar: bool, poll: float = POLL_SECONDS) -> int:
+    """While this process's child trains its share, and after it until every run of every process has its
+    eval.json: with `report` (the main process), one line per change in the whole swarm's finished count
+    with an ETA, and the whole-swarm bar with `bar`. Returns the child's exit code (at once on a failure)."""
+    total = len(runs)
+    done = sum(_finished(r) for r in runs)
+    first, started = done, time.perf_counter()
+    shown = tqdm(total=total, initial=done, disable=not bar or None, desc="regmix swarm", unit="run")
+    code = None
+    try:
+        while True:  # the other processes' results come through the filesystem, nothing is communicated
+            if code is None:
+                code = child.poll()
+                if code is not None and code != 0:
+                    return code
+            now = sum(_finished(r) for r in runs)
+            if now != done:
+                done = now
+                shown.update(done - shown.n)
+                if report:
+                    rate = (time.perf_counter() - started) / max(done - first, 1)
+                    eta = f", about {rate * (total - done):.0f}s left" if done < total else ""
+                    tqdm.write(f"mixweight regmix: swarm progress: {done}/{total} runs finished{eta}", file=sys.stdout)
+                    sys.stdout.flush()
+            if done == total and code is not None:
+                return code
+            if done == total:  # every run finished: the child is exiting
+                return child.wait()
+            time.sleep(poll)
+    except BaseException:  # interrupted: the child's run would go on training unwatched
+        if child.poll() is None:
+            child.terminate()
+        raise
+    finally:
+        shown.close()
 
 
 # --- the result -------------------------------------------------------------------------------

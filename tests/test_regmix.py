@@ -323,6 +323,9 @@ def test_a_pipeline_with_a_regmix_section_and_arm(tmp_path, capsys):
             "runs": 5,
             "steps": 3,
             "target": HELD_OUT,
+            "kl_reg": 0.2,
+            "token_budget": 8192,  # 3 training domains of 4096 tokens: caps of 0.75 each at 1.5 epochs
+            "max_epochs": 1.5,
             "train": {"batch_size": 8, "warmup_steps": 1, "eval_blocks": 2},
         },
         "arms": {
@@ -337,6 +340,9 @@ def test_a_pipeline_with_a_regmix_section_and_arm(tmp_path, capsys):
     report = run_pipeline(load_pipeline_config(path), out)
     weights = json.loads((out / "weights" / "regmix" / "domain_weights.json").read_text())
     assert weights["method"]["name"] == "regmix" and len(weights["method"]["swarm"]) == 5
+    assert weights["method"]["kl_reg"] == 0.2 and weights["method"]["repetition"]["max_epochs"] == 1.5
+    assert weights["method"]["repetition"]["token_budget"] == 8192
+    assert max(weights["weights"]) <= 0.75 + 1e-6
     run_config = yaml.safe_load((out / "runs" / "regmix-seed0" / "config.yaml").read_text())
     assert run_config["domain_weights"].endswith("weights/regmix/domain_weights.json")
     assert report["domain_weights"]["regmix"]["weights"] == pytest.approx(
@@ -499,3 +505,55 @@ def test_the_main_process_shows_whole_swarm_progress_while_its_own_child_trains(
 
     failing = _Child([tmp_path / "x", tmp_path / "y"], order=[], exits_after=0, code=3)
     assert watch_swarm(failing, [tmp_path / "x", tmp_path / "y"], report=True, bar=False, poll=0) == 3
+
+
+def test_the_fit_options_reuse_the_swarm_and_a_capped_artifact_verifies_and_exports(
+    swarm, synth_corpus, tmp_path, capsys
+):
+    """--kl-reg, --token-budget and --max-epochs change only the fit: the finished runs are reused, the
+    artifact records the caps (its repetition block), verify refits within them, export --data re-caps."""
+    from mixweight.cli import main
+    from mixweight.data.manifest import load_manifest
+
+    out, _ = swarm
+    work = out.parent / "domain_weights.work"
+    tokens = load_manifest(synth_corpus).train_tokens()
+    budget = sum(tokens[d] for d in TRAINED)  # caps 1.2 x the training domains' natural proportions
+    capped = tmp_path / "capped.json"
+    extra = ["--work-dir", str(work), "--kl-reg", "0.5", "--token-budget", str(budget), "--max-epochs", "1.2"]
+    stdout = run_cli(regmix_argv(synth_corpus, capped, *extra))
+    assert "(5 finished, 0 to train)" in stdout
+    raw = json.loads(capped.read_text())
+    method = raw["method"]
+    assert method["kl_reg"] == 0.5 and method["token_budget"] == budget and method["max_epochs"] == 1.2
+    repetition = method["repetition"]
+    assert repetition["max_epochs"] == 1.2 and repetition["token_budget"] == budget
+    weights = dict(zip(raw["domains"], raw["weights"]))
+    for d in TRAINED:
+        assert repetition["caps"][d] == pytest.approx(1.2 * tokens[d] / budget)
+        assert weights[d] <= repetition["caps"][d] + 1e-6 and repetition["epochs_after"][d] <= 1.2 + 1e-6
+    assert raw["weights"] != json.loads(out.read_text())["weights"]  # the pull and the caps moved the optimum
+    capsys.readouterr()
+    main(["weights", "verify", str(capped)])
+    assert "refitted 5 regmix swarm runs (loglinear); the recorded weights match" in capsys.readouterr().out
+    argv = ["weights", "export", str(out), "--format", "json", "--token-budget", str(budget), "--max-epochs", "2"]
+    main([*argv, "--data", str(synth_corpus)])
+    exported = json.loads(capsys.readouterr().out)
+    assert all(exported[d] <= 2 * tokens[d] / budget + 1e-6 for d in TRAINED)  # within 2 epochs of the corpus's
+    assert sum(exported.values()) == pytest.approx(1.0)
+
+
+def test_a_uniform_prior_and_a_concentration_define_another_swarm(synth_corpus, tmp_path, capsys):
+    from mixweight.cli import main
+
+    out = tmp_path / "uniform.json"
+    run_cli(regmix_argv(synth_corpus, out, "--prior", "uniform", "--concentration", "4"))
+    method = json.loads(out.read_text())["method"]
+    assert method["prior"] == "uniform" and method["concentration"] == 4.0
+    assert method["prior_weights"] == pytest.approx({d: 1 / 3 for d in TRAINED})
+    first = method["swarm"][0]["weights"]
+    assert [first[d] for d in TRAINED] == pytest.approx([1 / 3] * 3)  # the swarm's first run is the prior
+    assert len({tuple(run["weights"][d] for d in TRAINED) for run in method["swarm"]}) == 5
+    capsys.readouterr()
+    main(["weights", "verify", str(out)])
+    assert "the recorded weights match" in capsys.readouterr().out

@@ -380,7 +380,11 @@ def build_parser() -> argparse.ArgumentParser:
         _add_cache_dir(method)
         method.set_defaults(func=func)
     export = weights_commands.add_parser("export", help="print a weights file for other trainers")
-    export.add_argument("file", help="a domain_weights.json (from weights doremi/doge, or hand-written)")
+    export.add_argument(
+        "file",
+        help="a domain_weights.json: from weights doremi, doge or regmix, the RUN/domain_weights.json of an online "
+        "mixing run (domain_weights online:odm|online:doremi), or hand-written",
+    )
     export.add_argument(
         "--format",
         required=True,

@@ -557,3 +557,12 @@ def test_a_uniform_prior_and_a_concentration_define_another_swarm(synth_corpus, 
     capsys.readouterr()
     main(["weights", "verify", str(out)])
     assert "the recorded weights match" in capsys.readouterr().out
+
+
+def test_export_help_names_every_artifact_it_takes(capsys):
+    from mixweight.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["weights", "export", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "from weights doremi, doge or regmix" in shown and "online mixing run" in shown

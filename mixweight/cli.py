@@ -58,6 +58,20 @@ def _add_flag(parser, flags, dest: str, kind, described: str, default, name: str
         )
 
 
+# --BLOCK.KEY flags of the keys a nested block may not set -> the one-line refusal naming why.
+OWNED_FLAGS: dict[str, str] = {}
+
+
+def _refuse_owned_flags(parser: argparse.ArgumentParser, argv: list[str] | None) -> None:
+    """A flag of a key the block may not set is refused naming why, not as an unrecognized argument."""
+    _, extras = parser.parse_known_args(argv)
+    for token in extras:
+        message = OWNED_FLAGS.get(token.split("=", 1)[0])
+        if message is not None:
+            print(f"mixweight: error: {message}", file=sys.stderr)
+            sys.exit(2)
+
+
 def _add_nested_flags(parser: argparse.ArgumentParser, cls, block) -> None:
     """--BLOCK.KEY for every key of the block's config class that the outer config does not set itself."""
     inner, owned, moved = block.metadata[NESTED], block.metadata[OWNED], block.metadata[MOVED]
@@ -65,12 +79,12 @@ def _add_nested_flags(parser: argparse.ArgumentParser, cls, block) -> None:
     defaults = getattr(cls, "TRAIN_DEFAULTS", {})  # the method's own defaults for the block
     notes = getattr(cls, "TRAIN_DEFAULT_NOTES", {})  # defaults that follow other options
     for field in dataclasses.fields(inner):
-        if field.name in owned:  # hidden, so that the config check refuses it with its reason (not "unrecognized")
-            plain = field.metadata.get(FLAGS) or ("--" + field.name.replace("_", "-"),)
-            hidden = tuple(f"--{block.name}.{flag[2:]}" for flag in plain)
-            parser.add_argument(
-                *hidden, dest=f"{block.name}.{field.name}", default=argparse.SUPPRESS, help=argparse.SUPPRESS
-            )
+        if field.name in owned:  # no flag; given anyway, main() refuses it with its reason (not "unrecognized")
+            command = getattr(cls, "COMMAND", parser.prog)
+            for flag in field.metadata.get(FLAGS) or ("--" + field.name.replace("_", "-"),):
+                OWNED_FLAGS[f"--{block.name}.{flag[2:]}"] = (
+                    f"{command}: '{block.name}.{field.name}' cannot be set here: {owned[field.name]}"
+                )
             continue
         plain = field.metadata.get(FLAGS) or ("--" + field.name.replace("_", "-"),)
         flags = tuple(f"--{block.name}.{flag[2:]}" for flag in plain)
@@ -483,7 +497,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    _refuse_owned_flags(parser, argv)
+    args = parser.parse_args(argv)
     from mixweight.core.distributed import close_world, init_world
     from mixweight.data.remote import set_cache_dir
 

@@ -207,7 +207,7 @@ def test_one_config_hash_for_every_method():
     [
         ("regmix", "--train.max-epochs", "its own --max-epochs caps the chosen mixture"),
         ("doremi", "--train.sample-weighting", "their own step objective"),
-        ("doge", "--train.r", "their own step objective"),
+        ("doge", "--train.r-start", "their own step objective"),
         ("regmix", "--train.weight-cap", "their own step objective"),
         ("regmix", "--train.mixing-every", "online domain mixing"),
         ("doge", "--train.odm-alpha", "online domain mixing"),

@@ -163,8 +163,9 @@ def test_train_block_flags_pass_torchrun_and_reach_the_block(method, tmp_path):
     given = ["--train.lr", "2e-3", "--train.weight-decay", "0", "--train.precision", "bf16", "--train.compile"]
     launched = torchrun_parser().parse_args(["--nproc_per_node=2", "-m", "mixweight", "weights", method, *given])
     assert launched.training_script_args == ["weights", method, *given]
-    args = build_parser().parse_args([*launched.training_script_args, "--train.temperature", "0.5"])
+    args = build_parser().parse_args([*launched.training_script_args, "--train.grad-clip", "0.5"])
     config = load_config(cls, None, _overrides(args, cls), cls.COMMAND)
-    assert config.train == {"lr": 2e-3, "weight_decay": 0.0, "precision": "bf16", "compile": True, "r": 0.5}
+    assert config.train == {"lr": 2e-3, "weight_decay": 0.0, "precision": "bf16", "compile": True, "grad_clip": 0.5}
     proxy = config.proxy_train_config(tmp_path, data="corpus")
-    assert (proxy.lr, proxy.weight_decay, proxy.precision, proxy.compile, proxy.r) == (2e-3, 0.0, "bf16", True, 0.5)
+    got = (proxy.lr, proxy.weight_decay, proxy.precision, proxy.compile, proxy.grad_clip)
+    assert got == (2e-3, 0.0, "bf16", True, 0.5)

@@ -14,6 +14,15 @@ from mixweight.errors import MixweightError
 BOOL_FLAGS_NEGATABLE = {"progress"}
 
 
+class ExactFlagParser(argparse.ArgumentParser):
+    """No abbreviated flags (argparse's default takes any unique prefix): with --train.KEY flags a prefix such as
+    --train.r would silently mean --train.report-to. Subcommand parsers inherit the class."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+
 def _add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
     """One flag per config field; defaults are suppressed so only given flags override the YAML.
 
@@ -58,15 +67,16 @@ def _add_flag(parser, flags, dest: str, kind, described: str, default, name: str
         )
 
 
-# --BLOCK.KEY flags of the keys a nested block may not set -> the one-line refusal naming why.
-OWNED_FLAGS: dict[str, str] = {}
+# (command, --BLOCK.KEY) of the keys a nested block may not set -> the one-line refusal naming why.
+OWNED_FLAGS: dict[tuple[str, str], str] = {}
 
 
 def _refuse_owned_flags(parser: argparse.ArgumentParser, argv: list[str] | None) -> None:
     """A flag of a key the block may not set is refused naming why, not as an unrecognized argument."""
-    _, extras = parser.parse_known_args(argv)
+    known, extras = parser.parse_known_args(argv)
+    command = " ".join(filter(None, (known.command, getattr(known, "weights_command", None))))
     for token in extras:
-        message = OWNED_FLAGS.get(token.split("=", 1)[0])
+        message = OWNED_FLAGS.get((command, token.split("=", 1)[0]))
         if message is not None:
             print(f"mixweight: error: {message}", file=sys.stderr)
             sys.exit(2)
@@ -82,7 +92,7 @@ def _add_nested_flags(parser: argparse.ArgumentParser, cls, block) -> None:
         if field.name in owned:  # no flag; given anyway, main() refuses it with its reason (not "unrecognized")
             command = getattr(cls, "COMMAND", parser.prog)
             for flag in field.metadata.get(FLAGS) or ("--" + field.name.replace("_", "-"),):
-                OWNED_FLAGS[f"--{block.name}.{flag[2:]}"] = (
+                OWNED_FLAGS[(command, f"--{block.name}.{flag[2:]}")] = (
                     f"{command}: '{block.name}.{field.name}' cannot be set here: {owned[field.name]}"
                 )
             continue
@@ -285,7 +295,7 @@ def cmd_doctor(args) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from mixweight.train.config import TrainConfig
 
-    parser = argparse.ArgumentParser(prog="mixweight", description=__import__("mixweight").__doc__)
+    parser = ExactFlagParser(prog="mixweight", description=__import__("mixweight").__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
     data = commands.add_parser("data", help="make a corpus").add_subparsers(dest="data_command", required=True)
@@ -374,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cache_dir(train)
     train.set_defaults(func=cmd_train)
 
-    weights = commands.add_parser("weights", help="domain weights: compute (doremi, doge) or export")
+    weights = commands.add_parser("weights", help="domain weights: compute (doremi, doge, regmix), export or verify")
     weights_commands = weights.add_subparsers(dest="weights_command", required=True)
     for name, cls_path, func in (
         ("doremi", "mixweight.domain.doremi_run:DoReMiConfig", cmd_weights_doremi),

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mixweight.cli import build_parser
+from mixweight.cli import build_parser, main
 from mixweight.core.config import load_config
 from mixweight.train.config import TrainConfig
 
@@ -169,3 +169,15 @@ def test_train_block_flags_pass_torchrun_and_reach_the_block(method, tmp_path):
     proxy = config.proxy_train_config(tmp_path, data="corpus")
     got = (proxy.lr, proxy.weight_decay, proxy.precision, proxy.compile, proxy.grad_clip)
     assert got == (2e-3, 0.0, "bf16", True, 0.5)
+
+
+def test_flags_are_never_abbreviated_and_a_refused_train_key_names_its_own_command(capsys):
+    """argparse would read --train.r as --train.report-to (a unique prefix); every parser takes whole flags only."""
+    with pytest.raises(SystemExit):
+        main(["train", "--dat", "corpus", "--out", "run"])
+    assert "unrecognized arguments: --dat" in capsys.readouterr().err
+    for method in ("doremi", "doge"):
+        with pytest.raises(SystemExit):
+            main(["weights", method, "--data", "c", "--out", "w.json", "--train.r", "0.3"])
+        err = capsys.readouterr().err
+        assert f"weights {method}: 'train.r' cannot be set here" in err, err

@@ -202,10 +202,14 @@ def reference_run(synth_corpus, tiny_spec, tmp_path_factory, train_config):
 
 
 @pytest.mark.distributed
-def test_online_doremi_with_linupper_on_two_processes_equals_one(
-    reference_run, synth_corpus, tiny_spec, tmp_path, free_port
+@pytest.mark.parametrize("method", ["doremi", "odm"])
+def test_online_mixing_with_linupper_on_two_processes_equals_one(
+    method, request, synth_corpus, tiny_spec, tmp_path, free_port
 ):
-    flags = ["--domain-weights", "online:doremi", "--mixing-every", "2", "--doremi-reference", str(reference_run)]
+    """Both methods decide from losses gathered over every process: 2 processes x 4 == 1 process x 8."""
+    flags = ["--domain-weights", f"online:{method}", "--mixing-every", "2"]
+    if method == "doremi":
+        flags += ["--doremi-reference", str(request.getfixturevalue("reference_run"))]
     flags += ["--mixing-prior", "natural", *LINUPPER]
     _run(_train(synth_corpus, tiny_spec, tmp_path / "one", *flags, steps=6, batch=8))
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}"]
@@ -217,7 +221,7 @@ def test_online_doremi_with_linupper_on_two_processes_equals_one(
     assert [e["step"] for e in one["trajectory"]] == [e["step"] for e in two["trajectory"]] == [0, 2, 4]
     for a, b in zip(one["trajectory"][1:], two["trajectory"][1:]):
         assert a["weights"] == pytest.approx(b["weights"], abs=1e-6)
-        assert a["signal"] == pytest.approx(b["signal"], abs=1e-5) and max(a["signal"]) > 0  # the excess was measured
+        assert a["signal"] == pytest.approx(b["signal"], abs=1e-5) and max(a["signal"]) > 0  # the signal was measured
     assert one["trajectory"][2]["weights"] != one["trajectory"][0]["weights"]
     p1, p2 = _params(tmp_path / "one", 6), _params(tmp_path / "two", 6)
     assert all(torch.allclose(p1[k], p2[k], atol=1e-5) for k in p1)

@@ -162,13 +162,14 @@ KILL_MID_PHASE = textwrap.dedent("""
     from mixweight.cli import main
     from mixweight.train import online
 
-    real = online.ODMMixer.observe
+    mixer = getattr(online, sys.argv[1])  # ODMMixer or DoReMiMixer
+    real = mixer.observe
     def die_at_step_10(self, step, result, micro_batches):
         real(self, step, result, micro_batches)
         if step == 10:  # checkpoint step-8 is written; the phase that began at 6 is half done
             os.kill(os.getpid(), signal.SIGKILL)
-    online.ODMMixer.observe = die_at_step_10
-    main(sys.argv[1:])
+    mixer.observe = die_at_step_10
+    main(sys.argv[2:])
 """)
 
 
@@ -177,7 +178,7 @@ def test_kill_9_mid_phase_then_resume_gives_the_same_weights_parameters_and_metr
 ):
     killed = tmp_path / "killed"
     argv = _train(synth_corpus, tiny_spec, killed, *ODM, *LINUPPER)
-    done = subprocess.run([sys.executable, "-c", KILL_MID_PHASE, *argv], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-c", KILL_MID_PHASE, "ODMMixer", *argv], capture_output=True, text=True)
     assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
     state = json.loads((killed / "checkpoints" / "step-8" / "state.json").read_text())
     assert [p["start_step"] for p in state["mixing"]["phases"]] == [0, 6]  # the bandit's state is in the checkpoint
@@ -199,6 +200,25 @@ def reference_run(synth_corpus, tiny_spec, tmp_path_factory, train_config):
     train(train_config(synth_corpus, tiny_spec, out, steps=6, batch_size=8, lr=3e-3, warmup_steps=1, eval_every=0,
                        eval_blocks=2, progress=False))  # fmt: skip
     return out
+
+
+def test_online_doremi_killed_mid_phase_resumes_to_the_same_run(reference_run, synth_corpus, tiny_spec, tmp_path):
+    """Online DoReMi's state (its alpha, the reference it was pinned to) survives kill -9 like ODM's."""
+    flags = ["--domain-weights", "online:doremi", "--mixing-every", str(EVERY)]
+    flags += ["--doremi-reference", str(reference_run)]
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    _run(_train(synth_corpus, tiny_spec, straight, *flags))
+    argv = _train(synth_corpus, tiny_spec, killed, *flags)
+    done = subprocess.run([sys.executable, "-c", KILL_MID_PHASE, "DoReMiMixer", *argv], capture_output=True, text=True)
+    assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
+    assert not (killed / "checkpoints" / f"step-{STEPS}").exists()
+    _run([*argv, "--resume"])
+    a, b = _params(straight), _params(killed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert _records(killed) == _records(straight)
+    assert (killed / "domain_weights.json").read_text() == (straight / "domain_weights.json").read_text()
+    weights = json.loads((straight / "domain_weights.json").read_text())["trajectory"]
+    assert len(weights) == 3 and weights[2]["weights"] != weights[0]["weights"]  # the mixture moved
 
 
 @pytest.mark.distributed

@@ -39,6 +39,7 @@ from mixweight.core.yamlio import load_yaml
 from mixweight.data.manifest import Manifest, load_manifest
 from mixweight.errors import MixweightError, did_you_mean
 from mixweight.sampling.schedule import Phase, resolve_schedule
+from mixweight.train.objective import WeightedLoss
 from mixweight.train.step import StepReduction, StepResult
 from mixweight.weighting.domain_update import (
     domain_means,
@@ -95,7 +96,7 @@ def check_online_config(config, require_reference: bool = True) -> None:
         f"(mixing_every), so drop domain_weights_every {config.domain_weights_every}",
     )
     require(
-        getattr(config, "max_epochs", None) is None,
+        config.max_epochs is None,
         "train: 'max_epochs' projects the phases known when the run starts onto an epoch budget; online weights "
         "decide their phases during the run, so the two cannot be combined: drop max_epochs",
     )
@@ -187,8 +188,11 @@ class ExcessSignal(StepReduction):
 
     def __init__(self, inner, reference: torch.nn.Module, loss_impl: str = "auto"):
         self.inner, self.reference, self.loss_impl = inner, reference, loss_impl
-        self.needs_whole_step = getattr(inner, "needs_whole_step", False)
         self.last_signal: torch.Tensor | None = None
+
+    @property
+    def needs_whole_step(self) -> bool:  # the wrapped reduction's, whichever `attach` put in
+        return self.inner.needs_whole_step
 
     @torch.no_grad()
     def sample_signal(self, input_ids: torch.Tensor, token_losses: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -489,10 +493,8 @@ def attach(mixer: OnlineMixer | None, objective):
     """Online DoReMi's excess signal rides on the run's step objective (its SampleReduction is wrapped)."""
     if not isinstance(mixer, DoReMiMixer):
         return objective
-    reduction = getattr(objective, "reduction", None)
-    if reduction is None:
+    if not isinstance(objective, WeightedLoss):
         raise MixweightError("train: online:doremi needs the default step objective (per-sample losses)")
-    mixer.signal_source.inner = reduction
-    mixer.signal_source.needs_whole_step = reduction.needs_whole_step
+    mixer.signal_source.inner = objective.reduction
     objective.reduction = mixer.signal_source
     return objective

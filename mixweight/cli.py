@@ -214,28 +214,14 @@ def cmd_eval(args) -> None:
     print(json.dumps(result, indent=2))
 
 
-def cmd_weights_doremi(args) -> None:
+def cmd_weights_method(args) -> None:
     from mixweight.core.config import load_config
-    from mixweight.domain.doremi_run import DoReMiConfig, run_doremi
+    from mixweight.domain.methods import get_method
 
-    result = run_doremi(load_config(DoReMiConfig, args.config, _overrides(args, DoReMiConfig), DoReMiConfig.COMMAND))
-    report_result(json.dumps({"method": "doremi", "weights": result.as_dict()}))
-
-
-def cmd_weights_doge(args) -> None:
-    from mixweight.core.config import load_config
-    from mixweight.domain.doge_run import DoGEConfig, run_doge
-
-    result = run_doge(load_config(DoGEConfig, args.config, _overrides(args, DoGEConfig), DoGEConfig.COMMAND))
-    report_result(json.dumps({"method": "doge", "weights": result.as_dict()}))
-
-
-def cmd_weights_regmix(args) -> None:
-    from mixweight.core.config import load_config
-    from mixweight.domain.regmix_run import RegMixConfig, run_regmix
-
-    result = run_regmix(load_config(RegMixConfig, args.config, _overrides(args, RegMixConfig)))
-    report_result(json.dumps({"method": "regmix", "weights": result.as_dict()}))
+    method = get_method(args.weights_command)
+    config = load_config(method.config, args.config, _overrides(args, method.config), method.config.COMMAND)
+    result = method.run(config)
+    report_result(json.dumps({"method": method.name, "weights": result.as_dict()}))
 
 
 def cmd_weights_export(args) -> None:
@@ -245,10 +231,9 @@ def cmd_weights_export(args) -> None:
     weights = load_domain_weights(args.file)
     tokens = None
     if args.data is not None and (args.token_budget is not None or args.max_epochs is not None):
-        from mixweight.data.manifest import load_manifest
-        from mixweight.data.synthetic import resolve_corpus
+        from mixweight.data.corpus import open_corpus
 
-        tokens = load_manifest(resolve_corpus(args.data)).train_tokens()
+        tokens = open_corpus(args.data).manifest.train_tokens()
     weights, note = cap_to_budget(weights, args.token_budget, args.max_epochs, tokens)
     if note:
         print(f"mixweight weights export: {note}", file=sys.stderr)
@@ -256,7 +241,7 @@ def cmd_weights_export(args) -> None:
 
 
 def cmd_weights_verify(args) -> None:
-    from mixweight.domain.verify import verify_file
+    from mixweight.domain.methods import verify_file
 
     print(verify_file(args.file, args.tolerance))
 
@@ -384,25 +369,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cache_dir(train)
     train.set_defaults(func=cmd_train)
 
-    weights = commands.add_parser("weights", help="domain weights: compute (doremi, doge, regmix), export or verify")
+    from mixweight.domain.methods import methods
+
+    registered = methods()
+    weights = commands.add_parser(
+        "weights", help=f"domain weights: compute ({', '.join(registered)}), export or verify"
+    )
     weights_commands = weights.add_subparsers(dest="weights_command", required=True)
-    for name, cls_path, func in (
-        ("doremi", "mixweight.domain.doremi_run:DoReMiConfig", cmd_weights_doremi),
-        ("doge", "mixweight.domain.doge_run:DoGEConfig", cmd_weights_doge),
-        ("regmix", "mixweight.domain.regmix_run:RegMixConfig", cmd_weights_regmix),
-    ):
-        module, cls_name = cls_path.split(":")
-        cls = getattr(__import__(module, fromlist=[cls_name]), cls_name)
-        how = "a swarm of small proxy runs and a regression" if name == "regmix" else "a proxy model"
-        method = weights_commands.add_parser(name, help=f"{name} domain weights from {how}")
-        method.add_argument(
+    for name, method in registered.items():
+        command = weights_commands.add_parser(name, help=method.help)
+        command.add_argument(
             "--config",
             default=None,
             help="YAML file with any of the keys below; flags given override it (default: none)",
         )
-        _add_config_flags(method, cls)
-        _add_cache_dir(method)
-        method.set_defaults(func=func)
+        _add_config_flags(command, method.config)
+        _add_cache_dir(command)
+        command.set_defaults(func=cmd_weights_method)
     export = weights_commands.add_parser("export", help="print a weights file for other trainers")
     export.add_argument(
         "file",

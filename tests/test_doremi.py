@@ -247,7 +247,7 @@ def test_a_reference_trained_on_another_corpus_is_refused(synth_corpus, tiny_spe
             progress=False,
         )
     )
-    with pytest.raises(MixweightError, match=rf"trained on corpus {other}.*runs on corpus {synth_corpus}"):
+    with pytest.raises(MixweightError, match=rf"trained on corpus {other}.*reads corpus {synth_corpus}"):
         run_doremi(_config(synth_corpus, tiny_spec, tmp_path / "w.json", reference=str(run)))
 
 

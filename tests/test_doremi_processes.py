@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from mixweight.domain.verify import verify_file
+from mixweight.domain.methods import verify_file
 
 
 def _args(corpus, spec, out, batch, *extra):

@@ -215,7 +215,7 @@ def _is_json(payload: bytes) -> bool:
 
 def test_random_regmix_artifacts_verify_or_are_refused_in_one_line(tmp_path):
     """`weights verify` on mangled regmix artifacts (it refits their swarm table): a verdict or one line."""
-    from mixweight.domain.verify import verify_file
+    from mixweight.domain.methods import verify_file
     from tests.test_weights_hostile import REGMIX
 
     rng = random.Random(1)

@@ -71,3 +71,45 @@ def test_the_check_sees_an_upward_import(tmp_path):
     tree = ast.parse("from mixweight.train.loop import train\nif TYPE_CHECKING:\n    from mixweight.report import x\n")
     assert list(imported_modules(tree)) == ["mixweight.train.loop"]
     assert layer("mixweight.sampling.schedule") < layer("mixweight.train.loop")
+
+
+def import_graph(package: str) -> dict[str, set[str]]:
+    """Module -> the modules of `package` it imports (at the top or inside a function: a lazy import is still one)."""
+    graph = {}
+    for path in sorted((PACKAGE.parent / package.replace(".", "/")).glob("*.py")):
+        module = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+        graph[module] = {t for t in imported_modules(ast.parse(path.read_text())) if t.startswith(package + ".")}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    found, done = [], set()
+
+    def visit(node: str, path: list[str]) -> None:
+        if node in path:
+            found.append(path[path.index(node) :] + [node])
+            return
+        if node in done:
+            return
+        for target in sorted(graph.get(node, ())):
+            visit(target, path + [node])
+        done.add(node)
+
+    for node in sorted(graph):
+        visit(node, [])
+    return found
+
+
+def test_no_import_circle_in_data():
+    assert cycles(import_graph("mixweight.data")) == []
+
+
+def test_the_manifest_reads_local_directories_only():
+    """Network I/O (a corpus URL) lives in data/remote.py, reached through data/corpus.py's open_corpus."""
+    imported = set(imported_modules(ast.parse((PACKAGE / "data" / "manifest.py").read_text())))
+    assert "mixweight.data.remote" not in imported and "mixweight.data.corpus" not in imported
+
+
+def test_the_cycle_check_sees_a_lazy_circle():
+    assert cycles({"a": {"b"}, "b": {"a"}}) == [["a", "b", "a"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []

@@ -155,10 +155,12 @@ def test_weights_sections_are_typed_and_read_in_nested_or_flat_form(tmp_path, ca
     from_flat = load_pipeline_config(path)
     (line,) = [x for x in capsys.readouterr().err.splitlines() if x]
     assert line.startswith("mixweight: deprecated:") and "'doremi'" in line and "train.lr" in line
-    assert isinstance(from_nested.doremi, DoReMiConfig) and from_nested.doremi == from_flat.doremi
-    assert from_nested.doremi.train == {"lr": 2e-3, "batch_size": 28}
-    key = section_key(from_nested.doremi)
-    assert key == section_key(from_flat.doremi) and key["eta"] == 0.5 and key["train"] == nested["train"]
+    assert isinstance(from_nested.section("doremi"), DoReMiConfig) and from_nested.section(
+        "doremi"
+    ) == from_flat.section("doremi")
+    assert from_nested.section("doremi").train == {"lr": 2e-3, "batch_size": 28}
+    key = section_key(from_nested.section("doremi"))
+    assert key == section_key(from_flat.section("doremi")) and key["eta"] == 0.5 and key["train"] == nested["train"]
     assert "data" not in key and "work_dir" not in key  # the pipeline sets them
 
 

@@ -253,7 +253,9 @@ def test_a_doge_target_outside_the_corpus_is_refused_before_any_proxy_trains(tmp
         doge={**short, "target": "arithmetc"},
     )
     out = tmp_path / "out"
-    with pytest.raises(MixweightError, match=r"'doge.target'.*'arithmetc' is not a domain.*did you mean 'arithmetic'"):
+    with pytest.raises(
+        MixweightError, match=r"pipeline 'doge'.*'arithmetc' is not a domain.*did you mean 'arithmetic'"
+    ):
         _run(tmp_path, config, out)
     assert not (out / "weights").exists()  # DoReMi's proxy (the first stage after the data) never started
 

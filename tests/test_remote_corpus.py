@@ -151,11 +151,12 @@ def test_train_resume_and_eval_from_a_url_match_the_local_corpus(
     capsys.readouterr()
     evals = sorted((resumed / "eval").glob("*.json"))
     assert evals
-    from mixweight.data.manifest import load_manifest
+    from mixweight.data.corpus import open_corpus
     from mixweight.train.validation import load_validation
 
-    via_url = load_validation(remote, load_manifest(remote), 8)
-    via_dir = load_validation(synth_corpus, load_manifest(synth_corpus), 8)
+    url, local = open_corpus(remote), open_corpus(synth_corpus)
+    via_url = load_validation(url.directory, url.manifest, 8)
+    via_dir = load_validation(local.directory, local.manifest, 8)
     assert via_url.keys() == via_dir.keys() and all(torch.equal(via_url[d], via_dir[d]) for d in via_dir)
 
 
@@ -175,16 +176,15 @@ def test_encodings_are_checked_before_any_shard_is_fetched(synth_corpus, tmp_pat
 
 
 def test_a_corpus_written_again_at_the_url_gets_a_fresh_cache_copy(tmp_path, cache):
-    from mixweight.data.manifest import load_manifest
-    from mixweight.data.synthetic import resolve_corpus
+    from mixweight.data.corpus import open_corpus
 
     url = f"file://{tmp_path}/corpus"
     main(["data", "synth", "--out", url, *SYNTH])
-    first = resolve_corpus(url)
+    first = open_corpus(url)
     shutil.rmtree(tmp_path / "corpus")
     main(["data", "synth", "--out", url, *SYNTH, "--seed", "1"])
-    second = resolve_corpus(url)
-    assert first != second and load_manifest(second).source["seed"] == 1
+    second = open_corpus(url)
+    assert first.directory != second.directory and second.manifest.source["seed"] == 1
 
 
 def test_two_processes_train_from_a_url(remote, tiny_spec, tmp_path, free_port):
@@ -289,9 +289,9 @@ def test_s3_upload_train_and_errors_name_the_url(s3, tiny_spec, tmp_path, capsys
 
 def test_s3_missing_bucket_is_one_line(s3, tmp_path, capsys):
     with pytest.raises(MixweightError, match="s3://no-such-bucket/corpus/manifest.json"):
-        from mixweight.data.synthetic import resolve_corpus
+        from mixweight.data.corpus import open_corpus
 
-        resolve_corpus("s3://no-such-bucket/corpus")
+        open_corpus("s3://no-such-bucket/corpus")
 
 
 def test_pipeline_path_form_takes_a_url_and_so_do_doremi_and_doge(remote, tiny_spec, tmp_path, cache):
@@ -328,9 +328,9 @@ def test_pipeline_path_form_takes_a_url_and_so_do_doremi_and_doge(remote, tiny_s
 
 
 def test_a_damaged_cache_copy_says_to_delete_it(remote, tmp_path, cache, cli_refuses):
-    from mixweight.data.synthetic import resolve_corpus
+    from mixweight.data.corpus import open_corpus
 
-    copy = Path(resolve_corpus(remote))
+    copy = Path(open_corpus(remote).directory)
     next(copy.glob("val/noise/shard.*.mds")).write_bytes(b"truncated")
     line = cli_refuses(["train", "--data", remote, "--out", str(tmp_path / "run")])
     assert "truncated or corrupted" in line and remote in line and f"delete {copy} to fetch it again" in line

@@ -35,5 +35,6 @@ def test_the_shipped_pipeline_configs_use_the_nested_weights_form(capsys):
 
     for name in ("quickstart.yaml", "slimpajama-gpt2-mini.yaml"):
         config = load_pipeline_config(CONFIG.with_name(name))
-        assert config.doremi.train and config.doge.train, name  # the proxies' train keys sit in their train block
+        # the proxies' train keys sit in their train block
+        assert config.section("doremi").train and config.section("doge").train, name
         assert "deprecated" not in capsys.readouterr().err, name

@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+import mixweight.domain.doge  # noqa: F401 - registers DoGE's tracker names
+import mixweight.domain.doremi  # noqa: F401 - registers DoReMi's tracker names
 import mixweight.train.loop as loop
 from mixweight.core import tracking
 from mixweight.errors import MixweightError
@@ -170,13 +172,11 @@ def test_proxies_pass_report_to_to_their_training_runs(synth_corpus, tmp_path):
 
 
 def test_pipeline_report_to_changes_no_stage_key(synth_corpus, tmp_path):
-    from mixweight.core.config import build_config
-    from mixweight.pipeline.config import PipelineConfig
+    from mixweight.pipeline.config import pipeline_config
     from mixweight.pipeline.run import build_stages
 
-    plain = build_config(PipelineConfig, {"data": {"path": synth_corpus}}, "test")
-    tracked = build_config(
-        PipelineConfig,
+    plain = pipeline_config({"data": {"path": synth_corpus}}, "test")
+    tracked = pipeline_config(
         {"data": {"path": synth_corpus}, "train": {"report_to": ["tensorboard"]}, "doge": {"report_to": "tensorboard"}},
         "test",
     )

@@ -173,7 +173,7 @@ REGMIX_CASES = [
 def test_a_regmix_artifact_as_written_verifies(tmp_path):
     import json
 
-    from mixweight.domain.verify import verify_file
+    from mixweight.domain.methods import verify_file
 
     path = tmp_path / "w.json"
     path.write_text(json.dumps(REGMIX))
@@ -184,7 +184,7 @@ def test_a_regmix_artifact_as_written_verifies(tmp_path):
 def test_an_edited_regmix_artifact_is_one_verify_line_naming_the_file_and_field(tmp_path, name, edit, message):
     import json
 
-    from mixweight.domain.verify import verify_file
+    from mixweight.domain.methods import verify_file
 
     path = tmp_path / "edited.json"
     path.write_text(json.dumps(_edited(edit)))

@@ -13,7 +13,7 @@ from mixweight.cli import main
 from mixweight.core.artifact import check_output_file
 from mixweight.domain.doremi import INITIAL_EXCESS, DoReMiReduction, doremi_update, replay
 from mixweight.domain.doremi_run import DoReMiConfig, run_doremi
-from mixweight.domain.verify import verify_file
+from mixweight.domain.methods import verify_file
 from mixweight.errors import MixweightError
 
 
@@ -170,7 +170,7 @@ def test_verify_refuses_a_file_without_replay_in_one_line(tmp_path):
     with pytest.raises(MixweightError, match=r"'replay.signals\[0\]' must be 2 finite numbers"):
         verify_file(path)
     path.write_text(json.dumps({"weights": {"a": 0.5, "b": 0.5}}))
-    with pytest.raises(MixweightError, match="verify replays doremi, doge artifacts"):
+    with pytest.raises(MixweightError, match="weights verify checks doremi, doge, regmix artifacts"):
         verify_file(path)
 
 

@@ -23,8 +23,10 @@ import os
 import re
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from mixweight.core.jsonio import write_json_atomic
 from mixweight.errors import MixweightError, did_you_mean, first_line
@@ -127,6 +129,16 @@ def _histogram(weights: dict) -> Histogram | None:
     return Histogram(edges, counts, edges[first], maximum, float(n), n / ess if ess > 0 else 0.0)
 
 
+# A step objective's own record key -> its tracker names ({name: value}); registered where the objective is
+# defined (DoReMi's `domain_weights` and `excess_loss`, DoGE's `doge`), so this module names no method.
+RECORD_NAMES: dict[str, Callable[[Any], dict[str, Any]]] = {}
+
+
+def register_record_names(key: str, names: Callable[[Any], dict[str, Any]]) -> None:
+    """Name the numbers of a metrics record's `key` for the trackers (unregistered keys go under train/KEY/...)."""
+    RECORD_NAMES[key] = names
+
+
 def flatten(record: dict) -> tuple[int, dict[str, float], dict[str, Histogram]]:
     """(step, scalars, histograms) of one metrics.jsonl record, under the names the README lists."""
     scalars: dict[str, float] = {}
@@ -152,19 +164,10 @@ def flatten(record: dict) -> tuple[int, dict[str, float], dict[str, Histogram]]:
             _per_domain(value.get("domains", {}), "mixture", MIXTURE_NAMES, scalars)
         elif key == "time":
             _leaves("train", value, scalars)
-        elif key == "domain_weights":  # DoReMi's current weights
-            _leaves("domain_weights", value, scalars)
-        elif key == "excess_loss":  # DoReMi's per-domain excess loss
-            for domain, inner in value.items():
+        elif key in RECORD_NAMES:
+            for name, inner in RECORD_NAMES[key](value).items():
                 if (number := _number(inner)) is not None:
-                    scalars[f"doremi/{domain}/excess_loss"] = number
-        elif key == "doge":
-            _leaves("domain_weights", value.get("alpha", {}), scalars)
-            for domain, inner in (value.get("scores") or {}).items():
-                if (number := _number(inner)) is not None:
-                    scalars[f"doge/{domain}/score"] = number
-            if (number := _number(value.get("updated"))) is not None:
-                scalars["doge/updated"] = number
+                    scalars[name] = number
         else:
             _leaves(f"train/{key}", value, scalars)
     return int(record["step"]), scalars, histograms

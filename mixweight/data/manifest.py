@@ -13,7 +13,6 @@ from pathlib import Path
 
 from mixweight.core.jsonio import write_json_atomic
 from mixweight.data.names import NAME_RULE, name_problem
-from mixweight.data.remote import local_copy, remote_of
 from mixweight.data.streams import verify_stream
 from mixweight.errors import MixweightError
 
@@ -152,12 +151,14 @@ class Manifest:
         )
 
 
-def load_manifest(corpus_dir: str | Path) -> Manifest:
-    """Load and check a corpus directory's manifest, with errors that say what to run.
+def load_manifest(corpus_dir: str | Path, fetched_lazily: bool = False) -> Manifest:
+    """Load and check a local corpus directory's manifest, with errors that say what to run.
 
-    A URL is read from its local cache copy (fetched first when missing or out of date).
+    `fetched_lazily`: the directory is the cache copy of a corpus URL, whose training shards
+    arrive as training reads them (`mixweight.data.corpus.open_corpus` says so; it is the one
+    reader of URLs and of `synthetic`).
     """
-    corpus_dir = Path(local_copy(corpus_dir))
+    corpus_dir = Path(corpus_dir)
     path = corpus_dir / MANIFEST_NAME
     if not path.is_file():
         raise MixweightError(
@@ -169,16 +170,7 @@ def load_manifest(corpus_dir: str | Path) -> Manifest:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise MixweightError(f"{path}: not valid JSON ({exc}); re-create the corpus") from exc
     manifest = Manifest.from_json(raw, where=str(path))
-    remote = remote_of(corpus_dir)  # a cache copy of a remote corpus: training shards arrive on demand
-    try:
-        _check_streams(corpus_dir, path, manifest, lazily=remote is not None)
-    except MixweightError as exc:
-        if remote is None:
-            raise
-        raise MixweightError(
-            f"{exc} (in the local cache copy of {remote}; if that copy was damaged, delete "
-            f"{corpus_dir} to fetch it again)"
-        ) from None
+    _check_streams(corpus_dir, path, manifest, lazily=fetched_lazily)
     return manifest
 
 

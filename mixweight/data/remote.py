@@ -27,9 +27,10 @@ import sys
 import uuid
 from pathlib import Path
 
+from mixweight.data.manifest import MANIFEST_NAME, SPLITS, Manifest
+from mixweight.data.streams import check_encodings, read_index, shard_basename
 from mixweight.errors import MixweightError
 
-MANIFEST_NAME = "manifest.json"  # same as mixweight.data.manifest (imported lazily there; no import cycle)
 INDEX_NAME = "index.json"
 MARKER = ".mixweight-remote.json"  # in a cache copy: {"url": the corpus URL}
 CACHE_DIR_ENV = "MIXWEIGHT_CORPUS_CACHE"  # what --cache-dir sets; inherited by launched processes
@@ -170,9 +171,6 @@ def fetch_corpus(url: str) -> Path:
     Encodings of every stream index are checked (`check_encodings`) before any shard is fetched;
     `load_manifest` then checks the copy as it checks any corpus.
     """
-    from mixweight.data.manifest import SPLITS, Manifest
-    from mixweight.data.streams import check_encodings, read_index, shard_basename
-
     url = check_url(url)
     base = cache_dir() / _slug(url)
     manifest_tmp = base / f".{MANIFEST_NAME}.{uuid.uuid4().hex}.fetch"
@@ -216,11 +214,6 @@ def fetch_corpus(url: str) -> Path:
     finally:
         if manifest_tmp.exists():
             manifest_tmp.unlink()
-
-
-def local_copy(location):
-    """A corpus location as a local directory: a URL's cache copy (fetched when needed), a path as it is."""
-    return str(fetch_corpus(location)) if is_url(location) else location
 
 
 def remote_manifest(url: str) -> dict | None:

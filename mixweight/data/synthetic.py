@@ -320,36 +320,9 @@ def write_synthetic_corpus(
     return manifest
 
 
-SYNTHETIC_ALIAS = "synthetic"
-
-
 def default_corpus_dir() -> Path:
     """Where `--data synthetic` keeps the default synthetic corpus (MIXWEIGHT_CACHE overrides)."""
     from mixweight.data.remote import platform_cache
 
     digest = synth_config_hash(0, 131_072, 128, max(8, 131_072 // 128 // 20))
     return platform_cache() / "corpora" / f"synthetic-{digest}"
-
-
-def resolve_corpus(data: str, is_main: bool = True) -> str:
-    """The local directory to read a corpus from.
-
-    `synthetic` names the built-in default corpus, written on first use; a URL (s3://, gs://, ...,
-    file:///path) is fetched into the cache (manifest, indexes, validation shards; every process
-    fetches for itself, so nodes need no shared filesystem) and its cache copy returned; anything
-    else is a local path.
-    """
-    from mixweight.data.remote import fetch_corpus, is_url
-
-    if is_url(data):
-        return str(fetch_corpus(data))
-    if data != SYNTHETIC_ALIAS:
-        return data
-    path = default_corpus_dir()
-    if is_main:
-        write_synthetic_corpus(path)
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()  # the other processes read the corpus only once the main one has written it
-    return str(path)

@@ -69,6 +69,7 @@ import torch
 from mixweight.core.artifact import replay_arrays, replay_steps_array
 from mixweight.core.distributed import World, all_gather_cat, all_reduce_sum
 from mixweight.core.loss import per_sample_loss
+from mixweight.core.tracking import register_record_names
 from mixweight.domain.ghost import DomainRows, Recompute
 from mixweight.errors import MixweightError
 from mixweight.train.parallel import grad_sync, unwrap
@@ -277,6 +278,17 @@ def doge_step(
     row_weights = torch.zeros(len(slots), dtype=torch.float64, device=inner.device)
     row_weights[train_rows] = mix[present].to(inner.device) * factor[train_rows]
     return DoGEStep(alpha, scores, present, updated, mix, row_weights)
+
+
+def _tracker_names(record: dict) -> dict:
+    """The proxy's own metrics under the README's tracker names (its weights as domain_weights/D, like DoReMi's)."""
+    names = {f"domain_weights/{d}": a for d, a in record.get("alpha", {}).items()}
+    names.update({f"doge/{d}/score": s for d, s in (record.get("scores") or {}).items()})
+    names["doge/updated"] = record.get("updated")
+    return names
+
+
+register_record_names("doge", _tracker_names)
 
 
 class DoGEObjective:

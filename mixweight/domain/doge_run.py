@@ -180,7 +180,8 @@ def _legacy_work_dir(config: DoGEConfig, corpus_hash: str):
 
 def run_doge(config: DoGEConfig) -> DomainWeights:
     """Train the DoGE proxy (or resume or reuse it) and write the weights artifact to `config.out`."""
-    corpus, manifest = start(config)
+    opened = start(config)
+    corpus, manifest = opened.directory, opened.manifest
     targets = config.targets(manifest.domains)
     check_targets(targets, manifest.domains)
     config = config.resolved(manifest.domains)

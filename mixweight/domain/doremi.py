@@ -42,6 +42,7 @@ import torch
 
 from mixweight.core.chunked_loss import lm_token_losses
 from mixweight.core.loss import per_token_losses  # noqa: F401 - the per-token loss DoReMi's excess is made of
+from mixweight.core.tracking import register_record_names
 from mixweight.errors import MixweightError
 from mixweight.train.step import StepReduction
 from mixweight.weighting.domain_update import doremi_update  # the update rule, shared with online mixing
@@ -82,6 +83,11 @@ def objective_weights(
         per_sample = scale[domains] * counts
         weights = per_sample / per_sample.sum().clamp(min=1e-300)
     return torch.where(valid, weights, torch.zeros_like(weights))
+
+
+# The tracker names of the proxy's own metrics (README, "Experiment trackers").
+register_record_names("domain_weights", lambda alpha: {f"domain_weights/{d}": w for d, w in alpha.items()})
+register_record_names("excess_loss", lambda excess: {f"doremi/{d}/excess_loss": x for d, x in excess.items()})
 
 
 class DoReMiReduction(StepReduction):

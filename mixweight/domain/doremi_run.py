@@ -16,7 +16,6 @@ timestamps and no paths of the run directories: the same seed and config give th
 
 from __future__ import annotations
 
-import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,9 +26,6 @@ from mixweight.core.config import option as _f
 from mixweight.core.config import require
 from mixweight.core.distributed import is_main_process
 from mixweight.core.model import load_model
-from mixweight.core.yamlio import load_yaml
-from mixweight.data.manifest import Manifest, load_manifest
-from mixweight.data.synthetic import resolve_corpus
 from mixweight.domain.doremi import OBJECTIVES, DoReMiReduction, replay
 from mixweight.domain.health import weight_warnings
 from mixweight.domain.proxy import (
@@ -44,6 +40,7 @@ from mixweight.errors import MixweightError
 from mixweight.train import checkpoint as ckpt
 from mixweight.train.config import TrainConfig
 from mixweight.train.objective import WeightedLoss
+from mixweight.train.reference import check_reference_run
 
 
 @dataclass
@@ -105,42 +102,6 @@ def _train_config(config: DoReMiConfig, corpus: str, out: Path, steps: int, doma
     return config.proxy_train_config(out, steps, domain_weights, data=corpus)
 
 
-def check_reference_run(run_dir: str | Path, corpus: str, manifest: Manifest) -> Path:
-    """The reference run's newest checkpoint, after checking it was trained on this corpus and vocabulary."""
-    run_dir = Path(run_dir)
-    config_path = run_dir / "config.yaml"
-    latest = ckpt.latest_checkpoint(run_dir)
-    if not config_path.is_file() or latest is None:
-        raise MixweightError(
-            f"reference run {run_dir}: needs config.yaml and a checkpoint (a `mixweight train` run directory)"
-        )
-    model_config = json.loads((latest / "model" / "config.json").read_text())
-    if model_config.get("vocab_size") != manifest.vocab_size:
-        raise MixweightError(
-            f"reference run {run_dir}: its model has vocab_size {model_config.get('vocab_size')}, the corpus {corpus} "
-            f"has {manifest.vocab_size} (tokenizer {manifest.tokenizer.get('fingerprint')}); "
-            "train the reference on this corpus"
-        )
-    saved = load_yaml(config_path.read_text()) or {}
-    their_corpus = resolve_corpus(str(saved.get("data")), is_main=False)
-    try:
-        theirs = load_manifest(their_corpus)
-    except MixweightError:
-        warnings.warn(
-            f"reference run {run_dir}: its corpus {their_corpus} cannot be read; "
-            f"cannot check that it is the same corpus as {corpus}",
-            stacklevel=2,
-        )
-        return latest
-    if theirs.config_hash != manifest.config_hash or theirs.vocab_size != manifest.vocab_size:
-        raise MixweightError(
-            f"reference run {run_dir}: trained on corpus {their_corpus} (config_hash {theirs.config_hash[:12]}, "
-            f"vocab {theirs.vocab_size}), but DoReMi runs on corpus {corpus} (config_hash {manifest.config_hash[:12]}, "
-            f"vocab {manifest.vocab_size}); the reference must be trained on the same corpus"
-        )
-    return latest
-
-
 def _load_reference(run_dir: Path):
     latest = ckpt.latest_checkpoint(run_dir)
     if latest is None:
@@ -166,11 +127,12 @@ def _add_replay_and_warnings(result: DomainWeights, reduction: DoReMiReduction, 
 
 def run_doremi(config: DoReMiConfig) -> DomainWeights:
     """Compute DoReMi domain weights (docs/algorithms.md section 2) and write them to `config.out`."""
-    corpus, manifest = start(config)
+    opened = start(config)
+    corpus, manifest = opened.directory, opened.manifest
     resolve_proportions(manifest, config.reference_weights)  # a bad weights file fails before any training
     given_reference = None
     if config.reference is not None:  # checked, and its model loaded, before anything is written
-        check_reference_run(config.reference, corpus, manifest)
+        check_reference_run(config.reference, opened, f"{config.COMMAND}: reference run")
         given_reference = _load_reference(Path(config.reference))
     work = claim_work_dir(config)
     reference_steps = config.reference_steps or config.steps

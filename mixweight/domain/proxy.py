@@ -36,8 +36,8 @@ from mixweight.core.config import option as _f
 from mixweight.core.distributed import is_main_process
 from mixweight.core.model import load_spec
 from mixweight.core.yamlio import load_yaml
-from mixweight.data.manifest import Manifest, load_manifest
-from mixweight.data.synthetic import resolve_corpus
+from mixweight.data.corpus import Corpus, open_corpus
+from mixweight.data.manifest import Manifest
 from mixweight.domain.health import format_warning
 from mixweight.errors import MixweightError, did_you_mean
 from mixweight.train import checkpoint as ckpt
@@ -313,13 +313,12 @@ def claim_work_dir(
 
 
 # --- start and finish: the same for every method ----------------------------------------------------------
-def start(config: ProxyMethodConfig) -> tuple[str, Manifest]:
-    """Check the config and --out (before any training), then read the corpus: (local corpus dir, manifest)."""
+def start(config: ProxyMethodConfig) -> Corpus:
+    """Check the config and --out (before any training), then open the corpus."""
     config.validate()
     config.require_paths()
     check_output_file(config.out, f"{config.COMMAND}: --out")  # before any training, not after the proxy finished
-    corpus = resolve_corpus(config.data, is_main_process())
-    return corpus, load_manifest(corpus)
+    return open_corpus(config.data, is_main_process())
 
 
 def provenance(config: ProxyMethodConfig, manifest: Manifest, corpus: str) -> dict:

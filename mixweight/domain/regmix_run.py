@@ -448,7 +448,8 @@ def check_swarm(config: RegMixConfig, manifest: Manifest) -> tuple[list[str], li
 
 
 def _run(config: RegMixConfig, world) -> DomainWeights:
-    corpus, manifest = start(config)  # the config and --out checked before any training, the corpus read
+    opened = start(config)  # the config and --out checked before any training, the corpus read
+    corpus, manifest = opened.directory, opened.manifest
     domains = list(manifest.domains)
     targets, train_domains, prior, caps = check_swarm(config, manifest)
     target_domains = targets or domains

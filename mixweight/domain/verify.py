@@ -26,11 +26,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mixweight.core.artifact import DomainWeights, load_domain_weights, replay_arrays, shown
+from mixweight.core.artifact import DomainWeights, replay_arrays, shown
 from mixweight.errors import MixweightError
 
 TOLERANCE = 1e-6
-METHODS = {"doremi": "mixweight.domain.doremi", "doge": "mixweight.domain.doge"}
 
 
 @dataclass
@@ -43,20 +42,14 @@ class Verification:
     first: tuple[float, str] | None  # the first (in step order) deviation above the tolerance, and where
 
 
-def _replay_rows(weights: DomainWeights, method: str) -> np.ndarray:
-    module = importlib.import_module(METHODS[method])
-    replay = getattr(module, "replay", None)
-    if replay is None:
-        raise MixweightError(f"weights verify: this mixweight cannot replay {method} artifacts yet")
-    return np.asarray(replay(weights), dtype=np.float64)
-
-
-def verify_weights(weights: DomainWeights, where: str = "weights file", tolerance: float = TOLERANCE) -> Verification:
+def verify_weights(
+    weights: DomainWeights, where: str = "weights file", tolerance: float = TOLERANCE, module: str | None = None
+) -> Verification:
+    """Replay `weights` with `module`'s replay(artifact) (default: mixweight.domain.<method.name>) and compare."""
     method = weights.method.get("name")
-    if method not in METHODS:
-        raise MixweightError(f"{where}: 'method.name' is {method!r}; verify replays {', '.join(METHODS)} artifacts")
     block, _ = replay_arrays(weights, method)
-    rows = _replay_rows(weights, method)
+    replay = importlib.import_module(module or f"mixweight.domain.{method}").replay
+    rows = np.asarray(replay(weights), dtype=np.float64)
     steps, replay_domains = block["steps"], block["domains"]
     if rows.shape != (steps + 1, len(replay_domains)) or not np.isfinite(rows).all():
         raise MixweightError(
@@ -113,31 +106,31 @@ def _step_key(entry: dict) -> int:
     return step if isinstance(step, int) and not isinstance(step, bool) else -1
 
 
-def verify_file(path, tolerance: float = TOLERANCE) -> str:
-    """One line saying the weights follow from the replay; MixweightError (one line) when they do not."""
-    if not (tolerance >= 0):
-        raise MixweightError(f"weights verify: --tolerance must be >= 0, got {tolerance}")
-    where = f"weights file {shown(path)}"
-    weights = load_domain_weights(path)
-    if weights.method.get("name") == "regmix":
-        return _verify_regmix(weights, path, where, tolerance)
-    result = verify_weights(weights, where, tolerance)
-    if result.first is not None:
-        raise MixweightError(
-            f"{where}: does not replay: first deviation above the tolerance {tolerance:g} at {result.first[1]} "
-            f"({result.first[0]:.3g}); largest deviation {result.max_deviation:.3g} at {result.where}; "
-            f"the file was edited or does not come from this {result.method} run"
+def replayed(module: str):
+    """`weights verify` for a method whose module's `replay(artifact)` recomputes its per-step weights."""
+
+    def verify(weights: DomainWeights, path, tolerance: float) -> str:
+        where = f"weights file {shown(path)}"
+        result = verify_weights(weights, where, tolerance, module)
+        if result.first is not None:
+            raise MixweightError(
+                f"{where}: does not replay: first deviation above the tolerance {tolerance:g} at {result.first[1]} "
+                f"({result.first[0]:.3g}); largest deviation {result.max_deviation:.3g} at {result.where}; "
+                f"the file was edited or does not come from this {result.method} run"
+            )
+        return (
+            f"{shown(path)}: replayed {result.steps} {result.method} steps; {result.compared} recorded weight "
+            f"vectors match, largest deviation {result.max_deviation:.3g} (at {result.where}) <= {tolerance:g}"
         )
-    return (
-        f"{shown(path)}: replayed {result.steps} {result.method} steps; {result.compared} recorded weight vectors "
-        f"match, largest deviation {result.max_deviation:.3g} (at {result.where}) <= {tolerance:g}"
-    )
+
+    return verify
 
 
-def _verify_regmix(weights: DomainWeights, path, where: str, tolerance: float) -> str:
+def refitted(weights: DomainWeights, path, tolerance: float) -> str:
     """A regmix artifact has no per-step update to replay: its swarm table is refitted and re-optimised instead."""
     from mixweight.domain.regmix_run import replay_weights
 
+    where = f"weights file {shown(path)}"
     expected = np.asarray(replay_weights(weights, where), dtype=np.float64)
     gaps = np.abs(np.asarray(weights.weights, dtype=np.float64) - expected)
     i = int(gaps.argmax())

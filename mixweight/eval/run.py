@@ -9,8 +9,7 @@ import torch
 from mixweight.core.jsonio import write_json_atomic
 from mixweight.core.model import load_model
 from mixweight.core.yamlio import load_yaml
-from mixweight.data.manifest import load_manifest
-from mixweight.data.synthetic import resolve_corpus
+from mixweight.data.corpus import open_corpus
 from mixweight.errors import MixweightError
 from mixweight.train import checkpoint as ckpt
 from mixweight.train.validation import evaluate_domains, load_validation
@@ -44,8 +43,8 @@ def evaluate_run(run: str, data: str | None = None, checkpoint: str | None = Non
         raise MixweightError(
             f"{config_path}: empty or without 'data' (the run's corpus); restore the run's config.yaml, or pass --data"
         )
-    corpus = resolve_corpus(data or config["data"])
-    manifest = load_manifest(corpus)
+    opened = open_corpus(data or config["data"])
+    corpus, manifest = opened.directory, opened.manifest
     path = _find_checkpoint(run_dir, checkpoint)
     model = load_model(path / "model")
     if model.config.vocab_size != manifest.vocab_size:

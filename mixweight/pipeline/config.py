@@ -39,20 +39,10 @@ from typing import Any, Optional, Union
 
 from mixweight.core.config import build_config, closest_hint, read_yaml, require
 from mixweight.data.names import NAME_RULE, name_problem
-from mixweight.domain.doge_run import DoGEConfig, run_doge
-from mixweight.domain.doremi_run import DoReMiConfig, run_doremi
-from mixweight.domain.regmix_run import RegMixConfig, run_regmix
+from mixweight.domain.methods import methods
 from mixweight.errors import MixweightError
 from mixweight.train.config import TrainConfig
 
-# The typed weights sections: YAML key -> (config class, runner). A section is built and validated once, when
-# the pipeline YAML is read; its data, out and work_dir are set by the pipeline. A new method is one line here.
-WEIGHTS_SECTIONS = {
-    "doremi": (DoReMiConfig, run_doremi),
-    "doge": (DoGEConfig, run_doge),
-    "regmix": (RegMixConfig, run_regmix),
-}
-METHODS = tuple(WEIGHTS_SECTIONS)
 # Online arms that read a weights stage's work: online DoReMi's reference is the doremi stage's round-0 reference
 # run (unless the arm names its own doremi_reference).
 ONLINE_NEEDS = {"online:doremi": "doremi"}
@@ -177,11 +167,9 @@ def check_arm_name(name) -> None:
 class PipelineConfig:
     data: dict = field(default_factory=lambda: {"synthetic": {}})
     train: dict = field(default_factory=dict)
-    # one typed field per weights method (WEIGHTS_SECTIONS), in table order: the method's config, or None (null)
-    for _name, (_cls, _run) in WEIGHTS_SECTIONS.items():
-        __annotations__[_name] = Optional[_cls]
-        vars()[_name] = field(default_factory=_cls)
-    del _name, _cls, _run
+    # one section per registered weights method (mixweight.domain.methods), under its name in the YAML: the
+    # method's typed config (its defaults when the YAML leaves the section out), or None (`null`: skipped)
+    methods: dict = field(default_factory=dict)
     arms: dict = field(default_factory=lambda: dict(DEFAULT_ARMS))
     seeds: list[int] = field(default_factory=lambda: [0])
     report: ReportSection = field(default_factory=ReportSection)
@@ -189,6 +177,13 @@ class PipelineConfig:
     progress: bool = True
     # `train` and `arms` keep the keys as written (a stage's key is the values a user gave); validate() builds
     # each arm's typed TrainConfig from them once, and arm_config() hands it to the stage that completes it.
+
+    def __post_init__(self) -> None:
+        self.methods = {name: self.methods.get(name, method.config()) for name, method in methods().items()}
+
+    def section(self, method: str):
+        """The method's typed section, None when the YAML set it to null."""
+        return self.methods[method]
 
     def validate(self) -> None:
         data_form(self.data)
@@ -199,8 +194,7 @@ class PipelineConfig:
         require(all(seed >= 0 for seed in self.seeds), f"pipeline: 'seeds' must be >= 0, got {self.seeds}")
         require(bool(self.arms), "pipeline: 'arms' is empty")
         train_section(self.train, "pipeline 'train'")
-        for method in METHODS:  # built and validated when read; here only what the pipeline sets itself
-            section = getattr(self, method)
+        for method, section in self.methods.items():  # built and validated when read; here what the pipeline sets
             given = [k for k in sorted(OWNED_BY_PIPELINE) if getattr(section, k, None) not in (None, False)]
             require(not given, f"pipeline '{method}': '{given[0] if given else ''}' is set by the pipeline; remove it")
         arm_configs = {}
@@ -209,15 +203,15 @@ class PipelineConfig:
             require(isinstance(overrides, dict), f"pipeline: arm '{name}' must be a mapping of train keys")
             arm = arm_values(self, name)
             method = arm.get("domain_weights")
-            if method in METHODS:
+            if method in self.methods:
                 require(
-                    getattr(self, method) is not None,
+                    self.methods[method] is not None,
                     f"pipeline: arm '{name}' uses domain_weights '{method}' but the '{method}' section is null",
                 )
             needs = online_stage(arm)
             if needs is not None:
                 require(
-                    getattr(self, needs) is not None,
+                    self.methods[needs] is not None,
                     f"pipeline: arm '{name}' uses domain_weights '{method}', whose reference run comes from the "
                     f"'{needs}' section, but that section is null (or give the arm its own doremi_reference)",
                 )
@@ -270,6 +264,16 @@ def section_key(section) -> dict[str, Any]:
     return {**values, "train": train} if train else values
 
 
+def used_methods(config: "PipelineConfig") -> dict[str, Any]:
+    """The weights sections some arm reads (its weights file, or an online arm's reference run): the stages to run."""
+    used = {}
+    for method, section in config.methods.items():
+        arms = [arm_values(config, arm) for arm in config.arms]
+        if section is not None and any(a.get("domain_weights") == method or online_stage(a) == method for a in arms):
+            used[method] = section
+    return used
+
+
 def online_stage(arm: dict) -> Optional[str]:
     """The weights stage an online arm reads (online:doremi's reference run), or None."""
     needs = ONLINE_NEEDS.get(arm.get("domain_weights"))
@@ -281,4 +285,27 @@ def arm_values(config: PipelineConfig, name: str) -> dict[str, Any]:
 
 
 def load_pipeline_config(path: str | Path) -> PipelineConfig:
-    return build_config(PipelineConfig, read_yaml(path), str(path))
+    """The pipeline YAML, every section typed and checked."""
+    return pipeline_config(read_yaml(path), str(path))
+
+
+def pipeline_config(values: dict, where: str) -> PipelineConfig:
+    """A PipelineConfig from the YAML's mapping; a registered weights method's name is its section's key."""
+    raw = dict(values)
+    registered = methods()
+    valid = [*(f.name for f in dataclasses.fields(PipelineConfig) if f.name != "methods"), *registered]
+    for key in raw:
+        if key not in valid:
+            raise MixweightError(f"{where}: unknown key '{key}'; {closest_hint(str(key), valid)}")
+    sections = {}
+    for name, method in registered.items():
+        if name in raw:
+            value = raw.pop(name)
+            sections[name] = None if value is None else _method_section(method.config, value, f"{where}: '{name}'")
+    return build_config(PipelineConfig, {**raw, "methods": sections}, where)
+
+
+def _method_section(cls, value, where: str):
+    if not isinstance(value, dict):
+        raise MixweightError(f"{where}: expected a mapping of {cls.__name__} keys, got {value!r}")
+    return build_config(cls, value, where)

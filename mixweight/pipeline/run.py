@@ -32,18 +32,17 @@ import yaml
 from mixweight.core.artifact import resolve_proportions
 from mixweight.core.distributed import barrier, broadcast_object, close_world, init_world, is_main_process
 from mixweight.core.yamlio import load_yaml
-from mixweight.data.manifest import load_manifest
-from mixweight.domain.doge_run import check_targets
+from mixweight.data.corpus import open_corpus
+from mixweight.domain.methods import get_method
 from mixweight.errors import MixweightError
 from mixweight.pipeline.config import (
-    METHODS,
     NOT_IN_STAGE_KEY,
-    WEIGHTS_SECTIONS,
     PipelineConfig,
     arm_values,
     data_form,
     online_stage,
     section_key,
+    used_methods,
 )
 from mixweight.pipeline.inputs import input_fingerprints, manifest_sha256
 from mixweight.pipeline.stages import CHANGED, DONE, EXTEND, Stage, stage_key
@@ -67,10 +66,8 @@ def _data_stage(config: PipelineConfig, out: Path) -> tuple[Stage, str]:
         except MixweightError as exc:
             raise MixweightError(f"pipeline 'data.prepare.input': {exc}") from exc
     if kind == "path":
-        from mixweight.data.synthetic import resolve_corpus
-
-        load_manifest(form.dir)  # a missing or broken corpus fails now, before anything is written
-        values["manifest_sha256"] = manifest_sha256(resolve_corpus(form.dir))  # a URL: its fetched copy
+        opened = open_corpus(form.dir)  # a missing or broken corpus fails now, before anything is written
+        values["manifest_sha256"] = manifest_sha256(opened.directory)  # a URL: its fetched copy
 
     def make() -> None:
         if is_main_process():  # one writer: under torchrun every rank runs the stage, and reads what rank 0 wrote
@@ -110,24 +107,20 @@ def _method_stage(
 ) -> Stage:
     """`section`: the method's typed config, validated when the pipeline YAML was read."""
     directory = out / "weights" / method
-    runner = WEIGHTS_SECTIONS[method][1]
+    runner = get_method(method)
     train = {"progress": progress, "report_to": report_to, **section.train}  # the arms' display and trackers
     stage_cfg = dataclasses.replace(
         section, data=corpus, out=str(directory / WEIGHTS_FILE), work_dir=str(directory / "work"), train=train
     )
-    # work estimate for the ETA, in proxy steps: DoReMi trains a reference and a proxy per round, DoGE's step costs
-    # about three plain ones, RegMix trains one short run per swarm member
-    factor = {"doremi": 2 * getattr(stage_cfg, "rounds", 1), "regmix": getattr(stage_cfg, "runs", 1)}.get(method, 3)
-    steps = stage_cfg.steps * factor
+    steps = runner.cost(stage_cfg)  # work estimate for the ETA, in proxy steps
     return Stage(
-        f"weights {method}", directory, section_key(section), {"data": data_key}, steps, lambda: runner(stage_cfg)
+        f"weights {method}", directory, section_key(section), {"data": data_key}, steps, lambda: runner.run(stage_cfg)
     )
 
 
-def online_reference(config: PipelineConfig, out: Path) -> Path:
-    """Online DoReMi's reference in the pipeline: the doremi section's own reference run, else its round-0 one."""
-    given = getattr(config.doremi, "reference", None)
-    return Path(given) if given else out / "weights" / "doremi" / "work" / "round-0" / "reference"
+def online_reference(config: PipelineConfig, method: str, out: Path) -> Path:
+    """The reference run an online arm reads from the `method` stage (online DoReMi: doremi's round-0 reference)."""
+    return get_method(method).reference_run(config.section(method), out / "weights" / method / "work")
 
 
 def _arm_can_continue(old: dict, new: dict, changed: list[str]) -> bool:
@@ -151,14 +144,14 @@ def _arm_stage(config: PipelineConfig, name: str, seed: int, corpus: str, upstre
     directory = out / "runs" / f"{name}-seed{seed}"
     # the arm's TrainConfig was checked when the YAML was read; here the pipeline sets what it owns
     owned = {"data": corpus, "out": str(directory), "seed": values["seed"], "progress": values["progress"]}
-    if method in METHODS:
+    if method in config.methods:
         # the key keeps the method's name (its weights stage's key is an input): the file's path changes with
         # how --out is spelled (relative, absolute, OUT moved), which must not make the arm "changed"
         owned["domain_weights"] = str(out / "weights" / method / WEIGHTS_FILE)
         inputs[method] = upstream[method]
     needs = online_stage(values)
     if needs is not None:  # online DoReMi: the doremi stage's reference run, keyed by that stage (not its path)
-        owned["doremi_reference"] = str(online_reference(config, out))
+        owned["doremi_reference"] = str(online_reference(config, needs, out))
         inputs[needs] = upstream[needs]
     train_cfg = dataclasses.replace(config.arm_config(name), **owned)
 
@@ -216,18 +209,11 @@ def build_stages(config: PipelineConfig, out: Path) -> tuple[list[Stage], dict[s
     """Every stage in run order, the run directories per arm, and the corpus directory."""
     data, corpus = _data_stage(config, out)
     stages, keys = [data], {"data": data.key}
-    for method in METHODS:
-        section = getattr(config, method)
-        uses = any(
-            arm_values(config, arm).get("domain_weights") == method or online_stage(arm_values(config, arm)) == method
-            for arm in config.arms
-        )
-        if section is not None and uses:
-            stage = _method_stage(
-                method, section, corpus, data.key, out, config.progress, config.train.get("report_to", "none")
-            )  # the arms' trackers, unless set
-            stages.append(stage)
-            keys[method] = stage.key
+    for method, section in used_methods(config).items():
+        report_to = config.train.get("report_to", "none")  # the arms' trackers, unless the section sets its own
+        stage = _method_stage(method, section, corpus, data.key, out, config.progress, report_to)
+        stages.append(stage)
+        keys[method] = stage.key
     lm_eval = config.eval.lm_eval
     arms: dict[str, list[str]] = {}
     for name in config.arms:
@@ -244,19 +230,12 @@ def check_against_corpus(config: PipelineConfig, corpus: str) -> None:
     """Checks that need the corpus's domains, run before the first proxy trains (not when an arm meets them)."""
     from mixweight.sampling.schedule import resolve_schedule
 
-    manifest = load_manifest(corpus)
-    if config.doge is not None:
-        try:
-            check_targets(config.doge.targets(manifest.domains), manifest.domains)
+    manifest = open_corpus(corpus).manifest
+    for method, section in used_methods(config).items():
+        try:  # e.g. held-out targets that name domains, a swarm large enough for the training domains
+            get_method(method).check_corpus(section, manifest)
         except MixweightError as exc:
-            raise MixweightError(f"pipeline 'doge.target': {exc}") from exc
-    if config.regmix is not None and any(arm_values(config, a).get("domain_weights") == "regmix" for a in config.arms):
-        from mixweight.domain.regmix_run import check_swarm
-
-        try:  # its targets, enough runs for the training domains, a repetition budget the corpus can meet
-            check_swarm(config.regmix, manifest)
-        except MixweightError as exc:
-            raise MixweightError(f"pipeline 'regmix': {exc}") from exc
+            raise MixweightError(f"pipeline '{method}': {exc}") from exc
     for name in config.arms:
         values = arm_values(config, name)
         spec = values.get("domain_weights", TrainConfig.domain_weights)
@@ -265,7 +244,7 @@ def check_against_corpus(config: PipelineConfig, corpus: str) -> None:
                 resolve_proportions(manifest, str(values.get("mixing_prior", TrainConfig.mixing_prior)))
             except MixweightError as exc:
                 raise MixweightError(f"pipeline arm '{name}': mixing_prior: {exc}") from exc
-        elif spec not in METHODS:  # a named mixture or a file: check it against the corpus now
+        elif spec not in config.methods:  # a named mixture or a file: check it against the corpus now
             try:
                 resolve_schedule(manifest, str(spec), int(values.get("domain_weights_every", 0) or 0))
             except MixweightError as exc:
@@ -301,7 +280,13 @@ def pipeline_lock(out: Path):
 
 
 def _config_text(config: PipelineConfig) -> str:
-    recorded = {k: v for k, v in dataclasses.asdict(config).items() if k != "progress"}
+    """The YAML's own layout: data, train, one section per method, then the rest (progress is display only)."""
+    recorded = {}
+    for key, value in dataclasses.asdict(config).items():
+        if key == "methods":
+            recorded.update(value)
+        elif key != "progress":
+            recorded[key] = value
     return yaml.safe_dump(recorded, sort_keys=False)
 
 
@@ -418,7 +403,7 @@ def _run_stages(config, out: Path, stages: list[Stage], arms: dict, corpus: str,
         if world.is_main:  # one writer of OUT/report
             weights = {
                 m: str(out / "weights" / m / WEIGHTS_FILE)
-                for m in METHODS
+                for m in config.methods
                 if (out / "weights" / m / WEIGHTS_FILE).is_file()
             }
             report = compare_runs(arms, out / "report", weights_files=weights or None, baseline=config.report.baseline)

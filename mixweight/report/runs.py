@@ -14,8 +14,9 @@ from pathlib import Path
 
 from mixweight.core.tracking import tracker_links
 from mixweight.core.yamlio import load_yaml
+from mixweight.data.corpus import SYNTHETIC_ALIAS
 from mixweight.data.manifest import MANIFEST_NAME, Manifest
-from mixweight.data.synthetic import SYNTHETIC_ALIAS, default_corpus_dir
+from mixweight.data.synthetic import default_corpus_dir
 from mixweight.errors import MixweightError
 
 

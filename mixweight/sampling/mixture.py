@@ -20,7 +20,6 @@ import torch
 
 from mixweight.core.distributed import World, all_reduce_sum, barrier
 from mixweight.data.manifest import Manifest
-from mixweight.data.remote import local_copy
 from mixweight.sampling.loader import MixtureLoader, check_batching
 from mixweight.sampling.schedule import Phase, phase_at
 from mixweight.sampling.shm import clean_stale_shared_memory
@@ -41,7 +40,6 @@ class DomainMixture:
         batching: str = "random",
     ):
         check_batching(batching)
-        corpus_dir = local_copy(corpus_dir)  # a URL: its cache copy, whose streams name the remote
         self.corpus_dir, self.manifest, self.phases = corpus_dir, manifest, phases
         self.samples_per_epoch, self.micro_batch_size = samples_per_epoch, micro_batch_size
         self.seed, self.world, self.batching = seed, world, batching

@@ -21,8 +21,7 @@ from mixweight.core.distributed import World, barrier, broadcast_object, close_w
 from mixweight.core.jsonio import write_json_atomic
 from mixweight.core.model import build_config, build_model, count_parameters, load_spec
 from mixweight.core.tracking import open_trackers
-from mixweight.data.manifest import load_manifest
-from mixweight.data.synthetic import resolve_corpus
+from mixweight.data.corpus import open_corpus
 from mixweight.errors import MixweightError, first_line
 from mixweight.sampling.mixture import DomainMixture
 from mixweight.sampling.repetition import cap_phases, write_repetition
@@ -237,13 +236,13 @@ def train(config: TrainConfig, objective: StepObjective | None = None) -> dict:
 
 def _train(config: TrainConfig, objective: StepObjective, world: World, lock: rundir.RunLock) -> dict:
     # Every input is checked before anything is written into --out.
-    corpus = resolve_corpus(config.data, world.is_main)
-    manifest = load_manifest(corpus)
+    opened = open_corpus(config.data, world.is_main)
+    corpus, manifest = opened.directory, opened.manifest
     phases = resolve_phases(manifest, config)  # a static schedule, or online mixing's prior as phase 0
     build_config(config.model, manifest)
     run_tokens = config.steps * config.batch_size * world.size * config.grad_accum * manifest.seq_len
     phases, repetition = cap_phases(phases, manifest, config.max_epochs, config.steps, run_tokens)  # --max-epochs
-    mixer = build_mixer(config, manifest, corpus, phases)  # None for static weights (online DoReMi: its reference)
+    mixer = build_mixer(config, opened, phases)  # None for static weights (online DoReMi: its reference)
     objective = attach(mixer, objective)
     inputs = rundir.input_hashes(config, corpus, manifest, phases, load_spec(config.model))
     resume_from = _prepare_run_dir(config, world, inputs, lock)

@@ -25,7 +25,6 @@ into every checkpoint, so a resumed run makes the same decisions. Nothing here i
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -35,11 +34,12 @@ import mixweight
 from mixweight.core.artifact import DomainWeights, resolve_proportions
 from mixweight.core.chunked_loss import lm_token_losses
 from mixweight.core.config import require
-from mixweight.core.yamlio import load_yaml
-from mixweight.data.manifest import Manifest, load_manifest
+from mixweight.data.corpus import Corpus
+from mixweight.data.manifest import Manifest
 from mixweight.errors import MixweightError, did_you_mean
 from mixweight.sampling.schedule import Phase, resolve_schedule
 from mixweight.train.objective import WeightedLoss
+from mixweight.train.reference import check_reference_run
 from mixweight.train.step import StepReduction, StepResult
 from mixweight.weighting.domain_update import (
     domain_means,
@@ -140,41 +140,12 @@ def resolve_phases(manifest: Manifest, config) -> list[Phase]:
 
 
 # --- the reference model of online DoReMi --------------------------------------------------------
-def load_reference(run_dir, corpus, manifest: Manifest):
-    """The reference run's newest model, after checking it was trained on this corpus and vocabulary."""
+def load_reference(run_dir, corpus: Corpus):
+    """The reference run's newest model, after `check_reference_run` (this corpus, this vocabulary)."""
     from mixweight.core.model import load_model
-    from mixweight.data.synthetic import resolve_corpus
-    from mixweight.train import checkpoint as ckpt
 
-    run_dir = Path(run_dir)
-    where = f"train: doremi_reference {run_dir}"
-    latest = ckpt.latest_checkpoint(run_dir) if run_dir.is_dir() else None
-    if latest is None or not (run_dir / "config.yaml").is_file():
-        raise MixweightError(
-            f"{where}: not a finished run directory (needs config.yaml and a checkpoint); give the reference run of "
-            "`mixweight weights doremi` (<out stem>.work/round-0/reference)"
-        )
-    model_dir = latest / "model"
-    try:
-        vocab = json.loads((model_dir / "config.json").read_text()).get("vocab_size")
-    except (OSError, AttributeError, ValueError) as exc:
-        raise MixweightError(f"{where}: {model_dir / 'config.json'} cannot be read ({exc})") from exc
-    if vocab != manifest.vocab_size:
-        raise MixweightError(
-            f"{where}: its model has vocab_size {vocab}, the corpus {corpus} has {manifest.vocab_size} "
-            f"(tokenizer {manifest.tokenizer.get('fingerprint')}); train the reference on this corpus"
-        )
-    saved = load_yaml((run_dir / "config.yaml").read_text()) or {}
-    try:
-        theirs = load_manifest(resolve_corpus(str(saved.get("data")), is_main=False))
-    except MixweightError:
-        theirs = None  # its corpus is elsewhere: the vocabulary check above is what can be checked
-    if theirs is not None and theirs.config_hash != manifest.config_hash:
-        raise MixweightError(
-            f"{where}: trained on another corpus (config_hash {theirs.config_hash[:12]}, this corpus "
-            f"{manifest.config_hash[:12]}); the reference must be trained on the same corpus"
-        )
-    return load_model(model_dir).eval().requires_grad_(False)
+    latest = check_reference_run(run_dir, corpus, "train: doremi_reference")
+    return load_model(latest / "model").eval().requires_grad_(False)
 
 
 class ExcessSignal(StepReduction):
@@ -467,18 +438,19 @@ class DoReMiMixer(OnlineMixer):
         self.excess = _vector(state["excess"], k, "online mixing 'excess'")
 
 
-def build_mixer(config, manifest: Manifest, corpus, phases: list[Phase]) -> OnlineMixer | None:
+def build_mixer(config, corpus: Corpus, phases: list[Phase]) -> OnlineMixer | None:
     """The run's mixer (None for static weights); online DoReMi's reference is loaded and checked here,
     before anything is written into --out."""
     method = online_method(config.domain_weights)
     if method is None:
         return None
+    manifest = corpus.manifest
     prior = [phases[0].weights[d] for d in manifest.domains]
     if not any(w > 0 for w in prior) or not all(math.isfinite(w) for w in prior):
         raise MixweightError(f"train: mixing_prior {config.mixing_prior}: no domain has a weight above 0")
     if method == "odm":
         return ODMMixer(manifest.domains, prior, config.mixing_every, config.odm_alpha, config.odm_exploration)
-    reference = load_reference(config.doremi_reference, corpus, manifest)
+    reference = load_reference(config.doremi_reference, corpus)
     return DoReMiMixer(
         manifest.domains,
         prior,

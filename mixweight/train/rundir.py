@@ -210,14 +210,13 @@ def current_inputs(config) -> dict:
     """input_hashes for `config`, resolving everything itself (for callers without a built run)."""
     from mixweight.core.distributed import is_main_process
     from mixweight.core.model import load_spec
-    from mixweight.data.manifest import load_manifest
-    from mixweight.data.synthetic import resolve_corpus
+    from mixweight.data.corpus import open_corpus
     from mixweight.train.online import resolve_phases
 
-    corpus = resolve_corpus(config.data, is_main_process())  # the local copy train() reads (a URL's cache copy)
-    manifest = load_manifest(corpus)
+    corpus = open_corpus(config.data, is_main_process())  # the local copy train() reads (a URL's cache copy)
+    manifest = corpus.manifest
     phases = resolve_phases(manifest, config)  # online mixing: its prior
-    return input_hashes(config, corpus, manifest, phases, load_spec(config.model))
+    return input_hashes(config, corpus.directory, manifest, phases, load_spec(config.model))
 
 
 def _saved_config(run_dir: Path) -> dict:

@@ -16,7 +16,6 @@ import torch
 from mixweight.core.chunked_loss import lm_token_losses
 from mixweight.core.distributed import World, all_reduce_sum
 from mixweight.data.manifest import Manifest
-from mixweight.data.remote import local_copy
 from mixweight.data.streams import read_stream
 from mixweight.errors import MixweightError
 
@@ -26,10 +25,9 @@ def load_validation(corpus_dir: str | Path, manifest: Manifest, max_blocks: int)
 
     Shards are read with the manifest's seq_len, so a stream whose encodings are not
     mixweight's own is refused before any sample is decoded (see `check_encodings`). A remote
-    corpus is read from its cache copy: `fetch_corpus` fetched every validation index and shard
-    with streaming's downloaders, after checking the index's encodings.
+    corpus is read from its cache copy (`corpus_dir`, from `open_corpus`): `fetch_corpus` fetched every
+    validation index and shard with streaming's downloaders, after checking the index's encodings.
     """
-    corpus_dir = local_copy(corpus_dir)  # a URL: its cache copy holds the fetched validation shards
     val_sets = {}
     for d in manifest.domains:
         stream = manifest.stream_dir(corpus_dir, "val", d)

@@ -1,0 +1,134 @@
+"""The weights methods: one entry each, and every consumer iterates them.
+
+A `WeightsMethod` holds what the rest of mixweight needs to know about a method:
+
+    name            `mixweight weights NAME`, the pipeline's `NAME:` section, an arm's
+                    `domain_weights: NAME`, and the artifact's `method.name`
+    config, run     its typed config (a ProxyMethodConfig: options + a train block) and
+                    run(config) -> DomainWeights, which writes the artifact
+    verify          verify(weights, path, tolerance) -> one line, for `weights verify`
+                    (None: the method's artifacts cannot be checked from the file alone)
+    cost            proxy optimizer steps the method trains, for the pipeline's ETA
+    check_corpus    checks that need the corpus, run by the pipeline before any stage trains
+    reference_run   where the method leaves a reference run in its work directory, for an
+                    online arm that reads it (DoReMi's round-0 reference; None otherwise)
+
+The CLI's `weights` subcommands, the pipeline's sections and stages and `weights verify` read
+this registry; docs/design.md ("Adding a weights method") shows a new method added with one
+`register` call. Record names for the experiment trackers belong to the method's step objective
+(`mixweight.core.tracking.register_record_names`, called where the objective is defined).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from mixweight.core.artifact import DomainWeights
+from mixweight.data.manifest import Manifest
+from mixweight.domain.proxy import ProxyMethodConfig
+from mixweight.errors import MixweightError
+
+
+def _no_corpus_checks(config, manifest: Manifest) -> None:
+    """A method whose options need no corpus to be checked."""
+
+
+@dataclass(frozen=True)
+class WeightsMethod:
+    name: str
+    help: str  # one line for `mixweight weights --help`
+    config: type[ProxyMethodConfig]
+    run: Callable[[ProxyMethodConfig], DomainWeights]
+    verify: Optional[Callable[[DomainWeights, str, float], str]] = None
+    cost: Callable[[ProxyMethodConfig], int] = lambda config: config.steps
+    check_corpus: Callable[[ProxyMethodConfig, Manifest], None] = _no_corpus_checks
+    reference_run: Optional[Callable[[ProxyMethodConfig, Path], Path]] = None
+
+
+_METHODS: dict[str, WeightsMethod] = {}
+
+
+def register(method: WeightsMethod) -> WeightsMethod:
+    """Add a method (a plug-in module calls this on import); a name is registered once."""
+    if method.name in _METHODS and _METHODS[method.name] is not method:
+        raise ValueError(f"weights method {method.name!r} is already registered")
+    _METHODS[method.name] = method
+    return method
+
+
+def methods() -> dict[str, WeightsMethod]:
+    """Every registered method, by name, in registration order (the built-in ones first)."""
+    return dict(_METHODS)
+
+
+def get_method(name: str, where: str = "weights") -> WeightsMethod:
+    if name not in _METHODS:
+        raise MixweightError(f"{where}: unknown weights method {name!r}; methods: {', '.join(_METHODS)}")
+    return _METHODS[name]
+
+
+# --- the built-in methods -------------------------------------------------------------------------------------
+def _builtins() -> None:
+    from mixweight.domain import doge_run, doremi_run, regmix_run, verify
+
+    register(
+        WeightsMethod(
+            name="doremi",
+            help="doremi domain weights from a proxy model",
+            config=doremi_run.DoReMiConfig,
+            run=doremi_run.run_doremi,
+            verify=verify.replayed("mixweight.domain.doremi"),
+            cost=lambda config: config.steps * 2 * config.rounds,  # a reference and a proxy per round
+            reference_run=lambda config, work_dir: (
+                Path(config.reference) if config.reference else work_dir / "round-0" / "reference"
+            ),
+        )
+    )
+    register(
+        WeightsMethod(
+            name="doge",
+            help="doge domain weights from a proxy model",
+            config=doge_run.DoGEConfig,
+            run=doge_run.run_doge,
+            verify=verify.replayed("mixweight.domain.doge"),
+            cost=lambda config: config.steps * 3,  # a DoGE step costs about three plain ones
+            check_corpus=lambda config, manifest: doge_run.check_targets(
+                config.targets(manifest.domains), manifest.domains
+            ),
+        )
+    )
+    register(
+        WeightsMethod(
+            name="regmix",
+            help="regmix domain weights from a swarm of small proxy runs and a regression",
+            config=regmix_run.RegMixConfig,
+            run=regmix_run.run_regmix,
+            verify=verify.refitted,
+            cost=lambda config: config.steps * config.runs,  # one short run per swarm member
+            check_corpus=regmix_run.check_swarm,
+        )
+    )
+
+
+_builtins()
+
+
+def verify_file(path, tolerance: float = 1e-6) -> str:
+    """`mixweight weights verify FILE`: one line saying the weights follow from what the file records; a
+    MixweightError (one line) when they do not, or when its method has no check."""
+    from mixweight.core.artifact import load_domain_weights, shown
+
+    if not (tolerance >= 0):
+        raise MixweightError(f"weights verify: --tolerance must be >= 0, got {tolerance}")
+    weights = load_domain_weights(path)
+    name = weights.method.get("name")
+    method = _METHODS.get(name) if isinstance(name, str) else None
+    if method is None or method.verify is None:
+        checked = ", ".join(n for n, m in _METHODS.items() if m.verify is not None)
+        raise MixweightError(
+            f"weights file {shown(path)}: 'method.name' is {name!r}; weights verify checks {checked} artifacts"
+        )
+    return method.verify(weights, path, tolerance)

@@ -29,7 +29,7 @@ from typing import Optional
 from mixweight.core.artifact import DomainWeights
 from mixweight.data.manifest import Manifest
 from mixweight.domain.proxy import ProxyMethodConfig
-from mixweight.errors import MixweightError
+from mixweight.errors import MixweightError, first_line
 
 
 def _no_corpus_checks(config, manifest: Manifest) -> None:
@@ -49,6 +49,8 @@ class WeightsMethod:
 
 
 _METHODS: dict[str, WeightsMethod] = {}
+PLUGIN_GROUP = "mixweight.methods"  # an installed package's entry points in this group register their methods
+_plugins_loaded = False
 
 
 def register(method: WeightsMethod) -> WeightsMethod:
@@ -59,12 +61,31 @@ def register(method: WeightsMethod) -> WeightsMethod:
     return method
 
 
+def _load_plugins() -> None:
+    """Import the modules installed packages name in the `mixweight.methods` entry-point group (once)."""
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    from importlib.metadata import entry_points
+
+    for entry in entry_points(group=PLUGIN_GROUP):
+        try:
+            entry.load()
+        except Exception as exc:  # noqa: BLE001 - any error of a plug-in's import is one line naming it
+            raise MixweightError(
+                f"weights method plug-in {entry.name!r} ({entry.value}) failed to load: {first_line(exc)}"
+            ) from exc
+
+
 def methods() -> dict[str, WeightsMethod]:
-    """Every registered method, by name, in registration order (the built-in ones first)."""
+    """Every registered method, by name, in registration order (the built-in ones first, then plug-ins)."""
+    _load_plugins()
     return dict(_METHODS)
 
 
 def get_method(name: str, where: str = "weights") -> WeightsMethod:
+    _load_plugins()
     if name not in _METHODS:
         raise MixweightError(f"{where}: unknown weights method {name!r}; methods: {', '.join(_METHODS)}")
     return _METHODS[name]
@@ -124,6 +145,7 @@ def verify_file(path, tolerance: float = 1e-6) -> str:
     if not (tolerance >= 0):
         raise MixweightError(f"weights verify: --tolerance must be >= 0, got {tolerance}")
     weights = load_domain_weights(path)
+    _load_plugins()
     name = weights.method.get("name")
     method = _METHODS.get(name) if isinstance(name, str) else None
     if method is None or method.verify is None:

@@ -8,7 +8,7 @@ import json
 import sys
 import typing
 
-from mixweight.core.config import FLAGS, HELP, MOVED, NESTED, OWNED, held_deprecations
+from mixweight.core.config import ARGUMENT, FLAGS, HELP, MOVED, NESTED, OWNED, held_deprecations
 from mixweight.errors import MixweightError
 
 BOOL_FLAGS_NEGATABLE = {"progress"}
@@ -24,7 +24,8 @@ class ExactFlagParser(argparse.ArgumentParser):
 
 
 def _add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
-    """One flag per config field; defaults are suppressed so only given flags override the YAML.
+    """One argument per config field (its name, type, default and help from the field); defaults are suppressed
+    so only given flags override the YAML and the dataclass's defaults.
 
     A nested block (`train`, see `core.config.nested`) gets one ``--train.KEY`` flag per key of its
     config class (dest ``train.KEY``), and its deprecated top-level aliases keep their old flags.
@@ -35,13 +36,32 @@ def _add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
             _add_nested_flags(parser, cls, field)
             continue
         flags = field.metadata.get(FLAGS) or ("--" + field.name.replace("_", "-"),)
-        _add_flag(parser, flags, field.name, hints[field.name], field.metadata.get(HELP, ""), field.default)
+        argument = field.metadata.get(ARGUMENT, {})
+        default = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
+        _add_flag(
+            parser, flags, field.name, hints[field.name], field.metadata.get(HELP, ""), default, argument=argument
+        )
 
 
-def _add_flag(parser, flags, dest: str, kind, described: str, default, name: str | None = None) -> None:
+def _add_flag(parser, flags, dest: str, kind, described: str, default, name: str | None = None, argument=None) -> None:
+    argument = argument or {}
+    shown = argument.get("positional") or argument.get("required") or "(default:" in described
     # A help text that explains its own default (e.g. one derived from another flag) is not repeated.
-    help_text = described if "(default:" in described else f"{described} (default: {default})"
-    if kind is bool:
+    help_text = described if shown else f"{described} (default: {default})"
+    scalar = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
+    is_list = typing.get_origin(scalar) is list
+    item = (typing.get_args(scalar) or (str,))[0] if is_list else scalar
+    convert = item if item in (int, float) else str
+    if argument.get("positional"):
+        nargs = "+" if is_list else None
+        parser.add_argument(dest, type=convert, nargs=nargs, help=help_text, metavar=argument.get("metavar"))
+        return
+    extra = {"metavar": argument["metavar"]} if "metavar" in argument else {}
+    if argument.get("choices"):
+        extra["choices"] = list(argument["choices"])
+    if argument.get("required"):
+        extra["required"] = True
+    if kind is bool or scalar is bool:
         negatable = (name or dest) in BOOL_FLAGS_NEGATABLE
         if negatable and "." in flags[0]:  # --train.progress / --train.no-progress
             block, key = flags[0][2:].split(".", 1)
@@ -56,15 +76,12 @@ def _add_flag(parser, flags, dest: str, kind, described: str, default, name: str
             return
         action = argparse.BooleanOptionalAction if negatable else "store_true"
         parser.add_argument(*flags, dest=dest, action=action, default=argparse.SUPPRESS, help=help_text)
-    else:
-        scalar = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
+    elif argument.get("repeated"):
         parser.add_argument(
-            *flags,
-            dest=dest,
-            type=scalar if scalar in (int, float) else str,
-            default=argparse.SUPPRESS,
-            help=help_text,
+            *flags, dest=dest, type=convert, action="append", default=argparse.SUPPRESS, help=help_text, **extra
         )
+    else:
+        parser.add_argument(*flags, dest=dest, type=convert, default=argparse.SUPPRESS, help=help_text, **extra)
 
 
 # (command, --BLOCK.KEY) of the keys a nested block may not set -> the one-line refusal naming why.
@@ -146,47 +163,44 @@ def report_result(text: str) -> None:
         print(text)
 
 
+def _command_config(args, cls):
+    """The command's config from its flags (the dataclass's defaults for the rest), checked once."""
+    from mixweight.core.config import load_config
+
+    return load_config(cls, None, _overrides(args, cls), cls.COMMAND)
+
+
 def cmd_synth(args) -> None:
     from mixweight.data.output import write_remote
     from mixweight.data.remote import is_url
-    from mixweight.data.synthetic import write_synthetic_corpus
+    from mixweight.data.synthetic import SynthConfig, write_synthetic_corpus
+
+    config = _command_config(args, SynthConfig)
+    options = {k: v for k, v in dataclasses.asdict(config).items() if k != "out"}
 
     def write(out):
-        return write_synthetic_corpus(
-            out,
-            seed=args.seed,
-            tokens_per_domain=args.tokens_per_domain,
-            seq_len=args.seq_len,
-            overwrite=args.overwrite,
-        )
+        return write_synthetic_corpus(out, **options)
 
-    manifest = write_remote(args.out, write) if is_url(args.out) else write(args.out)
+    manifest = write_remote(config.out, write) if is_url(config.out) else write(config.out)
     blocks = {d: manifest.splits["train"][d].blocks for d in manifest.domains}
-    print(f"synthetic corpus in {args.out}: {len(manifest.domains)} domains, train blocks {blocks}")
+    print(f"synthetic corpus in {config.out}: {len(manifest.domains)} domains, train blocks {blocks}")
 
 
 def cmd_prepare(args) -> None:
     from mixweight.data.output import write_remote
-    from mixweight.data.prepare import prepare_corpus, report_lines
+    from mixweight.data.prepare import PrepareConfig, prepare_corpus, report_lines
     from mixweight.data.remote import is_url
 
-    def write(out):
-        return prepare_corpus(
-            args.input,
-            out,
-            domain_field=args.domain_field,
-            text_field=args.text_field,
-            tokenizer=args.tokenizer,
-            seq_len=args.seq_len,
-            val_fraction=args.val_fraction,
-            overwrite=args.overwrite,
-            num_proc=args.num_proc,
-        )
+    config = _command_config(args, PrepareConfig)
+    options = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("input", "out")}
 
-    manifest = write_remote(args.out, write) if is_url(args.out) else write(args.out)
+    def write(out):
+        return prepare_corpus(config.input, out, **options)
+
+    manifest = write_remote(config.out, write) if is_url(config.out) else write(config.out)
     for line in report_lines(manifest):
         print(line)
-    print(f"corpus in {args.out}: domains {manifest.domains}, vocab {manifest.vocab_size}")
+    print(f"corpus in {config.out}: domains {manifest.domains}, vocab {manifest.vocab_size}")
 
 
 def cmd_train(args) -> None:
@@ -208,9 +222,10 @@ def cmd_train(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from mixweight.eval.run import evaluate_run
+    from mixweight.eval.run import EvalConfig, evaluate_run
 
-    result = evaluate_run(args.run, data=args.data, checkpoint=args.checkpoint)
+    config = _command_config(args, EvalConfig)
+    result = evaluate_run(config.run, data=config.data, checkpoint=config.checkpoint)
     print(json.dumps(result, indent=2))
 
 
@@ -226,58 +241,71 @@ def cmd_weights_method(args) -> None:
 
 def cmd_weights_export(args) -> None:
     from mixweight.core.artifact import load_domain_weights
-    from mixweight.domain.export import cap_to_budget, export_weights
+    from mixweight.domain.export import ExportConfig, cap_to_budget, export_weights
 
-    weights = load_domain_weights(args.file)
+    config = _command_config(args, ExportConfig)
+    weights = load_domain_weights(config.file)
     tokens = None
-    if args.data is not None and (args.token_budget is not None or args.max_epochs is not None):
+    if config.data is not None and (config.token_budget is not None or config.max_epochs is not None):
         from mixweight.data.corpus import open_corpus
 
-        tokens = open_corpus(args.data).manifest.train_tokens()
-    weights, note = cap_to_budget(weights, args.token_budget, args.max_epochs, tokens)
+        tokens = open_corpus(config.data).manifest.train_tokens()
+    weights, note = cap_to_budget(weights, config.token_budget, config.max_epochs, tokens)
     if note:
         print(f"mixweight weights export: {note}", file=sys.stderr)
-    print(export_weights(weights, args.format))
+    print(export_weights(weights, config.format))
 
 
 def cmd_weights_verify(args) -> None:
     from mixweight.domain.methods import verify_file
+    from mixweight.domain.verify import VerifyConfig
 
-    print(verify_file(args.file, args.tolerance))
+    config = _command_config(args, VerifyConfig)
+    print(verify_file(config.file, config.tolerance))
 
 
 def cmd_pipeline(args) -> None:
-    import dataclasses
-
     from mixweight.pipeline import load_pipeline_config, run_pipeline
+    from mixweight.pipeline.run import PipelineCommand
 
-    config = load_pipeline_config(args.config)
-    if args.progress is not None:
-        config = dataclasses.replace(config, progress=args.progress)
-    run_pipeline(config, args.out, rerun_changed=args.rerun_changed)
+    command = _command_config(args, PipelineCommand)
+    config = load_pipeline_config(command.config)
+    if command.progress is not None:
+        config = dataclasses.replace(config, progress=command.progress)
+    run_pipeline(config, command.out, rerun_changed=command.rerun_changed)
 
 
 def cmd_compare(args) -> None:
     from mixweight.report import compare_runs
+    from mixweight.report.compare import CompareConfig
 
-    bad = [item for item in args.weights or [] if "=" not in item or not item.split("=", 1)[0]]
+    config = _command_config(args, CompareConfig)
+    bad = [item for item in config.weights or [] if "=" not in item or not item.split("=", 1)[0]]
     if bad:
         raise MixweightError(f"compare: --weights {bad[0]!r}: expected METHOD=FILE, e.g. doremi=weights/doremi.json")
-    weights = dict(item.split("=", 1) for item in args.weights) if args.weights else None
-    labels = args.labels.split(",") if args.labels else None
+    weights = dict(item.split("=", 1) for item in config.weights) if config.weights else None
+    labels = config.labels.split(",") if config.labels else None
     report = compare_runs(
-        args.runs, args.out, weights_files=weights, corpus=args.data, labels=labels, baseline=args.baseline
+        config.runs, config.out, weights_files=weights, corpus=config.data, labels=labels, baseline=config.baseline
     )
-    print(f"wrote {args.out}/report.md ({len(report['arms'])} arms, baseline {report['baseline']})")
+    print(f"wrote {config.out}/report.md ({len(report['arms'])} arms, baseline {report['baseline']})")
 
 
 def cmd_doctor(args) -> None:
-    from mixweight.doctor import run_doctor
+    from mixweight.doctor import DoctorConfig, run_doctor
 
-    print(run_doctor(as_json=args.json))
+    print(run_doctor(as_json=_command_config(args, DoctorConfig).json))
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from mixweight.data.prepare import PrepareConfig
+    from mixweight.data.synthetic import SynthConfig
+    from mixweight.doctor import DoctorConfig
+    from mixweight.domain.export import ExportConfig
+    from mixweight.domain.verify import VerifyConfig
+    from mixweight.eval.run import EvalConfig
+    from mixweight.pipeline.run import PipelineCommand
+    from mixweight.report.compare import CompareConfig
     from mixweight.train.config import TrainConfig
 
     parser = ExactFlagParser(prog="mixweight", description=__import__("mixweight").__doc__)
@@ -285,79 +313,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = commands.add_parser("data", help="make a corpus").add_subparsers(dest="data_command", required=True)
     synth = data.add_parser("synth", help="the built-in synthetic multi-domain corpus")
-    synth.add_argument(
-        "--out",
-        required=True,
-        help="corpus directory to write (new, empty, or a corpus to replace with --overwrite), "
-        "or a URL (s3://bucket/corpus, file:///DIR, ...) to upload to, manifest last; required",
-    )
-    synth.add_argument("--seed", type=int, default=0, help="seed of every random draw (default: %(default)s)")
-    synth.add_argument(
-        "--tokens-per-domain",
-        type=int,
-        default=131_072,
-        help="training tokens per domain, rounded down to whole blocks (default: %(default)s)",
-    )
-    synth.add_argument("--seq-len", type=int, default=128, help="tokens per block (default: %(default)s)")
-    synth.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace a different mixweight corpus already in --out; never other files (default: %(default)s)",
-    )
+    _add_config_flags(synth, SynthConfig)
     _add_cache_dir(synth)
     synth.set_defaults(func=cmd_synth)
 
     prepare = data.add_parser(
         "prepare", help="tokenize real text (JSONL[.gz|.zst], Parquet, HF dataset dir) into per-domain streams"
     )
-    prepare.add_argument(
-        "--input",
-        required=True,
-        help="a .jsonl/.json[.gz|.zst] or .parquet file, a `datasets` save_to_disk directory, or a "
-        "directory of such files (other files are skipped and listed); required",
-    )
-    prepare.add_argument(
-        "--out",
-        required=True,
-        help="corpus directory to write, outside --input (new, empty, or a corpus to replace with "
-        "--overwrite), or a URL to upload to (s3://bucket/corpus, ...); required",
-    )
-    prepare.add_argument(
-        "--domain-field",
-        default="meta.redpajama_set_name",
-        help="record field holding the domain name, dotted for nested fields (default: %(default)s)",
-    )
-    prepare.add_argument(
-        "--text-field",
-        default="text",
-        help="record field holding the document text, dotted for nested fields (default: %(default)s)",
-    )
-    prepare.add_argument(
-        "--tokenizer",
-        default="byte",
-        help="byte (UTF-8 bytes + EOS) | PATH (a local Hugging Face tokenizer directory) | "
-        "bpe:VOCAB (train a byte-level BPE of VOCAB ids on the training text) "
-        "(default: %(default)s)",
-    )
-    prepare.add_argument("--seq-len", type=int, default=512, help="tokens per block (default: %(default)s)")
-    prepare.add_argument(
-        "--val-fraction",
-        type=float,
-        default=0.01,
-        help="fraction of each domain's documents held out for validation, chosen by a hash of "
-        "the text; in (0, 1), and every domain gets at least one block (default: %(default)s)",
-    )
-    prepare.add_argument(
-        "--num-proc",
-        type=int,
-        default=None,
-        help="tokenizer processes; unset or 1 tokenizes in this process (default: %(default)s)",
-    )
-    prepare.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace a different mixweight corpus already in --out; never other files (default: %(default)s)",
-    )
+    _add_config_flags(prepare, PrepareConfig)
     _add_cache_dir(prepare)
     prepare.set_defaults(func=cmd_prepare)
 
@@ -386,106 +349,33 @@ def build_parser() -> argparse.ArgumentParser:
         _add_config_flags(command, method.config)
         _add_cache_dir(command)
         command.set_defaults(func=cmd_weights_method)
-    export = weights_commands.add_parser("export", help="print a weights file for other trainers")
-    export.add_argument(
-        "file",
-        help="a domain_weights.json: from weights doremi, doge or regmix, the RUN/domain_weights.json of an online "
-        "mixing run (domain_weights online:odm|online:doremi), or hand-written",
-    )
-    export.add_argument(
-        "--format",
-        required=True,
-        choices=["streams-yaml", "megatron", "json"],
-        help="streams-yaml (llm-foundry streams with proportions), megatron (a --data-path list: "
-        "weight path ...) or json ({domain: weight}); required, no default",
-    )
-    export.add_argument(
-        "--token-budget",
-        type=int,
-        default=None,
-        help="tokens the run will train on, T: prints each domain's planned epochs (w_d T / tokens_d) on stderr "
-        "(default: none)",
-    )
-    export.add_argument(
-        "--max-epochs",
-        type=float,
-        default=None,
-        help="move the weights within E passes over each domain's tokens in T (KL projection; needs "
-        "--token-budget; default: none)",
-    )
-    export.add_argument(
-        "--data",
-        default=None,
-        help="corpus whose token counts --max-epochs uses (default: the file's provenance.domain_token_counts)",
-    )
-    export.set_defaults(func=cmd_weights_export)
-    verify = weights_commands.add_parser(
-        "verify", help="replay a doremi/doge artifact's update rule from the file alone; exit 0 if it matches"
-    )
-    verify.add_argument("file", help="a domain_weights.json written by `weights doremi` or `weights doge`")
-    verify.add_argument(
-        "--tolerance",
-        type=float,
-        default=1e-6,
-        help="largest allowed deviation of a recorded weight from the replay (default: 1e-6)",
-    )
-    verify.set_defaults(func=cmd_weights_verify)
-
-    pipeline = commands.add_parser("pipeline", help="the main job: weights, arms and report from one YAML")
-    pipeline.add_argument("config", help="pipeline YAML: data, train, doremi, doge, arms, seeds, report, eval")
-    pipeline.add_argument(
-        "--out", required=True, help="output directory: corpus, weights, one run per arm and seed, report (required)"
-    )
-    pipeline.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="show progress bars (only on a terminal); overrides the YAML's progress (default: the YAML's, else on)",
-    )
-    pipeline.add_argument(
-        "--rerun-changed",
-        action="store_true",
-        help="when the config changed for stages already run in --out, move their directories "
-        "aside (<stage dir>.replaced-<time>-<keys>; nothing is deleted) and run them again; "
-        "without it the pipeline stops and names the changed keys (default: off)",
-    )
-    _add_cache_dir(pipeline)
-    pipeline.set_defaults(func=cmd_pipeline)
-
-    evaluate = commands.add_parser("eval", help="per-domain validation loss of a run's checkpoint")
-    evaluate.add_argument("run", help="a run directory written by mixweight train")
-    evaluate.add_argument("--data", default=None, help="corpus directory or URL (default: the run's)")
-    evaluate.add_argument("--checkpoint", default=None, help="step-N or a path (default: the newest)")
-    _add_cache_dir(evaluate)
-    evaluate.set_defaults(func=cmd_eval)
-
-    compare = commands.add_parser("compare", help="tables and plots comparing finished runs")
-    compare.add_argument(
-        "runs", nargs="+", help="run directories; runs with the same --labels entry are seeds of one arm"
-    )
-    compare.add_argument("--out", required=True, help="directory for report.md, report.json and figures (required)")
-    compare.add_argument("--labels", default=None, help="comma-separated arm name per run (default: directory names)")
-    compare.add_argument(
-        "--weights",
-        action="append",
-        default=None,
-        metavar="METHOD=FILE",
-        help="a domain_weights.json to show, labelled METHOD (repeatable; default: the files the runs trained on)",
-    )
-    compare.add_argument("--data", default=None, help="corpus directory (default: the runs')")
-    compare.add_argument(
-        "--baseline", default=None, help="arm whose final loss is the target (default: uniform, else the first)"
-    )
-    _add_cache_dir(compare)
-    compare.set_defaults(func=cmd_compare)
-
-    doctor = commands.add_parser(
-        "doctor",
-        help="versions, device, extras and stale shared memory: paste its output "
-        "into a bug report (reads only, changes nothing)",
-    )
-    doctor.add_argument("--json", action="store_true", help="print JSON instead of text (default: text)")
-    doctor.set_defaults(func=cmd_doctor)
+    commands_with_configs = [
+        (weights_commands, "export", "print a weights file for other trainers", ExportConfig, cmd_weights_export),
+        (
+            weights_commands,
+            "verify",
+            "check an artifact's weights follow from what it records (replay or refit); exit 0 if they do",
+            VerifyConfig,
+            cmd_weights_verify,
+        ),
+        (commands, "pipeline", "the main job: weights, arms and report from one YAML", PipelineCommand, cmd_pipeline),
+        (commands, "eval", "per-domain validation loss of a run's checkpoint", EvalConfig, cmd_eval),
+        (commands, "compare", "tables and plots comparing finished runs", CompareConfig, cmd_compare),
+        (
+            commands,
+            "doctor",
+            "versions, device, extras and stale shared memory: paste its output into a bug report (reads only, "
+            "changes nothing)",
+            DoctorConfig,
+            cmd_doctor,
+        ),
+    ]
+    for group, name, summary, cls, func in commands_with_configs:
+        command = group.add_parser(name, help=summary)
+        _add_config_flags(command, cls)
+        if name not in ("export", "verify", "doctor"):  # the commands that read corpora
+            _add_cache_dir(command)
+        command.set_defaults(func=func)
     return parser
 
 

@@ -12,10 +12,23 @@ import json
 import os
 import platform
 import sys
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import ClassVar
 
 import mixweight
+from mixweight.core.config import option
+
+
+@dataclass
+class DoctorConfig:
+    """`mixweight doctor`."""
+
+    COMMAND: ClassVar[str] = "doctor"
+
+    json: bool = option(False, "print JSON instead of text (default: text)")
+
 
 # Distribution names: what `pip install` takes and `importlib.metadata` knows.
 CORE = ("torch", "transformers", "mosaicml-streaming", "datasets", "tokenizers", "numpy", "safetensors")

@@ -25,19 +25,38 @@ C = TypeVar("C")
 
 
 HELP = "help"  # dataclass field metadata key: the flag's help text in `mixweight ... --help`
-
-
 FLAGS = "flags"  # field metadata key: the flag names when --<field-name> will not do (see option's flags)
+ARGUMENT = "argument"  # field metadata key: how the command line gives it (see option's keyword arguments)
 
 
-def option(default, help_text: str, flags: tuple[str, ...] = ()):
-    """A config field with its help text: one definition serves the YAML key and the flag.
+def option(
+    default,
+    help_text: str,
+    flags: tuple[str, ...] = (),
+    *,
+    positional: bool = False,
+    required: bool = False,
+    choices: tuple[str, ...] = (),
+    repeated: bool = False,
+    metavar: str | None = None,
+):
+    """A config field with its help text: one definition serves the YAML key, the flag and its default.
 
     ``flags`` replaces the flag ``--<name-with-dashes>`` (the first is the documented one, the
     rest aliases), for a field whose plain flag a launcher would take as its own: torchrun's
     parser reads ``--r`` as an ambiguous abbreviation of its ``--rdzv-*`` options.
+    ``positional`` makes it a command-line argument without a flag (a list field takes one or more),
+    ``required`` a flag the command cannot run without, ``choices`` the only values a flag takes,
+    and ``repeated`` a list flag given once per item (``--weights A --weights B``).
     """
-    metadata = {HELP: help_text, FLAGS: tuple(flags)} if flags else {HELP: help_text}
+    metadata = {HELP: help_text}
+    if flags:
+        metadata[FLAGS] = tuple(flags)
+    argument = {"positional": positional, "required": required, "choices": tuple(choices), "repeated": repeated}
+    if metavar is not None:
+        argument["metavar"] = metavar
+    if any(argument.values()):
+        metadata[ARGUMENT] = argument
     return dataclasses.field(default=default, metadata=metadata)
 
 

@@ -28,12 +28,14 @@ import os
 import shutil
 import sys
 from collections import Counter, deque
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import ClassVar, Iterator, Optional
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from mixweight.core.config import option
 from mixweight.data.manifest import DomainSplitStats, Manifest, load_manifest
 from mixweight.data.names import NAME_RULE, name_problem
 from mixweight.data.output import check_can_write, is_same_corpus, resolve_output, staged_directory
@@ -273,31 +275,77 @@ def prepare_config_hash(
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def prepare_corpus(
-    input_path,
-    out_dir,
-    domain_field: str = "meta.redpajama_set_name",
-    text_field: str = "text",
-    tokenizer: str = "byte",
-    seq_len: int = 512,
-    val_fraction: float = 0.01,
-    overwrite: bool = False,
-    num_proc: int | None = None,
-    progress: bool = True,
-) -> Manifest:
-    """Tokenize and pack the records under `input_path` into a corpus at `out_dir`; returns its Manifest.
+@dataclass
+class PrepareConfig:
+    """`mixweight data prepare` (and the pipeline's `data: {prepare: {...}}`, which sets out and overwrite)."""
 
-    Rerunning with the same input files and options on an existing copy is a no-op.
-    """
-    if not isinstance(seq_len, int) or seq_len < 2:
+    COMMAND: ClassVar[str] = "data prepare"
+
+    input: Optional[str] = option(
+        None,
+        "a .jsonl/.json[.gz|.zst] or .parquet file, a `datasets` save_to_disk directory, or a directory of such "
+        "files (other files are skipped and listed); required",
+        required=True,
+    )
+    out: Optional[str] = option(
+        None,
+        "corpus directory to write, outside --input (new, empty, or a corpus to replace with --overwrite), or a "
+        "URL to upload to (s3://bucket/corpus, ...); required",
+        required=True,
+    )
+    domain_field: str = option(
+        "meta.redpajama_set_name", "record field holding the domain name, dotted for nested fields"
+    )
+    text_field: str = option("text", "record field holding the document text, dotted for nested fields")
+    tokenizer: str = option(
+        "byte",
+        "byte (UTF-8 bytes + EOS) | PATH (a local Hugging Face tokenizer directory) | bpe:VOCAB (train a "
+        "byte-level BPE of VOCAB ids on the training text)",
+    )
+    seq_len: int = option(512, "tokens per block")
+    val_fraction: float = option(
+        0.01,
+        "fraction of each domain's documents held out for validation, chosen by a hash of the text; in (0, 1), "
+        "and every domain gets at least one block",
+    )
+    num_proc: Optional[int] = option(None, "tokenizer processes; unset or 1 tokenizes in this process")
+    overwrite: bool = option(False, "replace a different mixweight corpus already in --out; never other files")
+
+    def validate(self) -> None:
+        check_prepare_options(self.seq_len, self.val_fraction, self.num_proc)
+
+
+def check_prepare_options(seq_len, val_fraction, num_proc) -> None:
+    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 2:
         raise MixweightError(f"--seq-len {seq_len}: must be an integer >= 2 (a block needs an input and a target)")
-    if not isinstance(val_fraction, (int, float)) or not 0 < val_fraction < 1:
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 < val_fraction < 1:
         # Training and evaluation report per-domain validation loss: a corpus without validation
         # blocks would report nothing (or, worse, 0.0). A tiny fraction costs at most a block per domain.
         raise MixweightError(
             f"--val-fraction {val_fraction}: must be in (0, 1); every domain needs validation "
             "data for its loss (each gets at least one block whatever the fraction, e.g. 0.001)"
         )
+    if num_proc is not None and num_proc < 1:
+        raise MixweightError(f"--num-proc {num_proc}: must be >= 1 (unset or 1 tokenizes in this process)")
+
+
+def prepare_corpus(
+    input_path,
+    out_dir,
+    domain_field: str = PrepareConfig.domain_field,
+    text_field: str = PrepareConfig.text_field,
+    tokenizer: str = PrepareConfig.tokenizer,
+    seq_len: int = PrepareConfig.seq_len,
+    val_fraction: float = PrepareConfig.val_fraction,
+    overwrite: bool = PrepareConfig.overwrite,
+    num_proc: int | None = PrepareConfig.num_proc,
+    progress: bool = True,
+) -> Manifest:
+    """Tokenize and pack the records under `input_path` into a corpus at `out_dir`; returns its Manifest.
+
+    Rerunning with the same input files and options on an existing copy is a no-op.
+    """
+    check_prepare_options(seq_len, val_fraction, num_proc)
     kind, arg = parse_spec(tokenizer)
     sources, skipped_files = scan_sources(input_path)  # fails early on a missing path or unsupported type
     out_dir = resolve_output(out_dir, input_path)

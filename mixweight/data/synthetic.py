@@ -18,8 +18,11 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar, Optional
 
 import numpy as np
+
+from mixweight.core.config import option
 
 VOCAB_SIZE = 256
 
@@ -254,13 +257,46 @@ def synth_config_hash(seed: int, tokens_per_domain: int, seq_len: int, val_block
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
+@dataclass
+class SynthConfig:
+    """`mixweight data synth` (and the pipeline's `data: {synthetic: {...}}`, which sets out and overwrite)."""
+
+    COMMAND: ClassVar[str] = "data synth"
+
+    out: Optional[str] = option(
+        None,
+        "corpus directory to write (new, empty, or a corpus to replace with --overwrite), or a URL "
+        "(s3://bucket/corpus, file:///DIR, ...) to upload to, manifest last; required",
+        required=True,
+    )
+    seed: int = option(0, "seed of every random draw")
+    tokens_per_domain: int = option(131_072, "training tokens per domain, rounded down to whole blocks")
+    seq_len: int = option(128, "tokens per block")
+    val_blocks: Optional[int] = option(None, "validation blocks per domain (default: max(8, training blocks / 20))")
+    overwrite: bool = option(False, "replace a different mixweight corpus already in --out; never other files")
+
+    def validate(self) -> None:
+        check_synth_options(self.tokens_per_domain, self.seq_len, self.val_blocks)
+
+
+def check_synth_options(tokens_per_domain: int, seq_len: int, val_blocks: int | None) -> None:
+    from mixweight.errors import MixweightError
+
+    if seq_len < MIN_SEQ_LEN:
+        raise MixweightError(f"--seq-len {seq_len} is too short: the synthetic domains need at least {MIN_SEQ_LEN}")
+    if tokens_per_domain // seq_len < 1:
+        raise MixweightError(f"--tokens-per-domain {tokens_per_domain} is less than one block of --seq-len {seq_len}")
+    if val_blocks is not None and val_blocks < 1:  # every command reports per-domain validation loss
+        raise MixweightError(f"--val-blocks {val_blocks}: every domain needs at least one validation block")
+
+
 def write_synthetic_corpus(
     out_dir,
-    seed: int = 0,
-    tokens_per_domain: int = 131_072,
-    seq_len: int = 128,
-    val_blocks: int | None = None,
-    overwrite: bool = False,
+    seed: int = SynthConfig.seed,
+    tokens_per_domain: int = SynthConfig.tokens_per_domain,
+    seq_len: int = SynthConfig.seq_len,
+    val_blocks: int | None = SynthConfig.val_blocks,
+    overwrite: bool = SynthConfig.overwrite,
 ):
     """Write the synthetic corpus as MDS streams plus manifest.json; returns the Manifest.
 
@@ -270,17 +306,11 @@ def write_synthetic_corpus(
     from mixweight.data.manifest import DomainSplitStats, Manifest, load_manifest
     from mixweight.data.output import check_can_write, is_same_corpus, resolve_output, staged_directory
     from mixweight.data.streams import write_stream
-    from mixweight.errors import MixweightError
 
-    if seq_len < MIN_SEQ_LEN:
-        raise MixweightError(f"--seq-len {seq_len} is too short: the synthetic domains need at least {MIN_SEQ_LEN}")
+    check_synth_options(tokens_per_domain, seq_len, val_blocks)
     train_blocks = tokens_per_domain // seq_len
-    if train_blocks < 1:
-        raise MixweightError(f"--tokens-per-domain {tokens_per_domain} is less than one block of --seq-len {seq_len}")
     if val_blocks is None:
         val_blocks = max(8, train_blocks // 20)
-    if val_blocks < 1:  # every command reports per-domain validation loss
-        raise MixweightError(f"val_blocks {val_blocks}: every domain needs at least one validation block")
     out_dir = resolve_output(out_dir)
     config_hash = synth_config_hash(seed, tokens_per_domain, seq_len, val_blocks)
     if is_same_corpus(out_dir, config_hash):

@@ -10,10 +10,13 @@ own loader leaves them out; the JSON format keeps every domain.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
+from typing import ClassVar, Optional
 
 import yaml
 
 from mixweight.core.artifact import DomainWeights
+from mixweight.core.config import option
 from mixweight.errors import MixweightError
 
 PLACEHOLDER_CORPUS = "/path/to/corpus"
@@ -59,6 +62,40 @@ def to_json(weights: DomainWeights) -> str:
 
 
 FORMATS = {"streams-yaml": to_streams_yaml, "megatron": to_megatron, "json": to_json}
+
+
+@dataclass
+class ExportConfig:
+    """`mixweight weights export FILE --format F`."""
+
+    COMMAND: ClassVar[str] = "weights export"
+
+    file: Optional[str] = option(
+        None,
+        "a domain_weights.json: from weights doremi, doge or regmix, the RUN/domain_weights.json of an online "
+        "mixing run (domain_weights online:odm|online:doremi), or hand-written",
+        positional=True,
+    )
+    format: Optional[str] = option(
+        None,
+        "streams-yaml (llm-foundry streams with proportions), megatron (a --data-path list: weight path ...) or "
+        "json ({domain: weight}); required, no default",
+        required=True,
+        choices=tuple(FORMATS),
+    )
+    token_budget: Optional[int] = option(
+        None,
+        "tokens the run will train on, T: prints each domain's planned epochs (w_d T / tokens_d) on stderr "
+        "(default: none)",
+    )
+    max_epochs: Optional[float] = option(
+        None,
+        "move the weights within E passes over each domain's tokens in T (KL projection; needs --token-budget; "
+        "default: none)",
+    )
+    data: Optional[str] = option(
+        None, "corpus whose token counts --max-epochs uses (default: the file's provenance.domain_token_counts)"
+    )
 
 
 def export_weights(weights: DomainWeights, fmt: str) -> str:

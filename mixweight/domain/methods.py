@@ -12,6 +12,9 @@ A `WeightsMethod` holds what the rest of mixweight needs to know about a method:
     check_corpus    checks that need the corpus, run by the pipeline before any stage trains
     reference_run   where the method leaves a reference run in its work directory, for an
                     online arm that reads it (DoReMi's round-0 reference; None otherwise)
+    report_figure   report_figure(method record, path, title) -> (heading, caption) after drawing
+                    the figure the report shows beside the method's weights (RegMix: its fit), or
+                    None when the record has nothing to draw
 
 The CLI's `weights` subcommands, the pipeline's sections and stages and `weights verify` read
 this registry; docs/design.md ("Adding a weights method") shows a new method added with one
@@ -46,6 +49,7 @@ class WeightsMethod:
     cost: Callable[[ProxyMethodConfig], int] = lambda config: config.steps
     check_corpus: Callable[[ProxyMethodConfig, Manifest], None] = _no_corpus_checks
     reference_run: Optional[Callable[[ProxyMethodConfig, Path], Path]] = None
+    report_figure: Optional[Callable[[dict, Path, str], Optional[tuple[str, str]]]] = None
 
 
 _METHODS: dict[str, WeightsMethod] = {}
@@ -92,6 +96,19 @@ def get_method(name: str, where: str = "weights") -> WeightsMethod:
 
 
 # --- the built-in methods -------------------------------------------------------------------------------------
+def _regmix_fit_figure(method: dict, path: Path, title: str) -> Optional[tuple[str, str]]:
+    """The swarm's held-out predicted vs observed target loss: the fit the weights rest on."""
+    from mixweight.domain.plots import plot_regmix_fit
+
+    if plot_regmix_fit(method, path, title=title, size=4.5) is None:
+        return None
+    fit = method["fit"]["cross_validation"]
+    return "the swarm's fit", (
+        f"Held-out ({fit['method']}) predicted against observed target loss, one point per swarm run: "
+        f"Spearman {fit['spearman']:.3f}, mean absolute error {fit['mae']:.4f}."
+    )
+
+
 def _builtins() -> None:
     from mixweight.domain import doge_run, doremi_run, regmix_run, verify
 
@@ -130,6 +147,7 @@ def _builtins() -> None:
             verify=verify.refitted,
             cost=lambda config: config.steps * config.runs,  # one short run per swarm member
             check_corpus=regmix_run.check_swarm,
+            report_figure=_regmix_fit_figure,
         )
     )
 

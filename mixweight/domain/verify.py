@@ -23,13 +23,29 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
+from typing import ClassVar, Optional
 
 import numpy as np
 
 from mixweight.core.artifact import DomainWeights, replay_arrays, shown
+from mixweight.core.config import option
 from mixweight.errors import MixweightError
 
 TOLERANCE = 1e-6
+
+
+@dataclass
+class VerifyConfig:
+    """`mixweight weights verify FILE`."""
+
+    COMMAND: ClassVar[str] = "weights verify"
+
+    file: Optional[str] = option(
+        None, "a domain_weights.json written by a weights method (weights doremi, doge, regmix, ...)", positional=True
+    )
+    tolerance: float = option(
+        TOLERANCE, "largest allowed deviation of a recorded weight from the replay (default: 1e-6)"
+    )
 
 
 @dataclass

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar, Optional
 
 import torch
 
+from mixweight.core.config import option
 from mixweight.core.jsonio import write_json_atomic
 from mixweight.core.model import load_model
 from mixweight.core.yamlio import load_yaml
@@ -26,6 +29,17 @@ def _find_checkpoint(run_dir: Path, checkpoint: str | None) -> Path:
             return candidate
     available = [p.name for _, p in ckpt.list_checkpoints(run_dir)]
     raise MixweightError(f"checkpoint '{checkpoint}' not found in {run_dir}; available: {available}")
+
+
+@dataclass
+class EvalConfig:
+    """`mixweight eval RUN`."""
+
+    COMMAND: ClassVar[str] = "eval"
+
+    run: Optional[str] = option(None, "a run directory written by mixweight train", positional=True)
+    data: Optional[str] = option(None, "corpus directory or URL (default: the run's)")
+    checkpoint: Optional[str] = option(None, "step-N or a path (default: the newest)")
 
 
 def evaluate_run(run: str, data: str | None = None, checkpoint: str | None = None) -> dict:

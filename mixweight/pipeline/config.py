@@ -39,6 +39,8 @@ from typing import Any, Optional, Union
 
 from mixweight.core.config import build_config, closest_hint, read_yaml, require
 from mixweight.data.names import NAME_RULE, name_problem
+from mixweight.data.prepare import PrepareConfig
+from mixweight.data.synthetic import SynthConfig
 from mixweight.domain.methods import methods
 from mixweight.errors import MixweightError
 from mixweight.train.config import TrainConfig
@@ -61,55 +63,16 @@ OWNED_BY_PIPELINE = {"data", "out", "work_dir", "resume"}
 NOT_IN_STAGE_KEY = {"progress", "report_to"}
 
 
-# The data forms. A key left out (None) takes the command's own default (`mixweight data synth` /
-# `data prepare`), so the defaults live in one place.
-@dataclass
-class SyntheticData:
-    seed: Optional[int] = None
-    tokens_per_domain: Optional[int] = None
-    seq_len: Optional[int] = None
-    val_blocks: Optional[int] = None
-
-    def validate(self) -> None:
-        for name in ("tokens_per_domain", "seq_len", "val_blocks"):
-            value = getattr(self, name)
-            require(value is None or value > 0, f"pipeline 'data.synthetic': '{name}' must be > 0, got {value}")
-
-
-@dataclass
-class PrepareData:
-    input: str
-    domain_field: Optional[str] = None
-    text_field: Optional[str] = None
-    tokenizer: Optional[str] = None
-    seq_len: Optional[int] = None
-    val_fraction: Optional[float] = None
-    num_proc: Optional[int] = None
-
-    def validate(self) -> None:
-        require(
-            self.seq_len is None or self.seq_len >= 2,
-            "pipeline 'data.prepare': 'seq_len' must be >= 2 "
-            f"(a block needs an input and a target), got {self.seq_len}",
-        )
-        require(
-            self.val_fraction is None or 0 < self.val_fraction < 1,  # the same rule as `data prepare`
-            f"pipeline 'data.prepare': 'val_fraction' must be in (0, 1): every domain needs validation data, "
-            f"got {self.val_fraction}",
-        )
-        require(
-            self.num_proc is None or self.num_proc >= 1,
-            f"pipeline 'data.prepare': 'num_proc' must be >= 1, got {self.num_proc}",
-        )
-
-
+# The data forms: `data synth` and `data prepare` options (their config classes, so the defaults live in one place;
+# the pipeline sets out and overwrite), or an existing corpus.
 @dataclass
 class PathData:
     dir: str
 
 
-DATA_FORMS = {"synthetic": SyntheticData, "prepare": PrepareData, "path": PathData}
+DATA_FORMS = {"synthetic": SynthConfig, "prepare": PrepareConfig, "path": PathData}
 DATA_KINDS = tuple(DATA_FORMS)
+SET_BY_PIPELINE = {"out": "the corpus is written into OUT/corpus", "overwrite": "the pipeline replaces its own corpus"}
 
 
 @dataclass
@@ -136,8 +99,9 @@ class EvalSection:
     lm_eval: Optional[LmEvalSection] = None
 
 
-def data_form(data: dict) -> tuple[str, Any]:
-    """('synthetic' | 'prepare' | 'path', its typed config) from the pipeline's `data` section."""
+def data_form(data: dict) -> tuple[str, Any, dict]:
+    """('synthetic' | 'prepare' | 'path', its typed config, the keys the YAML gave) from the pipeline's `data`
+    section. The stage key holds the keys given (a key left out takes the command's default)."""
     given = list(data) if isinstance(data, dict) else data  # keys as given: YAML keys may mix types, so no sort
     require(
         isinstance(data, dict) and len(data) == 1,
@@ -150,8 +114,17 @@ def data_form(data: dict) -> tuple[str, Any]:
         options = {"dir": options}  # the short form: data: {path: DIR}
     if options is None:
         options = {}
-    require(isinstance(options, dict), f"pipeline 'data.{kind}': expected a mapping of keys, got {options!r}")
-    return kind, build_config(DATA_FORMS[kind], options, f"pipeline 'data.{kind}'")
+    where = f"pipeline 'data.{kind}'"
+    require(isinstance(options, dict), f"{where}: expected a mapping of keys, got {options!r}")
+    for key, why in SET_BY_PIPELINE.items():
+        require(kind == "path" or key not in options, f"{where}: '{key}' is set by the pipeline ({why}); remove it")
+    try:
+        form = build_config(DATA_FORMS[kind], options, where)
+    except MixweightError as exc:  # a value check of the command's own: say where in the YAML
+        message = str(exc)
+        raise MixweightError(message if message.startswith(where) else f"{where}: {message}") from None
+    require(kind != "prepare" or form.input is not None, f"{where}: missing required key(s) ['input']")
+    return kind, form, {key: getattr(form, key) for key in options}  # the given keys, typed
 
 
 def check_arm_name(name) -> None:

@@ -25,11 +25,14 @@ import os
 import socket
 import time
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar, Optional
 
 import yaml
 
 from mixweight.core.artifact import resolve_proportions
+from mixweight.core.config import option
 from mixweight.core.distributed import barrier, broadcast_object, close_world, init_world, is_main_process
 from mixweight.core.yamlio import load_yaml
 from mixweight.data.corpus import open_corpus
@@ -54,10 +57,33 @@ CONFIG_FILE = "pipeline.yaml"
 LOCK_FILE = ".pipeline.lock"
 
 
+@dataclass
+class PipelineCommand:
+    """`mixweight pipeline CONFIG --out DIR` (the YAML itself is a PipelineConfig)."""
+
+    COMMAND: ClassVar[str] = "pipeline"
+
+    config: Optional[str] = option(
+        None, "pipeline YAML: data, train, one section per weights method, arms, seeds, report, eval", positional=True
+    )
+    out: Optional[str] = option(
+        None, "output directory: corpus, weights, one run per arm and seed, report (required)", required=True
+    )
+    progress: Optional[bool] = option(
+        None,
+        "show progress bars (only on a terminal); overrides the YAML's progress (default: the YAML's, else on)",
+    )
+    rerun_changed: bool = option(
+        False,
+        "when the config changed for stages already run in --out, move their directories aside (<stage "
+        "dir>.replaced-<time>-<keys>; nothing is deleted) and run them again; without it the pipeline stops and "
+        "names the changed keys (default: off)",
+    )
+
+
 def _data_stage(config: PipelineConfig, out: Path) -> tuple[Stage, str]:
     """The corpus stage and the corpus directory the other stages read."""
-    kind, form = data_form(config.data)
-    options = {k: v for k, v in dataclasses.asdict(form).items() if v is not None}  # None: the command's default
+    kind, form, options = data_form(config.data)  # options: the keys given (one left out: the command's default)
     corpus = out / "corpus"
     values = {"kind": kind, **options}
     if kind == "prepare":

@@ -6,14 +6,17 @@ baseline's loss, sample-weight diagnostics, domain weights -> figures -> report.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar, Optional
 
+from mixweight.core.config import option
 from mixweight.core.jsonio import write_json_atomic
 from mixweight.domain.health import format_warning
 from mixweight.errors import MixweightError
 from mixweight.report import figures, stats, tables
 from mixweight.report.mixtures import collect_mixtures
-from mixweight.report.repetition import epochs_table, planned_epochs, regmix_fit_figure
+from mixweight.report.repetition import epochs_table, method_figure, planned_epochs
 from mixweight.report.runs import Arm, check_same_corpus, group_arms
 
 FORMAT = "mixweight-report/1"
@@ -66,6 +69,27 @@ def _weight_warnings(mixtures: dict) -> list[str]:
     return ["**Warnings about these weights:**\n\n" + "\n".join(lines)] if lines else []
 
 
+@dataclass
+class CompareConfig:
+    """`mixweight compare RUN [RUN ...] --out DIR`."""
+
+    COMMAND: ClassVar[str] = "compare"
+
+    runs: Optional[list[str]] = option(
+        None, "run directories; runs with the same --labels entry are seeds of one arm", positional=True
+    )
+    out: Optional[str] = option(None, "directory for report.md, report.json and figures (required)", required=True)
+    labels: Optional[str] = option(None, "comma-separated arm name per run (default: directory names)")
+    weights: Optional[list[str]] = option(
+        None,
+        "a domain_weights.json to show, labelled METHOD (repeatable; default: the files the runs trained on)",
+        repeated=True,
+        metavar="METHOD=FILE",
+    )
+    data: Optional[str] = option(None, "corpus directory (default: the runs')")
+    baseline: Optional[str] = option(None, "arm whose final loss is the target (default: uniform, else the first)")
+
+
 def compare_runs(
     runs, out_dir, weights_files: dict | None = None, corpus=None, labels=None, baseline: str | None = None
 ) -> dict:
@@ -112,9 +136,12 @@ def compare_runs(
         figs["online_trajectories"] = figures.online_trajectories(out, online, offline, domains)
     if diagnostics:
         figs["sample_weights"] = figures.sample_weight_diagnostics(out, diagnostics)
-    for name, m in mixtures.items():  # a regmix file: the swarm's held-out fit its weights rest on
-        if (fit_figure := regmix_fit_figure(out, name, m.get("method") or {})) is not None:
-            figs[f"regmix_fit:{name}"] = fit_figure
+    method_figures = {}  # a method's own figure beside its weights (regmix: the swarm's fit)
+    for name, m in mixtures.items():
+        drawn = method_figure(out, name, m.get("method") or {})
+        if drawn is not None:
+            method_figures[name] = drawn
+            figs[f"{drawn[0]}:{name}"] = drawn[1]
 
     report = {
         "format": FORMAT,
@@ -135,11 +162,13 @@ def compare_runs(
         "figures": {**figs, **{f"weights_trajectory:{k}": v for k, v in trajectories.items()}},
     }
     write_json_atomic(out / "report.json", report)
-    (out / "report.md").write_text(render_markdown(report, figs, trajectories))
+    (out / "report.md").write_text(render_markdown(report, figs, trajectories, method_figures))
     return report
 
 
-def render_markdown(report: dict, figs: dict[str, str], trajectories: dict[str, str]) -> str:
+def render_markdown(
+    report: dict, figs: dict[str, str], trajectories: dict[str, str], method_figures: dict[str, tuple]
+) -> str:
     arms, corpus, domains = report["arms"], report["corpus"], report["corpus"]["domains"]
     finals = {name: arm["final"] for name, arm in arms.items()}
     seeds = sum(len(arm["runs"]) for arm in arms.values())
@@ -191,16 +220,8 @@ def render_markdown(report: dict, figs: dict[str, str], trajectories: dict[str, 
         ]
         for name, path in trajectories.items():
             parts += [f"### {name}: weights during the proxy run", f"![{name} trajectory]({path})"]
-        for key, path in figs.items():
-            if key.startswith("regmix_fit:"):
-                name = key.split(":", 1)[1]
-                fit = mixtures[name]["method"]["fit"]["cross_validation"]
-                parts += [
-                    f"### {name}: the swarm's fit",
-                    f"Held-out ({fit['method']}) predicted against observed target loss, one point per swarm run: "
-                    f"Spearman {fit['spearman']:.3f}, mean absolute error {fit['mae']:.4f}.",
-                    f"![{name} fit]({path})",
-                ]
+        for name, (_, path, heading, caption) in method_figures.items():  # e.g. regmix: the swarm's fit
+            parts += [f"### {name}: {heading}", caption, f"![{name} fit]({path})"]
         if "online_trajectories" in figs:
             parts += [
                 "### Online mixing: the weights of each phase",

@@ -52,14 +52,19 @@ def epochs_table(planned: dict[str, dict], domains: list[str]) -> str:
     return table(["domain", *planned], rows)
 
 
-# --- a RegMix artifact's fit, next to its weights ---------------------------------------------------------
-def regmix_fit_figure(out_dir, name: str, method: dict) -> str | None:
-    """`regmix_fit_<name>.png`: the swarm's held-out predicted vs observed target loss (the fit the weights
-    rest on); None when `method` is not a regmix record with a fit."""
+# --- a method's own figure, next to its weights ----------------------------------------------------------
+def method_figure(out_dir, name: str, method: dict) -> tuple[str, str, str, str] | None:
+    """(figure key, file, heading, caption) of the figure the weights method of `method` (a weights file's record)
+    draws for the report, e.g. `regmix_fit_<name>.png`; None when the method has none or nothing to draw."""
     import re
     from pathlib import Path
 
-    from mixweight.domain.plots import plot_regmix_fit
+    from mixweight.domain.methods import methods
 
-    file = f"regmix_fit_{re.sub(r'[^A-Za-z0-9_+-]', '_', name)}.png"
-    return file if plot_regmix_fit(method, Path(out_dir) / file, title=name, size=4.5) is not None else None
+    entry = methods().get(method.get("name")) if isinstance(method.get("name"), str) else None
+    if entry is None or entry.report_figure is None:
+        return None
+    key = f"{entry.name}_fit"
+    file = f"{key}_{re.sub(r'[^A-Za-z0-9_+-]', '_', name)}.png"
+    drawn = entry.report_figure(method, Path(out_dir) / file, name)
+    return None if drawn is None else (key, file, *drawn)

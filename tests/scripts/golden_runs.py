@@ -228,7 +228,8 @@ def run_case(name: str, root: Path) -> dict:
         _cli(["pipeline", str(root / "pipeline.yaml"), "--out", str(out), "--no-progress"])
         weights = {p.parent.name: json.loads(p.read_text()) for p in sorted(out.glob("weights/*/domain_weights.json"))}
         report = json.loads((out / "report" / "report.json").read_text())
-        return {"weights": weights, "runs": _runs_under(out / "runs"), "report": report}
+        markdown = (out / "report" / "report.md").read_text()
+        return {"weights": weights, "runs": _runs_under(out / "runs"), "report": report, "report.md": markdown}
     raise ValueError(f"unknown case {name}")
 
 

@@ -8,7 +8,7 @@ import json
 import sys
 import typing
 
-from mixweight.core.config import ARGUMENT, FLAGS, HELP, MOVED, NESTED, OWNED, held_deprecations
+from mixweight.core.config import ARGUMENT, FLAGS, HELP, MOVED, NESTED, OWNED, held_deprecations, renamed_keys
 from mixweight.errors import MixweightError
 
 BOOL_FLAGS_NEGATABLE = {"progress"}
@@ -41,6 +41,15 @@ def _add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
         _add_flag(
             parser, flags, field.name, hints[field.name], field.metadata.get(HELP, ""), default, argument=argument
         )
+    for old, new in renamed_keys(cls).items():  # the spelling of before: accepted for a release, not in --help
+        if new in hints:
+            parser.add_argument(f"--{old.replace('_', '-')}", dest=old, type=_flag_type(hints[new]),
+                                default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # fmt: skip
+
+
+def _flag_type(kind):
+    scalar = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
+    return scalar if scalar in (int, float) else str
 
 
 def _add_flag(parser, flags, dest: str, kind, described: str, default, name: str | None = None, argument=None) -> None:
@@ -145,6 +154,7 @@ def _overrides(args: argparse.Namespace, cls) -> dict:
     stays flat (the config loader moves it into its block, with the deprecation line)."""
     names = {f.name for f in dataclasses.fields(cls)}
     aliases = {key for block in dataclasses.fields(cls) for key in block.metadata.get(MOVED, ())}
+    aliases |= set(renamed_keys(cls))
     values: dict = {}
     for key, value in vars(args).items():
         block, dot, inner = key.partition(".")

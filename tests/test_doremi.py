@@ -14,7 +14,7 @@ from mixweight.core.artifact import load_domain_weights
 from mixweight.core.model import build_model
 from mixweight.data.manifest import load_manifest
 from mixweight.data.synthetic import write_synthetic_corpus
-from mixweight.domain.doremi import DoReMiReduction, doremi_update, objective_weights, per_token_losses
+from mixweight.domain.doremi import DoReMiReduction, doremi_update, per_token_losses, proxy_loss_weights
 from mixweight.domain.doremi_run import DoReMiConfig, run_doremi
 from mixweight.errors import MixweightError
 from mixweight.train.config import TrainConfig
@@ -94,7 +94,7 @@ def test_token_objective_is_a_token_weighted_mean_with_weights_alpha():
     domains = torch.tensor([0, 1, 1, 2])
     counts = torch.tensor([10.0, 10.0, 5.0, 20.0], dtype=torch.float64)
     valid = torch.ones(4, dtype=torch.bool)
-    got = objective_weights(alpha, domains, counts, valid, "token")
+    got = proxy_loss_weights(alpha, domains, counts, valid, "token")
     v = torch.tensor([0.6 * 10, 0.3 * 10, 0.3 * 5, 0.1 * 20])
     assert got.tolist() == pytest.approx((v / v.sum()).tolist())
     # sum_s w_s * mean_loss_s == sum_tok alpha[d] l_tok / sum_tok alpha[d]
@@ -302,7 +302,7 @@ def test_a_bad_reference_weights_file_is_refused_before_training(synth_corpus, t
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        ({"objective": "tokens"}, "objective' must be one of paper, token"),
+        ({"proxy_loss": "tokens"}, "proxy_loss' must be one of paper, token"),
         ({"reference_weights": "natrual"}, "reference_weights' must be natural, uniform or a weights JSON file"),
         ({"eta": 0.0}, "'eta' must be > 0"),
         ({"smoothing": 1.0}, r"'smoothing' must be in \[0, 1\)"),
@@ -333,3 +333,31 @@ def test_a_changed_option_or_train_key_is_refused_naming_it(synth_corpus, tiny_s
         MixweightError, match=r"reference: a finished run with a different config \(weight_decay: 0.1 ->"
     ):
         run_doremi(_config(synth_corpus, tiny_spec, tmp_path / "w.json", weight_decay=0.0, **small))
+
+
+def test_the_old_spelling_objective_is_read_as_proxy_loss_for_a_release(tmp_path, capsys):
+    """`objective` named DoReMi's proxy loss before 0.2; flags, YAML and a work directory's record still read it."""
+    from mixweight.cli import _overrides, build_parser
+    from mixweight.core.config import held_deprecations, load_config
+    from mixweight.domain.proxy import claim_work_dir
+
+    args = build_parser().parse_args(["weights", "doremi", "--data", "c", "--out", str(tmp_path / "w.json"),
+                                      "--objective", "token"])  # fmt: skip
+    with held_deprecations():
+        config = load_config(DoReMiConfig, None, _overrides(args, DoReMiConfig), DoReMiConfig.COMMAND)
+    assert config.proxy_loss == "token"
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if x]
+    assert "deprecated" in line and "objective -> proxy_loss" in line
+    weights = build_parser()._subparsers._group_actions[0].choices["weights"]
+    doremi_help = weights._subparsers._group_actions[0].choices["doremi"].format_help()
+    assert "--proxy-loss" in doremi_help and "--objective" not in doremi_help  # one spelling in --help
+    with pytest.raises(MixweightError, match="'objective' \\(deprecated\\) and 'proxy_loss' both given"):
+        load_config(DoReMiConfig, None, {"objective": "token", "proxy_loss": "paper"})
+    work = tmp_path / "w.work"
+    work.mkdir()
+    (work / "doremi_config.yaml").write_text("objective: token\n")  # the record an older mixweight wrote
+    claim_work_dir(dataclasses.replace(config, data="c"))  # the same config: accepted, no line
+    (work / "doremi_config.yaml").write_text("objective: paper\n")
+    with pytest.raises(MixweightError, match="proxy_loss: 'paper' -> 'token'"):
+        claim_work_dir(dataclasses.replace(config, data="c"))
+    assert capsys.readouterr().err == ""

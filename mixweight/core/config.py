@@ -121,6 +121,56 @@ def nest_moved_keys(cls, values: dict[str, Any], where: str) -> dict[str, Any]:
     return values
 
 
+RENAMED_KEYS = "RENAMED_KEYS"  # a config class's {old key: new dotted key}: spellings of before, read for a release
+
+
+def renamed_keys(cls) -> dict[str, str]:
+    return dict(getattr(cls, RENAMED_KEYS, {}))
+
+
+def rename_keys(cls, values: dict[str, Any], where: str, quiet: bool = False) -> dict[str, Any]:
+    """`values` with the old spellings of `cls`'s renamed keys (`RENAMED_KEYS`) under their new names.
+
+    A new name may be dotted (``odm_alpha`` -> ``mixing.odm.alpha``): the value goes into that block.
+    One deprecation line (main process) names every old spelling used, unless `quiet` (reading a file
+    an older mixweight wrote); a key given in both spellings is refused naming both.
+    """
+    renames = renamed_keys(cls)
+    if not any(key in renames for key in values):
+        return values
+    values = dict(values)
+    used = []
+    for old, new in renames.items():
+        if old not in values:
+            continue
+        value = values.pop(old)
+        *blocks, last = new.split(".")
+        target = values
+        for block in blocks:
+            inner = target.get(block)
+            if not isinstance(inner, dict):
+                inner = {} if inner is None else inner
+            if not isinstance(inner, dict):  # a shorthand value (a block's name): kept as its first key
+                inner = {"name": inner}
+            target[block] = inner = dict(inner)
+            target = inner
+        if last in target:
+            raise MixweightError(f"{where}: '{old}' (deprecated) and '{new}' both given; give only '{new}'")
+        target[last] = value
+        used.append((old, new))
+    if used and not quiet:
+        from mixweight.core.distributed import is_main_process
+
+        if is_main_process():
+            spelled = ", ".join(f"{old} -> {new}" for old, new in used)
+            flags = ", ".join(f"--{old.replace('_', '-')} -> --{new.replace('_', '-')}" for old, new in used)
+            _deprecated(
+                f"mixweight: deprecated: {where}: renamed keys {spelled} (flags {flags}); the old spelling is "
+                "accepted for one more release"
+            )
+    return values
+
+
 _held: list[str] | None = None  # deprecation lines held back by `held_deprecations` (the CLI)
 
 
@@ -243,6 +293,7 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
 
 def build_config(cls: type[C], values: dict[str, Any], where: str) -> C:
     """Make a `cls` from a mapping, refusing unknown keys and values of the wrong type."""
+    values = rename_keys(cls, values, where)
     values = nest_moved_keys(cls, values, where)
     types_ = _field_types(cls)
     valid = [f.name for f in dataclasses.fields(cls)]

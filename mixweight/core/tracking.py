@@ -132,6 +132,7 @@ def _histogram(weights: dict) -> Histogram | None:
 # A step objective's own record key -> its tracker names ({name: value}); registered where the objective is
 # defined (DoReMi's `domain_weights` and `excess_loss`, DoGE's `doge`), so this module names no method.
 RECORD_NAMES: dict[str, Callable[[Any], dict[str, Any]]] = {}
+RENAMED_RECORD_KEYS = {"objective": "weighted_loss"}  # metrics.jsonl keys of older runs -> their names now
 
 
 def register_record_names(key: str, names: Callable[[Any], dict[str, Any]]) -> None:
@@ -146,6 +147,7 @@ def flatten(record: dict) -> tuple[int, dict[str, float], dict[str, Histogram]]:
     for key, value in record.items():
         if key == "step":
             continue
+        key = RENAMED_RECORD_KEYS.get(key, key)
         if key == "eval":
             _per_domain(value.get("domains", {}), "eval", {}, scalars)
             for name, inner in value.items():

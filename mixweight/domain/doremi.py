@@ -47,21 +47,21 @@ from mixweight.errors import MixweightError
 from mixweight.train.step import StepReduction
 from mixweight.weighting.domain_update import doremi_update  # the update rule, shared with online mixing
 
-OBJECTIVES = ("paper", "token")
+PROXY_LOSSES = ("paper", "token")  # the loss the proxy minimises (docs/algorithms.md section 2.4)
 MISSING_WARN_FRACTION = 0.1  # warn when a domain is absent from more than this share of steps
 MISSING_WARN_MIN_STEPS = 20  # ... once at least this many steps were seen
 INITIAL_EXCESS = 0.0  # lambda_0 of every domain (see the module docstring for why not log(vocab size))
 
 
-def objective_weights(
+def proxy_loss_weights(
     alpha: torch.Tensor,
     domains: torch.Tensor,
     counts: torch.Tensor,
     valid: torch.Tensor,
-    objective: str,
+    proxy_loss: str,
     sampling_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Per-sample weights (sum 1 over valid samples) that turn sum_s w_s * l_s into the proxy objective.
+    """Per-sample weights (sum 1 over valid samples) that turn sum_s w_s * l_s into the proxy's loss.
 
     l_s is sample s's mean token loss and n_s its counted tokens; C_i = sum of n_s over domain i.
     - paper: sum_i alpha'[i] * (token-mean loss of domain i) -> w_s = alpha'[d_s] * n_s / C_{d_s}, where
@@ -73,12 +73,12 @@ def objective_weights(
     k = alpha.numel()
     counts = torch.where(valid, counts, torch.zeros_like(counts))
     per_domain = torch.zeros(k, dtype=torch.float64).index_add_(0, domains, counts)
-    if objective == "paper":
+    if proxy_loss == "paper":
         present = per_domain > 0
         renormalized = torch.where(present, alpha, torch.zeros_like(alpha))
         renormalized = renormalized / renormalized.sum()
         weights = renormalized[domains] * counts / per_domain[domains].clamp(min=1e-300)
-    else:  # "token" (the objective is checked where it enters: DoReMiReduction, the runner's config)
+    else:  # "token" (checked where it enters: DoReMiReduction, the runner's config)
         scale = alpha if sampling_weights is None else alpha / sampling_weights
         per_sample = scale[domains] * counts
         weights = per_sample / per_sample.sum().clamp(min=1e-300)
@@ -104,16 +104,16 @@ class DoReMiReduction(StepReduction):
         domains: list[str],
         eta: float = 1.0,
         smoothing: float = 1e-3,
-        objective: str = "paper",
+        proxy_loss: str = "paper",
         log_every: int = 10,
         total_steps: int | None = None,
         loss_impl: str = "auto",
     ):
-        if objective not in OBJECTIVES:
-            raise MixweightError(f"doremi: objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+        if proxy_loss not in PROXY_LOSSES:
+            raise MixweightError(f"doremi: proxy_loss must be one of {', '.join(PROXY_LOSSES)}, got {proxy_loss!r}")
         self.reference = reference.eval().requires_grad_(False) if reference is not None else None
         self.domains = list(domains)
-        self.eta, self.smoothing, self.objective = float(eta), float(smoothing), objective
+        self.eta, self.smoothing, self.proxy_loss = float(eta), float(smoothing), proxy_loss
         self.loss_impl = loss_impl  # how the reference's per-token losses are computed (see chunked_loss)
         self.log_every, self.total_steps = int(log_every), total_steps
         k = len(self.domains)
@@ -173,7 +173,7 @@ class DoReMiReduction(StepReduction):
             self.trajectory.append({"step": done, "weights": self.alpha.tolist(), "signal": self.excess.tolist()})
         if not valid.any():
             return torch.zeros(len(losses), dtype=torch.float32, device=losses.device)
-        weights = objective_weights(self.alpha, domains, counts, valid, self.objective)
+        weights = proxy_loss_weights(self.alpha, domains, counts, valid, self.proxy_loss)
         return weights.to(device=losses.device, dtype=torch.float32)
 
     def _count_missing(self, present: torch.Tensor) -> None:

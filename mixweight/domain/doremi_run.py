@@ -2,7 +2,7 @@
 
     for each round r:
         reference: train(domain_weights = reference_weights | round r-1's weights)   (or reuse --reference)
-        proxy:     train(domain_weights = uniform, objective = DoReMi over the reference)
+        proxy:     train(domain_weights = uniform, step objective = DoReMi over the reference)
         weights_r: the proxy's average alpha
     -> <out> (the last round's weights, trajectory, provenance) + <stem>_trajectory.png, <stem>_bars.png
 
@@ -26,7 +26,7 @@ from mixweight.core.config import option as _f
 from mixweight.core.config import require
 from mixweight.core.distributed import is_main_process
 from mixweight.core.model import load_model
-from mixweight.domain.doremi import OBJECTIVES, DoReMiReduction, replay
+from mixweight.domain.doremi import PROXY_LOSSES, DoReMiReduction, replay
 from mixweight.domain.health import weight_warnings
 from mixweight.domain.proxy import (
     ProxyMethodConfig,
@@ -50,6 +50,8 @@ class DoReMiConfig(ProxyMethodConfig):
     COMMAND: ClassVar[str] = "weights doremi"
     NAME: ClassVar[str] = "doremi"
     TRAIN_DEFAULTS: ClassVar[dict] = {"batch_size": 32, "eval_every": 0}  # the global batch should cover every domain
+    # "objective" named the proxy's loss and, elsewhere, the step objective and the weighted loss: now one name each
+    RENAMED_KEYS: ClassVar[dict] = {"objective": "proxy_loss"}
 
     proxy: str = _f(
         "gpt2-tiny", "model spec of the reference and proxy models (a name in proxies/ or an HF config JSON)"
@@ -69,9 +71,10 @@ class DoReMiConfig(ProxyMethodConfig):
     eta: float = _f(1.0, "step size of the exponentiated-gradient update of the domain weights (0.1 if they collapse)")
     smoothing: float = _f(1e-3, "smoothing c: mix c/k of uniform into the domain weights at every update")
     rounds: int = _f(1, "iterated DoReMi: round r+1 trains a new reference on round r's weights")
-    objective: str = _f(
+    proxy_loss: str = _f(
         "paper",
-        "proxy loss: paper (sum_i alpha_i * mean loss of domain i) or token (reference code's token-weighted mean)",
+        "the loss the proxy minimises: paper (sum_i alpha_i * mean loss of domain i) or token (the reference code's "
+        "token-weighted mean)",
     )
 
     def check_options(self) -> None:
@@ -83,8 +86,8 @@ class DoReMiConfig(ProxyMethodConfig):
         require(self.eta > 0, f"weights doremi: 'eta' must be > 0, got {self.eta}")
         require(0 <= self.smoothing < 1, f"weights doremi: 'smoothing' must be in [0, 1), got {self.smoothing}")
         require(
-            self.objective in OBJECTIVES,
-            f"weights doremi: 'objective' must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}",
+            self.proxy_loss in PROXY_LOSSES,
+            f"weights doremi: 'proxy_loss' must be one of {', '.join(PROXY_LOSSES)}, got {self.proxy_loss!r}",
         )
         require(
             self.reference_weights in ("natural", "uniform") or Path(self.reference_weights).is_file(),
@@ -154,7 +157,7 @@ def run_doremi(config: DoReMiConfig) -> DomainWeights:
             manifest.domains,
             config.eta,
             config.smoothing,
-            config.objective,
+            config.proxy_loss,
             config.log_every,
             total_steps=config.steps,
         )
@@ -182,7 +185,7 @@ def run_doremi(config: DoReMiConfig) -> DomainWeights:
             "name": "doremi",
             "eta": config.eta,
             "smoothing": config.smoothing,
-            "objective": config.objective,
+            "proxy_loss": config.proxy_loss,
             "rounds": config.rounds,
             "steps": config.steps,
             "reference_steps": reference_steps,

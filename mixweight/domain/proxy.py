@@ -31,7 +31,7 @@ import yaml
 
 import mixweight
 from mixweight.core.artifact import DomainWeights, check_output_file
-from mixweight.core.config import nest_moved_keys, nested, require
+from mixweight.core.config import nest_moved_keys, nested, rename_keys, require
 from mixweight.core.config import option as _f
 from mixweight.core.distributed import is_main_process
 from mixweight.core.model import load_spec
@@ -283,6 +283,7 @@ def claim_work_dir(
         saved = load_yaml(path.read_text()) or {}
         if not isinstance(saved, dict):
             saved = {}
+        saved = rename_keys(type(config), saved, str(path), quiet=True)  # a record of an older mixweight
         defaults = {f.name: f.default for f in dataclasses.fields(config) if f.default is not dataclasses.MISSING}
         current = {k: v for k, v in config.options().items() if k not in UNHASHED and (keys is None or k in keys)}
         current.update(extra)

@@ -179,7 +179,7 @@ def _step_record(
     record = {
         "step": step,
         "loss": result.mean_loss,
-        "objective": result.weighted_loss,  # sum_i w_i l_i; the key predates the name (users' files read it)
+        "weighted_loss": result.weighted_loss,  # sum_i w_i l_i (metrics of before 0.2 call it "objective")
         "lr": lr,
         "grad_norm": grad_norm,
         "tokens": tokens,

@@ -114,7 +114,7 @@ class StepResult:
     losses: torch.Tensor  # [N] detached per-sample losses of the whole step (global order)
     domains: torch.Tensor  # [N] domain ids
     weights: torch.Tensor  # [N] the sample weights that were applied (sum 1 over finite samples)
-    weighted_loss: float  # sum_i w_i * l_i over finite samples (metrics.jsonl key "objective")
+    weighted_loss: float  # sum_i w_i * l_i over finite samples (metrics.jsonl key "weighted_loss")
     n_finite: int
 
     @classmethod

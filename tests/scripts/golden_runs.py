@@ -1,7 +1,7 @@
 """Golden tiny runs: every method and arm kind, in float64, summarised into one JSON file.
 
     python tests/scripts/golden_runs.py OUT_DIR            runs every case under OUT_DIR, writes OUT_DIR/summary.json
-    python tests/scripts/golden_runs.py OUT_DIR --only a,b runs only the named cases (and what they need)
+    python tests/scripts/golden_runs.py OUT_DIR --only a,b runs only the named cases (and what they need; all: all)
 
 What a case leaves (metrics.jsonl without its timings, eval.json, every checkpoint's state.json,
 domain_weights.json, repetition.json, the model's parameters, a command's printed result, the
@@ -22,6 +22,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -146,7 +147,7 @@ def _cli(argv: list[str]) -> str:
 
 
 def _fill(argv: list[str], root: Path) -> list[str]:
-    return [a.format(C=root / "corpus", S=root / "spec.json", R=root) for a in argv]
+    return [a.format(C="corpus", S="spec.json", R=".") for a in argv]  # relative to the root, the working dir
 
 
 def _metrics(path: Path) -> list[dict]:
@@ -192,7 +193,7 @@ def run_case(name: str, root: Path) -> dict:
         artifact = json.loads((root / "weights" / f"{method}.json").read_text())
         return {"printed": printed, "artifact": artifact, "runs": _runs_under(root / "weights" / f"{method}.work")}
     if name in TRAIN_CASES:
-        out = root / "runs" / name
+        out = Path("runs") / name
         printed = _cli(["train", *_fill(["--data", "{C}", "--model", "{S}"], root), "--out", str(out), *TRAIN,
                         *_fill(TRAIN_CASES[name], root)])  # fmt: skip
         return {"printed": printed, "run": summarise_run(out)}
@@ -201,13 +202,13 @@ def run_case(name: str, root: Path) -> dict:
             f"{method}-{what}": _cli(argv)
             for method in ("doremi", "doge")
             for what, argv in (
-                ("json", ["weights", "export", str(root / "weights" / f"{method}.json"), "--format", "json"]),
-                ("megatron", ["weights", "export", str(root / "weights" / f"{method}.json"), "--format", "megatron"]),
-                ("verify", ["weights", "verify", str(root / "weights" / f"{method}.json")]),
+                ("json", ["weights", "export", f"weights/{method}.json", "--format", "json"]),
+                ("megatron", ["weights", "export", f"weights/{method}.json", "--format", "megatron"]),
+                ("verify", ["weights", "verify", f"weights/{method}.json"]),
             )
         }
     if name == "two-processes":
-        out = root / "runs" / name
+        out = Path("runs") / name
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
         command += [str(REPO / "tests" / "scripts" / "float64_mixweight.py"), "train"]
         command += _fill(["--data", "{C}", "--model", "{S}"], root) + ["--out", str(out), *TRAIN]
@@ -220,12 +221,12 @@ def run_case(name: str, root: Path) -> dict:
     if name == "pipeline":
         import yaml
 
-        config = dict(PIPELINE, train={**PIPELINE["train"], "model": str(root / "spec.json")})
+        config = dict(PIPELINE, train={**PIPELINE["train"], "model": "spec.json"})
         for section in ("doremi", "doge", "regmix"):
-            config[section] = {**PIPELINE[section], "proxy": str(root / "spec.json")}
-        (root / "pipeline.yaml").write_text(yaml.safe_dump(config))
-        out = root / "pipeline"
-        _cli(["pipeline", str(root / "pipeline.yaml"), "--out", str(out), "--no-progress"])
+            config[section] = {**PIPELINE[section], "proxy": "spec.json"}
+        Path("pipeline.yaml").write_text(yaml.safe_dump(config))
+        out = Path("pipeline")
+        _cli(["pipeline", "pipeline.yaml", "--out", str(out), "--no-progress"])
         weights = {p.parent.name: json.loads(p.read_text()) for p in sorted(out.glob("weights/*/domain_weights.json"))}
         report = json.loads((out / "report" / "report.json").read_text())
         markdown = (out / "report" / "report.md").read_text()
@@ -243,8 +244,7 @@ def _needed(names: list[str]) -> list[str]:
 def _relative(value, root: str):
     """Paths under the run root become ROOT/..., printed durations `in Ns`: what may differ between two recordings.
 
-    The root still enters what hashes a path (a config hash of a proxy spec's path), so record both summaries in
-    the same directory."""
+    What hashes a path (a proxy spec's path in a config hash) sees it relative to the root."""
     if isinstance(value, dict):
         return {_relative(k, root): _relative(v, root) for k, v in value.items()}
     if isinstance(value, list):
@@ -257,7 +257,9 @@ def _relative(value, root: str):
 def record(root: Path, names: list[str]) -> dict:
     from mixweight.data.synthetic import write_synthetic_corpus
 
+    root = root.resolve()
     root.mkdir(parents=True, exist_ok=True)
+    os.chdir(root)  # every path below is relative to it, so what hashes a path is the same in any root
     (root / "spec.json").write_text(json.dumps(SPEC))
     (root / "schedule.yaml").write_text(
         "- {start_step: 0, weights: {redundant: 0.3, noise: 0.1, unigram: 0.1, markov1: 0.1, markov2: 0.1, "
@@ -267,14 +269,19 @@ def record(root: Path, names: list[str]) -> dict:
     )
     write_synthetic_corpus(root / "corpus", seed=0, tokens_per_domain=4096, seq_len=64)
     os.environ.setdefault("MIXWEIGHT_CACHE", str(root / "cache"))
-    summary = {name: run_case(name, root) for name in _needed(names)}
-    summary = _relative(summary, str(root.resolve()))
+    summary = {}
+    for name in _needed(names):
+        started = time.perf_counter()
+        summary[name] = run_case(name, root)
+        print(f"golden case {name}: {time.perf_counter() - started:.1f}s", file=sys.stderr, flush=True)
+    summary = _relative(summary, str(root))
     (root / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
     return summary
 
 
 if __name__ == "__main__":
     target = Path(sys.argv[1])
-    only = sys.argv[sys.argv.index("--only") + 1].split(",") if "--only" in sys.argv else ALL
+    only = sys.argv[sys.argv.index("--only") + 1].split(",") if "--only" in sys.argv else ["all"]
+    only = ALL if only == ["all"] else only
     record(target, only)
     print(f"wrote {target / 'summary.json'}")

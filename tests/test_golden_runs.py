@@ -25,11 +25,14 @@ REPO = Path(__file__).resolve().parents[1]
 GOLDEN = REPO / "tests" / "golden" / "summary.json.gz"
 SCRIPT = REPO / "tests" / "scripts" / "golden_runs.py"
 RELATIVE, ABSOLUTE = 1e-6, 1e-9
-# The default run: static and scheduled mixtures, accumulation, each sample weighting, a weights file's
-# trajectory, both online mixers and DoReMi (their reference). The rest (DoGE, RegMix, export/verify, two
-# processes, the pipeline) in the slow run.
-FAST = ["natural", "uniform-accum2", "schedule", "linupper-step", "extremes-cap-micro", "odm", "online-doremi",
-        "doremi-trajectory"]  # fmt: skip
+# The default run: every training case (static and scheduled mixtures, accumulation, each sample weighting, weights
+# files and trajectories, both online mixers), the DoReMi and DoGE weights they read, export and verify; the slow
+# run adds RegMix's swarm, two processes and the pipeline (about 4 minutes together).
+FAST = [
+    "natural", "uniform-accum2", "schedule", "per-stream", "max-epochs", "linupper-step", "quadratic-linear",
+    "extremes-cap-micro", "linupper-burnin-accum2", "doremi-trajectory", "doge-weights", "odm", "odm-natural-fixed",
+    "online-doremi", "export-verify",
+]  # fmt: skip
 
 
 def differences(expected, actual, where: str = "") -> list[str]:

@@ -1,0 +1,79 @@
+"""Which optional `mixweight train` features this checkout has, asked of the code: TrainConfig's fields.
+
+A feature is named here once with its TrainConfig key; "block.key" is a key inside a nested block (a
+field whose type is a config dataclass, or a `core.config.nested` block). The check sets a feature through
+that key in the arm's YAML config, so a renamed flag changes nothing, and a key the config lacks makes the
+arm report itself "not available", naming the key, instead of silently measuring something else.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import typing
+
+# feature -> its TrainConfig key. When a field moves into a nested block, its line here is what changes.
+FEATURES = {
+    "sample_weighting": "sample_weighting",
+    "loss_impl": "loss_impl",
+    "compile": "compile",
+}
+
+
+def config_class():
+    """The config the keys are looked up in (a function, so a test can swap the class it imports)."""
+    from mixweight.train import config
+
+    return config.TrainConfig
+
+
+def has_key(cls, dotted: str) -> bool:
+    """Whether config dataclass `cls` has the key `dotted` ("a" a field, "a.b" key b of the block a)."""
+    head, _, rest = dotted.partition(".")
+    field = next((f for f in dataclasses.fields(cls) if f.name == head), None)
+    if field is None or not rest:
+        return field is not None
+    inner = _block_class(cls, field)
+    return inner is not None and has_key(inner, rest)
+
+
+def _block_class(cls, field: dataclasses.Field):
+    """The config class of a nested block, or None for a plain field."""
+    from mixweight.core.config import NESTED
+
+    if NESTED in field.metadata:
+        return field.metadata[NESTED]
+    annotation = typing.get_type_hints(cls)[field.name]
+    options = typing.get_args(annotation) or (annotation,)  # Optional[Block], Block | str: the dataclass in it
+    return next((t for t in options if dataclasses.is_dataclass(t)), None)
+
+
+def present() -> dict[str, bool]:
+    """{feature: whether TrainConfig has its key} for every feature."""
+    cls = config_class()
+    return {feature: has_key(cls, key) for feature, key in FEATURES.items()}
+
+
+def absent_reason(settings: dict, have: dict[str, bool]) -> str | None:
+    """Why an arm with these {feature: value} settings cannot run here, or None when it can."""
+    missing = [FEATURES[feature] for feature in settings if not have.get(feature, True)]
+    if not missing:
+        return None
+    return f"mixweight.train.config.TrainConfig has no key {', '.join(map(repr, missing))} in this checkout"
+
+
+def as_config(settings: dict, base: dict | None = None) -> dict:
+    """`base` (a config mapping, not changed) with each {feature: value} under its key, nested along the dots."""
+    mapping = copy.deepcopy(base or {})
+    for feature, value in settings.items():
+        *blocks, last = FEATURES[feature].split(".")
+        target = mapping
+        for block in blocks:
+            target = target.setdefault(block, {})
+        target[last] = value
+    return mapping
+
+
+def label(settings: dict) -> str:
+    """The arm's settings as config text, for the tables: `loss_impl: full`."""
+    return ", ".join(f"{FEATURES[f]}: {str(v).lower() if isinstance(v, bool) else v}" for f, v in settings.items())

@@ -68,6 +68,7 @@ import torch
 
 from mixweight.core.artifact import replay_arrays, replay_steps_array
 from mixweight.core.distributed import World, all_gather_cat, all_reduce_sum
+from mixweight.core.flops import inner_products_flops, row_mix_flops
 from mixweight.core.loss import per_sample_loss
 from mixweight.core.tracking import register_record_names
 from mixweight.domain.ghost import DomainRows, Recompute
@@ -441,6 +442,13 @@ class DoGEObjective:
             param.grad = piece.view_as(param).to(param.dtype, copy=True)
         self._record(step, lr, update)
         return self._result(micro_batches, groups, local_losses, rows, slots, finite, update, world)
+
+    def extra_flops(self, model, shape, tokens: int, micro_batches: int) -> dict[str, float]:
+        """Per step, beyond one forward and backward (the per-domain rows cost one weight gradient in all): the
+        inner products of at most R rows of P gradient entries, and their mixture (section 3.7)."""
+        rows = len(self.train_ids) + (1 if self.heldout_mix else len(self.target_ids))
+        size = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        return {"domain_gradients": inner_products_flops(rows, size) + row_mix_flops(rows, size)}
 
     def _domain_gradients(self, model, module, params, micro_batches, groups, world: World, autocast):
         """The rows present in the step (same on every rank), their global gradient sums [R, P] over finite

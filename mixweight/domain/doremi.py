@@ -44,6 +44,7 @@ from mixweight.core.chunked_loss import lm_token_losses
 from mixweight.core.loss import per_token_losses  # noqa: F401 - the per-token loss DoReMi's excess is made of
 from mixweight.core.tracking import register_record_names
 from mixweight.errors import MixweightError
+from mixweight.train.compute import reference_forward
 from mixweight.train.step import StepReduction
 from mixweight.weighting.domain_update import doremi_update  # the update rule, shared with online mixing
 
@@ -224,6 +225,9 @@ class DoReMiReduction(StepReduction):
             "domain_weights": dict(zip(self.domains, self.alpha.tolist())),
             "excess_loss": dict(zip(self.domains, self.excess.tolist())),
         }
+
+    def extra_flops(self, shape, tokens: int) -> dict[str, float]:
+        return {} if self.reference is None else reference_forward(self.reference, shape, tokens)
 
     # --- checkpoint state (JSON) ---------------------------------------------------------
     def state_dict(self) -> dict:

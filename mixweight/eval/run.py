@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Optional
@@ -15,6 +16,7 @@ from mixweight.core.yamlio import load_yaml
 from mixweight.data.corpus import open_corpus
 from mixweight.errors import MixweightError
 from mixweight.train import checkpoint as ckpt
+from mixweight.train.compute import COMPUTE_KEY
 from mixweight.train.validation import evaluate_domains, load_validation
 
 
@@ -69,11 +71,23 @@ def evaluate_run(run: str, data: str | None = None, checkpoint: str | None = Non
     if torch.cuda.is_available():
         model = model.cuda()
     val_sets = load_validation(corpus, manifest, config.get("eval_blocks", 64))
-    result = evaluate_domains(model, val_sets, config.get("eval_batch_size", 32), irreducible=manifest.irreducible_loss)
+    result = evaluate_domains(
+        model, val_sets, config.get("eval_batch_size", 32), irreducible=manifest.irreducible_loss, blocks=True
+    )
     step = ckpt.read_state(path)["step"]
     record = {"step": step, "checkpoint": str(path), **result}
     (run_dir / "eval").mkdir(exist_ok=True)
     write_json_atomic(run_dir / "eval" / f"step-{step}.json", record)
     if path == ckpt.latest_checkpoint(run_dir):
-        write_json_atomic(run_dir / "eval.json", {"step": step, **result})
+        write_json_atomic(run_dir / "eval.json", {"step": step, **result, **_training_compute(run_dir, step)})
     return record
+
+
+def _training_compute(run_dir: Path, step: int) -> dict:
+    """The training run's compute record from the eval.json being replaced, when it is of the same step."""
+    try:
+        before = json.loads((run_dir / "eval.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    keep = isinstance(before, dict) and before.get("step") == step and isinstance(before.get(COMPUTE_KEY), dict)
+    return {COMPUTE_KEY: before[COMPUTE_KEY]} if keep else {}

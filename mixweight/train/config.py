@@ -83,10 +83,12 @@ class TrainConfig:
         "how r reaches its target: step (r_start, then r after r_warmup_steps), linear or cosine (anneal from r_start "
         "to r over r_warmup_steps), or burnin (plain mean loss for r_warmup_steps, then r)",
     )
-    r_warmup_steps: int = _f(
-        0,
-        "optimizer steps before r reaches its target (0: the target r from the first step; the 1.4B/7B reference "
-        "code, IBM fms-fsdp branch reweighted-train, defaults to 2000 at r_start 100)",
+    r_warmup_steps: Optional[int] = _f(
+        None,
+        "optimizer steps before r reaches its target (default: 5% of --steps, the paper's curriculum: near-uniform "
+        "weights at r_start while every loss is high, then r; the GPT-2 code burns in 1000 of 20000 steps, the "
+        "1.4B/7B code (fms-fsdp, branch reweighted-train) holds r_start 100 for 2000; 0: the target r from the first "
+        "step, the default before 0.2: a sample-weighted run made then resumes with --r-warmup-steps 0)",
     )
     r_start: float = _f(100.0, "r during the warmup (step) or at step 0 (linear, cosine); unused by burnin")
     weight_cap: Optional[float] = _f(
@@ -186,7 +188,7 @@ class TrainConfig:
         )
         for name in ("warmup_steps", "eval_every", "r_warmup_steps"):
             value = getattr(self, name)
-            require(value >= 0, f"train: '{name}' must be >= 0, got {value}")
+            require(value is None or value >= 0, f"train: '{name}' must be >= 0, got {value}")
         require(self.lr > 0, f"train: 'lr' must be > 0, got {self.lr}")
         require(0 <= self.final_lr <= self.lr, f"train: 'final_lr' must be in [0, lr={self.lr}], got {self.final_lr}")
         require(self.weight_decay >= 0, f"train: 'weight_decay' must be >= 0, got {self.weight_decay}")

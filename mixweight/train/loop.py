@@ -27,6 +27,7 @@ from mixweight.sampling.mixture import DomainMixture
 from mixweight.sampling.repetition import cap_phases, write_repetition
 from mixweight.train import checkpoint as ckpt
 from mixweight.train import rundir
+from mixweight.train.compute import COMPUTE_KEY, run_compute
 from mixweight.train.config import TrainConfig
 from mixweight.train.metrics import MetricsLog
 from mixweight.train.objective import StepObjective, WeightedLoss
@@ -35,7 +36,7 @@ from mixweight.train.optim import build_optimizer, build_scheduler
 from mixweight.train.parallel import full_model_state, full_optimizer_state, grad_norm_value, wrap_model
 from mixweight.train.rundir import RESUMABLE_CHANGES, config_changes  # noqa: F401 - used by DoReMi's reuse check
 from mixweight.train.step import StepResult
-from mixweight.train.validation import evaluate_domains, load_validation
+from mixweight.train.validation import evaluate_domains, load_validation, without_blocks
 from mixweight.weighting import weight_stats
 
 # Bins of N * w for the sample-weight histogram; the last bin catches everything above 4x uniform.
@@ -286,11 +287,18 @@ def _train(config: TrainConfig, objective: StepObjective, world: World, lock: ru
         val_sets = load_validation(corpus, manifest, config.eval_blocks)
         tokens_per_step = global_micro * config.grad_accum * manifest.seq_len
 
-        def evaluate(step: int) -> dict:
+        def evaluate(step: int, blocks: bool = False) -> dict:
             summary = evaluate_domains(
-                model, val_sets, config.eval_batch_size, world, manifest.irreducible_loss, autocast, config.loss_impl
+                model,
+                val_sets,
+                config.eval_batch_size,
+                world,
+                manifest.irreducible_loss,
+                autocast,
+                config.loss_impl,
+                blocks,
             )
-            metrics.write({"step": step, "eval": summary})
+            metrics.write({"step": step, "eval": without_blocks(summary)})
             return summary
 
         def save(step: int) -> None:
@@ -369,10 +377,12 @@ def _train(config: TrainConfig, objective: StepObjective, world: World, lock: ru
                 save(done)
         bar.close()
 
-        final = evaluate(config.steps)
+        final = evaluate(config.steps, blocks=True)  # eval.json keeps every validation block's loss
         save(config.steps)
         if world.is_main:
-            write_json_atomic(run_dir / "eval.json", {"step": config.steps, **final})
+            steps, accum = config.steps, config.grad_accum
+            compute = run_compute(hf_model, manifest.seq_len, tokens_per_step, accum, steps, objective)
+            write_json_atomic(run_dir / "eval.json", {"step": config.steps, **final, COMPUTE_KEY: compute})
         return final
     finally:
         metrics.close()

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from mixweight.core.distributed import World
+from mixweight.core.flops import forward_flops
 from mixweight.train.step import StepReduction, StepResult, accumulate_gradients
 
 
@@ -29,6 +30,9 @@ class StepObjective(Protocol):
 
     def step_metrics(self) -> dict:
         """Extra fields for the latest step's metrics record (may be empty)."""
+
+    # Optional: `extra_flops(model, shape, tokens, micro_batches) -> {name: FLOPs per step}`, the work the step
+    # adds to the model's forward and backward on its tokens (mixweight/train/compute.py); none when absent.
 
 
 class WeightedLoss:
@@ -61,3 +65,9 @@ class WeightedLoss:
 
     def step_metrics(self) -> dict:
         return self.reduction.step_metrics()
+
+    def extra_flops(self, model, shape, tokens: int, micro_batches: int) -> dict[str, float]:
+        extra = {}
+        if self.reduction.needs_whole_step and self.scope == "step" and micro_batches > 1:
+            extra["whole_step_forward"] = forward_flops(shape, tokens)  # losses of every micro-batch before backward
+        return {**extra, **self.reduction.extra_flops(shape, tokens)}

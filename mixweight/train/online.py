@@ -38,6 +38,7 @@ from mixweight.data.corpus import Corpus
 from mixweight.data.manifest import Manifest
 from mixweight.errors import MixweightError, did_you_mean
 from mixweight.sampling.schedule import Phase, resolve_schedule
+from mixweight.train.compute import reference_forward
 from mixweight.train.objective import WeightedLoss
 from mixweight.train.reference import check_reference_run
 from mixweight.train.step import StepReduction, StepResult
@@ -185,6 +186,9 @@ class ExcessSignal(StepReduction):
 
     def step_metrics(self) -> dict:
         return self.inner.step_metrics()
+
+    def extra_flops(self, shape, tokens: int) -> dict[str, float]:
+        return {**self.inner.extra_flops(shape, tokens), **reference_forward(self.reference, shape, tokens)}
 
 
 # --- the mixers -----------------------------------------------------------------------------------

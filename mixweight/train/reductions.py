@@ -6,7 +6,7 @@ import torch
 
 from mixweight.train.config import TrainConfig
 from mixweight.train.step import MeanReduction, StepReduction
-from mixweight.weighting import RSchedule, SampleWeighting
+from mixweight.weighting import RSchedule, SampleWeighting, default_warmup_steps
 
 
 class SampleWeightingReduction(StepReduction):
@@ -23,6 +23,7 @@ class SampleWeightingReduction(StepReduction):
 
 def reduction_from_config(config: TrainConfig) -> StepReduction:
     """The config's sample weighting (validated by TrainConfig.validate); "none" is the plain mean."""
-    schedule = RSchedule(kind=config.r_schedule, r=config.r, r_start=config.r_start, warmup_steps=config.r_warmup_steps)
+    warmup = config.r_warmup_steps if config.r_warmup_steps is not None else default_warmup_steps(config.steps)
+    schedule = RSchedule(kind=config.r_schedule, r=config.r, r_start=config.r_start, warmup_steps=warmup)
     weighting = SampleWeighting(config.sample_weighting, schedule, cap=config.weight_cap)
     return MeanReduction() if weighting.is_uniform else SampleWeightingReduction(weighting)

@@ -47,6 +47,13 @@ RESUMABLE_CHANGES = {
     "log_every",
     "report_to",
 }
+# Keys whose default changed: a saved config without the key was written before it existed, and its run had the
+# value of then (not today's default). r_warmup_steps: 0 before the curriculum became the default (0.2).
+DEFAULTS_OF_BEFORE = {"r_warmup_steps": 0}
+# The sample-weighting schedule's keys act only on a sample-weighted run: between two runs on the plain mean
+# (sample_weighting none or uniform) they change nothing, so they are not compared.
+SAMPLE_WEIGHTING_KEYS = ("r", "r_schedule", "r_start", "r_warmup_steps", "weight_cap")
+PLAIN_MEAN = ("none", "uniform")
 CONFIG_KEY_OF_INPUT = {
     "corpus": "data",
     "model": "model",
@@ -255,10 +262,13 @@ def config_changes(run_dir: str | Path, config, inputs: dict | None = None) -> s
     run_dir = Path(run_dir)
     saved = _saved_config(run_dir)
     current = dataclasses.asdict(config)
-    # A key the saved config lacks was added to mixweight after the run began: the run had its default.
+    # A key the saved config lacks was added to mixweight after the run began: the run had its default of then.
     defaults = {f.name: f.default for f in dataclasses.fields(config) if f.default is not dataclasses.MISSING}
-    saved = {**defaults, **saved}
-    changed = sorted(k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k])
+    saved = {**defaults, **DEFAULTS_OF_BEFORE, **saved}
+    ignored = set(RESUMABLE_CHANGES)
+    if saved.get("sample_weighting", "none") in PLAIN_MEAN and current.get("sample_weighting") in PLAIN_MEAN:
+        ignored.update(SAMPLE_WEIGHTING_KEYS)
+    changed = sorted(k for k in current if k not in ignored and saved.get(k) != current[k])
     details = [f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed]
     saved_inputs = _saved_inputs(run_dir)
     if saved_inputs:

@@ -69,6 +69,9 @@ class StepReduction:
       `signal`. Default: None (no signal).
     - `state_dict()` / `load_state_dict(state)`: JSON state saved in every checkpoint (default: none).
     - `step_metrics()`: fields for the step's metrics record (default: none).
+    - `extra_flops(shape, tokens)`: the FLOPs of the work it adds to a step of `tokens` tokens beyond
+      the model's forward and backward, by name (DoReMi: a reference forward; default: none;
+      mixweight/train/compute.py).
     """
 
     needs_whole_step = True
@@ -95,6 +98,9 @@ class StepReduction:
         pass
 
     def step_metrics(self) -> dict:
+        return {}
+
+    def extra_flops(self, shape, tokens: int) -> dict[str, float]:
         return {}
 
 

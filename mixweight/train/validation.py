@@ -2,7 +2,10 @@
 
 Loss is the token-weighted mean next-token cross-entropy over a domain's validation
 blocks. Under torchrun each process scores a strided slice and the sums are
-all-reduced, so the numbers do not depend on the process count.
+all-reduced, so the numbers do not depend on the process count. With `blocks=True` each
+domain also gets `block_losses`, every block's own mean token loss in block order (the
+final evaluation records them in eval.json: the paired bootstrap of the comparison report
+resamples them, docs/algorithms.md section 8).
 """
 
 from __future__ import annotations
@@ -49,37 +52,49 @@ def evaluate_domains(
     irreducible: dict[str, float | None] | None = None,
     autocast=None,
     loss_impl: str = "auto",
+    blocks: bool = False,
 ) -> dict:
     world = world if world is not None else World()
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     domains = {}
-    for name, blocks in val_sets.items():
-        if len(blocks) == 0:  # a mean over nothing is not a loss of 0.0
+    for name, held in val_sets.items():
+        if len(held) == 0:  # a mean over nothing is not a loss of 0.0
             raise MixweightError(f"domain '{name}' has no validation blocks: its validation loss is undefined")
         # Every process runs the same number of forwards (sharded models gather parameters in
         # each one): a process short of blocks repeats block 0 with zero weight.
-        per_process = -(-len(blocks) // world.size)
-        indices = list(range(world.rank, len(blocks), world.size))
+        per_process = -(-len(held) // world.size)
+        indices = list(range(world.rank, len(held), world.size))
         counted = torch.tensor([1.0] * len(indices) + [0.0] * (per_process - len(indices)), dtype=torch.float64)
-        mine = blocks[indices + [0] * (per_process - len(indices))]
-        totals = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, token count
+        mine = held[indices + [0] * (per_process - len(indices))]
+        # every block's loss sum and token count, at its own index (zeros elsewhere), summed over processes
+        per_block = torch.zeros(len(held), 2, dtype=torch.float64, device=device)
         for start in range(0, per_process, batch_size):
             input_ids = mine[start : start + batch_size].to(device)
             keep = counted[start : start + batch_size].to(device)
             with autocast or nullcontext():  # chunked at large vocab x length: no [B, L, V] logits
                 token_losses, mask = lm_token_losses(model, input_ids, loss_impl)
-            sums, counts = token_losses.sum(dim=1), mask.sum(dim=1)
-            totals += torch.stack([(sums.double() * keep).sum(), (counts.double() * keep).sum()])
-        all_reduce_sum(totals, world)
+            sums, counts = token_losses.sum(dim=1).double() * keep, mask.sum(dim=1).double() * keep
+            where = torch.tensor(indices[start : start + batch_size], dtype=torch.long, device=device)
+            per_block[where] += torch.stack([sums, counts], dim=1)[: len(where)]
+        all_reduce_sum(per_block, world)
+        totals = per_block.sum(dim=0)
         loss = (totals[0] / totals[1].clamp(min=1)).item()
         domains[name] = {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "tokens": int(totals[1].item())}
+        if blocks:
+            domains[name]["block_losses"] = (per_block[:, 0] / per_block[:, 1].clamp(min=1)).tolist()
         if irreducible and irreducible.get(name) is not None:
             domains[name]["gap_to_irreducible"] = loss - irreducible[name]
     if was_training:
         model.train()
     return summarize(domains)
+
+
+def without_blocks(summary: dict) -> dict:
+    """`summary` less the per-block losses (metrics.jsonl's eval records keep the per-domain numbers only)."""
+    domains = {d: {k: v for k, v in s.items() if k != "block_losses"} for d, s in summary["domains"].items()}
+    return {**summary, "domains": domains}
 
 
 def summarize(domains: dict[str, dict]) -> dict:

@@ -7,16 +7,18 @@ constructors (``SampleWeighting``, ``RSchedule``); the functions assume valid va
 """
 
 from mixweight.weighting.sample_weighting import SampleWeighting, uniform_weights
-from mixweight.weighting.schedule import SCHEDULES, RSchedule
+from mixweight.weighting.schedule import DEFAULT_WARMUP_FRACTION, SCHEDULES, RSchedule, default_warmup_steps
 from mixweight.weighting.strategies import SAMPLE_WEIGHTINGS, STRATEGIES, get_strategy, normalize_losses
 from mixweight.weighting.weights import sample_weights, weight_stats
 
 __all__ = [
+    "DEFAULT_WARMUP_FRACTION",
     "SAMPLE_WEIGHTINGS",
     "SCHEDULES",
     "STRATEGIES",
     "RSchedule",
     "SampleWeighting",
+    "default_warmup_steps",
     "get_strategy",
     "normalize_losses",
     "sample_weights",

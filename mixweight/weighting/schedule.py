@@ -36,6 +36,17 @@ def _burnin(s: "RSchedule", t: int) -> float | None:
     return None if t < s.warmup_steps else s.r
 
 
+# The default warm-up: the first 5% of a run's steps at r_start (docs/algorithms.md section 1.6). The GPT-2 code
+# trains its first 1000 of 20000 steps on the plain mean; fms-fsdp's 2000 steps are its LR warm-up length,
+# min(2000, steps / 20), for runs of 40000 steps and more: both are 5% of the run.
+DEFAULT_WARMUP_FRACTION = 0.05
+
+
+def default_warmup_steps(run_steps: int) -> int:
+    """The warm-up of a run of `run_steps` optimizer steps when none is given: DEFAULT_WARMUP_FRACTION of it."""
+    return int(round(DEFAULT_WARMUP_FRACTION * run_steps))
+
+
 SCHEDULES: dict[str, Callable[["RSchedule", int], float | None]] = {
     "step": _step,
     "linear": _linear,

@@ -333,6 +333,12 @@ def test_a_short_run_writes_a_valid_deterministic_artifact(synth_corpus, tiny_sp
         "mixweight_version",
     }
     assert (tmp_path / "a" / "weights.work" / "proxy" / "metrics.jsonl").is_file()
+    # the proxy's FLOPs, with its extra work per step: the inner products of the 8 rows (7 domains and the held-out
+    # mixture) of P gradient entries and their mixture
+    proxy = json.loads((tmp_path / "a" / "weights.work" / "proxy" / "eval.json").read_text())["compute"]
+    assert raw["compute"] == {"flops": proxy["flops"], "runs": {"proxy": proxy["flops"]}}
+    size = sum(p.numel() for p in build_model(tiny_spec, load_manifest(synth_corpus), 0).parameters())
+    assert proxy["extra_flops_per_step"] == {"domain_gradients": 2 * 8 * 8 * size + 2 * 8 * size}
 
 
 @pytest.fixture(scope="module")

@@ -191,6 +191,13 @@ def test_doremi_downweights_noise_and_redundant_domains(doremi_run):
     assert [e["step"] for e in written.trajectory] == [10, 20, 30, 40, 50, 60]
     assert len(written.trajectory[-1]["signal"]) == 7
     assert written.provenance["domain_token_counts"]["noise"] > 0 and written.provenance["config_hash"]
+    # the FLOPs of the runs that made the weights: the reference run and the proxy, whose step adds a reference forward
+    work = out.with_name("weights.work") / "round-0"
+    runs = {name: json.loads((work / name / "eval.json").read_text())["compute"] for name in ("reference", "proxy")}
+    assert written.compute["runs"] == {f"round-0/{n}": runs[n]["flops"] for n in runs}
+    assert written.compute["flops"] == pytest.approx(runs["reference"]["flops"] + runs["proxy"]["flops"], rel=1e-12)
+    extra = runs["proxy"]["extra_flops_per_step"]["reference_forward"]
+    assert extra == pytest.approx(runs["proxy"]["model_flops_per_step"] / 3, rel=1e-12)  # the same model, forward only
     for suffix in ("_trajectory.png", "_bars.png"):
         png = out.with_name(f"weights{suffix}")
         assert png.stat().st_size > 1000 and png.read_bytes()[:4] == b"\x89PNG"

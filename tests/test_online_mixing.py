@@ -219,6 +219,10 @@ def test_online_doremi_killed_mid_phase_resumes_to_the_same_run(reference_run, s
     assert (killed / "domain_weights.json").read_text() == (straight / "domain_weights.json").read_text()
     weights = json.loads((straight / "domain_weights.json").read_text())["trajectory"]
     assert len(weights) == 3 and weights[2]["weights"] != weights[0]["weights"]  # the mixture moved
+    # its step's extra work, recorded with the run's FLOPs: one no-grad forward of the reference (same model here)
+    compute = json.loads((straight / "eval.json").read_text())["compute"]
+    model = compute["model_flops_per_step"]
+    assert compute["extra_flops_per_step"] == {"reference_forward": pytest.approx(model / 3, rel=1e-12)}
 
 
 @pytest.mark.distributed

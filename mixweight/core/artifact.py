@@ -12,6 +12,9 @@ Fields (docs/weights-methods.md):
   ``domains`` order (DoReMi) or a ``{domain: weight}`` map over every corpus domain (DoGE);
 - ``warnings``: what `mixweight.domain.health.weight_warnings` found (collapse, floor, not
   converged), each ``{"code", "step", "domains", "message"}``;
+- ``compute``: the training FLOPs of the runs that made the weights (reference, proxy, swarm):
+  ``{"flops": total, "runs": {run: FLOPs}}``, each run's from its eval.json (null for a run of an
+  older mixweight, and then the total is null too; docs/algorithms.md section 7);
 - ``replay``: everything `mixweight weights verify` needs to recompute the trajectory::
 
       {"domains": [...],            # the domains the update rule runs over (arrays below use this order):
@@ -40,7 +43,7 @@ that is a mistake (percentages, a missing domain) that silent normalizing would 
 API for the weights commands (stable):
 
 - ``DomainWeights(domains, weights, last_weights=None, method={}, trajectory=[], provenance={},
-  targets=[], warnings=[], replay={}, missing=None)``; ``.validate(where)`` checks it and
+  targets=[], warnings=[], replay={}, missing=None, compute={})``; ``.validate(where)`` checks it and
   ``.write(path)`` validates, then writes atomically;
 - ``corpus_weights(corpus_domains, by_domain) -> list[float]``: weights in corpus order, 0.0
   for every domain `by_domain` does not name (the held-out targets);
@@ -72,7 +75,7 @@ SUM_TOLERANCE = 1e-3
 MISSING_POLICIES = ("zero",)
 MAX_INT_DIGITS = 300  # longer integer literals are read as floats (inf beyond 1e308), not as giant ints
 # Written only when set: a plain weights file stays {domains, weights, ...} as before.
-OPTIONAL_FIELDS = ("targets", "warnings", "replay", "missing")
+OPTIONAL_FIELDS = ("targets", "warnings", "replay", "missing", "compute")
 
 
 @dataclass
@@ -87,6 +90,7 @@ class DomainWeights:
     warnings: list[dict] = field(default_factory=list)
     replay: dict = field(default_factory=dict)
     missing: str | None = None
+    compute: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, float]:
         return dict(zip(self.domains, self.weights))
@@ -273,6 +277,7 @@ def parse_domain_weights(raw, where: str) -> DomainWeights:
         warnings=_list_of_maps(raw, "warnings", where),
         replay=_mapping(raw, "replay", where),
         missing=missing,
+        compute=_mapping(raw, "compute", where),
     )
 
 

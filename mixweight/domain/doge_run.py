@@ -36,6 +36,7 @@ from mixweight.domain.proxy import (
     check_target_domains,
     claim_work_dir,
     provenance,
+    runs_compute,
     start,
     train_or_reuse,
     write_artifact,
@@ -198,7 +199,7 @@ def run_doge(config: DoGEConfig) -> DomainWeights:
         impl=config.doge_impl,
     )
     # the objective ends with the finished run's saved state: the same whether trained now, resumed or reused
-    train_or_reuse(proxy_train_config(config, work_dir / "proxy", corpus), objective)
+    proxy_run = train_or_reuse(proxy_train_config(config, work_dir / "proxy", corpus), objective)
 
     # Every corpus domain is listed (held-out targets at weight 0), so `train --domain-weights` takes the file.
     by_name = dict(zip(objective.train_domains, objective.average_weights()))
@@ -219,6 +220,7 @@ def run_doge(config: DoGEConfig) -> DomainWeights:
         trajectory=objective.trajectory,
         replay=objective.replay_block(),
         provenance=provenance(config, manifest, corpus),
+        compute=runs_compute({"proxy": proxy_run}),
     )
     # Collapse, starved domains, weights still moving: judged on every step, recomputed from the record.
     weights.warnings = weight_warnings(replay(weights), objective.train_domains)

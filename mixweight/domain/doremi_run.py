@@ -32,6 +32,7 @@ from mixweight.domain.proxy import (
     ProxyMethodConfig,
     claim_work_dir,
     provenance,
+    runs_compute,
     start,
     train_or_reuse,
     write_artifact,
@@ -143,15 +144,18 @@ def run_doremi(config: DoReMiConfig) -> DomainWeights:
     history: list[dict] = []
     weights_spec = config.reference_weights
     reduction = None
+    runs = {}  # every run that made the weights, for the artifact's compute
     for r in range(config.rounds):
         round_dir = work / f"round-{r}"
         if r == 0 and given_reference is not None:
             reference_model = given_reference
+            runs["reference"] = config.reference
         else:
             reference_run = train_or_reuse(
                 _train_config(config, corpus, round_dir / "reference", reference_steps, weights_spec)
             )
             reference_model = _load_reference(reference_run)
+            runs[f"round-{r}/reference"] = reference_run
         reduction = DoReMiReduction(
             reference_model,
             manifest.domains,
@@ -163,7 +167,8 @@ def run_doremi(config: DoReMiConfig) -> DomainWeights:
         )
         proxy = _train_config(config, corpus, round_dir / "proxy", config.steps, "uniform")
         # the reduction ends with the finished run's saved state: the same whether trained now, resumed or reused
-        train_or_reuse(proxy, WeightedLoss(reduction, proxy.loss_impl, proxy.weighting_scope))
+        objective = WeightedLoss(reduction, proxy.loss_impl, proxy.weighting_scope)
+        runs[f"round-{r}/proxy"] = train_or_reuse(proxy, objective)
         weights = reduction.average_weights()
         l1 = _l1(weights, history[-1]["weights"]) if history else None
         history.append({"round": r + 1, "weights": weights, "l1_to_previous": l1})
@@ -202,6 +207,7 @@ def run_doremi(config: DoReMiConfig) -> DomainWeights:
         },
         trajectory=[{"step": e["step"], "weights": e["weights"], "signal": e["signal"]} for e in reduction.trajectory],
         provenance=provenance(config, manifest, corpus),
+        compute=runs_compute(runs),
     )
     _add_replay_and_warnings(result, reduction, config.smoothing / len(manifest.domains))
     write_artifact(result, config.out, manifest)

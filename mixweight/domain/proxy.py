@@ -12,6 +12,7 @@ rule that turns the finished run into weights. What they all share lives here:
                                        line naming the changed keys
     config_hash(...)                   the one hash of a method's weight-determining options
     provenance(...)                    the artifact's provenance, one schema for every method
+    runs_compute(...)                  the artifact's compute: the training FLOPs of the runs that made it
     write_artifact(...)                main process only: health warnings, the file, the plots
 
 docs/design.md ("Adding a weights method") describes the seam.
@@ -41,6 +42,7 @@ from mixweight.data.manifest import Manifest
 from mixweight.domain.health import format_warning
 from mixweight.errors import MixweightError, did_you_mean
 from mixweight.train import checkpoint as ckpt
+from mixweight.train.compute import COMPUTE_KEY
 from mixweight.train.config import TrainConfig
 from mixweight.train.loop import config_changes, train
 
@@ -335,6 +337,21 @@ def provenance(config: ProxyMethodConfig, manifest: Manifest, corpus: str) -> di
         "stream_paths": {d: manifest.splits["train"][d].path for d in manifest.domains},
         "mixweight_version": mixweight.__version__,
     }
+
+
+def runs_compute(runs: dict[str, str | Path]) -> dict:
+    """The artifact's `compute`: the training FLOPs of each run that made the weights ({name: run directory}),
+    from its eval.json's compute record, and their sum. A run without one (an older mixweight's) is null, and so
+    is the sum: a partial total would read as the whole cost."""
+    flops = {}
+    for name, run_dir in runs.items():
+        try:
+            record = json.loads((Path(run_dir) / "eval.json").read_text()).get(COMPUTE_KEY)
+        except (OSError, ValueError, AttributeError):
+            record = None
+        flops[name] = record.get("flops") if isinstance(record, dict) else None
+    known = all(isinstance(v, (int, float)) for v in flops.values())
+    return {"flops": float(sum(flops.values())) if known else None, "runs": flops}
 
 
 def write_artifact(result: DomainWeights, out: str | Path, manifest: Manifest, plots=None) -> None:

@@ -56,6 +56,7 @@ from mixweight.domain.proxy import (
     claim_work_dir,
     effective_train_block,
     provenance,
+    runs_compute,
     start,
     write_artifact,
 )
@@ -551,6 +552,7 @@ def _run(config: RegMixConfig, world) -> DomainWeights:
         method=method,
         targets=targets,
         provenance=provenance(config, manifest, corpus),
+        compute=runs_compute({f"run-{i:03d}": m["config"]["out"] for i, m in enumerate(members)}),
     )
     result.warnings = fit_warnings(config, fit, len(train_domains), target_domains)
     if world.is_main:

@@ -1,7 +1,8 @@
 """`compare_runs`: finished runs in, `report.md` + `report.json` + PNG figures out.
 
 run dirs -> arms (seeds grouped) -> same corpus? -> final numbers, curves, steps to the
-baseline's loss, sample-weight diagnostics, domain weights -> figures -> report.json, report.md
+baseline's loss, each arm paired with the baseline seed by seed (intervals, verdicts: paired.py),
+FLOPs (cost.py), sample-weight diagnostics, domain weights -> figures -> report.json, report.md
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ from mixweight.core.config import option
 from mixweight.core.jsonio import write_json_atomic
 from mixweight.domain.health import format_warning
 from mixweight.errors import MixweightError
-from mixweight.report import figures, stats, tables
+from mixweight.report import cost, figures, paired, stats, tables
 from mixweight.report.mixtures import collect_mixtures
 from mixweight.report.repetition import epochs_table, method_figure, planned_epochs
 from mixweight.report.runs import Arm, check_same_corpus, group_arms
+from mixweight.weighting import default_warmup_steps
 
 FORMAT = "mixweight-report/1"
 DEFAULT_BASELINE = "uniform"
@@ -35,7 +37,15 @@ def _model_name(spec) -> str:
 
 def _weighting(config: dict) -> str:
     kind = str(config.get("sample_weighting", "none"))
-    return kind if kind == "none" else f"{kind} (r={config.get('r')})"
+    if kind in ("none", "uniform"):
+        return kind
+    warmup = config.get("r_warmup_steps", 0)  # a config without the key is older than the curriculum default: 0
+    if warmup is None:
+        warmup = default_warmup_steps(int(config.get("steps") or 0))
+    schedule = (
+        f", {config.get('r_schedule', 'step')} from r={config.get('r_start')} for {warmup} steps" if warmup else ""
+    )
+    return f"{kind} (r={config.get('r')}{schedule})"
 
 
 def _arm_info(arm: Arm) -> dict:
@@ -115,6 +125,9 @@ def compare_runs(
     finals = {a.name: stats.final_summary(a, domains, irreducible) for a in arms}
     curves = {a.name: stats.eval_curves(a, domains) for a in arms}
     speed = stats.speedups(curves, finals, base)
+    pairs = paired.paired_comparisons(arms, base, domains)  # every arm against the baseline, seed by seed
+    costs = cost.costs(arms, base, pairs)
+    flops_curves = {a.name: c for a in arms if (c := cost.loss_against_flops(curves[a.name], costs[a.name]))}
     diagnostics = {a.name: d for a in arms if (d := stats.sample_weight_diagnostics(a)) is not None}
     mixtures = collect_mixtures(arms, domains, manifest, weights_files)
     downstream = {a.name: d for a in arms if (d := stats.downstream_summary(a)) is not None}
@@ -123,6 +136,8 @@ def compare_runs(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     figs = {"validation_curves": figures.validation_curves(out, curves, domains)}
+    if flops_curves:
+        figs["loss_vs_flops"] = figures.loss_against_flops(out, flops_curves)
     if mixtures:
         figs["domain_weights"] = figures.domain_weights_bars(out, mixtures, domains)
     trajectories = {
@@ -155,6 +170,8 @@ def compare_runs(
         "baseline": base,
         "arms": {a.name: {**_arm_info(a), "final": finals[a.name], "curve": curves[a.name]} for a in arms},
         "steps_to_target": speed,
+        "paired": pairs,
+        "compute": costs,
         "sample_weights": diagnostics,
         "domain_weights": mixtures,
         "downstream": downstream,
@@ -207,6 +224,8 @@ def render_markdown(
         f"the baseline itself reaches it at step {'n/a' if base_steps is None else tables.fmt(base_steps, 1)}. "
         f'Ratio = {speed["baseline"]}_steps / arm_steps, DoReMi\'s "x fewer steps" (> 1: faster than the baseline).',
         tables.speedup_table(speed),
+        *_paired_sections(report),
+        *_compute_sections(report, figs),
     ]
     mixtures = report["domain_weights"]
     if mixtures:
@@ -276,3 +295,49 @@ def render_markdown(
         f"![validation curves]({figs['validation_curves']})",
     ]
     return "\n\n".join(parts) + "\n"
+
+
+def _paired_sections(report: dict) -> list[str]:
+    pairs, base = report["paired"], report["baseline"]
+    if not pairs:
+        return []
+    return [
+        f"## Each arm against `{base}`, seed by seed",
+        f"Each run is paired with `{base}`'s run of the same seed (same model initialization; the same batches when "
+        "the mixtures are the same). Δ = arm - baseline, final validation loss (negative: the arm is better); "
+        "[95% CI]: with 3 or more paired seeds, Student's t over the seeds' differences; with fewer, a paired "
+        "bootstrap over seeds and validation blocks (it sees one seed's validation-sample noise, not how much "
+        "another seed would move the result). Verdict: **better** or **worse** when the interval excludes 0, "
+        "else **not distinguishable**; each arm is tested on its own at 95%, with no correction for testing "
+        f"several arms. Steps: per seed, the first step at which the arm's average validation loss reaches "
+        f"`{base}`'s final average loss of that seed (interpolated between evaluations); mean [95% t interval] when "
+        "every seed reaches it.",
+        tables.paired_table(pairs, base),
+        *[f"- `{arm}`: {e['note']}" for arm, e in pairs.items() if e.get("note")],
+        "### Per domain",
+        "Δ final validation loss [95% CI] per domain; ↓ better, ↑ worse (the interval excludes 0).",
+        tables.paired_domains_table(pairs, report["corpus"]["domains"]),
+    ]
+
+
+def _compute_sections(report: dict, figs: dict[str, str]) -> list[str]:
+    costs, base = report["compute"], report["baseline"]
+    parts = [
+        "## Compute",
+        "Training FLOPs (forward and backward, 6 N + 12 n_layer d_attn T per token; docs/algorithms.md section 7), "
+        "mean over seeds. Main run: the arm's own training, with the extra work of its step (a reference forward, "
+        "DoGE's gradient products, a whole-step forward) as a share of the model's forward and backward. Weights "
+        "stage: the runs that made the arm's domain weights (DoReMi: reference and proxy; DoGE: proxy; RegMix: the "
+        "swarm; online DoReMi: its reference run), charged in full to every arm that uses them. To reach "
+        f"`{base}`'s loss: weights stage + the paired steps of the table above x the run's FLOPs per step, "
+        f"[95% t interval], and (in brackets) `{base}`'s total over it: above 1x the arm got there with less compute. "
+        "n/a: a run or weights file from an older mixweight, without a compute record.",
+        tables.cost_table(costs, base),
+    ]
+    if "loss_vs_flops" in figs:
+        parts += [
+            "Average validation loss against total FLOPs (a line per arm, mean over seeds; a line starts where "
+            "its weights stage ends).",
+            f"![loss against FLOPs]({figs['loss_vs_flops']})",
+        ]
+    return parts

@@ -123,3 +123,19 @@ def online_trajectories(out_dir: Path, online: dict[str, dict], offline: dict[st
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, ncol=2)
     return _save(fig, out_dir, "online_trajectories.png")
+
+
+def loss_against_flops(out_dir: Path, series: dict[str, dict]) -> str:
+    """Average validation loss (mean over seeds) against total training FLOPs, weights stage included: a line per
+    arm, starting where its weights stage ends."""
+    fig = Figure(figsize=(6.4, 4.0))
+    ax = fig.add_subplot(1, 1, 1)
+    for arm, points in series.items():
+        ax.plot(points["flops"], points["average_loss"], marker="o", markersize=3, label=arm)
+    ax.set_xscale("log")
+    ax.set_xlabel("training FLOPs (weights stage + main run)", fontsize=9)
+    ax.set_ylabel("average validation loss", fontsize=9)
+    ax.tick_params(labelsize=8)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    return _save(fig, out_dir, "loss_vs_flops.png")

@@ -152,3 +152,91 @@ def downstream_table(downstream: dict[str, dict[str, dict]]) -> str:
             cell = "n/a" if stat is None else fmt_stat(stat, 4)
             row.append(f"**{cell}**" if stat and stat["mean"] == best and len(arms) > 1 else cell)
     return table(["arm", *tasks], rows)
+
+
+def fmt_diff(value: float | None, decimals: int = LOSS_DECIMALS) -> str:
+    return "n/a" if value is None else f"{value:+.{decimals}f}"
+
+
+def fmt_interval(entry: dict, decimals: int = LOSS_DECIMALS, signed: bool = True) -> str:
+    """`mean [low, high]`, or the mean alone when there is no interval."""
+    show = fmt_diff if signed else fmt
+    text = show(entry.get("mean"), decimals)
+    if entry.get("low") is None or entry.get("high") is None:
+        return text
+    return f"{text} [{show(entry['low'], decimals)}, {show(entry['high'], decimals)}]"
+
+
+def fmt_flops(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3g}"
+
+
+def paired_table(paired: dict[str, dict], speed_baseline: str) -> str:
+    """Per arm: seeds paired, the interval's method, the difference of the average loss with its interval and the
+    verdict, and the paired steps to the baseline's loss."""
+    rows = []
+    for arm, entry in paired.items():
+        if "average" not in entry:
+            rows.append([arm, "0", "n/a", "n/a", "n/a", entry.get("note") or ""])
+            continue
+        steps = entry["steps_to_baseline"]
+        reached = f"{steps['reached']}/{len(steps['per_seed'])} seeds"
+        steps_text = "not reached" if steps["mean"] is None else f"{fmt_interval(steps, 1, signed=False)} ({reached})"
+        rows.append(
+            [
+                arm,
+                str(len(entry["seeds"])),
+                entry["method"] or "none",
+                fmt_interval(entry["average"]),
+                f"**{entry['average']['verdict']}**" if entry["average"]["verdict"] else "n/a",
+                steps_text,
+            ]
+        )
+    header = [
+        "arm",
+        "paired seeds",
+        "interval",
+        "Δ average loss [95% CI]",
+        "verdict",
+        f"steps to {speed_baseline}'s loss",
+    ]
+    return table(header, rows)
+
+
+def paired_domains_table(paired: dict[str, dict], domains: list[str]) -> str:
+    """Per arm and domain: the paired difference and its interval; ↓ better, ↑ worse (the interval excludes 0)."""
+    marks = {"better": " ↓", "worse": " ↑"}
+    rows = [
+        [arm, *[fmt_interval(e["domains"][d]) + marks.get(e["domains"][d]["verdict"], "") for d in domains]]
+        for arm, e in paired.items()
+        if "domains" in e
+    ]
+    return table(["arm", *domains], rows)
+
+
+def cost_table(costs: dict[str, dict], baseline: str) -> str:
+    """Per arm: FLOPs of the main run and of its weights stage, their total, the step's extra work, and the compute
+    to reach the baseline's final loss (weights stage included) with its interval."""
+    base_total = costs.get(baseline, {}).get("total_flops")
+    rows = []
+    for arm, c in costs.items():
+        reach = c["to_baseline"]
+        reach_text = "not reached"
+        if reach and reach["mean"] is not None:
+            interval = f" [{fmt_flops(reach['low'])}, {fmt_flops(reach['high'])}]" if reach["low"] is not None else ""
+            ratio = f" ({base_total / reach['mean']:.2f}x)" if base_total else ""
+            reach_text = f"{fmt_flops(reach['mean'])}{interval}{ratio}"
+        extra = c["extra_fraction"]
+        rows.append(
+            [
+                arm,
+                fmt_flops(c["main_flops"]),
+                "n/a" if extra is None else f"+{100 * extra:.1f}%",
+                fmt_flops(c["weights_flops"])
+                + ("" if c["weights_flops"] == 0 else f" ({', '.join(c['weights_source'])})"),
+                fmt_flops(c["total_flops"]),
+                reach_text,
+            ]
+        )
+    header = ["arm", "main run", "step's extra work", "weights stage", "total", f"to reach {baseline}'s loss"]
+    return table(header, rows)

@@ -20,7 +20,7 @@ from transformers import Trainer
 
 from mixweight.core.distributed import World, all_gather_cat
 from mixweight.core.loss import IGNORE_INDEX, per_sample_loss
-from mixweight.weighting import RSchedule, SampleWeighting
+from mixweight.weighting import RSchedule, SampleWeighting, default_warmup_steps
 
 
 def _current_world() -> World:
@@ -34,6 +34,8 @@ class ReweightingTrainer(Trainer):
 
     Extra keyword arguments: `sample_weighting` ("linupper", "quadratic", "extremes", "none")
     or a ready `SampleWeighting`, `r`, `r_schedule`, `r_warmup_steps`, `r_start`, `weight_cap`.
+    `r_warmup_steps=None` (default) is the paper's curriculum as in `mixweight train`: r_start for the
+    first 5% of the run's optimizer steps (`state.max_steps`, known once training starts), then r.
     Batches need `input_ids` (and optionally `labels`, -100 for ignored tokens, and
     `attention_mask`); without `labels` the inputs are their own labels.
     """
@@ -44,14 +46,19 @@ class ReweightingTrainer(Trainer):
         sample_weighting: str | SampleWeighting = "linupper",
         r: float = 0.4,
         r_schedule: str = "step",
-        r_warmup_steps: int = 0,
+        r_warmup_steps: int | None = None,
         r_start: float = 100.0,
         weight_cap: float | None = None,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
+        self._weighting_args = None  # the schedule's length waits for state.max_steps when r_warmup_steps is None
         if isinstance(sample_weighting, SampleWeighting):
             self.sample_weighting = sample_weighting
+        elif r_warmup_steps is None:
+            RSchedule(kind=r_schedule, r=r, r_start=r_start)  # checks the values now, before training
+            self._weighting_args = (sample_weighting, r_schedule, r, r_start, weight_cap)
+            self.sample_weighting = None
         else:
             schedule = RSchedule(kind=r_schedule, r=r, r_start=r_start, warmup_steps=r_warmup_steps)
             self.sample_weighting = SampleWeighting(sample_weighting, schedule, cap=weight_cap)
@@ -70,6 +77,11 @@ class ReweightingTrainer(Trainer):
         losses = per_sample_loss(outputs.logits, labels)
 
         world = _current_world()
+        if self.sample_weighting is None:  # the default curriculum: 5% of the run, known now
+            name, kind, r, r_start, cap = self._weighting_args
+            warmup = default_warmup_steps(self.state.max_steps)
+            schedule = RSchedule(kind=kind, r=r, r_start=r_start, warmup_steps=warmup)
+            self.sample_weighting = SampleWeighting(name, schedule, cap=cap)
         global_losses = all_gather_cat(losses.detach().float(), world)
         weights = self.sample_weighting.weights(global_losses, self.state.global_step).to(losses.device, losses.dtype)
         self.last_weights = weights.detach().cpu()

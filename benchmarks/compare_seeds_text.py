@@ -66,13 +66,16 @@ def documents(paths: list[Path], budget: int) -> list[str]:
 
 
 def write_corpus_input(out: Path, budget: int) -> dict[str, int]:
-    counts = {}
-    with out.open("w") as handle:
-        for domain, paths in sources().items():
-            texts = documents(paths, budget)
-            counts[domain] = len(texts)
-            for text in texts:
-                handle.write(json.dumps({"text": text, "meta": {"redpajama_set_name": domain}}) + "\n")
+    """The JSONL input; an identical file already there is left as it is (its mtime is part of the pipeline's data
+    stage key, so a rerun continues)."""
+    counts, lines = {}, []
+    for domain, paths in sources().items():
+        texts = documents(paths, budget)
+        counts[domain] = len(texts)
+        lines += [json.dumps({"text": text, "meta": {"redpajama_set_name": domain}}) + "\n" for text in texts]
+    content = "".join(lines).encode()
+    if not out.is_file() or out.read_bytes() != content:
+        out.write_bytes(content)
     return counts
 
 

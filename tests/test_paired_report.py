@@ -157,7 +157,17 @@ def test_runs_without_block_losses_have_no_interval_and_say_why(tmp_path):
     assert entry["method"] is None and entry["average"]["low"] is None and "no per-block" in entry["note"]
     assert entry["average"]["mean"] == pytest.approx(-0.25)
     assert report["compute"]["arm"]["main_flops"] is None  # no compute record either: n/a, never a guess
-    assert "| arm | n/a | n/a | 0 | n/a |" in (tmp_path / "out" / "report.md").read_text()
+    assert "| arm | n/a | n/a | 0 | n/a | n/a |" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_only_seeds_the_baseline_has_are_paired_in_numeric_order(tmp_path):
+    corpus = _corpus(tmp_path / "corpus")
+    blocks = {"a": [2.0, 2.1], "b": [1.0, 1.1]}
+    runs = {"uniform": [_run(tmp_path / f"u{s}", corpus, blocks, s) for s in (10, 2)],
+            "arm": [_run(tmp_path / f"x{s}", corpus, blocks, s) for s in (2, 10, 7)]}  # fmt: skip
+    entry = compare_runs(runs, tmp_path / "out")["paired"]["arm"]
+    assert entry["seeds"] == [2, 10] and entry["unpaired_seeds"] == [7]
+    assert entry["method"] == "bootstrap over seeds x validation blocks" and entry["average"]["per_seed"] == [0.0, 0.0]
 
 
 def test_compute_counts_the_weights_stage_and_the_compute_to_the_baselines_loss(tmp_path):
@@ -235,3 +245,38 @@ def test_arms_of_one_seed_share_the_init_and_the_batches(same_seed_arms):
 def test_two_arms_with_the_same_mixture_seed_and_weighting_are_bit_identical(same_seed_arms):
     first, again = same_seed_arms["uniform"]["eval"], same_seed_arms["uniform-again"]["eval"]
     assert first == again  # every loss, every block, the compute record: equal as floats, not close
+
+
+def _miniature(values: dict, spec: str) -> dict:
+    """configs/compare-seeds.yaml with every length shortened and the tiny model: its arms, seeds and sections."""
+    short = {"batch_size": 8, "lr": 3e-3, "final_lr": 3e-4, "warmup_steps": 1, "progress": False}
+    values["data"] = {"synthetic": {"seed": 0, "tokens_per_domain": 4096, "seq_len": 64}}
+    values["train"].update(model=spec, steps=6, eval_every=2, eval_blocks=4, checkpoint_every=100, **short)
+    values["doremi"].update(proxy=spec, steps=4, reference_steps=4, log_every=2, train=short)
+    values["doge"].update(proxy=spec, steps=4, log_every=2, train=short)
+    values["regmix"].update(proxy=spec, runs=8, steps=2, token_budget=6 * 8 * 64, train=short)
+    for arm in values["arms"].values():
+        if "mixing_every" in arm:
+            arm["mixing_every"] = 2
+    return {**values, "progress": False}
+
+
+@pytest.mark.slow
+def test_the_compare_seeds_recipe_in_miniature_reports_every_arm_with_t_intervals_and_compute(tmp_path, tiny_spec):
+    from mixweight.pipeline import run_pipeline
+    from mixweight.pipeline.config import pipeline_config
+
+    shipped = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "compare-seeds.yaml").read_text())
+    assert shipped["seeds"] == [0, 1, 2] and len(shipped["arms"]) == 9
+    report = run_pipeline(pipeline_config(_miniature(shipped, tiny_spec), "compare-seeds"), tmp_path / "out")
+    assert set(report["paired"]) == set(shipped["arms"]) - {"uniform"}
+    for arm, entry in report["paired"].items():
+        assert entry["method"] == "t over seeds" and entry["seeds"] == [0, 1, 2], arm
+        assert entry["average"]["verdict"] in (BETTER, WORSE, UNCLEAR), arm
+    compute = report["compute"]
+    for arm in ("doremi", "doremi+linupper", "doge", "doge+linupper", "regmix", "online-doremi"):
+        assert compute[arm]["weights_flops"] > 0 and compute[arm]["total_flops"] > compute[arm]["main_flops"], arm
+    assert compute["doremi"]["weights_flops"] == compute["doremi+linupper"]["weights_flops"]  # one stage, both charged
+    assert compute["uniform"]["weights_flops"] == compute["odm"]["weights_flops"] == 0.0
+    assert compute["online-doremi"]["extra_fraction"] == pytest.approx(1 / 3)  # a reference forward as large
+    assert (tmp_path / "out" / "report" / "loss_vs_flops.png").is_file()

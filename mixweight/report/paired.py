@@ -62,7 +62,12 @@ def paired_runs(arm: Arm, baseline: Arm) -> list[tuple[object, Run, Run]]:
     mine = {}
     for run in arm.runs:
         mine.setdefault(run.seed, run)
-    return [(seed, mine[seed], base[seed]) for seed in sorted(mine, key=str) if seed in base]
+    return [(seed, mine[seed], base[seed]) for seed in sorted(mine, key=_seed_order) if seed in base]
+
+
+def _seed_order(seed) -> tuple:
+    """Integer seeds in numeric order, anything else after them by its text."""
+    return (0, seed, "") if isinstance(seed, int) else (1, 0, str(seed))
 
 
 def _block_differences(pairs, domains: list[str]) -> list[list[np.ndarray]] | None:
@@ -127,7 +132,7 @@ def paired_comparison(arm: Arm, baseline: Arm, domains: list[str]) -> dict:
     seeds = [seed for seed, _, _ in pairs]
     out = {
         "seeds": seeds,
-        "unpaired_seeds": sorted({r.seed for r in arm.runs} - set(seeds), key=str),
+        "unpaired_seeds": sorted({r.seed for r in arm.runs} - set(seeds), key=_seed_order),
         "confidence": CONFIDENCE,
         "method": None,
         "note": None,

@@ -221,7 +221,7 @@ def cost_table(costs: dict[str, dict], baseline: str) -> str:
     rows = []
     for arm, c in costs.items():
         reach = c["to_baseline"]
-        reach_text = "not reached"
+        reach_text = "n/a" if reach is None else "not reached"  # n/a: no compute record to count with
         if reach and reach["mean"] is not None:
             interval = f" [{fmt_flops(reach['low'])}, {fmt_flops(reach['high'])}]" if reach["low"] is not None else ""
             ratio = f" ({base_total / reach['mean']:.2f}x)" if base_total else ""

@@ -114,7 +114,8 @@ def run(corpus: Path, weights: Path, out: Path, weighting: str, seed: int, args)
 def cell_summary(runs: dict[str, list[Path]], domains: list[str]) -> dict:
     arms = {name: Arm(name, [load_run(p) for p in paths]) for name, paths in runs.items()}
     entry = paired_comparison(arms["linupper"], arms["uniform"], domains)
-    clean = [float(np.mean([entry["domains"][d]["per_seed"][i] for d in LEARNABLE])) for i in range(len(entry["seeds"]))]
+    per_seed = zip(*(entry["domains"][d]["per_seed"] for d in LEARNABLE))
+    clean = [float(np.mean(values)) for values in per_seed]
     mean, low, high = t_interval(clean)
     entry["clean"] = {"mean": mean, "low": low, "high": high, "per_seed": clean, "verdict": verdict(low, high)}
     return entry
@@ -160,7 +161,8 @@ def main() -> None:
                 flush=True,
             )
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    print("\n| label noise | redundant share | Δ average [95% CI] | Δ learnable domains [95% CI] | Δ redundant [95% CI] |")
+    columns = ["label noise", "redundant share", "Δ average [95% CI]", "Δ learnable [95% CI]", "Δ redundant [95% CI]"]
+    print("\n| " + " | ".join(columns) + " |")
     print("|---|---|---|---|---|")
     for r in results:
         print(

@@ -26,10 +26,12 @@ def peak_bf16_flops(device_name: str | None) -> float | None:
 
 
 def model_flops(spec: str, corpus: str | Path) -> dict:
-    """Parameter counts and FLOPs per token of `spec` on the corpus (model built on the meta device)."""
+    """Parameter counts and FLOPs per token of `spec` on the corpus (model built on the meta device); the count is
+    mixweight's own (mixweight/core/flops.py: 6 N + 12 n_layer d_attn T per trained token)."""
     import torch
     from transformers import AutoModelForCausalLM
 
+    from mixweight.core.flops import model_shape, training_flops_per_token
     from mixweight.core.model import build_config
     from mixweight.data.manifest import load_manifest
 
@@ -37,29 +39,17 @@ def model_flops(spec: str, corpus: str | Path) -> dict:
     config = build_config(spec, manifest)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
-    total = sum(p.numel() for p in model.parameters())  # a tied weight is listed once
-    embedding = model.get_input_embeddings().weight
-    output = model.get_output_embeddings()
-    tied = output is not None and output.weight is embedding
-    positions = sum(
-        m.weight.numel()
-        for name, m in model.named_modules()
-        if isinstance(m, torch.nn.Embedding)
-        and name.rsplit(".", 1)[-1] in ("wpe", "position_embeddings", "embed_positions")
-    )
-    # The input embedding is a lookup, not a matmul; the output projection is one (counted once when tied).
-    matmul = total - positions - (0 if tied else embedding.numel())
-    layers, heads = config.num_hidden_layers, config.num_attention_heads
-    head_size = config.hidden_size // heads
-    attention = 12 * layers * heads * head_size * manifest.seq_len
+    shape = model_shape(model, manifest.seq_len)
+    heads = config.num_attention_heads
+    attention = 12 * shape.layers * shape.attention_width * shape.seq_len
     return {
-        "parameters": total,
-        "matmul_parameters": matmul,
-        "layers": layers,
+        "parameters": sum(p.numel() for p in model.parameters()),  # a tied weight is listed once
+        "matmul_parameters": shape.matmul_params,
+        "layers": shape.layers,
         "heads": heads,
-        "head_size": head_size,
+        "head_size": shape.attention_width // heads,
         "seq_len": manifest.seq_len,
         "vocab_size": manifest.vocab_size,
-        "flops_per_token": 6 * matmul + attention,
+        "flops_per_token": training_flops_per_token(shape),
         "attention_flops_per_token": attention,
     }

@@ -152,3 +152,18 @@ def downstream_table(downstream: dict[str, dict[str, dict]]) -> str:
             cell = "n/a" if stat is None else fmt_stat(stat, 4)
             row.append(f"**{cell}**" if stat and stat["mean"] == best and len(arms) > 1 else cell)
     return table(["arm", *tasks], rows)
+
+
+def clusters_table(clusters: dict[str, dict], domains: list[str]) -> str:
+    """A clustered corpus's domains (manifest.json `clustering`): name, documents, share, description."""
+    rows = [
+        [f"`{d}`", str(c["documents"]), f"{100 * c['share']:.1f}%", _cell(c["description"])]
+        for d in domains
+        if (c := clusters.get(d)) is not None
+    ]
+    return table(["domain", "documents", "share", "description"], rows)
+
+
+def _cell(text: str) -> str:
+    """Text safe inside a markdown table cell (no pipes, no line breaks)."""
+    return " ".join(text.split()).replace("|", "\\|")

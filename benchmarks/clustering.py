@@ -19,8 +19,9 @@ Measured, each over `--seeds` (the sample, the SVD and k-means seeds):
 2. the same with --cluster-sample a quarter of the corpus (fit on a sample, assign the rest);
 3. ARI of K=8 clusters (more clusters than kinds: ARI drops by construction; the contingency says whether
    each cluster still holds one kind);
-and the assignment pass's documents/s per core. With `--pipeline`: the pipeline (gpt2-tiny, arms uniform,
-regmix, odm) on the labelled corpus and on the K=4 clustered one, and their reports side by side.
+and the assignment pass's documents/s per core. With `--pipeline`: the pipeline (gpt2-tiny, arms
+`--arms`, default uniform and regmix) on the labelled corpus and on the K=4 clustered one, and their reports
+side by side; `--pipeline-only` skips the ARI runs (the corpus file is made again, the same on one machine).
 """
 
 from __future__ import annotations
@@ -114,7 +115,14 @@ def summary(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {sd:.3f} (min {min(values):.3f}, max {max(values):.3f}, n={len(values)})"
 
 
-def run_pipelines(out: Path, raw: Path) -> dict:
+ARMS = {
+    "uniform": {"domain_weights": "uniform"},
+    "regmix": {"domain_weights": "regmix"},
+    "odm": {"domain_weights": "online:odm", "mixing_every": 15},
+}
+
+
+def run_pipelines(out: Path, raw: Path, arms: list[str]) -> dict:
     import yaml
 
     from mixweight.pipeline import load_pipeline_config, run_pipeline
@@ -142,11 +150,7 @@ def run_pipelines(out: Path, raw: Path) -> dict:
             "doremi": None,
             "doge": None,
             "regmix": {"proxy": "gpt2-micro", "runs": 16, "steps": 30, "train": {"batch_size": 16}},
-            "arms": {
-                "uniform": {"domain_weights": "uniform"},
-                "regmix": {"domain_weights": "regmix"},
-                "odm": {"domain_weights": "online:odm", "mixing_every": 15},
-            },
+            "arms": {name: ARMS[name] for name in arms},
             "seeds": [0],
             "report": {"baseline": "uniform"},
             "progress": False,
@@ -179,6 +183,8 @@ def main() -> None:
     parser.add_argument("--per-kind", type=int, default=400)
     parser.add_argument("--seeds", default="0,1,2,3,4")
     parser.add_argument("--pipeline", action="store_true")
+    parser.add_argument("--pipeline-only", action="store_true")
+    parser.add_argument("--arms", default="uniform,regmix", help=f"pipeline arms, of {','.join(ARMS)}")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     raw = args.out / "local-text.jsonl"
@@ -192,7 +198,7 @@ def main() -> None:
         "K=8, whole corpus as sample": {"domains": "cluster:8"},
     }
     results: dict = {"documents": len(records), "per_kind": args.per_kind, "settings": {}}
-    for label, options in settings.items():
+    for label, options in ({} if args.pipeline_only else settings).items():
         runs = []
         for seed in seeds:
             out = args.out / f"{label.split(',')[0].replace('=', '')}-{options.get('cluster_sample', 'all')}-s{seed}"
@@ -208,10 +214,11 @@ def main() -> None:
             "runs": runs,
         }
         print(f"== {label}: ARI {results['settings'][label]['ari']}", flush=True)
-    if args.pipeline:
-        results["pipeline"] = run_pipelines(args.out, raw)
-    (args.out / "results.json").write_text(json.dumps(results, indent=2))
-    print(f"wrote {args.out / 'results.json'}")
+    if args.pipeline or args.pipeline_only:
+        results["pipeline"] = run_pipelines(args.out, raw, args.arms.split(","))
+    name = "pipeline-results.json" if args.pipeline_only else "results.json"
+    (args.out / name).write_text(json.dumps(results, indent=2))
+    print(f"wrote {args.out / name}")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ Measured, each over `--seeds` (the sample, the SVD and k-means seeds):
    each cluster still holds one kind);
 and the assignment pass's documents/s per core. With `--pipeline`: the pipeline (gpt2-tiny, arms
 `--arms`, default uniform and regmix) on the labelled corpus and on the K=4 clustered one, and their reports
-side by side; `--pipeline-only` skips the ARI runs (the corpus file is made again, the same on one machine).
+side by side; `--pipeline-only` skips the ARI runs (and reuses OUT/local-text.jsonl when it is there).
 """
 
 from __future__ import annotations
@@ -188,8 +188,11 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     raw = args.out / "local-text.jsonl"
-    records = collect(args.per_kind)
-    raw.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    if args.pipeline_only and raw.is_file():  # the corpus the ARI runs used (files on the machine may change since)
+        records = [json.loads(line) for line in raw.read_text(encoding="utf-8").splitlines()]
+    else:
+        records = collect(args.per_kind)
+        raw.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
     seeds = [int(s) for s in args.seeds.split(",")]
     quarter = len(records) // 4
     settings = {

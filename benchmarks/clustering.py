@@ -144,7 +144,7 @@ def run_pipelines(out: Path, raw: Path, arms: list[str]) -> dict:
                 "final_lr": 2e-4,
                 "warmup_steps": 15,
                 "eval_every": 50,
-                "checkpoint_every": 1000,
+                "checkpoint_every": 50,  # a killed run (OOM on a shared machine) resumes
                 "progress": False,
             },
             "doremi": None,

@@ -36,6 +36,7 @@ EXTRAS = {
     "eval": ("lm-eval",),
     "tracking": ("tensorboard", "wandb", "mlflow"),
     "s3": ("boto3",),
+    "cluster": ("scikit-learn", "faiss-cpu", "faiss-gpu"),
 }
 
 

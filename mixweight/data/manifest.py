@@ -43,6 +43,9 @@ class Manifest:
     config_hash: str  # hash of everything that determines the bytes of the corpus
     irreducible_loss: dict[str, float | None] = field(default_factory=dict)
     skipped: dict[str, dict] = field(default_factory=dict)  # per-domain counts of dropped input
+    # domains made by clustering (`data prepare --domains cluster:K`): the artifact under `path` by sha256, and each
+    # cluster's description, documents and share; empty for a corpus whose domains came from labels
+    clustering: dict = field(default_factory=dict)
     format: str = FORMAT
 
     # --- derived views -------------------------------------------------------------
@@ -63,7 +66,10 @@ class Manifest:
 
     # --- io -------------------------------------------------------------------------
     def to_json(self) -> dict:
-        return asdict(self)
+        raw = asdict(self)
+        if not raw["clustering"]:
+            del raw["clustering"]  # written only when set: corpora with labelled domains keep their bytes
+        return raw
 
     def write(self, corpus_dir: str | Path) -> Path:
         """Write atomically: a reader never sees a half-written manifest."""
@@ -125,7 +131,7 @@ class Manifest:
                         f"documents {stats.documents!r}"
                     )
         optional = {}
-        for key in ("source", "irreducible_loss", "skipped"):
+        for key in ("source", "irreducible_loss", "skipped", "clustering"):
             value = raw.get(key) or {}
             if not isinstance(value, dict):
                 raise MixweightError(f"{where}: '{key}' must be a JSON object, got {type(value).__name__}")

@@ -24,7 +24,7 @@ from mixweight.data.manifest import FORMAT, MANIFEST_NAME
 from mixweight.errors import MixweightError
 
 # What a corpus directory holds; anything else in --out is the user's, and is never deleted.
-CORPUS_ENTRIES = {MANIFEST_NAME, "train", "val", "tokenizer"}
+CORPUS_ENTRIES = {MANIFEST_NAME, "train", "val", "tokenizer", "domains"}
 # Errors of writing, not of bad input: reported as one line naming the output directory.
 WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
 

@@ -20,6 +20,7 @@ filled; how many moved is recorded in the manifest (``source.moved_to_val``).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import heapq
 import json
@@ -35,11 +36,14 @@ from typing import ClassVar, Iterator, Optional
 import numpy as np
 from tqdm.auto import tqdm
 
-from mixweight.core.config import option
+from mixweight.core.config import build_config, option
+from mixweight.data.cluster_names import report_lines as cluster_report_lines
+from mixweight.data.cluster_options import DOMAINS_DIR, ClusterOptions, artifact_sha256, cluster_options_of
+from mixweight.data.cluster_options import config_key as cluster_key
+from mixweight.data.clustering import Assignment, build_clustering
 from mixweight.data.manifest import DomainSplitStats, Manifest, load_manifest
-from mixweight.data.names import NAME_RULE, name_problem
 from mixweight.data.output import check_can_write, is_same_corpus, resolve_output, staged_directory
-from mixweight.data.readers import describe, get_field, input_fingerprint, iter_records, scan_sources
+from mixweight.data.readers import input_fingerprint, iter_documents, iter_texts, scan_sources
 from mixweight.data.streams import token_dtype, write_stream
 from mixweight.data.tokenizer import ByteTokenizer, load_hf_tokenizer, parse_spec, train_bpe
 from mixweight.errors import MixweightError
@@ -57,28 +61,6 @@ def val_score(text: str) -> float:
 
 def split_of(text: str, val_fraction: float) -> str:
     return "val" if val_score(text) < val_fraction else "train"
-
-
-def _check_domain_name(name, where: str, field: str) -> str:
-    """Domain names become directory names and export entries: one plain, short path component."""
-    problem = name_problem(name)
-    if problem:
-        shown = name if not isinstance(name, str) or len(name) <= 60 else name[:60] + "..."
-        raise MixweightError(f"{where}: domain {shown!r} (field '{field}') {problem}; {NAME_RULE}")
-    return name
-
-
-def iter_documents(input_path, domain_field: str, text_field: str) -> Iterator[tuple[str, str]]:
-    """(domain, text) for every record; empty or null text comes through as '' for the caller to count."""
-    for source, position, record in iter_records(input_path):
-        where = describe(source, position)
-        domain = _check_domain_name(get_field(record, domain_field, where, "--domain-field"), where, domain_field)
-        text = get_field(record, text_field, where, "--text-field")
-        if text is None:
-            text = ""
-        if not isinstance(text, str):
-            raise MixweightError(f"{where}: field '{text_field}' holds a {type(text).__name__}, not text")
-        yield domain, text
 
 
 # --- tokenization: in process, or in a pool of workers ---------------------------------------
@@ -237,7 +219,7 @@ def guarantee_val_block(domains: list[str], spill: SpillFiles, candidates: ValCa
     return moved
 
 
-def _check_sizes(domains: list[str], spill: SpillFiles, seq_len: int) -> None:
+def _check_sizes(domains: list[str], spill: SpillFiles, seq_len: int, remedy: str = "") -> None:
     """Every domain needs a training block and a validation block, of whole documents; name them all at once."""
     problems = []
     for domain in domains:
@@ -252,12 +234,12 @@ def _check_sizes(domains: list[str], spill: SpillFiles, seq_len: int) -> None:
         raise MixweightError(
             f"domain(s) too small for one training block and one validation block of --seq-len {seq_len} "
             f"(at least {2 * seq_len} tokens, each block from whole documents): {'; '.join(problems)}. "
-            "Use a smaller --seq-len or more data for these domains"
+            f"Use a smaller --seq-len or more data for these domains{remedy}"
         )
 
 
 def prepare_config_hash(
-    input_path, domain_field, text_field, tokenizer, tokenizer_fingerprint, seq_len, val_fraction
+    input_path, domain_field, text_field, tokenizer, tokenizer_fingerprint, seq_len, val_fraction, domains=None
 ) -> str:
     """Hash of everything that decides the corpus bytes: input files (names, sizes, mtimes) and options."""
     spec = {
@@ -272,6 +254,8 @@ def prepare_config_hash(
         "seq_len": seq_len,
         "val_fraction": val_fraction,
     }
+    if domains is not None:  # clustered domains (cluster_options.config_key); absent otherwise, so older hashes stand
+        spec["domains"] = domains
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -310,9 +294,15 @@ class PrepareConfig:
     )
     num_proc: Optional[int] = option(None, "tokenizer processes; unset or 1 tokenizes in this process")
     overwrite: bool = option(False, "replace a different mixweight corpus already in --out; never other files")
+    # domains made by clustering (--domains cluster:K, --domains-from, ...): ClusterOptions' fields, defined once
+    for _field in dataclasses.fields(ClusterOptions):
+        __annotations__[_field.name] = ClusterOptions.__annotations__[_field.name]
+        vars()[_field.name] = dataclasses.field(default=_field.default, metadata=_field.metadata)
+    del _field
 
     def validate(self) -> None:
         check_prepare_options(self.seq_len, self.val_fraction, self.num_proc)
+        cluster_options_of(self).validate()
 
 
 def check_prepare_options(seq_len, val_fraction, num_proc) -> None:
@@ -340,19 +330,26 @@ def prepare_corpus(
     overwrite: bool = PrepareConfig.overwrite,
     num_proc: int | None = PrepareConfig.num_proc,
     progress: bool = True,
+    **cluster_options,
 ) -> Manifest:
     """Tokenize and pack the records under `input_path` into a corpus at `out_dir`; returns its Manifest.
 
+    `cluster_options`: the keys of :class:`ClusterOptions` (``domains="cluster:K"``, ``domains_from=CORPUS``,
+    ...): domains made by clustering the documents instead of read from `domain_field` (see clustering.py).
     Rerunning with the same input files and options on an existing copy is a no-op.
     """
     check_prepare_options(seq_len, val_fraction, num_proc)
+    cluster = build_config(ClusterOptions, cluster_options, "data prepare")
+    if cluster.active:
+        domain_field = None  # not read: the clustering decides every document's domain
     kind, arg = parse_spec(tokenizer)
     sources, skipped_files = scan_sources(input_path)  # fails early on a missing path or unsupported type
     out_dir = resolve_output(out_dir, input_path)
     hf_tok = load_hf_tokenizer(arg) if kind == "hf" else None
     fingerprint = hf_tok.info["fingerprint"] if hf_tok else None  # bpe and byte are fixed by the options
+    domains_key = cluster_key(cluster) if cluster.active else None
     config_hash = prepare_config_hash(
-        input_path, domain_field, text_field, tokenizer, fingerprint, seq_len, val_fraction
+        input_path, domain_field, text_field, tokenizer, fingerprint, seq_len, val_fraction, domains_key
     )
     if is_same_corpus(out_dir, config_hash):
         return load_manifest(out_dir)
@@ -360,12 +357,20 @@ def prepare_corpus(
     show = progress and sys.stderr.isatty()
 
     with staged_directory(out_dir) as staging:
+        assignment = None
+        if cluster.active:  # fit the clustering (or copy --domains-from's) first: the tokenizing pass assigns domains
+
+            def plain_texts():
+                return (t for _, t in iter_texts(input_path, text_field))
+
+            assignment = Assignment(build_clustering(cluster, staging, plain_texts, show), cluster.compare_field)
         if kind == "bpe":
-            texts = (
-                t
-                for d, t in iter_documents(input_path, domain_field, text_field)
-                if t.strip() and split_of(t, val_fraction) == "train"
+            documents = (
+                iter_texts(input_path, text_field)
+                if assignment
+                else iter_documents(input_path, domain_field, text_field)
             )
+            texts = (t for d, t in documents if t.strip() and split_of(t, val_fraction) == "train")
             tok = train_bpe(tqdm(texts, desc="train bpe", unit="doc", disable=not show), arg, staging)
         else:
             tok = hf_tok or ByteTokenizer()
@@ -374,7 +379,11 @@ def prepare_corpus(
         spill = SpillFiles(staging / SPILL_DIR, dtype, tok.eos_id)
         candidates = ValCandidates(seq_len)
         empty: Counter = Counter()
-        chunks = _chunks(iter_documents(input_path, domain_field, text_field), val_fraction, empty)
+        if assignment:
+            documents = assignment.stream(iter_texts(input_path, text_field, cluster.compare_field))
+        else:
+            documents = iter_documents(input_path, domain_field, text_field)
+        chunks = _chunks(documents, val_fraction, empty)
         with tqdm(desc="tokenize", unit="doc", disable=not show) as bar:
             for keys, encoded in encoded_chunks(tok, chunks, num_proc):
                 for (split, domain, score), ids in zip(keys, encoded):
@@ -384,12 +393,13 @@ def prepare_corpus(
                 bar.update(len(keys))
         spill.close()
 
-        domains = sorted({d for _, d in spill.tokens} | set(empty))
+        clusters = assignment.clustering.names if assignment else []  # every cluster, even one left empty
+        domains = sorted({d for _, d in spill.tokens} | set(empty) | set(clusters))
         if not domains:
             raise MixweightError(f"--input {input_path}: no records found")
         # (bpe: the moved documents were among the tokenizer's training texts; they are a block's worth.)
         moved = guarantee_val_block(domains, spill, candidates, seq_len)
-        _check_sizes(domains, spill, seq_len)
+        _check_sizes(domains, spill, seq_len, " (or a smaller K for --domains cluster:K)" if assignment else "")
 
         splits: dict[str, dict[str, DomainSplitStats]] = {s: {} for s in SPLITS}
         skipped = {}
@@ -429,8 +439,11 @@ def prepare_corpus(
             config_hash=config_hash,
             irreducible_loss={},
             skipped=skipped,
+            clustering=assignment.manifest_block(artifact_sha256(staging / DOMAINS_DIR)) if assignment else {},
         )
         manifest.write(staging)
+    if assignment:
+        assignment.print_notes()
     return manifest
 
 
@@ -449,4 +462,6 @@ def report_lines(manifest: Manifest) -> list[str]:
                 f"domain '{domain}': moved {move['documents']} document(s) ({move['tokens']} tokens) "
                 "with the lowest hash scores from train to validation, so it has one validation block"
             )
+    if manifest.clustering:
+        lines += cluster_report_lines(manifest.clustering)
     return lines

@@ -3,6 +3,7 @@
 Every reader yields ``(source, position, record)`` where ``position`` is a 1-based line
 number for JSONL and a 0-based row index for tabular sources, so an error can point at the
 exact record (see :func:`describe`). Everything streams: a corpus never has to fit in memory.
+:func:`iter_documents` and :func:`iter_texts` turn records into (domain or label, text) pairs.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Iterator
 
+from mixweight.data.names import NAME_RULE, name_problem
 from mixweight.errors import MixweightError
 
 SUPPORTED = (
@@ -186,6 +188,40 @@ def iter_records(input_path: str | Path) -> Iterator[Record]:
     """Every record of every source under `input_path`, sources in sorted order."""
     for source in list_sources(input_path):
         yield from READERS[source_kind(source)](source)
+
+
+def _check_domain_name(name, where: str, field: str) -> str:
+    """Domain names become directory names and export entries: one plain, short path component."""
+    problem = name_problem(name)
+    if problem:
+        shown = name if not isinstance(name, str) or len(name) <= 60 else name[:60] + "..."
+        raise MixweightError(f"{where}: domain {shown!r} (field '{field}') {problem}; {NAME_RULE}")
+    return name
+
+
+def _labelled_texts(input_path, text_field: str, label_field: str | None, flag: str):
+    """(where, label, text) for every record; label None without a `label_field`; null text comes through as ''."""
+    for source, position, record in iter_records(input_path):
+        where = describe(source, position)
+        label = get_field(record, label_field, where, flag) if label_field is not None else None
+        text = get_field(record, text_field, where, "--text-field")
+        if text is None:
+            text = ""
+        if not isinstance(text, str):
+            raise MixweightError(f"{where}: field '{text_field}' holds a {type(text).__name__}, not text")
+        yield where, label, text
+
+
+def iter_documents(input_path, domain_field: str, text_field: str) -> Iterator[tuple[str, str]]:
+    """(domain, text) for every record; empty or null text comes through as '' for the caller to count."""
+    for where, domain, text in _labelled_texts(input_path, text_field, domain_field, "--domain-field"):
+        yield _check_domain_name(domain, where, domain_field), text
+
+
+def iter_texts(input_path, text_field: str, label_field: str | None = None) -> Iterator[tuple[object, str]]:
+    """(label, text) for every record, the label any value (`--compare-field`) or None; for clustering."""
+    for _where, label, text in _labelled_texts(input_path, text_field, label_field, "--compare-field"):
+        yield label, text
 
 
 def get_field(record: dict, dotted: str, where: str, flag: str):

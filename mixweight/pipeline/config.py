@@ -3,7 +3,10 @@
     data:    exactly one of
                {synthetic: {seed, tokens_per_domain, seq_len, val_blocks}}   the built-in corpus
                {prepare: {input, domain_field, text_field, tokenizer, seq_len, val_fraction, num_proc}}
-                                                        `mixweight data prepare` of INPUT (JSONL, Parquet, ...)
+                                                        `mixweight data prepare` of INPUT (JSONL, Parquet, ...);
+                                                        with domains: cluster:K (and embed, cluster_sample,
+                                                        cluster_seed, cluster_backend, compare_field) or
+                                                        domains_from: CORPUS, domains made by clustering
                {path: DIR}                              an existing corpus directory (also {path: {dir: DIR}})
                                                         or corpus URL (s3://, gs://, ..., file:///DIR)
     train:   TrainConfig keys shared by every arm (model, steps, batch_size, lr, ...); its report_to

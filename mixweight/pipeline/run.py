@@ -35,6 +35,8 @@ from mixweight.core.artifact import resolve_proportions
 from mixweight.core.config import option
 from mixweight.core.distributed import barrier, broadcast_object, close_world, init_world, is_main_process
 from mixweight.core.yamlio import load_yaml
+from mixweight.data.cluster_options import cluster_options_of
+from mixweight.data.cluster_options import external_inputs as cluster_inputs
 from mixweight.data.corpus import open_corpus
 from mixweight.domain.methods import get_method
 from mixweight.errors import MixweightError
@@ -91,6 +93,7 @@ def _data_stage(config: PipelineConfig, out: Path) -> tuple[Stage, str]:
             values["input_files"] = input_fingerprints(form.input)
         except MixweightError as exc:
             raise MixweightError(f"pipeline 'data.prepare.input': {exc}") from exc
+        values.update(cluster_inputs(cluster_options_of(form)))  # an encoder's or --domains-from's files, by hash
     if kind == "path":
         opened = open_corpus(form.dir)  # a missing or broken corpus fails now, before anything is written
         values["manifest_sha256"] = manifest_sha256(opened.directory)  # a URL: its fetched copy

@@ -166,6 +166,7 @@ def compare_runs(
             "config_hash": manifest.config_hash if manifest else None,
             "domains": domains,
             "irreducible_loss": {d: irreducible.get(d) for d in domains} if irreducible else None,
+            "clusters": (manifest.clustering.get("clusters") or None) if manifest is not None else None,
         },
         "baseline": base,
         "arms": {a.name: {**_arm_info(a), "final": finals[a.name], "curve": curves[a.name]} for a in arms},
@@ -199,6 +200,15 @@ def render_markdown(
         f"{', '.join(domains)}). Baseline arm: `{report['baseline']}`. "
         "Several seeds of an arm are shown as mean ± std (sample std over seeds).",
         tables.arms_table(arms),
+    ]
+    if corpus.get("clusters"):
+        parts += [
+            "## Domains: clusters of the corpus",
+            "The corpus's domains were made by clustering its documents (`data prepare --domains cluster:K`); "
+            "each is named after its most distinctive terms. Documents and share: in the whole corpus.",
+            tables.clusters_table(corpus["clusters"], domains),
+        ]
+    parts += [
         "## Final validation loss per domain",
         "Token-weighted next-token cross-entropy (nats) on each domain's validation blocks, as in the "
         "LinUpper paper's Table 1; *average* is the uniform mean over domains. Lower is better; the best "

@@ -240,3 +240,18 @@ def cost_table(costs: dict[str, dict], baseline: str) -> str:
         )
     header = ["arm", "main run", "step's extra work", "weights stage", "total", f"to reach {baseline}'s loss"]
     return table(header, rows)
+
+
+def clusters_table(clusters: dict[str, dict], domains: list[str]) -> str:
+    """A clustered corpus's domains (manifest.json `clustering`): name, documents, share, description."""
+    rows = [
+        [f"`{d}`", str(c["documents"]), f"{100 * c['share']:.1f}%", _cell(c["description"])]
+        for d in domains
+        if (c := clusters.get(d)) is not None
+    ]
+    return table(["domain", "documents", "share", "description"], rows)
+
+
+def _cell(text: str) -> str:
+    """Text safe inside a markdown table cell (no pipes, no line breaks)."""
+    return " ".join(text.split()).replace("|", "\\|")

@@ -32,7 +32,9 @@ from mixweight.core.artifact import DomainWeights
 from mixweight.data.manifest import load_manifest
 from mixweight.data.synthetic import write_synthetic_corpus
 from mixweight.domain import regmix
-from mixweight.domain.regmix_run import RegMixConfig, member_config, prior_weights, train_share
+from mixweight.domain.regmix_config import RegMixConfig, prior_weights
+from mixweight.domain.regmix_run import member_config
+from mixweight.domain.swarm import train_share
 
 
 def _members(config: RegMixConfig, corpus: str, work: Path, mixtures: np.ndarray, domains: list[str], first: int):

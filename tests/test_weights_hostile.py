@@ -97,7 +97,7 @@ def regmix_artifact() -> dict:
     import numpy as np
 
     from mixweight.core.artifact import DomainWeights
-    from mixweight.domain.regmix_run import replay_weights
+    from mixweight.domain.verify import replay_regmix_weights as replay_weights
 
     domains = ["a", "b", "c"]
     rng = np.random.default_rng(0)

@@ -1,7 +1,8 @@
 """Regression mixing (RegMix; Data Mixing Laws): fit validation loss as a function of the mixture, then minimise it.
 
 Pure numpy/scipy functions; no training, no files (the swarm that produces the data is
-`mixweight.domain.regmix_run`). docs/algorithms.md section 5 has the formulas and the choices.
+`mixweight.domain.regmix_run`, the artifact `regmix_fit`). docs/algorithms.md section 5 has the formulas and the
+choices.
 
 - `sample_mixtures(prior, k, concentration, seed)`: the swarm's mixtures. Row 0 is the prior,
   row 1 uniform, row i >= 2 a Dirichlet draw centred on the prior, alpha = A * s_i * m * prior

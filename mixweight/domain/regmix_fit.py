@@ -25,10 +25,6 @@ from mixweight.domain import regmix
 from mixweight.sampling.repetition import planned_epochs, project_max_epochs
 
 POOR_FIT_SPEARMAN = 0.5  # below this held-out rank correlation, the artifact warns that the fit ranks poorly
-# Below this many runs per parameter of a log-linear law (m + 1 with m training domains), the artifact warns: on the
-# synthetic corpus such fits ranked unseen mixtures poorly while their leave-one-out Spearman looked good
-# (benchmarks/RESULTS.md, regmix_rank.py).
-RUNS_PER_PARAMETER = 3
 
 
 @dataclass
@@ -47,16 +43,23 @@ class Swarm:
         return np.array([[run["losses"][d] for d in self.target_domains] for run in self.runs], dtype=np.float64)
 
 
-def fit_block(regressor: str, seed: int, model, x: np.ndarray, y: np.ndarray, target_domains: list[str]) -> dict:
+def fit_options(config, regressor: str) -> dict:
+    """How a law is fitted (make_regressor's keywords), as the artifact's fit block records them."""
+    if regressor not in regmix.LAWS:
+        return {}
+    return {"loss": config.fit_loss, "delta": config.huber_delta}
+
+
+def fit_block(regressor: str, seed: int, model, x: np.ndarray, y: np.ndarray, target_domains: list[str], fit) -> dict:
     observed = y.mean(axis=1)
     in_sample = regmix.fit_statistics(model.predict(x), observed)
-    held_out = regmix.cross_validate(regressor, x, y, seed)
-    block = {
-        "regressor": regressor,
-        "target_domains": target_domains,
-        "in_sample": in_sample,
-        "cross_validation": held_out,
-    }
+    held_out = regmix.cross_validate(regressor, x, y, seed, **fit)
+    block = {"regressor": regressor}
+    if fit:  # an artifact without these keys was fitted by least squares with c <= min(y) (verify.py)
+        block["loss"] = fit["loss"]
+        if fit["loss"] == "huber":
+            block["huber_delta"] = fit["delta"]
+    block.update(target_domains=target_domains, in_sample=in_sample, cross_validation=held_out)
     if isinstance(model, regmix.LogLinear):
         block["laws"] = model.params
     return block
@@ -66,8 +69,10 @@ def fit_swarm(config, swarm: Swarm, prior: np.ndarray, caps: np.ndarray | None, 
     """The fitted and optimised weights; `record` (how the swarm was made) starts the artifact's method block.
     `config` holds the fit's options (regressor, seed, kl_reg, token_budget, max_epochs, runs)."""
     x, y = swarm.x, swarm.y()
-    model = regmix.make_regressor(config.regressor, config.seed).fit(x, y)
-    fit = fit_block(config.regressor, config.seed, model, x, y, swarm.target_domains)
+    regressor = regmix.resolve_regressor(config.regressor, len(x), len(swarm.train_domains))
+    options = fit_options(config, regressor)
+    model = regmix.make_regressor(regressor, config.seed, **options).fit(x, y)
+    fit = fit_block(regressor, config.seed, model, x, y, swarm.target_domains, options)
     best_observed = int(np.argmin(y.mean(axis=1)))
     chosen = regmix.optimise(model, prior, caps=caps, kl_reg=config.kl_reg, seed=config.seed, starts=x[best_observed])
     weights = corpus_weights(swarm.domains, dict(zip(swarm.train_domains, chosen.tolist())))
@@ -76,11 +81,12 @@ def fit_swarm(config, swarm: Swarm, prior: np.ndarray, caps: np.ndarray | None, 
         "prior": float(model.predict(prior)[0]),
         "best_swarm_run": float(model.predict(x[best_observed])[0]),
     }
+    named = swarm.domains + [t for t in swarm.target_domains if t not in swarm.domains]  # targets: metrics too
     table = [
         {
             "run": run["run"],
             "weights": run["weights"],
-            "losses": {d: run["losses"][d] for d in swarm.domains if d in run["losses"]},
+            "losses": {d: run["losses"][d] for d in named if d in run["losses"]},
             "target_loss": float(y[i].mean()),
         }
         for i, run in enumerate(swarm.runs)
@@ -100,8 +106,9 @@ def fit_swarm(config, swarm: Swarm, prior: np.ndarray, caps: np.ndarray | None, 
     result.warnings = fit_warnings(config, fit, len(swarm.train_domains), swarm.target_domains, runs=len(swarm.runs))
     if is_main_process():
         cv = fit["cross_validation"]
+        name = f"{regressor} (auto)" if config.regressor == "auto" else regressor
         print(
-            f"mixweight regmix: {config.regressor} fit over {len(swarm.runs)} runs: {cv['method']} Spearman "
+            f"mixweight regmix: {name} fit over {len(swarm.runs)} runs: {cv['method']} Spearman "
             f"{cv['spearman']:.3f}, mean absolute error {cv['mae']:.4f} (in-sample Spearman "
             f"{fit['in_sample']['spearman']:.3f}, MAE {fit['in_sample']['mae']:.4f}); predicted target loss: "
             f"chosen {predicted['chosen']:.4f}, prior {predicted['prior']:.4f}, best swarm run "
@@ -132,24 +139,26 @@ def repetition_block(config, domains: list[str], tokens: dict[str, int], weights
 def fit_warnings(
     config, fit: dict, train_domains: int, target_domains: list[str], runs: int | None = None
 ) -> list[dict]:
-    """`small-swarm` (log-linear with fewer than RUNS_PER_PARAMETER runs per parameter) and `poor-fit`
+    """`small-swarm` (a law fitted with fewer than RUNS_PER_PARAMETER runs per parameter) and `poor-fit`
     (held-out Spearman below POOR_FIT_SPEARMAN), each {code, step (the swarm size), domains, message}.
-    `runs`: the swarm's size (default: config.runs)."""
+    `runs`: the swarm's size (default: config.runs); the law is fit["regressor"] (default: config.regressor)."""
     runs = config.runs if runs is None else runs
+    regressor = regmix.resolve_regressor(fit.get("regressor", config.regressor), runs, train_domains)
     found = []
     cv = fit["cross_validation"]
-    needed = RUNS_PER_PARAMETER * (train_domains + 1)
-    if config.regressor == "loglinear" and runs < needed:
+    parameters = regmix.LAWS[regressor]().parameter_count(train_domains) if regressor in regmix.LAWS else 0
+    needed = regmix.RUNS_PER_PARAMETER * parameters
+    if regressor in regmix.LAWS and runs < needed:
         found.append(
             {
                 "code": "small-swarm",
                 "step": runs,
                 "domains": target_domains,
                 "message": (
-                    f"{runs} runs for a law with {train_domains + 1} parameters per target domain: with fewer "
-                    f"than {RUNS_PER_PARAMETER}x as many runs ({needed}) the fit nearly interpolates the swarm, its "
-                    f"{cv['method']} Spearman ({cv['spearman']:.2f}) is optimistic and the chosen mixture can be worse "
-                    "than the prior; use more --runs"
+                    f"{runs} runs for a law with {parameters} parameters per target domain: with fewer than "
+                    f"{regmix.RUNS_PER_PARAMETER}x as many runs ({needed}) the fit nearly interpolates the swarm, its "
+                    f"{cv['method']} Spearman ({cv['spearman']:.2f}) is optimistic and the chosen mixture can be "
+                    "worse than the prior; use more --runs"
                 ),
             }
         )

@@ -96,7 +96,12 @@ def member_config(config: RegMixConfig, corpus: str, work: Path, index: int) -> 
 
 
 def run_regmix(config: RegMixConfig) -> DomainWeights:
-    """Train (or continue) the swarm, fit, optimise, and write the weights artifact to `config.out`."""
+    """Train (or continue) the swarm, fit, optimise, and write the weights artifact to `config.out`; with
+    --swarm-table, fit that table instead (regmix_byo)."""
+    if config.swarm_table is not None:
+        from mixweight.domain.regmix_byo import run_table
+
+        return run_table(config)
     world = init_world()  # the command's process group under torchrun (or one of our own, closed at the end)
     try:
         return _run(config, world)

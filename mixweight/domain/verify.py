@@ -187,10 +187,10 @@ def replay_regmix_weights(artifact: DomainWeights, where: str = "regmix artifact
     if not isinstance(targets, list) or not targets or not all(isinstance(t, str) for t in targets):
         raise MixweightError(f"{where}: method.fit.target_domains must be a non-empty list of domain names")
     regressor = fit.get("regressor")
-    if regressor not in regmix.REGRESSORS:
-        raise MixweightError(
-            f"{where}: method.fit.regressor is {regressor!r}, expected one of {', '.join(regmix.REGRESSORS)}"
-        )
+    fitted = (*regmix.LAWS, "lightgbm")  # `auto` is recorded as the regressor it chose
+    if regressor not in fitted:
+        raise MixweightError(f"{where}: method.fit.regressor is {regressor!r}, expected one of {', '.join(fitted)}")
+    options = _fit_options(fit, regressor, where)
     swarm = method.get("swarm")
     needed = len(train_domains) + 1
     if not isinstance(swarm, list) or len(swarm) < needed:
@@ -219,12 +219,28 @@ def replay_regmix_weights(artifact: DomainWeights, where: str = "regmix artifact
         raise MixweightError(f"{where}: method.kl_reg is {kl_reg}, expected >= 0")
     caps = _regmix_caps(artifact, train_domains, where)
     try:
-        model = regmix.make_regressor(regressor, int(seed)).fit(x, y)
+        model = regmix.make_regressor(regressor, int(seed), **options).fit(x, y)
         best = int(np.argmin(y.mean(axis=1)))
         chosen = regmix.optimise(model, prior, caps=caps, kl_reg=kl_reg, seed=int(seed), starts=x[best])
     except (ValueError, ArithmeticError, np.linalg.LinAlgError) as exc:
         raise MixweightError(f"{where}: its swarm table cannot be refitted ({type(exc).__name__}: {exc})") from None
     return corpus_weights(artifact.domains, dict(zip(train_domains, chosen.tolist())))
+
+
+def _fit_options(fit: dict, regressor: str, where: str) -> dict:
+    """How the law was fitted: the recorded loss (and Huber threshold); an artifact without `fit.loss` was
+    written before it was recorded, by least squares with the floor c <= min(y)."""
+    from mixweight.domain.mixing_laws import FIT_LOSSES, HUBER_DELTA
+
+    if regressor not in ("loglinear", "power"):
+        return {}
+    loss = fit.get("loss")
+    if loss is None:
+        return {"loss": "least_squares", "floor_at_min": True}
+    if loss not in FIT_LOSSES:
+        raise MixweightError(f"{where}: method.fit.loss is {loss!r}, expected one of {', '.join(FIT_LOSSES)}")
+    delta = finite_number(fit.get("huber_delta", HUBER_DELTA), where, "method.fit.huber_delta", positive=True)
+    return {"loss": loss, "delta": delta}
 
 
 def _regmix_caps(artifact: DomainWeights, train_domains: list[str], where: str) -> np.ndarray | None:

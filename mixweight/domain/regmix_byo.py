@@ -23,8 +23,8 @@ import numpy as np
 
 import mixweight
 from mixweight.core.artifact import check_output_file
-from mixweight.data.manifest import Manifest, load_manifest
-from mixweight.data.synthetic import resolve_corpus
+from mixweight.data.corpus import open_corpus
+from mixweight.data.manifest import Manifest
 from mixweight.domain.proxy import UNHASHED, write_artifact
 from mixweight.domain.regmix_fit import Swarm, fit_swarm, repetition_block, write_plots
 from mixweight.domain.regmix_table import check_domain_map, map_domains, read_swarm_table
@@ -172,8 +172,8 @@ def run_table(config):
     check_output_file(config.out, f"{config.COMMAND}: --out")
     corpus = manifest = None
     if config.data is not None:
-        corpus = resolve_corpus(config.data)
-        manifest = load_manifest(corpus)
+        opened = open_corpus(config.data)
+        corpus, manifest = opened.directory, opened.manifest
     swarm, prior, caps, source = table_swarm(config, manifest)
     _say_what_was_left_out(swarm, source)
     record = {

@@ -27,6 +27,7 @@ from mixweight.sampling.repetition import check_max_epochs, project_max_epochs
 
 PRIORS = ("natural", "uniform")
 LAUNCHERS = ("local", "slurm", "ray")
+LAUNCH_KEYS = ("plan", "launcher", "launcher_options", "retries", "fit")  # where and how the runs are trained
 LAUNCHER_EXTRAS = {"slurm": "submitit", "ray": "ray"}  # the package each launcher needs (and its extra's name)
 # olmix's repetition factor (ConstraintsConfig.repetition_factor): the cap a token budget gets unless max_epochs is set
 DEFAULT_MAX_EPOCHS = 4.0
@@ -135,7 +136,7 @@ class RegMixConfig(ProxyMethodConfig):
         None,
         "KEY=VALUE[,KEY=VALUE] for the launcher: slurm, submitit's executor parameters (slurm_partition, "
         "timeout_min, gpus_per_node, cpus_per_task, slurm_array_parallelism, ...; cluster=local runs the array "
-        "here); ray, address (default: a local instance), num_cpus, num_gpus per run",
+        "here); ray, address (default: a local instance over local_cpus CPUs), num_cpus, num_gpus per run",
     )
     retries: int = _f(2, "slurm, ray: times a failed run is started again (it resumes from its last checkpoint)")
     fit: bool = _f(False, "train nothing: fit the runs of the work directory that have finished, list the rest")
@@ -237,6 +238,11 @@ class RegMixConfig(ProxyMethodConfig):
         """The swarm's progress bar (the train block's `progress`); the runs themselves show none.
         (Not a `progress` attribute: that name is the deprecated flat key, which dataclasses.replace passes on.)"""
         return bool(self.train.get("progress", True))
+
+    def options(self) -> dict:
+        """The method's options but those that say where and how the swarm is run (they change no weights, so
+        the artifact's config hash leaves them out, as it leaves out work_dir)."""
+        return {k: v for k, v in super().options().items() if k not in LAUNCH_KEYS}
 
     def input_files(self) -> list[str]:
         """Files whose content is part of the config (the swarm table): a pipeline keys its stage on them."""

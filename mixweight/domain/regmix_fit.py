@@ -169,7 +169,7 @@ def fit_warnings(
                 "step": runs,
                 "domains": target_domains,
                 "message": (
-                    f"the {config.regressor} fit ranks held-out swarm runs poorly ({cv['method']} Spearman "
+                    f"the {regressor} fit ranks held-out swarm runs poorly ({cv['method']} Spearman "
                     f"{cv['spearman']:.2f} < {POOR_FIT_SPEARMAN}): the chosen mixture is a weak guess; usual remedies: "
                     "more --runs, more --steps per run, more eval blocks (train.eval_blocks)"
                 ),

@@ -15,6 +15,9 @@ eval.json files while its child trains and until all exist (the main process pri
 finished count and an ETA as it changes). A run interrupted anywhere resumes from its newest checkpoint
 (`proxy.train_or_reuse`) the next time; a run whose streaming dataset lost the race for a shared-memory
 name is started again (`_train_with_retries`). One line per finished run; a progress bar with `progress`.
+
+`write_plan(members, work)` writes the same runs for a scheduler (`configs/run-NNN.yaml`, `runs.txt`);
+`swarm_launch.launch` trains them through SLURM (submitit) or Ray.
 """
 
 from __future__ import annotations
@@ -189,6 +192,32 @@ def watch_swarm(
         raise
     finally:
         shown.close()
+
+
+def write_plan(members: list[dict], work: Path) -> Path:
+    """The swarm for a scheduler: `configs/run-NNN.yaml` (each run's complete `mixweight train` config) and
+    `runs.txt`, one `mixweight train --config ... --resume` line per run (line i + 1 is run i: a job array's
+    task i runs line i + 1). Returns runs.txt; files already holding the same text are left untouched."""
+    from mixweight.core.config import to_yaml
+
+    configs = work / "configs"
+    configs.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for member in members:
+        path = configs / f"{Path(member['config']['out']).name}.yaml"
+        _write_text(path, to_yaml(TrainConfig(**member["config"])))
+        lines.append(f"mixweight train --config {path} --resume\n")
+    runs = work / "runs.txt"
+    _write_text(runs, "".join(lines))
+    return runs
+
+
+def _write_text(path: Path, text: str) -> None:
+    if path.is_file() and path.read_text() == text:
+        return
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def _worker(argv: list[str]) -> None:

@@ -11,7 +11,7 @@ import typing
 from mixweight.core.config import ARGUMENT, FLAGS, HELP, MOVED, NESTED, OWNED, held_deprecations, renamed_keys
 from mixweight.errors import MixweightError
 
-BOOL_FLAGS_NEGATABLE = {"progress"}
+BOOL_FLAGS_NEGATABLE = {"progress", "match_repetition"}
 
 
 class ExactFlagParser(argparse.ArgumentParser):

@@ -36,6 +36,9 @@ EXTRAS = {
     "eval": ("lm-eval",),
     "tracking": ("tensorboard", "wandb", "mlflow"),
     "s3": ("boto3",),
+    "regmix": ("lightgbm",),
+    "submitit": ("submitit",),
+    "ray": ("ray",),
 }
 
 

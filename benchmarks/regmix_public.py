@@ -148,6 +148,7 @@ def main() -> None:
         "loglinear": lambda: law("loglinear", "huber", False),
         "power": lambda: law("power", "huber", False),
         f"auto (= {auto})": lambda: law(auto, "huber", False),
+        "loglinear, least squares, free floor": lambda: law("loglinear", "least_squares", False),
         "loglinear, least squares, c <= min(y) (before)": lambda: law("loglinear", "least_squares", True),
         "lightgbm (mixweight's)": lambda: regmix.make_regressor("lightgbm", args.seed),
         f"RegMix's LightGBM, early-stopped on {args.validation} training runs": lambda: RegMixLightGBM(

@@ -116,7 +116,15 @@ def test_plan_and_launcher_mistakes_are_refused_before_anything_is_written(
     )
     assert "names another" in cli_refuses(argv(synth_corpus, "--plan", tmp_path / "p", "--work-dir", tmp_path / "q"))
     assert "KEY=VALUE" in cli_refuses(argv(synth_corpus, "--launcher-options", "cluster", "--out", tmp_path / "w"))
+    from mixweight.core.distributed import World
+    from mixweight.domain import regmix_run
+
     found = importlib.util.find_spec
+    with monkeypatch.context() as patched:  # whether Ray is installed or not: the process count decides first
+        patched.setattr(importlib.util, "find_spec", lambda name, *a: True if name == "ray" else found(name, *a))
+        config = regmix_run.RegMixConfig(data=synth_corpus, plan=str(tmp_path / "p"), launcher="ray", out="w.json")
+        with pytest.raises(MixweightError, match="--launcher ray submits the runs from one process; run it without"):
+            regmix_run._run(config, World(rank=0, size=2))
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "submitit" else found(name, *a))
     message = cli_refuses(argv(synth_corpus, "--plan", tmp_path / "p", "--launcher", "slurm"))
     assert 'needs submitit, which is not installed; pip install -e ".[submitit]"' in message

@@ -84,6 +84,18 @@ def test_auto_takes_the_power_law_once_the_swarm_has_three_runs_per_parameter():
     assert resolve_regressor("auto", 512, 17) == "power"  # RegMix's swarm
 
 
+def test_fit_options_are_checked_when_the_config_is_read():
+    from mixweight.domain.regmix_config import RegMixConfig
+
+    with pytest.raises(MixweightError, match="unknown 'fit_loss' 'hubr'; did you mean 'huber'"):
+        RegMixConfig(data="c", out="w.json", fit_loss="hubr").validate()
+    with pytest.raises(MixweightError, match="'huber_delta' must be > 0"):
+        RegMixConfig(data="c", out="w.json", huber_delta=0.0).validate()
+    config = RegMixConfig(data="c", out="w.json", token_budget=1000)
+    config.validate()
+    assert config.max_epochs == 4.0 and config.kl_reg == 0.05 and config.regressor == "auto"  # olmix's defaults
+
+
 # --- swarm tables ----------------------------------------------------------------------------------------
 DOMAINS = ["arxiv", "pile_cc", "github", "wiki"]
 

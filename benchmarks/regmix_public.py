@@ -32,11 +32,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+from scipy.stats import spearmanr
 
 from mixweight.domain import mixing_laws, regmix
 from mixweight.domain.regmix_table import read_swarm_table
 
 TARGET = "the_pile_pile_cc"
+BOOTSTRAP = 2000
 PUBLISHED_SPEARMAN = 0.9892  # RegMix's notebook, Pile-CC at 1M (early stopping on the test runs)
 FILES = ("train_mixture_1m.csv", "train_pile_loss_1m.csv", "test_mixture_1m.csv", "test_pile_loss_1m.csv")
 
@@ -86,6 +88,11 @@ class RegMixLightGBM:
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         return np.asarray(self.model.predict(np.atleast_2d(x)), dtype=np.float64)
+
+
+def interval(values) -> str:
+    low, high = np.percentile(values, [2.5, 97.5])
+    return f"[{low:.4f}, {high:.4f}]"
 
 
 def top(domains: list[str], w: np.ndarray, n: int = 3) -> str:
@@ -141,9 +148,12 @@ def main() -> None:
     prior /= prior.sum()
     auto = regmix.resolve_regressor("auto", len(x), len(domains))
     print(f"\n## 2. Fitted on the {len(x)} training runs, scored on the {len(x_test)} unseen ones\n")
-    print(f"RegMix's published Spearman (LightGBM, early-stopped on the unseen runs): {PUBLISHED_SPEARMAN}\n")
+    print(f"RegMix's published Spearman (LightGBM, early-stopped on the unseen runs): {PUBLISHED_SPEARMAN}")
+    print(f"[95% intervals: {BOOTSTRAP} bootstrap resamples of the unseen runs; the fits are not redone]\n")
     print("| regressor | Spearman (unseen) | MAE (unseen) | fit s | pick, kl 0.05: top 3 | pick, kl 0: top 3 |")
     print("|---|---|---|---|---|---|")
+    resamples = np.random.default_rng(args.seed).integers(0, len(x_test), size=(BOOTSTRAP, len(x_test)))
+    predictions = {}
     regressors = {
         "loglinear": lambda: law("loglinear", "huber", False),
         "power": lambda: law("power", "huber", False),
@@ -159,12 +169,22 @@ def main() -> None:
         started = time.perf_counter()
         model = make().fit(x, y[:, None])
         seconds = time.perf_counter() - started
-        stats = regmix.fit_statistics(model.predict(x_test), y_test)
+        predicted = model.predict(x_test)
+        predictions[name] = predicted
+        stats = regmix.fit_statistics(predicted, y_test)
+        rho = interval([spearmanr(predicted[i], y_test[i]).statistic for i in resamples])
+        mae = interval([np.abs(predicted[i] - y_test[i]).mean() for i in resamples])
         picks = []
         for kl in (0.05, 0.0):
             w = regmix.optimise(model, prior, kl_reg=kl, seed=args.seed, starts=x[int(np.argmin(y))])
             picks.append(f"{top(domains, w)} (predicted {model.predict(w)[0]:.3f})")
-        print(f"| {name} | {stats['spearman']:.4f} | {stats['mae']:.4f} | {seconds:.1f} | {picks[0]} | {picks[1]} |")
+        print(
+            f"| {name} | {stats['spearman']:.4f} {rho} | {stats['mae']:.4f} {mae} | {seconds:.1f} | {picks[0]} "
+            f"| {picks[1]} |"
+        )
+    default, trees = predictions[f"auto (= {auto})"], predictions["lightgbm (mixweight's)"]
+    gap = [spearmanr(default[i], y_test[i]).statistic - spearmanr(trees[i], y_test[i]).statistic for i in resamples]
+    print(f"\nSpearman of the default minus mixweight's lightgbm, paired over the same resamples: {interval(gap)}")
 
     artifact = default_pick(args.data)
     w = np.array(artifact["weights"])

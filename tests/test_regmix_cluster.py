@@ -249,6 +249,22 @@ def test_a_subsample_keeps_a_seeded_fraction_of_every_domains_blocks_and_the_who
         subsample_corpus(synth_corpus, manifest, out, 0.5, seed=3)
 
 
+def test_the_subsample_fraction_is_a_runs_tokens_over_the_budget_and_can_be_turned_off(synth_corpus):
+    from mixweight.cli import build_parser
+    from mixweight.data.manifest import load_manifest
+    from mixweight.domain.regmix_run import RegMixConfig, repetition_fraction
+
+    manifest = load_manifest(synth_corpus)
+    options = dict(data=synth_corpus, out="w.json", steps=4, train={"batch_size": 8, "grad_accum": 2})
+    assert repetition_fraction(RegMixConfig(**options, token_budget=8192), manifest) == 4 * 8 * 2 * 64 / 8192
+    assert repetition_fraction(RegMixConfig(**options, token_budget=4096), manifest) is None  # a run as long as T
+    assert repetition_fraction(RegMixConfig(**options), manifest) is None  # no budget
+    args = build_parser().parse_args(["weights", "regmix", "--token-budget", "8192", "--no-match-repetition"])
+    assert args.match_repetition is False
+    off = RegMixConfig(**options, token_budget=8192, match_repetition=args.match_repetition)
+    assert repetition_fraction(off, manifest) is None
+
+
 def test_swarm_runs_repeat_every_domain_as_the_main_run_would(synth_corpus, tmp_path):
     """--token-budget T: each run trains t = 4 x 8 x 64 = 2048 tokens on a 2048 / T subsample, so its planned
     epochs per domain are those of a T-token run on the whole corpus with its mixture (up to whole blocks)."""

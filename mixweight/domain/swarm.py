@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -206,7 +207,7 @@ def write_plan(members: list[dict], work: Path) -> Path:
     for member in members:
         path = configs / f"{Path(member['config']['out']).name}.yaml"
         _write_text(path, to_yaml(TrainConfig(**member["config"])))
-        lines.append(f"mixweight train --config {path} --resume\n")
+        lines.append(f"mixweight train --config {shlex.quote(str(path))} --resume\n")
     runs = work / "runs.txt"
     _write_text(runs, "".join(lines))
     return runs

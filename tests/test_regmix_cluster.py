@@ -265,6 +265,16 @@ def test_the_subsample_fraction_is_a_runs_tokens_over_the_budget_and_can_be_turn
     assert repetition_fraction(off, manifest) is None
 
 
+def test_a_corpus_url_with_a_token_budget_is_refused_before_anything_is_written(
+    synth_corpus, tmp_path, cli_refuses, monkeypatch
+):
+    monkeypatch.setenv("MIXWEIGHT_CORPUS_CACHE", str(tmp_path / "cache"))
+    url = Path(synth_corpus).resolve().as_uri()  # file:///...: read through the remote path, shards fetched lazily
+    message = cli_refuses(argv(url, "--token-budget", 16384, "--out", tmp_path / "w.json"))
+    assert f"{url} is a corpus URL whose shards are fetched lazily" in message and "--no-match-repetition" in message
+    assert not (tmp_path / "w.work").exists()
+
+
 def test_swarm_runs_repeat_every_domain_as_the_main_run_would(synth_corpus, tmp_path):
     """--token-budget T: each run trains t = 4 x 8 x 64 = 2048 tokens on a 2048 / T subsample, so its planned
     epochs per domain are those of a T-token run on the whole corpus with its mixture (up to whole blocks)."""

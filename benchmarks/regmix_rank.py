@@ -12,7 +12,10 @@ beside the prediction and the best held-out and swarm runs.
 
     python benchmarks/regmix_rank.py [--sizes 8,16,32] [--held-out 12] [--proxy gpt2-micro] [--steps 40]
                                      [--batch-size 16] [--tokens-per-domain 16384] [--regressors loglinear]
-                                     [--work DIR]
+                                     [--fit-losses huber] [--floors free] [--kl-regs 0.05] [--work DIR]
+
+Every combination of the fit's loss (least_squares, huber), its floor (free, or min: c <= min(y), the fit
+before) and the pick's KL pull is scored, and its pick trained.
 
 The runs are cached in --work (default: a temporary directory), so a rerun with more sizes trains
 only the new runs.
@@ -32,7 +35,9 @@ from mixweight.core.artifact import DomainWeights
 from mixweight.data.manifest import load_manifest
 from mixweight.data.synthetic import write_synthetic_corpus
 from mixweight.domain import regmix
-from mixweight.domain.regmix_run import RegMixConfig, member_config, prior_weights, train_share
+from mixweight.domain.regmix_config import RegMixConfig, prior_weights
+from mixweight.domain.regmix_run import member_config
+from mixweight.domain.swarm import train_share
 
 
 def _members(config: RegMixConfig, corpus: str, work: Path, mixtures: np.ndarray, domains: list[str], first: int):
@@ -73,6 +78,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--tokens-per-domain", type=int, default=16384)
     parser.add_argument("--regressors", default="loglinear")
+    parser.add_argument("--fit-losses", default="huber", help="comma-separated: least_squares, huber")
+    parser.add_argument("--floors", default="free", help="comma-separated: free, min (the fit's c <= min(y))")
+    parser.add_argument("--kl-regs", default="0.05", help="comma-separated KL pulls of the pick")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", default=None)
     args = parser.parse_args()
@@ -122,22 +130,32 @@ def main() -> None:
         f"held-out target loss: {held_target.min():.4f} .. {held_target.max():.4f} (spread {np.ptp(held_target):.4f})"
     )
     rows, picks = [], []
+    variants = [
+        (loss, floor, float(kl))
+        for loss in args.fit_losses.split(",")
+        for floor in args.floors.split(",")
+        for kl in args.kl_regs.split(",")
+    ]
     for name in regressors:
         for k in sizes:
-            x, y = swarm_x[:k], swarm_y[:k]
-            model = regmix.make_regressor(name, args.seed).fit(x, y)
-            scored = regmix.fit_statistics(model.predict(held_x), held_target)
-            loo = regmix.cross_validate(name, x, y, args.seed)
-            pick = regmix.optimise(model, prior, seed=args.seed, starts=x[int(np.argmin(y.mean(axis=1)))])
-            rows.append((name, k, scored, loo, float(model.predict(pick)[0])))
-            picks.append(pick)
+            for loss, floor, kl in variants if name in regmix.LAWS else [("-", "-", float(args.kl_regs.split(",")[0]))]:
+                x, y = swarm_x[:k], swarm_y[:k]
+                fit = {"loss": loss, "floor_at_min": floor == "min"} if name in regmix.LAWS else {}
+                model = regmix.make_regressor(name, args.seed, **fit).fit(x, y)
+                scored = regmix.fit_statistics(model.predict(held_x), held_target)
+                loo = regmix.cross_validate(name, x, y, args.seed, **fit)
+                best = x[int(np.argmin(y.mean(axis=1)))]
+                pick = regmix.optimise(model, prior, kl_reg=kl, seed=args.seed, starts=best)
+                rows.append((f"{name} | {loss} | {floor} | {kl:g}", k, scored, loo, float(model.predict(pick)[0])))
+                picks.append(pick)
     # each pick trained like a swarm run: what the chosen mixture actually reaches at the proxy's scale
     picked = _members(config, str(corpus), work, np.array(picks), domains, 2000 + 100 * args.seed)
     train_share(picked, list(range(len(picked))), len(picked), progress=False)
     observed = _losses(picked, domains).mean(axis=1)
-    header = "| regressor | K | held-out Spearman | held-out MAE | LOO Spearman | pick: predicted | observed |"
+    header = "| regressor | fit loss | floor | kl_reg | K | held-out Spearman | held-out MAE | LOO Spearman "
+    header += "| pick: predicted | observed |"
     print(header)
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for (name, k, scored, loo, predicted), actual in zip(rows, observed):
         print(
             f"| {name} | {k} | {scored['spearman']:.3f} | {scored['mae']:.4f} | {loo['spearman']:.3f} "

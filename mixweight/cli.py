@@ -11,7 +11,7 @@ import typing
 from mixweight.core.config import ARGUMENT, FLAGS, HELP, MOVED, NESTED, OWNED, held_deprecations, renamed_keys
 from mixweight.errors import MixweightError
 
-BOOL_FLAGS_NEGATABLE = {"progress"}
+BOOL_FLAGS_NEGATABLE = {"progress", "match_repetition"}
 
 
 class ExactFlagParser(argparse.ArgumentParser):
@@ -66,6 +66,8 @@ def _add_flag(parser, flags, dest: str, kind, described: str, default, name: str
         parser.add_argument(dest, type=convert, nargs=nargs, help=help_text, metavar=argument.get("metavar"))
         return
     extra = {"metavar": argument["metavar"]} if "metavar" in argument else {}
+    if "nargs" in argument:  # a list flag of a fixed number of values (`--swarm-table MIXTURES.csv LOSSES.csv`)
+        extra["nargs"] = argument["nargs"]
     if argument.get("choices"):
         extra["choices"] = list(argument["choices"])
     if argument.get("required"):
@@ -246,7 +248,8 @@ def cmd_weights_method(args) -> None:
     method = get_method(args.weights_command)
     config = load_config(method.config, args.config, _overrides(args, method.config), method.config.COMMAND)
     result = method.run(config)
-    report_result(json.dumps({"method": method.name, "weights": result.as_dict()}))
+    if result is not None:  # None: nothing fitted yet (weights regmix --plan writes a plan)
+        report_result(json.dumps({"method": method.name, "weights": result.as_dict()}))
 
 
 def cmd_weights_export(args) -> None:

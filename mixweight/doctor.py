@@ -37,6 +37,9 @@ EXTRAS = {
     "tracking": ("tensorboard", "wandb", "mlflow"),
     "s3": ("boto3",),
     "cluster": ("scikit-learn", "faiss-cpu", "faiss-gpu"),
+    "regmix": ("lightgbm",),
+    "submitit": ("submitit",),
+    "ray": ("ray",),
 }
 
 

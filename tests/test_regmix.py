@@ -186,7 +186,8 @@ def test_a_tiny_swarm_writes_the_artifact_the_other_commands_take(swarm, synth_c
     assert sum(raw["weights"]) == pytest.approx(1.0)
     assert all(weights.as_dict()[d] == 0.0 for d in HELD_OUT.split(","))
     method = raw["method"]
-    assert method["name"] == "regmix" and method["runs"] == 5 and method["regressor"] == "loglinear"
+    assert method["name"] == "regmix" and method["runs"] == 5 and method["regressor"] == "auto"
+    assert method["fit"]["regressor"] == "loglinear"  # auto: 5 runs are too few for the power law
     assert list(method["prior_weights"]) == TRAINED
     assert len(method["swarm"]) == 5
     for run in method["swarm"]:
@@ -437,7 +438,8 @@ def test_kill_9_mid_swarm_then_rerun_gives_the_same_bytes(synth_corpus, tmp_path
 
 
 def test_fit_warnings_name_a_small_swarm_and_a_poor_ranking():
-    from mixweight.domain.regmix_run import RegMixConfig, fit_warnings
+    from mixweight.domain.regmix_fit import fit_warnings
+    from mixweight.domain.regmix_run import RegMixConfig
 
     poor = {"cross_validation": {"method": "leave-one-out", "spearman": 0.2}}
     good = {"cross_validation": {"method": "leave-one-out", "spearman": 0.9}}
@@ -453,7 +455,7 @@ def test_fit_warnings_name_a_small_swarm_and_a_poor_ranking():
 
 
 def test_a_shared_memory_name_clash_starts_the_run_again(monkeypatch):
-    from mixweight.domain import regmix_run
+    from mixweight.domain import swarm as regmix_run
 
     monkeypatch.setattr(regmix_run.time, "sleep", lambda seconds: None)
     calls = []
@@ -493,7 +495,7 @@ class _Child:
 
 
 def test_the_main_process_shows_whole_swarm_progress_while_its_own_child_trains(tmp_path, capsys):
-    from mixweight.domain.regmix_run import watch_swarm
+    from mixweight.domain.swarm import watch_swarm
 
     runs = [tmp_path / f"run-{i:03d}" for i in range(5)]
     child = _Child(runs, order=[1, 0, 3, 2, 4], exits_after=5)  # the child runs while all five finish

@@ -97,7 +97,7 @@ def regmix_artifact() -> dict:
     import numpy as np
 
     from mixweight.core.artifact import DomainWeights
-    from mixweight.domain.regmix_run import replay_weights
+    from mixweight.domain.verify import replay_regmix_weights as replay_weights
 
     domains = ["a", "b", "c"]
     rng = np.random.default_rng(0)
@@ -167,6 +167,12 @@ REGMIX_CASES = [
     ("caps below 1", lambda a: a["method"].update(max_epochs=0.1), r"allows only 0.13 of the mixture"),
     ("seed text", lambda a: a["provenance"].update(seed="zero"), r"provenance.seed is 'zero', expected an integer"),
     ("edited weights", lambda a: a.update(weights=[0.2, 0.3, 0.5]), r"does not replay: refitting its 8 swarm runs"),
+    ("unknown fit loss", lambda a: a["method"]["fit"].update(loss="l1"), r"method.fit.loss is 'l1', expected one of"),
+    (
+        "zero huber delta",
+        lambda a: a["method"]["fit"].update(loss="huber", huber_delta=0),
+        r"method.fit.huber_delta is 0, expected a positive",
+    ),
 ]
 
 

@@ -51,8 +51,10 @@ API for the weights commands (stable):
   that is a directory or cannot be written;
 - ``replay_arrays(artifact, method, params, vectors) -> (block, where)``: the ``replay`` block checked
   (shape, finiteness, lengths); ``replay_steps_array(block, key, where)`` for per-step arrays;
-- ``read_json(path, what)``: strict JSON reading (duplicate keys, huge numbers, bad bytes
-  are one-line errors); ``load_domain_weights(path)``, ``parse_domain_weights(raw, where)``.
+- ``finite_number(value, where, field)``, ``number_mapping(value, where, field)``: a field a method reads
+  back from an artifact (``weights verify``), checked in one line naming the file and the field;
+- ``read_json(path, what)`` (from `mixweight.core.jsonio`): strict JSON reading (duplicate keys, huge numbers,
+  bad bytes are one-line errors); ``load_domain_weights(path)``, ``parse_domain_weights(raw, where)``.
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mixweight.core.jsonio import write_json_atomic
+from mixweight.core.jsonio import MAX_INT_DIGITS, read_json, write_json_atomic
 from mixweight.errors import MixweightError
 
 if TYPE_CHECKING:  # a type only: core sits below data (tests/test_layering.py)
@@ -73,7 +75,6 @@ if TYPE_CHECKING:  # a type only: core sits below data (tests/test_layering.py)
 
 SUM_TOLERANCE = 1e-3
 MISSING_POLICIES = ("zero",)
-MAX_INT_DIGITS = 300  # longer integer literals are read as floats (inf beyond 1e308), not as giant ints
 # Written only when set: a plain weights file stays {domains, weights, ...} as before.
 OPTIONAL_FIELDS = ("targets", "warnings", "replay", "missing", "compute")
 
@@ -218,6 +219,32 @@ def _mapping(raw: dict, key: str, where: str) -> dict:
     return dict(value)
 
 
+def _is_finite_number(value) -> bool:
+    """A JSON number (not true/false) that is finite: what every weight, signal and loss of an artifact is."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer past float's range
+        return False
+
+
+def finite_number(value, where: str, field: str, positive: bool = False) -> float:
+    """A method field read back from an artifact: a finite number (> 0 with `positive`), else one line naming
+    the file (`where`) and the field."""
+    if not _is_finite_number(value) or (positive and value <= 0):
+        need = "a positive finite number" if positive else "a finite number"
+        raise MixweightError(f"{where}: {field} is {_short(value)}, expected {need}")
+    return float(value)
+
+
+def number_mapping(value, where: str, field: str) -> dict:
+    """A non-empty {domain: number} mapping read back from an artifact (the numbers are checked where read)."""
+    if not isinstance(value, dict) or not value:
+        raise MixweightError(f"{where}: {field} must be a non-empty {{domain: number}} mapping, got {_short(value)}")
+    return value
+
+
 def _list_of_maps(raw: dict, key: str, where: str) -> list[dict]:
     value = raw.get(key, [])
     if not isinstance(value, list) or not all(isinstance(e, dict) for e in value):
@@ -283,12 +310,8 @@ def parse_domain_weights(raw, where: str) -> DomainWeights:
 
 # --- the replay block ------------------------------------------------------------------
 def _numbers(value, length: int, key: str, where: str, kind=(int, float)) -> None:
-    if (
-        not isinstance(value, list)
-        or len(value) != length
-        or not all(isinstance(v, kind) and not (isinstance(v, bool) and kind is not bool) for v in value)
-        or (kind is not bool and not all(math.isfinite(v) for v in value))
-    ):
+    valid = (lambda v: isinstance(v, bool)) if kind is bool else _is_finite_number
+    if not isinstance(value, list) or len(value) != length or not all(valid(v) for v in value):
         what = "true/false values" if kind is bool else "finite numbers"
         raise MixweightError(f"{where}: 'replay.{key}' must be {length} {what}, got {_short(value)}")
 
@@ -345,46 +368,6 @@ def replay_steps_array(block: dict, key: str, where: str) -> list[float]:
     """A method's per-step scalar array (e.g. DoGE's ``lr``): one finite number per step."""
     _numbers(block.get(key), block["steps"], key, where)
     return [float(v) for v in block[key]]
-
-
-# --- strict JSON -----------------------------------------------------------------------
-class _DuplicateKey(Exception):
-    pass
-
-
-def _no_duplicates(pairs: list) -> dict:
-    out = {}
-    for key, value in pairs:
-        if key in out:
-            raise _DuplicateKey(key)  # json would keep the last one silently: a hand edit that went wrong
-        out[key] = value
-    return out
-
-
-def _parse_int(text: str):
-    return int(text) if len(text.lstrip("-")) <= MAX_INT_DIGITS else float(text)
-
-
-def read_json(path: str | Path, what: str = "domain weights file"):
-    """The JSON in `path`; any defect is a one-line MixweightError naming the file."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise MixweightError(f"{what} {path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
-    except OSError as exc:
-        raise MixweightError(f"{what} {path}: cannot be read ({exc.strerror})") from exc
-    try:
-        return json.loads(text, object_pairs_hook=_no_duplicates, parse_int=_parse_int)
-    except _DuplicateKey as exc:
-        raise MixweightError(
-            f"{what} {path}: key {_short(exc.args[0])} appears twice in one object; "
-            "keep one (JSON readers disagree on which wins)"
-        ) from None
-    except json.JSONDecodeError as exc:
-        raise MixweightError(f"{what} {path}: not valid JSON ({exc})") from exc
-    except RecursionError:
-        raise MixweightError(f"{what} {path}: nested too deeply to be a weights file") from None
 
 
 def is_file(path: str | Path) -> bool:

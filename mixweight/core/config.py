@@ -39,6 +39,7 @@ def option(
     choices: tuple[str, ...] = (),
     repeated: bool = False,
     metavar: str | None = None,
+    values: tuple[str, ...] = (),
 ):
     """A config field with its help text: one definition serves the YAML key, the flag and its default.
 
@@ -47,7 +48,9 @@ def option(
     parser reads ``--r`` as an ambiguous abbreviation of its ``--rdzv-*`` options.
     ``positional`` makes it a command-line argument without a flag (a list field takes one or more),
     ``required`` a flag the command cannot run without, ``choices`` the only values a flag takes,
-    and ``repeated`` a list flag given once per item (``--weights A --weights B``).
+    ``repeated`` a list flag given once per item (``--weights A --weights B``), and ``values`` the
+    names of a list flag's values when it takes a fixed number of them (``--swarm-table MIXTURES.csv
+    LOSSES.csv``).
     """
     metadata = {HELP: help_text}
     if flags:
@@ -55,6 +58,8 @@ def option(
     argument = {"positional": positional, "required": required, "choices": tuple(choices), "repeated": repeated}
     if metavar is not None:
         argument["metavar"] = metavar
+    if values:
+        argument["nargs"], argument["metavar"] = len(values), tuple(values)
     if any(argument.values()):
         metadata[ARGUMENT] = argument
     return dataclasses.field(default=default, metadata=metadata)

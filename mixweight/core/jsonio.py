@@ -1,10 +1,15 @@
-"""JSON artifacts written atomically: a reader sees the old file or the new one, never half of one."""
+"""JSON files: written atomically (a reader sees the old file or the new one, never half of one), read strictly
+(a duplicate key, an integer of more than MAX_INT_DIGITS digits, bad bytes or bad JSON: one line naming the file)."""
 
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
+
+from mixweight.errors import MixweightError
+
+MAX_INT_DIGITS = 300  # longer integer literals are read as floats (inf beyond 1e308), not as giant ints
 
 
 def write_json_atomic(path: str | Path, obj) -> Path:
@@ -13,3 +18,43 @@ def write_json_atomic(path: str | Path, obj) -> Path:
     tmp.write_text(json.dumps(obj, indent=2) + "\n")
     os.replace(tmp, path)
     return path
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _no_duplicates(pairs: list) -> dict:
+    out = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)  # json would keep the last one silently: a hand edit that went wrong
+        out[key] = value
+    return out
+
+
+def _parse_int(text: str):
+    return int(text) if len(text.lstrip("-")) <= MAX_INT_DIGITS else float(text)
+
+
+def read_json(path: str | Path, what: str = "domain weights file"):
+    """The JSON in `path`; any defect is a one-line MixweightError naming the file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise MixweightError(f"{what} {path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    except OSError as exc:
+        raise MixweightError(f"{what} {path}: cannot be read ({exc.strerror})") from exc
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicates, parse_int=_parse_int)
+    except _DuplicateKey as exc:
+        key = repr(exc.args[0])
+        raise MixweightError(
+            f"{what} {path}: key {key if len(key) <= 80 else key[:80] + '...'} appears twice in one object; "
+            "keep one (JSON readers disagree on which wins)"
+        ) from None
+    except json.JSONDecodeError as exc:
+        raise MixweightError(f"{what} {path}: not valid JSON ({exc})") from exc
+    except RecursionError:
+        raise MixweightError(f"{what} {path}: nested too deeply to be a weights file") from None

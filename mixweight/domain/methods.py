@@ -145,7 +145,7 @@ def _builtins() -> None:
             config=regmix_run.RegMixConfig,
             run=regmix_run.run_regmix,
             verify=verify.refitted,
-            cost=lambda config: config.steps * config.runs,  # one short run per swarm member
+            cost=lambda config: 0 if config.swarm_table else config.steps * config.runs,  # a run per swarm member
             check_corpus=regmix_run.check_swarm,
             report_figure=_regmix_fit_figure,
         )

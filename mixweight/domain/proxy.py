@@ -320,7 +320,8 @@ def start(config: ProxyMethodConfig) -> Corpus:
     """Check the config and --out (before any training), then open the corpus."""
     config.validate()
     config.require_paths()
-    check_output_file(config.out, f"{config.COMMAND}: --out")  # before any training, not after the proxy finished
+    if config.out is not None:  # (a method may write no file: regmix's --plan alone)
+        check_output_file(config.out, f"{config.COMMAND}: --out")  # before any training, not after the proxy finished
     return open_corpus(config.data, is_main_process())
 
 

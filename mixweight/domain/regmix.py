@@ -1,17 +1,18 @@
 """Regression mixing (RegMix; Data Mixing Laws): fit validation loss as a function of the mixture, then minimise it.
 
 Pure numpy/scipy functions; no training, no files (the swarm that produces the data is
-`mixweight.domain.regmix_run`). docs/algorithms.md section 5 has the formulas and the choices.
+`mixweight.domain.regmix_run`, the artifact `regmix_fit`). docs/algorithms.md section 5 has the formulas and the
+choices.
 
 - `sample_mixtures(prior, k, concentration, seed)`: the swarm's mixtures. Row 0 is the prior,
   row 1 uniform, row i >= 2 a Dirichlet draw centred on the prior, alpha = A * s_i * m * prior
   with s_i log-uniform in [0.1, 5] (RegMix's range of scales: small s gives sparse mixtures;
   when the prior is uniform, row 1 is a draw too);
   row i depends only on (seed, i), so a larger swarm extends a smaller one.
-- `LogLinear`: per target domain i, L_i(r) = c_i + k_i * exp(sum_j t_ij r_j) (Ye et al. 2024),
-  fitted by least squares. t is identified up to a constant on the simplex (t + a 1 with
-  k e^-a is the same function), so t is kept centred (sum_j t_ij = 0).
-- `GradientBoosting`: LightGBM on the target loss directly (RegMix), the `regmix` extra.
+- the regressors (`make_regressor`): the parametric laws of `mixing_laws` (`loglinear`: Ye et al.'s
+  L_i(r) = c_i + k_i exp(t_i . r); `power`: the same times prod_j (r_j + eps)^s_ij), fitted by least squares
+  or Huber; `lightgbm`: LightGBM on the target loss directly (RegMix), the `regmix` extra; `auto` (the
+  default) is `power` when the swarm holds RUNS_PER_PARAMETER runs per parameter of its law, else `loglinear`.
 - `cross_validate(...)`: leave-one-out (or K-fold above MAX_LOO runs) predictions of the
   target loss, their Spearman rank correlation and mean absolute error against the observed.
 - `optimise(model, ...)`: the mixture of lowest predicted target loss within per-domain caps
@@ -25,12 +26,18 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.optimize import least_squares, minimize
+from scipy.optimize import minimize
 from scipy.stats import spearmanr
 
+from mixweight.domain.mixing_laws import FIT_LOSSES, HUBER_DELTA, LogLinear, PowerLogLinear
 from mixweight.errors import MixweightError, did_you_mean
 
-REGRESSORS = ("loglinear", "lightgbm")
+REGRESSORS = ("auto", "loglinear", "power", "lightgbm")
+LAWS = {"loglinear": LogLinear, "power": PowerLogLinear}
+# Runs per parameter of a law below which its fit nearly interpolates the swarm: on the synthetic corpus such fits
+# ranked unseen mixtures poorly while their leave-one-out Spearman looked good (benchmarks/RESULTS.md,
+# regmix_rank.py). `auto` takes the richer law only above it; below it a log-linear artifact warns.
+RUNS_PER_PARAMETER = 3
 SCALE_RANGE = (0.1, 5.0)  # RegMix's Dirichlet scales: from near one-hot to close to the prior
 MAX_LOO = 64  # leave-one-out up to this many runs, K-fold above
 FOLDS = 10
@@ -93,74 +100,7 @@ def sample_mixtures(prior: np.ndarray, k: int, concentration: float, seed: int, 
     return np.array(out)
 
 
-# --- the log-linear mixing law --------------------------------------------------------------
-def _centred_basis(m: int) -> np.ndarray:
-    """[m, m-1] orthonormal basis of {t : sum t = 0}."""
-    q, _ = np.linalg.qr(np.eye(m) - 1.0 / m)
-    return q[:, : m - 1]
-
-
-class LogLinear:
-    """L_i(r) = c_i + k_i * exp(t_i . r), one law per target domain; predicts their mean."""
-
-    name = "loglinear"
-
-    def __init__(self):
-        self.params: list[dict] = []
-
-    @staticmethod
-    def _fit_one(x: np.ndarray, y: np.ndarray, basis: np.ndarray) -> dict:
-        m = x.shape[1]
-        xb = x @ basis  # t . r = u . (B^T r) with t = B u centred
-
-        def residuals(p):
-            return p[0] + np.exp(p[1] + xb @ p[2:]) - y
-
-        def jacobian(p):
-            e = np.exp(p[1] + xb @ p[2:])
-            return np.column_stack([np.ones_like(y), e, e[:, None] * xb])
-
-        low, spread = float(y.min()), float(max(y.max() - y.min(), 1e-6))
-        best = None
-        # deterministic starts: the floor c at several depths under the lowest observed loss
-        for depth in (0.05, 0.5, 2.0, 10.0):
-            c0 = max(low - depth * spread, 0.0)
-            p0 = np.concatenate([[c0], [math.log(max(float(y.mean()) - c0, 1e-6))], np.zeros(m - 1)])
-            bounds_low = np.concatenate([[0.0], [-50.0], np.full(m - 1, -100.0)])
-            bounds_high = np.concatenate([[max(low, 1e-9)], [50.0], np.full(m - 1, 100.0)])
-            p0 = np.clip(p0, bounds_low, np.nextafter(bounds_high, -np.inf))
-            fit = least_squares(
-                residuals, p0, jac=jacobian, bounds=(bounds_low, bounds_high), method="trf", x_scale="jac",
-                xtol=1e-12, ftol=1e-12, gtol=1e-12, max_nfev=200,
-            )  # fmt: skip
-            if best is None or fit.cost < best.cost - 1e-15:
-                best = fit
-        p = best.x
-        t = basis @ p[2:]
-        return {"c": float(p[0]), "k": float(math.exp(p[1])), "t": [float(v) for v in t]}
-
-    def fit(self, x: np.ndarray, y_by_domain: np.ndarray) -> "LogLinear":
-        """x [K, m] mixtures over the training domains; y_by_domain [K, n_targets] losses."""
-        basis = _centred_basis(x.shape[1])
-        self.params = [self._fit_one(x, y_by_domain[:, j], basis) for j in range(y_by_domain.shape[1])]
-        return self
-
-    def predict_domains(self, x: np.ndarray) -> np.ndarray:
-        x = np.atleast_2d(x)
-        return np.column_stack([p["c"] + p["k"] * np.exp(x @ np.asarray(p["t"])) for p in self.params])
-
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        return self.predict_domains(x).mean(axis=1)
-
-    def gradient(self, r: np.ndarray) -> np.ndarray:
-        """d/dr of the mean predicted loss at one mixture r [m]."""
-        g = np.zeros_like(r)
-        for p in self.params:
-            t = np.asarray(p["t"])
-            g += p["k"] * math.exp(float(t @ r)) * t
-        return g / len(self.params)
-
-
+# --- the regressors ----------------------------------------------------------------------------
 class GradientBoosting:
     """LightGBM regression of the mean target loss on the mixture (RegMix's regressor)."""
 
@@ -194,14 +134,41 @@ class GradientBoosting:
         return np.asarray(self.model.predict(np.atleast_2d(x)), dtype=np.float64)
 
 
-def make_regressor(name: str, seed: int):
+def resolve_regressor(name: str, runs: int, m: int) -> str:
+    """`auto` -> `power` when `runs` >= RUNS_PER_PARAMETER x its parameters (2m + 1 over m training domains),
+    else `loglinear`; any other name as it is."""
     check_regressor(name)
-    return LogLinear() if name == "loglinear" else GradientBoosting(seed)
+    if name != "auto":
+        return name
+    return "power" if runs >= RUNS_PER_PARAMETER * PowerLogLinear().parameter_count(m) else "loglinear"
+
+
+def make_regressor(name: str, seed: int, loss: str = "huber", delta: float = HUBER_DELTA, floor_at_min=False):
+    """A regressor by (resolved) name; `loss`, `delta` and `floor_at_min` shape a law's fit (mixing_laws)."""
+    check_regressor(name)
+    if name == "lightgbm":
+        return GradientBoosting(seed)
+    if name not in LAWS:
+        raise ValueError(f"make_regressor: resolve {name!r} first (resolve_regressor)")
+    law = LAWS[name](loss, delta)
+    law.floor_at_min = floor_at_min
+    return law
+
+
+def check_fit_loss(loss: str, delta: float) -> None:
+    if loss not in FIT_LOSSES:
+        raise MixweightError(
+            f"weights regmix: unknown 'fit_loss' {loss!r}; {did_you_mean(loss, FIT_LOSSES)}"
+            f"valid: {', '.join(FIT_LOSSES)}"
+        )
+    if not (delta > 0 and math.isfinite(delta)):
+        raise MixweightError(f"weights regmix: 'huber_delta' must be > 0 (nats), got {delta}")
 
 
 # --- fit quality ---------------------------------------------------------------------------
-def cross_validate(name: str, x: np.ndarray, y_by_domain: np.ndarray, seed: int) -> dict:
-    """Held-out predictions of the target loss: leave-one-out up to MAX_LOO runs, else FOLDS-fold (seeded)."""
+def cross_validate(name: str, x: np.ndarray, y_by_domain: np.ndarray, seed: int, **fit) -> dict:
+    """Held-out predictions of the target loss: leave-one-out up to MAX_LOO runs, else FOLDS-fold (seeded);
+    `fit`: make_regressor's loss, delta and floor_at_min."""
     k = len(x)
     if k <= MAX_LOO:
         folds, method = [[i] for i in range(k)], "leave-one-out"
@@ -211,7 +178,7 @@ def cross_validate(name: str, x: np.ndarray, y_by_domain: np.ndarray, seed: int)
     predicted = np.zeros(k)
     for held in folds:
         keep = np.setdiff1d(np.arange(k), held)
-        model = make_regressor(name, seed).fit(x[keep], y_by_domain[keep])
+        model = make_regressor(name, seed, **fit).fit(x[keep], y_by_domain[keep])
         predicted[held] = model.predict(x[held])
     observed = y_by_domain.mean(axis=1)
     return {"method": method, "predicted": predicted.tolist(), **fit_statistics(predicted, observed)}

@@ -15,8 +15,9 @@ and reports the largest deviation and where it is. Within TOLERANCE the weights 
 from the recorded signals; beyond it something was edited or the file is not what it says.
 
 A regmix artifact has no update rule to replay: its swarm table (each run's mixture and losses)
-is refitted and re-optimised with the recorded options (`regmix_run.replay_weights`) and the
-result compared with ``weights``.
+is refitted and re-optimised with the recorded options (`refitted`, `replay_regmix_weights`) and the
+result compared with ``weights``. Every field the refit reads is checked first, with core/artifact.py's
+helpers: an edited file is one line naming it and the field, never a traceback.
 """
 
 from __future__ import annotations
@@ -27,7 +28,14 @@ from typing import ClassVar, Optional
 
 import numpy as np
 
-from mixweight.core.artifact import DomainWeights, replay_arrays, shown
+from mixweight.core.artifact import (
+    DomainWeights,
+    corpus_weights,
+    finite_number,
+    number_mapping,
+    replay_arrays,
+    shown,
+)
 from mixweight.core.config import option
 from mixweight.errors import MixweightError
 
@@ -144,10 +152,8 @@ def replayed(module: str):
 
 def refitted(weights: DomainWeights, path, tolerance: float) -> str:
     """A regmix artifact has no per-step update to replay: its swarm table is refitted and re-optimised instead."""
-    from mixweight.domain.regmix_run import replay_weights
-
     where = f"weights file {shown(path)}"
-    expected = np.asarray(replay_weights(weights, where), dtype=np.float64)
+    expected = np.asarray(replay_regmix_weights(weights, where), dtype=np.float64)
     gaps = np.abs(np.asarray(weights.weights, dtype=np.float64) - expected)
     i = int(gaps.argmax())
     runs, regressor = len(weights.method.get("swarm", [])), weights.method.get("fit", {}).get("regressor")
@@ -161,3 +167,103 @@ def refitted(weights: DomainWeights, path, tolerance: float) -> str:
         f"{shown(path)}: refitted {runs} regmix swarm runs ({regressor}); the recorded weights match, largest "
         f"deviation {gaps[i]:.3g} (domain '{shown(weights.domains[i])}') <= {tolerance:g}"
     )
+
+
+def replay_regmix_weights(artifact: DomainWeights, where: str = "regmix artifact") -> list[float]:
+    """The weights refitted and re-optimised from a regmix artifact's own swarm table, in its domain order."""
+    from mixweight.domain import regmix
+
+    method = artifact.method
+    prior_map = number_mapping(method.get("prior_weights"), where, "method.prior_weights")
+    train_domains = list(prior_map)
+    unknown = [d for d in train_domains if d not in artifact.domains]
+    if unknown:
+        raise MixweightError(f"{where}: method.prior_weights names {unknown}, not domains of the file")
+    prior = np.array([finite_number(prior_map[d], where, f"method.prior_weights.{d}") for d in train_domains])
+    fit = method.get("fit")
+    if not isinstance(fit, dict):
+        raise MixweightError(f"{where}: method.fit must be a mapping (the regression's record), got {fit!r}")
+    targets = fit.get("target_domains")
+    if not isinstance(targets, list) or not targets or not all(isinstance(t, str) for t in targets):
+        raise MixweightError(f"{where}: method.fit.target_domains must be a non-empty list of domain names")
+    regressor = fit.get("regressor")
+    fitted = (*regmix.LAWS, "lightgbm")  # `auto` is recorded as the regressor it chose
+    if regressor not in fitted:
+        raise MixweightError(f"{where}: method.fit.regressor is {regressor!r}, expected one of {', '.join(fitted)}")
+    options = _fit_options(fit, regressor, where)
+    swarm = method.get("swarm")
+    needed = len(train_domains) + 1
+    if not isinstance(swarm, list) or len(swarm) < needed:
+        got = f"{len(swarm)} runs" if isinstance(swarm, list) else repr(swarm)
+        raise MixweightError(
+            f"{where}: method.swarm must be a list of at least {needed} runs (the training domains + 1), got {got}"
+        )
+    x, y = [], []
+    for i, run in enumerate(swarm):
+        if not isinstance(run, dict):
+            raise MixweightError(f"{where}: method.swarm[{i}] must be a mapping (weights, losses), got {run!r}")
+        mix = number_mapping(run.get("weights"), where, f"method.swarm[{i}].weights")
+        losses = number_mapping(run.get("losses"), where, f"method.swarm[{i}].losses")
+        for name, source, wanted in (("weights", mix, train_domains), ("losses", losses, targets)):
+            missing = [d for d in wanted if d not in source]
+            if missing:
+                raise MixweightError(f"{where}: method.swarm[{i}].{name} lacks {missing}")
+        x.append([finite_number(mix[d], where, f"method.swarm[{i}].weights.{d}") for d in train_domains])
+        y.append([finite_number(losses[d], where, f"method.swarm[{i}].losses.{d}") for d in targets])
+    x, y = np.array(x), np.array(y)
+    seed = artifact.provenance.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise MixweightError(f"{where}: provenance.seed is {seed!r}, expected an integer")
+    kl_reg = finite_number(method.get("kl_reg", 0.0), where, "method.kl_reg")
+    if kl_reg < 0:
+        raise MixweightError(f"{where}: method.kl_reg is {kl_reg}, expected >= 0")
+    caps = _regmix_caps(artifact, train_domains, where)
+    try:
+        model = regmix.make_regressor(regressor, int(seed), **options).fit(x, y)
+        best = int(np.argmin(y.mean(axis=1)))
+        chosen = regmix.optimise(model, prior, caps=caps, kl_reg=kl_reg, seed=int(seed), starts=x[best])
+    except (ValueError, ArithmeticError, np.linalg.LinAlgError) as exc:
+        raise MixweightError(f"{where}: its swarm table cannot be refitted ({type(exc).__name__}: {exc})") from None
+    return corpus_weights(artifact.domains, dict(zip(train_domains, chosen.tolist())))
+
+
+def _fit_options(fit: dict, regressor: str, where: str) -> dict:
+    """How the law was fitted: the recorded loss (and Huber threshold); an artifact without `fit.loss` was
+    written before it was recorded, by least squares with the floor c <= min(y)."""
+    from mixweight.domain.mixing_laws import FIT_LOSSES, HUBER_DELTA
+
+    if regressor not in ("loglinear", "power"):
+        return {}
+    loss = fit.get("loss")
+    if loss is None:
+        return {"loss": "least_squares", "floor_at_min": True}
+    if loss not in FIT_LOSSES:
+        raise MixweightError(f"{where}: method.fit.loss is {loss!r}, expected one of {', '.join(FIT_LOSSES)}")
+    delta = finite_number(fit.get("huber_delta", HUBER_DELTA), where, "method.fit.huber_delta", positive=True)
+    return {"loss": loss, "delta": delta}
+
+
+def _regmix_caps(artifact: DomainWeights, train_domains: list[str], where: str) -> np.ndarray | None:
+    """The per-domain caps the optimum was held to (max_epochs * tokens_d / token_budget), or None."""
+    method = artifact.method
+    max_epochs = method.get("max_epochs")
+    if max_epochs is None:
+        return None
+    epochs = finite_number(max_epochs, where, "method.max_epochs", positive=True)
+    if method.get("token_budget") is None:
+        raise MixweightError(f"{where}: method.max_epochs is set but method.token_budget is missing (it needs T)")
+    budget = finite_number(method["token_budget"], where, "method.token_budget", positive=True)
+    tokens = artifact.provenance.get("domain_token_counts")
+    if not isinstance(tokens, dict) or any(d not in tokens for d in train_domains):
+        raise MixweightError(
+            f"{where}: method.max_epochs needs provenance.domain_token_counts for every training domain "
+            f"({', '.join(train_domains)}), got {tokens!r}"
+        )
+    counts = [finite_number(tokens[d], where, f"provenance.domain_token_counts.{d}") for d in train_domains]
+    caps = np.array([epochs * c / budget for c in counts])
+    if caps.sum() < 1.0:
+        raise MixweightError(
+            f"{where}: method.max_epochs {epochs:g} over method.token_budget {budget:g} allows only "
+            f"{caps.sum():.3g} of the mixture (caps must sum to at least 1)"
+        )
+    return caps

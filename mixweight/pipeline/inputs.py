@@ -51,3 +51,17 @@ def input_fingerprints(input_path: str | Path) -> list[list]:
 
 def manifest_sha256(corpus_dir: str | Path) -> str:
     return hashlib.sha256((Path(corpus_dir) / MANIFEST_NAME).read_bytes()).hexdigest()
+
+
+def file_fingerprints(paths: list[str]) -> list[list]:
+    """[path, size, mtime_ns, sha256 of head+tail] of files a stage reads as config (a swarm table); a file that
+    is not there is [path, None, None, None] (its stage refuses it when it runs)."""
+    entries = []
+    for name in paths:
+        path = Path(name)
+        if not path.is_file():
+            entries.append([name, None, None, None])
+            continue
+        stat = path.stat()
+        entries.append([name, stat.st_size, stat.st_mtime_ns, head_tail_sha256(path)])
+    return entries

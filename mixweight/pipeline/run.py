@@ -49,7 +49,7 @@ from mixweight.pipeline.config import (
     section_key,
     used_methods,
 )
-from mixweight.pipeline.inputs import input_fingerprints, manifest_sha256
+from mixweight.pipeline.inputs import file_fingerprints, input_fingerprints, manifest_sha256
 from mixweight.pipeline.stages import CHANGED, DONE, EXTEND, Stage, stage_key
 from mixweight.train.config import TrainConfig
 from mixweight.train.loop import RESUMABLE_CHANGES, train
@@ -142,9 +142,11 @@ def _method_stage(
         section, data=corpus, out=str(directory / WEIGHTS_FILE), work_dir=str(directory / "work"), train=train
     )
     steps = runner.cost(stage_cfg)  # work estimate for the ETA, in proxy steps
-    return Stage(
-        f"weights {method}", directory, section_key(section), {"data": data_key}, steps, lambda: runner.run(stage_cfg)
-    )
+    key = section_key(section)
+    files = getattr(section, "input_files", list)()  # files whose content is config (regmix's swarm table)
+    if files:
+        key["input_files"] = file_fingerprints(files)
+    return Stage(f"weights {method}", directory, key, {"data": data_key}, steps, lambda: runner.run(stage_cfg))
 
 
 def online_reference(config: PipelineConfig, method: str, out: Path) -> Path:

@@ -28,7 +28,15 @@ EXTRAS = {
     "s3": ("boto3",),
 }
 # Environment variables that set how many threads torch's OpenMP, MKL and oneDNN use, or which code path MKL takes.
-THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "MKL_DEBUG_CPU_TYPE", "MKL_ENABLE_INSTRUCTIONS", "KMP_AFFINITY")
+THREAD_ENV = (
+    "OMP_NUM_THREADS",
+    "OMP_WAIT_POLICY",
+    "GOMP_SPINCOUNT",
+    "MKL_NUM_THREADS",
+    "MKL_DEBUG_CPU_TYPE",
+    "MKL_ENABLE_INSTRUCTIONS",
+    "KMP_AFFINITY",
+)
 
 
 def _version(distribution: str) -> str | None:

@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import re
+import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -27,6 +28,8 @@ EXTRAS = {
     "tracking": ("tensorboard", "wandb", "mlflow"),
     "s3": ("boto3",),
 }
+# MKL's verbose banner for its generic kernels (no AVX2/AVX-512 dispatch): what it picks on non-Intel CPUs.
+GENERIC_MKL_PATH = "Intel(R) Architecture processors"
 # Environment variables that set how many threads torch's OpenMP, MKL and oneDNN use, or which code path MKL takes.
 THREAD_ENV = (
     "OMP_NUM_THREADS",
@@ -79,6 +82,21 @@ def _build_line(config: str, pattern: str) -> str | None:
     return found.group(1).strip() if found else None
 
 
+def _mkl_code_path() -> str | None:
+    """The kernels MKL dispatches to on this CPU, from its verbose banner ("Intel(R) AVX-512 ...", or "Intel(R)
+    Architecture processors": its generic ones, what it picks on a CPU that is not Intel's). The banner is printed
+    once per process, so a child process multiplies two small matrices with MKL_VERBOSE=1."""
+    code = "import torch; a = torch.ones(8, 8); torch.mm(a, a)"
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", code], env={**os.environ, "MKL_VERBOSE": "1"}, capture_output=True, text=True
+        )
+    except OSError:
+        return None
+    found = re.search(r"for Intel\(R\) 64 architecture (.+?), Lnx", done.stdout)
+    return found.group(1) if found else None
+
+
 def _cpu() -> dict:
     """The CPU and torch's compute on it: threads, BLAS and oneDNN builds (torch.__config__.show()), vector ISA."""
     import torch
@@ -96,6 +114,7 @@ def _cpu() -> dict:
         "blas": _build_line(config, r"BLAS_INFO=([^,\s]+)"),
         "mkl": _build_line(config, r"Math Kernel Library Version ([^\s-]+)"),
         "mkl_available": torch.backends.mkl.is_available(),
+        "mkl_code_path": _mkl_code_path() if torch.backends.mkl.is_available() else None,
         "onednn": _build_line(config, r"MKL-DNN (v[\d.]+)"),
         "onednn_available": torch.backends.mkldnn.is_available(),
         "onednn_enabled": bool(torch.backends.mkldnn.enabled),
@@ -155,6 +174,9 @@ def _render_cpu(cpu: dict) -> list[str]:
         cores += f" ({cpu['usable_cores']} usable)"
     env = ", ".join(f"{k}={v}" for k, v in cpu["thread_env"].items()) or "no thread variables set"
     mkl = f"MKL {cpu['mkl']}" if cpu["mkl"] else "no MKL"
+    if cpu["mkl_code_path"]:
+        generic = cpu["mkl_code_path"] == GENERIC_MKL_PATH
+        mkl += f" (kernels: {cpu['mkl_code_path']}" + (", MKL's generic ones)" if generic else ")")
     if not cpu["mkl_available"]:
         mkl += " (unavailable)"
     onednn = f"oneDNN {cpu['onednn'] or '(version unknown)'}" if cpu["onednn_available"] else "no oneDNN"

@@ -87,6 +87,14 @@ def test_doctor_names_the_cpu_torch_threads_and_the_blas_in_use():
     assert cpu["onednn_enabled"] == cpu["onednn_available"]  # torch's default: on wherever it is built
     if cpu["onednn"]:
         assert f"MKL-DNN {cpu['onednn']}" in config
+    if cpu["mkl_available"]:  # MKL's own banner names the kernels it dispatched to
+        banner = subprocess.run(
+            [sys.executable, "-c", "import torch; a = torch.ones(4, 4); torch.mm(a, a)"],
+            capture_output=True,
+            text=True,
+            env={**env, "MKL_VERBOSE": "1"},
+        ).stdout
+        assert cpu["mkl_code_path"] and f"architecture {cpu['mkl_code_path']}, " in banner
 
     text = subprocess.run(doctor, capture_output=True, text=True, env=env).stdout
     assert f"cpu: {cpu['model']}, {cpu['cores']} cores" in text
@@ -96,9 +104,20 @@ def test_doctor_names_the_cpu_torch_threads_and_the_blas_in_use():
 
 def test_doctor_text_says_when_mkl_or_onednn_is_missing_or_off(tmp_path):
     info = collect(tmp_path)
-    info["cpu"].update(mkl=None, mkl_available=False, onednn="v3.1", onednn_available=True, onednn_enabled=False)
+    info["cpu"].update(mkl=None, mkl_available=False, mkl_code_path=None)
+    info["cpu"].update(onednn="v3.1", onednn_available=True, onednn_enabled=False)
     text = render(info)
     assert "no MKL (unavailable); oneDNN v3.1 disabled (torch.backends.mkldnn.enabled = False)" in text
     info["cpu"].update(onednn_available=False, thread_env={})
     text = render(info)
     assert "no oneDNN" in text and "(no thread variables set)" in text
+
+
+def test_doctor_says_when_mkl_runs_its_generic_kernels(tmp_path):
+    from mixweight.doctor import GENERIC_MKL_PATH
+
+    info = collect(tmp_path)
+    info["cpu"].update(mkl="2024.2", mkl_available=True, mkl_code_path=GENERIC_MKL_PATH)
+    assert f"MKL 2024.2 (kernels: {GENERIC_MKL_PATH}, MKL's generic ones)" in render(info)
+    info["cpu"]["mkl_code_path"] = "Intel(R) Advanced Vector Extensions 512 (Intel(R) AVX-512)"
+    assert "MKL 2024.2 (kernels: Intel(R) Advanced Vector Extensions 512 (Intel(R) AVX-512));" in render(info)

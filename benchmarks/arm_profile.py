@@ -16,7 +16,14 @@ A variant is NAME or NAME=KEY:VALUE,...; KEY is an environment variable, or `thr
 `interop` (set_num_interop_threads), `onednn` (0/1, torch.backends.mkldnn.enabled) or `malloc` (`default`:
 glibc's own thresholds, without the trainer's mixweight/core/allocator.py), set in the child before the arm
 is built. Built in: default, threads1 (OMP_NUM_THREADS=1), onednn-off, mkl-debug (MKL_DEBUG_CPU_TYPE=5,
-which MKL since 2020.1 ignores; listed because it is the old advice for AMD), glibc-malloc (malloc:default).
+which MKL since 2020.1 ignores; listed because it is the old advice for AMD), glibc-malloc (malloc:default),
+passive (OMP_WAIT_POLICY=PASSIVE), mkl-intel-path (a preloaded one-line library that makes MKL's vendor check
+say Intel: what MKL's generic kernels cost on a non-Intel CPU; needs `cc`). A `+` joins settings of several
+variants: `threads1+glibc-malloc`.
+
+  - kernels (--kernels): per-core speed of the kernels the arm spends its time in, by CPU time on one
+    thread: the arm's matrix multiplies (GFLOP/s, torch/MKL and numpy's BLAS) and tanh / exp (MKL's vector
+    math in torch, numpy's own), in a child per variant.
 
     python benchmarks/arm_profile.py [--arm uniform] [--steps 200] [--repeats 3]
         [--variants default,threads1,onednn-off,mkl-debug] [--ops-steps 20] [--json FILE]
@@ -46,7 +53,14 @@ BUILT_IN = {
     "onednn-off": {"onednn": "0"},
     "mkl-debug": {"MKL_DEBUG_CPU_TYPE": "5"},
     "glibc-malloc": {"malloc": "default"},
+    "passive": {"OMP_WAIT_POLICY": "PASSIVE"},
+    "mkl-intel-path": {"LD_PRELOAD": "<shim>"},
 }
+# MKL picks its kernels by CPU vendor: on a CPU that is not Intel's it runs generic ones. This one-line library,
+# preloaded, answers MKL's vendor check with "Intel", so the same CPU runs MKL's AVX2/AVX-512 kernels: a
+# measurement of what the vendor check costs, not a setting to train with (other kernels round differently).
+MKL_SHIM = "int mkl_serv_intel_cpu_true(void) { return 1; }\n"
+
 IN_PROCESS = ("threads", "interop", "onednn", "malloc")
 # Operator name fragments per kind, first match wins (torch.profiler's aten:: names, self CPU time).
 OP_KINDS = [
@@ -61,13 +75,27 @@ OP_KINDS = [
 ]
 
 
-def parse_variant(text: str) -> tuple[str, dict]:
+def build_mkl_shim(directory: Path) -> str:
+    source, library = directory / "mkl_shim.c", directory / "libmkl_shim.so"
+    source.write_text(MKL_SHIM)
+    done = subprocess.run(["cc", "-shared", "-fPIC", "-O2", "-o", str(library), str(source)], capture_output=True)
+    if done.returncode != 0:
+        raise SystemExit(f"arm_profile: variant mkl-intel-path needs a C compiler (cc): {done.stderr[-500:]!r}")
+    return str(library)
+
+
+def parse_variant(text: str, work: Path) -> tuple[str, dict]:
     name, _, settings = text.partition("=")
-    if not settings:
-        if name not in BUILT_IN:
-            raise SystemExit(f"arm_profile: unknown variant '{name}'; built in: {sorted(BUILT_IN)} (or NAME=KEY:VALUE)")
-        return name, BUILT_IN[name]
-    return name, dict(item.split(":", 1) for item in settings.split(","))
+    if settings:
+        return name, dict(item.split(":", 1) for item in settings.split(","))
+    merged = {}
+    for part in name.split("+"):
+        if part not in BUILT_IN:
+            raise SystemExit(f"arm_profile: unknown variant '{part}'; built in: {sorted(BUILT_IN)} (or NAME=KEY:VALUE)")
+        merged.update(BUILT_IN[part])
+    if merged.get("LD_PRELOAD") == "<shim>":
+        merged["LD_PRELOAD"] = build_mkl_shim(work)
+    return name, merged
 
 
 # --- the child: one arm, timed ------------------------------------------------------------------------------
@@ -224,6 +252,45 @@ def child_ops(args, settings: dict) -> dict:
     }
 
 
+def child_kernels(args, settings: dict) -> dict:
+    """Per-core speed (CPU time, one thread) of the arm's matrix multiplies and of tanh / exp."""
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(1)
+
+    def seconds(fn, repeats: int = 20) -> float:
+        fn()
+        runs = []
+        for _ in range(5):
+            began = time.process_time()
+            for _ in range(repeats):
+                fn()
+            runs.append((time.process_time() - began) / repeats)
+        return statistics.median(runs)
+
+    tokens, width = 16 * 128, 192  # gpt2-tiny at the quickstart's batch: [tokens, d] x [d, 3d], [d, 4d], [4d, d]
+    gemm = {}
+    for k, n in ((width, 3 * width), (width, 4 * width), (4 * width, width)):
+        a, b = torch.randn(tokens, k), torch.randn(k, n)
+        a_np, b_np = a.numpy(), b.numpy()
+        flops = 2 * tokens * k * n
+        gemm[f"{tokens}x{k}x{n}"] = {
+            "torch": flops / seconds(lambda a=a, b=b: torch.mm(a, b)) / 1e9,
+            "numpy": flops / seconds(lambda a=a_np, b=b_np: a @ b) / 1e9,
+        }
+    x = torch.randn(tokens, 4 * width)  # the MLP activation GELU's tanh runs on
+    x_np = x.numpy()
+    unary = {}
+    for name in ("tanh", "exp"):
+        torch_fn, numpy_fn = getattr(torch, name), getattr(np, name)
+        unary[name] = {
+            "torch_ms": seconds(lambda f=torch_fn: f(x)) * 1e3,
+            "numpy_ms": seconds(lambda f=numpy_fn: f(x_np)) * 1e3,
+        }
+    return {"gemm_gflops": gemm, "unary": unary}
+
+
 # --- the parent: children alternated, ratios ------------------------------------------------------------------
 
 
@@ -270,46 +337,8 @@ def print_breakdown(name: str, runs: list[dict]) -> None:
     print(f"| **total** | | **{total_wall:.2f}** | | **{total_cpu:.2f}** | |")
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arm", default="uniform")
-    parser.add_argument("--steps", type=int, default=0, help="steps per run (default: the quickstart's)")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--variants", default="default,threads1,onednn-off,mkl-debug")
-    parser.add_argument("--ops-steps", type=int, default=20, help="steps under torch.profiler (0: no op profile)")
-    parser.add_argument("--json", help="write every measurement here")
-    parser.add_argument("--child", choices=["breakdown", "ops"], help=argparse.SUPPRESS)
-    parser.add_argument("--variant", help=argparse.SUPPRESS)
-    parser.add_argument("--corpus", help=argparse.SUPPRESS)
-    parser.add_argument("--out", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-
-    if args.child:
-        name, _, encoded = args.variant.partition("=")
-        settings = {k: v for k, v in (i.split(":", 1) for i in encoded.split(",")) if k != "none"}
-        result = child_breakdown(args, settings) if args.child == "breakdown" else child_ops(args, settings)
-        print(json.dumps(result))
-        return
-
-    variants = [parse_variant(v) for v in args.variants.split(",")]
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        args.corpus = write_corpus(work)
-        runs = defaultdict(list)
-        for repeat in range(args.repeats):
-            order = variants if repeat % 2 == 0 else variants[::-1]  # alternate which variant goes first
-            for name, settings in order:
-                result = run_child("breakdown", name, settings, args, work, f"{name}-{repeat}")
-                runs[name].append(result)
-                print(
-                    f"repeat {repeat} {name}: wall {result['total']['wall']:.1f} s, "
-                    f"CPU {result['total']['cpu']:.1f} s, load {result['load']}",
-                    flush=True,
-                )
-        ops = run_child("ops", *variants[0], args, work, "ops") if args.ops_steps else None
-
-    base = variants[0][0]
-    print(f"\nvariants against {base} (median over {args.repeats} repeats of the per-repeat ratio)")
+def print_variants(variants, runs, base: str, repeats: int) -> None:
+    print(f"\nvariants against {base} (median over {repeats} repeats of the per-repeat ratio)")
     print("| variant | wall s (median) | wall ratio | CPU s (median) | CPU ratio | load before-after |")
     print("|---|---|---|---|---|---|")
     for name, _ in variants:
@@ -319,8 +348,75 @@ def main(argv=None) -> None:
         cpu_ratio = statistics.median(a["total"]["cpu"] / b["total"]["cpu"] for a, b in zip(runs[name], runs[base]))
         loads = ", ".join(f"{r['load'][0]}-{r['load'][1]}" for r in runs[name])
         print(f"| {name} | {wall:.1f} | {ratio:.2f} | {cpu:.1f} | {cpu_ratio:.2f} | {loads} |")
-    for name, _ in variants:
-        print_breakdown(name, runs[name])
+
+
+def print_kernels(kernels: dict) -> None:
+    print("\nkernels per core (one thread, CPU time; matrix multiplies in GFLOP/s, tanh / exp in ms)")
+    names = list(kernels)
+    shapes = list(kernels[names[0]]["gemm_gflops"])
+    print(
+        "| variant | "
+        + " | ".join(f"mm {s} torch / numpy" for s in shapes)
+        + " | tanh torch / numpy | exp torch / numpy |"
+    )
+    print("|---" * (len(shapes) + 3) + "|")
+    for name in names:
+        gemm, unary = kernels[name]["gemm_gflops"], kernels[name]["unary"]
+        cells = [f"{gemm[s]['torch']:.0f} / {gemm[s]['numpy']:.0f}" for s in shapes]
+        cells += [f"{unary[f]['torch_ms']:.2f} / {unary[f]['numpy_ms']:.2f}" for f in ("tanh", "exp")]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arm", default="uniform")
+    parser.add_argument("--steps", type=int, default=0, help="steps per run (default: the quickstart's)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--variants", default="default,threads1,onednn-off,mkl-debug")
+    parser.add_argument("--ops-steps", type=int, default=20, help="steps under torch.profiler (0: no op profile)")
+    parser.add_argument("--kernels", action="store_true", help="also time the arm's kernels per core, per variant")
+    parser.add_argument("--no-arm", action="store_true", help="skip the arm runs (with --kernels: kernels only)")
+    parser.add_argument("--json", help="write every measurement here")
+    parser.add_argument("--child", choices=["breakdown", "ops", "kernels"], help=argparse.SUPPRESS)
+    parser.add_argument("--variant", help=argparse.SUPPRESS)
+    parser.add_argument("--corpus", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.child:
+        name, _, encoded = args.variant.partition("=")
+        settings = {k: v for k, v in (i.split(":", 1) for i in encoded.split(",")) if k != "none"}
+        child = {"breakdown": child_breakdown, "ops": child_ops, "kernels": child_kernels}[args.child]
+        print(json.dumps(child(args, settings)))
+        return
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        variants = [parse_variant(v, work) for v in args.variants.split(",")]
+        args.corpus = write_corpus(work)
+        kernels = {}
+        for name, settings in variants if args.kernels else []:
+            kernels[name] = run_child("kernels", name, settings, args, work, f"kernels-{name}")
+        runs = defaultdict(list)
+        for repeat in range(0 if args.no_arm else args.repeats):
+            order = variants if repeat % 2 == 0 else variants[::-1]  # alternate which variant goes first
+            for name, settings in order:
+                result = run_child("breakdown", name, settings, args, work, f"{name}-{repeat}")
+                runs[name].append(result)
+                print(
+                    f"repeat {repeat} {name}: wall {result['total']['wall']:.1f} s, "
+                    f"CPU {result['total']['cpu']:.1f} s, load {result['load']}",
+                    flush=True,
+                )
+        ops = run_child("ops", *variants[0], args, work, "ops") if args.ops_steps and not args.no_arm else None
+
+    base = variants[0][0]
+    if kernels:
+        print_kernels(kernels)
+    if runs:
+        print_variants(variants, runs, base, args.repeats)
+        for name, _ in variants:
+            print_breakdown(name, runs[name])
     if ops:
         print(f"\noperators over {args.ops_steps} steps of {base} (torch.profiler, self CPU time per step)")
         print("| kind | ms per step | share |")
@@ -329,7 +425,7 @@ def main(argv=None) -> None:
             print(f"| {kind} | {ms:.1f} | {ms / ops['total_ms_per_step']:.1%} |")
         print("top operators: " + "; ".join(f"{t['op']} {t['self_ms_per_step']:.1f} ms" for t in ops["top"][:8]))
     if args.json:
-        Path(args.json).write_text(json.dumps({"runs": runs, "ops": ops}, indent=1))
+        Path(args.json).write_text(json.dumps({"runs": runs, "ops": ops, "kernels": kernels}, indent=1))
 
 
 if __name__ == "__main__":

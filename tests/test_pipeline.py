@@ -91,7 +91,9 @@ def test_miniature_pipeline_end_to_end_then_cached_then_one_arm_rerun(tmp_path, 
     }
 
 
-@pytest.mark.parametrize("name", ["quickstart.yaml", "slimpajama-gpt2-mini.yaml", "compare-seeds.yaml"])
+@pytest.mark.parametrize(
+    "name", ["quickstart.yaml", "quickstart-full.yaml", "slimpajama-gpt2-mini.yaml", "compare-seeds.yaml"]
+)
 def test_shipped_pipeline_configs_load_and_validate(name):
     config = load_pipeline_config(REPO / "configs" / name)
     assert {"uniform", "linupper", "doremi", "doremi+linupper", "doge", "doge+linupper"} <= set(config.arms)

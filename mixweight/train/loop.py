@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
+from mixweight.core.allocator import keep_freed_memory
 from mixweight.core.distributed import World, barrier, broadcast_object, close_world, init_world
 from mixweight.core.jsonio import write_json_atomic
 from mixweight.core.model import build_config, build_model, count_parameters, load_spec
@@ -226,6 +227,7 @@ def train(config: TrainConfig, objective: StepObjective | None = None) -> dict:
     `objective` (a StepObjective, mixweight/train/objective.py) makes each step's gradients; by
     default the weighted loss of the config's sample weighting (the plain mean when none).
     """
+    keep_freed_memory()  # each step's activations reuse the last step's memory instead of page-faulting anew
     world = init_world()
     lock = rundir.RunLock(config.out)  # held by the main process from the checks to the end of the run
     try:

@@ -39,7 +39,7 @@ from mixweight.core.config import option
 from mixweight.data.manifest import DomainSplitStats, Manifest, load_manifest
 from mixweight.data.names import NAME_RULE, name_problem
 from mixweight.data.output import check_can_write, is_same_corpus, resolve_output, staged_directory
-from mixweight.data.readers import describe, get_field, input_fingerprint, iter_records, scan_sources
+from mixweight.data.readers import check_encodable, describe, get_field, input_fingerprint, iter_records, scan_sources
 from mixweight.data.streams import token_dtype, write_stream
 from mixweight.data.tokenizer import ByteTokenizer, load_hf_tokenizer, parse_spec, train_bpe
 from mixweight.errors import MixweightError
@@ -78,6 +78,7 @@ def iter_documents(input_path, domain_field: str, text_field: str) -> Iterator[t
             text = ""
         if not isinstance(text, str):
             raise MixweightError(f"{where}: field '{text_field}' holds a {type(text).__name__}, not text")
+        check_encodable(text, where, text_field)
         yield domain, text
 
 

@@ -71,6 +71,11 @@ def streaming_path(url: str) -> str:
     return url[len("file://") :] if url.lower().startswith("file://") else url
 
 
+def local_path_of(url: str) -> Path | None:
+    """The local directory a file:// URL names (None for any other scheme)."""
+    return Path(streaming_path(url)) if url.lower().startswith("file://") else None
+
+
 def join(url: str, *parts: str) -> str:
     return "/".join([url.rstrip("/"), *[p.strip("/") for p in parts]])
 
@@ -87,9 +92,17 @@ def platform_cache() -> Path:
 
 
 def set_cache_dir(path: str | None) -> None:
-    """Apply `--cache-dir` to this process and to the processes it launches (torchrun, pipeline stages)."""
+    """Apply `--cache-dir` to this process and to the processes it launches (torchrun, pipeline stages); a path
+    that is a file, lies inside a corpus or run, or cannot be written is refused (mixweight.core.outputs)."""
     if path:
-        os.environ[CACHE_DIR_ENV] = str(Path(path).expanduser().resolve())
+        from mixweight.core.outputs import check_output_path
+
+        try:
+            resolved = Path(path).expanduser().resolve()
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise MixweightError(f"--cache-dir {path}: not a usable path ({exc})") from None
+        check_output_path(resolved, "--cache-dir", kind="dir", what="the corpus cache", owned=lambda _: True)
+        os.environ[CACHE_DIR_ENV] = str(resolved)
 
 
 def cache_dir() -> Path:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import sys
 from dataclasses import InitVar, dataclass
 from pathlib import Path
@@ -30,14 +31,16 @@ from typing import ClassVar, Optional, Union
 import yaml
 
 import mixweight
-from mixweight.core.artifact import DomainWeights, check_output_file
+from mixweight.core.artifact import DomainWeights
 from mixweight.core.config import nest_moved_keys, nested, require
 from mixweight.core.config import option as _f
 from mixweight.core.distributed import is_main_process
 from mixweight.core.model import load_spec
-from mixweight.core.yamlio import load_yaml
-from mixweight.data.corpus import Corpus, open_corpus
+from mixweight.core.outputs import check_output_path, is_json_with
+from mixweight.core.yamlio import load_yaml_file
+from mixweight.data.corpus import SYNTHETIC_ALIAS, Corpus, open_corpus
 from mixweight.data.manifest import Manifest
+from mixweight.data.remote import is_url
 from mixweight.domain.health import format_warning
 from mixweight.errors import MixweightError, did_you_mean
 from mixweight.train import checkpoint as ckpt
@@ -191,6 +194,15 @@ class ProxyMethodConfig:
     def check_options(self) -> None:
         """The method's own options (a subclass's checks)."""
 
+    def input_paths(self) -> list[tuple[str, Optional[str]]]:
+        """(flag, local path) of what the method reads: its outputs may be none of them, nor hold or lie in one."""
+        paths = [
+            ("--data", None if self.data is None or is_url(self.data) or self.data == SYNTHETIC_ALIAS else self.data)
+        ]
+        if self.proxy.endswith(".json"):
+            paths.append(("--proxy", self.proxy))
+        return paths
+
     def require_paths(self) -> None:
         require(self.data is not None, f"{self.COMMAND}: --data is required (a corpus directory)")
         require(self.out is not None, f"{self.COMMAND}: --out is required (the weights JSON file to write)")
@@ -280,7 +292,7 @@ def claim_work_dir(
     path = record_path(config)
     extra = dict(extra or {})
     if path.is_file():
-        saved = load_yaml(path.read_text()) or {}
+        saved = load_yaml_file(path, "the work directory's record") or {}
         if not isinstance(saved, dict):
             saved = {}
         defaults = {f.name: f.default for f in dataclasses.fields(config) if f.default is not dataclasses.MISSING}
@@ -313,11 +325,65 @@ def claim_work_dir(
 
 
 # --- start and finish: the same for every method ----------------------------------------------------------
+# The plots a method draws beside its artifact, <out stem>_<name>.png (default: trajectory and bars; regmix: fit).
+PLOT_NAMES = ("trajectory", "bars", "fit")
+# What a work directory of a built-in method holds; one made before the <name>_config.yaml record holds only these.
+WORK_DIR_ENTRIES = re.compile(
+    r"(round-\d+|proxy|runs|mixtures|logs|swarm\.json|swarm_members\.json|doge_config_hash|\w+_config\.yaml)"
+)
+
+
+def is_artifact_of(name: str):
+    """owned(path) for --out: a weights file this method wrote (its method.name), which a rerun may replace."""
+    return lambda path: is_json_with(
+        path, lambda raw: isinstance(raw.get("method"), dict) and raw["method"].get("name") == name
+    )
+
+
+def is_work_dir_of(config: ProxyMethodConfig):
+    """owned(path) for --work-dir: it holds this method's record, or (made before the record) only what a work
+    directory holds."""
+
+    def owned(path: Path) -> bool:
+        if (path / f"{config.NAME}_config.yaml").is_file():
+            return True
+        entries = [p.name for p in path.iterdir() if not p.name.startswith(".")]
+        return bool(entries) and all(WORK_DIR_ENTRIES.fullmatch(name) for name in entries)
+
+    return owned
+
+
+def check_outputs(config: ProxyMethodConfig) -> None:
+    """--out and the work directory, before anything is read or trained (mixweight.core.outputs): --out a new
+    file or this method's own earlier artifact, never an input nor inside a corpus or run; no plot beside a new
+    artifact that would replace a file; the work directory new, empty or this method's, apart from --out."""
+    out, work_dir, inputs = Path(config.out), config.resolved_work_dir(), config.input_paths()
+    owned = is_artifact_of(config.NAME)
+    what = f"the {config.NAME} weights file"
+    check_output_path(out, f"{config.COMMAND}: --out", kind="file", what=what, owned=owned, inputs=inputs)
+    if not (out.is_file() and owned(out)):  # a new artifact: its plots must be new too
+        for name in PLOT_NAMES:
+            plot = out.with_name(f"{out.stem}_{name}.png")
+            if plot.exists():
+                raise MixweightError(
+                    f"{config.COMMAND}: --out {out}: its plot {plot} would replace a file this command did not "
+                    "write; move that file, or choose another --out"
+                )
+    check_output_path(
+        work_dir,
+        f"{config.COMMAND}: --work-dir" if config.work_dir else f"{config.COMMAND}: the work directory",
+        kind="dir",
+        what=f"the {config.NAME} work directory (its proxy runs)",
+        owned=is_work_dir_of(config),
+        inputs=[("--out", config.out), *inputs],
+    )
+
+
 def start(config: ProxyMethodConfig) -> Corpus:
-    """Check the config and --out (before any training), then open the corpus."""
+    """Check the config, --out and the work directory (before any training), then open the corpus."""
     config.validate()
     config.require_paths()
-    check_output_file(config.out, f"{config.COMMAND}: --out")  # before any training, not after the proxy finished
+    check_outputs(config)  # before any training, not after the proxy finished
     return open_corpus(config.data, is_main_process())
 
 

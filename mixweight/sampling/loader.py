@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 from mixweight.core.distributed import World, barrier
 from mixweight.data.manifest import Manifest
 from mixweight.data.remote import join, remote_of, streaming_path
-from mixweight.errors import MixweightError
+from mixweight.errors import MixweightError, first_line
 from mixweight.sampling.shm import remove_filelocks
 
 # mixweight name -> mosaicml-streaming `batching_method`. 'stratified' is refused (see below).
@@ -68,6 +68,7 @@ class MixtureLoader:
     ):
         self.micro_batch_size = micro_batch_size
         self.world = world
+        self.corpus_dir = corpus_dir
         self.samples_per_epoch = samples_per_epoch
         sampled = [d for d in manifest.domains if proportions[d] > 0]
         if not sampled:
@@ -120,17 +121,34 @@ class MixtureLoader:
         return iter(DataLoader(self.dataset, batch_size=self.micro_batch_size, num_workers=0, collate_fn=_collate))
 
     def next_batch(self) -> dict[str, torch.Tensor]:
+        try:
+            batch = self._next()
+        except MixweightError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - streaming's reader fails in many ways on a damaged shard
+            remote = remote_of(self.corpus_dir)
+            where = (
+                f"the corpus {remote} (its local cache copy is {self.corpus_dir}; delete it to fetch the shards again)"
+                if remote is not None
+                else f"the corpus {self.corpus_dir}"
+            )
+            raise MixweightError(
+                f"reading the training data failed ({type(exc).__name__}: {first_line(exc)}): a training shard of "
+                f"{where} is truncated or damaged; repair or re-create the corpus, then rerun with --resume"
+            ) from exc
+        self.sample_in_epoch += self.micro_batch_size * self.world.size
+        return batch
+
+    def _next(self) -> dict[str, torch.Tensor]:
         if self._iterator is None:
             self._iterator = self._loader()
         try:
-            batch = next(self._iterator)
+            return next(self._iterator)
         except StopIteration:
             self.epoch += 1
             self.sample_in_epoch = 0
             self._iterator = self._loader()
-            batch = next(self._iterator)
-        self.sample_in_epoch += self.micro_batch_size * self.world.size
-        return batch
+            return next(self._iterator)
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "sample_in_epoch": self.sample_in_epoch}

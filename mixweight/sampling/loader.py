@@ -26,7 +26,7 @@ from mixweight.core.distributed import World, barrier
 from mixweight.data.manifest import Manifest
 from mixweight.data.remote import join, remote_of, streaming_path
 from mixweight.errors import MixweightError, first_line
-from mixweight.sampling.shm import remove_filelocks
+from mixweight.sampling.shm import remove_filelocks, untrack_shared_memory
 
 # mixweight name -> mosaicml-streaming `batching_method`. 'stratified' is refused (see below).
 BATCHING_METHODS = {"random": "random", "per_stream": "per_stream"}
@@ -73,6 +73,7 @@ class MixtureLoader:
         sampled = [d for d in manifest.domains if proportions[d] > 0]
         if not sampled:
             raise MixweightError(f"domain weights {proportions}: every weight is 0, nothing to sample")
+        untrack_shared_memory()  # mixweight removes streaming's segments itself (sampling/shm.py)
         remote = remote_of(corpus_dir)  # a cache copy of a remote corpus: streaming fetches its shards
         streams = [
             Stream(

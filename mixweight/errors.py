@@ -2,7 +2,8 @@
 
 The CLI prints these as one clear line instead of a traceback; everything else is a bug.
 A message never carries a whole user value: `brief` echoes a bounded excerpt, and a message
-longer than MAX_MESSAGE is cut in the middle (a YAML alias expanded to megabytes stays one short line).
+longer than MAX_MESSAGE is cut in the middle (a YAML alias expanded to megabytes stays one short line);
+control characters in it (a newline in a path) are written as escapes, so it stays one line.
 """
 
 import difflib
@@ -16,10 +17,13 @@ class MixweightError(ValueError):
     """Bad user input: the message says what was wrong, where, and what would be right."""
 
     def __init__(self, message: object = "", *args) -> None:
-        if isinstance(message, str) and len(message) > MAX_MESSAGE:
-            left = len(message) - MAX_MESSAGE
-            half = MAX_MESSAGE // 2
-            message = f"{message[:half]} ...({left} characters left out)... {message[-half:]}"
+        if isinstance(message, str):
+            if not message.isprintable():  # a path or value with a newline must not split the one line
+                message = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+            if len(message) > MAX_MESSAGE:
+                left = len(message) - MAX_MESSAGE
+                half = MAX_MESSAGE // 2
+                message = f"{message[:half]} ...({left} characters left out)... {message[-half:]}"
         super().__init__(message, *args)
 
 

@@ -1,7 +1,8 @@
 """The hostile-input harness of test_hostile_inputs.py and test_fuzz_inputs.py.
 
     listing(*roots)             every file and directory under the roots: {path: (size, mtime_ns, sha256)}
-    changes(before, after, ok)  what was added, removed or modified outside the paths in `ok`
+    changes(before, after, ok)  what was added, removed or modified outside the paths in `ok` (a command's own
+                                outputs; removed is flagged there too, but for a command's own leftovers)
     run_cli(argv)               `mixweight ARGV` in this process: its exit code, stdout and stderr; anything but
                                 SystemExit escaping `main` (a traceback) is raised into the test
     assert_refused(outcome)     exit 2, exactly one `mixweight: error:` line, no traceback
@@ -19,6 +20,7 @@ import contextlib
 import hashlib
 import io
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,16 +46,24 @@ def listing(*roots) -> dict[str, tuple]:
     return found
 
 
-def changes(before: dict, after: dict, ok=()) -> list[str]:
-    """Every path added, removed or modified, except under the paths in `ok` (a command's own outputs)."""
-    allowed = [os.path.abspath(p) for p in ok]
+# What a command removes of its own making: checkpoints past keep_checkpoints, its temporaries and staging copies.
+OWN_LEFTOVERS = re.compile(r"/checkpoints/|/\.[^/]*(tmp|partial|retired|replaced)[^/]*(/|$)")
 
-    def free(path: str) -> bool:
-        return any(path == a or path.startswith(a.rstrip("/") + "/") for a in allowed)
 
-    found = [f"removed {p}" for p in before if p not in after]  # nothing a command did not make is ever deleted
-    found += [f"added {p}" for p in after if p not in before and not free(p)]
-    found += [f"changed {p}" for p in before if p in after and before[p] != after[p] and not free(p)]
+def changes(before: dict, after: dict, ok=(), removable=()) -> list[str]:
+    """Every path added, removed or modified, except under the paths in `ok` (a command's own outputs). Removed is
+    flagged even there, unless it is OWN_LEFTOVERS under `ok` or under a path in `removable` (a corpus that
+    --overwrite replaces)."""
+
+    def under(path: str, roots) -> bool:
+        return any(path == a or path.startswith(a.rstrip("/") + "/") for a in map(os.path.abspath, roots))
+
+    def removal_ok(path: str) -> bool:
+        return under(path, removable) or (under(path, ok) and OWN_LEFTOVERS.search(path) is not None)
+
+    found = [f"removed {p}" for p in before if p not in after and not removal_ok(p)]
+    found += [f"added {p}" for p in after if p not in before and not under(p, ok)]
+    found += [f"changed {p}" for p in before if p in after and before[p] != after[p] and not under(p, ok)]
     return found
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -32,6 +33,7 @@ CORPUS, RUN = "corpus", "run"
 # Errors of writing, not of bad input (a full disk, a read-only filesystem, no permission): one line naming the file.
 WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
 MAX_ARTIFACT_BYTES = 1 << 30  # a larger file at an output path is not read to see whether it is ours
+URL_LIKE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:/")  # s3://..., file:///..., and what Path makes of them (file:/...)
 
 
 def _is_dir(path: Path) -> bool:
@@ -102,6 +104,11 @@ def check_output_path(
     pairs the output must not be, hold or lie inside (None entries are skipped). store: CORPUS or RUN when the
     command writes that kind of directory at `path` (it may be one; it may not lie inside any).
     """
+    if URL_LIKE.match(str(path)):  # Path("s3://b/x") would be the local directory "s3:/b/x"
+        raise MixweightError(
+            f"{flag} {path}: a URL; {what} is written to a local path (only `data synth` and `data prepare` write a "
+            "corpus to a URL): give a local path"
+        )
     path = Path(path)
     shown = f"{flag} {path}"
     try:
@@ -178,7 +185,12 @@ def _check_writable(path: Path, shown: str) -> None:
         raise MixweightError(f"{shown}: {parent} is not a directory, so the file cannot be written there")
     target = path if path.exists() else parent
     if not os.access(target, os.W_OK | (os.X_OK if target.is_dir() else 0)):
-        raise MixweightError(f"{shown}: not writable (no write permission in {target}); choose another path")
+        try:
+            read_only = bool(os.statvfs(target).f_flag & os.ST_RDONLY)
+        except OSError:
+            read_only = False
+        why = f"{target} is on a read-only filesystem" if read_only else f"no write permission in {target}"
+        raise MixweightError(f"{shown}: not writable ({why}); choose another path")
 
 
 def is_json_with(path: Path, test: Callable[[dict], bool]) -> bool:

@@ -327,10 +327,11 @@ def claim_work_dir(
 # --- start and finish: the same for every method ----------------------------------------------------------
 # The plots a method draws beside its artifact, <out stem>_<name>.png (default: trajectory and bars; regmix: fit).
 PLOT_NAMES = ("trajectory", "bars", "fit")
-# What a work directory of a built-in method holds; one made before the <name>_config.yaml record holds only these.
-WORK_DIR_ENTRIES = re.compile(
-    r"(round-\d+|proxy|runs|mixtures|logs|swarm\.json|swarm_members\.json|doge_config_hash|\w+_config\.yaml)"
-)
+# What a work directory made before the <name>_config.yaml record holds: DoReMi's rounds of runs, or the stamp
+# file of an older DoGE or RegMix.
+LEGACY_STAMPS = ("swarm.json", "doge_config_hash")
+ROUND_DIR = re.compile(r"round-\d+")
+ROUND_ENTRIES = {"reference", "proxy", "weights.json"}
 
 
 def is_artifact_of(name: str):
@@ -341,14 +342,17 @@ def is_artifact_of(name: str):
 
 
 def is_work_dir_of(config: ProxyMethodConfig):
-    """owned(path) for --work-dir: it holds this method's record, or (made before the record) only what a work
-    directory holds."""
+    """owned(path) for --work-dir: it holds this method's record, or is a work directory made before the record
+    (an older DoGE's or RegMix's stamp file, or DoReMi's round-N directories of runs and nothing else)."""
 
     def owned(path: Path) -> bool:
-        if (path / f"{config.NAME}_config.yaml").is_file():
+        if (path / f"{config.NAME}_config.yaml").is_file() or any((path / s).is_file() for s in LEGACY_STAMPS):
             return True
-        entries = [p.name for p in path.iterdir() if not p.name.startswith(".")]
-        return bool(entries) and all(WORK_DIR_ENTRIES.fullmatch(name) for name in entries)
+        entries = [p for p in path.iterdir() if not p.name.startswith(".")]
+        return bool(entries) and all(
+            ROUND_DIR.fullmatch(e.name) and e.is_dir() and {c.name for c in e.iterdir()} <= ROUND_ENTRIES
+            for e in entries
+        )
 
     return owned
 
@@ -360,7 +364,7 @@ def check_outputs(config: ProxyMethodConfig) -> None:
     out, work_dir, inputs = Path(config.out), config.resolved_work_dir(), config.input_paths()
     owned = is_artifact_of(config.NAME)
     what = f"the {config.NAME} weights file"
-    check_output_path(out, f"{config.COMMAND}: --out", kind="file", what=what, owned=owned, inputs=inputs)
+    check_output_path(config.out, f"{config.COMMAND}: --out", kind="file", what=what, owned=owned, inputs=inputs)
     if not (out.is_file() and owned(out)):  # a new artifact: its plots must be new too
         for name in PLOT_NAMES:
             plot = out.with_name(f"{out.stem}_{name}.png")
@@ -370,7 +374,7 @@ def check_outputs(config: ProxyMethodConfig) -> None:
                     "write; move that file, or choose another --out"
                 )
     check_output_path(
-        work_dir,
+        config.work_dir or work_dir,
         f"{config.COMMAND}: --work-dir" if config.work_dir else f"{config.COMMAND}: the work directory",
         kind="dir",
         what=f"the {config.NAME} work directory (its proxy runs)",

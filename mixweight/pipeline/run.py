@@ -20,7 +20,6 @@ pipeline.replaced-<time>.yaml), and OUT/.pipeline.lock keeps two pipelines out o
 from __future__ import annotations
 
 import dataclasses
-import re
 import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -382,25 +381,19 @@ def _prepare_out(
     return plans
 
 
-# What a pipeline directory holds (module docstring); one holding anything else is not the pipeline's.
-PIPELINE_ENTRIES = re.compile(
-    r"(corpus|weights|runs|downstream|report|pipeline(\.replaced-[^/]*)?\.yaml|\.pipeline\.lock)"
-)
-
-
 def is_pipeline_dir(path: Path) -> bool:
-    """owned(path) for --out: it holds the pipeline.yaml a pipeline records (a mapping), or only what a pipeline
-    writes (a directory a refused pipeline of an older mixweight left with its lock file)."""
+    """owned(path) for --out: it holds the pipeline.yaml a pipeline records first (a mapping), or only the lock
+    file a refused pipeline of an older mixweight left."""
     record = path / CONFIG_FILE
     if record.is_file():
         try:
             return isinstance(load_yaml(record.read_text(encoding="utf-8")), dict)
         except (OSError, UnicodeDecodeError, yaml.YAMLError):
             return False
-    return all(PIPELINE_ENTRIES.fullmatch(p.name) for p in path.iterdir())
+    return {p.name for p in path.iterdir()} <= {LOCK_FILE}
 
 
-def check_pipeline_out(config: PipelineConfig, out: Path) -> None:
+def check_pipeline_out(config: PipelineConfig, out: str | Path) -> None:
     """--out new, empty or a pipeline's own directory, outside every corpus, run and input (core.outputs)."""
     kind, form, _ = data_form(config.data)
     inputs = [("data.prepare.input", getattr(form, "input", None))]
@@ -417,8 +410,8 @@ def run_pipeline(config: PipelineConfig, out: str | Path, rerun_changed: bool = 
     Under torchrun rank 0 alone takes the lock, decides (refusal, moves, pipeline.yaml) and tells the
     other ranks, which train with it; a refusal stops every rank with the same error.
     """
+    check_pipeline_out(config, out)  # as given: Path() would read the URL s3://b/x as the directory s3:/b/x
     out = Path(out)
-    check_pipeline_out(config, out)
     stages, arms, corpus = build_stages(config, out)  # checks the inputs outside OUT before anything is written
     world = init_world()  # the command's process group, or one of our own when called as a library
     try:

@@ -129,8 +129,13 @@ def compare_runs(
 
     out = Path(out_dir)
     inputs = [("run", r.path) for r in all_runs] + [("--weights", f) for f in (weights_files or {}).values()]
-    check_output_path(
-        out, "compare --out", kind="dir", what="the report", owned=is_report_dir, inputs=[*inputs, ("--data", corpus)]
+    check_output_path(  # as given: Path() would read a URL as a local directory
+        out_dir,
+        "compare --out",
+        kind="dir",
+        what="the report",
+        owned=is_report_dir,
+        inputs=[*inputs, ("--data", corpus)],
     )
     out.mkdir(parents=True, exist_ok=True)
     figs = {"validation_curves": figures.validation_curves(out, curves, domains)}

@@ -93,7 +93,7 @@ def save_checkpoint(
         _fsync_tree(tmp)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        if _is_write_failure(exc):
+        if _is_write_failure(exc, root):
             raise _save_failed(run_dir, step, exc) from exc
         raise
     final = root / f"step-{step}"
@@ -122,12 +122,35 @@ def _settle_replaced(root: Path) -> None:
                 os.rename(path, final)
 
 
-# torch.save and safetensors report a full disk as RuntimeError / SafetensorError, not OSError.
-WRITE_FAILURE_TEXT = ("file write failed", "No space left", "StorageFull", "IoError", "Disk quota")
+# torch.save and safetensors report a full disk as RuntimeError / SafetensorError, not OSError, in words that vary
+# with where the write stopped (torch's zip writer: "iostream error", "unexpected pos"); a full disk counts too.
+WRITE_FAILURE_TEXT = (
+    "file write failed",
+    "No space left",
+    "StorageFull",
+    "IoError",
+    "Disk quota",
+    "iostream error",
+    "unexpected pos",
+    "PytorchStreamWriter failed",
+)
 
 
-def _is_write_failure(exc: BaseException) -> bool:
-    return isinstance(exc, OSError) or (isinstance(exc, Exception) and any(t in str(exc) for t in WRITE_FAILURE_TEXT))
+def _is_write_failure(exc: BaseException, root: Path | None = None) -> bool:
+    if isinstance(exc, OSError):
+        return True
+    if not isinstance(exc, Exception):
+        return False
+    return any(t in str(exc) for t in WRITE_FAILURE_TEXT) or (root is not None and _disk_full(root))
+
+
+def _disk_full(root: Path) -> bool:
+    """Less than 1 MiB left for this user where the checkpoint is written (or the filesystem is read-only)."""
+    try:
+        info = os.statvfs(root)
+    except OSError:
+        return False
+    return bool(info.f_flag & os.ST_RDONLY) or info.f_bavail * info.f_frsize < (1 << 20)
 
 
 def _save_failed(run_dir, step: int, exc: BaseException) -> MixweightError:

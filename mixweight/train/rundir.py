@@ -99,7 +99,7 @@ def check_out_dir(run_dir: Path, config) -> None:
     if run_dir.exists() and not run_dir.is_dir():
         raise MixweightError(f"--out {run_dir}: exists and is not a directory; choose a directory for the run")
     # never inside a corpus or another run; its own files are checked below
-    check_output_path(run_dir, "--out", kind="dir", what="the run directory", owned=lambda path: True, store=RUN)
+    check_output_path(config.out, "--out", kind="dir", what="the run directory", owned=lambda path: True, store=RUN)
     config_path = run_dir / CONFIG_NAME
     names = {f.name for f in dataclasses.fields(config)}
     if config_path.is_file() and not config_path.read_bytes().strip():

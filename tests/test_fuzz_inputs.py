@@ -285,7 +285,7 @@ BASE_COMMANDS = {
     "doctor": ["doctor"],
 }
 NUMBERS = ["0", "-1", "1", "2", "3", "0.5", "-0.0", "inf", "-inf", "nan", "1e400", "1e-400", "1e26", str(2**64)]
-NUMBERS += [str(10**20), "", " ", "0x10", "1_000", "１", "many"]
+NUMBERS += [str(10**20), "", " ", "0x10", "1_0", "１", "many"]  # none valid and large: no case runs for long
 PATHS = ["corpus", "run", "notes.txt", "mine", "doremi.json", "regmix.json", "p.yaml", "spec.json", "raw.jsonl", "."]
 PATHS += ["missing/x", "corpus/manifest.json", "corpus/train", "run/checkpoints/step-1", "run/config.yaml", "run/eval"]
 PATHS += ["/dev/zero", "/dev/null", "fifo", "mine/new", "new", "newrun", "w.json", "report", "a" * 300, "漢" * 100]

@@ -436,7 +436,15 @@ CASES = {
     ),
     "11 data synth --tokens-per-domain 10^13": (
         lambda ctx: ["data", "synth", "--out", ctx["tmp"] / "c", "--tokens-per-domain", str(10**13)],
-        r"'tokens_per_domain': 10000000000000 is above the limit",
+        r"'tokens_per_domain': 10000000000000 is above the limit 1,000,000,000 \(the synthetic corpus is made in",
+    ),
+    "11 weights regmix --runs 10^9": (
+        lambda ctx: _weights("regmix", ctx, "--runs", str(10**9)),
+        r"'runs': 1000000000 is above the limit 100,000",
+    ),
+    "11 data prepare --num-proc 10^6": (
+        lambda ctx: _prepare(ctx["tmp"], "web", "--num-proc", str(10**6)),
+        r"'num_proc': 1000000 is above the limit \d+ \(this machine's CPUs",
     ),
     "11 train --batch-size 2^30": (
         lambda ctx: _train(ctx, "--batch-size", str(2**30)),

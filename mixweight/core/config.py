@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
 import sys
 import types
 import typing
@@ -50,8 +51,11 @@ LIMITS_BY_NAME = {
     "batch_size": Limits(None, 2**20, "a batch of more than 2^20 sequences exhausts memory at once"),
     "eval_batch_size": Limits(None, 2**20, "a batch of more than 2^20 sequences exhausts memory at once"),
     "seq_len": Limits(None, 2**20, "blocks of more than 2^20 tokens exhaust memory at once"),
-    "num_proc": Limits(None, 4096, "more worker processes than any machine runs"),
+    "num_proc": Limits(None, os.cpu_count() or 1, "this machine's CPUs: more worker processes only cost memory"),
     "token_budget": Limits(None, 10**16, "10^16 tokens is a thousand times a frontier model's run"),
+    "tokens_per_domain": Limits(None, 10**9, "the synthetic corpus is made in memory"),
+    "val_blocks": Limits(None, 10**7, "the synthetic corpus is made in memory"),
+    "runs": Limits(None, 10**5, "RegMix's own swarm is 512 runs; the swarm's mixtures are drawn in memory"),
 }
 DEFAULT_LIMITS = Limits(None, MAX_INT)
 

@@ -157,13 +157,17 @@ def _save_failed(run_dir, step: int, exc: BaseException) -> MixweightError:
     latest = latest_checkpoint(run_dir)
     kept = f"the newest complete checkpoint, {latest.name}, is intact" if latest else "no earlier checkpoint exists"
     return MixweightError(
-        f"checkpoint step-{step}: could not be written in {checkpoints_dir(run_dir)} ({_reason(exc)}); "
-        f"{kept}; free space and rerun with --resume"
+        f"checkpoint step-{step}: could not be written in {checkpoints_dir(run_dir)} "
+        f"({_reason(exc, checkpoints_dir(run_dir))}); {kept}; free space and rerun with --resume"
     )
 
 
-def _reason(exc: BaseException) -> str:
-    return exc.strerror if isinstance(exc, OSError) and exc.strerror else first_line(exc)
+def _reason(exc: BaseException, root: Path) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    if _disk_full(root):  # torch's writer says "unexpected pos ...": say what happened
+        return f"No space left on device; the writer said: {first_line(exc)}"
+    return first_line(exc)
 
 
 def _fsync_tree(path: Path) -> None:

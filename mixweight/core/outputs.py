@@ -95,6 +95,7 @@ def check_output_path(
     owned: Callable[[Path], bool] | None = None,
     inputs: Iterable[tuple[str, str | Path | None]] = (),
     store: str | None = None,
+    inside: str | Path | None = None,
 ) -> Path:
     """`path` as an output the command will write later: every refusal of the module docstring, now.
 
@@ -102,7 +103,8 @@ def check_output_path(
     used in messages. owned(path): True when an existing `path` was made by this command (then it may be
     replaced, or written into); an existing non-empty one it did not make is refused. inputs: (flag, path)
     pairs the output must not be, hold or lie inside (None entries are skipped). store: CORPUS or RUN when the
-    command writes that kind of directory at `path` (it may be one; it may not lie inside any).
+    command writes that kind of directory at `path` (it may be one; it may not lie inside any). inside: the one
+    store the output may lie in (a run's own TensorBoard directory).
     """
     if URL_LIKE.match(str(path)):  # Path("s3://b/x") would be the local directory "s3:/b/x"
         raise MixweightError(
@@ -127,7 +129,7 @@ def check_output_path(
             raise MixweightError(f"{shown} exists and is not a directory; {what} is a directory: choose another path")
         if not (stat.S_ISDIR(status.st_mode) or stat.S_ISREG(status.st_mode)):
             raise MixweightError(f"{shown} exists and is not a regular file; choose another path")
-    _check_not_in_a_store(path, shown, what, store)
+    _check_not_in_a_store(path, shown, what, store, inside)
     for input_flag, given in inputs:
         if given is not None and overlaps(path, given):
             raise MixweightError(
@@ -143,9 +145,9 @@ def check_output_path(
     return path
 
 
-def _check_not_in_a_store(path: Path, shown: str, what: str, store: str | None) -> None:
+def _check_not_in_a_store(path: Path, shown: str, what: str, store: str | None, inside=None) -> None:
     found = enclosing_store(path, include_self=True)
-    if found is None:
+    if found is None or (inside is not None and _resolved(found[1]) == _resolved(inside)):
         return
     found_kind, directory = found
     if found_kind == store and _resolved(directory) == _resolved(path):

@@ -219,7 +219,9 @@ class TensorBoardTracker:
         from torch.utils.tensorboard import SummaryWriter
 
         log_dir = run_dir / TENSORBOARD_DIR
-        check_output_path(log_dir, "report_to tensorboard:", kind="dir", what="its event files", owned=lambda _: True)
+        check_output_path(
+            log_dir, "report_to tensorboard:", kind="dir", what="its event files", owned=lambda _: True, inside=run_dir
+        )
         new = not log_dir.is_dir()
         _quiet_writer_threads()
         # A start afresh drops every earlier event; a resume the events past its checkpoint.

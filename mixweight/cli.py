@@ -9,7 +9,8 @@ import sys
 import typing
 
 from mixweight.core.config import ARGUMENT, FLAGS, HELP, MOVED, NESTED, OWNED, held_deprecations, renamed_keys
-from mixweight.errors import MixweightError
+from mixweight.core.outputs import WRITE_ERRNOS, write_failure
+from mixweight.errors import MixweightError, first_line
 
 BOOL_FLAGS_NEGATABLE = {"progress", "match_repetition"}
 
@@ -21,6 +22,10 @@ class ExactFlagParser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        """One line, like every other refusal (argparse's own prints the usage first)."""
+        _refuse(f"{self.prog}: {message} (see {self.prog} --help)")
 
 
 def _add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
@@ -209,7 +214,7 @@ def cmd_prepare(args) -> None:
     def write(out):
         return prepare_corpus(config.input, out, **options)
 
-    manifest = write_remote(config.out, write) if is_url(config.out) else write(config.out)
+    manifest = write_remote(config.out, write, config.input) if is_url(config.out) else write(config.out)
     for line in report_lines(manifest):
         print(line)
     print(f"corpus in {config.out}: domains {manifest.domains}, vocab {manifest.vocab_size}")
@@ -266,7 +271,7 @@ def cmd_weights_export(args) -> None:
     weights, note = cap_to_budget(weights, config.token_budget, config.max_epochs, tokens)
     if note:
         print(f"mixweight weights export: {note}", file=sys.stderr)
-    print(export_weights(weights, config.format))
+    print(export_weights(weights, config.format, f"weights file {config.file}"))
 
 
 def cmd_weights_verify(args) -> None:
@@ -399,7 +404,10 @@ def main(argv: list[str] | None = None) -> None:
     from mixweight.core.distributed import close_world, init_world
     from mixweight.data.remote import set_cache_dir
 
-    set_cache_dir(getattr(args, "cache_dir", None))  # where remote corpora are cached, for every command
+    try:
+        set_cache_dir(getattr(args, "cache_dir", None))  # where remote corpora are cached, for every command
+    except MixweightError as exc:
+        _refuse(str(exc))
 
     # Under torchrun, one process group serves every stage of the command (a DoReMi run trains twice).
     world = init_world()
@@ -407,7 +415,27 @@ def main(argv: list[str] | None = None) -> None:
         with held_deprecations():  # a refused command prints its error line alone
             args.func(args)
     except MixweightError as exc:
-        print(f"mixweight: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        _refuse(str(exc))
+    except OSError as exc:
+        if exc.errno not in WRITE_ERRNOS:
+            raise
+        _refuse(write_failure(exc))
+    except (MemoryError, RuntimeError) as exc:
+        if not isinstance(exc, MemoryError) and not _out_of_memory(exc):
+            raise
+        _refuse(
+            f"out of memory ({first_line(exc) if str(exc) else 'MemoryError'}): a size in the command (batch size, "
+            "seq_len, eval blocks, vocabulary) needs more memory than this machine has; lower it"
+        )
     finally:
         close_world(world)
+
+
+def _out_of_memory(exc: RuntimeError) -> bool:
+    """torch's allocation failures: OutOfMemoryError (a device), or the CPU allocator's RuntimeError."""
+    return type(exc).__name__ == "OutOfMemoryError" or "can't allocate memory" in str(exc)
+
+
+def _refuse(message: str) -> None:
+    print(f"mixweight: error: {message}", file=sys.stderr)
+    sys.exit(2)

@@ -284,7 +284,7 @@ def test_run_without_eval_json_is_refused(tmp_path):
     done = _run(tmp_path / "done", corpus, {"a": 1.0, "b": 2.0})
     unfinished = _run(tmp_path / "unfinished", corpus, {"a": 1.0, "b": 2.0})
     (unfinished / "eval.json").unlink()
-    with pytest.raises(MixweightError, match=r"unfinished: no eval.json.*not finished.*mixweight eval"):
+    with pytest.raises(MixweightError, match=r"unfinished: no eval.json.*not finished.*--resume continues it"):
         compare_runs([done, unfinished], tmp_path / "out")
     assert not (tmp_path / "out").exists()
 

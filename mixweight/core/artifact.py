@@ -48,7 +48,7 @@ API for the weights commands (stable):
 - ``corpus_weights(corpus_domains, by_domain) -> list[float]``: weights in corpus order, 0.0
   for every domain `by_domain` does not name (the held-out targets);
 - ``check_output_file(path, flag) -> Path``: refuses, before any training, an output path
-  that is a directory or cannot be written;
+  that exists, is a directory, lies inside a corpus or run, or cannot be written;
 - ``replay_arrays(artifact, method, params, vectors) -> (block, where)``: the ``replay`` block checked
   (shape, finiteness, lengths); ``replay_steps_array(block, key, where)`` for per-step arrays;
 - ``finite_number(value, where, field)``, ``number_mapping(value, where, field)``: a field a method reads
@@ -61,14 +61,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mixweight.core.jsonio import MAX_INT_DIGITS, read_json, write_json_atomic
-from mixweight.errors import MixweightError
+from mixweight.core.jsonio import MAX_INT_DIGITS, read_json, write_json_atomic, write_text_atomic
+from mixweight.errors import MixweightError, brief
 
 if TYPE_CHECKING:  # a type only: core sits below data (tests/test_layering.py)
     from mixweight.data.manifest import Manifest
@@ -112,11 +111,7 @@ class DomainWeights:
         if replay is None:
             return write_json_atomic(path, data)
         # One line per step in the replay arrays: 20k steps x 7 domains would be 280k lines indented.
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(_dumps_with_replay(data, replay))
-        os.replace(tmp, path)  # atomic, as write_json_atomic: a reader sees the old file or the new one
-        return path
+        return write_text_atomic(path, _dumps_with_replay(data, replay))
 
 
 def _dumps_with_replay(data: dict, replay: dict) -> str:
@@ -142,20 +137,11 @@ def corpus_weights(corpus_domains: list[str], by_domain: dict[str, float]) -> li
 
 
 def check_output_file(path: str | Path, flag: str = "--out") -> Path:
-    """`path` as a file to write later: refused now (one line) if it is a directory or cannot be written."""
-    path = Path(path)
-    if path.is_dir():
-        raise MixweightError(f"{flag} {path} is a directory; give a file path, e.g. {path / 'domain_weights.json'}")
-    if path.exists() and not path.is_file():
-        raise MixweightError(f"{flag} {path} exists and is not a regular file; give a file path")
-    parent = path.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent  # the folders that do not exist yet are made by the writer
-    if not parent.is_dir():
-        raise MixweightError(f"{flag} {path}: {parent} is not a directory, so the file cannot be written there")
-    if not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise MixweightError(f"{flag} {path}: not writable (no write permission in {parent}); choose another path")
-    return path
+    """`path` as a new file to write later: refused now (one line) if it exists, is a directory, lies inside a
+    corpus or run, or cannot be written (`mixweight.core.outputs.check_output_path`)."""
+    from mixweight.core.outputs import check_output_path
+
+    return check_output_path(path, flag, kind="file", what="the file")
 
 
 # --- validation ----------------------------------------------------------------------
@@ -208,8 +194,7 @@ def shown(text) -> str:
 
 
 def _short(value, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "..."
+    return brief(value, limit)
 
 
 def _mapping(raw: dict, key: str, where: str) -> dict:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
+import os
 import sys
 import types
 import typing
@@ -19,7 +21,7 @@ from typing import Any, TypeVar
 import yaml
 
 from mixweight.core.yamlio import load_yaml
-from mixweight.errors import MixweightError, did_you_mean
+from mixweight.errors import MixweightError, brief, did_you_mean
 
 C = TypeVar("C")
 
@@ -27,6 +29,35 @@ C = TypeVar("C")
 HELP = "help"  # dataclass field metadata key: the flag's help text in `mixweight ... --help`
 FLAGS = "flags"  # field metadata key: the flag names when --<field-name> will not do (see option's flags)
 ARGUMENT = "argument"  # field metadata key: how the command line gives it (see option's keyword arguments)
+LIMITS = "limits"  # field metadata key: a Limits for the field's numbers (see `limits_of`)
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """What numbers a field takes beyond its type: checked where every value enters (`build_config`)."""
+
+    minimum: float | None = None
+    maximum: float | None = None
+    why: str = "a larger value is a typo or an overflow, not a setting"
+    allow_inf: bool = False  # floats: inf (and -inf) accepted; NaN never is
+
+
+MAX_INT = 10**12  # any integer option: 10^12 steps, blocks or runs would run for ages or exhaust memory at once
+# Fields whose names say what their numbers are, wherever they appear (every command's seed, the pipeline's
+# seeds, every batch size): narrower limits than MAX_INT, each with its reason.
+LIMITS_BY_NAME = {
+    "seed": Limits(0, 2**32 - 1, "a seed is an unsigned 32-bit integer (numpy's range)"),
+    "seeds": Limits(0, 2**32 - 1, "a seed is an unsigned 32-bit integer (numpy's range)"),
+    "batch_size": Limits(None, 2**20, "a batch of more than 2^20 sequences exhausts memory at once"),
+    "eval_batch_size": Limits(None, 2**20, "a batch of more than 2^20 sequences exhausts memory at once"),
+    "seq_len": Limits(None, 2**20, "blocks of more than 2^20 tokens exhaust memory at once"),
+    "num_proc": Limits(None, os.cpu_count() or 1, "this machine's CPUs: more worker processes only cost memory"),
+    "token_budget": Limits(None, 10**16, "10^16 tokens is a thousand times a frontier model's run"),
+    "tokens_per_domain": Limits(None, 10**9, "the synthetic corpus is made in memory"),
+    "val_blocks": Limits(None, 10**7, "the synthetic corpus is made in memory"),
+    "runs": Limits(None, 10**5, "RegMix's own swarm is 512 runs; the swarm's mixtures are drawn in memory"),
+}
+DEFAULT_LIMITS = Limits(None, MAX_INT)
 
 
 def option(
@@ -40,6 +71,7 @@ def option(
     repeated: bool = False,
     metavar: str | None = None,
     values: tuple[str, ...] = (),
+    limits: Limits | None = None,
 ):
     """A config field with its help text: one definition serves the YAML key, the flag and its default.
 
@@ -48,13 +80,15 @@ def option(
     parser reads ``--r`` as an ambiguous abbreviation of its ``--rdzv-*`` options.
     ``positional`` makes it a command-line argument without a flag (a list field takes one or more),
     ``required`` a flag the command cannot run without, ``choices`` the only values a flag takes,
-    ``repeated`` a list flag given once per item (``--weights A --weights B``), and ``values`` the
+    ``repeated`` a list flag given once per item (``--weights A --weights B``), ``values`` the
     names of a list flag's values when it takes a fixed number of them (``--swarm-table MIXTURES.csv
-    LOSSES.csv``).
+    LOSSES.csv``), and ``limits`` bounds its numbers (default: `limits_of`'s rule by name).
     """
     metadata = {HELP: help_text}
     if flags:
         metadata[FLAGS] = tuple(flags)
+    if limits is not None:
+        metadata[LIMITS] = limits
     argument = {"positional": positional, "required": required, "choices": tuple(choices), "repeated": repeated}
     if metavar is not None:
         argument["metavar"] = metavar
@@ -210,10 +244,11 @@ def _build_nested(block: dataclasses.Field, value: Any, where: str) -> dict[str,
         return {}
     if not isinstance(value, dict):
         raise MixweightError(
-            f"{where}: '{name}' must be a mapping of {block.metadata[NESTED].__name__} keys, got {value!r}"
+            f"{where}: '{name}' must be a mapping of {block.metadata[NESTED].__name__} keys, got {brief(value)}"
         )
     cls, owned = block.metadata[NESTED], block.metadata[OWNED]
     types_ = _field_types(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     valid = [f.name for f in dataclasses.fields(cls) if f.name not in owned]
     coerced = {}
     for raw_key, item in value.items():
@@ -224,7 +259,7 @@ def _build_nested(block: dataclasses.Field, value: Any, where: str) -> dict[str,
             hint = did_you_mean(key, valid)
             hint = hint.strip() if hint else f"valid keys: {', '.join(sorted(valid))}"
             raise MixweightError(f"{where}: unknown key '{name}.{key}'; {hint}")
-        coerced[key] = _coerce(item, types_[key], f"{where}: '{name}.{key}'")
+        coerced[key] = _coerce(item, types_[key], f"{where}: '{name}.{key}'", limits_of(fields[key]))
     return coerced
 
 
@@ -237,8 +272,29 @@ def _field_types(cls) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def _coerce(value: Any, annotation: Any, where: str) -> Any:
-    """Check `value` against a field annotation; accept ints where floats are expected."""
+def limits_of(field: dataclasses.Field) -> Limits:
+    """A field's limits: its own (`option(limits=)`), else those of its name (LIMITS_BY_NAME), else MAX_INT."""
+    return field.metadata.get(LIMITS) or LIMITS_BY_NAME.get(field.name) or DEFAULT_LIMITS
+
+
+def _check_number(value, limits: Limits, where: str):
+    """`value` (an int or float of a field) within the field's limits; NaN never, inf only where allowed."""
+    if isinstance(value, float) and math.isnan(value):
+        raise MixweightError(f"{where}: expected a number, got nan")
+    if isinstance(value, float) and math.isinf(value):
+        if limits.allow_inf:
+            return value
+        raise MixweightError(f"{where}: expected a finite number, got {value}; give a finite value")
+    if limits.minimum is not None and value < limits.minimum:
+        raise MixweightError(f"{where}: {brief(value)} is below the limit {limits.minimum:,} ({limits.why})")
+    if limits.maximum is not None and value > limits.maximum:
+        raise MixweightError(f"{where}: {brief(value)} is above the limit {limits.maximum:,} ({limits.why})")
+    return value
+
+
+def _coerce(value: Any, annotation: Any, where: str, limits: Limits = DEFAULT_LIMITS) -> Any:
+    """Check `value` against a field annotation (and its numbers against `limits`); accept ints where floats are
+    expected. A message echoes at most a short excerpt of the value (`brief`)."""
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(annotation)
@@ -249,18 +305,18 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
             if option is type(None):
                 continue
             try:
-                return _coerce(value, option, where)
+                return _coerce(value, option, where, limits)
             except MixweightError as exc:
                 errors.append(str(exc))
-        raise MixweightError(errors[0] if len(errors) == 1 else f"{where}: {value!r} matches none of {annotation}")
+        raise MixweightError(errors[0] if len(errors) == 1 else f"{where}: {brief(value)} matches none of {annotation}")
     if origin is list:
         (item,) = typing.get_args(annotation) or (Any,)
         if not isinstance(value, list):
-            raise MixweightError(f"{where}: expected a list, got {value!r}")
-        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+            raise MixweightError(f"{where}: expected a list, got {brief(value)}")
+        return [_coerce(v, item, f"{where}[{i}]", limits) for i, v in enumerate(value)]
     if origin is dict or annotation is dict:
         if not isinstance(value, dict):
-            raise MixweightError(f"{where}: expected a mapping, got {value!r}")
+            raise MixweightError(f"{where}: expected a mapping, got {brief(value)}")
         return value
     if annotation is Any:
         return value
@@ -270,29 +326,32 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         if value is None:
             value = {}
         if not isinstance(value, dict):
-            raise MixweightError(f"{where}: expected a mapping of {annotation.__name__} keys, got {value!r}")
+            raise MixweightError(f"{where}: expected a mapping of {annotation.__name__} keys, got {brief(value)}")
         return build_config(annotation, value, where)
     if annotation is bool:
         if isinstance(value, bool):
             return value
-        raise MixweightError(f"{where}: expected true or false, got {value!r}")
+        raise MixweightError(f"{where}: expected true or false, got {brief(value)}")
     if annotation is int:
         if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise MixweightError(f"{where}: expected an integer, got {value!r}")
+            return _check_number(value, limits, where)
+        raise MixweightError(f"{where}: expected an integer, got {brief(value)}")
     if annotation is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML reads 1e-3 (no dot) as a string
+            number = float(value) if not isinstance(value, int) or abs(value) < 10**308 else math.inf
+        elif isinstance(value, str):  # YAML reads 1e-3 (no dot) as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise MixweightError(f"{where}: expected a number, got {value!r}")
+        if number is None:
+            raise MixweightError(f"{where}: expected a number, got {brief(value)}")
+        return _check_number(number, limits, where)
     if annotation is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
-        raise MixweightError(f"{where}: expected a string, got {value!r}")
+        raise MixweightError(f"{where}: expected a string, got {brief(value)}")
     return value
 
 
@@ -306,8 +365,11 @@ def build_config(cls: type[C], values: dict[str, Any], where: str) -> C:
         if key not in valid:
             raise MixweightError(f"{where}: unknown key '{key}'; {closest_hint(key, valid)}")
     blocks = {f.name: f for f in nested_fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     coerced = {
-        k: _build_nested(blocks[k], v, where) if k in blocks else _coerce(v, types_[k], f"{where}: '{k}'")
+        k: _build_nested(blocks[k], v, where)
+        if k in blocks
+        else _coerce(v, types_[k], f"{where}: '{k}'", limits_of(fields[k]))
         for k, v in values.items()
     }
     missing = [

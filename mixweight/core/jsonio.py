@@ -1,5 +1,9 @@
 """JSON files: written atomically (a reader sees the old file or the new one, never half of one), read strictly
-(a duplicate key, an integer of more than MAX_INT_DIGITS digits, bad bytes or bad JSON: one line naming the file)."""
+(a duplicate key, an integer of more than MAX_INT_DIGITS digits, bad bytes or bad JSON: one line naming the file).
+
+The text goes to a temporary name beside the target and is renamed over it; a write that fails (a full
+disk, a read-only filesystem) removes its temporary, so a failed write leaves nothing behind.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +11,28 @@ import json
 import os
 from pathlib import Path
 
-from mixweight.errors import MixweightError
+from mixweight.errors import MixweightError, brief
 
 MAX_INT_DIGITS = 300  # longer integer literals are read as floats (inf beyond 1e308), not as giant ints
 
 
-def write_json_atomic(path: str | Path, obj) -> Path:
+def write_text_atomic(path: str | Path, text: str) -> Path:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass  # nothing was created there (a read-only filesystem)
+        raise
     return path
+
+
+def write_json_atomic(path: str | Path, obj) -> Path:
+    return write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
 
 
 class _DuplicateKey(Exception):
@@ -49,9 +64,8 @@ def read_json(path: str | Path, what: str = "domain weights file"):
     try:
         return json.loads(text, object_pairs_hook=_no_duplicates, parse_int=_parse_int)
     except _DuplicateKey as exc:
-        key = repr(exc.args[0])
         raise MixweightError(
-            f"{what} {path}: key {key if len(key) <= 80 else key[:80] + '...'} appears twice in one object; "
+            f"{what} {path}: key {brief(exc.args[0], 80)} appears twice in one object; "
             "keep one (JSON readers disagree on which wins)"
         ) from None
     except json.JSONDecodeError as exc:

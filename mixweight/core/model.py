@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
 from mixweight.errors import MixweightError, first_line
@@ -116,10 +117,10 @@ def load_model(model_dir: str | Path) -> PreTrainedModel:
         return AutoModelForCausalLM.from_pretrained(
             str(model_dir), trust_remote_code=False, local_files_only=True, use_safetensors=True
         )
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:  # a truncated or random file
         raise MixweightError(
-            f"{model_dir}: cannot load the model ({first_line(exc)}); the checkpoint is damaged "
-            "or not a mixweight checkpoint"
+            f"{model_dir}: cannot load the model ({first_line(exc)}); the checkpoint is truncated or corrupted, "
+            "or not a mixweight checkpoint: evaluate another checkpoint (--checkpoint step-N)"
         ) from exc
 
 

@@ -11,7 +11,8 @@ the last record W&B and MLflow were given. A resume starts from a checkpoint and
 the records past it, with the same values (resume is exact): TensorBoard drops its own later
 events (purge_step), W&B and MLflow skip records at or before the last one they have (W&B
 refuses steps that go back). A tracker that fails mid-run is dropped with one warning line:
-training goes on and metrics.jsonl has every record.
+training goes on and metrics.jsonl has every record; so is TensorBoard when its directory cannot be
+written at the start (a file in the way, a read-only or full disk).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import math
 import os
 import re
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from mixweight.core.jsonio import write_json_atomic
+from mixweight.core.outputs import check_output_path
 from mixweight.errors import MixweightError, did_you_mean, first_line
 
 TRACKERS = ("tensorboard", "wandb", "mlflow")
@@ -192,6 +195,22 @@ def _run_name(run_dir: Path) -> str:
     return "/".join(run_dir.resolve().parts[-2:])  # runs/uniform-seed0, round-0/proxy: enough to tell them apart
 
 
+def _quiet_writer_threads() -> None:
+    """TensorBoard writes events from a thread of its own: a write that fails there (a full disk) would print a
+    thread traceback; the failure reaches the run at the next flush instead (a dropped tracker, one warning)."""
+    if getattr(threading.excepthook, "mixweight_quiet", False):
+        return
+    previous = threading.excepthook
+
+    def hook(args) -> None:
+        if args.thread is not None and "tensorboard" in type(args.thread).__module__:
+            return
+        previous(args)
+
+    hook.mixweight_quiet = True
+    threading.excepthook = hook
+
+
 class TensorBoardTracker:
     """RUN/tensorboard/ event files. purge_step: readers drop the earlier events at and past it."""
 
@@ -202,7 +221,11 @@ class TensorBoardTracker:
         from torch.utils.tensorboard import SummaryWriter
 
         log_dir = run_dir / TENSORBOARD_DIR
+        check_output_path(
+            log_dir, "report_to tensorboard:", kind="dir", what="its event files", owned=lambda _: True, inside=run_dir
+        )
         new = not log_dir.is_dir()
+        _quiet_writer_threads()
         # A start afresh drops every earlier event; a resume the events past its checkpoint.
         self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=0 if start_step == 0 else start_step + 1)
         if new or start_step == 0:
@@ -376,7 +399,18 @@ def open_trackers(config, run_dir: Path, start_step: int) -> Trackers | None:
     backends = {}
     try:
         for name in names:
-            backend = BACKENDS[name](run_dir, saved.get(name) or {}, start_step, values)
+            try:
+                backend = BACKENDS[name](run_dir, saved.get(name) or {}, start_step, values)
+            except (OSError, MixweightError) as exc:
+                if name != "tensorboard":  # W&B and MLflow that cannot start: refused (docs/errors.md)
+                    raise
+                print(  # its event files cannot be written (a read-only or full disk, a file in the way)
+                    f"mixweight: warning: report_to tensorboard: not mirrored ({first_line(exc)}); metrics.jsonl "
+                    "has every record",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                continue
             backends[name] = backend
             state[name] = backend.state
     except BaseException:

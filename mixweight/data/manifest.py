@@ -13,7 +13,7 @@ from pathlib import Path
 
 from mixweight.core.jsonio import write_json_atomic
 from mixweight.data.names import NAME_RULE, name_problem
-from mixweight.data.streams import verify_stream
+from mixweight.data.streams import check_shard_hashes, shard_stamp, verify_stream
 from mixweight.errors import MixweightError
 
 MANIFEST_NAME = "manifest.json"
@@ -178,6 +178,24 @@ def load_manifest(corpus_dir: str | Path, fetched_lazily: bool = False) -> Manif
     manifest = Manifest.from_json(raw, where=str(path))
     _check_streams(corpus_dir, path, manifest, lazily=fetched_lazily)
     return manifest
+
+
+def check_hashes(corpus_dir: str | Path, manifest: Manifest) -> int:
+    """Every shard's bytes against the hash its index records, where that is cheap (`streams.check_shard_hashes`:
+    the validation shards always, the training ones when the corpus is small); returns how many were hashed."""
+    where = Path(corpus_dir) / MANIFEST_NAME
+    return check_shard_hashes(
+        [
+            (manifest.stream_dir(corpus_dir, split, d), f"{where}: domain '{d}' ({split})", split == "val")
+            for split in SPLITS
+            for d in manifest.domains
+        ]
+    )
+
+
+def shards_stamp(corpus_dir: str | Path, manifest: Manifest) -> str:
+    """`streams.shard_stamp` of every stream: what a run pins of its corpus's shard files."""
+    return shard_stamp([manifest.stream_dir(corpus_dir, split, d) for split in SPLITS for d in manifest.domains])
 
 
 def _check_streams(corpus_dir: Path, path: Path, manifest: Manifest, lazily: bool) -> None:

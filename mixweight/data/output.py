@@ -11,7 +11,6 @@ a corpus (its manifest says so, and it holds nothing else), never to other files
 
 from __future__ import annotations
 
-import errno
 import json
 import shutil
 import sys
@@ -20,13 +19,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from mixweight.core.outputs import WRITE_ERRNOS, enclosing_store
 from mixweight.data.manifest import FORMAT, MANIFEST_NAME
 from mixweight.errors import MixweightError
 
 # What a corpus directory holds; anything else in --out is the user's, and is never deleted.
 CORPUS_ENTRIES = {MANIFEST_NAME, "train", "val", "tokenizer", "domains"}
-# Errors of writing, not of bad input: reported as one line naming the output directory.
-WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
 
 
 def existing_corpus_hash(out_dir: Path) -> str | None:
@@ -83,9 +81,9 @@ def recover_swap(out_dir: Path) -> None:
         print(f"mixweight: {out_dir}: restored the previous corpus from an interrupted write", file=sys.stderr)
 
 
-def resolve_output(out_dir, input_path=None) -> Path:
-    """The absolute `--out`, refused when replacing it would pull the rug from under the user or the input."""
-    out_dir = Path(out_dir).resolve()
+def check_location(out_dir: Path, input_path=None) -> None:
+    """`--out` (a local directory, or the directory of a file:// URL) apart from the input and from every other
+    corpus or run: refused when it overlaps the input, or lies inside a corpus or a run directory."""
     if input_path is not None:
         source = Path(input_path).resolve()
         if out_dir == source or source in out_dir.parents or out_dir in source.parents:
@@ -93,6 +91,18 @@ def resolve_output(out_dir, input_path=None) -> Path:
                 f"--out {out_dir} overlaps --input {source} (the same, inside it, or holding it); "
                 "write the corpus to a directory outside the input"
             )
+    found = enclosing_store(out_dir, include_self=False)
+    if found is not None:
+        raise MixweightError(
+            f"--out {out_dir} lies inside the {found[0]} directory {found[1]}; a corpus is never written into "
+            "another corpus or a run: choose a directory outside it"
+        )
+
+
+def resolve_output(out_dir, input_path=None) -> Path:
+    """The absolute `--out`, refused when replacing it would pull the rug from under the user or the input."""
+    out_dir = Path(out_dir).resolve()
+    check_location(out_dir, input_path)
     recover_swap(out_dir)
     return out_dir
 
@@ -108,6 +118,18 @@ def check_can_write(out_dir: Path, overwrite: bool) -> None:
             f"--out {out_dir} is the current directory or holds it; a corpus is written beside its --out and "
             f"swapped in whole, so name a directory of its own (for example --out {out_dir / 'corpus'})"
         )
+    check_contents(out_dir)
+    if not out_dir.exists() or not any(out_dir.iterdir()):
+        return
+    if not overwrite:
+        raise MixweightError(
+            f"--out {out_dir} already holds a different corpus; choose another --out, or pass --overwrite to replace it"
+        )
+
+
+def check_contents(out_dir: Path) -> None:
+    """`out_dir` absent, empty, or a corpus and nothing else: what a corpus may be written over (with --overwrite,
+    or at a file:// URL when it is the same corpus)."""
     if not out_dir.exists():
         return
     if not out_dir.is_dir():
@@ -126,10 +148,6 @@ def check_can_write(out_dir: Path, overwrite: bool) -> None:
         raise MixweightError(
             f"--out {out_dir} holds a corpus and other files ({', '.join(foreign[:5])}); mixweight replaces only "
             "what it wrote, so move those files away or choose another --out"
-        )
-    if not overwrite:
-        raise MixweightError(
-            f"--out {out_dir} already holds a different corpus; choose another --out, or pass --overwrite to replace it"
         )
 
 
@@ -189,16 +207,23 @@ def _write_error(out_dir: Path, exc: OSError) -> MixweightError:
     )
 
 
-def write_remote(url: str, write) -> "object":
+def write_remote(url: str, write, input_path=None) -> "object":
     """`--out URL`: write the corpus locally with `write(local_dir)`, then upload it, manifest LAST.
 
     The local copy is a temporary directory under the cache, removed afterwards. A corpus already
     at the URL is never replaced or deleted (object stores have no atomic swap, and a reader could
     meet half of each): the same corpus is a no-op, anything else is refused before any upload.
+    A file:// URL names a local directory: it meets the same rules as a local --out first (apart from
+    the input, outside any corpus or run, empty or a corpus and nothing else).
     """
-    from mixweight.data.remote import cache_dir, check_url, remote_manifest, upload_corpus
+    from mixweight.data.remote import cache_dir, check_url, local_path_of, remote_manifest, upload_corpus
 
     url = check_url(url, "--out")
+    local = local_path_of(url)
+    if local is not None:
+        local = local.resolve()
+        check_location(local, input_path)
+        check_contents(local)
     existing = remote_manifest(url)
     if existing is not None and existing.get("format") != FORMAT:
         raise MixweightError(f"--out {url} holds a {MANIFEST_NAME} that is not a mixweight corpus; choose another URL")

@@ -64,6 +64,10 @@ def scan_sources(input_path: str | Path) -> tuple[list[Path], list[str]]:
     path = Path(input_path)
     if not path.exists():
         raise MixweightError(f"--input {path}: no such file or directory; expected {SUPPORTED}")
+    if not path.is_file() and not path.is_dir():  # a FIFO, a device (/dev/zero): endless, or no records at all
+        raise MixweightError(
+            f"--input {path}: not a regular file or directory (a pipe, a device or a socket); expected {SUPPORTED}"
+        )
     if path.is_file() or is_datasets_dir(path):
         if source_kind(path) is None:
             raise MixweightError(f"--input {path}: unsupported file type; expected {SUPPORTED}")
@@ -209,6 +213,7 @@ def _labelled_texts(input_path, text_field: str, label_field: str | None, flag: 
             text = ""
         if not isinstance(text, str):
             raise MixweightError(f"{where}: field '{text_field}' holds a {type(text).__name__}, not text")
+        check_encodable(text, where, text_field)
         yield where, label, text
 
 
@@ -239,6 +244,20 @@ def get_field(record: dict, dotted: str, where: str, flag: str):
         value = value[key]
         walked.append(key)
     return value
+
+
+def check_encodable(text: str, where: str, field: str) -> None:
+    """Text that UTF-8 can encode: JSON's "\\ud800" escape decodes to a lone surrogate, which no tokenizer
+    (nor the file system) takes; refused naming the record, not a traceback from the tokenizer."""
+    if text.isascii():
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise MixweightError(
+            f"{where}: field '{field}' holds a lone surrogate {text[exc.start]!r} at character {exc.start} (a JSON "
+            "\\uD800-\\uDFFF escape without its pair), which is not text; fix or drop that record"
+        ) from None
 
 
 def input_fingerprint(input_path: str | Path) -> list[list]:

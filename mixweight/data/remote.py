@@ -71,6 +71,11 @@ def streaming_path(url: str) -> str:
     return url[len("file://") :] if url.lower().startswith("file://") else url
 
 
+def local_path_of(url: str) -> Path | None:
+    """The local directory a file:// URL names (None for any other scheme)."""
+    return Path(streaming_path(url)) if url.lower().startswith("file://") else None
+
+
 def join(url: str, *parts: str) -> str:
     return "/".join([url.rstrip("/"), *[p.strip("/") for p in parts]])
 
@@ -87,9 +92,17 @@ def platform_cache() -> Path:
 
 
 def set_cache_dir(path: str | None) -> None:
-    """Apply `--cache-dir` to this process and to the processes it launches (torchrun, pipeline stages)."""
+    """Apply `--cache-dir` to this process and to the processes it launches (torchrun, pipeline stages); a path
+    that is a file, lies inside a corpus or run, or cannot be written is refused (mixweight.core.outputs)."""
     if path:
-        os.environ[CACHE_DIR_ENV] = str(Path(path).expanduser().resolve())
+        from mixweight.core.outputs import check_output_path
+
+        check_output_path(path, "--cache-dir", kind="dir", what="the corpus cache", owned=lambda _: True)
+        try:
+            resolved = Path(path).expanduser().resolve()
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise MixweightError(f"--cache-dir {path}: not a usable path ({exc})") from None
+        os.environ[CACHE_DIR_ENV] = str(resolved)
 
 
 def cache_dir() -> Path:
@@ -141,14 +154,19 @@ def fetch(url: str, local: Path, what: str) -> None:
     """
     from streaming.base.storage.download import CloudDownloader
 
+    made = [p for p in [local.parent, *local.parent.parents] if not p.exists()]  # removed again if it fails
     local.parent.mkdir(parents=True, exist_ok=True)
     tmp = local.with_name(f".{local.name}.{uuid.uuid4().hex}.tmp")
     try:
         CloudDownloader.direct_download(streaming_path(url), str(tmp))
         os.replace(tmp, local)
     except MixweightError:
+        _remove_empty(made)
         raise
     except Exception as exc:  # botocore, google, oci, azure and OS errors alike: one line naming the URL
+        if tmp.exists():
+            tmp.unlink()
+        _remove_empty(made)
         reason, absent = _reason(exc)
         if absent:
             raise MissingObject(
@@ -163,6 +181,15 @@ def fetch(url: str, local: Path, what: str) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _remove_empty(directories: list[Path]) -> None:
+    """The directories a failed fetch made (deepest first), while empty: a refused command leaves nothing."""
+    for directory in directories:
+        try:
+            directory.rmdir()
+        except OSError:
+            return
 
 
 def fetch_corpus(url: str) -> Path:

@@ -2,6 +2,14 @@
 
 Every sample is one block: ``tokens`` (seq_len token ids) and ``domain`` (the domain's
 index in the manifest), so any loader over several streams knows where a sample came from.
+
+Each shard's xxh3_64 hash is recorded in the stream's index (streaming's ``hashes`` option), so
+bytes edited in place (the same size) are found: `check_shard_hashes` reads and hashes the shards
+of a corpus whose local shards total at most CHEAP_HASH_BYTES (at every start and resume of a run),
+and only the validation shards of a larger one (read whole by every evaluation anyway). A larger
+corpus's training shards are pinned by their size and modification time instead (`shard_stamp`,
+in the run's inputs.json): an in-place edit that also restores the modification time goes unseen
+there.
 """
 
 from __future__ import annotations
@@ -19,6 +27,8 @@ from mixweight.errors import MixweightError
 
 # Shards of 32 MiB keep the file count low for big corpora and small for tiny ones.
 SHARD_SIZE_LIMIT = 1 << 25
+SHARD_HASH = "xxh3_64"  # recorded per shard in index.json: fast (GB/s), enough to see an edit
+CHEAP_HASH_BYTES = 1 << 30  # every shard is hashed at a run's start up to this many local shard bytes
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -33,7 +43,9 @@ def write_stream(
     dtype = token_dtype(vocab_size)
     columns = {"tokens": f"ndarray:{dtype.name}:{seq_len}", "domain": "int32"}
     count = 0
-    with MDSWriter(out=str(out_dir), columns=columns, size_limit=SHARD_SIZE_LIMIT, progress_bar=False) as writer:
+    with MDSWriter(
+        out=str(out_dir), columns=columns, size_limit=SHARD_SIZE_LIMIT, hashes=[SHARD_HASH], progress_bar=False
+    ) as writer:
         for block in blocks:
             if block.shape != (seq_len,):
                 raise ValueError(f"block of shape {block.shape}, expected ({seq_len},)")
@@ -154,6 +166,54 @@ def verify_stream(stream_dir: str | Path, where: str, seq_len: int | None = None
             )
         samples += count
     return samples
+
+
+def _local_shards(stream_dir: Path, where: str) -> list[tuple[Path, dict]]:
+    """(shard file, its raw_data entry) for every shard of a local stream that is on disk."""
+    index_path = stream_dir / get_index_basename()
+    found = []
+    for number, shard in enumerate(read_index(index_path, where)):
+        path = stream_dir / _shard_entry(shard, number, index_path, where)[0]
+        if path.is_file():
+            found.append((path, shard["raw_data"]))
+    return found
+
+
+def check_shard_hashes(streams: list[tuple[Path, str, bool]]) -> int:
+    """Hash the shards of `streams` ((stream dir, where, always)) whose index records SHARD_HASH: every shard
+    when they total at most CHEAP_HASH_BYTES, else only those of the streams marked `always` (validation).
+    A shard whose bytes differ from its hash: MixweightError naming it. Returns how many were hashed."""
+    from streaming.base.hashing import get_hash
+
+    shards = [
+        (path, raw, where, always) for stream, where, always in streams for path, raw in _local_shards(stream, where)
+    ]
+    total = sum(path.stat().st_size for path, _, _, _ in shards)
+    hashed = 0
+    for path, raw, where, always in shards:
+        recorded = raw.get("hashes") if isinstance(raw.get("hashes"), dict) else {}
+        if SHARD_HASH not in recorded or not (always or total <= CHEAP_HASH_BYTES):
+            continue  # written before hashes were recorded, or too costly to read here
+        if get_hash(SHARD_HASH, path.read_bytes()) != recorded[SHARD_HASH]:
+            raise MixweightError(
+                f"{where}: shard {path} does not match the hash its index records ({SHARD_HASH}): its bytes were "
+                "edited or damaged since the corpus was written; re-create the corpus"
+            )
+        hashed += 1
+    return hashed
+
+
+def shard_stamp(streams: list[Path]) -> str:
+    """sha256 of every local shard's name, size and modification time: cheap (no reads), and changed by any
+    rewrite of a shard's bytes in place (what `inputs.json` pins beside the indexes)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for stream in streams:
+        for path, _ in _local_shards(stream, str(stream)):
+            info = path.stat()
+            digest.update(f"{stream.name}/{path.name}\0{info.st_size}\0{info.st_mtime_ns}\0".encode())
+    return digest.hexdigest()
 
 
 def read_stream(stream_dir: str | Path, limit: int | None = None, seq_len: int | None = None) -> np.ndarray:

@@ -22,6 +22,7 @@ FORMS = (
 )
 BPE_EOS = "<|endoftext|>"
 BPE_FILE = "tokenizer/tokenizer.json"  # relative to the corpus directory
+MAX_BPE_VOCAB = 2**20  # bpe:VOCAB above this is a typo: token ids stay far inside uint32, the trainer inside memory
 
 
 def _sha256_files(paths: Iterable[Path]) -> str:
@@ -139,10 +140,15 @@ def parse_spec(spec: str) -> tuple[str, object]:
         return "byte", None
     if spec.startswith("bpe:"):
         size = spec[4:]
-        if not size.isdigit() or int(size) <= ByteTokenizer.vocab_size:
+        if not size.isascii() or not size.isdigit() or int(size) <= ByteTokenizer.vocab_size:
             raise MixweightError(
-                f"--tokenizer {spec}: VOCAB must be an integer above {ByteTokenizer.vocab_size} "
+                f"--tokenizer {spec[:40]}: VOCAB must be an integer above {ByteTokenizer.vocab_size} "
                 f"(256 bytes + EOS + merges); expected {FORMS}"
+            )
+        if len(size) > 12 or int(size) > MAX_BPE_VOCAB:  # the trainer allocates for VOCAB up front: no abort
+            raise MixweightError(
+                f"--tokenizer {spec[:40]}: VOCAB may be at most {MAX_BPE_VOCAB:,} (the largest vocabularies in use "
+                f"hold about 256k tokens; the BPE trainer allocates memory for VOCAB up front); expected {FORMS}"
             )
         return "bpe", int(size)
     path = Path(spec).expanduser()

@@ -78,6 +78,10 @@ class DoReMiConfig(ProxyMethodConfig):
         "token-weighted mean)",
     )
 
+    def input_paths(self) -> list[tuple[str, Optional[str]]]:
+        weights_file = None if self.reference_weights in ("natural", "uniform") else self.reference_weights
+        return [*super().input_paths(), ("--reference-weights", weights_file), ("--reference", self.reference)]
+
     def check_options(self) -> None:
         require(self.rounds > 0, f"weights doremi: 'rounds' must be a positive integer, got {self.rounds}")
         require(

@@ -17,16 +17,46 @@ import yaml
 
 from mixweight.core.artifact import DomainWeights
 from mixweight.core.config import option
-from mixweight.errors import MixweightError
+from mixweight.errors import MixweightError, brief
 
 PLACEHOLDER_CORPUS = "/path/to/corpus"
 
 
-def stream_paths(weights: DomainWeights) -> dict[str, str]:
-    """Each domain's training stream: <corpus>/<manifest path>, or a placeholder when the corpus is unknown."""
+def stream_paths(weights: DomainWeights, where: str = "weights file") -> dict[str, str]:
+    """Each domain's training stream: <corpus>/<manifest path>, or a placeholder when the corpus is unknown.
+    The provenance's paths are checked first: strings, no control characters (`check_paths`)."""
     corpus = weights.provenance.get("corpus") or PLACEHOLDER_CORPUS
     known = weights.provenance.get("stream_paths") or {}
+    check_paths(corpus, known, where)
     return {d: f"{corpus.rstrip('/')}/{known.get(d, f'train/{d}')}" for d in weights.domains}
+
+
+def check_paths(corpus, known, where: str) -> None:
+    """provenance.corpus a path and provenance.stream_paths a {domain: path} map, with no control characters (a
+    newline would split the exported file's lines): else one line naming the field."""
+    if not isinstance(corpus, str):
+        raise MixweightError(f"{where}: provenance.corpus must be a path (a string), got {brief(corpus)}")
+    if not isinstance(known, dict) or not all(isinstance(v, str) for v in known.values()):
+        raise MixweightError(
+            f"{where}: provenance.stream_paths must map domains to paths (strings), got {brief(known)}"
+        )
+    for field, value in [("corpus", corpus), *((f"stream_paths.{d}", v) for d, v in known.items())]:
+        if not value.isprintable():
+            raise MixweightError(
+                f"{where}: provenance.{field} is {brief(value)}, which holds control characters (a newline, a tab); "
+                "it would break the exported lines: edit the file's provenance, or export on a corpus path without them"
+            )
+
+
+def _check_megatron_paths(paths: dict[str, str], where: str) -> None:
+    """Megatron's --data-path is a whitespace-separated list: a path with a space cannot be written into it."""
+    for domain, path in paths.items():
+        if any(c.isspace() for c in path):
+            raise MixweightError(
+                f"{where}: the stream path of '{domain}', {brief(path)}, holds whitespace, and Megatron's --data-path "
+                "is a whitespace-separated list: move (or link) the corpus to a path without spaces and set "
+                "provenance.corpus to it"
+            )
 
 
 def _sampled(weights: DomainWeights) -> list[tuple[str, float]]:
@@ -34,8 +64,8 @@ def _sampled(weights: DomainWeights) -> list[tuple[str, float]]:
     return [(d, w) for d, w in zip(weights.domains, weights.weights) if w > 0]
 
 
-def to_streams_yaml(weights: DomainWeights) -> str:
-    paths = stream_paths(weights)
+def to_streams_yaml(weights: DomainWeights, where: str = "weights file") -> str:
+    paths = stream_paths(weights, where)
     streams = {d: {"local": paths[d], "proportion": w} for d, w in _sampled(weights)}
     header = (
         ""
@@ -52,12 +82,13 @@ def to_streams_yaml(weights: DomainWeights) -> str:
     return header + yaml.safe_dump({"streams": streams}, sort_keys=False)
 
 
-def to_megatron(weights: DomainWeights) -> str:
-    paths = stream_paths(weights)
+def to_megatron(weights: DomainWeights, where: str = "weights file") -> str:
+    paths = stream_paths(weights, where)
+    _check_megatron_paths({d: paths[d] for d, _ in _sampled(weights)}, where)
     return " ".join(f"{w!r} {paths[d]}" for d, w in _sampled(weights)) + "\n"
 
 
-def to_json(weights: DomainWeights) -> str:
+def to_json(weights: DomainWeights, where: str = "weights file") -> str:
     return json.dumps(weights.as_dict(), indent=2) + "\n"
 
 
@@ -98,10 +129,15 @@ class ExportConfig:
     )
 
 
-def export_weights(weights: DomainWeights, fmt: str) -> str:
+def export_weights(weights: DomainWeights, fmt: str, where: str = "weights file") -> str:
+    """`weights` in format `fmt`; `where` (the file) starts the messages of a provenance that cannot be exported."""
     if fmt not in FORMATS:
         raise MixweightError(f"weights export: unknown format {fmt!r}; valid formats: {', '.join(FORMATS)}")
-    return FORMATS[fmt](weights)
+    return FORMATS[fmt](weights, where)
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def cap_to_budget(
@@ -127,11 +163,20 @@ def cap_to_budget(
     if not token_budget > 0:
         raise MixweightError(f"weights export: --token-budget must be a positive number of tokens, got {token_budget}")
     tokens = domain_tokens or weights.provenance.get("domain_token_counts")
-    missing = [d for d in weights.domains if not isinstance(tokens, dict) or not isinstance(tokens.get(d), int)]
+    if not isinstance(tokens, dict):
+        tokens = {}
+    missing = [d for d in weights.domains if d not in tokens]
     if missing:
         raise MixweightError(
             f"weights export: the file's provenance has no domain_token_counts for {missing} (the weights commands "
             "write them); pass --data CORPUS to take them from the corpus's manifest"
+        )
+    bad = {d: tokens[d] for d in weights.domains if not _is_count(tokens[d])}
+    if bad:
+        domain, value = next(iter(bad.items()))
+        raise MixweightError(
+            f"weights export: the file's provenance.domain_token_counts.{domain} is {brief(value)}, not a positive "
+            "number of tokens (edited by hand?); pass --data CORPUS to take the counts from the corpus's manifest"
         )
     if max_epochs is None:
         epochs = planned_epochs(weights.as_dict(), tokens, token_budget)

@@ -179,7 +179,10 @@ def replay_regmix_weights(artifact: DomainWeights, where: str = "regmix artifact
     unknown = [d for d in train_domains if d not in artifact.domains]
     if unknown:
         raise MixweightError(f"{where}: method.prior_weights names {unknown}, not domains of the file")
-    prior = np.array([finite_number(prior_map[d], where, f"method.prior_weights.{d}") for d in train_domains])
+    # positive: the KL pull divides by the prior (a zero or negative one gave a RuntimeWarning and a verdict)
+    prior = np.array(
+        [finite_number(prior_map[d], where, f"method.prior_weights.{d}", positive=True) for d in train_domains]
+    )
     fit = method.get("fit")
     if not isinstance(fit, dict):
         raise MixweightError(f"{where}: method.fit must be a mapping (the regression's record), got {fit!r}")

@@ -261,8 +261,15 @@ def arm_values(config: PipelineConfig, name: str) -> dict[str, Any]:
 
 
 def load_pipeline_config(path: str | Path) -> PipelineConfig:
-    """The pipeline YAML, every section typed and checked."""
-    return pipeline_config(read_yaml(path), str(path))
+    """The pipeline YAML, every section typed and checked; an empty one is refused (it would run every default
+    stage, hours of training, when the file was most likely cut or not yet written)."""
+    values = read_yaml(path)
+    if not values:
+        raise MixweightError(
+            f"{path}: the pipeline config is empty; an empty config would run the whole default pipeline (hours): "
+            "write the sections you mean (data, train, arms, ...), e.g. start from configs/quickstart.yaml"
+        )
+    return pipeline_config(values, str(path))
 
 
 def pipeline_config(values: dict, where: str) -> PipelineConfig:

@@ -20,9 +20,6 @@ pipeline.replaced-<time>.yaml), and OUT/.pipeline.lock keeps two pipelines out o
 from __future__ import annotations
 
 import dataclasses
-import fcntl
-import os
-import socket
 import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -34,10 +31,14 @@ import yaml
 from mixweight.core.artifact import resolve_proportions
 from mixweight.core.config import option
 from mixweight.core.distributed import barrier, broadcast_object, close_world, init_world, is_main_process
+from mixweight.core.locks import DirectoryLock
+from mixweight.core.model import build_config as build_model_config
+from mixweight.core.outputs import check_output_path
 from mixweight.core.yamlio import load_yaml
 from mixweight.data.cluster_options import cluster_options_of
 from mixweight.data.cluster_options import external_inputs as cluster_inputs
 from mixweight.data.corpus import open_corpus
+from mixweight.data.remote import is_url
 from mixweight.domain.methods import get_method
 from mixweight.errors import MixweightError
 from mixweight.pipeline.config import (
@@ -264,11 +265,18 @@ def check_against_corpus(config: PipelineConfig, corpus: str) -> None:
     manifest = open_corpus(corpus).manifest
     for method, section in used_methods(config).items():
         try:  # e.g. held-out targets that name domains, a swarm large enough for the training domains
-            get_method(method).check_corpus(section, manifest)
+            runner = get_method(method)
+            runner.check_corpus(section, manifest)
+            if runner.cost(section) > 0:  # it trains proxies: their model fits the corpus (vocabulary, positions)
+                build_model_config(section.proxy, manifest)
         except MixweightError as exc:
             raise MixweightError(f"pipeline '{method}': {exc}") from exc
     for name in config.arms:
         values = arm_values(config, name)
+        try:  # every arm's model, before any proxy trains (not when that arm's turn comes)
+            build_model_config(config.arm_config(name).model, manifest)
+        except MixweightError as exc:
+            raise MixweightError(f"pipeline arm '{name}': {exc}") from exc
         spec = values.get("domain_weights", TrainConfig.domain_weights)
         if str(spec).startswith("online:"):  # online mixing: its prior mixture
             try:
@@ -284,30 +292,25 @@ def check_against_corpus(config: PipelineConfig, corpus: str) -> None:
 
 @contextmanager
 def pipeline_lock(out: Path):
-    """An exclusive lock on OUT for this process (rank 0 under torchrun), naming the holder to whoever waits."""
+    """An exclusive lock on OUT for this process (rank 0 under torchrun), naming the holder to whoever waits;
+    yields the DirectoryLock (None on the other ranks). Until `keep()` (the pipeline has written pipeline.yaml)
+    a refusal leaves neither the lock file nor the directories it made."""
     if not is_main_process():
-        yield
+        yield None
         return
-    out.mkdir(parents=True, exist_ok=True)
-    handle = (out / LOCK_FILE).open("a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        handle.seek(0)
-        holder = handle.read().strip() or "another process"
-        handle.close()
-        raise MixweightError(
+    lock = DirectoryLock(
+        out / LOCK_FILE,
+        lambda holder: (
             f"{out}: another pipeline is running in this directory ({holder}); wait for it to finish, "
             "or choose another --out"
-        ) from None
+        ),
+        holder="pid {pid} on host {host}",
+    )
+    lock.acquire()
     try:
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()} on host {socket.gethostname()}\n")
-        handle.flush()
-        yield
+        yield lock
     finally:
-        handle.close()  # closing releases the lock
+        lock.release()
 
 
 def _config_text(config: PipelineConfig) -> str:
@@ -329,9 +332,10 @@ def _record_config(config: PipelineConfig, out: Path) -> None:
         if old == text:
             return
         try:
-            previous = load_yaml(old) or {}
+            previous = load_yaml(old)
         except yaml.YAMLError:
-            previous = {}
+            previous = None
+        previous = previous if isinstance(previous, dict) else {}
         current = load_yaml(text)
         sections = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
@@ -361,7 +365,9 @@ def _eta(seconds: float) -> str:
     return f"{minutes}m{secs:02d}s"
 
 
-def _prepare_out(config: PipelineConfig, out: Path, stages: list[Stage], corpus: str, rerun_changed: bool) -> list:
+def _prepare_out(
+    config: PipelineConfig, out: Path, stages: list[Stage], corpus: str, rerun_changed: bool, lock: DirectoryLock
+) -> list:
     """Rank 0 (or the one process), holding the lock: every check that can run now, then OUT's writes."""
     plans = [stage.plan() for stage in stages]
     changed = [(stage, plan) for stage, plan in zip(stages, plans) if plan.state == CHANGED]
@@ -369,6 +375,7 @@ def _prepare_out(config: PipelineConfig, out: Path, stages: list[Stage], corpus:
         raise _refusal(out, changed)
     if plans[0].state == DONE or data_form(config.data)[0] == "path":  # the corpus exists: check it before writing
         check_against_corpus(config, corpus)
+    lock.keep()  # OUT is the pipeline's from here on
     _record_config(config, out)
     for stage, plan in changed:
         kept = stage.move_aside(plan)
@@ -379,12 +386,36 @@ def _prepare_out(config: PipelineConfig, out: Path, stages: list[Stage], corpus:
     return plans
 
 
+def is_pipeline_dir(path: Path) -> bool:
+    """owned(path) for --out: it holds the pipeline.yaml a pipeline records first (a mapping), or only the lock
+    file a refused pipeline of an older mixweight left."""
+    record = path / CONFIG_FILE
+    if record.is_file():
+        try:
+            return isinstance(load_yaml(record.read_text(encoding="utf-8")), dict)
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            return False
+    return {p.name for p in path.iterdir()} <= {LOCK_FILE}
+
+
+def check_pipeline_out(config: PipelineConfig, out: str | Path) -> None:
+    """--out new, empty or a pipeline's own directory, outside every corpus, run and input (core.outputs)."""
+    kind, form, _ = data_form(config.data)
+    inputs = [("data.prepare.input", getattr(form, "input", None))]
+    if kind == "path" and not is_url(form.dir):
+        inputs.append(("data.path", form.dir))
+    check_output_path(
+        out, "pipeline --out", kind="dir", what="the pipeline directory", owned=is_pipeline_dir, inputs=inputs
+    )
+
+
 def run_pipeline(config: PipelineConfig, out: str | Path, rerun_changed: bool = False) -> dict:
     """Run every stage that is not already done, then write the report; returns report.json's content.
 
     Under torchrun rank 0 alone takes the lock, decides (refusal, moves, pipeline.yaml) and tells the
     other ranks, which train with it; a refusal stops every rank with the same error.
     """
+    check_pipeline_out(config, out)  # as given: Path() would read the URL s3://b/x as the directory s3:/b/x
     out = Path(out)
     stages, arms, corpus = build_stages(config, out)  # checks the inputs outside OUT before anything is written
     world = init_world()  # the command's process group, or one of our own when called as a library
@@ -401,8 +432,8 @@ def _run_stages(config, out: Path, stages: list[Stage], arms: dict, corpus: str,
         outcome = None
         if world.is_main:
             try:
-                held.enter_context(pipeline_lock(out))
-                outcome = ("plans", _prepare_out(config, out, stages, corpus, rerun_changed))
+                lock = held.enter_context(pipeline_lock(out))
+                outcome = ("plans", _prepare_out(config, out, stages, corpus, rerun_changed, lock))
             except MixweightError as exc:
                 outcome = ("error", str(exc))
         outcome = broadcast_object(outcome, world)

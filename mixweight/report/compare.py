@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import ClassVar, Optional
 
 from mixweight.core.config import option
-from mixweight.core.jsonio import write_json_atomic
+from mixweight.core.jsonio import write_json_atomic, write_text_atomic
+from mixweight.core.outputs import check_output_path, is_json_with
 from mixweight.domain.health import format_warning
 from mixweight.errors import MixweightError
 from mixweight.report import cost, figures, paired, stats, tables
@@ -23,6 +24,12 @@ from mixweight.weighting import default_warmup_steps
 
 FORMAT = "mixweight-report/1"
 DEFAULT_BASELINE = "uniform"
+
+
+def is_report_dir(path: Path) -> bool:
+    """owned(path) for --out: a directory holding a report.json that compare wrote (its format), which a new
+    comparison replaces; anything else there is refused."""
+    return is_json_with(path / "report.json", lambda raw: str(raw.get("format", "")).startswith("mixweight-report/"))
 
 
 def _distinct(values) -> str:
@@ -134,6 +141,15 @@ def compare_runs(
     epochs = {a.name: e for a in arms if (e := planned_epochs(a, domains)) is not None}  # RUN/repetition.json
 
     out = Path(out_dir)
+    inputs = [("run", r.path) for r in all_runs] + [("--weights", f) for f in (weights_files or {}).values()]
+    check_output_path(  # as given: Path() would read a URL as a local directory
+        out_dir,
+        "compare --out",
+        kind="dir",
+        what="the report",
+        owned=is_report_dir,
+        inputs=[*inputs, ("--data", corpus)],
+    )
     out.mkdir(parents=True, exist_ok=True)
     figs = {"validation_curves": figures.validation_curves(out, curves, domains)}
     if flops_curves:
@@ -180,7 +196,7 @@ def compare_runs(
         "figures": {**figs, **{f"weights_trajectory:{k}": v for k, v in trajectories.items()}},
     }
     write_json_atomic(out / "report.json", report)
-    (out / "report.md").write_text(render_markdown(report, figs, trajectories, method_figures))
+    write_text_atomic(out / "report.md", render_markdown(report, figs, trajectories, method_figures))
     return report
 
 

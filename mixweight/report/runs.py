@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mixweight.core.tracking import tracker_links
-from mixweight.core.yamlio import load_yaml
+from mixweight.core.yamlio import load_yaml_file
 from mixweight.data.corpus import SYNTHETIC_ALIAS
 from mixweight.data.manifest import MANIFEST_NAME, Manifest
 from mixweight.data.synthetic import default_corpus_dir
@@ -88,15 +88,15 @@ def load_run(path: str | Path) -> Run:
         )
     if not (path / "eval.json").is_file():
         raise MixweightError(
-            f"{path}: no eval.json, so the run has not finished; let `mixweight train` finish "
-            f"(--resume continues it) or evaluate its latest checkpoint with `mixweight eval {path}`"
+            f"{path}: no eval.json, so the run has not finished; let `mixweight train` finish (--resume continues it)"
         )
-    config = load_yaml((path / "config.yaml").read_text()) or {}
+    config = load_yaml_file(path / "config.yaml", "the run's config")
+    config = config if isinstance(config, dict) else {}
     try:
         final = json.loads((path / "eval.json").read_text())
-    except json.JSONDecodeError as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise MixweightError(f"{path / 'eval.json'}: not valid JSON ({exc}); re-run `mixweight eval {path}`") from exc
-    if not isinstance(final.get("domains"), dict) or not final["domains"]:
+    if not isinstance(final, dict) or not isinstance(final.get("domains"), dict) or not final["domains"]:
         raise MixweightError(f"{path / 'eval.json'}: no per-domain results ('domains'); re-run `mixweight eval {path}`")
     corpus = config.get("data")
     return Run(

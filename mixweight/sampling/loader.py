@@ -25,8 +25,8 @@ from torch.utils.data import DataLoader
 from mixweight.core.distributed import World, barrier
 from mixweight.data.manifest import Manifest
 from mixweight.data.remote import join, remote_of, streaming_path
-from mixweight.errors import MixweightError
-from mixweight.sampling.shm import remove_filelocks
+from mixweight.errors import MixweightError, first_line
+from mixweight.sampling.shm import remove_filelocks, untrack_shared_memory
 
 # mixweight name -> mosaicml-streaming `batching_method`. 'stratified' is refused (see below).
 BATCHING_METHODS = {"random": "random", "per_stream": "per_stream"}
@@ -68,10 +68,12 @@ class MixtureLoader:
     ):
         self.micro_batch_size = micro_batch_size
         self.world = world
+        self.corpus_dir = corpus_dir
         self.samples_per_epoch = samples_per_epoch
         sampled = [d for d in manifest.domains if proportions[d] > 0]
         if not sampled:
             raise MixweightError(f"domain weights {proportions}: every weight is 0, nothing to sample")
+        untrack_shared_memory()  # mixweight removes streaming's segments itself (sampling/shm.py)
         remote = remote_of(corpus_dir)  # a cache copy of a remote corpus: streaming fetches its shards
         streams = [
             Stream(
@@ -120,17 +122,34 @@ class MixtureLoader:
         return iter(DataLoader(self.dataset, batch_size=self.micro_batch_size, num_workers=0, collate_fn=_collate))
 
     def next_batch(self) -> dict[str, torch.Tensor]:
+        try:
+            batch = self._next()
+        except MixweightError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - streaming's reader fails in many ways on a damaged shard
+            remote = remote_of(self.corpus_dir)
+            where = (
+                f"the corpus {remote} (its local cache copy is {self.corpus_dir}; delete it to fetch the shards again)"
+                if remote is not None
+                else f"the corpus {self.corpus_dir}"
+            )
+            raise MixweightError(
+                f"reading the training data failed ({type(exc).__name__}: {first_line(exc)}): a training shard of "
+                f"{where} is truncated or damaged; repair or re-create the corpus, then rerun with --resume"
+            ) from exc
+        self.sample_in_epoch += self.micro_batch_size * self.world.size
+        return batch
+
+    def _next(self) -> dict[str, torch.Tensor]:
         if self._iterator is None:
             self._iterator = self._loader()
         try:
-            batch = next(self._iterator)
+            return next(self._iterator)
         except StopIteration:
             self.epoch += 1
             self.sample_in_epoch = 0
             self._iterator = self._loader()
-            batch = next(self._iterator)
-        self.sample_in_epoch += self.micro_batch_size * self.world.size
-        return batch
+            return next(self._iterator)
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "sample_in_epoch": self.sample_in_epoch}

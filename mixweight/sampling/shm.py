@@ -18,12 +18,19 @@ segments and file locks are removed, only when all of these hold:
    concurrent job over the same corpus is left alone.
 
 Segments whose prefix has no ``locals`` segment cannot be attributed to a job and are kept.
+
+Python's resource tracker is kept out of these segments (`untrack_shared_memory`): mixweight removes them
+itself (`MixtureLoader.close`, streaming's exit handler, and the rule above after a crash). The tracker's
+bookkeeping raced with streaming's (which swaps `resource_tracker.register` in and out while it attaches,
+from several threads), so a rerun after a kill -9 printed a KeyError traceback per segment at exit, and the
+tracker of a killed process unlinked segments a new run was about to clean.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from multiprocessing import resource_tracker
 from pathlib import Path
 from tempfile import gettempdir
 
@@ -32,6 +39,25 @@ from streaming.base.shared.prefix import _unpack_locals
 
 SHM_DIR = Path("/dev/shm")
 SEGMENT = re.compile(r"^(\d{6})_([a-z_]+)$")
+
+
+def untrack_shared_memory() -> None:
+    """Stop this process from registering shared-memory segments with Python's resource tracker (module
+    docstring); every other resource type is still tracked. Idempotent."""
+    if getattr(resource_tracker.register, "mixweight_untracked", False):
+        return
+    register, unregister = resource_tracker.register, resource_tracker.unregister
+
+    def tracked_register(name, rtype):
+        if rtype != "shared_memory":
+            register(name, rtype)
+
+    def tracked_unregister(name, rtype):
+        if rtype != "shared_memory":
+            unregister(name, rtype)
+
+    tracked_register.mixweight_untracked = True
+    resource_tracker.register, resource_tracker.unregister = tracked_register, tracked_unregister
 
 
 def streaming_segments(shm_dir: Path = SHM_DIR) -> dict[str, list[Path]]:

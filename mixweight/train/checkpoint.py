@@ -93,7 +93,7 @@ def save_checkpoint(
         _fsync_tree(tmp)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        if _is_write_failure(exc):
+        if _is_write_failure(exc, root):
             raise _save_failed(run_dir, step, exc) from exc
         raise
     final = root / f"step-{step}"
@@ -122,25 +122,52 @@ def _settle_replaced(root: Path) -> None:
                 os.rename(path, final)
 
 
-# torch.save and safetensors report a full disk as RuntimeError / SafetensorError, not OSError.
-WRITE_FAILURE_TEXT = ("file write failed", "No space left", "StorageFull", "IoError", "Disk quota")
+# torch.save and safetensors report a full disk as RuntimeError / SafetensorError, not OSError, in words that vary
+# with where the write stopped (torch's zip writer: "iostream error", "unexpected pos"); a full disk counts too.
+WRITE_FAILURE_TEXT = (
+    "file write failed",
+    "No space left",
+    "StorageFull",
+    "IoError",
+    "Disk quota",
+    "iostream error",
+    "unexpected pos",
+    "PytorchStreamWriter failed",
+)
 
 
-def _is_write_failure(exc: BaseException) -> bool:
-    return isinstance(exc, OSError) or (isinstance(exc, Exception) and any(t in str(exc) for t in WRITE_FAILURE_TEXT))
+def _is_write_failure(exc: BaseException, root: Path | None = None) -> bool:
+    if isinstance(exc, OSError):
+        return True
+    if not isinstance(exc, Exception):
+        return False
+    return any(t in str(exc) for t in WRITE_FAILURE_TEXT) or (root is not None and _disk_full(root))
+
+
+def _disk_full(root: Path) -> bool:
+    """Less than 1 MiB left for this user where the checkpoint is written (or the filesystem is read-only)."""
+    try:
+        info = os.statvfs(root)
+    except OSError:
+        return False
+    return bool(info.f_flag & os.ST_RDONLY) or info.f_bavail * info.f_frsize < (1 << 20)
 
 
 def _save_failed(run_dir, step: int, exc: BaseException) -> MixweightError:
     latest = latest_checkpoint(run_dir)
     kept = f"the newest complete checkpoint, {latest.name}, is intact" if latest else "no earlier checkpoint exists"
     return MixweightError(
-        f"checkpoint step-{step}: could not be written in {checkpoints_dir(run_dir)} ({_reason(exc)}); "
-        f"{kept}; free space and rerun with --resume"
+        f"checkpoint step-{step}: could not be written in {checkpoints_dir(run_dir)} "
+        f"({_reason(exc, checkpoints_dir(run_dir))}); {kept}; free space and rerun with --resume"
     )
 
 
-def _reason(exc: BaseException) -> str:
-    return exc.strerror if isinstance(exc, OSError) and exc.strerror else first_line(exc)
+def _reason(exc: BaseException, root: Path) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    if _disk_full(root):  # torch's writer says "unexpected pos ...": say what happened
+        return f"No space left on device; the writer said: {first_line(exc)}"
+    return first_line(exc)
 
 
 def _fsync_tree(path: Path) -> None:

@@ -23,6 +23,7 @@ from mixweight.core.jsonio import write_json_atomic
 from mixweight.core.model import build_config, build_model, count_parameters, load_spec
 from mixweight.core.tracking import open_trackers
 from mixweight.data.corpus import open_corpus
+from mixweight.data.manifest import check_hashes
 from mixweight.errors import MixweightError, first_line
 from mixweight.sampling.mixture import DomainMixture
 from mixweight.sampling.repetition import cap_phases, write_repetition
@@ -58,14 +59,13 @@ def _device(world: World) -> torch.device:
 
 def _claim_run_dir(config: TrainConfig, inputs: dict, lock: rundir.RunLock) -> Path | None:
     """Main process: check --out, take its lock, and check it against the run it holds; writes nothing
-    but the lock file. Returns the checkpoint to resume from, if any."""
+    but the lock file (removed again when a check refuses). Returns the checkpoint to resume from, if any."""
     run_dir = Path(config.out)
     rundir.check_out_dir(run_dir, config)
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        lock.acquire()  # makes the run directory
     except OSError as exc:
         raise MixweightError(f"--out {run_dir}: cannot create the run directory ({exc.strerror or exc})") from exc
-    lock.acquire()
     try:
         latest = ckpt.latest_checkpoint(run_dir)
         if latest is not None and not config.resume:
@@ -241,6 +241,7 @@ def _train(config: TrainConfig, objective: StepObjective, world: World, lock: ru
     # Every input is checked before anything is written into --out.
     opened = open_corpus(config.data, world.is_main)
     corpus, manifest = opened.directory, opened.manifest
+    check_hashes(corpus, manifest)  # shard bytes edited in place since the corpus was written (where cheap)
     phases = resolve_phases(manifest, config)  # a static schedule, or online mixing's prior as phase 0
     build_config(config.model, manifest)
     run_tokens = config.steps * config.batch_size * world.size * config.grad_accum * manifest.seq_len
@@ -283,6 +284,7 @@ def _train(config: TrainConfig, objective: StepObjective, world: World, lock: ru
                 ) from exc
             start_step, skipped = state["step"], state.get("skipped_steps", 0)
         if world.is_main:
+            lock.keep()  # the run writes from here on: a later failure leaves a run to resume, lock file and all
             _record_run(config, inputs, metrics, start_step)
             write_repetition(run_dir, repetition)  # RUN/repetition.json: planned epochs, what the cap moved
 

@@ -5,7 +5,7 @@ DoReMi (`--doremi-reference RUN`) both measure an excess loss over a reference m
 check a reference the same way, here, before anything is written:
 
 - it is a run directory: config.yaml and a checkpoint;
-- its model has the corpus's vocabulary;
+- its model has the corpus's vocabulary, and positions for the corpus's blocks;
 - it was trained on the same corpus (the manifests' config_hash), when its corpus can still be
   read; when it cannot (moved, on another machine), one warning line says only the vocabulary
   was checked.
@@ -18,7 +18,8 @@ import sys
 from pathlib import Path
 
 from mixweight.core.distributed import is_main_process
-from mixweight.core.yamlio import load_yaml
+from mixweight.core.model import POSITION_KEYS
+from mixweight.core.yamlio import load_yaml_file
 from mixweight.data.corpus import Corpus, open_corpus
 from mixweight.errors import MixweightError, first_line
 from mixweight.train import checkpoint as ckpt
@@ -37,15 +38,22 @@ def check_reference_run(run_dir, corpus: Corpus, where: str) -> Path:
     manifest = corpus.manifest
     model_config = latest / "model" / "config.json"
     try:
-        vocab = json.loads(model_config.read_text()).get("vocab_size")
+        raw = json.loads(model_config.read_text())
+        vocab = raw.get("vocab_size")
     except (OSError, AttributeError, ValueError) as exc:
         raise MixweightError(f"{where}: {model_config} cannot be read ({first_line(exc)})") from exc
+    positions = next((raw[k] for k in POSITION_KEYS if isinstance(raw.get(k), int)), None)
+    if positions is not None and positions < manifest.seq_len:
+        raise MixweightError(
+            f"{where}: its model has {positions} positions, fewer than the corpus's seq_len {manifest.seq_len}, so "
+            "it cannot score a block; train the reference on this corpus with a model of enough positions"
+        )
     if vocab != manifest.vocab_size:
         raise MixweightError(
             f"{where}: its model has vocab_size {vocab}, the corpus {corpus.location} has {manifest.vocab_size} "
             f"(tokenizer {manifest.tokenizer.get('fingerprint')}); train the reference on this corpus"
         )
-    saved = load_yaml((run_dir / "config.yaml").read_text()) or {}
+    saved = load_yaml_file(run_dir / "config.yaml", f"{where}: config") or {}
     theirs_location = str(saved.get("data")) if isinstance(saved, dict) else "None"
     try:
         theirs = open_corpus(theirs_location, is_main=False).manifest

@@ -12,17 +12,18 @@ place, a corpus regenerated in place); inputs.json makes such a change a config 
 from __future__ import annotations
 
 import dataclasses
-import errno
-import fcntl
 import hashlib
 import json
-import os
-import socket
 from pathlib import Path
 
 import yaml
 
+from mixweight.core.jsonio import write_text_atomic
+from mixweight.core.locks import DirectoryLock
+from mixweight.core.outputs import RUN, RUN_MARKER, check_output_path
 from mixweight.core.yamlio import load_yaml
+from mixweight.data.manifest import shards_stamp
+from mixweight.data.remote import remote_of
 from mixweight.errors import MixweightError, first_line
 
 CONFIG_NAME = "config.yaml"
@@ -30,7 +31,7 @@ INPUTS_NAME = "inputs.json"
 LOCK_NAME = ".lock"
 # written after config.yaml, replaced by a new start (domain_weights.json: online mixing's trajectory)
 RUN_FILES = ("metrics.jsonl", "eval.json", INPUTS_NAME, "domain_weights.json")
-CONFIG_MARKER = "# mixweight train: the resolved config of this run (rewritten by each start or --resume)"
+CONFIG_MARKER = RUN_MARKER  # config.yaml's first line: this file, and its directory, are a run mixweight wrote
 
 # Keys that may change when resuming: they do not alter the training trajectory. `out` changes when a
 # run directory is moved or copied, which is normal; `steps` may only grow (checked against the checkpoint).
@@ -56,6 +57,7 @@ SAMPLE_WEIGHTING_KEYS = ("r", "r_schedule", "r_start", "r_warmup_steps", "weight
 PLAIN_MEAN = ("none", "uniform")
 CONFIG_KEY_OF_INPUT = {
     "corpus": "data",
+    "corpus_shards": "data",
     "model": "model",
     "domain_weights": "domain_weights",
     "doremi_reference": "doremi_reference",
@@ -63,43 +65,19 @@ CONFIG_KEY_OF_INPUT = {
 
 
 # --- one writer ---------------------------------------------------------------------------------
-class RunLock:
-    """An exclusive flock on RUN/.lock. The kernel drops it when the holder exits, even on kill -9,
-    so a stale file never blocks a later run; the file itself stays (deleting lock files races)."""
+class RunLock(DirectoryLock):
+    """An exclusive flock on RUN/.lock (mixweight.core.locks): the kernel drops it when the holder exits, even on
+    kill -9, so a stale file never blocks a later run. A run refused before it wrote anything leaves no lock
+    file (nor the directory, when it made it); once the run has written (`keep`), the file stays."""
 
     def __init__(self, run_dir: str | Path):
-        self.path = Path(run_dir) / LOCK_NAME
-        self._fd: int | None = None
-
-    def acquire(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(fd)
-            if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                raise
-            holder = _read_holder(self.path)
-            raise MixweightError(
-                f"{self.path.parent}: another mixweight process is writing this run ({holder}); wait for it to end, "
+        super().__init__(
+            Path(run_dir) / LOCK_NAME,
+            lambda holder: (
+                f"{run_dir}: another mixweight process is writing this run ({holder}); wait for it to end, "
                 "or choose another --out"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} host {socket.gethostname()}\n".encode())
-        self._fd = fd
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing the descriptor drops the lock
-            self._fd = None
-
-
-def _read_holder(path: Path) -> str:
-    try:
-        text = path.read_text().strip()
-    except OSError:
-        text = ""
-    return text or "pid and host not yet written"
+            ),
+        )
 
 
 # --- nothing foreign replaced ------------------------------------------------------------------
@@ -127,6 +105,8 @@ def check_out_dir(run_dir: Path, config) -> None:
     """--out must be a directory that is new or a mixweight run: mixweight never overwrites a file it did not create."""
     if run_dir.exists() and not run_dir.is_dir():
         raise MixweightError(f"--out {run_dir}: exists and is not a directory; choose a directory for the run")
+    # never inside a corpus or another run; its own files are checked below
+    check_output_path(config.out, "--out", kind="dir", what="the run directory", owned=lambda path: True, store=RUN)
     config_path = run_dir / CONFIG_NAME
     names = {f.name for f in dataclasses.fields(config)}
     if config_path.is_file() and not config_path.read_bytes().strip():
@@ -146,13 +126,6 @@ def check_out_dir(run_dir: Path, config) -> None:
             f"{config_path}: exists and was not written by mixweight train (e.g. your own --config); a run writes its "
             "resolved config there and never overwrites a file it did not create: choose another --out"
         )
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write to a temporary name and rename: a reader (or a kill) sees the old file or the new one."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def write_run_files(run_dir: Path, config, inputs: dict) -> None:
@@ -194,6 +167,9 @@ def input_hashes(config, corpus: str | Path, manifest, phases, spec: dict) -> di
             "sha256": _sha256_json([dataclasses.asdict(p) for p in phases]),
         },
     }
+    if remote_of(corpus) is None:  # a URL's cache copy fills with training shards as they are read: not pinned
+        # the shard files' sizes and modification times: bytes edited in place (the same size) are a change too
+        hashes["corpus_shards"] = {"path": str(corpus), "sha256": shards_stamp(corpus, manifest)}
     reference = getattr(config, "doremi_reference", None)
     if reference is not None:  # online DoReMi: a reference run trained further is another reference
         hashes["doremi_reference"] = {"path": str(reference), "sha256": reference_hash(reference)}

@@ -8,7 +8,6 @@ processes against one, and the bad inputs.
 from __future__ import annotations
 
 import json
-import math
 import signal
 import subprocess
 import sys
@@ -19,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from mixweight.domain.doremi import DoReMiReduction
-from mixweight.train.online import DoReMiMixer, ExcessSignal, ODMMixer
+from mixweight.train.online import DoReMiMixer, ExcessSignal
 from mixweight.train.step import StepResult
 
 DOMAINS = ["a", "b", "c"]
@@ -31,40 +30,6 @@ def _result(losses: list[float], domains: list[int]) -> StepResult:
 
 
 # --- the update rules ---------------------------------------------------------------------------------
-def test_odm_follows_exp3_by_hand_with_importance_weights_smoothing_and_exploration():
-    mixer = ODMMixer(DOMAINS, [0.5, 0.25, 0.25], every=2, alpha=0.5, exploration=0.1)
-    # step 0: domain means a=2, b=4, c absent; pi = the prior
-    mixer.observe(0, _result([1.0, 3.0, 4.0], [0, 0, 1]), None)
-    r = [0.5 * 0 + 0.5 * 2 / 0.5, 0.5 * 0 + 0.5 * 4 / 0.25, 0.0]  # c keeps R = 0
-    assert mixer.rewards.tolist() == pytest.approx(r, abs=1e-12)
-    # step 1: a=1, b absent, c=6 (a non-finite loss is left out of its domain's mean)
-    mixer.observe(1, _result([1.0, float("nan"), 6.0], [0, 1, 2]), None)
-    r = [0.5 * r[0] + 0.5 * 1 / 0.5, r[1], 0.5 * r[2] + 0.5 * 6 / 0.25]
-    assert mixer.rewards.tolist() == pytest.approx(r, abs=1e-12)
-    assert mixer.phase_due(2) and not mixer.phase_due(1)
-    phase = mixer.start_phase(2)
-    prior = [0.5, 0.25, 0.25]
-    gibbs = [p * math.exp(0.1 * x) for p, x in zip(prior, r)]
-    expected = [(1 - 3 * 0.1) * g / sum(gibbs) + 0.1 for g in gibbs]
-    assert [phase.weights[d] for d in DOMAINS] == pytest.approx(expected, abs=1e-12)
-    assert phase.start_step == 2 and sum(phase.weights.values()) == pytest.approx(1.0)
-    # the next rewards are importance-weighted by the new phase's proportions
-    mixer.observe(2, _result([3.0], [2]), None)
-    assert mixer.rewards[2].item() == pytest.approx(0.5 * r[2] + 0.5 * 3.0 / expected[2], abs=1e-12)
-
-
-def test_odm_exploration_decays_as_published_and_a_zero_prior_domain_stays_out():
-    mixer = ODMMixer(DOMAINS + ["held_out"], [0.4, 0.3, 0.3, 0.0], every=1)
-    k = 3  # the sampled domains
-    assert mixer.exploration(0) == pytest.approx(1 / k)
-    assert mixer.exploration(100) == pytest.approx(min(1 / k, math.sqrt(math.log(k) / (k * 100))))
-    for step in range(100):
-        mixer.observe(step, _result([5.0, 1.0, 1.0, 9.0], [0, 1, 2, 3]), None)
-    weights = mixer.start_phase(100).weights
-    assert weights["held_out"] == 0.0 and mixer.rewards[3].item() == 0.0
-    assert weights["a"] > weights["b"] > 0 and min(weights["b"], weights["c"]) >= mixer.exploration(100) - 1e-12
-
-
 def test_online_doremi_applies_the_offline_proxy_update_to_the_same_signals():
     offline = DoReMiReduction(None, DOMAINS, eta=0.7, smoothing=0.01)
     online = DoReMiMixer(DOMAINS, [1 / 3] * 3, every=3, excess=ExcessSignal(None, None), eta=0.7, smoothing=0.01)

@@ -17,6 +17,14 @@ from the recorded signals; beyond it something was edited or the file is not wha
 A regmix artifact has no update rule to replay: its swarm table (each run's mixture and losses)
 is refitted and re-optimised with the recorded options (`regmix_run.replay_weights`) and the
 result compared with ``weights``.
+
+An online run's ``RUN/domain_weights.json`` (online:odm, online:doremi) records, with each phase,
+the state its mixture was computed from; `verify_online` recomputes every phase's mixture with the
+mixer's own policy (`mixweight.domain.online_verify`), then ``last_weights`` and the
+step-weighted average ``weights``, and compares.
+
+Every verification checks that the recorded weights follow from the recorded signals, not where the
+signals came from: a file whose signals were forged together with matching weights passes.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from mixweight.errors import MixweightError
 
 TOLERANCE = 1e-6
 METHODS = {"doremi": "mixweight.domain.doremi", "doge": "mixweight.domain.doge"}
+VERIFIED = ("doremi", "doge", "regmix", "online:odm", "online:doremi")  # every method verify_file checks
 
 
 @dataclass
@@ -54,7 +63,7 @@ def _replay_rows(weights: DomainWeights, method: str) -> np.ndarray:
 def verify_weights(weights: DomainWeights, where: str = "weights file", tolerance: float = TOLERANCE) -> Verification:
     method = weights.method.get("name")
     if method not in METHODS:
-        raise MixweightError(f"{where}: 'method.name' is {method!r}; verify replays {', '.join(METHODS)} artifacts")
+        raise MixweightError(f"{where}: 'method.name' is {method!r}; verify checks {', '.join(VERIFIED)} artifacts")
     block, _ = replay_arrays(weights, method)
     rows = _replay_rows(weights, method)
     steps, replay_domains = block["steps"], block["domains"]
@@ -121,6 +130,10 @@ def verify_file(path, tolerance: float = TOLERANCE) -> str:
     weights = load_domain_weights(path)
     if weights.method.get("name") == "regmix":
         return _verify_regmix(weights, path, where, tolerance)
+    if weights.method.get("name") in ("online:odm", "online:doremi"):
+        from mixweight.domain.online_verify import verify_online
+
+        return verify_online(weights, path, where, tolerance)
     result = verify_weights(weights, where, tolerance)
     if result.first is not None:
         raise MixweightError(

@@ -18,6 +18,9 @@ import torch
 from safetensors.torch import load_file
 
 from mixweight.domain.doremi import DoReMiReduction
+from mixweight.domain.verify import verify_file
+from mixweight.errors import MixweightError
+from mixweight.train.mixers import phase_average
 from mixweight.train.online import DoReMiMixer, ExcessSignal
 from mixweight.train.step import StepResult
 
@@ -122,6 +125,58 @@ def test_odm_run_records_its_phases_and_a_weights_artifact_that_replays_as_a_sch
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_the_odm_runs_artifact_verifies_and_an_edited_phase_does_not(odm_run, tmp_path, capsys):
+    """`weights verify RUN/domain_weights.json` recomputes every phase's mixture from the state it recorded."""
+    from mixweight.cli import main
+
+    artifact = json.loads((odm_run / "domain_weights.json").read_text())
+    assert artifact["method"]["reward"] == "smoothed" and [e["observed"] for e in artifact["trajectory"][1:]] == [6, 12]
+    assert main(["weights", "verify", str(odm_run / "domain_weights.json")]) in (0, None)
+    out = capsys.readouterr().out
+    assert "recomputed 3 online:odm phases" in out and "5 recorded weight vectors match" in out
+
+    edited = json.loads(json.dumps(artifact))
+    edited["trajectory"][2]["weights"][0] += 0.01  # an edited phase
+    edited["trajectory"][2]["weights"][1] -= 0.01
+    path = tmp_path / "edited.json"
+    path.write_text(json.dumps(edited))
+    with pytest.raises(MixweightError, match="first deviation above the tolerance 1e-06 at phase at step 12"):
+        verify_file(path)
+    edited = json.loads(json.dumps(artifact))
+    edited["method"]["alpha"] = 0.5  # the options count: another alpha is another smoothing, not this run
+    edited["method"]["reward"] = "exp3"
+    path.write_text(json.dumps(edited))
+    with pytest.raises(MixweightError, match="does not replay"):
+        verify_file(path)
+
+
+def test_verify_checks_consistency_not_provenance(odm_run, tmp_path):
+    """A forged signal with the weights its policy gives passes: verify cannot know where a signal came from."""
+    from mixweight.core.artifact import load_domain_weights
+    from mixweight.domain.online_verify import replay_phases
+
+    forged = json.loads((odm_run / "domain_weights.json").read_text())
+    forged["trajectory"][1]["signal"] = [1.0, 2.0, 3.0, 40.0, 5.0, 6.0, 7.0]
+    path = tmp_path / "forged.json"
+    path.write_text(json.dumps(forged))
+    starts, rows, steps = replay_phases(load_domain_weights(path), "forged")
+    forged["trajectory"][1]["weights"] = rows[1].tolist()
+    forged["weights"] = phase_average(starts, rows, steps).tolist()
+    path.write_text(json.dumps(forged))
+    assert "match" in verify_file(path)
+
+
+def test_an_online_artifact_from_an_earlier_version_is_refused_by_verify_in_one_line(odm_run, cli_refuses, tmp_path):
+    old = json.loads((odm_run / "domain_weights.json").read_text())
+    for key in ("reward", "exploration"):
+        old["method"].pop(key)
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(old))
+    line = cli_refuses(["weights", "verify", path])
+    assert "'method' has no 'reward', 'exploration': written by an earlier mixweight" in line
+    assert "still trains as a schedule" in line
+
+
 KILL_MID_PHASE = textwrap.dedent("""
     import os, signal, sys
     from mixweight.cli import main
@@ -138,8 +193,27 @@ KILL_MID_PHASE = textwrap.dedent("""
 """)
 
 
+def _refuses_an_earlier_state(cli_refuses, killed, argv, tmp_path, drop: str) -> str:
+    """A copy of the killed run whose checkpoint's mixer state lacks `drop` (as an earlier mixweight wrote it):
+    --resume is refused in one line and writes nothing."""
+    import shutil
+
+    old = tmp_path / "old-state"
+    shutil.copytree(killed, old)
+    state_path = old / "checkpoints" / "step-8" / "state.json"
+    state = json.loads(state_path.read_text())
+    state["mixing"].pop(drop)
+    state_path.write_text(json.dumps(state))
+    files = lambda: {f.name: f.read_bytes() for f in old.iterdir() if f.is_file() and f.name != ".lock"}  # noqa: E731
+    before = files()
+    line = cli_refuses([*[str(old) if a == str(killed) else a for a in argv], "--resume"])
+    assert files() == before  # the lock names its holder; nothing else is written
+    assert sorted(c.name for c in (old / "checkpoints").iterdir()) == ["step-4", "step-8"]
+    return line
+
+
 def test_kill_9_mid_phase_then_resume_gives_the_same_weights_parameters_and_metrics(
-    odm_run, synth_corpus, tiny_spec, tmp_path
+    odm_run, synth_corpus, tiny_spec, tmp_path, cli_refuses
 ):
     killed = tmp_path / "killed"
     argv = _train(synth_corpus, tiny_spec, killed, *ODM, *LINUPPER)
@@ -148,6 +222,8 @@ def test_kill_9_mid_phase_then_resume_gives_the_same_weights_parameters_and_metr
     state = json.loads((killed / "checkpoints" / "step-8" / "state.json").read_text())
     assert [p["start_step"] for p in state["mixing"]["phases"]] == [0, 6]  # the bandit's state is in the checkpoint
     assert not (killed / "checkpoints" / f"step-{STEPS}").exists()
+    line = _refuses_an_earlier_state(cli_refuses, killed, argv, tmp_path, "reward")
+    assert "step-8: its online:odm state comes from an earlier mixweight" in line and "start it afresh" in line
 
     _run([*argv, "--resume"])
     a, b = _params(odm_run), _params(killed)
@@ -167,7 +243,9 @@ def reference_run(synth_corpus, tiny_spec, tmp_path_factory, train_config):
     return out
 
 
-def test_online_doremi_killed_mid_phase_resumes_to_the_same_run(reference_run, synth_corpus, tiny_spec, tmp_path):
+def test_online_doremi_killed_mid_phase_resumes_to_the_same_run(
+    reference_run, synth_corpus, tiny_spec, tmp_path, cli_refuses, capsys
+):
     """Online DoReMi's state (its alpha, the reference it was pinned to) survives kill -9 like ODM's."""
     flags = ["--domain-weights", "online:doremi", "--mixing-every", str(EVERY)]
     flags += ["--doremi-reference", str(reference_run)]
@@ -177,13 +255,19 @@ def test_online_doremi_killed_mid_phase_resumes_to_the_same_run(reference_run, s
     done = subprocess.run([sys.executable, "-c", KILL_MID_PHASE, "DoReMiMixer", *argv], capture_output=True, text=True)
     assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
     assert not (killed / "checkpoints" / f"step-{STEPS}").exists()
+    line = _refuses_an_earlier_state(cli_refuses, killed, argv, tmp_path, "exploration")
+    assert "its online:doremi state comes from an earlier mixweight, which sampled alpha itself" in line
     _run([*argv, "--resume"])
     a, b = _params(straight), _params(killed)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert _records(killed) == _records(straight)
     assert (killed / "domain_weights.json").read_text() == (straight / "domain_weights.json").read_text()
-    weights = json.loads((straight / "domain_weights.json").read_text())["trajectory"]
+    artifact = json.loads((straight / "domain_weights.json").read_text())
+    weights = artifact["trajectory"]
     assert len(weights) == 3 and weights[2]["weights"] != weights[0]["weights"]  # the mixture moved
+    assert artifact["method"]["exploration"] == 0.1  # the default floor: every phase holds 0.1 / 7 of each domain
+    assert min(min(w["weights"]) for w in weights) >= 0.1 / 7 - 1e-12
+    assert "recomputed 3 online:doremi phases" in verify_file(straight / "domain_weights.json")
 
 
 @pytest.mark.distributed

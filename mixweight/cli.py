@@ -437,9 +437,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.set_defaults(func=cmd_weights_export)
     verify = weights_commands.add_parser(
-        "verify", help="replay a doremi/doge artifact's update rule from the file alone; exit 0 if it matches"
+        "verify",
+        help="check that an artifact's weights follow from its recorded signals (doremi, doge: replay the update; "
+        "regmix: refit the swarm; online:odm, online:doremi: recompute each phase); exit 0 if they do",
     )
-    verify.add_argument("file", help="a domain_weights.json written by `weights doremi` or `weights doge`")
+    verify.add_argument(
+        "file", help="a domain_weights.json written by `weights doremi|doge|regmix` or an online run (RUN/...)"
+    )
     verify.add_argument(
         "--tolerance",
         type=float,

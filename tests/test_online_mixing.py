@@ -335,6 +335,14 @@ def test_an_exploration_rate_above_one_over_k_is_refused(cli_refuses, synth_corp
     assert "(0, 1/k]" in line
 
 
+def test_an_unknown_odm_reward_or_an_exploration_outside_0_1_is_refused(cli_refuses, synth_corpus, tiny_spec, tmp_path):
+    line = _refused(cli_refuses, synth_corpus, tiny_spec, tmp_path / "r", *ODM[:4], "--odm-reward", "paper")
+    assert "'odm_reward' must be one of smoothed, exp3, got 'paper'" in line
+    flags = ["--domain-weights", "online:doremi", "--mixing-every", "2", "--doremi-reference", str(tmp_path)]
+    line = _refused(cli_refuses, synth_corpus, tiny_spec, tmp_path / "r", *flags, "--doremi-exploration", "1.5")
+    assert "'doremi_exploration' must be in [0, 1] (the prior's share of each phase), got 1.5" in line
+
+
 # --- the pipeline and its report ----------------------------------------------------------------------
 def test_pipeline_runs_odm_and_online_doremi_arms_and_reports_their_trajectories(tmp_path, tiny_spec):
     import yaml

@@ -279,6 +279,8 @@ def test_online_mixing_with_linupper_on_two_processes_equals_one(
     flags = ["--domain-weights", f"online:{method}", "--mixing-every", "2"]
     if method == "doremi":
         flags += ["--doremi-reference", str(request.getfixturevalue("reference_run"))]
+    else:  # the decaying eps_t is 1/k, all exploration, for t <= k ln k: the phases would be the prior
+        flags += ["--odm-exploration", "0.05"]
     flags += ["--mixing-prior", "natural", *LINUPPER]
     _run(_train(synth_corpus, tiny_spec, tmp_path / "one", *flags, steps=6, batch=8))
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}"]
@@ -290,10 +292,12 @@ def test_online_mixing_with_linupper_on_two_processes_equals_one(
     assert [e["step"] for e in one["trajectory"]] == [e["step"] for e in two["trajectory"]] == [0, 2, 4]
     for a, b in zip(one["trajectory"][1:], two["trajectory"][1:]):
         assert a["weights"] == pytest.approx(b["weights"], abs=1e-6)
-        assert a["signal"] == pytest.approx(b["signal"], abs=1e-5) and max(a["signal"]) > 0  # the signal was measured
+        assert a["signal"] == pytest.approx(b["signal"], rel=1e-5, abs=1e-5) and max(a["signal"]) > 0  # ODM: exp(L)
     assert one["trajectory"][2]["weights"] != one["trajectory"][0]["weights"]
     p1, p2 = _params(tmp_path / "one", 6), _params(tmp_path / "two", 6)
-    assert all(torch.allclose(p1[k], p2[k], atol=1e-5) for k in p1)
+    # Same samples, phases equal to 1e-8: float rounding only, which Adam's normalised steps carry to ~1e-5 in
+    # coordinates of near-zero gradient; a different batch or mixture would move parameters by ~lr (3e-3).
+    assert all(torch.allclose(p1[k], p2[k], atol=5e-5) for k in p1)
 
 
 # --- bad input: one line, nothing written -------------------------------------------------------------

@@ -2,6 +2,9 @@
 
     nice -n 10 .venv/bin/python benchmarks/online_arms.py --seeds 0,1,2 --steps 200 --out /tmp/online-arms
 
+Runs already finished in --out (an eval.json) are reused, so the seeds and arms can be run in parts
+(`--arms uniform,odm,online-doremi`, then all of them) and the table is printed over what is asked.
+
 One process, the CPU, fp32, gpt2-tiny on the quickstart's synthetic corpus (7 domains, 65,536 tokens each,
 seq 128). One reference run (uniform mixture, `--reference-steps`) serves every online DoReMi arm. For each
 seed, the arms run one after the other (same seed: same init and the same first phase), in the order given:
@@ -10,7 +13,9 @@ seed, the arms run one after the other (same seed: same init and the same first 
 - odm: `online:odm` with this version's defaults (the official smoothed-mean updater, alpha 0.9);
 - odm-exp3: `online:odm --odm-reward exp3` (cumulative importance-weighted losses);
 - online-doremi: `online:doremi`, eta 0.02, smoothing 0.1 (the quickstart's), exploration 0.1 (default);
-- online-doremi-g0: the same with exploration 0 (alpha sampled itself, the earlier form).
+- online-doremi-eta1: `online:doremi` with the defaults (eta 1.0, smoothing 1e-3, exploration 0.1), which
+  collapsed onto one domain per phase before the exploration floor;
+- online-doremi-eta1-g0: the same with exploration 0 (alpha sampled itself, the earlier form).
 
 Every online arm re-chooses its mixture every `--mixing-every` steps from a uniform prior. The result of a
 run is its final average validation loss (eval.json: the mean over domains of the per-domain loss on
@@ -40,12 +45,8 @@ ARMS = {
     "odm": {"domain_weights": "online:odm"},
     "odm-exp3": {"domain_weights": "online:odm", "odm_reward": "exp3"},
     "online-doremi": {"domain_weights": "online:doremi", "doremi_eta": 0.02, "doremi_smoothing": 0.1},
-    "online-doremi-g0": {
-        "domain_weights": "online:doremi",
-        "doremi_eta": 0.02,
-        "doremi_smoothing": 0.1,
-        "doremi_exploration": 0.0,
-    },
+    "online-doremi-eta1": {"domain_weights": "online:doremi"},  # the offline defaults: eta 1.0, smoothing 1e-3
+    "online-doremi-eta1-g0": {"domain_weights": "online:doremi", "doremi_exploration": 0.0},
 }
 
 
@@ -71,6 +72,15 @@ def _config(args, corpus: str, out: Path, seed: int, steps: int, **extra) -> Tra
     return config
 
 
+def _train_once(config: TrainConfig) -> None:
+    """Train unless the run finished before (an --out used again reuses its finished runs: a long benchmark on a
+    shared machine is run in parts); an unfinished one starts afresh (resume finds no checkpoint)."""
+    if (Path(config.out) / "eval.json").is_file():
+        return
+    config.resume = Path(config.out).is_dir()
+    train(config)
+
+
 def _final_loss(run: Path) -> float:
     return json.loads((run / "eval.json").read_text())["average_loss"]
 
@@ -91,16 +101,17 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=False)  # never over an earlier run's results
+    out.mkdir(parents=True, exist_ok=True)
     corpus = str(out / "corpus")
-    write_synthetic_corpus(corpus, seed=0, tokens_per_domain=65536, seq_len=128)
+    if not (out / "corpus" / "manifest.json").is_file():
+        write_synthetic_corpus(corpus, seed=0, tokens_per_domain=65536, seq_len=128)
     seq_len = json.loads((out / "corpus" / "manifest.json").read_text())["seq_len"]
     seeds = [int(s) for s in args.seeds.split(",")]
     arms = args.arms.split(",")
     load = os.getloadavg()
     reference = out / "reference"
     if any(ARMS[a]["domain_weights"] == "online:doremi" for a in arms):
-        train(_config(args, corpus, reference, 0, args.reference_steps, domain_weights="uniform"))
+        _train_once(_config(args, corpus, reference, 0, args.reference_steps, domain_weights="uniform"))
     losses: dict[str, dict[int, float]] = {a: {} for a in arms}
     last: dict[str, list] = {}
     for seed in seeds:
@@ -111,7 +122,7 @@ def main() -> None:
             if extra["domain_weights"] == "online:doremi":
                 extra["doremi_reference"] = str(reference)
             run = out / f"{arm}-seed{seed}"
-            train(_config(args, corpus, run, seed, args.steps, **extra))
+            _train_once(_config(args, corpus, run, seed, args.steps, **extra))
             losses[arm][seed] = _final_loss(run)
             if (run / "domain_weights.json").is_file():
                 last.setdefault(arm, []).append(json.loads((run / "domain_weights.json").read_text()))

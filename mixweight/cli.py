@@ -372,7 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
         (
             weights_commands,
             "verify",
-            "check an artifact's weights follow from what it records (replay or refit); exit 0 if they do",
+            "check an artifact's weights follow from what it records (doremi, doge: replay the update; regmix: "
+            "refit the swarm; online:odm, online:doremi: recompute each phase); exit 0 if they do",
             VerifyConfig,
             cmd_weights_verify,
         ),

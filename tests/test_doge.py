@@ -159,6 +159,28 @@ def test_the_pure_update_matches_a_hand_computation():
     torch.testing.assert_close(kept.row_weights, torch.tensor([c0 / 2, 0.0, 0.0], dtype=torch.float64))
 
 
+def test_the_applied_gradient_is_the_official_sum_renormalised_over_the_present_domains():
+    """The official code (add_model_grad_ls in src/trainer.py) applies sum_i alpha'_i g_i over the domains with a
+    gradient this step, unnormalised; mixweight divides by the present domains' sum of alpha' (docs/algorithms.md
+    section 3.4). With every domain present the two are the same gradient; with one absent, mixweight's is the
+    official one scaled up by 1 / sum_present alpha'."""
+    rng = torch.Generator().manual_seed(0)
+    sums = torch.randn(4, 6, generator=rng, dtype=torch.float64)  # three training domains and a held-out target
+    counts = torch.tensor([3.0, 2.0, 4.0, 5.0])
+    alpha = torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64)
+    for absent in (None, 1):
+        n = counts.clone()
+        if absent is not None:
+            n[absent] = 0.0
+        got = doge_step(sums @ sums.t(), n, [0, 1, 2, None], alpha, 0.1, 0.05, "reference", 0.0, universal=False)
+        present = [i for i in range(3) if n[i] > 0]
+        official = sum(got.alpha[i].item() * sums[i] / n[i].item() for i in present)  # sum alpha'_i g_i
+        applied = got.row_weights @ sums
+        mass = sum(got.alpha[i].item() for i in present)
+        torch.testing.assert_close(applied, official / mass, rtol=1e-12, atol=1e-15)
+        assert (mass == pytest.approx(1.0, abs=1e-15)) == (absent is None)
+
+
 def test_bad_arguments_are_refused_where_they_enter():
     """Checked once, where a user gives them: DoGEConfig (and check_targets against the corpus's domains); the
     objective and the pure functions below it assume valid values."""

@@ -8,7 +8,6 @@ processes against one, and the bad inputs.
 from __future__ import annotations
 
 import json
-import math
 import signal
 import subprocess
 import sys
@@ -20,7 +19,10 @@ from safetensors.torch import load_file
 from test_train_weighting import EXACT_ATOL
 
 from mixweight.domain.doremi import DoReMiReduction
-from mixweight.train.online import DoReMiMixer, ExcessSignal, ODMMixer
+from mixweight.domain.verify import verify_file
+from mixweight.errors import MixweightError
+from mixweight.train.mixers import phase_average
+from mixweight.train.online import DoReMiMixer, ExcessSignal
 from mixweight.train.step import StepResult
 
 DOMAINS = ["a", "b", "c"]
@@ -32,40 +34,6 @@ def _result(losses: list[float], domains: list[int]) -> StepResult:
 
 
 # --- the update rules ---------------------------------------------------------------------------------
-def test_odm_follows_exp3_by_hand_with_importance_weights_smoothing_and_exploration():
-    mixer = ODMMixer(DOMAINS, [0.5, 0.25, 0.25], every=2, alpha=0.5, exploration=0.1)
-    # step 0: domain means a=2, b=4, c absent; pi = the prior
-    mixer.observe(0, _result([1.0, 3.0, 4.0], [0, 0, 1]), None)
-    r = [0.5 * 0 + 0.5 * 2 / 0.5, 0.5 * 0 + 0.5 * 4 / 0.25, 0.0]  # c keeps R = 0
-    assert mixer.rewards.tolist() == pytest.approx(r, abs=1e-12)
-    # step 1: a=1, b absent, c=6 (a non-finite loss is left out of its domain's mean)
-    mixer.observe(1, _result([1.0, float("nan"), 6.0], [0, 1, 2]), None)
-    r = [0.5 * r[0] + 0.5 * 1 / 0.5, r[1], 0.5 * r[2] + 0.5 * 6 / 0.25]
-    assert mixer.rewards.tolist() == pytest.approx(r, abs=1e-12)
-    assert mixer.phase_due(2) and not mixer.phase_due(1)
-    phase = mixer.start_phase(2)
-    prior = [0.5, 0.25, 0.25]
-    gibbs = [p * math.exp(0.1 * x) for p, x in zip(prior, r)]
-    expected = [(1 - 3 * 0.1) * g / sum(gibbs) + 0.1 for g in gibbs]
-    assert [phase.weights[d] for d in DOMAINS] == pytest.approx(expected, abs=1e-12)
-    assert phase.start_step == 2 and sum(phase.weights.values()) == pytest.approx(1.0)
-    # the next rewards are importance-weighted by the new phase's proportions
-    mixer.observe(2, _result([3.0], [2]), None)
-    assert mixer.rewards[2].item() == pytest.approx(0.5 * r[2] + 0.5 * 3.0 / expected[2], abs=1e-12)
-
-
-def test_odm_exploration_decays_as_published_and_a_zero_prior_domain_stays_out():
-    mixer = ODMMixer(DOMAINS + ["held_out"], [0.4, 0.3, 0.3, 0.0], every=1)
-    k = 3  # the sampled domains
-    assert mixer.exploration(0) == pytest.approx(1 / k)
-    assert mixer.exploration(100) == pytest.approx(min(1 / k, math.sqrt(math.log(k) / (k * 100))))
-    for step in range(100):
-        mixer.observe(step, _result([5.0, 1.0, 1.0, 9.0], [0, 1, 2, 3]), None)
-    weights = mixer.start_phase(100).weights
-    assert weights["held_out"] == 0.0 and mixer.rewards[3].item() == 0.0
-    assert weights["a"] > weights["b"] > 0 and min(weights["b"], weights["c"]) >= mixer.exploration(100) - 1e-12
-
-
 def test_online_doremi_applies_the_offline_proxy_update_to_the_same_signals():
     offline = DoReMiReduction(None, DOMAINS, eta=0.7, smoothing=0.01)
     online = DoReMiMixer(DOMAINS, [1 / 3] * 3, every=3, excess=ExcessSignal(None, None), eta=0.7, smoothing=0.01)
@@ -158,6 +126,58 @@ def test_odm_run_records_its_phases_and_a_weights_artifact_that_replays_as_a_sch
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_the_odm_runs_artifact_verifies_and_an_edited_phase_does_not(odm_run, tmp_path, capsys):
+    """`weights verify RUN/domain_weights.json` recomputes every phase's mixture from the state it recorded."""
+    from mixweight.cli import main
+
+    artifact = json.loads((odm_run / "domain_weights.json").read_text())
+    assert artifact["method"]["reward"] == "smoothed" and [e["observed"] for e in artifact["trajectory"][1:]] == [6, 12]
+    assert main(["weights", "verify", str(odm_run / "domain_weights.json")]) in (0, None)
+    out = capsys.readouterr().out
+    assert "recomputed 3 online:odm phases" in out and "5 recorded weight vectors match" in out
+
+    edited = json.loads(json.dumps(artifact))
+    edited["trajectory"][2]["weights"][0] += 0.01  # an edited phase
+    edited["trajectory"][2]["weights"][1] -= 0.01
+    path = tmp_path / "edited.json"
+    path.write_text(json.dumps(edited))
+    with pytest.raises(MixweightError, match="first deviation above the tolerance 1e-06 at phase at step 12"):
+        verify_file(path)
+    edited = json.loads(json.dumps(artifact))
+    edited["method"]["alpha"] = 0.5  # the options count: another alpha is another smoothing, not this run
+    edited["method"]["reward"] = "exp3"
+    path.write_text(json.dumps(edited))
+    with pytest.raises(MixweightError, match="does not replay"):
+        verify_file(path)
+
+
+def test_verify_checks_consistency_not_provenance(odm_run, tmp_path):
+    """A forged signal with the weights its policy gives passes: verify cannot know where a signal came from."""
+    from mixweight.core.artifact import load_domain_weights
+    from mixweight.domain.online_verify import replay_phases
+
+    forged = json.loads((odm_run / "domain_weights.json").read_text())
+    forged["trajectory"][1]["signal"] = [1.0, 2.0, 3.0, 40.0, 5.0, 6.0, 7.0]
+    path = tmp_path / "forged.json"
+    path.write_text(json.dumps(forged))
+    starts, rows, steps = replay_phases(load_domain_weights(path), "forged")
+    forged["trajectory"][1]["weights"] = rows[1].tolist()
+    forged["weights"] = phase_average(starts, rows, steps).tolist()
+    path.write_text(json.dumps(forged))
+    assert "match" in verify_file(path)
+
+
+def test_an_online_artifact_from_an_earlier_version_is_refused_by_verify_in_one_line(odm_run, cli_refuses, tmp_path):
+    old = json.loads((odm_run / "domain_weights.json").read_text())
+    for key in ("reward", "exploration"):
+        old["method"].pop(key)
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(old))
+    line = cli_refuses(["weights", "verify", path])
+    assert "'method' has no 'reward', 'exploration': written by an earlier mixweight" in line
+    assert "still trains as a schedule" in line
+
+
 KILL_MID_PHASE = textwrap.dedent("""
     import os, signal, sys
     from mixweight.cli import main
@@ -174,8 +194,27 @@ KILL_MID_PHASE = textwrap.dedent("""
 """)
 
 
+def _refuses_an_earlier_state(cli_refuses, killed, argv, tmp_path, drop: str) -> str:
+    """A copy of the killed run whose checkpoint's mixer state lacks `drop` (as an earlier mixweight wrote it):
+    --resume is refused in one line and writes nothing."""
+    import shutil
+
+    old = tmp_path / "old-state"
+    shutil.copytree(killed, old)
+    state_path = old / "checkpoints" / "step-8" / "state.json"
+    state = json.loads(state_path.read_text())
+    state["mixing"].pop(drop)
+    state_path.write_text(json.dumps(state))
+    files = lambda: {f.name: f.read_bytes() for f in old.iterdir() if f.is_file() and f.name != ".lock"}  # noqa: E731
+    before = files()
+    line = cli_refuses([*[str(old) if a == str(killed) else a for a in argv], "--resume"])
+    assert files() == before  # the lock names its holder; nothing else is written
+    assert sorted(c.name for c in (old / "checkpoints").iterdir()) == ["step-4", "step-8"]
+    return line
+
+
 def test_kill_9_mid_phase_then_resume_gives_the_same_weights_parameters_and_metrics(
-    odm_run, synth_corpus, tiny_spec, tmp_path
+    odm_run, synth_corpus, tiny_spec, tmp_path, cli_refuses
 ):
     killed = tmp_path / "killed"
     argv = _train(synth_corpus, tiny_spec, killed, *ODM, *LINUPPER)
@@ -184,6 +223,8 @@ def test_kill_9_mid_phase_then_resume_gives_the_same_weights_parameters_and_metr
     state = json.loads((killed / "checkpoints" / "step-8" / "state.json").read_text())
     assert [p["start_step"] for p in state["mixing"]["phases"]] == [0, 6]  # the bandit's state is in the checkpoint
     assert not (killed / "checkpoints" / f"step-{STEPS}").exists()
+    line = _refuses_an_earlier_state(cli_refuses, killed, argv, tmp_path, "reward")
+    assert "step-8: its online:odm state comes from an earlier mixweight" in line and "start it afresh" in line
 
     _run([*argv, "--resume"])
     a, b = _params(odm_run), _params(killed)
@@ -203,7 +244,9 @@ def reference_run(synth_corpus, tiny_spec, tmp_path_factory, train_config):
     return out
 
 
-def test_online_doremi_killed_mid_phase_resumes_to_the_same_run(reference_run, synth_corpus, tiny_spec, tmp_path):
+def test_online_doremi_killed_mid_phase_resumes_to_the_same_run(
+    reference_run, synth_corpus, tiny_spec, tmp_path, cli_refuses, capsys
+):
     """Online DoReMi's state (its alpha, the reference it was pinned to) survives kill -9 like ODM's."""
     flags = ["--domain-weights", "online:doremi", "--mixing-every", str(EVERY)]
     flags += ["--doremi-reference", str(reference_run)]
@@ -213,17 +256,23 @@ def test_online_doremi_killed_mid_phase_resumes_to_the_same_run(reference_run, s
     done = subprocess.run([sys.executable, "-c", KILL_MID_PHASE, "DoReMiMixer", *argv], capture_output=True, text=True)
     assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
     assert not (killed / "checkpoints" / f"step-{STEPS}").exists()
+    line = _refuses_an_earlier_state(cli_refuses, killed, argv, tmp_path, "exploration")
+    assert "its online:doremi state comes from an earlier mixweight, which sampled alpha itself" in line
     _run([*argv, "--resume"])
     a, b = _params(straight), _params(killed)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert _records(killed) == _records(straight)
     assert (killed / "domain_weights.json").read_text() == (straight / "domain_weights.json").read_text()
-    weights = json.loads((straight / "domain_weights.json").read_text())["trajectory"]
+    artifact = json.loads((straight / "domain_weights.json").read_text())
+    weights = artifact["trajectory"]
     assert len(weights) == 3 and weights[2]["weights"] != weights[0]["weights"]  # the mixture moved
     # its step's extra work, recorded with the run's FLOPs: one no-grad forward of the reference (same model here)
     compute = json.loads((straight / "eval.json").read_text())["compute"]
     model = compute["model_flops_per_step"]
     assert compute["extra_flops_per_step"] == {"reference_forward": pytest.approx(model / 3, rel=1e-12)}
+    assert artifact["method"]["exploration"] == 0.1  # the default floor: every phase holds 0.1 / 7 of each domain
+    assert min(min(w["weights"]) for w in weights) >= 0.1 / 7 - 1e-12
+    assert "recomputed 3 online:doremi phases" in verify_file(straight / "domain_weights.json")
 
 
 @pytest.mark.distributed
@@ -235,6 +284,8 @@ def test_online_mixing_with_linupper_on_two_processes_equals_one(
     flags = ["--domain-weights", f"online:{method}", "--mixing-every", "2"]
     if method == "doremi":
         flags += ["--doremi-reference", str(request.getfixturevalue("reference_run"))]
+    else:  # the decaying eps_t is 1/k, all exploration, for t <= k ln k: the phases would be the prior
+        flags += ["--odm-exploration", "0.05"]
     flags += ["--mixing-prior", "natural", *LINUPPER]
     # float64 models: 1 and 2 processes sum in other orders, which Adam amplifies in float32 (see EXACT_ATOL)
     _run(_train(synth_corpus, tiny_spec, tmp_path / "one", *flags, steps=6, batch=8), launcher=float64_mixweight)
@@ -247,7 +298,7 @@ def test_online_mixing_with_linupper_on_two_processes_equals_one(
     assert [e["step"] for e in one["trajectory"]] == [e["step"] for e in two["trajectory"]] == [0, 2, 4]
     for a, b in zip(one["trajectory"][1:], two["trajectory"][1:]):
         assert a["weights"] == pytest.approx(b["weights"], abs=1e-6)
-        assert a["signal"] == pytest.approx(b["signal"], abs=1e-5) and max(a["signal"]) > 0  # the signal was measured
+        assert a["signal"] == pytest.approx(b["signal"], rel=1e-5, abs=1e-5) and max(a["signal"]) > 0  # ODM: exp(L)
     assert one["trajectory"][2]["weights"] != one["trajectory"][0]["weights"]
     p1, p2 = _params(tmp_path / "one", 6), _params(tmp_path / "two", 6)
     assert p1.keys() == p2.keys() and all(v.dtype == torch.float64 for v in p1.values())
@@ -292,6 +343,14 @@ def test_online_doremi_needs_a_reference_run_of_the_same_vocabulary(cli_refuses,
 def test_an_exploration_rate_above_one_over_k_is_refused(cli_refuses, synth_corpus, tiny_spec, tmp_path):
     line = _refused(cli_refuses, synth_corpus, tiny_spec, tmp_path / "r", *ODM[:4], "--odm-exploration", "0.5")
     assert "(0, 1/k]" in line
+
+
+def test_an_unknown_odm_reward_or_an_exploration_outside_0_1_is_refused(cli_refuses, synth_corpus, tiny_spec, tmp_path):
+    line = _refused(cli_refuses, synth_corpus, tiny_spec, tmp_path / "r", *ODM[:4], "--odm-reward", "paper")
+    assert "'odm_reward' must be one of smoothed, exp3, got 'paper'" in line
+    flags = ["--domain-weights", "online:doremi", "--mixing-every", "2", "--doremi-reference", str(tmp_path)]
+    line = _refused(cli_refuses, synth_corpus, tiny_spec, tmp_path / "r", *flags, "--doremi-exploration", "1.5")
+    assert "'doremi_exploration' must be in [0, 1] (the prior's share of each phase), got 1.5" in line
 
 
 # --- the pipeline and its report ----------------------------------------------------------------------

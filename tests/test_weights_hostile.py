@@ -197,3 +197,91 @@ def test_an_edited_regmix_artifact_is_one_verify_line_naming_the_file_and_field(
     with pytest.raises(MixweightError, match=message) as caught:
         verify_file(path)
     assert str(path) in str(caught.value) and "\n" not in str(caught.value)
+
+
+def _online_artifact(method: str) -> dict:
+    """An online artifact as a run writes it: the mixer driven by hand for 9 steps, a phase every 3."""
+    import json
+    from types import SimpleNamespace
+
+    import torch
+
+    from mixweight.train.mixers import DoReMiMixer, ODMMixer
+    from mixweight.train.step import StepResult
+
+    domains = ["a", "b", "c"]
+    if method == "odm":
+        mixer = ODMMixer(domains, [0.5, 0.3, 0.2], every=3)
+    else:
+        mixer = DoReMiMixer(domains, [0.5, 0.3, 0.2], every=3, excess=SimpleNamespace(last_signal=None), eta=0.5)
+    for step in range(9):
+        if mixer.phase_due(step):
+            mixer.start_phase(step)
+        losses = torch.tensor([1.0 + step % 3, 2.0, 3.5, 0.5], dtype=torch.float64)
+        ids = torch.tensor([0, 1, 2, step % 3])
+        if method == "doremi":
+            mixer.signal_source.last_signal = torch.stack([losses * 10, torch.full_like(losses, 10.0)], 1)
+        mixer.observe(step, StepResult(losses, ids, torch.full_like(losses, 0.25), 0.0, 4), None)
+    manifest = SimpleNamespace(tokenizer={}, train_tokens=lambda: {d: 100 for d in domains}, config_hash="0" * 64)
+    artifact = mixer.artifact(manifest, seed=0, total_steps=9)
+    artifact.validate("online artifact")
+    return json.loads(json.dumps(artifact.__dict__))
+
+
+ONLINE_CASES = [
+    ("no observed", "odm", lambda a: a["trajectory"][1].pop("observed"), r"entry 1 \(step 3\) has no 'observed'"),
+    (
+        "text signal",
+        "odm",
+        lambda a: a["trajectory"][2].update(signal="high"),
+        r"\(step 6\) 'signal' must be 3 numbers",
+    ),
+    ("nan signal", "odm", lambda a: a["trajectory"][2].update(signal=[1.0, float("nan"), 2.0]), r"must be finite"),
+    ("steps back", "odm", lambda a: a["trajectory"][2].update(step=2), r"has step 2; phases start at 0 and their"),
+    ("no phase 0", "odm", lambda a: a["trajectory"].pop(0), r"entry 0 has step 3; the first phase starts at step 0"),
+    ("no phases", "odm", lambda a: a.update(trajectory=[]), r"'trajectory' is empty"),
+    ("bad reward", "odm", lambda a: a["method"].update(reward="paper"), r"'method.reward' must be one of"),
+    ("bad exploration", "odm", lambda a: a["method"].update(exploration="fast"), r"must be a number or 'min"),
+    ("big exploration", "odm", lambda a: a["method"].update(exploration=0.9), r"'method.exploration' must be in"),
+    ("text alpha", "odm", lambda a: a["method"].update(alpha="x"), r"could not convert string to float"),
+    ("prior short", "odm", lambda a: a["method"].update(prior=[1.0]), r"'method.prior' must be 3 numbers"),
+    ("prior zero", "odm", lambda a: a["method"].update(prior=[0, 0, 0]), r"non-negative weights with a positive"),
+    ("every zero", "odm", lambda a: a["method"].update(mixing_every=0), r"'method.mixing_every' must be an integer"),
+    ("steps text", "odm", lambda a: a["method"].update(steps="9"), r"'method.steps' must be an integer >= 0"),
+    ("negative signal", "odm", lambda a: a["trajectory"][2].update(signal=[-1.0, 2.0, 3.0]), r"gives no mixture"),
+    ("edited average", "odm", lambda a: a.update(weights=[0.4, 0.4, 0.2]), r"at final weights \(phases averaged"),
+    ("no alpha", "doremi", lambda a: a["trajectory"][1].pop("alpha"), r"\(step 3\) 'alpha' must be 3 numbers"),
+    (
+        "gamma above 1",
+        "doremi",
+        lambda a: a["method"].update(exploration=2),
+        r"'method.exploration' must be in \[0, 1\]",
+    ),
+    ("edited alpha", "doremi", lambda a: a["trajectory"][2]["alpha"].reverse(), r"at phase at step 6"),
+]
+
+
+@pytest.mark.parametrize("method", ["odm", "doremi"])
+def test_an_online_artifact_as_written_verifies(tmp_path, method):
+    import json
+
+    from mixweight.domain.verify import verify_file
+
+    path = tmp_path / "w.json"
+    path.write_text(json.dumps(_online_artifact(method)))
+    assert f"recomputed 3 online:{method} phases from their recorded state; 5 recorded" in verify_file(path)
+
+
+@pytest.mark.parametrize("name, method, edit, message", ONLINE_CASES, ids=[c[0] for c in ONLINE_CASES])
+def test_a_malformed_online_artifact_is_one_verify_line(tmp_path, name, method, edit, message):
+    import json
+
+    from mixweight.domain.verify import verify_file
+
+    raw = _online_artifact(method)
+    edit(raw)
+    path = tmp_path / "edited.json"
+    path.write_text(json.dumps(raw))
+    with pytest.raises(MixweightError, match=message) as caught:
+        verify_file(path)
+    assert str(path) in str(caught.value) and "\n" not in str(caught.value)

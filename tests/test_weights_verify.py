@@ -170,7 +170,7 @@ def test_verify_refuses_a_file_without_replay_in_one_line(tmp_path):
     with pytest.raises(MixweightError, match=r"'replay.signals\[0\]' must be 2 finite numbers"):
         verify_file(path)
     path.write_text(json.dumps({"weights": {"a": 0.5, "b": 0.5}}))
-    with pytest.raises(MixweightError, match="weights verify checks doremi, doge, regmix artifacts"):
+    with pytest.raises(MixweightError, match="verify checks doremi, doge, regmix, online:odm, online:doremi artifacts"):
         verify_file(path)
 
 

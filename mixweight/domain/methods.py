@@ -33,6 +33,8 @@ from mixweight.core.artifact import DomainWeights
 from mixweight.data.manifest import Manifest
 from mixweight.domain.proxy import ProxyMethodConfig
 from mixweight.errors import MixweightError, first_line
+from mixweight.train.mixers import MIXERS
+from mixweight.train.mixers import PREFIX as ONLINE_PREFIX
 
 
 def _no_corpus_checks(config, manifest: Manifest) -> None:
@@ -163,11 +165,17 @@ def verify_file(path, tolerance: float = 1e-6) -> str:
     if not (tolerance >= 0):
         raise MixweightError(f"weights verify: --tolerance must be >= 0, got {tolerance}")
     weights = load_domain_weights(path)
-    _load_plugins()
     name = weights.method.get("name")
+    if isinstance(name, str) and name.startswith(ONLINE_PREFIX):  # an online run's RUN/domain_weights.json
+        from mixweight.domain.online_verify import verify_online
+
+        return verify_online(weights, path, f"weights file {shown(path)}", tolerance)
+    _load_plugins()
     method = _METHODS.get(name) if isinstance(name, str) else None
     if method is None or method.verify is None:
-        checked = ", ".join(n for n, m in _METHODS.items() if m.verify is not None)
+        checked = ", ".join(
+            [*(n for n, m in _METHODS.items() if m.verify is not None), *(ONLINE_PREFIX + n for n in MIXERS)]
+        )
         raise MixweightError(
             f"weights file {shown(path)}: 'method.name' is {name!r}; weights verify checks {checked} artifacts"
         )

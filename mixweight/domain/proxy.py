@@ -114,11 +114,13 @@ OWNED_TRAIN_KEYS = {
         for key in (
             "mixing_every",
             "mixing_prior",
+            "odm_reward",
             "odm_alpha",
             "odm_exploration",
             "doremi_reference",
             "doremi_eta",
             "doremi_smoothing",
+            "doremi_exploration",
         )
     },
 }

@@ -18,6 +18,14 @@ A regmix artifact has no update rule to replay: its swarm table (each run's mixt
 is refitted and re-optimised with the recorded options (`refitted`, `replay_regmix_weights`) and the
 result compared with ``weights``. Every field the refit reads is checked first, with core/artifact.py's
 helpers: an edited file is one line naming it and the field, never a traceback.
+
+An online run's ``RUN/domain_weights.json`` (online:odm, online:doremi) records, with each phase,
+the state its mixture was computed from; `verify_online` recomputes every phase's mixture with the
+mixer's own policy (`mixweight.domain.online_verify`), then ``last_weights`` and the
+step-weighted average ``weights``, and compares.
+
+Every verification checks that the recorded weights follow from the recorded signals, not where the
+signals came from: a file whose signals were forged together with matching weights passes.
 """
 
 from __future__ import annotations
@@ -49,7 +57,10 @@ class VerifyConfig:
     COMMAND: ClassVar[str] = "weights verify"
 
     file: Optional[str] = option(
-        None, "a domain_weights.json written by a weights method (weights doremi, doge, regmix, ...)", positional=True
+        None,
+        "a domain_weights.json written by a weights method (weights doremi, doge, regmix, ...) or an online run "
+        "(RUN/domain_weights.json)",
+        positional=True,
     )
     tolerance: float = option(
         TOLERANCE, "largest allowed deviation of a recorded weight from the replay (default: 1e-6)"

@@ -52,9 +52,16 @@ class TrainConfig:
     mixing_prior: str = _f(
         "uniform", "online domain weights: the first phase's mixture: uniform, natural or a domain_weights.json"
     )
-    odm_alpha: float = _f(0.9, "online:odm: reward smoothing, R <- alpha R + (1 - alpha) loss / pi")
+    odm_reward: str = _f(
+        "smoothed",
+        "online:odm: smoothed (the official code's smoothed-mean updater: R <- alpha R + (1 - alpha) exp(loss), "
+        "policy linear in R) or exp3 (its EXP3 updater: R += importance-weighted loss / 10, exponential weights)",
+    )
+    odm_alpha: float = _f(0.9, "online:odm: reward smoothing of odm_reward smoothed, R <- alpha R + (1 - alpha) exp(L)")
     odm_exploration: Optional[float] = _f(
-        None, "online:odm: a fixed exploration rate in (0, 1/k] (default: min(1/k, sqrt(ln k / (k t))), decaying)"
+        None,
+        "online:odm: a fixed exploration rate in (0, 1/k], mass k eps spread as the prior (default: min(1/k, "
+        "sqrt(ln k / (k t))), decaying)",
     )
     doremi_reference: Optional[str] = _f(
         None,
@@ -63,6 +70,11 @@ class TrainConfig:
     )
     doremi_eta: float = _f(1.0, "online:doremi: step size of the exponentiated-gradient update")
     doremi_smoothing: float = _f(1e-3, "online:doremi: smoothing c, c/k of uniform mixed into the weights")
+    doremi_exploration: float = _f(
+        0.1,
+        "online:doremi: each phase samples (1 - g) alpha + g prior, so no domain leaves the batches and freezes its "
+        "excess loss (0: sample alpha itself)",
+    )
     batching: str = _f(
         "random",
         "how micro-batches mix domains: random (shuffled together) or per_stream (each micro-batch from one domain); "

@@ -277,6 +277,8 @@ def _train(config: TrainConfig, objective: StepObjective, world: World, lock: ru
                         loader.append_phase(phase)
                 loader.load_state_dict(state["loader"])
                 objective.load_state_dict(state.get("objective", {}))
+            except MixweightError as exc:  # a state this version refuses by name (an earlier online-mixing rule)
+                raise MixweightError(f"checkpoint {resume_from}: {exc}") from exc
             except (KeyError, ValueError, TypeError, IndexError) as exc:
                 raise MixweightError(
                     f"checkpoint {resume_from}: state.json holds a bad loader or objective state ({first_line(exc)}); "

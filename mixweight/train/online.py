@@ -197,7 +197,7 @@ class ExcessSignal(StepReduction):
         return {**self.inner.extra_flops(shape, tokens), **reference_forward(self.reference, shape, tokens)}
 
 
-def build_mixer(config, manifest: Manifest, corpus, phases: list[Phase]) -> OnlineMixer | None:
+def build_mixer(config, corpus: Corpus, phases: list[Phase]) -> OnlineMixer | None:
     """The run's mixer (None for static weights); online DoReMi's reference is loaded and checked here,
     before anything is written into --out."""
     method = online_method(config.domain_weights)

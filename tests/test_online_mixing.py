@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from test_train_weighting import EXACT_ATOL
 
 from mixweight.domain.doremi import DoReMiReduction
-from mixweight.domain.verify import verify_file
+from mixweight.domain.methods import verify_file
 from mixweight.errors import MixweightError
 from mixweight.train.mixers import phase_average
 from mixweight.train.online import DoReMiMixer, ExcessSignal

@@ -265,7 +265,7 @@ ONLINE_CASES = [
 def test_an_online_artifact_as_written_verifies(tmp_path, method):
     import json
 
-    from mixweight.domain.verify import verify_file
+    from mixweight.domain.methods import verify_file
 
     path = tmp_path / "w.json"
     path.write_text(json.dumps(_online_artifact(method)))
@@ -276,7 +276,7 @@ def test_an_online_artifact_as_written_verifies(tmp_path, method):
 def test_a_malformed_online_artifact_is_one_verify_line(tmp_path, name, method, edit, message):
     import json
 
-    from mixweight.domain.verify import verify_file
+    from mixweight.domain.methods import verify_file
 
     raw = _online_artifact(method)
     edit(raw)

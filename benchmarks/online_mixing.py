@@ -34,7 +34,7 @@ import torch
 from mixweight.data.synthetic import write_synthetic_corpus
 from mixweight.sampling.mixture import DomainMixture
 from mixweight.sampling.schedule import phase_at
-from mixweight.train import online
+from mixweight.train import mixers, odm, online_doremi
 from mixweight.train.config import TrainConfig
 from mixweight.train.loop import train
 
@@ -54,7 +54,7 @@ def _instrument() -> None:
 
     DomainMixture.next_batch = next_batch
     for name in ("observe", "start_phase"):
-        real = getattr(online.OnlineMixer, name)
+        real = getattr(mixers.OnlineMixer, name)
 
         def timed(self, *args, _real=real, _name=name):
             started = time.perf_counter()
@@ -62,8 +62,8 @@ def _instrument() -> None:
             TIMES.setdefault(_name, []).append(time.perf_counter() - started)
             return out
 
-        setattr(online.OnlineMixer, name, timed)
-    for cls in (online.ODMMixer, online.DoReMiMixer):  # the subclasses define their own observe
+        setattr(mixers.OnlineMixer, name, timed)
+    for cls in (odm.ODMMixer, online_doremi.DoReMiMixer):  # the subclasses define their own observe
         real = cls.observe
 
         def timed_observe(self, *args, _real=real):

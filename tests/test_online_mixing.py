@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,7 +23,7 @@ from mixweight.domain.doremi import DoReMiReduction
 from mixweight.domain.methods import verify_file
 from mixweight.errors import MixweightError
 from mixweight.train.mixers import phase_average
-from mixweight.train.online import DoReMiMixer, ExcessSignal
+from mixweight.train.online_doremi import DoReMiMixer
 from mixweight.train.step import StepResult
 
 DOMAINS = ["a", "b", "c"]
@@ -36,7 +37,7 @@ def _result(losses: list[float], domains: list[int]) -> StepResult:
 # --- the update rules ---------------------------------------------------------------------------------
 def test_online_doremi_applies_the_offline_proxy_update_to_the_same_signals():
     offline = DoReMiReduction(None, DOMAINS, eta=0.7, smoothing=0.01)
-    online = DoReMiMixer(DOMAINS, [1 / 3] * 3, every=3, excess=ExcessSignal(None, None), eta=0.7, smoothing=0.01)
+    online = DoReMiMixer(DOMAINS, [1 / 3] * 3, every=3, eta=0.7, smoothing=0.01)
     generator = torch.Generator().manual_seed(0)
     for step in range(6):
         domains = torch.tensor([0, 0, 1, 1, 2, 2])[: 4 + step % 3]  # some steps lack domain c
@@ -181,9 +182,9 @@ def test_an_online_artifact_from_an_earlier_version_is_refused_by_verify_in_one_
 KILL_MID_PHASE = textwrap.dedent("""
     import os, signal, sys
     from mixweight.cli import main
-    from mixweight.train import online
+    from mixweight.train import odm, online_doremi
 
-    mixer = getattr(online, sys.argv[1])  # ODMMixer or DoReMiMixer
+    mixer = {"ODMMixer": odm.ODMMixer, "DoReMiMixer": online_doremi.DoReMiMixer}[sys.argv[1]]
     real = mixer.observe
     def die_at_step_10(self, step, result, micro_batches):
         real(self, step, result, micro_batches)
@@ -199,6 +200,12 @@ def _refuses_an_earlier_state(cli_refuses, killed, argv, tmp_path, drop: str) ->
     --resume is refused in one line and writes nothing."""
     import shutil
 
+    from mixweight.data.manifest import load_manifest
+    from mixweight.sampling.shm import clean_stale_shared_memory
+
+    corpus = Path(argv[argv.index("--data") + 1])
+    manifest = load_manifest(corpus)  # the kill -9 left shared memory, whose removal the next run would announce
+    clean_stale_shared_memory([str(manifest.stream_dir(corpus, "train", d)) for d in manifest.domains])
     old = tmp_path / "old-state"
     shutil.copytree(killed, old)
     state_path = old / "checkpoints" / "step-8" / "state.json"

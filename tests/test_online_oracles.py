@@ -21,7 +21,8 @@ import pytest
 import torch
 
 from mixweight.errors import MixweightError
-from mixweight.train.mixers import DoReMiMixer, ODMMixer
+from mixweight.train.odm import ODMMixer
+from mixweight.train.online_doremi import DoReMiMixer
 from mixweight.train.step import StepResult
 
 
@@ -194,7 +195,7 @@ def doremi_oracle(alpha, excess, eta, c):
 
 def test_online_doremi_samples_its_alpha_mixed_with_the_prior_as_the_oracle():
     prior = [0.4, 0.3, 0.2, 0.1]
-    mixer = DoReMiMixer(NAMES, prior, every=5, excess=None, eta=0.5, smoothing=0.01, exploration=0.2)
+    mixer = DoReMiMixer(NAMES, prior, every=5, eta=0.5, smoothing=0.01, exploration=0.2)
     alpha, excess = list(prior), [0.0] * 4
     rng = random.Random(4)
     for step in range(30):
@@ -217,7 +218,7 @@ def test_online_doremi_samples_its_alpha_mixed_with_the_prior_as_the_oracle():
 def _collapse_run(gamma: float, seed: int) -> tuple[DoReMiMixer, int]:
     """Domain 'd' has no excess for 100 steps (its alpha collapses to the floor c/k), then 2 nats from step 100 on.
     Returns the mixer after 300 steps and how many steps after step 100 a batch first held 'd' (200: never)."""
-    mixer = DoReMiMixer(NAMES, [0.25] * 4, every=10, excess=None, eta=1.0, smoothing=1e-3, exploration=gamma)
+    mixer = DoReMiMixer(NAMES, [0.25] * 4, every=10, eta=1.0, smoothing=1e-3, exploration=gamma)
     rng = random.Random(seed)
     weights, delay = [0.25] * 4, 200
     for step in range(300):

@@ -206,22 +206,22 @@ def _online_artifact(method: str) -> dict:
 
     import torch
 
-    from mixweight.train.mixers import DoReMiMixer, ODMMixer
+    from mixweight.train.odm import ODMMixer
+    from mixweight.train.online_doremi import DoReMiMixer
     from mixweight.train.step import StepResult
 
     domains = ["a", "b", "c"]
     if method == "odm":
         mixer = ODMMixer(domains, [0.5, 0.3, 0.2], every=3)
     else:
-        mixer = DoReMiMixer(domains, [0.5, 0.3, 0.2], every=3, excess=SimpleNamespace(last_signal=None), eta=0.5)
+        mixer = DoReMiMixer(domains, [0.5, 0.3, 0.2], every=3, eta=0.5)
     for step in range(9):
         if mixer.phase_due(step):
             mixer.start_phase(step)
         losses = torch.tensor([1.0 + step % 3, 2.0, 3.5, 0.5], dtype=torch.float64)
         ids = torch.tensor([0, 1, 2, step % 3])
-        if method == "doremi":
-            mixer.signal_source.last_signal = torch.stack([losses * 10, torch.full_like(losses, 10.0)], 1)
-        mixer.observe(step, StepResult(losses, ids, torch.full_like(losses, 0.25), 0.0, 4), None)
+        signal = torch.stack([losses * 10, torch.full_like(losses, 10.0)], 1) if method == "doremi" else None
+        mixer.observe(step, StepResult(losses, ids, torch.full_like(losses, 0.25), 0.0, 4, signal), None)
     manifest = SimpleNamespace(tokenizer={}, train_tokens=lambda: {d: 100 for d in domains}, config_hash="0" * 64)
     artifact = mixer.artifact(manifest, seed=0, total_steps=9)
     artifact.validate("online artifact")

@@ -30,11 +30,12 @@ from pathlib import Path
 from typing import Optional
 
 from mixweight.core.artifact import DomainWeights
+from mixweight.core.plugins import load_plugins
 from mixweight.data.manifest import Manifest
 from mixweight.domain.proxy import ProxyMethodConfig
-from mixweight.errors import MixweightError, first_line
-from mixweight.train.mixers import MIXERS
+from mixweight.errors import MixweightError
 from mixweight.train.mixers import PREFIX as ONLINE_PREFIX
+from mixweight.train.mixers import mixers
 
 
 def _no_corpus_checks(config, manifest: Manifest) -> None:
@@ -73,15 +74,7 @@ def _load_plugins() -> None:
     if _plugins_loaded:
         return
     _plugins_loaded = True
-    from importlib.metadata import entry_points
-
-    for entry in entry_points(group=PLUGIN_GROUP):
-        try:
-            entry.load()
-        except Exception as exc:  # noqa: BLE001 - any error of a plug-in's import is one line naming it
-            raise MixweightError(
-                f"weights method plug-in {entry.name!r} ({entry.value}) failed to load: {first_line(exc)}"
-            ) from exc
+    load_plugins(PLUGIN_GROUP, "weights method")
 
 
 def methods() -> dict[str, WeightsMethod]:
@@ -174,7 +167,7 @@ def verify_file(path, tolerance: float = 1e-6) -> str:
     method = _METHODS.get(name) if isinstance(name, str) else None
     if method is None or method.verify is None:
         checked = ", ".join(
-            [*(n for n, m in _METHODS.items() if m.verify is not None), *(ONLINE_PREFIX + n for n in MIXERS)]
+            [*(n for n, m in _METHODS.items() if m.verify is not None), *(ONLINE_PREFIX + n for n in mixers())]
         )
         raise MixweightError(
             f"weights file {shown(path)}: 'method.name' is {name!r}; weights verify checks {checked} artifacts"

@@ -13,12 +13,14 @@ An artifact from before this version lacks the options and is refused by name.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
 from mixweight.core.artifact import DomainWeights, shown
 from mixweight.errors import MixweightError
-from mixweight.train.mixers import DECAYING, PREFIX, DoReMiMixer, ODMMixer, OnlineMixer, phase_average, state_vector
+from mixweight.train.mixers import PREFIX, OnlineMixer, mixer_class, phase_average, state_vector
 
 
 def _numbers(value, k: int, where: str) -> torch.Tensor:
@@ -31,17 +33,21 @@ def _numbers(value, k: int, where: str) -> torch.Tensor:
     return vector
 
 
+def _recorded(entry: dict, k: int, label: str, key: str) -> torch.Tensor:
+    return _numbers(entry.get(key), k, f"{label} '{key}'")
+
+
 def _replay_mixer(method: dict, domains: list[str], where: str) -> OnlineMixer:
     """A mixer with the artifact's options; MixweightError naming the first key an earlier version did not record."""
     name = method.get("name", "")[len(PREFIX) :]
+    cls = mixer_class(name, where)
     prior = _numbers(method.get("prior"), len(domains), f"{where}: 'method.prior'")
     if bool((prior < 0).any()) or prior.sum() <= 0:
         raise MixweightError(f"{where}: 'method.prior' must be non-negative weights with a positive sum")
     every = method.get("mixing_every")
     if isinstance(every, bool) or not isinstance(every, int) or every <= 0:
         raise MixweightError(f"{where}: 'method.mixing_every' must be an integer > 0, got {every!r}")
-    needed = {"odm": ("reward", "alpha", "exploration"), "doremi": ("eta", "smoothing", "exploration")}[name]
-    missing = [key for key in needed if key not in method]
+    missing = [key for key in cls.RECORDED if key not in method]
     if missing:
         raise MixweightError(
             f"{where}: 'method' has no {', '.join(repr(m) for m in missing)}: written by an earlier mixweight, whose "
@@ -49,17 +55,7 @@ def _replay_mixer(method: dict, domains: list[str], where: str) -> OnlineMixer:
             "cannot be verified"
         )
     try:
-        if name == "odm":
-            exploration = method["exploration"]
-            fixed = None if exploration == DECAYING else exploration
-            if fixed is not None and (isinstance(fixed, bool) or not isinstance(fixed, (int, float))):
-                raise MixweightError(f"'method.exploration' must be a number or {DECAYING!r}, got {exploration!r}")
-            return ODMMixer(domains, prior.tolist(), every, float(method["alpha"]), fixed, method["reward"])
-        gamma = float(method["exploration"])
-        if not 0 <= gamma <= 1:
-            raise MixweightError(f"'method.exploration' must be in [0, 1], got {gamma}")
-        eta, smoothing = float(method["eta"]), float(method["smoothing"])
-        return DoReMiMixer(domains, prior.tolist(), every, None, eta, smoothing, gamma)
+        return cls.from_record(method, domains, prior.tolist(), every)
     except (TypeError, ValueError) as exc:  # MixweightError included: the artifact's values, not a flag
         message = str(exc).removeprefix("train: ").replace("'odm_", "'method.")
         raise MixweightError(f"{where}: {message}") from None
@@ -90,10 +86,7 @@ def replay_phases(artifact: DomainWeights, where: str) -> tuple[list[int], torch
             if isinstance(observed, bool) or not isinstance(observed, int) or observed < 0:
                 raise MixweightError(f"{label} (step {step}) has no 'observed' step count, got {observed!r}")
             mixer.steps = observed
-            if isinstance(mixer, ODMMixer):
-                mixer.rewards = _numbers(entry.get("signal"), k, f"{label} (step {step}) 'signal'")
-            else:
-                mixer.alpha = _numbers(entry.get("alpha"), k, f"{label} (step {step}) 'alpha'")
+            mixer.restore_phase(functools.partial(_recorded, entry, k, f"{label} (step {step})"))
             weights = torch.zeros(k, dtype=torch.float64)
             weights[mixer.active] = mixer.policy()
             rows.append(weights / weights.sum())

@@ -48,6 +48,7 @@ from mixweight.train import checkpoint as ckpt
 from mixweight.train.compute import COMPUTE_KEY
 from mixweight.train.config import TrainConfig
 from mixweight.train.loop import config_changes, train
+from mixweight.train.online import online_keys
 
 
 def _finished(run_dir: Path, steps: int) -> bool:
@@ -111,17 +112,7 @@ OWNED_TRAIN_KEYS = {
     },
     **{
         key: "online domain mixing would replace the mixture the method decides for its proxy runs"
-        for key in (
-            "mixing_every",
-            "mixing_prior",
-            "odm_reward",
-            "odm_alpha",
-            "odm_exploration",
-            "doremi_reference",
-            "doremi_eta",
-            "doremi_smoothing",
-            "doremi_exploration",
-        )
+        for key in online_keys()
     },
 }
 # TrainConfig keys that were top-level method keys before the train block: accepted for a release (deprecated).

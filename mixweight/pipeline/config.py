@@ -46,11 +46,10 @@ from mixweight.data.prepare import PrepareConfig
 from mixweight.data.synthetic import SynthConfig
 from mixweight.domain.methods import methods
 from mixweight.errors import MixweightError
+from mixweight.sampling.spec import MixtureSpec
 from mixweight.train.config import TrainConfig
+from mixweight.train.mixers import mixers
 
-# Online arms that read a weights stage's work: online DoReMi's reference is the doremi stage's round-0 reference
-# run (unless the arm names its own doremi_reference).
-ONLINE_NEEDS = {"online:doremi": "doremi"}
 DEFAULT_ARMS = {
     "uniform": {"domain_weights": "uniform"},
     "linupper": {"domain_weights": "uniform", "sample_weighting": "linupper"},
@@ -184,12 +183,12 @@ class PipelineConfig:
                     self.methods[method] is not None,
                     f"pipeline: arm '{name}' uses domain_weights '{method}' but the '{method}' section is null",
                 )
-            needs = online_stage(arm)
+            needs = online_input(arm)
             if needs is not None:
                 require(
-                    self.methods[needs] is not None,
+                    self.methods.get(needs[0]) is not None,
                     f"pipeline: arm '{name}' uses domain_weights '{method}', whose reference run comes from the "
-                    f"'{needs}' section, but that section is null (or give the arm its own doremi_reference)",
+                    f"'{needs[0]}' section, but that section is null (or give the arm its own {needs[1]})",
                 )
             # domain_weights may still name a weights section (its file exists once the method has run) and an
             # online DoReMi arm may lack its reference: the arm's stage sets both, with data and out
@@ -250,10 +249,20 @@ def used_methods(config: "PipelineConfig") -> dict[str, Any]:
     return used
 
 
+def online_input(arm: dict) -> Optional[tuple[str, str]]:
+    """(weights stage, train key) when an online arm reads a stage's work (online DoReMi: the doremi stage's
+    reference run, as doremi_reference) and does not set that key itself; else None. The mixer class says which."""
+    spec = MixtureSpec.parse(arm.get("domain_weights", TrainConfig.domain_weights))
+    cls = mixers().get(spec.name) if spec.online else None
+    if cls is None or cls.READS_STAGE is None or arm.get(cls.STAGE_KEY) is not None:
+        return None
+    return cls.READS_STAGE, cls.STAGE_KEY
+
+
 def online_stage(arm: dict) -> Optional[str]:
     """The weights stage an online arm reads (online:doremi's reference run), or None."""
-    needs = ONLINE_NEEDS.get(arm.get("domain_weights"))
-    return needs if needs is not None and arm.get("doremi_reference") is None else None
+    found = online_input(arm)
+    return None if found is None else found[0]
 
 
 def arm_values(config: PipelineConfig, name: str) -> dict[str, Any]:

@@ -46,12 +46,13 @@ from mixweight.pipeline.config import (
     PipelineConfig,
     arm_values,
     data_form,
-    online_stage,
+    online_input,
     section_key,
     used_methods,
 )
 from mixweight.pipeline.inputs import file_fingerprints, input_fingerprints, manifest_sha256
 from mixweight.pipeline.stages import CHANGED, DONE, EXTEND, Stage, stage_key
+from mixweight.sampling.spec import MixtureSpec
 from mixweight.train.config import TrainConfig
 from mixweight.train.loop import RESUMABLE_CHANGES, train
 
@@ -181,10 +182,11 @@ def _arm_stage(config: PipelineConfig, name: str, seed: int, corpus: str, upstre
         # how --out is spelled (relative, absolute, OUT moved), which must not make the arm "changed"
         owned["domain_weights"] = str(out / "weights" / method / WEIGHTS_FILE)
         inputs[method] = upstream[method]
-    needs = online_stage(values)
+    needs = online_input(values)
     if needs is not None:  # online DoReMi: the doremi stage's reference run, keyed by that stage (not its path)
-        owned["doremi_reference"] = str(online_reference(config, needs, out))
-        inputs[needs] = upstream[needs]
+        stage, key = needs
+        owned[key] = str(online_reference(config, stage, out))
+        inputs[stage] = upstream[stage]
     train_cfg = dataclasses.replace(config.arm_config(name), **owned)
 
     def run() -> None:
@@ -278,7 +280,7 @@ def check_against_corpus(config: PipelineConfig, corpus: str) -> None:
         except MixweightError as exc:
             raise MixweightError(f"pipeline arm '{name}': {exc}") from exc
         spec = values.get("domain_weights", TrainConfig.domain_weights)
-        if str(spec).startswith("online:"):  # online mixing: its prior mixture
+        if MixtureSpec.parse(spec).online:  # online mixing: its prior mixture
             try:
                 resolve_proportions(manifest, str(values.get("mixing_prior", TrainConfig.mixing_prior)))
             except MixweightError as exc:

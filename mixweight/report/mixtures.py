@@ -11,6 +11,7 @@ from mixweight.core.artifact import load_domain_weights
 from mixweight.data.manifest import Manifest
 from mixweight.errors import MixweightError
 from mixweight.report.runs import Arm
+from mixweight.sampling.spec import MixtureSpec
 
 ONLINE_WEIGHTS = "domain_weights.json"  # what an online-mixing run writes into its run directory
 
@@ -105,7 +106,7 @@ def online_weights_files(arms: list[Arm]) -> dict[str, Path]:
     for arm in arms:
         for run in arm.runs:
             path = Path(run.path) / ONLINE_WEIGHTS
-            if str(run.config.get("domain_weights", "")).startswith("online:") and path.is_file():
+            if MixtureSpec.parse(run.config.get("domain_weights", "")).online and path.is_file():
                 found[arm.name] = path
                 break
     return found

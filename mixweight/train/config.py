@@ -7,6 +7,7 @@ from typing import Optional, Union
 
 from mixweight.core.config import option as _f
 from mixweight.core.config import require
+from mixweight.sampling.spec import MixtureSpec
 
 
 @dataclass
@@ -155,6 +156,11 @@ class TrainConfig:
         self.report_to = parse_report_to(self.report_to)  # one form in config.yaml: a list of names
         if isinstance(self.sample_weighting, str):  # names are case-insensitive: lower-cased here, where they enter
             self.sample_weighting = self.sample_weighting.lower()
+
+    @property
+    def mixture(self) -> MixtureSpec:
+        """`domain_weights` parsed: what kind of mixture the run samples (named, file, online:NAME)."""
+        return MixtureSpec.parse(self.domain_weights)
 
     def validate(self, require_paths: bool = True) -> None:
         """Check every value once, where it enters. `require_paths=False`: a config that a caller completes before

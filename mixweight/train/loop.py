@@ -32,8 +32,9 @@ from mixweight.train import rundir
 from mixweight.train.compute import COMPUTE_KEY, run_compute
 from mixweight.train.config import TrainConfig
 from mixweight.train.metrics import MetricsLog
+from mixweight.train.mixers import Mixer
 from mixweight.train.objective import StepObjective, WeightedLoss
-from mixweight.train.online import ARTIFACT_NAME, attach, build_mixer, resolve_phases
+from mixweight.train.online import ARTIFACT_NAME, build_mixer, resolve_phases
 from mixweight.train.optim import build_optimizer, build_scheduler
 from mixweight.train.parallel import full_model_state, full_optimizer_state, grad_norm_value, wrap_model
 from mixweight.train.rundir import RESUMABLE_CHANGES, config_changes  # noqa: F401 - used by DoReMi's reuse check
@@ -231,13 +232,23 @@ def train(config: TrainConfig, objective: StepObjective | None = None) -> dict:
     world = init_world()
     lock = rundir.RunLock(config.out)  # held by the main process from the checks to the end of the run
     try:
-        return _train(config, objective or WeightedLoss.from_config(config), world, lock)
+        return _train(config, objective, world, lock)
     finally:
         lock.release()
         close_world(world)
 
 
-def _train(config: TrainConfig, objective: StepObjective, world: World, lock: rundir.RunLock) -> dict:
+def _objective(config: TrainConfig, objective: StepObjective | None, mixer: Mixer) -> StepObjective:
+    """The step objective: the caller's, or the config's weighted loss carrying the mixer's probe (online DoReMi's
+    excess signal), which a caller's own objective (a weights method's proxy) cannot carry."""
+    if objective is None:
+        return WeightedLoss.from_config(config, probe=mixer.probe)
+    if mixer.probe is not None:
+        raise MixweightError(f"train: {config.domain_weights} needs the default step objective (per-sample losses)")
+    return objective
+
+
+def _train(config: TrainConfig, objective: StepObjective | None, world: World, lock: rundir.RunLock) -> dict:
     # Every input is checked before anything is written into --out.
     opened = open_corpus(config.data, world.is_main)
     corpus, manifest = opened.directory, opened.manifest
@@ -246,8 +257,8 @@ def _train(config: TrainConfig, objective: StepObjective, world: World, lock: ru
     build_config(config.model, manifest)
     run_tokens = config.steps * config.batch_size * world.size * config.grad_accum * manifest.seq_len
     phases, repetition = cap_phases(phases, manifest, config.max_epochs, config.steps, run_tokens)  # --max-epochs
-    mixer = build_mixer(config, opened, phases)  # None for static weights (online DoReMi: its reference)
-    objective = attach(mixer, objective)
+    mixer = build_mixer(config, opened, phases)  # static, or online (online DoReMi: its reference, checked)
+    objective = _objective(config, objective, mixer)
     inputs = rundir.input_hashes(config, corpus, manifest, phases, load_spec(config.model))
     resume_from = _prepare_run_dir(config, world, inputs, lock)
     run_dir = Path(config.out)
@@ -271,10 +282,8 @@ def _train(config: TrainConfig, objective: StepObjective, world: World, lock: ru
             state = ckpt.read_resume_state(resume_from)
             ckpt.load_trainer_state(resume_from, model, optimizer, scheduler)
             try:
-                if mixer is not None:  # its phases first: the loader's saved phase may be one of them
-                    mixer.load_state_dict(state["mixing"])
-                    for phase in mixer.loader_phases()[len(loader.phases) :]:
-                        loader.append_phase(phase)
+                for phase in mixer.resume(state, len(loader.phases)):  # first: the loader's phase may be one
+                    loader.append_phase(phase)
                 loader.load_state_dict(state["loader"])
                 objective.load_state_dict(state.get("objective", {}))
             except MixweightError as exc:  # a state this version refuses by name (an earlier online-mixing rule)
@@ -309,15 +318,13 @@ def _train(config: TrainConfig, objective: StepObjective, world: World, lock: ru
 
         def save(step: int) -> None:
             state = {"loader": loader.state_dict(), "skipped_steps": skipped, "objective": objective.state_dict()}
-            if mixer is not None:
-                state["mixing"] = mixer.state_dict()
+            state.update(mixer.checkpoint_state())
             model_state, optimizer_state = full_model_state(model), full_optimizer_state(model, optimizer)
             if world.is_main:
                 ckpt.save_checkpoint(
                     run_dir, step, hf_model, model_state, optimizer_state, scheduler, state, config.keep_checkpoints
                 )
-                if mixer is not None:  # the weights trajectory so far, as a reusable artifact
-                    mixer.artifact(manifest, config.seed, config.steps).write(run_dir / ARTIFACT_NAME)
+                mixer.write_artifact(run_dir / ARTIFACT_NAME, manifest, config.seed, config.steps)  # online: so far
             barrier(world)
 
         if world.is_main:
@@ -338,14 +345,13 @@ def _train(config: TrainConfig, objective: StepObjective, world: World, lock: ru
         model.train()
         for step in range(start_step, config.steps):
             started = time.perf_counter()
-            new_phase = mixer is not None and mixer.phase_due(step)
+            new_phase = mixer.phase_due(step)
             if new_phase:  # every K steps the online mixture starts a phase (after a resume too: from its state)
                 loader.append_phase(mixer.start_phase(step))
             micro_batches = [loader.next_batch(step) for _ in range(config.grad_accum)]
             lr = scheduler.get_last_lr()[0]
             result = objective.compute_gradients(model, micro_batches, step, world, autocast, lr)
-            if mixer is not None:
-                mixer.observe(step, result, micro_batches)
+            mixer.observe(step, result, micro_batches)
             clip = config.grad_clip if config.grad_clip > 0 else float("inf")
             grad_norm = grad_norm_value(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
             if result.n_finite == 0 or not math.isfinite(grad_norm):
@@ -374,8 +380,7 @@ def _train(config: TrainConfig, objective: StepObjective, world: World, lock: ru
                     histogram,
                 )
                 record["mixture"] = loader.mixture()  # cumulative achieved vs target share, this phase
-                if mixer is not None:
-                    record.update(mixer.step_metrics())  # the phase's weights and the method's signal
+                record.update(mixer.step_metrics())  # online: the phase's weights and the method's signal
                 metrics.write({**record, **objective.step_metrics()})
             if config.eval_every and done % config.eval_every == 0 and done != config.steps:
                 evaluate(done)

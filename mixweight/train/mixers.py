@@ -1,7 +1,13 @@
-"""The online mixers: their state, their per-step update and the mixture each phase samples.
+"""A run's mixers: what each phase samples, static or decided online from the run's own losses.
 
-`ODMMixer` (online:odm) and `DoReMiMixer` (online:doremi); `mixweight.train.online` builds them and
-wires them into the loop. docs/algorithms.md section 6 has the formulas and their sources.
+Every run has a mixer, so the loop has one path: `StaticMixer` follows the phases known when the run
+starts (a named mixture, a weights file, a schedule); an `OnlineMixer` (`online:NAME`) chooses each
+phase's mixture from the steps it observes. The online mixers are a registry (`MIXERS`,
+`register_mixer`, installed packages' entry points in the `mixweight.mixers` group): `ODMMixer`
+(online:odm) and `DoReMiMixer` (online:doremi) here, each owning its config keys, their checks, how it
+is built from a TrainConfig and from the record of an artifact (`weights verify`), and, for online
+DoReMi, the per-sample signal the step measures for it (its `probe`). docs/design.md "Adding an
+online mixer"; docs/algorithms.md section 6 has the formulas and their sources.
 
 Each phase records what its mixture was computed from (`signal`, `observed` = steps observed when
 it was chosen, DoReMi's `alpha`), so `replay_phases(artifact)` recomputes every phase's mixture from
@@ -16,23 +22,14 @@ import torch
 
 import mixweight
 from mixweight.core.artifact import DomainWeights
-from mixweight.errors import MixweightError
+from mixweight.core.plugins import load_plugins
+from mixweight.errors import MixweightError, did_you_mean
 from mixweight.sampling.schedule import Phase
 from mixweight.train.step import StepResult
-from mixweight.weighting.domain_update import (
-    domain_means,
-    doremi_update,
-    exp3_exploration,
-    exp3_policy,
-    exp3_rewards,
-    odm_smoothed_policy,
-    odm_smoothed_rewards,
-    toward_prior,
-)
 
 PREFIX = "online:"
-ODM_REWARDS = ("smoothed", "exp3")
-DECAYING = "min(1/k, sqrt(ln k / (k t)))"  # ODM's recorded `exploration` when it decays (a number when fixed)
+PLUGIN_GROUP = "mixweight.mixers"  # an installed package's entry points in this group register their mixers
+BUILTIN = ("mixweight.train.odm", "mixweight.train.online_doremi")  # each registers its mixer when imported
 EARLIER = (
     "the run cannot continue under another rule: start it afresh in a new --out (its domain_weights.json still "
     "replays as a static schedule with --domain-weights-every)"
@@ -55,14 +52,59 @@ def phase_average(starts: list[int], weights: torch.Tensor, steps: int) -> torch
     return weights[0].clone() if total.sum() <= 0 else total / total.sum()
 
 
-class OnlineMixer:
-    """Shared by the methods: the phases so far, the artifact, the checkpoint state.
+class Mixer:
+    """What the loop asks of a run's mixture, every step: the interface both kinds implement."""
+
+    probe = None  # a SignalProbe (train/step.py) whose per-sample signal the step gathers into StepResult.signal
+
+    def phase_due(self, step: int) -> bool:
+        """Whether a new phase starts at `step` (then `start_phase(step)` gives it)."""
+        return False
+
+    def start_phase(self, step: int) -> Phase:
+        raise NotImplementedError(f"{type(self).__name__} starts no phases")
+
+    def observe(self, step: int, result: StepResult, micro_batches) -> None:
+        """The optimizer step's result (every sample's loss, domain and the probe's signal, gathered)."""
+
+    def step_metrics(self) -> dict:
+        return {}
+
+    def checkpoint_state(self) -> dict:
+        """Entries for the checkpoint's state.json (none for a static mixture)."""
+        return {}
+
+    def resume(self, state: dict, loader_phases: int) -> list[Phase]:
+        """Restore from a checkpoint's state.json; the phases the loader (holding `loader_phases`) lacks."""
+        return []
+
+    def write_artifact(self, path, manifest, seed: int, total_steps: int) -> None:
+        """The run's weights trajectory so far as a domain_weights.json at `path` (none for a static mixture)."""
+
+
+class StaticMixer(Mixer):
+    """The phases known when the run starts (a named mixture, a weights file, a schedule): nothing to decide."""
+
+
+class OnlineMixer(Mixer):
+    """Shared by the online methods: the phases so far, the artifact, the checkpoint state.
 
     Domains whose prior weight is 0 (a DoGE artifact's held-out targets) stay at 0 and out of the
     update; the method runs over the `active` domains only, centred on the prior renormalized over them.
+
+    A method subclass sets `name` (online:NAME), `KEYS` (the TrainConfig keys it reads, which a
+    weights method's proxy runs refuse) and `RECORDED` (the artifact's `method` keys `from_record`
+    needs), and implements `observe`, `policy`, `signal`, `options`, `check_config`, `from_config`
+    and `from_record`; `phase_state` and the `_method_state` pair when it keeps more than the phases.
     """
 
     name = "online"
+    KEYS: tuple[str, ...] = ()
+    RECORDED: tuple[str, ...] = ()
+    # A weights stage whose work the pipeline gives this mixer when the arm leaves `STAGE_KEY` unset (online
+    # DoReMi: the doremi stage's reference run as doremi_reference); None: it reads no stage.
+    READS_STAGE: str | None = None
+    STAGE_KEY: str | None = None
 
     def __init__(self, domains: list[str], prior: list[float], every: int):
         self.domains, self.every = list(domains), int(every)
@@ -89,6 +131,39 @@ class OnlineMixer:
 
     def loader_phases(self) -> list[Phase]:
         return [Phase(p["start_step"], dict(zip(self.domains, p["weights"]))) for p in self.phases]
+
+    def checkpoint_state(self) -> dict:
+        return {"mixing": self.state_dict()}
+
+    def resume(self, state: dict, loader_phases: int) -> list[Phase]:
+        self.load_state_dict(state["mixing"])
+        return self.loader_phases()[loader_phases:]
+
+    def write_artifact(self, path, manifest, seed: int, total_steps: int) -> None:
+        self.artifact(manifest, seed, total_steps).write(path)
+
+    # what a method implements
+    @classmethod
+    def check_config(cls, config, require_paths: bool = True) -> None:
+        """Its keys of a TrainConfig that names it (`require_paths=False`: paths the caller sets later)."""
+
+    @classmethod
+    def check_unused(cls, config) -> None:
+        """Its keys of a TrainConfig that does not name it: refuse one that would be silently ignored."""
+
+    @classmethod
+    def from_config(cls, config, corpus, prior: list[float]) -> "OnlineMixer":
+        """The run's mixer (anything it loads, such as a reference model, checked before --out is written)."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_record(cls, method: dict, domains: list[str], prior: list[float], every: int) -> "OnlineMixer":
+        """A mixer with an artifact's recorded options (its `RECORDED` keys present), for `weights verify`."""
+        raise NotImplementedError
+
+    def restore_phase(self, vector) -> None:
+        """Set the state `policy` reads from a phase's record, `vector(key)` its checked numbers (weights verify)."""
+        raise NotImplementedError
 
     def observe(self, step: int, result: StepResult, micro_batches) -> None:
         raise NotImplementedError
@@ -201,154 +276,43 @@ class OnlineMixer:
         pass
 
 
-class ODMMixer(OnlineMixer):
-    """ODM (Albalak et al., 2023) as its official code computes it, over the domains of each mixed batch.
-
-    `smoothed` (default; the code's smoothed-mean updater, which its README names the paper's implementation):
-    R_i <- alpha R_i + (1 - alpha) exp(L_i), policy linear in R. `exp3` (its EXP3 updater): cumulative
-    importance-weighted loss / 10, exponential weights. Both with the decaying exploration eps_t, centred on
-    the prior. docs/algorithms.md section 6.2."""
-
-    name = "odm"
-
-    def __init__(self, domains, prior, every, alpha: float = 0.9, exploration: float | None = None, reward="smoothed"):
-        super().__init__(domains, prior, every)
-        if reward not in ODM_REWARDS:
-            raise MixweightError(f"train: 'odm_reward' must be one of {', '.join(ODM_REWARDS)}, got {reward!r}")
-        self.alpha, self.fixed, self.reward = float(alpha), exploration, reward
-        k = int(self.active.sum())
-        if exploration is not None and not 0 < exploration <= 1.0 / k:
-            raise MixweightError(
-                f"train: 'odm_exploration' must be in (0, 1/k] = (0, {1.0 / k:.6g}] for the {k} sampled domains "
-                f"(the exploration mass k * epsilon cannot exceed 1), got {exploration}"
-            )
-        self.rewards = torch.zeros(len(self.domains), dtype=torch.float64)
-
-    def observe(self, step: int, result: StepResult, micro_batches) -> None:
-        losses = result.losses.detach().to(torch.float64)
-        ones, k = torch.ones_like(losses), len(self.domains)
-        means, present = domain_means(losses, ones, result.domains, torch.isfinite(losses), k)
-        present = present & self.active
-        if self.reward == "smoothed":
-            self.rewards = odm_smoothed_rewards(self.rewards, means, present, self.alpha)
-        else:  # the samples each domain had in the step, against the N pi_i expected
-            counts = torch.bincount(result.domains.long().cpu(), minlength=k).to(torch.float64)
-            counts = torch.where(present, counts, torch.zeros_like(counts))
-            self.rewards = exp3_rewards(self.rewards, means, counts, losses.numel(), self.current.clamp(min=1e-300))
-        self.steps += 1
-
-    def exploration(self, t: int) -> float:
-        return exp3_exploration(int(self.active.sum()), t, self.fixed)
-
-    def policy(self) -> torch.Tensor:
-        rewards, t = self.rewards[self.active], self.steps
-        if self.reward == "smoothed":
-            return odm_smoothed_policy(rewards, self.base, self.exploration(t))
-        return exp3_policy(rewards, self.base, self.exploration(t - 1), self.exploration(t))
-
-    def signal(self) -> list[float]:
-        return self.rewards.tolist()
-
-    def options(self) -> dict:
-        signal = "smoothed exp(loss) R" if self.reward == "smoothed" else "cumulative importance-weighted loss / 10 R"
-        return {
-            "reward": self.reward,
-            "alpha": self.alpha,
-            "exploration": DECAYING if self.fixed is None else self.fixed,
-            "signal": f"{signal} at the phase's start",
-        }
-
-    def step_metrics(self) -> dict:
-        metrics = super().step_metrics()
-        metrics["online_mixing"]["exploration"] = self.exploration(self.steps)
-        return metrics
-
-    def _check_form(self, state: dict) -> None:
-        if "reward" not in state:
-            raise MixweightError(
-                "its online:odm state comes from an earlier mixweight, whose reward (smoothed loss / pi, a policy "
-                f"that flattens back to the prior) this version replaced by the official code's; {EARLIER}"
-            )
-        if state["reward"] != self.reward:
-            raise ValueError(f"online:odm state has reward {state['reward']!r}, this run {self.reward!r}")
-
-    def _method_state(self) -> dict:
-        return {"reward": self.reward, "rewards": self.rewards.tolist()}
-
-    def _load_method_state(self, state: dict) -> None:
-        self.rewards = state_vector(state["rewards"], len(self.domains), "online mixing 'rewards'")
+# --- the registry ---------------------------------------------------------------------------------
+MIXERS: dict[str, type[OnlineMixer]] = {}
+_loaded = False
 
 
-class DoReMiMixer(OnlineMixer):
-    """Online DoReMi: alpha <- doremi_update(alpha, lambda) every step on the excess loss; each phase samples
-    (1 - gamma) alpha + gamma prior, so no domain drops out of the batches and freezes its excess.
-
-    docs/algorithms.md section 6.3."""
-
-    name = "doremi"
-
-    def __init__(
-        self, domains, prior, every, excess, eta: float = 1.0, smoothing: float = 1e-3, exploration: float = 0.1
-    ):
-        super().__init__(domains, prior, every)
-        self.signal_source, self.eta, self.smoothing = excess, float(eta), float(smoothing)
-        self.gamma = float(exploration)
-        self.alpha = self.prior.clone()
-        self.excess = torch.zeros(len(self.domains), dtype=torch.float64)  # lambda_0 = 0 (algorithms.md 2.5)
-
-    def update(self, signal: torch.Tensor, losses: torch.Tensor, domains: torch.Tensor) -> None:
-        """One step's update from the gathered [N, 2] signal (the offline proxy's arithmetic)."""
-        excess_sum, counts = signal[:, 0], signal[:, 1]
-        valid = torch.isfinite(losses.detach().cpu()) & torch.isfinite(excess_sum) & (counts > 0)
-        measured, present = domain_means(excess_sum, counts, domains.cpu(), valid, len(self.domains))
-        self.excess = torch.where(present, measured, self.excess)
-        active = self.active
-        alpha = torch.zeros_like(self.alpha)
-        alpha[active] = doremi_update(self.alpha[active], self.excess[active], self.eta, self.smoothing)
-        self.alpha = alpha
-
-    def observe(self, step: int, result: StepResult, micro_batches) -> None:
-        signal = self.signal_source.last_signal
-        if signal is None:
-            raise MixweightError("train: online:doremi: the step produced no excess-loss signal")
-        self.update(signal, result.losses, result.domains)
-        self.signal_source.last_signal = None
-        self.steps += 1
-
-    def policy(self) -> torch.Tensor:
-        return toward_prior(self.alpha[self.active], self.base, self.gamma)
-
-    def signal(self) -> list[float]:
-        return self.excess.tolist()
-
-    def phase_state(self) -> dict:
-        return {"alpha": self.alpha.tolist()}
-
-    def options(self) -> dict:
-        return {
-            "eta": self.eta,
-            "smoothing": self.smoothing,
-            "exploration": self.gamma,
-            "signal": "excess loss lambda at the phase's start; alpha: DoReMi's weights, sampled as "
-            "(1 - exploration) alpha + exploration prior",
-        }
-
-    def _check_form(self, state: dict) -> None:
-        if "exploration" not in state:
-            raise MixweightError(
-                "its online:doremi state comes from an earlier mixweight, which sampled alpha itself (a domain near "
-                f"alpha 0 was never observed again); this version mixes in an exploration floor; {EARLIER}"
-            )
-        if float(state["exploration"]) != self.gamma:
-            raise ValueError(f"online:doremi state has exploration {state['exploration']}, this run {self.gamma}")
-
-    def _method_state(self) -> dict:
-        return {"exploration": self.gamma, "alpha": self.alpha.tolist(), "excess": self.excess.tolist()}
-
-    def _load_method_state(self, state: dict) -> None:
-        k = len(self.domains)
-        self.alpha = state_vector(state["alpha"], k, "online mixing 'alpha'")
-        self.excess = state_vector(state["excess"], k, "online mixing 'excess'")
+def register_mixer(cls: type[OnlineMixer]) -> type[OnlineMixer]:
+    """Make `online:<cls.name>` a value of domain_weights (a class decorator; a plug-in calls it when imported)."""
+    if not (isinstance(cls.name, str) and cls.name and cls.name != OnlineMixer.name):
+        raise ValueError(f"{cls.__name__}: an online mixer needs its own `name`")
+    MIXERS[cls.name] = cls
+    return cls
 
 
-MIXERS = {"odm": ODMMixer, "doremi": DoReMiMixer}
+def builtin_mixers() -> dict[str, type[OnlineMixer]]:
+    """The online mixers mixweight ships (importing each module registers its mixer)."""
+    import importlib
+
+    return {cls.name: cls for cls in (importlib.import_module(m).MIXER for m in BUILTIN)}
+
+
+def mixers() -> dict[str, type[OnlineMixer]]:
+    """Every online mixer by name: the built-in ones, then those of installed plug-ins (entry points)."""
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        builtin_mixers()
+        load_plugins(PLUGIN_GROUP, "online mixer")  # each module registers its mixers
+    return dict(MIXERS)
+
+
+def mixer_class(name: str, where: str = "train") -> type[OnlineMixer]:
+    """The class of `online:<name>`; an unknown name is one line with the closest one."""
+    known = mixers()
+    if name not in known:
+        choices = [PREFIX + m for m in known]
+        raise MixweightError(
+            f"{where}: domain_weights '{PREFIX}{name}': unknown online method; "
+            f"{did_you_mean(PREFIX + name, choices)}online methods: {', '.join(choices)}"
+        )
+    return known[name]

@@ -14,7 +14,7 @@ from typing import Protocol
 
 from mixweight.core.distributed import World
 from mixweight.core.flops import forward_flops
-from mixweight.train.step import StepReduction, StepResult, accumulate_gradients
+from mixweight.train.step import SignalProbe, StepReduction, StepResult, accumulate_gradients
 
 
 class StepObjective(Protocol):
@@ -43,18 +43,21 @@ class WeightedLoss:
     The reduction's state and metrics are the objective's.
     """
 
-    def __init__(self, reduction: StepReduction, loss_impl: str = "auto", scope: str = "step"):
-        self.reduction, self.loss_impl, self.scope = reduction, loss_impl, scope
+    def __init__(
+        self, reduction: StepReduction, loss_impl: str = "auto", scope: str = "step", probe: SignalProbe | None = None
+    ):
+        self.reduction, self.loss_impl, self.scope, self.probe = reduction, loss_impl, scope, probe
 
     @classmethod
-    def from_config(cls, config) -> "WeightedLoss":
+    def from_config(cls, config, probe: SignalProbe | None = None) -> "WeightedLoss":
+        """The config's sample weighting; `probe`: the run's mixer's (online DoReMi's excess signal)."""
         from mixweight.train.reductions import reduction_from_config
 
-        return cls(reduction_from_config(config), config.loss_impl, config.weighting_scope)
+        return cls(reduction_from_config(config), config.loss_impl, config.weighting_scope, probe)
 
     def compute_gradients(self, model, micro_batches, step, world, autocast, lr) -> StepResult:
         return accumulate_gradients(
-            model, micro_batches, self.reduction, step, world, autocast, self.loss_impl, self.scope
+            model, micro_batches, self.reduction, step, world, autocast, self.loss_impl, self.scope, self.probe
         )
 
     def state_dict(self) -> dict:
@@ -70,4 +73,5 @@ class WeightedLoss:
         extra = {}
         if self.reduction.needs_whole_step and self.scope == "step" and micro_batches > 1:
             extra["whole_step_forward"] = forward_flops(shape, tokens)  # losses of every micro-batch before backward
-        return {**extra, **self.reduction.extra_flops(shape, tokens)}
+        probe = {} if self.probe is None else self.probe.extra_flops(shape, tokens)
+        return {**extra, **self.reduction.extra_flops(shape, tokens), **probe}

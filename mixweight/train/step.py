@@ -42,6 +42,7 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -104,6 +105,18 @@ class StepReduction:
         return {}
 
 
+class SignalProbe(Protocol):
+    """A per-sample statistic the step measures for someone other than the reduction (an online mixer: online
+    DoReMi's excess loss over a reference model). Called like a reduction's `sample_signal`, on every micro-batch
+    that is forwarded with its losses recorded; the step gathers it across processes into `StepResult.signal`."""
+
+    def sample_signal(self, input_ids: torch.Tensor, token_losses: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """[B, ...] without gradient, from the micro-batch's detached per-token losses and counted-token mask."""
+
+    def extra_flops(self, shape, tokens: int) -> dict[str, float]:
+        """The FLOPs of its work per step of `tokens` tokens, by name (mixweight/train/compute.py)."""
+
+
 class MeanReduction(StepReduction):
     """The plain mean loss over the samples whose loss is finite."""
 
@@ -122,13 +135,17 @@ class StepResult:
     weights: torch.Tensor  # [N] the sample weights that were applied (sum 1 over finite samples)
     weighted_loss: float  # sum_i w_i * l_i over finite samples (metrics.jsonl key "weighted_loss")
     n_finite: int
+    signal: torch.Tensor | None = None  # [N, ...] the probe's per-sample signal (float64, CPU), None without one
 
     @classmethod
-    def of(cls, losses: torch.Tensor, domains: torch.Tensor, weights: torch.Tensor) -> "StepResult":
+    def of(
+        cls, losses: torch.Tensor, domains: torch.Tensor, weights: torch.Tensor, signal: torch.Tensor | None = None
+    ) -> "StepResult":
         """The record of a step that applied `weights` to `losses` (global order; non-finite losses count 0)."""
         finite = torch.isfinite(losses)
         value = (weights * torch.where(finite, losses, torch.zeros_like(losses))).sum().item()
-        return cls(losses.cpu(), domains.cpu(), weights.detach().cpu(), value, int(finite.sum()))
+        signal = None if signal is None else signal.detach().to("cpu", torch.float64)
+        return cls(losses.cpu(), domains.cpu(), weights.detach().cpu(), value, int(finite.sum()), signal)
 
     @property
     def mean_loss(self) -> float:
@@ -155,25 +172,25 @@ def micro_batch_slices(micro_batches: list[dict], world: World) -> list[slice]:
     return slices
 
 
-def _forward_losses(model, batch: dict, autocast, signals: "_SignalCollector | None" = None, loss_impl: str = "auto"):
-    """Per-sample losses [B] (fp32) of a micro-batch, with gradient; records the reduction's sample signal if asked."""
+def _forward_losses(model, batch: dict, autocast, signals: "list[_SignalCollector]" = (), loss_impl: str = "auto"):
+    """Per-sample losses [B] (fp32) of a micro-batch, with gradient; records the sample signals asked for."""
     with autocast or nullcontext():  # the run's bf16 autocast, or none
         token_losses, mask = lm_token_losses(model, batch["input_ids"], loss_impl)
-        if signals is not None:
-            signals.add(batch["input_ids"], token_losses, mask)
+        for collector in signals:
+            collector.add(batch["input_ids"], token_losses, mask)
     return sample_means(token_losses, mask)
 
 
 class _SignalCollector:
-    """The reduction's sample signals of one step's micro-batches, in order (none if it has no signal)."""
+    """One source's sample signals (the reduction's, or a probe's) of a step's micro-batches, in order."""
 
-    def __init__(self, reduction: StepReduction):
-        self.reduction = reduction
+    def __init__(self, source: "StepReduction | SignalProbe | None"):
+        self.source = source
         self.parts: list[torch.Tensor] = []
 
     @torch.no_grad()
     def add(self, input_ids: torch.Tensor, token_losses: torch.Tensor, mask: torch.Tensor) -> None:
-        part = self.reduction.sample_signal(input_ids, token_losses.detach(), mask)
+        part = None if self.source is None else self.source.sample_signal(input_ids, token_losses.detach(), mask)
         if part is not None:
             self.parts.append(part.float())
 
@@ -203,18 +220,20 @@ def accumulate_gradients(
     autocast=None,
     loss_impl: str = "auto",
     scope: str = "step",
+    probe: SignalProbe | None = None,
 ) -> StepResult:
     """Forward and backward every micro-batch of one step; gradients are left in `.grad`.
 
-    `scope`: the weighting group, "step" or "micro_batch" (TrainConfig.validate checks the value).
+    `scope`: the weighting group, "step" or "micro_batch" (TrainConfig.validate checks the value);
+    `probe`: a per-sample signal measured on the way, gathered into the result's `signal`.
     """
     micro_batches = to_device(micro_batches, next(model.parameters()).device)
     domains = all_gather_cat(torch.cat([mb["domain"] for mb in micro_batches]), world)
     last = len(micro_batches) - 1
-    signals = _SignalCollector(reduction)
+    signals, probed = _SignalCollector(reduction), _SignalCollector(probe)
 
     def forward(mb: dict, record: bool = True) -> torch.Tensor:
-        losses = _forward_losses(model, mb, autocast, signals if record else None, loss_impl)
+        losses = _forward_losses(model, mb, autocast, (signals, probed) if record else (), loss_impl)
         if scope == "micro_batch" and signals.parts:  # its state (DoReMi's alpha) would update M times a step
             raise MixweightError(
                 "train: weighting_scope micro_batch is for loss-based sample weights; a reduction "
@@ -237,7 +256,7 @@ def accumulate_gradients(
             for param in model.parameters():
                 if param.grad is not None:
                     param.grad.mul_(n_global / n_finite)
-        return StepResult.of(losses, domains, weights)
+        return StepResult.of(losses, domains, weights, probed.gathered(world))
 
     # Weighting groups: the whole step, or (scope micro_batch) each micro-batch on all processes.
     # A group of one micro-batch keeps its graph from the forward that measured its losses; a
@@ -261,4 +280,5 @@ def accumulate_gradients(
                     _weighted_backward(forward(micro_batches[i], record=False), weights[where], world)
         group_losses.append(losses)
         group_weights.append(weights.detach())
-    return StepResult.of(_to_step_order(group_losses, world), domains, _to_step_order(group_weights, world))
+    losses, weights = _to_step_order(group_losses, world), _to_step_order(group_weights, world)
+    return StepResult.of(losses, domains, weights, probed.gathered(world))

@@ -1,0 +1,55 @@
+"""A test-only online mixer: docs/design.md's example ("Adding an online mixer"), word for word.
+
+Importing this module registers `online:loss_share`; no mixweight file names it.
+"""
+
+import torch
+
+from mixweight.train.mixers import OnlineMixer, register_mixer, state_vector
+from mixweight.weighting.domain_update import domain_means
+
+
+@register_mixer
+class LossShareMixer(OnlineMixer):
+    """online:loss_share: each phase samples the domains in proportion to their mean training loss so far."""
+
+    name = "loss_share"
+
+    def __init__(self, domains, prior, every):
+        super().__init__(domains, prior, every)
+        self.totals = torch.zeros(len(self.domains), dtype=torch.float64)  # sum of the steps' domain means
+        self.counts = torch.zeros(len(self.domains), dtype=torch.float64)  # steps that measured each domain
+
+    @classmethod
+    def from_config(cls, config, corpus, prior):
+        return cls(corpus.manifest.domains, prior, config.mixing_every)
+
+    @classmethod
+    def from_record(cls, method, domains, prior, every):
+        return cls(domains, prior, every)
+
+    def observe(self, step, result, micro_batches):
+        losses = result.losses.to(torch.float64)
+        finite = torch.isfinite(losses)
+        means, present = domain_means(losses, torch.ones_like(losses), result.domains, finite, len(self.domains))
+        self.totals += torch.where(present, means, torch.zeros_like(means))
+        self.counts += present.to(torch.float64)
+        self.steps += 1
+
+    def signal(self):
+        return (self.totals / self.counts.clamp(min=1)).tolist()  # each domain's mean loss so far
+
+    def policy(self):
+        mean = torch.tensor(self.signal(), dtype=torch.float64)[self.active]
+        return mean / mean.sum() if bool((mean > 0).all()) else self.base  # the prior until all are measured
+
+    def restore_phase(self, vector):
+        self.totals, self.counts = vector("signal"), torch.ones(len(self.domains), dtype=torch.float64)
+
+    def _method_state(self):
+        return {"totals": self.totals.tolist(), "counts": self.counts.tolist()}
+
+    def _load_method_state(self, state):
+        k = len(self.domains)
+        self.totals = state_vector(state["totals"], k, "online mixing 'totals'")
+        self.counts = state_vector(state["counts"], k, "online mixing 'counts'")

@@ -15,17 +15,9 @@ from mixweight.core.loss import per_sample_loss
 from mixweight.core.model import build_model
 from mixweight.data.manifest import load_manifest
 from mixweight.data.streams import read_stream
-from mixweight.domain.doge import (
-    DoGEObjective,
-    clip_rows,
-    doge_scores,
-    doge_step,
-    doge_update,
-    heldout_mix_mask,
-    replay,
-    resolve_target,
-)
+from mixweight.domain.doge import DoGEObjective, heldout_mix_mask, replay, resolve_target
 from mixweight.domain.doge_run import DoGEConfig, check_targets, run_doge
+from mixweight.domain.doge_update import clip_rows, doge_scores, doge_step, doge_update
 from mixweight.domain.verify import verify_weights
 from mixweight.errors import MixweightError
 from mixweight.train.checkpoint import list_checkpoints

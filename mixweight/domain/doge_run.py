@@ -28,7 +28,8 @@ from typing import ClassVar
 from mixweight.core.artifact import DomainWeights, corpus_weights
 from mixweight.core.config import option as _f
 from mixweight.core.config import require
-from mixweight.domain.doge import IMPLS, SCORES, DoGEObjective, published_defaults, replay, resolve_target
+from mixweight.domain.doge import IMPLS, DoGEObjective, published_defaults, replay, resolve_target
+from mixweight.domain.doge_update import SCORES
 from mixweight.domain.health import weight_warnings
 from mixweight.domain.proxy import (
     MOVED_TRAIN_KEYS,

@@ -17,9 +17,10 @@ from streaming import MDSWriter
 
 from mixweight.cli import build_parser, main
 from mixweight.data.manifest import load_manifest
-from mixweight.data.prepare import prepare_corpus, val_score
+from mixweight.data.prepare import prepare_corpus
 from mixweight.data.streams import read_stream
 from mixweight.data.synthetic import write_synthetic_corpus
+from mixweight.data.tokenize_pass import val_score
 from mixweight.errors import MixweightError
 
 SEQ = 64

@@ -12,8 +12,9 @@ import pytest
 from streaming.base.format import reader_from_json
 
 from mixweight.data.manifest import load_manifest
-from mixweight.data.prepare import prepare_corpus, split_of, val_score
+from mixweight.data.prepare import prepare_corpus
 from mixweight.data.streams import read_stream
+from mixweight.data.tokenize_pass import split_of, val_score
 from mixweight.data.tokenizer import BPE_EOS, tokenizer_for_corpus
 from mixweight.errors import MixweightError
 

@@ -5,10 +5,10 @@ The result has exactly the layout of the synthetic corpus (``train/<domain>/``, 
 
 How it runs, and why:
 1. (``bpe:VOCAB`` only) one pass over the training texts to train the tokenizer.
-2. One pass that tokenizes documents (in a process pool when ``num_proc`` > 1, else in
-   process; Hugging Face fast tokenizers batch-encode on all cores by themselves), appends EOS,
-   and appends the ids to one flat spill file per (split, domain). Memory stays bounded by a
-   chunk of documents, whatever the corpus size.
+2. One pass that tokenizes documents (``tokenize_pass.py``: in a process pool when ``num_proc`` > 1,
+   else in process; Hugging Face fast tokenizers batch-encode on all cores by themselves), appends EOS,
+   and appends the ids to one flat spill file per (split, domain) (``spill.py``). Memory stays bounded
+   by a chunk of documents, whatever the corpus size.
 3. Per domain and split: cut the spill file into seq_len blocks (the remainder that does not
    fill a block is dropped and counted) and write them with :func:`write_stream`.
 The validation split is a hash of the document text, so a document's split never depends on
@@ -22,18 +22,14 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import heapq
 import json
-import multiprocessing
-import os
 import shutil
 import sys
-from collections import Counter, deque
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Iterator, Optional
+from typing import ClassVar, Optional
 
-import numpy as np
 from tqdm.auto import tqdm
 
 from mixweight.core.config import build_config, option
@@ -44,198 +40,14 @@ from mixweight.data.clustering import Assignment, build_clustering
 from mixweight.data.manifest import DomainSplitStats, Manifest, load_manifest
 from mixweight.data.output import check_can_write, is_same_corpus, resolve_output, staged_directory
 from mixweight.data.readers import input_fingerprint, iter_documents, iter_texts, scan_sources
+from mixweight.data.spill import SpillFiles, ValCandidates, check_sizes, guarantee_val_block
 from mixweight.data.streams import token_dtype, write_stream
+from mixweight.data.tokenize_pass import document_chunks, encoded_chunks, split_of
 from mixweight.data.tokenizer import ByteTokenizer, load_hf_tokenizer, parse_spec, train_bpe
 from mixweight.errors import MixweightError
 
 SPLITS = ("train", "val")
-CHUNK_DOCS = 512  # documents per tokenization task: big enough to amortize IPC, small enough to bound memory
 SPILL_DIR = ".spill"  # inside the staging directory; removed before the corpus is swapped in
-
-
-def val_score(text: str) -> float:
-    """A stable pseudo-random number in [0, 1) from the text alone (blake2b, first 8 bytes)."""
-    digest = hashlib.blake2b(text.encode("utf-8", errors="surrogatepass"), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2**64
-
-
-def split_of(text: str, val_fraction: float) -> str:
-    return "val" if val_score(text) < val_fraction else "train"
-
-
-# --- tokenization: in process, or in a pool of workers ---------------------------------------
-_worker_tokenizer = None
-
-
-def _init_worker(tok) -> None:
-    global _worker_tokenizer
-    _worker_tokenizer = tok
-
-
-def _encode_chunk(chunk: tuple[list, list[str]]) -> tuple[list, list[np.ndarray]]:
-    keys, texts = chunk
-    return keys, _worker_tokenizer.encode_batch(texts)
-
-
-def _chunks(documents, val_fraction: float, empty: Counter) -> Iterator[tuple[list, list[str]]]:
-    """Group non-empty documents into chunks of ((split, domain, score) keys, texts); count the empty ones."""
-    keys, texts = [], []
-    for domain, text in documents:
-        if not text.strip():
-            empty[domain] += 1
-            continue
-        score = val_score(text)
-        keys.append(("val" if score < val_fraction else "train", domain, score))
-        texts.append(text)
-        if len(texts) >= CHUNK_DOCS:
-            yield keys, texts
-            keys, texts = [], []
-    if texts:
-        yield keys, texts
-
-
-def encoded_chunks(tok, chunks, num_proc: int | None) -> Iterator[tuple[list, list[np.ndarray]]]:
-    """Encode chunks in order (so output bytes never depend on scheduling), at most 2*num_proc in flight."""
-    if not num_proc or num_proc <= 1:
-        for keys, texts in chunks:
-            yield keys, tok.encode_batch(texts)
-        return
-    # spawn, not fork: the parent may hold Rust (tokenizers) or torch thread pools that fork would corrupt.
-    ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(num_proc, initializer=_init_worker, initargs=(tok,)) as pool:
-        pending: deque = deque()
-        for chunk in chunks:
-            pending.append(pool.apply_async(_encode_chunk, (chunk,)))
-            if len(pending) >= 2 * num_proc:
-                yield pending.popleft().get()
-        while pending:
-            yield pending.popleft().get()
-
-
-class SpillFiles:
-    """One flat token file per (split, domain), appended to as documents arrive."""
-
-    def __init__(self, root: Path, dtype: np.dtype, eos_id: int):
-        self.root, self.dtype = root, dtype
-        self.eos = np.asarray([eos_id], dtype=dtype).tobytes()
-        self.files: dict[tuple[str, str], object] = {}
-        self.paths: dict[tuple[str, str], Path] = {}
-        self.documents: Counter = Counter()
-        self.tokens: Counter = Counter()
-        root.mkdir(parents=True, exist_ok=True)
-
-    def _path(self, key: tuple[str, str]) -> Path:
-        if key not in self.paths:
-            self.paths[key] = self.root / f"{len(self.paths)}.bin"  # numbered: domain names stay out of file names
-        return self.paths[key]
-
-    def append(self, key: tuple[str, str], ids: np.ndarray) -> int:
-        """Append one document and its EOS; returns its offset (in tokens) in the spill file."""
-        if key not in self.files:
-            self.files[key] = open(self._path(key), "wb")
-        f = self.files[key]
-        f.write(ids.astype(self.dtype, copy=False).tobytes())
-        f.write(self.eos)
-        offset = self.tokens[key]
-        self.documents[key] += 1
-        self.tokens[key] += len(ids) + 1
-        return offset
-
-    def close(self) -> None:
-        for f in self.files.values():
-            f.close()
-
-    def move_to_val(self, domain: str, spans: list[tuple[int, int]], chunk: int = 1 << 24) -> None:
-        """Move whole documents ((offset, length) in the train file, sorted) to the end of the val file."""
-        train, val = ("train", domain), ("val", domain)
-        data = np.memmap(self.paths[train], dtype=self.dtype, mode="r")
-        with open(self._path(val), "ab") as f:
-            for offset, length in spans:
-                f.write(data[offset : offset + length].tobytes())
-        kept = self.paths[train].with_suffix(".kept")
-        with open(kept, "wb") as f:  # the train file without the moved spans, copied in bounded chunks
-            start = 0
-            for end, next_start in [(o, o + n) for o, n in spans] + [(len(data), len(data))]:
-                for i in range(start, end, chunk):
-                    f.write(data[i : min(i + chunk, end)].tobytes())
-                start = next_start
-        del data
-        os.replace(kept, self.paths[train])
-        moved = sum(n for _, n in spans)
-        self.tokens[train] -= moved
-        self.tokens[val] += moved
-        self.documents[train] -= len(spans)
-        self.documents[val] += len(spans)
-
-    def blocks(self, key: tuple[str, str], seq_len: int) -> Iterator[np.ndarray]:
-        n = self.tokens[key] // seq_len
-        if n == 0:
-            return
-        data = np.memmap(self.paths[key], dtype=self.dtype, mode="r")
-        for i in range(n):
-            yield np.asarray(data[i * seq_len : (i + 1) * seq_len])
-
-
-class ValCandidates:
-    """Per domain, the training documents with the lowest hash scores: just enough to fill one block.
-
-    Which documents these are depends on the texts alone (their scores), not on file order, and
-    memory stays bounded by one block's worth of documents per domain.
-    """
-
-    def __init__(self, seq_len: int):
-        self.seq_len = seq_len
-        self.heaps: dict[str, list] = {}  # max-heap by score: (-score, offset, length)
-        self.totals: Counter = Counter()
-
-    def offer(self, domain: str, score: float, offset: int, length: int) -> None:
-        heap = self.heaps.setdefault(domain, [])
-        heapq.heappush(heap, (-score, offset, length))
-        self.totals[domain] += length
-        # Drop the highest score while the rest still fill a block: they would never be needed.
-        while len(heap) > 1 and self.totals[domain] - heap[0][2] >= self.seq_len:
-            self.totals[domain] -= heapq.heappop(heap)[2]
-
-    def lowest(self, domain: str, tokens: int) -> list[tuple[int, int]]:
-        """(offset, length) of the lowest-scoring documents holding at least `tokens`, sorted by offset."""
-        chosen, total = [], 0
-        for _neg_score, offset, length in sorted(self.heaps.get(domain, []), key=lambda c: (-c[0], c[1])):
-            if total >= tokens:
-                break
-            chosen.append((offset, length))
-            total += length
-        return sorted(chosen)
-
-
-def guarantee_val_block(domains: list[str], spill: SpillFiles, candidates: ValCandidates, seq_len: int) -> dict:
-    """Give every domain one validation block, moving its lowest-scoring training documents; returns the moves."""
-    moved = {}
-    for domain in domains:
-        need = seq_len - spill.tokens[("val", domain)]
-        spans = candidates.lowest(domain, need) if need > 0 else []
-        if spans:
-            spill.move_to_val(domain, spans)
-        moved[domain] = {"documents": len(spans), "tokens": sum(n for _, n in spans)}
-    return moved
-
-
-def _check_sizes(domains: list[str], spill: SpillFiles, seq_len: int, remedy: str = "") -> None:
-    """Every domain needs a training block and a validation block, of whole documents; name them all at once."""
-    problems = []
-    for domain in domains:
-        train, val = spill.tokens[("train", domain)], spill.tokens[("val", domain)]
-        if train < seq_len or val < seq_len:
-            documents = spill.documents[("train", domain)] + spill.documents[("val", domain)]
-            problems.append(
-                f"'{domain}' has {train + val} tokens in {documents} document(s) "
-                f"({train} left for training after {val} for validation)"
-            )
-    if problems:
-        raise MixweightError(
-            f"domain(s) too small for one training block and one validation block of --seq-len {seq_len} "
-            f"(at least {2 * seq_len} tokens, each block from whole documents): {'; '.join(problems)}. "
-            f"Use a smaller --seq-len or more data for these domains{remedy}"
-        )
 
 
 def prepare_config_hash(
@@ -383,7 +195,7 @@ def prepare_corpus(
             documents = assignment.stream(iter_texts(input_path, text_field, cluster.compare_field))
         else:
             documents = iter_documents(input_path, domain_field, text_field)
-        chunks = _chunks(documents, val_fraction, empty)
+        chunks = document_chunks(documents, val_fraction, empty)
         with tqdm(desc="tokenize", unit="doc", disable=not show) as bar:
             for keys, encoded in encoded_chunks(tok, chunks, num_proc):
                 for (split, domain, score), ids in zip(keys, encoded):
@@ -399,7 +211,7 @@ def prepare_corpus(
             raise MixweightError(f"--input {input_path}: no records found")
         # (bpe: the moved documents were among the tokenizer's training texts; they are a block's worth.)
         moved = guarantee_val_block(domains, spill, candidates, seq_len)
-        _check_sizes(domains, spill, seq_len, " (or a smaller K for --domains cluster:K)" if assignment else "")
+        check_sizes(domains, spill, seq_len, " (or a smaller K for --domains cluster:K)" if assignment else "")
 
         splits: dict[str, dict[str, DomainSplitStats]] = {s: {} for s in SPLITS}
         skipped = {}

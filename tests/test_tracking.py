@@ -12,7 +12,7 @@ import pytest
 import mixweight.domain.doge  # noqa: F401 - registers DoGE's tracker names
 import mixweight.domain.doremi  # noqa: F401 - registers DoReMi's tracker names
 import mixweight.train.loop as loop
-from mixweight.core import tracking
+from mixweight.core import tracker_backends, tracker_names, tracking
 from mixweight.errors import MixweightError
 from mixweight.train.config import TrainConfig
 
@@ -53,7 +53,7 @@ def _crash_then_resume(make_config, corpus, spec, out, crash_at_step, report_to)
 def _expected_series(records) -> dict[str, list[tuple[int, float]]]:
     series: dict[str, list[tuple[int, float]]] = {}
     for record in records:
-        step, scalars, _ = tracking.flatten(record)
+        step, scalars, _ = tracker_names.flatten(record)
         for name, value in scalars.items():
             series.setdefault(name, []).append((step, value))
     return series
@@ -82,7 +82,7 @@ def test_flatten_names_every_kind_of_record():
         "domain_weights": {"a{b}": 0.6},
         "excess_loss": {"a{b}": 0.1},
     }
-    step, scalars, histograms = tracking.flatten(step_record)
+    step, scalars, histograms = tracker_names.flatten(step_record)
     assert step == 10
     assert scalars["train/loss"] == 2.5 and scalars["train/lr"] == 1e-3 and scalars["train/tokens_per_s"] == 100.0
     assert scalars["sample_weights/ess_fraction"] == 0.8 and scalars["sample_weights/max_weight_x_n"] == 1.5
@@ -93,7 +93,7 @@ def test_flatten_names_every_kind_of_record():
     assert histogram.counts == [1, 2, 1] and histogram.edges == [0.0, 1.0, 2.0, 3.0]  # open bin closed
     assert histogram.total == 4 and histogram.sum_squares == pytest.approx(4 / 0.8)
 
-    _, scalars, _ = tracking.flatten(
+    _, scalars, _ = tracker_names.flatten(
         {
             "step": 10,
             "eval": {
@@ -115,11 +115,11 @@ def test_flatten_names_every_kind_of_record():
         "eval/worst_loss": 1.5,
     }
 
-    _, scalars, _ = tracking.flatten(
+    _, scalars, _ = tracker_names.flatten(
         {"step": 3, "doge": {"alpha": {"a": 0.7}, "scores": {"a": None, "b": 0.3}, "updated": True}}
     )
     assert scalars == {"domain_weights/a": 0.7, "doge/b/score": 0.3, "doge/updated": 1.0}
-    assert tracking.mlflow_key("mixture/c++/achieved") == "mixture/c__/achieved"
+    assert tracker_backends.mlflow_key("mixture/c++/achieved") == "mixture/c__/achieved"
 
 
 def test_report_to_is_parsed_like_transformers_and_checked_before_anything_runs(monkeypatch, tmp_path):
@@ -313,4 +313,4 @@ def test_wandb_that_cannot_start_is_one_line(tmp_path, monkeypatch):
         match=r"^report_to wandb: cannot start a W&B run \(api_key not configured.*"
         r"WANDB_MODE=offline",
     ):
-        tracking.WandbTracker(tmp_path, {}, 0, {})
+        tracker_backends.WandbTracker(tmp_path, {}, 0, {})

@@ -45,7 +45,7 @@ from mixweight.core.artifact import replay_arrays, replay_steps_array
 from mixweight.core.distributed import World, all_gather_cat, all_reduce_sum
 from mixweight.core.flops import inner_products_flops, row_mix_flops
 from mixweight.core.loss import per_sample_loss
-from mixweight.core.tracking import register_record_names
+from mixweight.core.tracker_names import register_record_names
 from mixweight.domain.doge_update import DoGEStep, doge_step, doge_update
 from mixweight.domain.ghost import DomainRows, Recompute
 from mixweight.errors import MixweightError

@@ -42,7 +42,7 @@ import torch
 
 from mixweight.core.chunked_loss import lm_token_losses
 from mixweight.core.loss import per_token_losses  # noqa: F401 - the per-token loss DoReMi's excess is made of
-from mixweight.core.tracking import register_record_names
+from mixweight.core.tracker_names import register_record_names
 from mixweight.errors import MixweightError
 from mixweight.train.compute import reference_forward
 from mixweight.train.step import StepReduction

@@ -19,7 +19,7 @@ A `WeightsMethod` holds what the rest of mixweight needs to know about a method:
 The CLI's `weights` subcommands, the pipeline's sections and stages and `weights verify` read
 this registry; docs/design.md ("Adding a weights method") shows a new method added with one
 `register` call. Record names for the experiment trackers belong to the method's step objective
-(`mixweight.core.tracking.register_record_names`, called where the objective is defined).
+(`mixweight.core.tracker_names.register_record_names`, called where the objective is defined).
 """
 
 from __future__ import annotations

@@ -27,8 +27,8 @@ from mixweight.data.synthetic import write_synthetic_corpus
 from mixweight.train.config import TrainConfig
 from mixweight.train.optim import build_optimizer
 from mixweight.train.parallel import wrap_model
-from mixweight.train.reductions import reduction_from_config
 from mixweight.train.step import accumulate_gradients
+from mixweight.train.step_weighting import step_weighting_from_config
 
 
 def one_step(model, optimizer, batch, reduction, step: int, loss_impl: str) -> float:
@@ -69,7 +69,7 @@ def main() -> None:
     compiled = wrap_model(copy.deepcopy(eager), World(), fsdp=False, compile=True)
     arms = {"eager": eager, "compiled": compiled}
     optimizers = {name: build_optimizer(model, config) for name, model in arms.items()}
-    reduction = reduction_from_config(config)
+    reduction = step_weighting_from_config(config)
     warmup = {}
     for name, model in arms.items():
         began = time.perf_counter()

@@ -31,8 +31,8 @@ from mixweight.data.streams import read_stream
 from mixweight.data.synthetic import write_synthetic_corpus
 from mixweight.train.config import TrainConfig
 from mixweight.train.optim import build_optimizer
-from mixweight.train.reductions import reduction_from_config
 from mixweight.train.step import _forward_losses, accumulate_gradients
+from mixweight.train.step_weighting import step_weighting_from_config
 
 
 def step_retain(model, micro_batches, reduction, step: int) -> None:
@@ -96,7 +96,7 @@ def main() -> None:
     for name, (weighting, _arm_batches, _accum, _scope) in arms.items():
         config = TrainConfig(data=".", out=".", sample_weighting=weighting)
         model = build_model(args.model, manifest, seed=0)
-        state[name] = (model, build_optimizer(model, config), reduction_from_config(config))
+        state[name] = (model, build_optimizer(model, config), step_weighting_from_config(config))
     results: dict[str, list[float]] = {name: [] for name in arms}
     names = list(arms)
     for rep in range(args.repeats):

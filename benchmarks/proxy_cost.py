@@ -4,8 +4,8 @@ Same model spec, same init, same fixed batches (every domain sampled uniformly, 
 sample carrying its domain id), timed through the objects the trainer uses
 (`StepObjective.compute_gradients` + clip + AdamW step), arms alternated within every
 repeat so machine noise hits them alike (the load average is printed per repeat):
-  - plain:  `WeightedLoss(MeanReduction())`, the ordinary mean-loss step;
-  - DoReMi: `WeightedLoss(DoReMiReduction(reference, ...))`: the proxy step plus a no-grad
+  - plain:  `WeightedLoss(MeanWeighting())`, the ordinary mean-loss step;
+  - DoReMi: `WeightedLoss(DoReMiWeighting(reference, ...))`: the proxy step plus a no-grad
     forward of a same-size reference model (the excess-loss signal) and the alpha update;
   - DoGE:   `DoGEObjective` as `weights doge` runs it by default (held-out mix target,
     per-domain gradients clipped at 5.0), in both forms: `ghost` (the default: one forward and
@@ -36,11 +36,11 @@ from mixweight.data.manifest import load_manifest
 from mixweight.data.streams import read_stream
 from mixweight.data.synthetic import write_synthetic_corpus
 from mixweight.domain.doge import DoGEObjective, published_defaults
-from mixweight.domain.doremi import DoReMiReduction
+from mixweight.domain.doremi import DoReMiWeighting
 from mixweight.train.config import TrainConfig
 from mixweight.train.objective import WeightedLoss
 from mixweight.train.optim import build_optimizer
-from mixweight.train.step import MeanReduction
+from mixweight.train.step import MeanWeighting
 
 
 def time_steps(model, optimizer, batches, objective) -> float:
@@ -94,8 +94,8 @@ def main() -> None:
     reference = build_model(args.model, manifest, seed=1)
     counts = [int(n) for n in args.domain_counts.split(",") if n.strip()]
     arms = {  # name -> (objective factory, batches)
-        "plain step": (lambda: WeightedLoss(MeanReduction()), batches),
-        "DoReMi proxy step": (lambda: WeightedLoss(DoReMiReduction(reference, manifest.domains)), batches),
+        "plain step": (lambda: WeightedLoss(MeanWeighting()), batches),
+        "DoReMi proxy step": (lambda: WeightedLoss(DoReMiWeighting(reference, manifest.domains)), batches),
         f"DoGE loop, {k} domains": (doge(manifest.domains, "loop"), batches),
         f"DoGE ghost, {k} domains": (doge(manifest.domains, "ghost"), batches),
     }

@@ -11,8 +11,8 @@ from mixweight.core.distributed import all_gather_cat, close_world, init_world
 from mixweight.core.model import build_model
 from mixweight.data.manifest import load_manifest
 from mixweight.data.streams import read_stream
-from mixweight.train.reductions import SampleWeightingReduction
 from mixweight.train.step import accumulate_gradients
+from mixweight.train.step_weighting import SampleWeightingStep
 from mixweight.weighting import SampleWeighting
 
 
@@ -32,7 +32,7 @@ def main() -> None:
     blocks = torch.from_numpy(read_stream(manifest.stream_dir(corpus, "train", manifest.domains[0]), limit=batch))
     micro = {"input_ids": blocks, "domain": torch.zeros(batch, dtype=torch.long)}
     model = torch.nn.parallel.DistributedDataParallel(build_model(spec, manifest, seed=0))
-    reduction = SampleWeightingReduction(SampleWeighting("linupper", 0.4))
+    reduction = SampleWeightingStep(SampleWeighting("linupper", 0.4))
 
     def step():
         accumulate_gradients(model, [micro], reduction, 0, world)

@@ -45,7 +45,7 @@ from mixweight.data.synthetic import write_synthetic_corpus
 from mixweight.train.config import TrainConfig
 from mixweight.train.loop import train
 from mixweight.train.objective import WeightedLoss
-from mixweight.train.step import MeanReduction
+from mixweight.train.step import MeanWeighting
 
 LR, FINAL_LR, WEIGHT_DECAY, BETAS, CLIP = 1e-3, 1e-4, 0.1, (0.9, 0.95), 1.0
 
@@ -53,7 +53,7 @@ LR, FINAL_LR, WEIGHT_DECAY, BETAS, CLIP = 1e-3, 1e-4, 0.1, (0.9, 0.95), 1.0
 # ---------------------------------------------------------------- mixweight side
 
 
-class TimedMeanReduction(MeanReduction):
+class TimedMeanWeighting(MeanWeighting):
     """The plain mean, plus a timestamp per step (weights() runs once per step, after backward)."""
 
     def __init__(self):
@@ -89,7 +89,7 @@ def run_mixweight(corpus: Path, out: Path, args) -> dict:
         progress=False,
     )
     config.validate()
-    reduction = TimedMeanReduction()
+    reduction = TimedMeanWeighting()
     started = time.perf_counter()
     train(config, WeightedLoss(reduction))
     total = time.perf_counter() - started

@@ -8,11 +8,11 @@ import mixweight.core.chunked_loss as chunked_loss
 from mixweight.core.chunked_loss import lm_token_losses, resolve_loss_impl, sample_means
 from mixweight.core.distributed import World
 from mixweight.core.loss import per_sample_loss, per_token_losses
-from mixweight.domain.doremi import DoReMiReduction
+from mixweight.domain.doremi import DoReMiWeighting
 from mixweight.errors import MixweightError
 from mixweight.train.config import TrainConfig
-from mixweight.train.reductions import SampleWeightingReduction
 from mixweight.train.step import accumulate_gradients
+from mixweight.train.step_weighting import SampleWeightingStep
 from mixweight.weighting import SampleWeighting
 
 VOCAB = 300
@@ -116,7 +116,7 @@ def test_a_weighted_step_is_the_same_with_either_impl(weighting):
     input_ids, _ = _ids_and_labels()
     batch = {"input_ids": input_ids, "domain": torch.tensor([0, 1, 0])}
     halves = [{k: v[:2] for k, v in batch.items()}, {k: v[2:] for k, v in batch.items()}]
-    reduction = SampleWeightingReduction(SampleWeighting(weighting, 0.3))
+    reduction = SampleWeightingStep(SampleWeighting(weighting, 0.3))
     results, grads = {}, {}
     for impl in ("full", "chunked"):
         model = _model("llama")
@@ -136,7 +136,7 @@ def test_doremi_excess_is_exact_with_the_chunked_loss():
         lr, _ = per_token_losses(reference(input_ids=input_ids).logits, input_ids)
     expected = [sum(max(lp[s, t].item() - lr[s, t].item(), 0.0) for t in range(19)) for s in range(3)]
     for impl in ("full", "chunked"):
-        reduction = DoReMiReduction(reference, ["a", "b"], loss_impl=impl)
+        reduction = DoReMiWeighting(reference, ["a", "b"], loss_impl=impl)
         with torch.no_grad():
             token_losses, mask = lm_token_losses(proxy, input_ids, impl)
         signal = reduction.sample_signal(input_ids, token_losses, mask)
@@ -223,7 +223,7 @@ def test_a_doremi_proxy_step_is_the_same_with_either_impl():
     reference = _model("gpt2", seed=1)
     reductions, results = {}, {}
     for impl in ("full", "chunked"):
-        reductions[impl] = DoReMiReduction(reference, ["a", "b"], log_every=1, loss_impl=impl)
+        reductions[impl] = DoReMiWeighting(reference, ["a", "b"], log_every=1, loss_impl=impl)
         results[impl] = accumulate_gradients(_model("gpt2"), micro, reductions[impl], 0, World(), loss_impl=impl)
     assert reductions["full"].updates == reductions["chunked"].updates == 1  # one update per step
     excess = reductions["full"].excess

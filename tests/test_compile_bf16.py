@@ -15,8 +15,8 @@ from mixweight.core.loss import per_sample_loss
 from mixweight.core.model import build_model, load_model
 from mixweight.data.manifest import load_manifest
 from mixweight.data.streams import read_stream
-from mixweight.train.reductions import SampleWeightingReduction
 from mixweight.train.step import accumulate_gradients
+from mixweight.train.step_weighting import SampleWeightingStep
 from mixweight.weighting import SampleWeighting, sample_weights
 
 
@@ -104,7 +104,7 @@ def test_bf16_losses_and_weights_are_fp32_from_the_bf16_logits(synth_corpus, tin
         logits = model(input_ids=batch["input_ids"]).logits
     assert logits.dtype == torch.bfloat16  # autocast really ran the head in bf16
     expected = per_sample_loss(logits, batch["input_ids"])  # the cast to fp32 happens before log-softmax
-    reduction = SampleWeightingReduction(SampleWeighting("linupper", 0.4))
+    reduction = SampleWeightingStep(SampleWeighting("linupper", 0.4))
     result = accumulate_gradients(model, [batch], reduction, 0, World(), autocast, loss_impl=loss_impl)
     assert result.losses.dtype == torch.float32 and result.weights.dtype == torch.float32
     torch.testing.assert_close(result.losses, expected, atol=1e-6, rtol=1e-6)
@@ -153,7 +153,7 @@ def test_the_chunked_loss_compiles_and_equals_eager(synth_corpus, tiny_spec):
     manifest, batch = _batch(synth_corpus, n=4)
     eager = build_model(tiny_spec, manifest, seed=0)
     compiled = wrap_model(copy.deepcopy(eager), World(), fsdp=False, compile=True)
-    reduction = SampleWeightingReduction(SampleWeighting("linupper", 0.4))
+    reduction = SampleWeightingStep(SampleWeighting("linupper", 0.4))
     counters.clear()
     results = [accumulate_gradients(m, [batch], reduction, 0, World(), loss_impl="chunked") for m in (eager, compiled)]
     assert counters["stats"]["unique_graphs"] >= 1

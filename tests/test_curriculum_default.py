@@ -8,8 +8,8 @@ import torch
 import yaml
 
 from mixweight.train.config import TrainConfig
-from mixweight.train.reductions import SampleWeightingReduction, reduction_from_config
 from mixweight.train.rundir import config_changes
+from mixweight.train.step_weighting import SampleWeightingStep, step_weighting_from_config
 from mixweight.weighting import DEFAULT_WARMUP_FRACTION, default_warmup_steps
 
 
@@ -22,12 +22,12 @@ def _config(**fields) -> TrainConfig:
 def test_linupper_starts_near_uniform_for_5_percent_of_the_run():
     config = _config(sample_weighting="linupper", steps=200)
     assert config.r_warmup_steps is None and DEFAULT_WARMUP_FRACTION == 0.05
-    schedule = reduction_from_config(config).weighting.schedule
+    schedule = step_weighting_from_config(config).weighting.schedule
     assert (schedule.kind, schedule.warmup_steps) == ("step", 10)
     assert schedule.r_at(0) == schedule.r_at(9) == 100.0 and schedule.r_at(10) == 0.4
     losses = torch.tensor([0.5, 1.0, 2.0, 4.0])
-    early = reduction_from_config(config).weights(losses, torch.zeros(4, dtype=torch.long), step=0)
-    late = reduction_from_config(config).weights(losses, torch.zeros(4, dtype=torch.long), step=10)
+    early = step_weighting_from_config(config).weights(losses, torch.zeros(4, dtype=torch.long), step=0)
+    late = step_weighting_from_config(config).weights(losses, torch.zeros(4, dtype=torch.long), step=10)
     assert early.max() / early.min() < 1.03 < late.max() / late.min()  # e^(1/100) at most, then up to e^(1/0.4)
 
 
@@ -38,11 +38,12 @@ def test_the_default_length_is_a_rounded_fraction_of_the_steps(steps, warmup):
 
 def test_an_explicit_length_wins_and_zero_is_the_old_default():
     assert (
-        reduction_from_config(_config(sample_weighting="linupper", r_warmup_steps=0)).weighting.schedule.r_at(0) == 0.4
+        step_weighting_from_config(_config(sample_weighting="linupper", r_warmup_steps=0)).weighting.schedule.r_at(0)
+        == 0.4
     )
-    schedule = reduction_from_config(_config(sample_weighting="linupper", r_warmup_steps=3)).weighting.schedule
+    schedule = step_weighting_from_config(_config(sample_weighting="linupper", r_warmup_steps=3)).weighting.schedule
     assert (schedule.r_at(2), schedule.r_at(3)) == (100.0, 0.4)
-    assert isinstance(reduction_from_config(_config(sample_weighting="linupper")), SampleWeightingReduction)
+    assert isinstance(step_weighting_from_config(_config(sample_weighting="linupper")), SampleWeightingStep)
 
 
 def _saved(run_dir, **keys):

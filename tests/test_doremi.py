@@ -14,7 +14,7 @@ from mixweight.core.artifact import load_domain_weights
 from mixweight.core.model import build_model
 from mixweight.data.manifest import load_manifest
 from mixweight.data.synthetic import write_synthetic_corpus
-from mixweight.domain.doremi import DoReMiReduction, doremi_update, per_token_losses, proxy_loss_weights
+from mixweight.domain.doremi import DoReMiWeighting, doremi_update, per_token_losses, proxy_loss_weights
 from mixweight.domain.doremi_run import DoReMiConfig, run_doremi
 from mixweight.errors import MixweightError
 from mixweight.train.config import TrainConfig
@@ -55,7 +55,7 @@ def test_update_rule_keeps_a_floor_and_sums_to_one():
 
 # --- the reduction on hand-made signals ---------------------------------------------------------------
 def _reduction(**kwargs):
-    return DoReMiReduction(None, DOMAINS, **{"eta": 1.0, "smoothing": 1e-3, "log_every": 1, **kwargs})
+    return DoReMiWeighting(None, DOMAINS, **{"eta": 1.0, "smoothing": 1e-3, "log_every": 1, **kwargs})
 
 
 def test_lambda_is_the_token_average_excess_of_each_domain():
@@ -148,7 +148,7 @@ def test_sample_signal_is_the_clipped_excess_over_the_reference(synth_corpus, ti
     with torch.no_grad():
         proxy_logits = proxy(input_ids=safe).logits
         ref_logits = reference(input_ids=safe).logits
-    reduction = DoReMiReduction(reference, manifest.domains)
+    reduction = DoReMiWeighting(reference, manifest.domains)
     reduction.reference.forward = lambda input_ids: type("Out", (), {"logits": ref_logits})()
     signal = reduction.sample_signal(input_ids, *per_token_losses(proxy_logits, input_ids))
     lp, mask = per_token_losses(proxy_logits, input_ids)
@@ -217,7 +217,7 @@ def test_an_interrupted_proxy_resumes_to_the_same_weights(synth_corpus, tiny_spe
     small = dict(steps=20, checkpoint_every=10, log_every=5)
     run_doremi(_config(synth_corpus, tiny_spec, tmp_path / "straight.json", **small))
     out = tmp_path / "resumed" / "w.json"
-    in_the_proxy = lambda objective: isinstance(objective.reduction, DoReMiReduction)  # noqa: E731
+    in_the_proxy = lambda objective: isinstance(objective.weighting, DoReMiWeighting)  # noqa: E731
     with crash_at_step(13, when=in_the_proxy), pytest.raises(KeyboardInterrupt):
         run_doremi(_config(synth_corpus, tiny_spec, out, **small))
     assert not out.exists()

@@ -10,8 +10,8 @@ from mixweight.core.model import build_model
 from mixweight.data.manifest import load_manifest
 from mixweight.data.streams import read_stream
 from mixweight.hf import ReweightingTrainer
-from mixweight.train.reductions import SampleWeightingReduction
 from mixweight.train.step import accumulate_gradients
+from mixweight.train.step_weighting import SampleWeightingStep
 from mixweight.weighting import SampleWeighting
 
 
@@ -74,6 +74,6 @@ def test_reweighting_trainer_gives_the_trainers_weights(synth_corpus, tiny_spec,
     model = build_model(tiny_spec, manifest, seed=0)
     trainer = _trainer(model, blocks, tmp_path / "hf", sample_weighting="extremes", r=0.5, weight_cap=2.0)
     trainer.compute_loss(model, {"input_ids": batch["input_ids"]})
-    reduction = SampleWeightingReduction(SampleWeighting("extremes", 0.5, cap=2.0))
+    reduction = SampleWeightingStep(SampleWeighting("extremes", 0.5, cap=2.0))
     ours = accumulate_gradients(copy.deepcopy(model), [batch], reduction, step=0, world=World())
     torch.testing.assert_close(trainer.last_weights, ours.weights)

@@ -62,14 +62,26 @@ def test_a_registered_mixer_trains_resumes_and_verifies(loss_share, synth_corpus
     assert {r["online_mixing"]["method"] for r in records if "online_mixing" in r} == {"loss_share"}
     assert "recomputed 3 online:loss_share phases" in verify_file(straight / "domain_weights.json")
 
-    main(_train(synth_corpus, tiny_spec, resumed, steps=3))  # stopped at a checkpoint inside the second phase
+    observe = loss_share.LossShareMixer.observe
+
+    def interrupted(self, step, result, micro_batches):
+        if step == 4:  # checkpoint step-3 is written, inside the phase that began at 2
+            raise KeyboardInterrupt
+        observe(self, step, result, micro_batches)
+
+    loss_share.LossShareMixer.observe = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        main(_train(synth_corpus, tiny_spec, resumed))
+    loss_share.LossShareMixer.observe = observe
     main([*_train(synth_corpus, tiny_spec, resumed), "--resume"])
     assert (resumed / "domain_weights.json").read_text() == (straight / "domain_weights.json").read_text()
 
     edited = tmp_path / "edited.json"
     artifact["trajectory"][2]["weights"] = artifact["trajectory"][1]["weights"]
     edited.write_text(json.dumps(artifact))
-    with pytest.raises(MixweightError, match="trajectory"):
+    with pytest.raises(
+        MixweightError, match="does not replay: first deviation above the tolerance 1e-06 at phase at step 4"
+    ):
         verify_file(edited)
 
 

@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file
 from test_train_weighting import EXACT_ATOL
 
-from mixweight.domain.doremi import DoReMiReduction
+from mixweight.domain.doremi import DoReMiWeighting
 from mixweight.domain.methods import verify_file
 from mixweight.errors import MixweightError
 from mixweight.train.mixers import phase_average
@@ -36,7 +36,7 @@ def _result(losses: list[float], domains: list[int]) -> StepResult:
 
 # --- the update rules ---------------------------------------------------------------------------------
 def test_online_doremi_applies_the_offline_proxy_update_to_the_same_signals():
-    offline = DoReMiReduction(None, DOMAINS, eta=0.7, smoothing=0.01)
+    offline = DoReMiWeighting(None, DOMAINS, eta=0.7, smoothing=0.01)
     online = DoReMiMixer(DOMAINS, [1 / 3] * 3, every=3, eta=0.7, smoothing=0.01)
     generator = torch.Generator().manual_seed(0)
     for step in range(6):

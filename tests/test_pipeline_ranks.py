@@ -53,8 +53,9 @@ def test_a_busy_out_refuses_every_torchrun_rank_with_the_same_error(tmp_path, ti
             text=True,
             env={**os.environ, "OMP_NUM_THREADS": "1"},
         )
+        assert sorted(p.name for p in out.iterdir()) == [".pipeline.lock"]  # no rank went on to a stage
+    assert not out.exists()  # the holder never wrote: its release leaves nothing either
     # Two processes share stderr, so their lines may run together: split on the prefix, not on newlines.
     errors = [e.splitlines()[0] for e in result.stderr.split("mixweight: error: ")[1:]]
     assert result.returncode != 0
     assert len(errors) == 2 and "another pipeline is running" in errors[0] and errors[0] == errors[1], result.stderr
-    assert sorted(p.name for p in out.iterdir()) == [".pipeline.lock"]  # no rank went on to a stage

@@ -157,7 +157,7 @@ def test_a_directory_the_pipeline_did_not_make_is_never_reused_or_deleted(tmp_pa
     foreign = out / "runs" / "uniform-seed0"
     foreign.mkdir(parents=True)
     (foreign / "notes.txt").write_text("mine")
-    with pytest.raises(MixweightError, match=r"holds files but no readable \.stage\.json"):
+    with pytest.raises(MixweightError, match=r"exists and was not written by this command \(it holds runs\)"):
         _run(tmp_path, _config(tiny_spec), out)
     assert (foreign / "notes.txt").read_text() == "mine"
 
@@ -350,8 +350,12 @@ def test_a_second_pipeline_on_the_same_out_is_refused_naming_the_holder(tmp_path
         ):
             _run(tmp_path, _config(tiny_spec), out)
         assert not (out / "corpus").exists()
-    with (out / LOCK_FILE).open("a") as handle:  # released when the holder ends: lockable again
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with (out / LOCK_FILE).open("a") as handle:  # held: not lockable
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    assert not out.exists()  # released, and the holder never wrote: nothing left
+    with pipeline_lock(out):  # lockable again
+        pass
 
 
 def test_duplicate_yaml_keys_are_refused_with_file_line_and_key(tmp_path, synth_corpus):

@@ -512,7 +512,8 @@ def test_the_main_process_shows_whole_swarm_progress_while_its_own_child_trains(
 def test_the_fit_options_reuse_the_swarm_and_a_capped_artifact_verifies_and_exports(
     swarm, synth_corpus, tmp_path, capsys
 ):
-    """--kl-reg, --token-budget and --max-epochs change only the fit: the finished runs are reused, the
+    """--kl-reg, --token-budget and --max-epochs change only the fit (with --no-match-repetition: by default a
+    token budget also trains the swarm at its repetition, another swarm): the finished runs are reused, the
     artifact records the caps (its repetition block), verify refits within them, export --data re-caps."""
     from mixweight.cli import main
     from mixweight.data.manifest import load_manifest
@@ -523,7 +524,7 @@ def test_the_fit_options_reuse_the_swarm_and_a_capped_artifact_verifies_and_expo
     budget = sum(tokens[d] for d in TRAINED)  # caps 1.2 x the training domains' natural proportions
     capped = tmp_path / "capped.json"
     extra = ["--work-dir", str(work), "--kl-reg", "0.5", "--token-budget", str(budget), "--max-epochs", "1.2"]
-    stdout = run_cli(regmix_argv(synth_corpus, capped, *extra))
+    stdout = run_cli(regmix_argv(synth_corpus, capped, *extra, "--no-match-repetition"))
     assert "(5 finished, 0 to train)" in stdout
     raw = json.loads(capped.read_text())
     method = raw["method"]

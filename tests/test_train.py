@@ -186,13 +186,13 @@ class _DivergedObjective(WeightedLoss):
 
 
 def test_non_finite_steps_are_skipped_then_stop_the_run(synth_corpus, tiny_spec, tmp_path, make_config):
-    from mixweight.train.step import MeanReduction
+    from mixweight.train.step import MeanWeighting
 
     config = make_config(synth_corpus, tiny_spec, tmp_path / "run", steps=20, checkpoint_every=2, max_nonfinite_steps=3)
     with pytest.raises(
         MixweightError, match=r"steps 3-5: 3 consecutive steps .* domains with non-finite losses: \[.*'noise'"
     ):
-        loop.train(config, objective=_DivergedObjective(MeanReduction()))
+        loop.train(config, objective=_DivergedObjective(MeanWeighting()))
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["skipped_steps"] for r in records if "skipped_steps" in r][:5] == [0, 0, 1, 2]
     # skipped steps changed nothing: the checkpoint after step 4 equals the one after step 2

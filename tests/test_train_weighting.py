@@ -21,8 +21,8 @@ from mixweight.data.streams import read_stream
 from mixweight.errors import MixweightError
 from mixweight.train.config import TrainConfig
 from mixweight.train.objective import WeightedLoss
-from mixweight.train.reductions import SampleWeightingReduction, reduction_from_config
-from mixweight.train.step import MeanReduction, StepReduction, accumulate_gradients
+from mixweight.train.step import MeanWeighting, StepWeighting, accumulate_gradients
+from mixweight.train.step_weighting import SampleWeightingStep, step_weighting_from_config
 from mixweight.weighting import SAMPLE_WEIGHTINGS, STRATEGIES, SampleWeighting, sample_weights
 
 
@@ -91,7 +91,7 @@ def _grads(model):
 
 def test_two_accumulated_micro_batches_equal_one_batch(synth_corpus, tiny_spec):
     manifest, batch = _batch(synth_corpus)
-    reduction = SampleWeightingReduction(SampleWeighting("linupper", 0.4))
+    reduction = SampleWeightingStep(SampleWeighting("linupper", 0.4))
     results, grads = [], []
     for split in ([batch], [{k: v[:4] for k, v in batch.items()}, {k: v[4:] for k, v in batch.items()}]):
         model = build_model(tiny_spec, manifest, seed=0)
@@ -110,7 +110,7 @@ def test_weights_are_the_library_function_of_the_step_losses(synth_corpus, tiny_
     model = build_model(tiny_spec, manifest, seed=0)
     with torch.no_grad():
         losses = per_sample_loss(model(input_ids=batch["input_ids"]).logits, batch["input_ids"])
-    reduction = SampleWeightingReduction(SampleWeighting("quadratic", 0.7))
+    reduction = SampleWeightingStep(SampleWeighting("quadratic", 0.7))
     result = accumulate_gradients(model, [batch], reduction, step=0, world=World())
     torch.testing.assert_close(result.weights, sample_weights(losses, "quadratic", r=0.7).float())
     assert result.weighted_loss == pytest.approx((result.weights * losses).sum().item(), rel=1e-5)
@@ -129,7 +129,7 @@ class _InfLossModel(torch.nn.Module):
         return SimpleNamespace(logits=logits)
 
 
-@pytest.mark.parametrize("reduction", [MeanReduction(), SampleWeightingReduction(SampleWeighting("linupper", 0.4))])
+@pytest.mark.parametrize("reduction", [MeanWeighting(), SampleWeightingStep(SampleWeighting("linupper", 0.4))])
 def test_a_non_finite_sample_gets_zero_weight_and_poisons_nothing(reduction):
     model = _InfLossModel()
     batch = {"input_ids": torch.zeros(4, 5, dtype=torch.long), "domain": torch.zeros(4, dtype=torch.long)}
@@ -162,9 +162,9 @@ def _reference_step(model, micro_batches, weigh, scope="step"):
 @pytest.mark.parametrize(
     "reduction, scope",
     [
-        (MeanReduction(), "step"),  # needs_whole_step False: 1/N as it goes
-        (SampleWeightingReduction(SampleWeighting("linupper", 0.4)), "step"),  # whole step
-        (SampleWeightingReduction(SampleWeighting("linupper", 0.4)), "micro_batch"),  # each micro-batch a group
+        (MeanWeighting(), "step"),  # needs_whole_step False: 1/N as it goes
+        (SampleWeightingStep(SampleWeighting("linupper", 0.4)), "step"),  # whole step
+        (SampleWeightingStep(SampleWeighting("linupper", 0.4)), "micro_batch"),  # each micro-batch a group
     ],
     ids=["mean", "whole-step", "micro-batch-scope"],
 )
@@ -188,7 +188,7 @@ def test_each_accumulation_branch_gives_the_plain_reference_gradients_bit_for_bi
     assert result.weights.sum().item() == pytest.approx(1.0, abs=1e-6) and len(result.losses) == 12
 
 
-class _ByDomain(StepReduction):
+class _ByDomain(StepWeighting):
     """Overrides nothing but `weights`: weight proportional to domain id + 1 (the base class does the rest)."""
 
     def weights(self, losses, domains, step, signal=None):
@@ -196,7 +196,7 @@ class _ByDomain(StepReduction):
         return scores / scores.sum()
 
 
-def test_a_reduction_that_only_defines_weights_works_in_a_step_and_a_run(
+def test_a_weighting_that_only_defines_weights_works_in_a_step_and_a_run(
     synth_corpus, tiny_spec, tmp_path, make_config
 ):
     manifest, batch = _batch(synth_corpus)
@@ -238,7 +238,7 @@ def test_sample_weighting_names_are_case_insensitive_and_lower_cased_where_they_
     config = TrainConfig(data=".", out=".", sample_weighting="LinUpper")  # get_strategy's rule: any case
     config.validate()
     assert config.sample_weighting == "linupper"  # what config.yaml, the reduction and the report see
-    assert isinstance(reduction_from_config(config), SampleWeightingReduction)
+    assert isinstance(step_weighting_from_config(config), SampleWeightingStep)
     with pytest.raises(MixweightError, match="did you mean 'linupper'"):
         TrainConfig(data=".", out=".", sample_weighting="LinUper").validate()
 
@@ -248,8 +248,8 @@ def test_sample_weighting_names_come_from_the_strategy_registry():
     for name in SAMPLE_WEIGHTINGS:
         config = TrainConfig(data=".", out=".", sample_weighting=name)
         config.validate()
-        reduction = reduction_from_config(config)
-        assert isinstance(reduction, MeanReduction) == (name == "none")  # "none": the plain mean, nothing else
+        reduction = step_weighting_from_config(config)
+        assert isinstance(reduction, MeanWeighting) == (name == "none")  # "none": the plain mean, nothing else
 
 
 def test_trainer_accumulation_equals_one_big_batch(synth_corpus, tiny_spec, tmp_path, make_config):

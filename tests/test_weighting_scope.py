@@ -13,11 +13,11 @@ from mixweight.core.loss import per_sample_loss
 from mixweight.core.model import build_model
 from mixweight.data.manifest import load_manifest
 from mixweight.data.streams import read_stream
-from mixweight.domain.doremi import DoReMiReduction
+from mixweight.domain.doremi import DoReMiWeighting
 from mixweight.errors import MixweightError
 from mixweight.train.config import TrainConfig
-from mixweight.train.reductions import SampleWeightingReduction
 from mixweight.train.step import accumulate_gradients
+from mixweight.train.step_weighting import SampleWeightingStep
 from mixweight.weighting import SampleWeighting, sample_weights
 
 
@@ -44,7 +44,7 @@ def _split(batch, size):
     return [{k: v[i : i + size] for k, v in batch.items()} for i in range(0, n, size)]
 
 
-REDUCTION = SampleWeightingReduction(SampleWeighting("linupper", 0.3))
+REDUCTION = SampleWeightingStep(SampleWeighting("linupper", 0.3))
 
 
 def test_micro_batch_scope_with_one_micro_batch_is_the_step_scope(synth_corpus, tiny_spec):
@@ -88,10 +88,10 @@ def test_micro_batch_scope_weights_each_micro_batch_separately(synth_corpus, tin
     assert (exact.weights - result.weights).abs().max() > 1e-3  # the two scopes really differ here
 
 
-def test_micro_batch_scope_is_refused_for_a_reduction_with_a_step_state(synth_corpus, tiny_spec):
+def test_micro_batch_scope_is_refused_for_a_weighting_with_a_step_state(synth_corpus, tiny_spec):
     manifest, batch = _batch(synth_corpus, n=4)
     model = build_model(tiny_spec, manifest, seed=0)
-    doremi = DoReMiReduction(build_model(tiny_spec, manifest, seed=1), manifest.domains)
+    doremi = DoReMiWeighting(build_model(tiny_spec, manifest, seed=1), manifest.domains)
     with pytest.raises(MixweightError, match="weighting_scope micro_batch is for loss-based sample weights"):
         accumulate_gradients(model, _split(batch, 2), doremi, 0, World(), scope="micro_batch")
     assert doremi.updates == 0 and all(p.grad is None for p in model.parameters())  # nothing happened

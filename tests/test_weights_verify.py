@@ -11,7 +11,7 @@ import torch
 
 from mixweight.cli import main
 from mixweight.core.artifact import check_output_file
-from mixweight.domain.doremi import INITIAL_EXCESS, DoReMiReduction, doremi_update, replay
+from mixweight.domain.doremi import INITIAL_EXCESS, DoReMiWeighting, doremi_update, replay
 from mixweight.domain.doremi_run import DoReMiConfig, run_doremi
 from mixweight.domain.methods import verify_file
 from mixweight.errors import MixweightError
@@ -25,8 +25,8 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def _reduction(**kw) -> DoReMiReduction:
-    return DoReMiReduction(None, ["a", "b", "c"], eta=1.0, smoothing=1e-3, **kw)
+def _reduction(**kw) -> DoReMiWeighting:
+    return DoReMiWeighting(None, ["a", "b", "c"], eta=1.0, smoothing=1e-3, **kw)
 
 
 # --- the initial excess of a domain absent from the first steps ---------------------------------

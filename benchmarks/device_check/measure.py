@@ -183,12 +183,12 @@ def worker_proxy_steps(spec: dict) -> dict:
     from mixweight.data.manifest import load_manifest
     from mixweight.data.streams import read_stream
     from mixweight.domain.doge import DoGEObjective, published_defaults
-    from mixweight.domain.doremi import DoReMiReduction
+    from mixweight.domain.doremi import DoReMiWeighting
     from mixweight.train.config import TrainConfig
     from mixweight.train.loop import autocast_context
     from mixweight.train.objective import WeightedLoss
     from mixweight.train.optim import build_optimizer
-    from mixweight.train.step import MeanReduction
+    from mixweight.train.step import MeanWeighting
 
     device = _device()
     corpus = spec["corpus"]
@@ -204,12 +204,12 @@ def worker_proxy_steps(spec: dict) -> dict:
 
     autocast = autocast_context(spec["precision"], device)
     config = TrainConfig(data=".", out=".")
-    # On the CPU until the DoReMi arm's first step moves it (DoReMiReduction does); back after that arm, so
+    # On the CPU until the DoReMi arm's first step moves it (DoReMiWeighting does); back after that arm, so
     # the other arms' peak memory does not hold it.
     reference = build_model(spec["model"], manifest, seed=1)
     arms = {  # the arms of proxy_cost.py
-        "plain": lambda: WeightedLoss(MeanReduction()),
-        "doremi": lambda: WeightedLoss(DoReMiReduction(reference, manifest.domains)),
+        "plain": lambda: WeightedLoss(MeanWeighting()),
+        "doremi": lambda: WeightedLoss(DoReMiWeighting(reference, manifest.domains)),
         "doge": lambda: DoGEObjective(manifest.domains, "mix", score="reference", **published_defaults("mix")),
     }
     seconds = {name: [] for name in arms}

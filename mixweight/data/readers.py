@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Iterator
 
 from mixweight.data.names import NAME_RULE, name_problem
-from mixweight.errors import MixweightError
+from mixweight.errors import MixweightError, brief
 
 SUPPORTED = (
     ".jsonl / .json (one JSON object per line), .jsonl.gz / .json.gz (the same, gzip-compressed), "
@@ -62,7 +62,11 @@ def scan_sources(input_path: str | Path) -> tuple[list[Path], list[str]]:
     entries (editor droppings, version-control directories), which are not walked into.
     """
     path = Path(input_path)
-    if not path.exists():
+    try:
+        exists = path.exists()
+    except OSError as exc:  # a name the OS refuses (too long, a component too long)
+        raise MixweightError(f"--input {brief(str(path))}: cannot be read ({exc.strerror})") from None
+    if not exists:
         raise MixweightError(f"--input {path}: no such file or directory; expected {SUPPORTED}")
     if not path.is_file() and not path.is_dir():  # a FIFO, a device (/dev/zero): endless, or no records at all
         raise MixweightError(

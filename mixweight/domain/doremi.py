@@ -1,4 +1,4 @@
-"""DoReMi (Xie et al., 2023): the Group DRO domain-weight update and the proxy's step reduction.
+"""DoReMi (Xie et al., 2023): the Group DRO domain-weight update and the proxy's step weighting.
 
 docs/algorithms.md section 2. Per optimizer step t of the proxy:
 
@@ -45,7 +45,7 @@ from mixweight.core.loss import per_token_losses  # noqa: F401 - the per-token l
 from mixweight.core.tracker_names import register_record_names
 from mixweight.errors import MixweightError
 from mixweight.train.compute import reference_forward
-from mixweight.train.step import StepReduction
+from mixweight.train.step import StepWeighting
 from mixweight.weighting.domain_update import doremi_update  # the update rule, shared with online mixing
 
 PROXY_LOSSES = ("paper", "token")  # the loss the proxy minimises (docs/algorithms.md section 2.4)
@@ -79,7 +79,7 @@ def proxy_loss_weights(
         renormalized = torch.where(present, alpha, torch.zeros_like(alpha))
         renormalized = renormalized / renormalized.sum()
         weights = renormalized[domains] * counts / per_domain[domains].clamp(min=1e-300)
-    else:  # "token" (checked where it enters: DoReMiReduction, the runner's config)
+    else:  # "token" (checked where it enters: DoReMiWeighting, the runner's config)
         scale = alpha if sampling_weights is None else alpha / sampling_weights
         per_sample = scale[domains] * counts
         weights = per_sample / per_sample.sum().clamp(min=1e-300)
@@ -91,10 +91,10 @@ register_record_names("domain_weights", lambda alpha: {f"domain_weights/{d}": w 
 register_record_names("excess_loss", lambda excess: {f"doremi/{d}/excess_loss": x for d, x in excess.items()})
 
 
-class DoReMiReduction(StepReduction):
-    """The DoReMi proxy's StepReduction: excess-loss signal, alpha update, domain-weighted loss.
+class DoReMiWeighting(StepWeighting):
+    """The DoReMi proxy's StepWeighting: excess-loss signal, alpha update, domain-weighted loss.
 
-    Implements every hook of `mixweight.train.step.StepReduction`: `sample_signal` (the excess
+    Implements every hook of `mixweight.train.step.StepWeighting`: `sample_signal` (the excess
     loss, docs/algorithms.md section 2.2), `weights` (the update, section 2.3, and the proxy's
     loss, section 2.4), `state_dict`/`load_state_dict` and `step_metrics`.
     """
@@ -140,7 +140,7 @@ class DoReMiReduction(StepReduction):
         come from the same function, under the step's autocast context (the step calls this inside it).
         """
         if self.reference is None:
-            raise MixweightError("doremi: this reduction has no reference model (it was built for state only)")
+            raise MixweightError("doremi: this weighting has no reference model (it was built for state only)")
         if next(self.reference.parameters()).device != input_ids.device:
             self.reference.to(input_ids.device)
         ref_loss, _ = lm_token_losses(self.reference, input_ids, self.loss_impl)
@@ -151,7 +151,7 @@ class DoReMiReduction(StepReduction):
         self, losses: torch.Tensor, domains: torch.Tensor, step: int, signal: torch.Tensor | None = None
     ) -> torch.Tensor:
         if signal is None:
-            raise MixweightError("doremi: the step passed no sample signal; DoReMiReduction needs sample_signal")
+            raise MixweightError("doremi: the step passed no sample signal; DoReMiWeighting needs sample_signal")
         signal = signal.detach().to("cpu", torch.float64)
         domains = domains.detach().cpu().long()
         excess_sum, counts = signal[:, 0], signal[:, 1]

@@ -9,7 +9,7 @@
 Every run lives in `work_dir` (default `<out stem>.work/` next to `out`) and goes through the
 proxy runner (`mixweight.domain.proxy`): a finished run is reused, an interrupted one is resumed
 from its newest checkpoint, so re-running the same command continues where it stopped. What is
-DoReMi's own: the reference runs and the rounds, the `DoReMiReduction` objective, and the final
+DoReMi's own: the reference runs and the rounds, the `DoReMiWeighting` objective, and the final
 weights rule (the average of alpha over the last proxy's steps). The weights file holds no
 timestamps and no paths of the run directories: the same seed and config give the same bytes.
 """
@@ -26,7 +26,7 @@ from mixweight.core.config import option as _f
 from mixweight.core.config import require
 from mixweight.core.distributed import is_main_process
 from mixweight.core.model import load_model
-from mixweight.domain.doremi import PROXY_LOSSES, DoReMiReduction, replay
+from mixweight.domain.doremi import PROXY_LOSSES, DoReMiWeighting, replay
 from mixweight.domain.health import weight_warnings
 from mixweight.domain.proxy import (
     ProxyMethodConfig,
@@ -121,13 +121,13 @@ def _l1(a: list[float], b: list[float]) -> float:
     return sum(abs(x - y) for x, y in zip(a, b))
 
 
-def _add_replay_and_warnings(result: DomainWeights, reduction: DoReMiReduction, floor: float) -> None:
+def _add_replay_and_warnings(result: DomainWeights, weighting: DoReMiWeighting, floor: float) -> None:
     """The last proxy's replay block, and the health warnings of its per-step trajectory."""
     try:
-        result.replay = reduction.replay_block()
+        result.replay = weighting.replay_block()
     except MixweightError as exc:  # a proxy resumed from an older checkpoint: weights stand, no replay
         warnings.warn(f"{exc}; the artifact is written without 'replay'", stacklevel=2)
-        rows = [reduction.initial_weights] + [e["weights"] for e in reduction.trajectory]
+        rows = [weighting.initial_weights] + [e["weights"] for e in weighting.trajectory]
     else:
         rows = replay(result)
     result.warnings = weight_warnings(rows, result.domains, floor)
@@ -147,7 +147,7 @@ def run_doremi(config: DoReMiConfig) -> DomainWeights:
 
     history: list[dict] = []
     weights_spec = config.reference_weights
-    reduction = None
+    weighting = None
     runs = {}  # every run that made the weights, for the artifact's compute
     for r in range(config.rounds):
         round_dir = work / f"round-{r}"
@@ -160,7 +160,7 @@ def run_doremi(config: DoReMiConfig) -> DomainWeights:
             )
             reference_model = _load_reference(reference_run)
             runs[f"round-{r}/reference"] = reference_run
-        reduction = DoReMiReduction(
+        weighting = DoReMiWeighting(
             reference_model,
             manifest.domains,
             config.eta,
@@ -170,10 +170,10 @@ def run_doremi(config: DoReMiConfig) -> DomainWeights:
             total_steps=config.steps,
         )
         proxy = _train_config(config, corpus, round_dir / "proxy", config.steps, "uniform")
-        # the reduction ends with the finished run's saved state: the same whether trained now, resumed or reused
-        objective = WeightedLoss(reduction, proxy.loss_impl, proxy.weighting_scope)
+        # the weighting ends with the finished run's saved state: the same whether trained now, resumed or reused
+        objective = WeightedLoss(weighting, proxy.loss_impl, proxy.weighting_scope)
         runs[f"round-{r}/proxy"] = train_or_reuse(proxy, objective)
-        weights = reduction.average_weights()
+        weights = weighting.average_weights()
         l1 = _l1(weights, history[-1]["weights"]) if history else None
         history.append({"round": r + 1, "weights": weights, "l1_to_previous": l1})
         if is_main_process():
@@ -189,7 +189,7 @@ def run_doremi(config: DoReMiConfig) -> DomainWeights:
     result = DomainWeights(
         domains=list(manifest.domains),
         weights=history[-1]["weights"],
-        last_weights=reduction.alpha.tolist(),
+        last_weights=weighting.alpha.tolist(),
         method={
             "name": "doremi",
             "eta": config.eta,
@@ -209,10 +209,10 @@ def run_doremi(config: DoReMiConfig) -> DomainWeights:
                 for h in history
             ],
         },
-        trajectory=[{"step": e["step"], "weights": e["weights"], "signal": e["signal"]} for e in reduction.trajectory],
+        trajectory=[{"step": e["step"], "weights": e["weights"], "signal": e["signal"]} for e in weighting.trajectory],
         provenance=provenance(config, manifest, corpus),
         compute=runs_compute(runs),
     )
-    _add_replay_and_warnings(result, reduction, config.smoothing / len(manifest.domains))
+    _add_replay_and_warnings(result, weighting, config.smoothing / len(manifest.domains))
     write_artifact(result, config.out, manifest)
     return result

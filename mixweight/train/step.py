@@ -1,6 +1,6 @@
 """One optimizer step, top to bottom: micro-batches -> per-sample losses -> weights -> gradients.
 
-The loop hands `accumulate_gradients` the step's micro-batches and a `StepReduction`, the small
+The loop hands `accumulate_gradients` the step's micro-batches and a `StepWeighting`, the small
 interface a method implements (below); this module does the rest, and is the one place where a
 step's losses, weights and gradients are made (DoGE's step reuses its parts).
 
@@ -14,7 +14,7 @@ How accumulation stays exact:
 - The plain mean (`needs_whole_step` False) backpropagates micro-batch by micro-batch with
   weight 1/N; samples with a non-finite loss get weight 0 and, by linearity of gradients, the
   accumulated gradient is rescaled by N / N_finite at the end. No extra work.
-- A reduction whose weights need the whole group's losses (min/max/softmax over the step),
+- A weighting whose weights need the whole group's losses (min/max/softmax over the step),
   with one micro-batch: forward, all-gather the N detached losses (N floats), weight,
   backward. No extra work beyond the gather.
 - The same with several micro-batches: a no-grad forward over all micro-batches first
@@ -53,14 +53,14 @@ from mixweight.train.parallel import grad_sync
 from mixweight.weighting import uniform_weights
 
 
-class StepReduction:
-    """How a step's per-sample losses become weights: the interface a new reduction implements.
+class StepWeighting:
+    """How a step's per-sample losses become weights: the interface a new weighting implements.
 
     Override `weights`; every other member has a default that does nothing:
 
     - `needs_whole_step` (default True): a sample's weight depends on the other samples' losses,
       so the step weighs the whole group before any backward (see the module docstring). Only the
-      plain mean (`MeanReduction`) sets False: the step then backpropagates each micro-batch at
+      plain mean (`MeanWeighting`) sets False: the step then backpropagates each micro-batch at
       weight 1/N as it goes and uses `weights` for the record alone.
     - `sample_signal(input_ids, token_losses, mask)`: a per-sample statistic [B, ...] computed
       without gradient from each micro-batch's detached per-token losses [B, L-1] (fp32, 0 where
@@ -88,7 +88,7 @@ class StepReduction:
         """Weights [N] summing to 1 over the finite ones of the step's `losses` [N] (global order, detached).
 
         `domains` [N]: each sample's domain id; `step`: the optimizer step (0-based); `signal`:
-        the gathered `sample_signal` (None when the reduction has none).
+        the gathered `sample_signal` (None when the weighting has none).
         """
         raise NotImplementedError(f"{type(self).__name__} must define weights()")
 
@@ -106,8 +106,8 @@ class StepReduction:
 
 
 class SignalProbe(Protocol):
-    """A per-sample statistic the step measures for someone other than the reduction (an online mixer: online
-    DoReMi's excess loss over a reference model). Called like a reduction's `sample_signal`, on every micro-batch
+    """A per-sample statistic the step measures for someone other than the weighting (an online mixer: online
+    DoReMi's excess loss over a reference model). Called like a weighting's `sample_signal`, on every micro-batch
     that is forwarded with its losses recorded; the step gathers it across processes into `StepResult.signal`."""
 
     def sample_signal(self, input_ids: torch.Tensor, token_losses: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -117,7 +117,7 @@ class SignalProbe(Protocol):
         """The FLOPs of its work per step of `tokens` tokens, by name (mixweight/train/compute.py)."""
 
 
-class MeanReduction(StepReduction):
+class MeanWeighting(StepWeighting):
     """The plain mean loss over the samples whose loss is finite."""
 
     needs_whole_step = False
@@ -182,9 +182,9 @@ def _forward_losses(model, batch: dict, autocast, signals: "list[_SignalCollecto
 
 
 class _SignalCollector:
-    """One source's sample signals (the reduction's, or a probe's) of a step's micro-batches, in order."""
+    """One source's sample signals (the weighting's, or a probe's) of a step's micro-batches, in order."""
 
-    def __init__(self, source: "StepReduction | SignalProbe | None"):
+    def __init__(self, source: "StepWeighting | SignalProbe | None"):
         self.source = source
         self.parts: list[torch.Tensor] = []
 
@@ -214,7 +214,7 @@ def _to_step_order(group_tensors: list[torch.Tensor], world: World) -> torch.Ten
 def accumulate_gradients(
     model,
     micro_batches: list[dict],
-    reduction: StepReduction,
+    weighting: StepWeighting,
     step: int,
     world: World,
     autocast=None,
@@ -230,18 +230,18 @@ def accumulate_gradients(
     micro_batches = to_device(micro_batches, next(model.parameters()).device)
     domains = all_gather_cat(torch.cat([mb["domain"] for mb in micro_batches]), world)
     last = len(micro_batches) - 1
-    signals, probed = _SignalCollector(reduction), _SignalCollector(probe)
+    signals, probed = _SignalCollector(weighting), _SignalCollector(probe)
 
     def forward(mb: dict, record: bool = True) -> torch.Tensor:
         losses = _forward_losses(model, mb, autocast, (signals, probed) if record else (), loss_impl)
         if scope == "micro_batch" and signals.parts:  # its state (DoReMi's alpha) would update M times a step
             raise MixweightError(
-                "train: weighting_scope micro_batch is for loss-based sample weights; a reduction "
+                "train: weighting_scope micro_batch is for loss-based sample weights; a step weighting "
                 "with a sample signal (DoReMi) weights the whole step: use weighting_scope step"
             )
         return losses
 
-    if not reduction.needs_whole_step:  # the plain mean: 1/N per sample as we go, rescaled at the end
+    if not weighting.needs_whole_step:  # the plain mean: 1/N per sample as we go, rescaled at the end
         n_global = len(domains)
         local = []
         for i, mb in enumerate(micro_batches):
@@ -250,7 +250,7 @@ def accumulate_gradients(
                 _weighted_backward(mb_losses, torch.full_like(mb_losses, 1.0 / n_global), world)
             local.append(mb_losses.detach().float())
         losses = all_gather_cat(torch.cat(local), world)
-        weights = reduction.weights(losses, domains, step, signal=signals.gathered(world))
+        weights = weighting.weights(losses, domains, step, signal=signals.gathered(world))
         n_finite = int(torch.isfinite(losses).sum())
         if 0 < n_finite < n_global:  # linearity: rescale the 1/N gradient to 1/N_finite
             for param in model.parameters():
@@ -269,7 +269,7 @@ def accumulate_gradients(
             measured = [forward(micro_batches[i]) for i in group]
             losses = all_gather_cat(torch.cat(measured).detach().float(), world)
             group_domains = domains if len(groups) == 1 else all_gather_cat(micro_batches[group[0]]["domain"], world)
-            weights = reduction.weights(losses, group_domains, step, signal=signals.gathered(world))
+            weights = weighting.weights(losses, group_domains, step, signal=signals.gathered(world))
             weights = weights / len(groups)  # micro_batch scope: the mean of the M groups' weighted losses
             mine = micro_batch_slices([micro_batches[i] for i in group], world)
             if keep_graph:
@@ -282,3 +282,7 @@ def accumulate_gradients(
         group_weights.append(weights.detach())
     losses, weights = _to_step_order(group_losses, world), _to_step_order(group_weights, world)
     return StepResult.of(losses, domains, weights, probed.gathered(world))
+
+
+# The names before 0.2 called a weighting rule a "reduction": kept for one release for code that subclasses them.
+StepReduction, MeanReduction = StepWeighting, MeanWeighting

@@ -1,15 +1,15 @@
-"""The per-step reductions the trainer can use: the plain mean, or loss-based sample weights."""
+"""The per-step weightings the trainer can use: the plain mean, or loss-based sample weights."""
 
 from __future__ import annotations
 
 import torch
 
 from mixweight.train.config import TrainConfig
-from mixweight.train.step import MeanReduction, StepReduction
+from mixweight.train.step import MeanWeighting, StepWeighting
 from mixweight.weighting import RSchedule, SampleWeighting, default_warmup_steps
 
 
-class SampleWeightingReduction(StepReduction):
+class SampleWeightingStep(StepWeighting):
     """LinUpper / Quadratic / Extremes over the whole step's losses (all ranks, all micro-batches)."""
 
     def __init__(self, weighting: SampleWeighting):
@@ -21,9 +21,9 @@ class SampleWeightingReduction(StepReduction):
         return self.weighting.weights(losses, step).to(torch.float32)
 
 
-def reduction_from_config(config: TrainConfig) -> StepReduction:
+def step_weighting_from_config(config: TrainConfig) -> StepWeighting:
     """The config's sample weighting (validated by TrainConfig.validate); "none" is the plain mean."""
     warmup = config.r_warmup_steps if config.r_warmup_steps is not None else default_warmup_steps(config.steps)
     schedule = RSchedule(kind=config.r_schedule, r=config.r, r_start=config.r_start, warmup_steps=warmup)
     weighting = SampleWeighting(config.sample_weighting, schedule, cap=config.weight_cap)
-    return MeanReduction() if weighting.is_uniform else SampleWeightingReduction(weighting)
+    return MeanWeighting() if weighting.is_uniform else SampleWeightingStep(weighting)

@@ -444,7 +444,7 @@ CASES = {
     ),
     "11 data prepare --num-proc 10^6": (
         lambda ctx: _prepare(ctx["tmp"], "web", "--num-proc", str(10**6)),
-        r"'num_proc': 1000000 is above the limit \d+ \(this machine's CPUs",
+        r"'num_proc': 1000000 is above the limit \d+ \(the CPUs this process may use",
     ),
     "11 train --batch-size 2^30": (
         lambda ctx: _train(ctx, "--batch-size", str(2**30)),

@@ -42,6 +42,8 @@ class Limits:
     allow_inf: bool = False  # floats: inf (and -inf) accepted; NaN never is
 
 
+# The CPUs this process may run on (a container's share, not the host's count).
+USABLE_CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 MAX_INT = 10**12  # any integer option: 10^12 steps, blocks or runs would run for ages or exhaust memory at once
 # Fields whose names say what their numbers are, wherever they appear (every command's seed, the pipeline's
 # seeds, every batch size): narrower limits than MAX_INT, each with its reason.
@@ -51,7 +53,7 @@ LIMITS_BY_NAME = {
     "batch_size": Limits(None, 2**20, "a batch of more than 2^20 sequences exhausts memory at once"),
     "eval_batch_size": Limits(None, 2**20, "a batch of more than 2^20 sequences exhausts memory at once"),
     "seq_len": Limits(None, 2**20, "blocks of more than 2^20 tokens exhaust memory at once"),
-    "num_proc": Limits(None, os.cpu_count() or 1, "this machine's CPUs: more worker processes only cost memory"),
+    "num_proc": Limits(None, USABLE_CPUS, "the CPUs this process may use: more worker processes only cost memory"),
     "token_budget": Limits(None, 10**16, "10^16 tokens is a thousand times a frontier model's run"),
     "tokens_per_domain": Limits(None, 10**9, "the synthetic corpus is made in memory"),
     "val_blocks": Limits(None, 10**7, "the synthetic corpus is made in memory"),

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-NAMED = ("natural", "uniform")
+from mixweight.sampling.schedule import NAMED
+
 ONLINE_PREFIX = "online:"
 KINDS = ("named", "online", "method", "file")
 

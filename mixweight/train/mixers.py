@@ -25,9 +25,10 @@ from mixweight.core.artifact import DomainWeights
 from mixweight.core.plugins import load_plugins
 from mixweight.errors import MixweightError, did_you_mean
 from mixweight.sampling.schedule import Phase
+from mixweight.sampling.spec import ONLINE_PREFIX
 from mixweight.train.step import StepResult
 
-PREFIX = "online:"
+PREFIX = ONLINE_PREFIX  # `online:NAME` (the mixture spec's rule, sampling/spec.py)
 PLUGIN_GROUP = "mixweight.mixers"  # an installed package's entry points in this group register their mixers
 BUILTIN = ("mixweight.train.odm", "mixweight.train.online_doremi")  # each registers its mixer when imported
 EARLIER = (

@@ -398,3 +398,71 @@ def test_the_pipeline_refuses_a_bad_clustering_key_when_read(tmp_path):
     (tmp_path / "p.yaml").write_text(yaml.safe_dump({"data": {"prepare": {"input": "x", "domains": "cluster:1"}}}))
     with pytest.raises(MixweightError, match=r"pipeline 'data.prepare': --domains cluster:1: K must be >= 2"):
         load_pipeline_config(tmp_path / "p.yaml")
+
+
+def _damaged(source: Path, tmp_path: Path, record_edit=None, arrays_edit=None) -> Path:
+    """A copy of `source`'s clustering with its record and/or arrays edited (the record's sha256 follows the arrays,
+    so the edit reaches the checks after the hash)."""
+    import hashlib
+
+    from safetensors.numpy import load_file, save_file
+
+    directory = tmp_path / "damaged"
+    shutil.copytree(source / DOMAINS_DIR, directory)
+    record = json.loads((directory / CLUSTERING_FILE).read_text())
+    if arrays_edit is not None:
+        arrays = load_file(str(directory / ARRAYS_FILE))
+        result = arrays_edit(arrays, directory / ARRAYS_FILE)
+        if result is not None:
+            save_file(result, str(directory / ARRAYS_FILE))
+        record["arrays"]["sha256"] = hashlib.sha256((directory / ARRAYS_FILE).read_bytes()).hexdigest()
+    if record_edit is not None:
+        record_edit(record)
+    (directory / CLUSTERING_FILE).write_text(json.dumps(record))
+    return directory
+
+
+def _raw(path: Path, text: bytes) -> None:
+    path.write_bytes(text)
+
+
+DAMAGED_CLUSTERINGS = {
+    "unreadable record": (None, None, r"clustering\.json: not readable JSON"),
+    "another format": (lambda r: r.update(format="other"), None, r"not a mixweight clustering"),
+    "K and clusters disagree": (lambda r: r.update(k=5), None, r"'k' and 'clusters' \(K entries"),
+    "a bad cluster name": (lambda r: r["clusters"][0].update(name="a/b"), None, r"cluster name 'a/b'"),
+    "arrays not safetensors": (None, lambda a, p: _raw(p, b"not safetensors"), r"not a readable safetensors file"),
+    "centroids of another K": (None, lambda a, p: {**a, "centroids": a["centroids"][:3]}, r"'centroids' must be K=4"),
+    "a NaN centroid": (
+        None,
+        lambda a, p: {
+            **a,
+            "centroids": np.where(
+                np.arange(a["centroids"].size).reshape(a["centroids"].shape) == 0, np.nan, a["centroids"]
+            ).astype(a["centroids"].dtype),
+        },
+        r"'centroids' must be K=4 finite rows",
+    ),  # fmt: skip
+    "TF-IDF arrays that do not fit": (
+        None,
+        lambda a, p: {**a, "tfidf.idf": a["tfidf.idf"][:-1]},
+        r"the tfidf arrays do not fit together",
+    ),
+    "a TF-IDF array missing": (
+        None,
+        lambda a, p: {k: v for k, v in a.items() if k != "tfidf.components"},
+        r"array 'tfidf.components' is missing",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DAMAGED_CLUSTERINGS))
+def test_a_damaged_clustering_is_one_line_naming_the_file(mixed, tmp_path, case):
+    record_edit, arrays_edit, message = DAMAGED_CLUSTERINGS[case]
+    _, _, source = mixed
+    directory = _damaged(source, tmp_path, record_edit, arrays_edit)
+    if case == "unreadable record":
+        (directory / CLUSTERING_FILE).write_bytes(b"\xff{ not json")
+    with pytest.raises(MixweightError, match=message) as refused:
+        Clustering.load(directory)
+    assert str(directory) in str(refused.value) and "\n" not in str(refused.value)

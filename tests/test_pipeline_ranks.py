@@ -7,7 +7,8 @@ import sys
 import yaml
 
 from mixweight.pipeline import load_pipeline_config
-from mixweight.pipeline.run import _data_stage, pipeline_lock
+from mixweight.pipeline.build import _data_stage
+from mixweight.pipeline.outdir import pipeline_lock
 from mixweight.pipeline.stages import MARKER, Stage
 
 

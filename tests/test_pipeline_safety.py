@@ -15,7 +15,8 @@ import yaml
 from mixweight.core.config import load_config
 from mixweight.errors import MixweightError
 from mixweight.pipeline import load_pipeline_config, run_pipeline
-from mixweight.pipeline.run import LOCK_FILE, build_stages, pipeline_lock
+from mixweight.pipeline.build import build_stages
+from mixweight.pipeline.outdir import LOCK_FILE, pipeline_lock
 from mixweight.train.config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]

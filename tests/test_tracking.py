@@ -172,8 +172,8 @@ def test_proxies_pass_report_to_to_their_training_runs(synth_corpus, tmp_path):
 
 
 def test_pipeline_report_to_changes_no_stage_key(synth_corpus, tmp_path):
+    from mixweight.pipeline.build import build_stages
     from mixweight.pipeline.config import pipeline_config
-    from mixweight.pipeline.run import build_stages
 
     plain = pipeline_config({"data": {"path": synth_corpus}}, "test")
     tracked = pipeline_config(

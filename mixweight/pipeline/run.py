@@ -15,50 +15,33 @@ reruns it with everything downstream.
 
 OUT/pipeline.yaml records the config that made the directory (an earlier one is kept as
 pipeline.replaced-<time>.yaml), and OUT/.pipeline.lock keeps two pipelines out of one --out.
+
+This module checks and runs: the corpus pre-checks, the refusal or the moves, the run loop with its ETA, the
+report. The stages come from build.py, OUT's lock, record and --out check from outdir.py.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import time
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Optional
 
-import yaml
-
 from mixweight.core.artifact import resolve_proportions
 from mixweight.core.config import option
-from mixweight.core.distributed import barrier, broadcast_object, close_world, init_world, is_main_process
+from mixweight.core.distributed import barrier, broadcast_object, close_world, init_world
 from mixweight.core.locks import DirectoryLock
 from mixweight.core.model import build_config as build_model_config
-from mixweight.core.outputs import check_output_path
-from mixweight.core.yamlio import load_yaml
-from mixweight.data.cluster_options import cluster_options_of
-from mixweight.data.cluster_options import external_inputs as cluster_inputs
 from mixweight.data.corpus import open_corpus
-from mixweight.data.remote import is_url
 from mixweight.domain.methods import get_method
 from mixweight.errors import MixweightError
-from mixweight.pipeline.config import (
-    NOT_IN_STAGE_KEY,
-    PipelineConfig,
-    arm_values,
-    data_form,
-    online_input,
-    section_key,
-    used_methods,
-)
-from mixweight.pipeline.inputs import file_fingerprints, input_fingerprints, manifest_sha256
-from mixweight.pipeline.stages import CHANGED, DONE, EXTEND, Stage, stage_key
+from mixweight.pipeline.build import WEIGHTS_FILE, build_stages
+from mixweight.pipeline.config import PipelineConfig, arm_values, data_form, used_methods
+from mixweight.pipeline.outdir import check_pipeline_out, pipeline_lock, record_config
+from mixweight.pipeline.stages import CHANGED, DONE, EXTEND, Stage
 from mixweight.sampling.spec import MixtureSpec
 from mixweight.train.config import TrainConfig
-from mixweight.train.loop import RESUMABLE_CHANGES, train
-
-WEIGHTS_FILE = "domain_weights.json"
-CONFIG_FILE = "pipeline.yaml"
-LOCK_FILE = ".pipeline.lock"
 
 
 @dataclass
@@ -83,181 +66,6 @@ class PipelineCommand:
         "dir>.replaced-<time>-<keys>; nothing is deleted) and run them again; without it the pipeline stops and "
         "names the changed keys (default: off)",
     )
-
-
-def _data_stage(config: PipelineConfig, out: Path) -> tuple[Stage, str]:
-    """The corpus stage and the corpus directory the other stages read."""
-    kind, form, options = data_form(config.data)  # options: the keys given (one left out: the command's default)
-    corpus = out / "corpus"
-    values = {"kind": kind, **options}
-    if kind == "prepare":
-        try:
-            values["input_files"] = input_fingerprints(form.input)
-        except MixweightError as exc:
-            raise MixweightError(f"pipeline 'data.prepare.input': {exc}") from exc
-        values.update(cluster_inputs(cluster_options_of(form)))  # an encoder's or --domains-from's files, by hash
-    if kind == "path":
-        opened = open_corpus(form.dir)  # a missing or broken corpus fails now, before anything is written
-        values["manifest_sha256"] = manifest_sha256(opened.directory)  # a URL: its fetched copy
-
-    def make() -> None:
-        if is_main_process():  # one writer: under torchrun every rank runs the stage, and reads what rank 0 wrote
-            _make_corpus()
-        _wait_for_main()
-
-    def _make_corpus() -> None:
-        if kind == "synthetic":
-            from mixweight.data.synthetic import write_synthetic_corpus
-
-            write_synthetic_corpus(corpus / "data", overwrite=True, **options)
-        elif kind == "prepare":
-            from mixweight.data.prepare import prepare_corpus
-
-            prepare_options = {k: v for k, v in options.items() if k != "input"}
-            prepare_corpus(
-                input_path=form.input,
-                out_dir=corpus / "data",
-                overwrite=True,
-                progress=config.progress,
-                **prepare_options,
-            )
-
-    return Stage("data", corpus, values, {}, 0, make), form.dir if kind == "path" else str(corpus / "data")
-
-
-def _wait_for_main() -> None:
-    """Under torchrun: every rank waits here until rank 0 has reached it too (a no-op in one process)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
-def _method_stage(
-    method: str, section, corpus: str, data_key: str, out: Path, progress: bool, report_to="none"
-) -> Stage:
-    """`section`: the method's typed config, validated when the pipeline YAML was read."""
-    directory = out / "weights" / method
-    runner = get_method(method)
-    train = {"progress": progress, "report_to": report_to, **section.train}  # the arms' display and trackers
-    stage_cfg = dataclasses.replace(
-        section, data=corpus, out=str(directory / WEIGHTS_FILE), work_dir=str(directory / "work"), train=train
-    )
-    steps = runner.cost(stage_cfg)  # work estimate for the ETA, in proxy steps
-    key = section_key(section)
-    files = getattr(section, "input_files", list)()  # files whose content is config (regmix's swarm table)
-    if files:
-        key["input_files"] = file_fingerprints(files)
-    return Stage(f"weights {method}", directory, key, {"data": data_key}, steps, lambda: runner.run(stage_cfg))
-
-
-def online_reference(config: PipelineConfig, method: str, out: Path) -> Path:
-    """The reference run an online arm reads from the `method` stage (online DoReMi: doremi's round-0 reference)."""
-    return get_method(method).reference_run(config.section(method), out / "weights" / method / "work")
-
-
-def _arm_can_continue(old: dict, new: dict, changed: list[str]) -> bool:
-    """The trainer resumes across these changes; fewer steps than were trained is not one (the run is past it)."""
-    return set(changed) <= RESUMABLE_CHANGES and (new.get("steps") or 0) >= (old.get("steps") or 0)
-
-
-def _trained_to(run_dir: Path) -> int | None:
-    import json
-
-    try:
-        return int(json.loads((run_dir / "eval.json").read_text())["step"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def _arm_stage(config: PipelineConfig, name: str, seed: int, corpus: str, upstream: dict[str, str], out: Path) -> Stage:
-    values = {"seed": seed, "progress": config.progress, **arm_values(config, name)}
-    method = values.get("domain_weights")
-    inputs = {"data": upstream["data"]}
-    directory = out / "runs" / f"{name}-seed{seed}"
-    # the arm's TrainConfig was checked when the YAML was read; here the pipeline sets what it owns
-    owned = {"data": corpus, "out": str(directory), "seed": values["seed"], "progress": values["progress"]}
-    if method in config.methods:
-        # the key keeps the method's name (its weights stage's key is an input): the file's path changes with
-        # how --out is spelled (relative, absolute, OUT moved), which must not make the arm "changed"
-        owned["domain_weights"] = str(out / "weights" / method / WEIGHTS_FILE)
-        inputs[method] = upstream[method]
-    needs = online_input(values)
-    if needs is not None:  # online DoReMi: the doremi stage's reference run, keyed by that stage (not its path)
-        stage, key = needs
-        owned[key] = str(online_reference(config, stage, out))
-        inputs[stage] = upstream[stage]
-    train_cfg = dataclasses.replace(config.arm_config(name), **owned)
-
-    def run() -> None:
-        if _trained_to(directory) == train_cfg.steps:
-            return  # finished, and only intervals changed since: there is nothing left to train
-        resume = (directory / "checkpoints").is_dir()  # interrupted, or continued to more steps
-        train(dataclasses.replace(train_cfg, resume=resume))
-
-    # progress is display only: it must not rerun a stage; steps always recorded, to tell "more steps" from "fewer"
-    key_values = {**{k: v for k, v in values.items() if k not in NOT_IN_STAGE_KEY}, "steps": train_cfg.steps}
-    return Stage(
-        f"arm {name} (seed {seed})", directory, key_values, inputs, train_cfg.steps, run, resumable=_arm_can_continue
-    )
-
-
-def _downstream_stage(options: dict, arm: Stage) -> Stage:
-    """lm-eval-harness on an arm's final checkpoint; the result lands in the run directory for the report.
-
-    Its input is the arm's trajectory (the arm's key without the keys a resume may change) and its
-    final step: an arm continued to more steps is scored again, in place.
-    """
-    run_dir = arm.directory
-    directory = run_dir.parent.parent / "downstream" / run_dir.name
-
-    def run() -> None:
-        from mixweight.core.jsonio import write_json_atomic
-        from mixweight.eval.downstream import run_lm_eval
-        from mixweight.report.stats import DOWNSTREAM_FILE
-
-        result = run_lm_eval(
-            run_dir,
-            list(options["tasks"]),
-            int(options["num_fewshot"]),
-            include_path=options.get("include_path"),
-            limit=options.get("limit"),
-            batch_size=int(options["batch_size"]),
-        )
-        write_json_atomic(run_dir / DOWNSTREAM_FILE, result)
-        write_json_atomic(directory / DOWNSTREAM_FILE, result)
-
-    trajectory = stage_key({k: v for k, v in arm.values.items() if k not in RESUMABLE_CHANGES}, arm.inputs)
-    return Stage(
-        f"lm-eval {run_dir.name}",
-        directory,
-        {**options, "arm_steps": arm.values["steps"]},
-        {"arm": trajectory},
-        0,
-        run,
-        resumable=lambda old, new, changed: changed == ["arm_steps"],
-    )
-
-
-def build_stages(config: PipelineConfig, out: Path) -> tuple[list[Stage], dict[str, list[str]], str]:
-    """Every stage in run order, the run directories per arm, and the corpus directory."""
-    data, corpus = _data_stage(config, out)
-    stages, keys = [data], {"data": data.key}
-    for method, section in used_methods(config).items():
-        report_to = config.train.get("report_to", "none")  # the arms' trackers, unless the section sets its own
-        stage = _method_stage(method, section, corpus, data.key, out, config.progress, report_to)
-        stages.append(stage)
-        keys[method] = stage.key
-    lm_eval = config.eval.lm_eval
-    arms: dict[str, list[str]] = {}
-    for name in config.arms:
-        for seed in config.seeds:
-            stage = _arm_stage(config, name, seed, corpus, keys, out)
-            stages.append(stage)
-            arms.setdefault(name, []).append(str(stage.directory))
-            if lm_eval is not None:
-                stages.append(_downstream_stage(dataclasses.asdict(lm_eval), stage))
-    return stages, arms, corpus
 
 
 def check_against_corpus(config: PipelineConfig, corpus: str) -> None:
@@ -292,67 +100,6 @@ def check_against_corpus(config: PipelineConfig, corpus: str) -> None:
                 raise MixweightError(f"pipeline arm '{name}': {exc}") from exc
 
 
-@contextmanager
-def pipeline_lock(out: Path):
-    """An exclusive lock on OUT for this process (rank 0 under torchrun), naming the holder to whoever waits;
-    yields the DirectoryLock (None on the other ranks). Until `keep()` (the pipeline has written pipeline.yaml)
-    a refusal leaves neither the lock file nor the directories it made."""
-    if not is_main_process():
-        yield None
-        return
-    lock = DirectoryLock(
-        out / LOCK_FILE,
-        lambda holder: (
-            f"{out}: another pipeline is running in this directory ({holder}); wait for it to finish, "
-            "or choose another --out"
-        ),
-        holder="pid {pid} on host {host}",
-    )
-    lock.acquire()
-    try:
-        yield lock
-    finally:
-        lock.release()
-
-
-def _config_text(config: PipelineConfig) -> str:
-    """The YAML's own layout: data, train, one section per method, then the rest (progress is display only)."""
-    recorded = {}
-    for key, value in dataclasses.asdict(config).items():
-        if key == "methods":
-            recorded.update(value)
-        elif key != "progress":
-            recorded[key] = value
-    return yaml.safe_dump(recorded, sort_keys=False)
-
-
-def _record_config(config: PipelineConfig, out: Path) -> None:
-    """OUT/pipeline.yaml: the config that made this directory; a different earlier one is kept beside it."""
-    path, text = out / CONFIG_FILE, _config_text(config)
-    if path.is_file():
-        old = path.read_text()
-        if old == text:
-            return
-        try:
-            previous = load_yaml(old)
-        except yaml.YAMLError:
-            previous = None
-        previous = previous if isinstance(previous, dict) else {}
-        current = load_yaml(text)
-        sections = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        kept = out / f"pipeline.replaced-{stamp}.yaml"
-        path.rename(kept)
-        print(
-            f"[pipeline] config differs from the one that made {out} (sections: {', '.join(sections)}); "
-            f"the earlier config is kept as {kept.name}",
-            flush=True,
-        )
-    tmp = path.with_name(f".{CONFIG_FILE}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def _refusal(out: Path, changed: list) -> MixweightError:
     described = "; ".join(f"{stage.name} ({', '.join(plan.changes)})" for stage, plan in changed)
     return MixweightError(
@@ -378,7 +125,7 @@ def _prepare_out(
     if plans[0].state == DONE or data_form(config.data)[0] == "path":  # the corpus exists: check it before writing
         check_against_corpus(config, corpus)
     lock.keep()  # OUT is the pipeline's from here on
-    _record_config(config, out)
+    record_config(config, out)
     for stage, plan in changed:
         kept = stage.move_aside(plan)
         print(
@@ -386,29 +133,6 @@ def _prepare_out(
             flush=True,
         )
     return plans
-
-
-def is_pipeline_dir(path: Path) -> bool:
-    """owned(path) for --out: it holds the pipeline.yaml a pipeline records first (a mapping), or only the lock
-    file a refused pipeline of an older mixweight left."""
-    record = path / CONFIG_FILE
-    if record.is_file():
-        try:
-            return isinstance(load_yaml(record.read_text(encoding="utf-8")), dict)
-        except (OSError, UnicodeDecodeError, yaml.YAMLError):
-            return False
-    return {p.name for p in path.iterdir()} <= {LOCK_FILE}
-
-
-def check_pipeline_out(config: PipelineConfig, out: str | Path) -> None:
-    """--out new, empty or a pipeline's own directory, outside every corpus, run and input (core.outputs)."""
-    kind, form, _ = data_form(config.data)
-    inputs = [("data.prepare.input", getattr(form, "input", None))]
-    if kind == "path" and not is_url(form.dir):
-        inputs.append(("data.path", form.dir))
-    check_output_path(
-        out, "pipeline --out", kind="dir", what="the pipeline directory", owned=is_pipeline_dir, inputs=inputs
-    )
 
 
 def run_pipeline(config: PipelineConfig, out: str | Path, rerun_changed: bool = False) -> dict:

@@ -166,7 +166,7 @@ def test_documented_torchrun_lines_parse_as_written():
 @pytest.mark.parametrize("method", ["doremi", "doge"])
 def test_train_block_flags_pass_torchrun_and_reach_the_block(method, tmp_path):
     """--train.KEY after `torchrun ... -m mixweight weights METHOD` lands in the method config's train block."""
-    from mixweight.cli import _overrides
+    from mixweight.cli.flags import overrides
     from mixweight.domain.doge_run import DoGEConfig
     from mixweight.domain.doremi_run import DoReMiConfig
 
@@ -175,7 +175,7 @@ def test_train_block_flags_pass_torchrun_and_reach_the_block(method, tmp_path):
     launched = torchrun_parser().parse_args(["--nproc_per_node=2", "-m", "mixweight", "weights", method, *given])
     assert launched.training_script_args == ["weights", method, *given]
     args = build_parser().parse_args([*launched.training_script_args, "--train.grad-clip", "0.5"])
-    config = load_config(cls, None, _overrides(args, cls), cls.COMMAND)
+    config = load_config(cls, None, overrides(args, cls), cls.COMMAND)
     assert config.train == {"lr": 2e-3, "weight_decay": 0.0, "precision": "bf16", "compile": True, "grad_clip": 0.5}
     proxy = config.proxy_train_config(tmp_path, data="corpus")
     got = (proxy.lr, proxy.weight_decay, proxy.precision, proxy.compile, proxy.grad_clip)

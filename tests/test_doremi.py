@@ -344,14 +344,15 @@ def test_a_changed_option_or_train_key_is_refused_naming_it(synth_corpus, tiny_s
 
 def test_the_old_spelling_objective_is_read_as_proxy_loss_for_a_release(tmp_path, capsys):
     """`objective` named DoReMi's proxy loss before 0.2; flags, YAML and a work directory's record still read it."""
-    from mixweight.cli import _overrides, build_parser
+    from mixweight.cli import build_parser
+    from mixweight.cli.flags import overrides
     from mixweight.core.config import held_deprecations, load_config
     from mixweight.domain.proxy import claim_work_dir
 
     args = build_parser().parse_args(["weights", "doremi", "--data", "c", "--out", str(tmp_path / "w.json"),
                                       "--objective", "token"])  # fmt: skip
     with held_deprecations():
-        config = load_config(DoReMiConfig, None, _overrides(args, DoReMiConfig), DoReMiConfig.COMMAND)
+        config = load_config(DoReMiConfig, None, overrides(args, DoReMiConfig), DoReMiConfig.COMMAND)
     assert config.proxy_loss == "token"
     (line,) = [x for x in capsys.readouterr().err.splitlines() if x]
     assert "deprecated" in line and "objective -> proxy_loss" in line

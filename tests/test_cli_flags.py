@@ -192,3 +192,11 @@ def test_flags_are_never_abbreviated_and_a_refused_train_key_names_its_own_comma
             main(["weights", method, "--data", "c", "--out", "w.json", "--train.r", "0.3"])
         err = capsys.readouterr().err
         assert f"weights {method}: 'train.r' cannot be set here" in err, err
+
+
+def test_every_commands_help_prints():
+    """argparse formats help texts with %: a literal '5%' in a config field's help crashed `train --help`."""
+    for path, parser in commands(build_parser()):
+        text = parser.format_help()
+        assert "usage:" in text, path
+    assert "5% of --steps" in dict(commands(build_parser()))[("train",)].format_help()

@@ -62,6 +62,7 @@ def _add_flag(parser, flags, dest: str, kind, described: str, default, name: str
     shown = argument.get("positional") or argument.get("required") or "(default:" in described
     # A help text that explains its own default (e.g. one derived from another flag) is not repeated.
     help_text = described if shown else f"{described} (default: {default})"
+    help_text = help_text.replace("%", "%%")  # argparse formats help with %: a literal "5%" would be a format code
     scalar = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
     is_list = typing.get_origin(scalar) is list
     item = (typing.get_args(scalar) or (str,))[0] if is_list else scalar

@@ -179,6 +179,51 @@ def test_an_online_artifact_from_an_earlier_version_is_refused_by_verify_in_one_
     assert "still trains as a schedule" in line
 
 
+def _exp3_sums_from_the_log(records, domains) -> dict[int, list[float]]:
+    """The EXP3 reward as ODM's official updater sums it, from a run's per-step log (log_every 1): after each step,
+    R_i += (n_i / (N pi_i)) L_i / 10 with n_i / N its logged share, L_i its logged mean loss, pi_i the phase's
+    target. {steps done: R}."""
+    sums, out = [0.0] * len(domains), {}
+    for record in sorted((r for r in records if "loss" in r), key=lambda r: r["step"]):
+        targets = record["mixture"]["domains"]
+        for i, name in enumerate(domains):
+            logged = record["domains"].get(name)
+            if logged is not None:
+                sums[i] += logged["share"] / targets[name]["target"] * logged["loss"] / 10
+        out[record["step"]] = list(sums)
+    return out
+
+
+def test_odm_exp3_from_the_cli_sums_its_logged_losses_and_its_artifact_verifies(
+    synth_corpus, tiny_spec, tmp_path, capsys
+):
+    """`--odm-reward exp3`: each phase's recorded sums are the official EXP3 reward of the run's own logged losses,
+    its weights the EXP3 policy (1 - k eps) softmax(eps R) + eps of them (fixed eps, uniform prior), and
+    `weights verify` recomputes the phases."""
+    import math
+
+    from mixweight.cli import main
+
+    run, every = tmp_path / "exp3", 3
+    flags = ["--domain-weights", "online:odm", "--mixing-every", str(every), "--odm-exploration", "0.05"]
+    _run(_train(synth_corpus, tiny_spec, run, *flags, "--odm-reward", "exp3", "--log-every", "1", steps=8))
+    artifact = json.loads((run / "domain_weights.json").read_text())
+    assert artifact["method"]["reward"] == "exp3" and artifact["method"]["exploration"] == 0.05
+    phases = artifact["trajectory"]
+    assert [e["step"] for e in phases] == [0, 3, 6] and [e["observed"] for e in phases[1:]] == [3, 6]
+    logged = _exp3_sums_from_the_log(_records(run), artifact["domains"])
+    k, eps = len(artifact["domains"]), 0.05
+    for entry in phases[1:]:
+        assert entry["signal"] == pytest.approx(logged[entry["step"]], rel=1e-5)  # the log holds float32 means
+        scores = [math.exp(eps * r) for r in entry["signal"]]
+        assert entry["weights"] == pytest.approx([(1 - k * eps) * s / sum(scores) + eps for s in scores], rel=1e-12)
+    assert all(b >= a for a, b in zip(phases[1]["signal"], phases[2]["signal"]))  # cumulative sums only grow
+    assert sum(phases[2]["signal"]) > sum(phases[1]["signal"]) > 0
+    assert phases[2]["weights"] != phases[0]["weights"]
+    assert main(["weights", "verify", str(run / "domain_weights.json")]) in (0, None)
+    assert "recomputed 3 online:odm phases" in capsys.readouterr().out
+
+
 KILL_MID_PHASE = textwrap.dedent("""
     import os, signal, sys
     from mixweight.cli import main
@@ -280,6 +325,29 @@ def test_online_doremi_killed_mid_phase_resumes_to_the_same_run(
     assert artifact["method"]["exploration"] == 0.1  # the default floor: every phase holds 0.1 / 7 of each domain
     assert min(min(w["weights"]) for w in weights) >= 0.1 / 7 - 1e-12
     assert "recomputed 3 online:doremi phases" in verify_file(straight / "domain_weights.json")
+
+
+def test_online_doremi_with_another_exploration_from_the_cli_samples_that_share_of_the_prior(
+    reference_run, synth_corpus, tiny_spec, tmp_path
+):
+    """`--doremi-exploration 0.4`: every phase samples 0.6 alpha + 0.4 prior (DoReMi's alpha recorded beside it),
+    the loader draws that mixture, and `weights verify` recomputes the phases."""
+    flags = ["--domain-weights", "online:doremi", "--mixing-every", "3", "--doremi-reference", str(reference_run)]
+    flags += ["--doremi-eta", "2", "--doremi-exploration", "0.4", "--mixing-prior", "natural"]
+    run = tmp_path / "floor"
+    _run(_train(synth_corpus, tiny_spec, run, *flags, steps=8))
+    artifact = json.loads((run / "domain_weights.json").read_text())
+    assert artifact["method"]["exploration"] == 0.4
+    prior, phases = artifact["method"]["prior"], artifact["trajectory"]
+    assert [e["step"] for e in phases] == [0, 3, 6] and phases[0]["weights"] == pytest.approx(prior, rel=1e-12)
+    for entry in phases[1:]:
+        expected = [0.6 * a + 0.4 * p for a, p in zip(entry["alpha"], prior)]
+        assert entry["weights"] == pytest.approx(expected, rel=1e-12, abs=1e-15)
+        assert min(w / p for w, p in zip(entry["weights"], prior)) >= 0.4 - 1e-12  # the floor, relative to the prior
+    assert phases[2]["alpha"] != prior  # alpha moved, so the floor is what held the weights
+    targets = {r["step"]: r["mixture"]["domains"] for r in _records(run) if "loss" in r}
+    assert [targets[8][d]["target"] for d in artifact["domains"]] == phases[2]["weights"]  # what the loader drew from
+    assert "recomputed 3 online:doremi phases" in verify_file(run / "domain_weights.json")
 
 
 @pytest.mark.distributed

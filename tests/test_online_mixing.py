@@ -465,6 +465,38 @@ def test_pipeline_runs_odm_and_online_doremi_arms_and_reports_their_trajectories
     assert "online_trajectories.png" in (out / "report" / "report.md").read_text()
 
 
+def test_a_pipeline_arm_with_odm_reward_exp3_runs_that_updater(tmp_path, tiny_spec):
+    """`odm_reward: exp3` in an arm reaches its run: the saved config, the artifact's method and sums that only grow;
+    no weights stage runs for it (ODM needs none)."""
+    import yaml
+
+    from mixweight.domain.methods import verify_file
+    from mixweight.pipeline import load_pipeline_config, run_pipeline
+
+    arm = {"domain_weights": "online:odm", "mixing_every": 2, "odm_reward": "exp3", "odm_exploration": 0.05}
+    config = {
+        "data": {"synthetic": {"seed": 0, "tokens_per_domain": 4096, "seq_len": 64}},
+        "train": {"model": tiny_spec, "steps": 6, "batch_size": 8, "lr": 3e-3, "warmup_steps": 1, "eval_every": 0,
+                  "eval_blocks": 2},
+        "arms": {"odm-exp3": arm},
+        "progress": False,
+    }  # fmt: skip
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = tmp_path / "out"
+    report = run_pipeline(load_pipeline_config(path), out)
+
+    run = out / "runs" / "odm-exp3-seed0"
+    assert yaml.safe_load((run / "config.yaml").read_text())["odm_reward"] == "exp3"
+    assert not (out / "weights").exists() or not any((out / "weights").iterdir())
+    mixture = report["domain_weights"]["odm-exp3"]
+    assert mixture["method"]["name"] == "online:odm" and mixture["method"]["reward"] == "exp3"
+    assert mixture["trajectory"]["steps"] == [0, 2, 4]
+    phases = json.loads((run / "domain_weights.json").read_text())["trajectory"]
+    assert all(b >= a for a, b in zip(phases[1]["signal"], phases[2]["signal"])) and sum(phases[1]["signal"]) > 0
+    assert "recomputed 3 online:odm phases" in verify_file(run / "domain_weights.json")
+
+
 def test_an_epoch_cap_cannot_bound_phases_decided_during_the_run(cli_refuses, synth_corpus, tiny_spec, tmp_path):
     line = _refused(cli_refuses, synth_corpus, tiny_spec, tmp_path / "r", *ODM[:4], "--max-epochs", "2")
     assert "drop max_epochs" in line

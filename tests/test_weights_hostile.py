@@ -213,6 +213,8 @@ def _online_artifact(method: str) -> dict:
     domains = ["a", "b", "c"]
     if method == "odm":
         mixer = ODMMixer(domains, [0.5, 0.3, 0.2], every=3)
+    elif method == "odm-exp3":
+        mixer = ODMMixer(domains, [0.5, 0.3, 0.2], every=3, exploration=0.2, reward="exp3")
     else:
         mixer = DoReMiMixer(domains, [0.5, 0.3, 0.2], every=3, eta=0.5)
     for step in range(9):
@@ -258,18 +260,23 @@ ONLINE_CASES = [
         r"'method.exploration' must be in \[0, 1\]",
     ),
     ("edited alpha", "doremi", lambda a: a["trajectory"][2]["alpha"].reverse(), r"at phase at step 6"),
+    ("exp3 edited sums", "odm-exp3", lambda a: a["trajectory"][2]["signal"].reverse(), r"at phase at step 6"),
+    ("exp3 as smoothed", "odm-exp3", lambda a: a["method"].update(reward="smoothed"), r"at phase at step 3"),
 ]
 
 
-@pytest.mark.parametrize("method", ["odm", "doremi"])
+@pytest.mark.parametrize("method", ["odm", "odm-exp3", "doremi"])
 def test_an_online_artifact_as_written_verifies(tmp_path, method):
     import json
 
     from mixweight.domain.methods import verify_file
 
+    artifact = _online_artifact(method)
+    assert artifact["trajectory"][2]["weights"] != pytest.approx(artifact["trajectory"][0]["weights"], abs=1e-3)
     path = tmp_path / "w.json"
-    path.write_text(json.dumps(_online_artifact(method)))
-    assert f"recomputed 3 online:{method} phases from their recorded state; 5 recorded" in verify_file(path)
+    path.write_text(json.dumps(artifact))
+    name = method.split("-")[0]
+    assert f"recomputed 3 online:{name} phases from their recorded state; 5 recorded" in verify_file(path)
 
 
 @pytest.mark.parametrize("name, method, edit, message", ONLINE_CASES, ids=[c[0] for c in ONLINE_CASES])

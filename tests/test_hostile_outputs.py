@@ -166,6 +166,23 @@ def test_a_tensorboard_directory_that_is_a_file_drops_the_tracker_with_one_warni
     assert (tmp_path / "run" / "eval.json").is_file()
 
 
+@pytest.mark.parametrize("code", [errno.EACCES, errno.EROFS])
+def test_a_read_only_tensorboard_directory_drops_the_tracker_with_one_warning(synth_corpus, tiny_spec, tmp_path, code):
+    """A directory the user may not write (EACCES: tests run as root, so chmod would not bite) or on a read-only
+    mount (EROFS), injected at the event file's open."""
+    pytest.importorskip("tensorboard")
+    board = tmp_path / "run" / "tensorboard"
+    board.mkdir(parents=True)
+    (board / "events.user").write_text("the user's events")
+    with failing_writes(after=0, code=code, under=board):
+        outcome = run_cli(_train_argv(synth_corpus, tiny_spec, tmp_path / "run", "--report-to", "tensorboard"))
+    assert outcome.code == 0, outcome.err
+    warnings = [line for line in outcome.error_lines if "report_to tensorboard" in line]
+    assert len(warnings) == 1 and "not mirrored" in warnings[0] and os.strerror(code) in warnings[0], outcome.err
+    assert "Traceback" not in outcome.err and [p.name for p in board.iterdir()] == ["events.user"]
+    assert (tmp_path / "run" / "eval.json").is_file()
+
+
 # --- a full disk, a read-only filesystem: injected ----------------------------------------------------------------
 def test_a_disk_that_fills_during_training_is_one_line_and_the_run_resumes(synth_corpus, tiny_spec, tmp_path):
     argv = _train_argv(synth_corpus, tiny_spec, tmp_path / "run")
@@ -189,15 +206,18 @@ def test_compare_eval_and_pipeline_on_a_failing_disk_are_one_line(run_copy, tmp_
         assert [c for c in changes(before, listing(run_copy), ok=[run_copy / "eval"]) if "removed" in c] == []
 
 
-def test_a_pipeline_whose_disk_fills_is_one_line(synth_corpus, tiny_spec, tmp_path):
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS])
+def test_a_pipeline_on_a_full_or_read_only_disk_is_one_line(synth_corpus, tiny_spec, tmp_path, code):
     config = tmp_path / "p.yaml"
     arms = {"u": {"domain_weights": "uniform"}}
     train_keys = {"model": tiny_spec, "steps": 1, "batch_size": 4, "eval_blocks": 1, "progress": False}
     body = {"data": {"path": synth_corpus}, "train": train_keys, "doremi": None, "doge": None, "arms": arms}
     config.write_text(json.dumps(body))
-    with failing_writes(after=3, code=errno.ENOSPC, under=tmp_path / "out"):
+    before = listing(tmp_path)
+    with failing_writes(after=3, code=code, under=tmp_path / "out"):
         line = assert_refused(run_cli(["pipeline", config, "--out", tmp_path / "out"]))
-    assert "No space left on device" in line
+    assert os.strerror(code) in line and str(tmp_path / "out") in line, line
+    assert changes(before, listing(tmp_path), ok=[tmp_path / "out"]) == []
 
 
 # --- the same on a real tmpfs, where this machine lets a test mount one ----------------------------------------------

@@ -501,6 +501,19 @@ def test_bad_config_values_are_refused():
         DoGEConfig(data="d", out="o", train={"fsdp": True}).validate()
 
 
+def test_compile_with_the_ghost_gradients_is_refused_in_one_line_before_training(synth_corpus, tiny_spec, tmp_path):
+    """The fuzz's case: `--train.compile` with the default doge_impl ghost raised torch's donated-buffers error from
+    the first step; refused before anything is written, and doge_impl loop (one backward per domain) is allowed."""
+    from tests.sandbox import assert_refused, listing, run_cli
+
+    argv = ["weights", "doge", "--data", synth_corpus, "--proxy", tiny_spec, "--out", tmp_path / "w.json"]
+    before = listing(tmp_path)
+    line = assert_refused(run_cli([*argv, "--steps", "1", "--train.compile"]))
+    assert "train.compile does not work with doge_impl ghost" in line and "doge_impl loop" in line
+    assert listing(tmp_path) == before
+    DoGEConfig(data="d", out="o", doge_impl="loop", train={"compile": True}).validate()
+
+
 def test_published_defaults_follow_the_target_kind():
     domains = ["a", "b", "c"]
     assert (

@@ -437,6 +437,42 @@ def test_kill_9_mid_swarm_then_rerun_gives_the_same_bytes(synth_corpus, tmp_path
     assert killed.read_bytes() == straight.read_bytes()
 
 
+def _children(pid: int) -> set[int]:
+    found = set()
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        found |= {int(child) for child in task.read_text().split()}
+    return found
+
+
+def test_kill_9_mid_swarm_then_rerun_prints_no_traceback(synth_corpus, tmp_path):
+    """The command itself, killed mid-swarm and run again: the rerun exits 0 without a traceback; neither it nor
+    the killed process's resource tracker (which outlives it, writing to its stderr) prints one."""
+    import signal
+    import time
+
+    out = tmp_path / "w.json"
+    command = [sys.executable, "-m", "mixweight", *regmix_argv(synth_corpus, out, "--train.checkpoint-every", "1")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    killed_err = tmp_path / "killed.err"
+    with killed_err.open("w") as err:
+        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=err)
+    runs = tmp_path / "w.work" / "runs"
+    while process.poll() is None and not list(runs.glob("run-001/checkpoints/step-*")):  # inside the second run
+        time.sleep(0.05)
+    helpers = _children(process.pid)  # the resource tracker among them
+    assert process.poll() is None, killed_err.read_text()[-3000:]
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    while any(Path(f"/proc/{pid}").exists() for pid in helpers):  # its helpers see the pipe close and exit
+        time.sleep(0.05)
+    assert not out.exists()
+    rerun = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert json.loads(out.read_text())["method"]["name"] == "regmix"
+    for err in (killed_err.read_text(), rerun.stderr):
+        assert "Traceback" not in err and "resource_tracker" not in err, err[-3000:]
+
+
 def test_fit_warnings_name_a_small_swarm_and_a_poor_ranking():
     from mixweight.domain.regmix_fit import fit_warnings
     from mixweight.domain.regmix_run import RegMixConfig

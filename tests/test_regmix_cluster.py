@@ -87,6 +87,18 @@ def test_a_plan_is_written_without_training_and_fit_takes_the_runs_that_finished
     assert result.method["unfinished"] == [3] and [run["run"] for run in result.method["swarm"]] == [0, 1, 2, 4]
 
 
+def test_fit_with_too_few_finished_runs_is_refused_before_anything_is_written(synth_corpus, tmp_path):
+    """--fit on a swarm never trained (the fuzz's case): one line, and no work directory, mixtures or config left."""
+    from mixweight.domain.regmix_run import RegMixConfig, run_regmix
+    from tests.sandbox import listing
+
+    options = dict(data=synth_corpus, proxy="gpt2-micro", runs=5, steps=4, target=HELD_OUT, fit=True)
+    before = listing(tmp_path)
+    with pytest.raises(MixweightError, match="only 0 of 5 swarm runs have finished, the regression needs at least 4"):
+        run_regmix(RegMixConfig(**options, out=str(tmp_path / "w.json")))
+    assert listing(tmp_path) == before and not (tmp_path / "w.work").exists()
+
+
 @pytest.mark.slow
 def test_the_lines_of_a_plan_train_the_swarm_a_local_launcher_trains(synth_corpus, tmp_path):
     """runs.txt run line by line (as a scheduler would), then --fit: the bytes of the same swarm trained here."""

@@ -117,6 +117,11 @@ class DoGEConfig(ProxyMethodConfig):
             "leave it off (DDP)",
         )
         require(
+            not (self.train.get("compile", False) and self.doge_impl == "ghost"),
+            "weights doge: train.compile does not work with doge_impl ghost (its per-domain gradients take several "
+            "backward passes through one compiled graph, which torch refuses); use doge_impl loop or leave compile off",
+        )
+        require(
             all(t.strip() for t in self.target.split(",")),
             f"weights doge: 'target' must be mix, all or comma-separated domain names, got {self.target!r}",
         )

@@ -203,6 +203,9 @@ def _run(config: RegMixConfig, world) -> DomainWeights | None:
         )
     work, data = _place(config, corpus, fraction)
     members = _members(config, data, work, domains, train_domains, target_domains, mixtures)
+    if config.fit:  # too few finished runs to fit: refused before the work directory is claimed (nothing written)
+        done = [i for i, m in enumerate(members) if finished(Path(m["config"]["out"]))]
+        _refuse_too_few(members, done, train_domains)
     _claim(config, manifest, corpus, members, fraction, world)
     cached = sum(finished(Path(m["config"]["out"])) for m in members)
     if world.is_main:
@@ -234,7 +237,7 @@ def _run(config: RegMixConfig, world) -> DomainWeights | None:
     used = [i for i, m in enumerate(members) if finished(Path(m["config"]["out"]))]
     unfinished = [i for i in range(len(members)) if i not in used]
     if unfinished:
-        _say_unfinished(members, used, unfinished, len(train_domains), world)
+        _say_unfinished(members, used, unfinished, train_domains, world)
 
     # the fit: every process computes it (cheap, deterministic); the main one writes
     losses = {i: json.loads((Path(members[i]["config"]["out"]) / "eval.json").read_text())["domains"] for i in used}
@@ -276,18 +279,28 @@ def _run(config: RegMixConfig, world) -> DomainWeights | None:
     return result
 
 
-def _say_unfinished(members: list[dict], used: list[int], unfinished: list[int], train_domains: int, world) -> None:
-    """--fit: the runs that have not finished, named; too few finished for a regression is refused."""
+def _unfinished_names(members: list[dict], unfinished: list[int]) -> str:
     names = ", ".join(Path(members[i]["config"]["out"]).name for i in unfinished[:12])
-    more = f" and {len(unfinished) - 12} more" if len(unfinished) > 12 else ""
-    if len(used) < train_domains + 1:
+    return names + (f" and {len(unfinished) - 12} more" if len(unfinished) > 12 else "")
+
+
+def _refuse_too_few(members: list[dict], used: list[int], train_domains: list[str]) -> None:
+    """Fewer finished runs than the training domains + 1: no regression, one line naming the unfinished runs."""
+    if len(used) < len(train_domains) + 1:
+        names = _unfinished_names(members, [i for i in range(len(members)) if i not in used])
         raise MixweightError(
             f"weights regmix: only {len(used)} of {len(members)} swarm runs have finished, the regression needs at "
-            f"least {train_domains + 1} (the training domains + 1); not finished: {names}{more}"
+            f"least {len(train_domains) + 1} (the training domains + 1); not finished: {names}"
         )
+
+
+def _say_unfinished(members: list[dict], used: list[int], unfinished: list[int], train_domains: list[str], world):
+    """--fit: the runs that have not finished, named; too few finished for a regression is refused."""
+    _refuse_too_few(members, used, train_domains)
+    names = _unfinished_names(members, unfinished)
     if world.is_main:
         print(
             f"mixweight regmix: {len(unfinished)} of {len(members)} swarm runs have not finished, fitting the "
-            f"{len(used)} that have; not finished: {names}{more}",
+            f"{len(used)} that have; not finished: {names}",
             flush=True,
         )

@@ -8,6 +8,8 @@
     assert_refused(outcome)     exit 2, exactly one `mixweight: error:` line, no traceback
     failing_writes(n, errno)    a context in which the (n+1)-th file opened for writing raises OSError(errno):
                                 a disk that fills up (ENOSPC) or a filesystem that is read-only (EROFS)
+    stray_children(before)      this process's live children that were not in `before` (a `live_children()`),
+                                but for the helpers a process starts once and keeps (SHARED_HELPERS)
 
 The harness holds no expectations of its own beyond these: each test says what must be refused and which
 paths a command may write.
@@ -119,3 +121,34 @@ def failing_writes(after: int, code: int, under: str | Path):
         yield opened
     finally:
         builtins.open = io.open = real_open
+
+
+# Started once per process and kept for its lifetime: Python's resource tracker, torch.compile's worker pool.
+SHARED_HELPERS = ("multiprocessing.resource_tracker", "torch._inductor.compile_worker", "_inductor/compile_worker")
+
+
+def live_children() -> dict[int, str]:
+    """{pid: command line} of this process's children that have not exited (zombies left out)."""
+    found = {}
+    for task in Path(f"/proc/{os.getpid()}/task").glob("*/children"):
+        try:
+            pids = task.read_text().split()
+        except OSError:  # the thread ended while we read
+            continue
+        for pid in pids:
+            try:
+                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+                command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except (OSError, IndexError):  # it exited meanwhile
+                continue
+            if state != "Z":
+                found[int(pid)] = command.strip()
+    return found
+
+
+def stray_children(before: dict[int, str]) -> dict[int, str]:
+    return {
+        pid: command
+        for pid, command in live_children().items()
+        if pid not in before and not any(helper in command for helper in SHARED_HELPERS)
+    }

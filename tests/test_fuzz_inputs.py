@@ -240,7 +240,8 @@ def test_random_regmix_artifacts_verify_or_are_refused_in_one_line(tmp_path):
 # Some cases also run on a disk that fills up or is read-only (an OSError injected at the n-th file opened for writing).
 # Every case must end in exit 0 or in exactly one `mixweight: error:` line (exit 2), never a traceback; a refused
 # command adds, changes and removes nothing; a command that runs changes nothing outside its own outputs and removes
-# nothing it did not make.
+# nothing it did not make; no process it started is left running (but the resource tracker and torch.compile's
+# worker pool, which a process starts once and keeps).
 FAST_COMMAND_CASES = 30  # the default suite; the slow one runs SLOW_COMMAND_CASES
 SLOW_COMMAND_CASES = 500
 SPEC = {"model_type": "gpt2", "n_layer": 1, "n_head": 1, "n_embd": 8, "n_positions": 32, "tie_word_embeddings": True}
@@ -432,7 +433,7 @@ def own_outputs(argv: list[str], root: Path) -> list[Path]:
 
 
 def run_command_case(rng: random.Random, template: Path, workdir: Path, command: str, parsers: dict, monkeypatch):
-    from tests.sandbox import assert_refused, changes, failing_writes, listing, run_cli
+    from tests.sandbox import assert_refused, changes, failing_writes, listing, live_children, run_cli, stray_children
 
     root = workdir / "sandbox"
     shutil.copytree(template, root, symlinks=True)
@@ -442,6 +443,7 @@ def run_command_case(rng: random.Random, template: Path, workdir: Path, command:
     monkeypatch.delenv("MIXWEIGHT_CORPUS_CACHE", raising=False)
     argv = mutated_command(rng, command, parsers[command], root)
     before = listing(root)
+    children = live_children()
     failing = rng.random() < 0.15  # a disk that fills up or turns read-only partway
     if failing:
         with failing_writes(after=rng.randint(0, 12), code=rng.choice([errno.ENOSPC, errno.EROFS]), under=root):
@@ -449,6 +451,7 @@ def run_command_case(rng: random.Random, template: Path, workdir: Path, command:
     else:
         outcome = run_cli(argv)
     after = listing(root)
+    assert stray_children(children) == {}, argv  # no pool, loader worker or launcher left running
     assert "Traceback" not in outcome.err, (argv, outcome.err[-3000:])
     assert outcome.code in (0, 2), (argv, outcome.code, outcome.err[-2000:])
     outputs = own_outputs(argv, root)
@@ -481,6 +484,27 @@ def _command_cases(count: int, seed: int, template: Path, tmp_path: Path, monkey
         tally.setdefault(command, {}).setdefault(outcome, 0)
         tally[command][outcome] += 1
     return tally
+
+
+def test_a_process_a_command_leaves_running_is_found():
+    """The fuzz's check of children: a child started after the listing is found until it ends; the helpers a process
+    keeps are not."""
+    import subprocess
+    import sys
+
+    from tests.sandbox import live_children, stray_children
+
+    before = live_children()
+    kept = "import time; time.sleep(600)  # multiprocessing.resource_tracker"  # a kept helper, by its command line
+    helper = subprocess.Popen([sys.executable, "-c", kept])
+    stray = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        assert set(stray_children(before)) == {stray.pid}
+    finally:
+        for process in (helper, stray):
+            process.kill()
+            process.wait()
+    assert stray_children(before) == {}
 
 
 def test_every_command_and_option_fuzzed_fast(sandbox_template, tmp_path, monkeypatch):

@@ -444,6 +444,7 @@ def _children(pid: int) -> set[int]:
     return found
 
 
+@pytest.mark.slow  # ~30 s of CPU; the fast mocked test of the tracker covers the rule
 def test_kill_9_mid_swarm_then_rerun_prints_no_traceback(synth_corpus, tmp_path):
     """The command itself, killed mid-swarm and run again: the rerun exits 0 without a traceback; neither it nor
     the killed process's resource tracker (which outlives it, writing to its stderr) prints one."""

@@ -1,8 +1,8 @@
 """Where one quickstart arm's time goes, and what threads / BLAS settings change, measured side by side.
 
 One arm of configs/quickstart.yaml (its `train:` section merged with the arm's keys; by default `uniform`,
-200 steps) trains on the quickstart's synthetic corpus in a child process per measurement, so that each
-variant's environment (thread counts, MKL's variables) is set before torch loads:
+the quickstart's 120 steps) trains on the quickstart's synthetic corpus in a child process per measurement,
+so that each variant's environment (thread counts, MKL's variables) is set before torch loads:
 
   - breakdown: the arm's wall and CPU time split by what the loop does (setup before the first step,
     data loading, forward+backward, clipping, AdamW, evaluation, checkpoints, metrics, the rest of the loop);
@@ -25,7 +25,7 @@ variants: `threads1+glibc-malloc`.
     thread: the arm's matrix multiplies (GFLOP/s, torch/MKL and numpy's BLAS) and tanh / exp (MKL's vector
     math in torch, numpy's own), in a child per variant.
 
-    python benchmarks/arm_profile.py [--arm uniform] [--steps 200] [--repeats 3]
+    python benchmarks/arm_profile.py [--arm uniform] [--steps 120] [--repeats 3]
         [--variants default,threads1,onednn-off,mkl-debug] [--ops-steps 20] [--json FILE]
 
 Run it under `nice -n 10` on a shared machine, and record `uptime` beside the numbers.

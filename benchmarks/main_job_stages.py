@@ -7,8 +7,9 @@ something only on a quiet machine (record the load beside them, as this prints i
 
     python benchmarks/main_job_stages.py configs/quickstart.yaml --out runs/quickstart [--json FILE]
 
-On a machine shared with other jobs, run it under `nice -n 10`; `OMP_WAIT_POLICY=PASSIVE` keeps torch's
-two threads from spinning against the other jobs (see benchmarks/RESULTS.md) without changing any result.
+On a machine shared with other jobs, run it under `nice -n 10`. `OMP_WAIT_POLICY=PASSIVE` asks OpenMP's idle
+threads to sleep instead of spinning (the OpenMP specification's meaning); what it changes for this job is not
+measured (benchmarks/arm_profile.py's `passive` variant measures it on one arm).
 """
 
 from __future__ import annotations

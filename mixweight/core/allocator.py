@@ -3,14 +3,16 @@
 A training step allocates and frees the same activation tensors every step, many of them megabytes
 (gpt2-tiny at 16 x 128 tokens: a 6 MiB tensor per MLP activation and per temporary of its GELU). glibc
 serves large allocations with fresh mmap()s and trims freed memory at the top of its heap back to the
-kernel, so every step page-faults those megabytes in again and the kernel zeroes them: about 14,000 minor
-faults per step of that model, 10% of its CPU time on the 2-core machines of benchmarks/RESULTS.md.
+kernel, so every step page-faults those megabytes in again and the kernel zeroes them (a GELU of that size
+takes 2.8x more minor faults per step with glibc's defaults, tests/test_allocator.py; on a whole quickstart
+arm the CPU time saved was within the noise of benchmarks/RESULTS.md's measurement, issue 26).
 `keep_freed_memory` raises both thresholds once per process, so memory freed in one step serves the next.
 
 Only where the allocation happens changes, never what is computed (torch aligns its CPU tensors to 64
-bytes whatever malloc returns): runs are bit-identical with and without it. The peak RSS is the same;
-what differs is that memory is no longer handed back between steps. Nothing is changed where the C
-library is not glibc, or when the user set glibc's malloc options (MALLOC_*_ variables, GLIBC_TUNABLES).
+bytes whatever malloc returns): runs are bit-identical with and without it. What a user sees is that up to
+1 GiB of freed memory stays with the process between steps instead of going back to the system (the peak
+RSS was not measured either way). Nothing is changed where the C library is not glibc, or when the user
+set glibc's malloc options (MALLOC_*_ variables, GLIBC_TUNABLES).
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ A training step allocates and frees the same activation tensors every step, many
 (gpt2-tiny at 16 x 128 tokens: a 6 MiB tensor per MLP activation and per temporary of its GELU). glibc
 serves large allocations with fresh mmap()s and trims freed memory at the top of its heap back to the
 kernel, so every step page-faults those megabytes in again and the kernel zeroes them (a GELU of that size
-takes 2.8x more minor faults per step with glibc's defaults, tests/test_allocator.py; on a whole quickstart
-arm the CPU time saved was within the noise of benchmarks/RESULTS.md's measurement, issue 26).
+took 3x to 4.7x more minor faults per step with glibc's defaults; on a whole quickstart arm the CPU time
+saved was within the noise of the measurement: benchmarks/RESULTS.md, issue 26).
 `keep_freed_memory` raises both thresholds once per process, so memory freed in one step serves the next.
 
 Only where the allocation happens changes, never what is computed (torch aligns its CPU tensors to 64

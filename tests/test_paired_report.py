@@ -226,7 +226,7 @@ def same_seed_arms(synth_corpus, tiny_spec, train_config, tmp_path_factory):
     for name, weighting in (("uniform", "none"), ("linupper", "linupper"), ("uniform-again", "none")):
         config = train_config(synth_corpus, tiny_spec, root / name, steps=4, batch_size=8, warmup_steps=1,
                               eval_every=0, eval_blocks=2, progress=False, domain_weights="uniform",
-                              sample_weighting=weighting, r_warmup_steps=0, seed=3)  # fmt: skip
+                              sample_weighting={"name": weighting, "warmup_steps": 0}, seed=3)  # fmt: skip
         seen[name] = {}
         train(config, Recording(WeightedLoss.from_config(config), seen[name]))
         seen[name]["eval"] = json.loads((root / name / "eval.json").read_text())

@@ -77,7 +77,7 @@ def _add_block_flags(parser, dest: str, cls, help_text: str) -> None:
     defaults = cls()
     shorthand = getattr(cls, SHORTHAND, None)
     if shorthand is not None:
-        _add_flag(parser, (flag,), dest, str, f"{help_text}; {flag} X is {flag}.{shorthand} X",
+        _add_flag(parser, (flag,), dest, str, f"{help_text}; the flag takes the {shorthand}, {flag}.KEY the rest",
                   getattr(defaults, shorthand), argument={"metavar": shorthand.upper()})  # fmt: skip
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):

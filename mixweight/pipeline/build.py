@@ -159,7 +159,7 @@ def _arm_stage(config: PipelineConfig, name: str, seed: int, corpus: str, upstre
 
 
 def _today_spelling(values: dict) -> dict:
-    """An arm's stage values as a marker of before the blocks (0.3) holds them, in today's spelling."""
+    """An arm's stage values as a marker of before the blocks (0.1) holds them, in today's spelling."""
     return rename_keys(TrainConfig, values, "stage marker", quiet=True)
 
 

@@ -12,7 +12,7 @@ from mixweight.sampling.spec import MixtureSpec
 from mixweight.train.mixing import MixingConfig
 from mixweight.weighting.config import SampleWeightingConfig
 
-# The flat keys of before the blocks (0.3): read for one release with one deprecation line, hidden from --help.
+# The flat keys of before the blocks (0.1): read for one release with one deprecation line, hidden from --help.
 RENAMED = {
     "r": "sample_weighting.r",
     "temperature": "sample_weighting.r",  # the flag --temperature, torchrun's spelling of --r

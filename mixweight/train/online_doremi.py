@@ -129,7 +129,7 @@ class DoReMiMixer(OnlineMixer):
         )
         require(
             config.sample_weighting.scope == "step",
-            "train: online:doremi measures the excess loss of the whole step (a sample signal); sample_weighting "
+            "train: online:doremi measures the excess loss of the whole step (a sample signal); sample_weighting."
             "scope micro_batch cannot carry it: use sample_weighting.scope step",
         )
 

@@ -6,6 +6,7 @@ written in the flat spelling continuing as the same run."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import yaml
@@ -243,3 +244,36 @@ def test_a_stage_marker_of_the_flat_spelling_is_the_same_stage(tmp_path):
     (stage.directory / MARKER).write_text(json.dumps({**marker, "finished": True}))
     plan = stage.plan()
     assert plan.state != DONE and any("sample_weighting" in change for change in plan.changes)
+
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def _old_keys_in(values) -> set[str]:
+    """The flat keys of before anywhere in a YAML mapping (a pipeline's train section, an arm, a train config)."""
+    if isinstance(values, dict):  # inside a block its own keys are today's (sample_weighting: {r: 0.4})
+        inner = [v for k, v in values.items() if k not in ("sample_weighting", "mixing")]
+        return {k for k in values if k in RENAMED} | set().union(*(_old_keys_in(v) for v in inner))
+    return set()
+
+
+def test_every_shipped_config_and_docs_example_uses_the_block_spelling(capsys):
+    from mixweight.pipeline import load_pipeline_config
+
+    for path in sorted((ROOT / "configs").glob("*.yaml")):
+        assert not _old_keys_in(yaml.safe_load(path.read_text())), path.name
+        if "arms" in path.read_text():
+            load_pipeline_config(path).validate()
+        else:
+            load_config(TrainConfig, path, {})
+        assert "deprecated" not in capsys.readouterr().err, path.name
+    old_flags = {f"--{old.replace('_', '-')}" for old in RENAMED}
+    for path in DOCS:
+        text = path.read_text()
+        for block in re.findall(r"```yaml\n(.*?)```", text, re.S):  # every YAML example
+            assert not _old_keys_in(yaml.safe_load(block)), (path.name, block)
+        for line in text.splitlines():  # every command line shown; a line about the old spellings names them
+            if ("mixweight " in line or "torchrun " in line) and "deprecated" not in line:
+                shown = set(re.findall(r"--[a-z][a-z0-9-]*(?![a-z0-9.-])", line))
+                assert not shown & old_flags, (path.name, line)

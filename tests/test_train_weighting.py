@@ -265,7 +265,16 @@ def test_trainer_accumulation_equals_one_big_batch(synth_corpus, tiny_spec, tmp_
 def test_huge_r_reproduces_the_unweighted_run(synth_corpus, tiny_spec, tmp_path, make_config):
     with _float64():  # see EXACT_ATOL; at r = 1e9 the weights are 1/N to float32 precision
         loop.train(make_config(synth_corpus, tiny_spec, tmp_path / "plain", sample_weighting="none"))
-        loop.train(make_config(synth_corpus, tiny_spec, tmp_path / "big-r", sample_weighting={**LINUPPER, "r": 1e9}, grad_accum=2, batch_size=4))
+        loop.train(
+            make_config(
+                synth_corpus,
+                tiny_spec,
+                tmp_path / "big-r",
+                sample_weighting={**LINUPPER, "r": 1e9},
+                grad_accum=2,
+                batch_size=4,
+            )
+        )
         loop.train(make_config(synth_corpus, tiny_spec, tmp_path / "linupper"))
     plain = _final_params(tmp_path / "plain")
     _assert_close_params(plain, _final_params(tmp_path / "big-r"), atol=EXACT_ATOL)

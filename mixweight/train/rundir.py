@@ -110,7 +110,7 @@ def check_out_dir(run_dir: Path, config) -> None:
     # never inside a corpus or another run; its own files are checked below
     check_output_path(config.out, "--out", kind="dir", what="the run directory", owned=lambda path: True, store=RUN)
     config_path = run_dir / CONFIG_NAME
-    names = {f.name for f in dataclasses.fields(config)}
+    names = {f.name for f in dataclasses.fields(config)} | set(TrainConfig.RENAMED_KEYS)  # a flat file of before
     if config_path.is_file() and not config_path.read_bytes().strip():
         raise MixweightError(
             f"{config_path}: is empty (a write cut short?); restore the run's config.yaml, or choose another --out"

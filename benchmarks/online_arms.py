@@ -11,7 +11,7 @@ seed, the arms run one after the other (same seed: same init and the same first 
 
 - uniform: static uniform weights;
 - odm: `online:odm` with this version's defaults (the official smoothed-mean updater, alpha 0.9);
-- odm-exp3: `online:odm --odm-reward exp3` (cumulative importance-weighted losses);
+- odm-exp3: `online:odm --mixing.odm.reward exp3` (cumulative importance-weighted losses);
 - online-doremi: `online:doremi`, eta 0.02, smoothing 0.1 (the quickstart's), exploration 0.1 (default);
 - online-doremi-eta1: `online:doremi` with the defaults (eta 1.0, smoothing 1e-3, exploration 0.1), which
   collapsed onto one domain per phase before the exploration floor;

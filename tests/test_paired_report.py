@@ -256,8 +256,8 @@ def _miniature(values: dict, spec: str) -> dict:
     values["doge"].update(proxy=spec, steps=4, log_every=2, train=short)
     values["regmix"].update(proxy=spec, runs=8, steps=2, token_budget=6 * 8 * 64, train=short)
     for arm in values["arms"].values():
-        if "mixing_every" in arm:
-            arm["mixing_every"] = 2
+        if "mixing" in arm:
+            arm["mixing"]["every"] = 2
     return {**values, "progress": False}
 
 

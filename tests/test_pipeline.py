@@ -107,7 +107,7 @@ def test_every_section_is_typed_when_the_yaml_is_read_with_no_placeholder_paths(
     arms = {
         "u": {"domain_weights": "uniform"},
         "d": {"domain_weights": "doremi", "seed": 7},
-        "o": {"domain_weights": "online:doremi", "mixing_every": 2},
+        "o": {"domain_weights": "online:doremi", "mixing": {"every": 2}},
     }
     path.write_text(
         yaml.safe_dump(
@@ -126,8 +126,10 @@ def test_every_section_is_typed_when_the_yaml_is_read_with_no_placeholder_paths(
     doremi_arm = config.arm_config("d")
     assert type(doremi_arm) is TrainConfig and doremi_arm.data is None and doremi_arm.out is None
     assert (doremi_arm.domain_weights, doremi_arm.seed, doremi_arm.steps) == ("doremi", 7, 3)  # resolved by its stage
-    assert doremi_arm.sample_weighting == "linupper"
-    assert config.arm_config("o").doremi_reference is None  # the doremi stage's reference run, set by the arm's stage
+    assert doremi_arm.sample_weighting.name == "linupper"
+    assert (
+        config.arm_config("o").mixing.options("doremi").reference is None
+    )  # the doremi stage's reference run, set by the arm's stage
     assert dataclasses.replace(config, progress=False).arm_config("u") == config.arm_config("u")
 
 

@@ -123,7 +123,7 @@ def test_micro_batch_scope_groups_a_micro_batch_over_all_processes(
         "linupper",
         "--grad-accum",
         "2",
-        "--weighting-scope",
+        "--sample-weighting.scope",
         "micro_batch",
         "--log-every",
         "1",

@@ -1,4 +1,4 @@
-"""Online domain mixing in the main run: `--domain-weights online:NAME --mixing-every K`.
+"""Online domain mixing in the main run: `--domain-weights online:NAME --mixing.every K`.
 
 The main model is the proxy. After every optimizer step the loop hands the run's mixer the step's
 result (every sample's loss and domain in global order, and the mixer's probe signal, gathered across

@@ -225,7 +225,7 @@ def test_a_weighting_that_only_defines_weights_works_in_a_step_and_a_run(
         ({"name": "uniform"}, "valid: none, linupper, quadratic, extremes"),  # the library's name
         ({"schedule": "cosin"}, "'sample_weighting.schedule' 'cosin' is not a schedule; did you mean 'cosine'?"),
         ({"r": 0.0}, "'sample_weighting.r' must be > 0, got 0.0"),
-        ({"r": float("nan")}, "'sample_weighting.r' must be > 0, got nan"),
+        ({"r": float("nan")}, "'sample_weighting.r': expected a number, got nan"),
         ({"start": -1.0}, "'sample_weighting.start' must be > 0, got -1.0"),
         ({"cap": 0.5}, "'sample_weighting.cap' must be >= 1"),
     ],

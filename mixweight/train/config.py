@@ -134,7 +134,9 @@ class TrainConfig:
         self.report_to = parse_report_to(self.report_to)  # one form in config.yaml: a list of names
         # Python callers may give a block as its shorthand or a mapping: built (and checked) as the YAML's
         if isinstance(self.sample_weighting, (str, dict)):
-            self.sample_weighting = build_config(SampleWeightingConfig, _mapping(self.sample_weighting), "train")
+            self.sample_weighting = build_config(
+                SampleWeightingConfig, _mapping(self.sample_weighting), "train", "sample_weighting."
+            )
         if isinstance(self.mixing, dict):
             self.mixing = build_config(MixingConfig, self.mixing, "train", "mixing.")
 

@@ -32,7 +32,7 @@ def _pipeline_yaml(tmp_path, spec, linupper_r=0.4) -> Path:
         "doge": {"proxy": spec, "steps": 4, "log_every": 2, **short},  # the flat form: deprecated, still read
         "arms": {
             "uniform": {"domain_weights": "uniform"},
-            "linupper": {"domain_weights": "uniform", "sample_weighting": "linupper", "r": linupper_r},
+            "linupper": {"domain_weights": "uniform", "sample_weighting": {"name": "linupper", "r": linupper_r}},
             "doremi": {"domain_weights": "doremi"},
             "doge+linupper": {"domain_weights": "doge", "sample_weighting": "linupper"},
         },
@@ -79,11 +79,11 @@ def test_miniature_pipeline_end_to_end_then_cached_then_one_arm_rerun(tmp_path, 
     assert _eval_mtimes(out) == before
 
     changed = load_pipeline_config(_pipeline_yaml(tmp_path, tiny_spec, linupper_r=0.8))
-    with pytest.raises(MixweightError, match=r"arm linupper \(seed 0\) \(r: 0.4 -> 0.8\)"):
+    with pytest.raises(MixweightError, match=r"arm linupper \(seed 0\) \(sample_weighting.r: 0.4 -> 0.8\)"):
         run_pipeline(changed, out)  # a changed arm is never replaced silently
     assert _eval_mtimes(out) == before
     run_pipeline(changed, out, rerun_changed=True)
-    assert len(list((out / "runs").glob("linupper-seed0.replaced-*-r"))) == 1  # the old run, kept
+    assert len(list((out / "runs").glob("linupper-seed0.replaced-*-sample_weighting_r"))) == 1  # the old run, kept
     after = _eval_mtimes(out)
     assert after["linupper-seed0"] != before["linupper-seed0"]
     assert {k: v for k, v in after.items() if k != "linupper-seed0"} == {

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+from mixweight.core.blocks import dotted_keys
 from mixweight.core.distributed import is_main_process
 from mixweight.core.jsonio import write_json_atomic
 
@@ -92,8 +93,9 @@ class Stage:
             if stage_key(old_values, old_inputs) == self.key:
                 return Plan(DONE if state.get("finished") else RESUME)
         new_values, new_inputs = _plain(self.values), _plain(self.inputs)
-        changed = sorted(k for k in set(old_values) | set(new_values) if old_values.get(k) != new_values.get(k))
-        changes = [f"{k}: {old_values.get(k)!r} -> {new_values.get(k)!r}" for k in changed]
+        old_flat, new_flat = dotted_keys(old_values), dotted_keys(new_values)  # a block's change names its key
+        changed = sorted(k for k in set(old_flat) | set(new_flat) if old_flat.get(k) != new_flat.get(k))
+        changes = [f"{k}: {old_flat.get(k)!r} -> {new_flat.get(k)!r}" for k in changed]
         inputs = sorted(k for k in set(old_inputs) | set(new_inputs) if old_inputs.get(k) != new_inputs.get(k))
         changes += [f"input '{k}' changed" for k in inputs]
         if not inputs and self.resumable is not None and self.resumable(old_values, new_values, changed):

@@ -304,9 +304,8 @@ def mixers() -> dict[str, type[OnlineMixer]]:
     global _loaded
     if not _loaded:
         _loaded = True
-        builtin_mixers()
         load_plugins(PLUGIN_GROUP, "online mixer")  # each module registers its mixers
-    return dict(MIXERS)
+    return {**builtin_mixers(), **MIXERS}  # the built-in ones first, in BUILTIN's order, whatever imported them
 
 
 def mixer_class(name: str, where: str = "train") -> type[OnlineMixer]:

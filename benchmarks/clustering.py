@@ -118,7 +118,7 @@ def summary(values: list[float]) -> str:
 ARMS = {
     "uniform": {"domain_weights": "uniform"},
     "regmix": {"domain_weights": "regmix"},
-    "odm": {"domain_weights": "online:odm", "mixing_every": 15},
+    "odm": {"domain_weights": "online:odm", "mixing": {"every": 15}},
 }
 
 

@@ -11,18 +11,18 @@ seed, the arms run one after the other (same seed: same init and the same first 
 
 - uniform: static uniform weights;
 - odm: `online:odm` with this version's defaults (the official smoothed-mean updater, alpha 0.9);
-- odm-exp3: `online:odm --odm-reward exp3` (cumulative importance-weighted losses);
+- odm-exp3: `online:odm --mixing.odm.reward exp3` (cumulative importance-weighted losses);
 - online-doremi: `online:doremi`, eta 0.02, smoothing 0.1 (the quickstart's), exploration 0.1 (default);
 - online-doremi-eta1: `online:doremi` with the defaults (eta 1.0, smoothing 1e-3, exploration 0.1), which
   collapsed onto one domain per phase before the exploration floor;
 - online-doremi-eta1-g0: the same with exploration 0 (alpha sampled itself, the earlier form).
 
-Every online arm re-chooses its mixture every `--mixing-every` steps from a uniform prior. The result of a
-run is its final average validation loss (eval.json: the mean over domains of the per-domain loss on
-`--eval-blocks` blocks each). Printed: per arm, each seed's loss, the paired difference to uniform per seed,
-its mean and 95% t interval (n - 1 degrees of freedom), the last phase's mixture, and the compute: training
-tokens (steps x batch x seq_len), plus for online DoReMi one no-grad reference forward per training token
-(about a third of a training step's FLOPs) and the reference run's own training tokens.
+Every online arm re-chooses its mixture every `--mixing-every` steps (the arms' `mixing.every`) from a uniform
+prior. The result of a run is its final average validation loss (eval.json: the mean over domains of the
+per-domain loss on `--eval-blocks` blocks each). Printed: per arm, each seed's loss, the paired difference to
+uniform per seed, its mean and 95% t interval (n - 1 degrees of freedom), the last phase's mixture, and the
+compute: training tokens (steps x batch x seq_len), plus for online DoReMi one no-grad reference forward per
+training token (about a third of a training step's FLOPs) and the reference run's own training tokens.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 from scipy import stats
 
+from mixweight.core.config import merge_values
 from mixweight.data.synthetic import write_synthetic_corpus
 from mixweight.train.config import TrainConfig
 from mixweight.train.loop import train
@@ -43,10 +44,10 @@ from mixweight.train.loop import train
 ARMS = {
     "uniform": {"domain_weights": "uniform"},
     "odm": {"domain_weights": "online:odm"},
-    "odm-exp3": {"domain_weights": "online:odm", "odm_reward": "exp3"},
-    "online-doremi": {"domain_weights": "online:doremi", "doremi_eta": 0.02, "doremi_smoothing": 0.1},
+    "odm-exp3": {"domain_weights": "online:odm", "mixing": {"odm": {"reward": "exp3"}}},
+    "online-doremi": {"domain_weights": "online:doremi", "mixing": {"doremi": {"eta": 0.02, "smoothing": 0.1}}},
     "online-doremi-eta1": {"domain_weights": "online:doremi"},  # the offline defaults: eta 1.0, smoothing 1e-3
-    "online-doremi-eta1-g0": {"domain_weights": "online:doremi", "doremi_exploration": 0.0},
+    "online-doremi-eta1-g0": {"domain_weights": "online:doremi", "mixing": {"doremi": {"exploration": 0.0}}},
 }
 
 
@@ -118,9 +119,9 @@ def main() -> None:
         for arm in arms:
             extra = dict(ARMS[arm])
             if extra["domain_weights"].startswith("online:"):
-                extra["mixing_every"] = args.mixing_every
+                extra = merge_values(extra, {"mixing": {"every": args.mixing_every}})
             if extra["domain_weights"] == "online:doremi":
-                extra["doremi_reference"] = str(reference)
+                extra = merge_values(extra, {"mixing": {"doremi": {"reference": str(reference)}}})
             run = out / f"{arm}-seed{seed}"
             _train_once(_config(args, corpus, run, seed, args.steps, **extra))
             losses[arm][seed] = _final_loss(run)

@@ -79,7 +79,7 @@ def _run(corpus: str, out: Path, args, every: int | None) -> dict:
     TIMES.clear()
     extra = {"domain_weights": "uniform"}
     if every is not None:
-        extra = {"domain_weights": "online:odm", "mixing_every": every, "odm_exploration": 0.05}
+        extra = {"domain_weights": "online:odm", "mixing": {"every": every, "odm": {"exploration": 0.05}}}
     config = TrainConfig(
         data=corpus,
         out=str(out),

@@ -149,12 +149,13 @@ class StepTimer(TrainerCallback):
         self.ends.append(time.perf_counter())
 
 
-def run_hf(corpus: Path, out: Path, dataset: BlockDataset, args) -> dict:
-    model = build_model(args.model, load_manifest(corpus), seed=0)
-    training_args = TrainingArguments(
-        output_dir=str(out),
-        max_steps=args.steps,
-        per_device_train_batch_size=args.batch_size,
+def matched_arguments(output_dir: str, steps: int, batch_size: int, warmup_steps: int, cuda=False, bf16=False):
+    """transformers.TrainingArguments matching `mixweight train`'s optimizer, schedule and clipping (this file's
+    constants), with nothing else running: no evaluation, saving, logging, workers or progress bar."""
+    return TrainingArguments(
+        output_dir=output_dir,
+        max_steps=steps,
+        per_device_train_batch_size=batch_size,
         gradient_accumulation_steps=1,
         learning_rate=LR,
         weight_decay=WEIGHT_DECAY,
@@ -165,9 +166,9 @@ def run_hf(corpus: Path, out: Path, dataset: BlockDataset, args) -> dict:
         optim="adamw_torch",
         lr_scheduler_type="cosine_with_min_lr",
         lr_scheduler_kwargs={"min_lr": FINAL_LR},
-        warmup_steps=args.warmup_steps,
-        use_cpu=True,
-        bf16=False,
+        warmup_steps=warmup_steps,
+        use_cpu=not cuda,
+        bf16=bf16,
         fp16=False,
         seed=0,
         data_seed=0,
@@ -179,6 +180,11 @@ def run_hf(corpus: Path, out: Path, dataset: BlockDataset, args) -> dict:
         dataloader_num_workers=0,
         disable_tqdm=True,
     )
+
+
+def run_hf(corpus: Path, out: Path, dataset: BlockDataset, args) -> dict:
+    model = build_model(args.model, load_manifest(corpus), seed=0)
+    training_args = matched_arguments(str(out), args.steps, args.batch_size, args.warmup_steps)
     timer = StepTimer()
     trainer = DomainTrainer(
         model=model, args=training_args, train_dataset=dataset, data_collator=collate, callbacks=[timer]

@@ -52,7 +52,7 @@ def test_synth_train_eval_from_the_command_line(tmp_path, tiny_spec):
         ("steps: 0\n", "'steps' must be a positive integer"),
         ("batch_size: -2\n", "'batch_size' must be a positive integer"),
         ("lr: 0\n", "'lr' must be > 0"),
-        ("weight_histogram_every: 0\n", "'weight_histogram_every' must be a positive integer"),  # was ZeroDivisionError
+        ("sample_weighting: {histogram_every: 0}\n", "'sample_weighting.histogram_every' must be a positive integer"),
         ("resume: maybe\n", "'resume': expected true or false"),
         ("- a list\n", "expected a mapping"),
     ],

@@ -21,8 +21,8 @@ from mixweight.train.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_COMMANDS = [("train",), ("weights", "doremi"), ("weights", "doge")]
-# Aliases kept for plain `mixweight` / `python -m mixweight` only; each has a torchrun-safe first flag
-# (--temperature), and its help says so.
+# Spellings of before (0.1's flat keys) that torchrun takes as its own: hidden, deprecated, each renamed to a
+# torchrun-safe flag (--r is --sample-weighting.r).
 TORCHRUN_UNSAFE_ALIASES = {"--r"}
 
 
@@ -82,9 +82,9 @@ def test_every_flag_survives_a_torchrun_command_line(form):
         if not (parsed.module and parsed.training_script == "mixweight" and parsed.training_script_args == script_args):
             eaten.append(flag)
     assert set(eaten) == TORCHRUN_UNSAFE_ALIASES, f"torchrun takes these flags as its own: {sorted(set(eaten))}"
-    for _path, action, flag in every_flag():
+    for path, action, flag in every_flag():
         if flag in TORCHRUN_UNSAFE_ALIASES:
-            assert action.option_strings[0] not in TORCHRUN_UNSAFE_ALIASES and flag in action.help, flag
+            assert action.help == argparse.SUPPRESS and action.dest in renamed_flags(path), flag
 
 
 @pytest.mark.parametrize("path", CONFIG_COMMANDS, ids=" ".join)
@@ -95,6 +95,8 @@ def test_config_flags_reach_their_field_through_torchrun(path):
     for flag_path, action, flag in every_flag():
         if flag_path != path or flag != action.option_strings[0] or action.dest == "config" or action.nargs == 0:
             continue
+        if action.help == argparse.SUPPRESS:  # a spelling of before, not documented (torchrun may take --r)
+            continue
         value = sample_value(action)
         script_args = launcher.parse_args(["--nproc_per_node=2", "-m", "mixweight", *path, flag, value])
         args = cli.parse_args(script_args.training_script_args)
@@ -103,16 +105,21 @@ def test_config_flags_reach_their_field_through_torchrun(path):
     assert checked > 10
 
 
-def test_temperature_flag_alias_and_yaml_key(tmp_path):
+def test_the_temperature_flag_passes_torchrun_and_its_old_spellings_still_read(tmp_path, capsys):
+    from mixweight.cli.flags import overrides
+
     cli = build_parser()
-    assert cli.parse_args(["train", "--temperature", "0.7"]).r == 0.7
-    assert cli.parse_args(["train", "--r", "0.6"]).r == 0.6  # the alias, outside torchrun
-    assert cli.parse_args(["train", "--r=0.5"]).r == 0.5
-    launched = torchrun_parser().parse_args(["--nproc_per_node=2", "-m", "mixweight", "train", "--temperature", "0.7"])
-    assert cli.parse_args(launched.training_script_args).r == 0.7
+    launched = torchrun_parser().parse_args(
+        ["--nproc_per_node=2", "-m", "mixweight", "train", "--sample-weighting.r", "0.7"]
+    )
+    assert getattr(cli.parse_args(launched.training_script_args), "sample_weighting.r") == 0.7
+    for old in (["--temperature", "0.6"], ["--r", "0.6"], ["--r=0.6"]):  # deprecated; --r outside torchrun only
+        args = cli.parse_args(["train", "--data", "d", "--out", "o", *old])
+        assert load_config(TrainConfig, None, overrides(args, TrainConfig)).sample_weighting.r == 0.6, old
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump({"data": "d", "out": "o", "r": 0.3}))
-    assert load_config(TrainConfig, config, {}).r == 0.3  # the YAML key stays r
+    assert load_config(TrainConfig, config, {}).sample_weighting.r == 0.3  # the YAML key of before, deprecated
+    assert "r -> sample_weighting.r" in capsys.readouterr().err
 
 
 def renamed_flags(path: tuple[str, ...]) -> set[str]:
@@ -121,6 +128,7 @@ def renamed_flags(path: tuple[str, ...]) -> set[str]:
     from mixweight.domain.methods import methods
 
     configs = [m.config for m in methods().values() if path == ("weights", m.name)]
+    configs += [TrainConfig] if path == ("train",) else []
     return {old for cls in configs for old in renamed_keys(cls)}
 
 
@@ -192,7 +200,7 @@ def test_flags_are_never_abbreviated_and_a_refused_train_key_names_its_own_comma
         with pytest.raises(SystemExit):
             main(["weights", method, "--data", "c", "--out", "w.json", "--train.r", "0.3"])
         err = capsys.readouterr().err
-        assert f"weights {method}: 'train.r' cannot be set here" in err, err
+        assert f"weights {method}: 'train.r' (now 'train.sample_weighting.r') cannot be set here" in err, err
 
 
 def test_every_commands_help_prints():
@@ -200,4 +208,4 @@ def test_every_commands_help_prints():
     for path, parser in commands(build_parser()):
         text = parser.format_help()
         assert "usage:" in text, path
-    assert "5% of --steps" in dict(commands(build_parser()))[("train",)].format_help()
+    assert "5% of the run's steps" in dict(commands(build_parser()))[("train",)].format_help()

@@ -44,8 +44,7 @@ def make_config(train_config):
         checkpoint_every=100,
         log_every=1,
         progress=False,
-        sample_weighting="linupper",
-        r=0.4,
+        sample_weighting={"name": "linupper", "r": 0.4},
     )
 
 

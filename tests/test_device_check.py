@@ -103,7 +103,7 @@ def test_dry_run_prints_the_results_tables(dry_run):
     for row in (
         "| mixweight train (plain) |",
         "| transformers.Trainer |",
-        "| mixweight train, sample_weighting: linupper |",
+        "| mixweight train, sample_weighting.name: linupper |",
         "| mixweight train, loss_impl: chunked |",
         "| mixweight train, compile: true |",
         "| DoGE proxy step |",

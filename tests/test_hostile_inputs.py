@@ -200,7 +200,9 @@ def _short_reference(ctx):
         (model / "config.json").write_text(json.dumps({**raw, "n_positions": 32}))
 
     reference = _run_copy(ctx, fewer_positions)
-    return _train(ctx, "--domain-weights", "online:doremi", "--mixing-every", "1", "--doremi-reference", reference)
+    return _train(
+        ctx, "--domain-weights", "online:doremi", "--mixing.every", "1", "--mixing.doremi.reference", reference
+    )
 
 
 ALIAS_BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
@@ -378,7 +380,10 @@ CASES = {
         lambda ctx: _weights("doremi", ctx, "--train.lr", "inf"),
         r"'train\.lr': expected a finite number",
     ),
-    "7 train --temperature nan": (lambda ctx: _train(ctx, "--temperature", "nan"), r"'r': expected a number, got nan"),
+    "7 train --sample-weighting.r nan": (
+        lambda ctx: _train(ctx, "--sample-weighting.r", "nan"),
+        r"'sample_weighting.r': expected a number, got nan",
+    ),
     "7 weights verify --tolerance inf": (
         lambda ctx: ["weights", "verify", _file(ctx, "r.json", REGMIX), "--tolerance", "inf"],
         r"'tolerance': expected a finite number",
@@ -430,9 +435,9 @@ CASES = {
         lambda ctx: ["pipeline", _pipeline_file(ctx, {"train": {"steps": 10**26}}), "--out", ctx["tmp"] / "out"],
         r"'steps': 100000000000000000000000000 is above the limit 1,000,000,000,000",
     ),
-    "11 train --mixing-every 10^20": (
-        lambda ctx: _train(ctx, "--domain-weights", "online:odm", "--mixing-every", str(10**20)),
-        r"'mixing_every': 100000000000000000000 is above the limit",
+    "11 train --mixing.every 10^20": (
+        lambda ctx: _train(ctx, "--domain-weights", "online:odm", "--mixing.every", str(10**20)),
+        r"'mixing.every': 100000000000000000000 is above the limit",
     ),
     "11 data synth --tokens-per-domain 10^13": (
         lambda ctx: ["data", "synth", "--out", ctx["tmp"] / "c", "--tokens-per-domain", str(10**13)],

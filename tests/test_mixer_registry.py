@@ -33,7 +33,7 @@ def loss_share(monkeypatch):
 
 def _train(corpus, spec, out, *extra, steps=6):
     args = f"--steps {steps} --batch-size 8 --lr 3e-3 --warmup-steps 1 --eval-every 0 --eval-blocks 2"
-    args += " --checkpoint-every 3 --log-every 1 --no-progress --domain-weights online:loss_share --mixing-every 2"
+    args += " --checkpoint-every 3 --log-every 1 --no-progress --domain-weights online:loss_share --mixing.every 2"
     return ["train", "--data", corpus, "--model", spec, "--out", str(out), *args.split(), *extra]
 
 
@@ -46,7 +46,8 @@ def test_the_design_doc_shows_the_plugin_word_for_word():
 
 def test_a_registered_mixer_trains_resumes_and_verifies(loss_share, synth_corpus, tiny_spec, tmp_path):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    main(_train(synth_corpus, tiny_spec, straight))
+    power = ("--mixing.loss-share.power", "2")  # the plug-in's own option: a flag made from its Options class
+    main(_train(synth_corpus, tiny_spec, straight, *power))
     artifact = json.loads((straight / "domain_weights.json").read_text())
     assert artifact["method"]["name"] == "online:loss_share" and [e["step"] for e in artifact["trajectory"]] == [
         0,
@@ -55,8 +56,10 @@ def test_a_registered_mixer_trains_resumes_and_verifies(loss_share, synth_corpus
     ]
     measured = [e for e in artifact["trajectory"][1:] if min(e["signal"]) > 0]
     assert measured  # a phase chosen once every domain had a loss samples them in proportion to it
-    for entry in measured:
-        assert entry["weights"] == pytest.approx([s / sum(entry["signal"]) for s in entry["signal"]], rel=1e-12)
+    for entry in measured:  # in proportion to the mean loss squared: the option reached the mixer
+        squares = [s**2 for s in entry["signal"]]
+        assert entry["weights"] == pytest.approx([s / sum(squares) for s in squares], rel=1e-12)
+    assert artifact["method"]["power"] == 2.0
     assert artifact["trajectory"][2]["weights"] != artifact["trajectory"][1]["weights"]
     records = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
     assert {r["online_mixing"]["method"] for r in records if "online_mixing" in r} == {"loss_share"}
@@ -71,9 +74,9 @@ def test_a_registered_mixer_trains_resumes_and_verifies(loss_share, synth_corpus
 
     loss_share.LossShareMixer.observe = interrupted
     with pytest.raises(KeyboardInterrupt):
-        main(_train(synth_corpus, tiny_spec, resumed))
+        main(_train(synth_corpus, tiny_spec, resumed, *power))
     loss_share.LossShareMixer.observe = observe
-    main([*_train(synth_corpus, tiny_spec, resumed), "--resume"])
+    main([*_train(synth_corpus, tiny_spec, resumed, *power), "--resume"])
     assert (resumed / "domain_weights.json").read_text() == (straight / "domain_weights.json").read_text()
 
     edited = tmp_path / "edited.json"
@@ -93,7 +96,7 @@ def test_the_pipeline_runs_a_registered_mixer_as_an_arm(loss_share, tiny_spec, t
         "train": {"model": tiny_spec, "steps": 4, "batch_size": 8, "warmup_steps": 1, "eval_every": 0,
                   "eval_blocks": 2, "progress": False},
         "arms": {"uniform": {"domain_weights": "uniform"},
-                 "shared": {"domain_weights": "online:loss_share", "mixing_every": 2}},
+                 "shared": {"domain_weights": "online:loss_share", "mixing": {"every": 2, "loss_share": {"power": 3}}}},
         "seeds": [0],
         "progress": False,
     }  # fmt: skip
@@ -105,6 +108,7 @@ def test_the_pipeline_runs_a_registered_mixer_as_an_arm(loss_share, tiny_spec, t
     report = run_pipeline(load_pipeline_config(path), out)
     weights = json.loads((out / "runs" / "shared-seed0" / "domain_weights.json").read_text())
     assert weights["method"]["name"] == "online:loss_share" and "shared" in report["arms"]
+    assert weights["method"]["power"] == 3.0  # the arm's block reached the plug-in
 
 
 def test_without_the_plugin_the_name_is_unknown_and_nothing_is_written(synth_corpus, tiny_spec, tmp_path, cli_refuses):

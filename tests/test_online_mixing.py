@@ -1,4 +1,4 @@
-"""Online domain mixing in the main run (`--domain-weights online:odm|online:doremi --mixing-every K`).
+"""Online domain mixing in the main run (`--domain-weights online:odm|online:doremi --mixing.every K`).
 
 The update rules against hand computations and the offline DoReMi rule; end to end: the
 phases, the artifact and its replay as a static schedule, kill -9 mid-phase then resume, two
@@ -59,8 +59,8 @@ def _train(corpus, spec, out, *extra, steps=STEPS, batch=8):
     return ["train", "--data", corpus, "--model", spec, "--out", str(out), *args.split(), *extra]
 
 
-ODM = ["--domain-weights", "online:odm", "--mixing-every", str(EVERY), "--odm-exploration", "0.05"]
-LINUPPER = ["--sample-weighting", "linupper", "--weight-cap", "2"]
+ODM = ["--domain-weights", "online:odm", "--mixing.every", str(EVERY), "--mixing.odm.exploration", "0.05"]
+LINUPPER = ["--sample-weighting", "linupper", "--sample-weighting.cap", "2"]
 
 
 def _run(argv, launcher=(sys.executable, "-m", "mixweight")):
@@ -197,16 +197,16 @@ def _exp3_sums_from_the_log(records, domains) -> dict[int, list[float]]:
 def test_odm_exp3_from_the_cli_sums_its_logged_losses_and_its_artifact_verifies(
     synth_corpus, tiny_spec, tmp_path, capsys
 ):
-    """`--odm-reward exp3`: each phase's recorded sums are the official EXP3 reward of the run's own logged losses,
-    its weights the EXP3 policy (1 - k eps) softmax(eps R) + eps of them (fixed eps, uniform prior), and
+    """`--mixing.odm.reward exp3`: each phase's recorded sums are the official EXP3 reward of the run's own logged
+    losses, its weights the EXP3 policy (1 - k eps) softmax(eps R) + eps of them (fixed eps, uniform prior), and
     `weights verify` recomputes the phases."""
     import math
 
     from mixweight.cli import main
 
     run, every = tmp_path / "exp3", 3
-    flags = ["--domain-weights", "online:odm", "--mixing-every", str(every), "--odm-exploration", "0.05"]
-    _run(_train(synth_corpus, tiny_spec, run, *flags, "--odm-reward", "exp3", "--log-every", "1", steps=8))
+    flags = ["--domain-weights", "online:odm", "--mixing.every", str(every), "--mixing.odm.exploration", "0.05"]
+    _run(_train(synth_corpus, tiny_spec, run, *flags, "--mixing.odm.reward", "exp3", "--log-every", "1", steps=8))
     artifact = json.loads((run / "domain_weights.json").read_text())
     assert artifact["method"]["reward"] == "exp3" and artifact["method"]["exploration"] == 0.05
     phases = artifact["trajectory"]
@@ -300,8 +300,8 @@ def test_online_doremi_killed_mid_phase_resumes_to_the_same_run(
     reference_run, synth_corpus, tiny_spec, tmp_path, cli_refuses, capsys
 ):
     """Online DoReMi's state (its alpha, the reference it was pinned to) survives kill -9 like ODM's."""
-    flags = ["--domain-weights", "online:doremi", "--mixing-every", str(EVERY)]
-    flags += ["--doremi-reference", str(reference_run)]
+    flags = ["--domain-weights", "online:doremi", "--mixing.every", str(EVERY)]
+    flags += ["--mixing.doremi.reference", str(reference_run)]
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     _run(_train(synth_corpus, tiny_spec, straight, *flags))
     argv = _train(synth_corpus, tiny_spec, killed, *flags)
@@ -330,10 +330,17 @@ def test_online_doremi_killed_mid_phase_resumes_to_the_same_run(
 def test_online_doremi_with_another_exploration_from_the_cli_samples_that_share_of_the_prior(
     reference_run, synth_corpus, tiny_spec, tmp_path
 ):
-    """`--doremi-exploration 0.4`: every phase samples 0.6 alpha + 0.4 prior (DoReMi's alpha recorded beside it),
+    """`--mixing.doremi.exploration 0.4`: every phase samples 0.6 alpha + 0.4 prior (DoReMi's alpha recorded beside it),
     the loader draws that mixture, and `weights verify` recomputes the phases."""
-    flags = ["--domain-weights", "online:doremi", "--mixing-every", "3", "--doremi-reference", str(reference_run)]
-    flags += ["--doremi-eta", "2", "--doremi-exploration", "0.4", "--mixing-prior", "natural"]
+    flags = [
+        "--domain-weights",
+        "online:doremi",
+        "--mixing.every",
+        "3",
+        "--mixing.doremi.reference",
+        str(reference_run),
+    ]
+    flags += ["--mixing.doremi.eta", "2", "--mixing.doremi.exploration", "0.4", "--mixing.prior", "natural"]
     run = tmp_path / "floor"
     _run(_train(synth_corpus, tiny_spec, run, *flags, steps=8))
     artifact = json.loads((run / "domain_weights.json").read_text())
@@ -356,12 +363,12 @@ def test_online_mixing_with_linupper_on_two_processes_equals_one(
     method, request, synth_corpus, tiny_spec, tmp_path, free_port, float64_mixweight
 ):
     """Both methods decide from losses gathered over every process: 2 processes x 4 == 1 process x 8."""
-    flags = ["--domain-weights", f"online:{method}", "--mixing-every", "2"]
+    flags = ["--domain-weights", f"online:{method}", "--mixing.every", "2"]
     if method == "doremi":
-        flags += ["--doremi-reference", str(request.getfixturevalue("reference_run"))]
+        flags += ["--mixing.doremi.reference", str(request.getfixturevalue("reference_run"))]
     else:  # the decaying eps_t is 1/k, all exploration, for t <= k ln k: the phases would be the prior
-        flags += ["--odm-exploration", "0.05"]
-    flags += ["--mixing-prior", "natural", *LINUPPER]
+        flags += ["--mixing.odm.exploration", "0.05"]
+    flags += ["--mixing.prior", "natural", *LINUPPER]
     # float64 models: 1 and 2 processes sum in other orders, which Adam amplifies in float32 (see EXACT_ATOL)
     _run(_train(synth_corpus, tiny_spec, tmp_path / "one", *flags, steps=6, batch=8), launcher=float64_mixweight)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}"]
@@ -395,37 +402,39 @@ def test_an_unknown_online_method_gets_the_closest_name(cli_refuses, synth_corpu
 
 def test_online_mixing_needs_steps_per_phase(cli_refuses, synth_corpus, tiny_spec, tmp_path):
     line = _refused(cli_refuses, synth_corpus, tiny_spec, tmp_path / "r", "--domain-weights", "online:odm")
-    assert "'mixing_every' > 0" in line
-    line = _refused(cli_refuses, synth_corpus, tiny_spec, tmp_path / "r", "--mixing-every", "5")
+    assert "'mixing.every' > 0" in line
+    line = _refused(cli_refuses, synth_corpus, tiny_spec, tmp_path / "r", "--mixing.every", "5")
     assert "is for online domain weights" in line
 
 
 def test_online_doremi_needs_a_reference_run_of_the_same_vocabulary(cli_refuses, synth_corpus, tiny_spec, tmp_path):
-    flags = ["--domain-weights", "online:doremi", "--mixing-every", "2"]
-    assert "needs 'doremi_reference'" in _refused(cli_refuses, synth_corpus, tiny_spec, tmp_path / "r", *flags)
+    flags = ["--domain-weights", "online:doremi", "--mixing.every", "2"]
+    assert "needs 'mixing.doremi.reference'" in _refused(cli_refuses, synth_corpus, tiny_spec, tmp_path / "r", *flags)
     assert "not a finished run directory" in _refused(
-        cli_refuses, synth_corpus, tiny_spec, tmp_path / "r", *flags, "--doremi-reference", str(tmp_path)
+        cli_refuses, synth_corpus, tiny_spec, tmp_path / "r", *flags, "--mixing.doremi.reference", str(tmp_path)
     )
     other = tmp_path / "other-vocab"
     (other / "checkpoints" / "step-1" / "model").mkdir(parents=True)
     (other / "config.yaml").write_text("data: elsewhere\n")
     (other / "checkpoints" / "step-1" / "state.json").write_text('{"step": 1, "loader": {}}')
     (other / "checkpoints" / "step-1" / "model" / "config.json").write_text('{"vocab_size": 50257}')
-    line = _refused(cli_refuses, synth_corpus, tiny_spec, tmp_path / "r", *flags, "--doremi-reference", str(other))
+    line = _refused(
+        cli_refuses, synth_corpus, tiny_spec, tmp_path / "r", *flags, "--mixing.doremi.reference", str(other)
+    )
     assert "vocab_size 50257" in line and "has 256" in line
 
 
 def test_an_exploration_rate_above_one_over_k_is_refused(cli_refuses, synth_corpus, tiny_spec, tmp_path):
-    line = _refused(cli_refuses, synth_corpus, tiny_spec, tmp_path / "r", *ODM[:4], "--odm-exploration", "0.5")
+    line = _refused(cli_refuses, synth_corpus, tiny_spec, tmp_path / "r", *ODM[:4], "--mixing.odm.exploration", "0.5")
     assert "(0, 1/k]" in line
 
 
 def test_an_unknown_odm_reward_or_an_exploration_outside_0_1_is_refused(cli_refuses, synth_corpus, tiny_spec, tmp_path):
-    line = _refused(cli_refuses, synth_corpus, tiny_spec, tmp_path / "r", *ODM[:4], "--odm-reward", "paper")
-    assert "'odm_reward' must be one of smoothed, exp3, got 'paper'" in line
-    flags = ["--domain-weights", "online:doremi", "--mixing-every", "2", "--doremi-reference", str(tmp_path)]
-    line = _refused(cli_refuses, synth_corpus, tiny_spec, tmp_path / "r", *flags, "--doremi-exploration", "1.5")
-    assert "'doremi_exploration' must be in [0, 1] (the prior's share of each phase), got 1.5" in line
+    line = _refused(cli_refuses, synth_corpus, tiny_spec, tmp_path / "r", *ODM[:4], "--mixing.odm.reward", "paper")
+    assert "'mixing.odm.reward' must be one of smoothed, exp3, got 'paper'" in line
+    flags = ["--domain-weights", "online:doremi", "--mixing.every", "2", "--mixing.doremi.reference", str(tmp_path)]
+    line = _refused(cli_refuses, synth_corpus, tiny_spec, tmp_path / "r", *flags, "--mixing.doremi.exploration", "1.5")
+    assert "'mixing.doremi.exploration' must be in [0, 1] (the prior's share of each phase), got 1.5" in line
 
 
 # --- the pipeline and its report ----------------------------------------------------------------------
@@ -443,8 +452,12 @@ def test_pipeline_runs_odm_and_online_doremi_arms_and_reports_their_trajectories
         "doge": None,
         "arms": {
             "uniform": {"domain_weights": "uniform"},
-            "odm": {"domain_weights": "online:odm", "mixing_every": 2, "odm_exploration": 0.05},
-            "online-doremi": {"domain_weights": "online:doremi", "mixing_every": 2, "sample_weighting": "linupper"},
+            "odm": {"domain_weights": "online:odm", "mixing": {"every": 2, "odm": {"exploration": 0.05}}},
+            "online-doremi": {
+                "domain_weights": "online:doremi",
+                "mixing": {"every": 2},
+                "sample_weighting": "linupper",
+            },
         },
         "progress": False,
     }  # fmt: skip
@@ -455,7 +468,7 @@ def test_pipeline_runs_odm_and_online_doremi_arms_and_reports_their_trajectories
 
     reference = out / "weights" / "doremi" / "work" / "round-0" / "reference"
     saved = yaml.safe_load((out / "runs" / "online-doremi-seed0" / "config.yaml").read_text())
-    assert saved["doremi_reference"] == str(reference) and (reference / "eval.json").is_file()
+    assert saved["mixing"]["doremi"]["reference"] == str(reference) and (reference / "eval.json").is_file()
     for arm in ("odm", "online-doremi"):
         mixture = report["domain_weights"][arm]
         assert mixture["method"]["name"] == f"online:{arm.split('-')[-1]}"
@@ -466,14 +479,14 @@ def test_pipeline_runs_odm_and_online_doremi_arms_and_reports_their_trajectories
 
 
 def test_a_pipeline_arm_with_odm_reward_exp3_runs_that_updater(tmp_path, tiny_spec):
-    """`odm_reward: exp3` in an arm reaches its run: the saved config, the artifact's method and sums that only grow;
-    no weights stage runs for it (ODM needs none)."""
+    """`mixing: {odm: {reward: exp3}}` in an arm reaches its run: the saved config, the artifact's method and sums
+    that only grow; no weights stage runs for it (ODM needs none)."""
     import yaml
 
     from mixweight.domain.methods import verify_file
     from mixweight.pipeline import load_pipeline_config, run_pipeline
 
-    arm = {"domain_weights": "online:odm", "mixing_every": 2, "odm_reward": "exp3", "odm_exploration": 0.05}
+    arm = {"domain_weights": "online:odm", "mixing": {"every": 2, "odm": {"reward": "exp3", "exploration": 0.05}}}
     config = {
         "data": {"synthetic": {"seed": 0, "tokens_per_domain": 4096, "seq_len": 64}},
         "train": {"model": tiny_spec, "steps": 6, "batch_size": 8, "lr": 3e-3, "warmup_steps": 1, "eval_every": 0,
@@ -487,7 +500,7 @@ def test_a_pipeline_arm_with_odm_reward_exp3_runs_that_updater(tmp_path, tiny_sp
     report = run_pipeline(load_pipeline_config(path), out)
 
     run = out / "runs" / "odm-exp3-seed0"
-    assert yaml.safe_load((run / "config.yaml").read_text())["odm_reward"] == "exp3"
+    assert yaml.safe_load((run / "config.yaml").read_text())["mixing"]["odm"]["reward"] == "exp3"
     assert not (out / "weights").exists() or not any((out / "weights").iterdir())
     mixture = report["domain_weights"]["odm-exp3"]
     assert mixture["method"]["name"] == "online:odm" and mixture["method"]["reward"] == "exp3"
@@ -509,7 +522,7 @@ def test_resuming_against_a_reference_run_that_changed_is_refused(
 
     reference = tmp_path / "reference"
     shutil.copytree(reference_run, reference)
-    flags = ["--domain-weights", "online:doremi", "--mixing-every", "2", "--doremi-reference", str(reference)]
+    flags = ["--domain-weights", "online:doremi", "--mixing.every", "2", "--mixing.doremi.reference", str(reference)]
     _run(_train(synth_corpus, tiny_spec, tmp_path / "run", *flags, steps=2))
     from mixweight.train.checkpoint import latest_checkpoint
 
@@ -525,14 +538,19 @@ def test_a_pipeline_online_doremi_arm_needs_the_doremi_section(tmp_path, tiny_sp
     from mixweight.errors import MixweightError
     from mixweight.pipeline import load_pipeline_config
 
-    arm = {"domain_weights": "online:doremi", "mixing_every": 2}
+    arm = {"domain_weights": "online:doremi", "mixing": {"every": 2}}
     path = tmp_path / "pipeline.yaml"
     path.write_text(yaml.safe_dump({"train": {"model": tiny_spec}, "doremi": None, "arms": {"od": arm}}))
     with pytest.raises(MixweightError, match="reference run comes from the 'doremi' section, but that section is null"):
         load_pipeline_config(path)
     path.write_text(
         yaml.safe_dump(
-            {"train": {"model": tiny_spec}, "doremi": None, "arms": {"od": {**arm, "doremi_reference": str(tmp_path)}}}
+            {
+                "train": {"model": tiny_spec},
+                "doremi": None,
+                "arms": {"od": {**arm, "mixing": {"every": 2, "doremi": {"reference": str(tmp_path)}}}},
+            }
         )
     )
-    assert load_pipeline_config(path).arms["od"]["doremi_reference"] == str(tmp_path)  # its own reference: no section
+    own = load_pipeline_config(path).arm_config("od").mixing.options("doremi").reference
+    assert own == str(tmp_path)  # its own reference: no section

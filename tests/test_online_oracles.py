@@ -246,5 +246,5 @@ def test_online_doremis_exploration_floor_keeps_a_collapsed_domain_observed():
 
 
 def test_a_bad_odm_reward_is_refused():
-    with pytest.raises(MixweightError, match="'odm_reward' must be one of smoothed, exp3"):
+    with pytest.raises(MixweightError, match="'mixing.odm.reward' must be one of smoothed, exp3"):
         ODMMixer(NAMES, [0.25] * 4, every=1, reward="paper")

@@ -226,7 +226,7 @@ def same_seed_arms(synth_corpus, tiny_spec, train_config, tmp_path_factory):
     for name, weighting in (("uniform", "none"), ("linupper", "linupper"), ("uniform-again", "none")):
         config = train_config(synth_corpus, tiny_spec, root / name, steps=4, batch_size=8, warmup_steps=1,
                               eval_every=0, eval_blocks=2, progress=False, domain_weights="uniform",
-                              sample_weighting=weighting, r_warmup_steps=0, seed=3)  # fmt: skip
+                              sample_weighting={"name": weighting, "warmup_steps": 0}, seed=3)  # fmt: skip
         seen[name] = {}
         train(config, Recording(WeightedLoss.from_config(config), seen[name]))
         seen[name]["eval"] = json.loads((root / name / "eval.json").read_text())
@@ -256,8 +256,8 @@ def _miniature(values: dict, spec: str) -> dict:
     values["doge"].update(proxy=spec, steps=4, log_every=2, train=short)
     values["regmix"].update(proxy=spec, runs=8, steps=2, token_budget=6 * 8 * 64, train=short)
     for arm in values["arms"].values():
-        if "mixing_every" in arm:
-            arm["mixing_every"] = 2
+        if "mixing" in arm:
+            arm["mixing"]["every"] = 2
     return {**values, "progress": False}
 
 

@@ -32,7 +32,7 @@ def _pipeline_yaml(tmp_path, spec, linupper_r=0.4) -> Path:
         "doge": {"proxy": spec, "steps": 4, "log_every": 2, **short},  # the flat form: deprecated, still read
         "arms": {
             "uniform": {"domain_weights": "uniform"},
-            "linupper": {"domain_weights": "uniform", "sample_weighting": "linupper", "r": linupper_r},
+            "linupper": {"domain_weights": "uniform", "sample_weighting": {"name": "linupper", "r": linupper_r}},
             "doremi": {"domain_weights": "doremi"},
             "doge+linupper": {"domain_weights": "doge", "sample_weighting": "linupper"},
         },
@@ -79,11 +79,11 @@ def test_miniature_pipeline_end_to_end_then_cached_then_one_arm_rerun(tmp_path, 
     assert _eval_mtimes(out) == before
 
     changed = load_pipeline_config(_pipeline_yaml(tmp_path, tiny_spec, linupper_r=0.8))
-    with pytest.raises(MixweightError, match=r"arm linupper \(seed 0\) \(r: 0.4 -> 0.8\)"):
+    with pytest.raises(MixweightError, match=r"arm linupper \(seed 0\) \(sample_weighting.r: 0.4 -> 0.8\)"):
         run_pipeline(changed, out)  # a changed arm is never replaced silently
     assert _eval_mtimes(out) == before
     run_pipeline(changed, out, rerun_changed=True)
-    assert len(list((out / "runs").glob("linupper-seed0.replaced-*-r"))) == 1  # the old run, kept
+    assert len(list((out / "runs").glob("linupper-seed0.replaced-*-sample_weighting_r"))) == 1  # the old run, kept
     after = _eval_mtimes(out)
     assert after["linupper-seed0"] != before["linupper-seed0"]
     assert {k: v for k, v in after.items() if k != "linupper-seed0"} == {
@@ -107,7 +107,7 @@ def test_every_section_is_typed_when_the_yaml_is_read_with_no_placeholder_paths(
     arms = {
         "u": {"domain_weights": "uniform"},
         "d": {"domain_weights": "doremi", "seed": 7},
-        "o": {"domain_weights": "online:doremi", "mixing_every": 2},
+        "o": {"domain_weights": "online:doremi", "mixing": {"every": 2}},
     }
     path.write_text(
         yaml.safe_dump(
@@ -126,8 +126,10 @@ def test_every_section_is_typed_when_the_yaml_is_read_with_no_placeholder_paths(
     doremi_arm = config.arm_config("d")
     assert type(doremi_arm) is TrainConfig and doremi_arm.data is None and doremi_arm.out is None
     assert (doremi_arm.domain_weights, doremi_arm.seed, doremi_arm.steps) == ("doremi", 7, 3)  # resolved by its stage
-    assert doremi_arm.sample_weighting == "linupper"
-    assert config.arm_config("o").doremi_reference is None  # the doremi stage's reference run, set by the arm's stage
+    assert doremi_arm.sample_weighting.name == "linupper"
+    assert (
+        config.arm_config("o").mixing.options("doremi").reference is None
+    )  # the doremi stage's reference run, set by the arm's stage
     assert dataclasses.replace(config, progress=False).arm_config("u") == config.arm_config("u")
 
 

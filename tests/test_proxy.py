@@ -207,10 +207,12 @@ def test_one_config_hash_for_every_method():
     [
         ("regmix", "--train.max-epochs", "its own --max-epochs caps the chosen mixture"),
         ("doremi", "--train.sample-weighting", "their own step objective"),
-        ("doge", "--train.r-start", "their own step objective"),
-        ("regmix", "--train.weight-cap", "their own step objective"),
+        ("doge", "--train.sample-weighting.start", "their own step objective"),
+        ("regmix", "--train.sample-weighting.cap", "their own step objective"),
+        ("regmix", "--train.mixing.every", "online domain mixing"),
+        ("doge", "--train.mixing.odm.alpha", "online domain mixing"),
+        ("doge", "--train.r-start", "their own step objective"),  # the flat flag of before: refused the same way
         ("regmix", "--train.mixing-every", "online domain mixing"),
-        ("doge", "--train.odm-alpha", "online domain mixing"),
         ("doremi", "--train.domain-weights", "the method decides what its proxy runs sample"),
     ],
 )
@@ -219,7 +221,9 @@ def test_a_train_key_the_method_ignores_or_would_corrupt_is_refused_naming_why(
 ):
     error = cli_refuses(["weights", method, "--data", "d", "--out", tmp_path / "w.json", flag, "2"])
     key = flag.removeprefix("--train.").replace("-", "_")
-    assert f"'train.{key}' cannot be set here" in error and reason in error
+    block = key.split(".")[0]  # a key inside a block: the whole block is the method's
+    now = f" (now 'train.{TrainConfig.RENAMED_KEYS[key]}')" if key in TrainConfig.RENAMED_KEYS else ""
+    assert f"'train.{key if now else block}'{now} cannot be set here" in error and reason in error
     assert not (tmp_path / "w.json").exists()
 
 

@@ -204,13 +204,13 @@ def test_a_moved_run_resumes(run_copy, synth_corpus, tiny_spec, tmp_path, make_c
 def test_a_run_from_before_a_new_config_key_resumes(run_copy, synth_corpus, tiny_spec, make_config):
     """A key added to mixweight after a run began is compared at its default, not as a change from None."""
     path = run_copy / "config.yaml"
-    lines = [line for line in path.read_text().splitlines() if not line.startswith("weighting_scope:")]
+    lines = [line for line in path.read_text().splitlines() if not line.startswith("  scope:")]  # in its block
     path.write_text("\n".join(lines) + "\n")
     assert loop.config_changes(run_copy, make_config(synth_corpus, tiny_spec, run_copy, steps=4, resume=True)) == ""
     changed = loop.config_changes(
-        run_copy, make_config(synth_corpus, tiny_spec, run_copy, weighting_scope="micro_batch")
+        run_copy, make_config(synth_corpus, tiny_spec, run_copy, sample_weighting={"scope": "micro_batch"})
     )
-    assert changed == "weighting_scope: 'step' -> 'micro_batch'"
+    assert changed == "sample_weighting.scope: 'step' -> 'micro_batch'"
 
 
 def test_a_run_made_before_the_config_marker_and_newer_keys_resumes(run_copy, synth_corpus, tiny_spec):

@@ -32,8 +32,7 @@ def make_config(train_config):
         checkpoint_every=CHECKPOINT,
         log_every=1,
         progress=False,
-        sample_weighting="linupper",
-        weight_histogram_every=2,
+        sample_weighting={"name": "linupper", "histogram_every": 2},
     )
 
 

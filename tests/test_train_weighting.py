@@ -40,11 +40,12 @@ def make_config(train_config):
         eval_blocks=4,
         checkpoint_every=100,
         log_every=1,
-        weight_histogram_every=3,
         progress=False,
-        sample_weighting="linupper",
-        r=0.4,
+        sample_weighting=LINUPPER,
     )
+
+
+LINUPPER = {"name": "linupper", "r": 0.4, "histogram_every": 3}
 
 
 def _final_params(run_dir, step=6):
@@ -220,24 +221,24 @@ def test_a_weighting_that_only_defines_weights_works_in_a_step_and_a_run(
 @pytest.mark.parametrize(
     "fields, message",
     [
-        ({"sample_weighting": "linuper"}, "unknown 'sample_weighting' 'linuper'; did you mean 'linupper'? valid: "),
-        ({"sample_weighting": "uniform"}, "valid: none, linupper, quadratic, extremes"),  # the library's name
-        ({"r_schedule": "cosin"}, "unknown 'r_schedule' 'cosin'; did you mean 'cosine'?"),
-        ({"r": 0.0}, "'r' (--temperature) must be > 0, got 0.0"),
-        ({"r": float("nan")}, "'r' (--temperature) must be > 0, got nan"),
-        ({"r_start": -1.0}, "'r_start' must be > 0, got -1.0"),
-        ({"weight_cap": 0.5}, "'weight_cap' must be >= 1"),
+        ({"name": "linuper"}, "'sample_weighting.name' 'linuper' is not a sample weighting; did you mean 'linupper'? "),
+        ({"name": "uniform"}, "valid: none, linupper, quadratic, extremes"),  # the library's name
+        ({"schedule": "cosin"}, "'sample_weighting.schedule' 'cosin' is not a schedule; did you mean 'cosine'?"),
+        ({"r": 0.0}, "'sample_weighting.r' must be > 0, got 0.0"),
+        ({"r": float("nan")}, "'sample_weighting.r': expected a number, got nan"),
+        ({"start": -1.0}, "'sample_weighting.start' must be > 0, got -1.0"),
+        ({"cap": 0.5}, "'sample_weighting.cap' must be >= 1"),
     ],
 )
 def test_the_config_checks_each_sample_weighting_value_once(fields, message):
     with pytest.raises(MixweightError, match=re.escape(message)):
-        TrainConfig(data=".", out=".", **fields).validate()
+        TrainConfig(data=".", out=".", sample_weighting=fields).validate()
 
 
 def test_sample_weighting_names_are_case_insensitive_and_lower_cased_where_they_enter():
     config = TrainConfig(data=".", out=".", sample_weighting="LinUpper")  # get_strategy's rule: any case
     config.validate()
-    assert config.sample_weighting == "linupper"  # what config.yaml, the reduction and the report see
+    assert config.sample_weighting.name == "linupper"  # what config.yaml, the reduction and the report see
     assert isinstance(step_weighting_from_config(config), SampleWeightingStep)
     with pytest.raises(MixweightError, match="did you mean 'linupper'"):
         TrainConfig(data=".", out=".", sample_weighting="LinUper").validate()
@@ -264,7 +265,16 @@ def test_trainer_accumulation_equals_one_big_batch(synth_corpus, tiny_spec, tmp_
 def test_huge_r_reproduces_the_unweighted_run(synth_corpus, tiny_spec, tmp_path, make_config):
     with _float64():  # see EXACT_ATOL; at r = 1e9 the weights are 1/N to float32 precision
         loop.train(make_config(synth_corpus, tiny_spec, tmp_path / "plain", sample_weighting="none"))
-        loop.train(make_config(synth_corpus, tiny_spec, tmp_path / "big-r", r=1e9, grad_accum=2, batch_size=4))
+        loop.train(
+            make_config(
+                synth_corpus,
+                tiny_spec,
+                tmp_path / "big-r",
+                sample_weighting={**LINUPPER, "r": 1e9},
+                grad_accum=2,
+                batch_size=4,
+            )
+        )
         loop.train(make_config(synth_corpus, tiny_spec, tmp_path / "linupper"))
     plain = _final_params(tmp_path / "plain")
     _assert_close_params(plain, _final_params(tmp_path / "big-r"), atol=EXACT_ATOL)
@@ -273,7 +283,7 @@ def test_huge_r_reproduces_the_unweighted_run(synth_corpus, tiny_spec, tmp_path,
 
 
 def test_weight_metrics_are_logged(synth_corpus, tiny_spec, tmp_path, make_config):
-    loop.train(make_config(synth_corpus, tiny_spec, tmp_path / "run", weight_cap=2.0))
+    loop.train(make_config(synth_corpus, tiny_spec, tmp_path / "run", sample_weighting={**LINUPPER, "cap": 2.0}))
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if "weights" in r]
     assert len(steps) == 6

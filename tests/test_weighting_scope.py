@@ -92,11 +92,11 @@ def test_micro_batch_scope_is_refused_for_a_weighting_with_a_step_state(synth_co
     manifest, batch = _batch(synth_corpus, n=4)
     model = build_model(tiny_spec, manifest, seed=0)
     doremi = DoReMiWeighting(build_model(tiny_spec, manifest, seed=1), manifest.domains)
-    with pytest.raises(MixweightError, match="weighting_scope micro_batch is for loss-based sample weights"):
+    with pytest.raises(MixweightError, match="sample_weighting.scope micro_batch is for loss-based sample weights"):
         accumulate_gradients(model, _split(batch, 2), doremi, 0, World(), scope="micro_batch")
     assert doremi.updates == 0 and all(p.grad is None for p in model.parameters())  # nothing happened
-    with pytest.raises(MixweightError, match="'weighting_scope' must be step or micro_batch, got 'global'"):
-        TrainConfig(data=".", out=".", weighting_scope="global").validate()
+    with pytest.raises(MixweightError, match="'sample_weighting.scope' must be step or micro_batch, got 'global'"):
+        TrainConfig(data=".", out=".", sample_weighting={"scope": "global"}).validate()
 
 
 @pytest.mark.distributed
@@ -123,7 +123,7 @@ def test_micro_batch_scope_groups_a_micro_batch_over_all_processes(
         "linupper",
         "--grad-accum",
         "2",
-        "--weighting-scope",
+        "--sample-weighting.scope",
         "micro_batch",
         "--log-every",
         "1",

@@ -14,7 +14,7 @@ import typing
 
 # feature -> its TrainConfig key. When a field moves into a nested block, its line here is what changes.
 FEATURES = {
-    "sample_weighting": "sample_weighting",
+    "sample_weighting": "sample_weighting.name",
     "loss_impl": "loss_impl",
     "compile": "compile",
 }

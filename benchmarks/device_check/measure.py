@@ -85,10 +85,10 @@ def worker_transformers(spec: dict) -> dict:
     import numpy as np
     import torch
     import transformers
-    from transformers import TrainerCallback, TrainingArguments
+    from transformers import TrainerCallback
 
     sys.path.insert(0, str(BENCH_DIR))
-    from throughput import BETAS, CLIP, FINAL_LR, LR, WEIGHT_DECAY, BlockDataset, DomainTrainer, collate
+    from throughput import BlockDataset, DomainTrainer, collate, matched_arguments
 
     from mixweight.core.model import build_model
     from mixweight.data.manifest import load_manifest
@@ -107,33 +107,9 @@ def worker_transformers(spec: dict) -> dict:
 
     corpus = Path(spec["corpus"])
     model = build_model(spec["model"], load_manifest(corpus), seed=0)
-    training_args = TrainingArguments(
-        output_dir=spec["run_dir"],
-        max_steps=spec["steps"],
-        per_device_train_batch_size=spec["batch_size"],
-        gradient_accumulation_steps=1,
-        learning_rate=LR,
-        weight_decay=WEIGHT_DECAY,
-        adam_beta1=BETAS[0],
-        adam_beta2=BETAS[1],
-        adam_epsilon=1e-8,
-        max_grad_norm=CLIP,
-        optim="adamw_torch",
-        lr_scheduler_type="cosine_with_min_lr",
-        lr_scheduler_kwargs={"min_lr": FINAL_LR},
-        warmup_steps=spec["warmup_steps"],
-        use_cpu=not cuda,
-        bf16=spec["precision"] == "bf16",
-        fp16=False,
-        seed=0,
-        data_seed=0,
-        remove_unused_columns=False,
-        report_to=[],
-        eval_strategy="no",
-        save_strategy="no",
-        logging_steps=10**6,
-        dataloader_num_workers=0,
-        disable_tqdm=True,
+    bf16 = spec["precision"] == "bf16"
+    training_args = matched_arguments(
+        spec["run_dir"], spec["steps"], spec["batch_size"], spec["warmup_steps"], cuda, bf16
     )
     timer = SyncedStepEnd()
     trainer = DomainTrainer(

@@ -1,6 +1,8 @@
 """Flags from config dataclasses: one argparse argument per field (name, type, default and help from the field),
-``--BLOCK.KEY`` flags for a nested block, hidden flags for renamed and moved keys, and the given flags turned
-back into config values. One spelling per option in --help; no abbreviations; a refusal is one line.
+``--BLOCK.KEY`` flags for a block (a proxy's ``--train.lr``, a typed block's ``--sample-weighting.r`` and
+``--mixing.odm.reward``; ``--sample-weighting NAME`` for its shorthand), hidden flags for renamed and moved keys,
+and the given flags turned back into config values. One spelling per option in --help; no abbreviations; a
+refusal is one line.
 """
 
 from __future__ import annotations
@@ -10,7 +12,20 @@ import dataclasses
 import sys
 import typing
 
-from mixweight.core.config import ARGUMENT, FLAGS, HELP, MOVED, NESTED, OWNED, load_config, renamed_keys
+from mixweight.core.config import (
+    ARGUMENT,
+    FLAGS,
+    HELP,
+    INLINE,
+    MOVED,
+    NESTED,
+    OWNED,
+    SHORTHAND,
+    inline_field,
+    load_config,
+    merge_values,
+    renamed_keys,
+)
 
 BOOL_FLAGS_NEGATABLE = {"progress", "match_repetition"}
 
@@ -40,6 +55,9 @@ def add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
         if NESTED in field.metadata:
             _add_nested_flags(parser, cls, field)
             continue
+        if dataclasses.is_dataclass(hints[field.name]):
+            _add_block_flags(parser, field.name, hints[field.name], field.metadata.get(HELP, ""))
+            continue
         flags = field.metadata.get(FLAGS) or ("--" + field.name.replace("_", "-"),)
         argument = field.metadata.get(ARGUMENT, {})
         default = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
@@ -47,9 +65,46 @@ def add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
             parser, flags, field.name, hints[field.name], field.metadata.get(HELP, ""), default, argument=argument
         )
     for old, new in renamed_keys(cls).items():  # the spelling of before: accepted for a release, not in --help
-        if new in hints:
-            parser.add_argument(f"--{old.replace('_', '-')}", dest=old, type=_flag_type(hints[new]),
+        kind = _dotted_type(cls, new)
+        if kind is not None:
+            parser.add_argument(f"--{old.replace('_', '-')}", dest=old, type=_flag_type(kind),
                                 default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # fmt: skip
+
+
+def _add_block_flags(parser, dest: str, cls, help_text: str) -> None:
+    """--BLOCK.KEY for every key of a typed block (and of the blocks inside it); --BLOCK VALUE for its shorthand."""
+    flag = "--" + dest.replace("_", "-")
+    defaults = cls()
+    shorthand = getattr(cls, SHORTHAND, None)
+    if shorthand is not None:
+        _add_flag(parser, (flag,), dest, str, f"{help_text}; the flag takes the {shorthand}, {flag}.KEY the rest",
+                  getattr(defaults, shorthand), argument={"metavar": shorthand.upper()})  # fmt: skip
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        inner = f"{dest}.{field.name}"
+        if INLINE in field.metadata:
+            for key, block in field.metadata[INLINE]().items():
+                _add_block_flags(parser, f"{dest}.{key}", block, f"{block.__doc__ or key}")
+        elif dataclasses.is_dataclass(hints[field.name]):
+            _add_block_flags(parser, inner, hints[field.name], field.metadata.get(HELP, ""))
+        elif field.name != shorthand:
+            flags = ("--" + inner.replace("_", "-"),)
+            default = getattr(defaults, field.name)
+            metavar = {"metavar": field.name.upper()}
+            _add_flag(parser, flags, inner, hints[field.name], field.metadata.get(HELP, ""), default, argument=metavar)
+
+
+def _dotted_type(cls, dotted: str):
+    """The type of a dotted key of `cls` (``sample_weighting.r`` -> float), None when it names nothing."""
+    head, _, rest = dotted.partition(".")
+    hints = typing.get_type_hints(cls)
+    inline = inline_field(cls)
+    kind = hints.get(head) if head in hints and (inline is None or head != inline.name) else None
+    if kind is None and inline is not None:
+        kind = inline.metadata[INLINE]().get(head)
+    if not rest or kind is None:
+        return kind
+    return _dotted_type(kind, rest) if dataclasses.is_dataclass(kind) else None
 
 
 def _flag_type(kind):
@@ -110,7 +165,12 @@ def refuse_owned_flags(parser: argparse.ArgumentParser, argv: list[str] | None) 
     known, extras = parser.parse_known_args(argv)
     command = " ".join(filter(None, (known.command, getattr(known, "weights_command", None))))
     for token in extras:
-        message = OWNED_FLAGS.get((command, token.split("=", 1)[0]))
+        flag = token.split("=", 1)[0]
+        while True:  # --train.mixing.every: the owned block --train.mixing
+            message = OWNED_FLAGS.get((command, flag))
+            if message is not None or flag.count(".") < 2:
+                break
+            flag = flag.rsplit(".", 1)[0]
         if message is not None:
             print(f"mixweight: error: {message}", file=sys.stderr)
             sys.exit(2)
@@ -122,13 +182,23 @@ def _add_nested_flags(parser: argparse.ArgumentParser, cls, block) -> None:
     hints = typing.get_type_hints(inner)
     defaults = getattr(cls, "TRAIN_DEFAULTS", {})  # the method's own defaults for the block
     notes = getattr(cls, "TRAIN_DEFAULT_NOTES", {})  # defaults that follow other options
+    command = getattr(cls, "COMMAND", parser.prog)
+    for old, new in renamed_keys(inner).items():  # the old spelling of a key in an owned block: refused as such
+        owner = new.split(".")[0]
+        if owner in owned:
+            OWNED_FLAGS[(command, f"--{block.name}.{old.replace('_', '-')}")] = (
+                f"{command}: '{block.name}.{old}' (now '{block.name}.{new}') cannot be set here: {owned[owner]}"
+            )
     for field in dataclasses.fields(inner):
         if field.name in owned:  # no flag; given anyway, main() refuses it with its reason (not "unrecognized")
-            command = getattr(cls, "COMMAND", parser.prog)
             for flag in field.metadata.get(FLAGS) or ("--" + field.name.replace("_", "-"),):
                 OWNED_FLAGS[(command, f"--{block.name}.{flag[2:]}")] = (
                     f"{command}: '{block.name}.{field.name}' cannot be set here: {owned[field.name]}"
                 )
+            continue
+        if dataclasses.is_dataclass(hints[field.name]):
+            help_text = field.metadata.get(HELP, "")
+            _add_block_flags(parser, f"{block.name}.{field.name}", hints[field.name], help_text)
             continue
         plain = field.metadata.get(FLAGS) or ("--" + field.name.replace("_", "-"),)
         flags = tuple(f"--{block.name}.{flag[2:]}" for flag in plain)
@@ -164,12 +234,14 @@ def overrides(args: argparse.Namespace, cls) -> dict:
     aliases = {key for block in dataclasses.fields(cls) for key in block.metadata.get(MOVED, ())}
     aliases |= set(renamed_keys(cls))
     values: dict = {}
-    for key, value in vars(args).items():
-        block, dot, inner = key.partition(".")
-        if dot and block in names:
-            values.setdefault(block, {})[inner] = value
-        elif key in names or key in aliases:
-            values[key] = value
+    given = vars(args)
+    for key in sorted(given, key=lambda k: k.count(".")):  # a block's shorthand before its keys
+        value, (block, *inner) = given[key], key.split(".")
+        if block not in names and not (key in aliases and not inner):
+            continue
+        for part in reversed(inner):
+            value = {part: value}
+        values = merge_values(values, {block: value})
     return values
 
 

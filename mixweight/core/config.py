@@ -8,11 +8,9 @@ resolved config is what gets written into the output directory.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import os
-import sys
 import types
 import typing
 from pathlib import Path
@@ -20,13 +18,33 @@ from typing import Any, TypeVar
 
 import yaml
 
+from mixweight.core.blocks import (  # noqa: F401 - re-exported: configs are made and read through this module
+    HELP,
+    INLINE,
+    SHORTHAND,
+    config_dict,
+    dotted_keys,
+    inline_blocks,
+    inline_field,
+    merge_values,
+    with_values,
+)
+from mixweight.core.renames import (  # noqa: F401 - the block helpers, re-exported for their callers
+    MOVED,
+    NESTED,
+    OWNED,
+    held_deprecations,
+    nest_moved_keys,
+    nested_fields,
+    rename_keys,
+    renamed_keys,
+)
 from mixweight.core.yamlio import load_yaml
 from mixweight.errors import MixweightError, brief, did_you_mean
 
 C = TypeVar("C")
 
 
-HELP = "help"  # dataclass field metadata key: the flag's help text in `mixweight ... --help`
 FLAGS = "flags"  # field metadata key: the flag names when --<field-name> will not do (see option's flags)
 ARGUMENT = "argument"  # field metadata key: how the command line gives it (see option's keyword arguments)
 LIMITS = "limits"  # field metadata key: a Limits for the field's numbers (see `limits_of`)
@@ -101,11 +119,6 @@ def option(
     return dataclasses.field(default=default, metadata=metadata)
 
 
-NESTED = "nested"  # field metadata key: the config class whose keys a nested block (a mapping) may hold
-MOVED = "moved"  # field metadata key of a nested block: its keys that used to be top-level (deprecated aliases)
-OWNED = "owned"  # field metadata key of a nested block: {key: why it is refused} for keys the outer config sets
-
-
 def nested(cls, help_text: str, moved: tuple[str, ...] = (), owned: dict[str, str] | None = None):
     """A field holding a block of `cls` overrides: ``train: {lr: 2e-3}`` in YAML, ``--train.lr`` as a flag.
 
@@ -118,127 +131,6 @@ def nested(cls, help_text: str, moved: tuple[str, ...] = (), owned: dict[str, st
     return dataclasses.field(default_factory=dict, metadata=metadata)
 
 
-def nested_fields(cls) -> list[dataclasses.Field]:
-    return [f for f in dataclasses.fields(cls) if NESTED in f.metadata]
-
-
-def nest_moved_keys(cls, values: dict[str, Any], where: str) -> dict[str, Any]:
-    """`values` with the deprecated top-level aliases of `cls`'s nested blocks moved into their block.
-
-    One deprecation line on stderr (main process) names every alias used; a key given in both
-    spellings is refused, naming both. `values` itself is not changed.
-    """
-    values = dict(values)
-    used = []
-    for block in nested_fields(cls):
-        inner = values.get(block.name)
-        inner = dict(inner) if isinstance(inner, dict) else inner
-        for key in block.metadata[MOVED]:
-            if key not in values:
-                continue
-            nested_name = f"{block.name}.{key}"
-            if isinstance(inner, dict) and key in inner:
-                raise MixweightError(
-                    f"{where}: '{key}' (--{key.replace('_', '-')}, deprecated) and '{nested_name}' "
-                    f"(--{nested_name.replace('_', '-')}) both given; give only '{nested_name}'"
-                )
-            if inner is None:
-                inner = {}
-            if isinstance(inner, dict):
-                inner[key] = values.pop(key)
-                used.append(nested_name)
-        if block.name in values or inner:
-            values[block.name] = inner
-    if used:
-        from mixweight.core.distributed import is_main_process
-
-        if is_main_process():
-            old = ", ".join(name.split(".", 1)[1] for name in used)
-            flags = ", ".join(f"--{name.replace('_', '-')}" for name in used)
-            _deprecated(
-                f"mixweight: deprecated: {where}: {old} moved into the {used[0].split('.', 1)[0]} block: write "
-                f"{', '.join(used)} (flags {flags}); the old spelling is accepted for one more release"
-            )
-    return values
-
-
-RENAMED_KEYS = "RENAMED_KEYS"  # a config class's {old key: new dotted key}: spellings of before, read for a release
-
-
-def renamed_keys(cls) -> dict[str, str]:
-    return dict(getattr(cls, RENAMED_KEYS, {}))
-
-
-def rename_keys(cls, values: dict[str, Any], where: str, quiet: bool = False) -> dict[str, Any]:
-    """`values` with the old spellings of `cls`'s renamed keys (`RENAMED_KEYS`) under their new names.
-
-    A new name may be dotted (``odm_alpha`` -> ``mixing.odm.alpha``): the value goes into that block.
-    One deprecation line (main process) names every old spelling used, unless `quiet` (reading a file
-    an older mixweight wrote); a key given in both spellings is refused naming both.
-    """
-    renames = renamed_keys(cls)
-    if not any(key in renames for key in values):
-        return values
-    values = dict(values)
-    used = []
-    for old, new in renames.items():
-        if old not in values:
-            continue
-        value = values.pop(old)
-        *blocks, last = new.split(".")
-        target = values
-        for block in blocks:
-            inner = target.get(block)
-            if not isinstance(inner, dict):
-                inner = {} if inner is None else inner
-            if not isinstance(inner, dict):  # a shorthand value (a block's name): kept as its first key
-                inner = {"name": inner}
-            target[block] = inner = dict(inner)
-            target = inner
-        if last in target:
-            raise MixweightError(f"{where}: '{old}' (deprecated) and '{new}' both given; give only '{new}'")
-        target[last] = value
-        used.append((old, new))
-    if used and not quiet:
-        from mixweight.core.distributed import is_main_process
-
-        if is_main_process():
-            spelled = ", ".join(f"{old} -> {new}" for old, new in used)
-            flags = ", ".join(f"--{old.replace('_', '-')} -> --{new.replace('_', '-')}" for old, new in used)
-            _deprecated(
-                f"mixweight: deprecated: {where}: renamed keys {spelled} (flags {flags}); the old spelling is "
-                "accepted for one more release"
-            )
-    return values
-
-
-_held: list[str] | None = None  # deprecation lines held back by `held_deprecations` (the CLI)
-
-
-def _deprecated(line: str) -> None:
-    if _held is None:
-        print(line, file=sys.stderr, flush=True)
-    elif line not in _held:
-        _held.append(line)
-
-
-@contextlib.contextmanager
-def held_deprecations():
-    """Hold deprecation lines back while the body runs; they are printed (once each) when it succeeds.
-
-    The CLI runs every command inside it, so a refused command prints its one error line and
-    nothing else, and a command that runs still says what it read in a deprecated form.
-    """
-    global _held
-    _held = []
-    try:
-        yield
-        for line in _held:
-            print(line, file=sys.stderr, flush=True)
-    finally:
-        _held = None
-
-
 def _build_nested(block: dataclasses.Field, value: Any, where: str) -> dict[str, Any]:
     """A nested block checked key by key against its config class: known, not owned, the right type."""
     name = block.name
@@ -249,6 +141,11 @@ def _build_nested(block: dataclasses.Field, value: Any, where: str) -> dict[str,
             f"{where}: '{name}' must be a mapping of {block.metadata[NESTED].__name__} keys, got {brief(value)}"
         )
     cls, owned = block.metadata[NESTED], block.metadata[OWNED]
+    for old, new in renamed_keys(cls).items():  # an old spelling of a key the block may not set: named as written
+        if old in value and new.split(".")[0] in owned:
+            why = owned[new.split(".")[0]]
+            raise MixweightError(f"{where}: '{name}.{old}' (now '{name}.{new}') cannot be set here: {why}")
+    value = rename_keys(cls, value, f"{where}: '{name}'")
     types_ = _field_types(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     valid = [f.name for f in dataclasses.fields(cls) if f.name not in owned]
@@ -327,9 +224,14 @@ def _coerce(value: Any, annotation: Any, where: str, limits: Limits = DEFAULT_LI
             return value
         if value is None:
             value = {}
+        shorthand = getattr(annotation, SHORTHAND, None)
+        if shorthand is not None and isinstance(value, str):
+            value = {shorthand: value}
         if not isinstance(value, dict):
-            raise MixweightError(f"{where}: expected a mapping of {annotation.__name__} keys, got {brief(value)}")
-        return build_config(annotation, value, where)
+            hint = f"a {shorthand} or " if shorthand else ""
+            raise MixweightError(f"{where}: expected {hint}a mapping of {annotation.__name__} keys, got {brief(value)}")
+        outer, _, path = where.rpartition(": '")  # `where` names the key: "FILE: 'mixing'"
+        return build_config(annotation, value, outer or where, f"{path.rstrip(chr(39))}." if outer else "")
     if annotation is bool:
         if isinstance(value, bool):
             return value
@@ -357,30 +259,39 @@ def _coerce(value: Any, annotation: Any, where: str, limits: Limits = DEFAULT_LI
     return value
 
 
-def build_config(cls: type[C], values: dict[str, Any], where: str) -> C:
-    """Make a `cls` from a mapping, refusing unknown keys and values of the wrong type."""
+def build_config(cls: type[C], values: dict[str, Any], where: str, block: str = "") -> C:
+    """Make a `cls` from a mapping, refusing unknown keys and values of the wrong type. `block` is the dotted path
+    of a typed block inside another config (``mixing.``), named in messages."""
     values = rename_keys(cls, values, where)
     values = nest_moved_keys(cls, values, where)
     types_ = _field_types(cls)
-    valid = [f.name for f in dataclasses.fields(cls)]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    inline = inline_field(cls)
+    inline_classes = inline.metadata[INLINE]() if inline is not None else {}
+    valid = [name for name in fields if inline is None or name != inline.name] + list(inline_classes)
     for key in values:
         if key not in valid:
-            raise MixweightError(f"{where}: unknown key '{key}'; {closest_hint(key, valid)}")
+            raise MixweightError(f"{where}: unknown key '{block}{key}'; {closest_hint(key, valid)}")
     blocks = {f.name: f for f in nested_fields(cls)}
-    fields = {f.name: f for f in dataclasses.fields(cls)}
     coerced = {
         k: _build_nested(blocks[k], v, where)
         if k in blocks
-        else _coerce(v, types_[k], f"{where}: '{k}'", limits_of(fields[k]))
+        else _coerce(v, types_[k], f"{where}: '{block}{k}'", limits_of(fields[k]))
         for k, v in values.items()
+        if k not in inline_classes
     }
+    if inline is not None:  # every block, its defaults where none was given
+        coerced[inline.name] = {
+            key: _coerce(values.get(key), block_cls, f"{where}: '{block}{key}'")
+            for key, block_cls in inline_classes.items()
+        }
     missing = [
         f.name
         for f in dataclasses.fields(cls)
         if f.name not in coerced and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
     ]
     if missing:
-        raise MixweightError(f"{where}: missing required key(s) {missing}")
+        raise MixweightError(f"{where}: missing required key(s) {[block + name for name in missing]}")
     config = cls(**coerced)
     validate = getattr(config, "validate", None)
     if validate is not None:
@@ -408,22 +319,19 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 def load_config(cls: type[C], yaml_path: str | Path | None, overrides: dict[str, Any], where: str = "config") -> C:
     """Defaults < YAML file < explicit overrides (flags); dashes in keys are read as underscores.
 
-    A nested block (`train:`) is merged key by key: ``--train.lr`` overrides the YAML's
-    ``train: {lr: ...}`` and keeps its other keys. `where` names the source in messages when
-    there is no YAML file.
+    A block (`train:`, `sample_weighting:`) is merged key by key at every depth (`merge_values`):
+    ``--train.lr`` overrides the YAML's ``train: {lr: ...}`` and keeps its other keys. `where` names the
+    source in messages when there is no YAML file.
     """
     values: dict[str, Any] = {}
     if yaml_path is not None:
         values.update({str(k).replace("-", "_"): v for k, v in read_yaml(yaml_path).items()})
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(values.get(key), dict):
-            value = {**values[key], **value}
-        values[key] = value
+    values = merge_values(values, overrides)
     return build_config(cls, values, where=str(yaml_path) if yaml_path else where)
 
 
 def to_yaml(config) -> str:
-    return yaml.safe_dump(dataclasses.asdict(config), sort_keys=False)
+    return yaml.safe_dump(config_dict(config), sort_keys=False)
 
 
 def require(condition: bool, message: str) -> None:

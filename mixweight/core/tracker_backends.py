@@ -14,6 +14,7 @@ import threading
 import time
 from pathlib import Path
 
+from mixweight.core.blocks import dotted_keys
 from mixweight.core.outputs import check_output_path
 from mixweight.core.tracker_names import Histogram
 from mixweight.errors import MixweightError, first_line
@@ -156,7 +157,7 @@ class MlflowTracker:
                     experiment_id, run_name=_run_name(run_dir), tags={"mixweight.run_dir": str(run_dir.resolve())}
                 )
                 self.run_id = run.info.run_id
-                params = [Param(mlflow_key(k), str(v)[:6000]) for k, v in config.items()]
+                params = [Param(mlflow_key(k), str(v)[:6000]) for k, v in dotted_keys(config).items()]
                 for start in range(0, len(params), 100):  # MLflow's limit of params per call
                     self.client.log_batch(self.run_id, params=params[start : start + 100])
         except MixweightError:

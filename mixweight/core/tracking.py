@@ -18,11 +18,11 @@ written at the start (a file in the way, a read-only or full disk).
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import sys
 from pathlib import Path
 
+from mixweight.core.blocks import config_dict
 from mixweight.core.jsonio import write_json_atomic
 from mixweight.core.tracker_backends import BACKENDS, EXTRA, TENSORBOARD_DIR
 from mixweight.core.tracker_names import flatten
@@ -115,7 +115,7 @@ def open_trackers(config, run_dir: Path, start_step: int) -> Trackers | None:
         return None
     saved = read_state(run_dir) if start_step > 0 else {}
     state: dict = {"mark": saved.get("mark")} if start_step > 0 else {}
-    values = dataclasses.asdict(config)
+    values = config_dict(config)  # blocks as mappings, as config.yaml holds them
     backends = {}
     try:
         for name in names:

@@ -171,7 +171,7 @@ def run_doremi(config: DoReMiConfig) -> DomainWeights:
         )
         proxy = _train_config(config, corpus, round_dir / "proxy", config.steps, "uniform")
         # the weighting ends with the finished run's saved state: the same whether trained now, resumed or reused
-        objective = WeightedLoss(weighting, proxy.loss_impl, proxy.weighting_scope)
+        objective = WeightedLoss(weighting, proxy.loss_impl, proxy.sample_weighting.scope)
         runs[f"round-{r}/proxy"] = train_or_reuse(proxy, objective)
         weights = weighting.average_weights()
         l1 = _l1(weights, history[-1]["weights"]) if history else None

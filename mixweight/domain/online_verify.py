@@ -57,7 +57,7 @@ def _replay_mixer(method: dict, domains: list[str], where: str) -> OnlineMixer:
     try:
         return cls.from_record(method, domains, prior.tolist(), every)
     except (TypeError, ValueError) as exc:  # MixweightError included: the artifact's values, not a flag
-        message = str(exc).removeprefix("train: ").replace("'odm_", "'method.")
+        message = str(exc).removeprefix("train: ").replace(f"'mixing.{name}.", "'method.")  # the record's key
         raise MixweightError(f"{where}: {message}") from None
 
 

@@ -49,7 +49,6 @@ from mixweight.train import checkpoint as ckpt
 from mixweight.train.compute import COMPUTE_KEY
 from mixweight.train.config import TrainConfig
 from mixweight.train.loop import config_changes, train
-from mixweight.train.online import online_keys
 
 
 def _finished(run_dir: Path, steps: int) -> bool:
@@ -91,7 +90,7 @@ def train_or_reuse(config: TrainConfig, objective=None) -> Path:
 # appear (a method's options or its train block). doge_impl: both forms compute the same gradients (to float
 # rounding), so a run may resume with the other.
 UNHASHED = frozenset({"data", "out", "work_dir", "progress", "report_to", "doge_impl"})
-# TrainConfig keys a proxy's train block may not set: the method sets them (the value says from where).
+# TrainConfig keys (and whole blocks) a proxy's train block may not set: the method sets them (the value says why).
 OWNED_TRAIN_KEYS = {
     "data": "the corpus is the method's --data",
     "out": "the proxy runs live in the method's --work-dir",
@@ -106,15 +105,11 @@ OWNED_TRAIN_KEYS = {
         "a proxy run trains the mixture the method records, unprojected "
         "(weights regmix: its own --max-epochs caps the chosen mixture instead)"
     ),
-    **{
-        key: "DoReMi and DoGE give their proxy runs their own step objective, and a swarm of sample-weighted "
-        "runs would fit a law of another objective than the main run's mixture: set it on the main run"
-        for key in ("sample_weighting", "r", "r_schedule", "r_start", "r_warmup_steps", "weight_cap", "weighting_scope")
-    },
-    **{
-        key: "online domain mixing would replace the mixture the method decides for its proxy runs"
-        for key in online_keys()
-    },
+    "sample_weighting": (
+        "DoReMi and DoGE give their proxy runs their own step objective, and a swarm of sample-weighted runs would "
+        "fit a law of another objective than the main run's mixture: set it on the main run"
+    ),
+    "mixing": "online domain mixing would replace the mixture the method decides for its proxy runs",
 }
 # TrainConfig keys that were top-level method keys before the train block: accepted for a release (deprecated).
 MOVED_TRAIN_KEYS = (

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from mixweight.core.artifact import DomainWeights, corpus_weights, load_domain_weights
+from mixweight.core.blocks import config_dict
 from mixweight.core.distributed import barrier, broadcast_object, close_world, init_world
 from mixweight.core.model import load_spec
 from mixweight.data.manifest import Manifest, load_manifest
@@ -120,7 +121,7 @@ def _members(config: RegMixConfig, data: str, work: Path, domains: list[str], tr
         by_name = dict(zip(train_domains, row.tolist()))
         members.append(
             {
-                "config": dataclasses.asdict(member_config(config, data, work, i)),
+                "config": config_dict(member_config(config, data, work, i)),
                 "mixture": {d: by_name.get(d, 0.0) for d in domains},
                 "targets": targets,
                 "log": str(work / "logs" / f"run-{i:03d}.log"),

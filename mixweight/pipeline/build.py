@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from mixweight.core.config import rename_keys, with_values
 from mixweight.core.distributed import is_main_process
 from mixweight.data.cluster_options import cluster_options_of
 from mixweight.data.cluster_options import external_inputs as cluster_inputs
@@ -27,6 +28,7 @@ from mixweight.pipeline.config import (
 )
 from mixweight.pipeline.inputs import file_fingerprints, input_fingerprints, manifest_sha256
 from mixweight.pipeline.stages import Stage, stage_key
+from mixweight.train.config import TrainConfig
 from mixweight.train.loop import RESUMABLE_CHANGES, train
 
 WEIGHTS_FILE = "domain_weights.json"
@@ -134,7 +136,7 @@ def _arm_stage(config: PipelineConfig, name: str, seed: int, corpus: str, upstre
         stage, key = needs
         owned[key] = str(online_reference(config, stage, out))
         inputs[stage] = upstream[stage]
-    train_cfg = dataclasses.replace(config.arm_config(name), **owned)
+    train_cfg = with_values(config.arm_config(name), owned)
 
     def run() -> None:
         if _trained_to(directory) == train_cfg.steps:
@@ -145,8 +147,20 @@ def _arm_stage(config: PipelineConfig, name: str, seed: int, corpus: str, upstre
     # progress is display only: it must not rerun a stage; steps always recorded, to tell "more steps" from "fewer"
     key_values = {**{k: v for k, v in values.items() if k not in NOT_IN_STAGE_KEY}, "steps": train_cfg.steps}
     return Stage(
-        f"arm {name} (seed {seed})", directory, key_values, inputs, train_cfg.steps, run, resumable=_arm_can_continue
+        f"arm {name} (seed {seed})",
+        directory,
+        key_values,
+        inputs,
+        train_cfg.steps,
+        run,
+        resumable=_arm_can_continue,
+        upgrade=_today_spelling,
     )
+
+
+def _today_spelling(values: dict) -> dict:
+    """An arm's stage values as a marker of before the blocks (0.1) holds them, in today's spelling."""
+    return rename_keys(TrainConfig, values, "stage marker", quiet=True)
 
 
 def _downstream_stage(options: dict, arm: Stage) -> Stage:

@@ -18,7 +18,9 @@
              every swarm run, or null to skip RegMix (it runs only when an arm uses domain_weights: regmix)
              (the flat form of before, {lr: 2e-3, ...} beside the options, is read with one deprecation line)
     arms:    {name: TrainConfig overrides}; domain_weights may name a method: doremi | doge | regmix, or be online:odm |
-             online:doremi with mixing_every (online DoReMi's reference: the doremi stage's round-0 reference run).
+             online:doremi with mixing: {every: K} (online DoReMi's reference: the doremi stage's round-0 reference
+             run). Blocks (sample_weighting, mixing) merge key by key over train's: `sample_weighting: linupper`
+             in an arm keeps train's `sample_weighting: {r: 0.4}`.
              A name becomes the directory runs/<name>-seed<S>: one plain path component.
     seeds:   [0, 1, ...]  every arm runs once per seed
     report:  {baseline: uniform}
@@ -40,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from mixweight.core.config import build_config, closest_hint, read_yaml, require
+from mixweight.core.config import build_config, closest_hint, dotted_keys, merge_values, read_yaml, rename_keys, require
 from mixweight.data.names import NAME_RULE, name_problem
 from mixweight.data.prepare import PrepareConfig
 from mixweight.data.synthetic import SynthConfig
@@ -251,10 +253,11 @@ def used_methods(config: "PipelineConfig") -> dict[str, Any]:
 
 def online_input(arm: dict) -> Optional[tuple[str, str]]:
     """(weights stage, train key) when an online arm reads a stage's work (online DoReMi: the doremi stage's
-    reference run, as doremi_reference) and does not set that key itself; else None. The mixer class says which."""
+    reference run, as mixing.doremi.reference) and does not set that key itself; else None. The mixer class says
+    which."""
     spec = MixtureSpec.parse(arm.get("domain_weights", TrainConfig.domain_weights))
     cls = mixers().get(spec.name) if spec.online else None
-    if cls is None or cls.READS_STAGE is None or arm.get(cls.STAGE_KEY) is not None:
+    if cls is None or cls.READS_STAGE is None or dotted_keys(arm).get(cls.STAGE_KEY) is not None:
         return None
     return cls.READS_STAGE, cls.STAGE_KEY
 
@@ -266,7 +269,8 @@ def online_stage(arm: dict) -> Optional[str]:
 
 
 def arm_values(config: PipelineConfig, name: str) -> dict[str, Any]:
-    return {**config.train, **config.arms[name]}
+    """The arm's train keys as given: the train section's, the arm's over them (blocks merged key by key)."""
+    return merge_values(config.train, config.arms[name])
 
 
 def load_pipeline_config(path: str | Path) -> PipelineConfig:
@@ -289,6 +293,14 @@ def pipeline_config(values: dict, where: str) -> PipelineConfig:
     for key in raw:
         if key not in valid:
             raise MixweightError(f"{where}: unknown key '{key}'; {closest_hint(str(key), valid)}")
+    # the flat train keys of before the blocks, in train and in every arm: moved into their blocks once, here
+    if isinstance(raw.get("train"), dict):
+        raw["train"] = rename_keys(TrainConfig, raw["train"], f"{where}: 'train'")
+    if isinstance(raw.get("arms"), dict):
+        raw["arms"] = {
+            arm: rename_keys(TrainConfig, keys, f"{where}: arm '{arm}'") if isinstance(keys, dict) else keys
+            for arm, keys in raw["arms"].items()
+        }
     sections = {}
     for name, method in registered.items():
         if name in raw:

@@ -90,9 +90,9 @@ def check_against_corpus(config: PipelineConfig, corpus: str) -> None:
         spec = values.get("domain_weights", TrainConfig.domain_weights)
         if MixtureSpec.parse(spec).online:  # online mixing: its prior mixture
             try:
-                resolve_proportions(manifest, str(values.get("mixing_prior", TrainConfig.mixing_prior)))
+                resolve_proportions(manifest, config.arm_config(name).mixing.prior)
             except MixweightError as exc:
-                raise MixweightError(f"pipeline arm '{name}': mixing_prior: {exc}") from exc
+                raise MixweightError(f"pipeline arm '{name}': mixing.prior: {exc}") from exc
         elif spec not in config.methods:  # a named mixture or a file: check it against the corpus now
             try:
                 resolve_schedule(manifest, str(spec), int(values.get("domain_weights_every", 0) or 0))

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+from mixweight.core.blocks import dotted_keys
 from mixweight.core.distributed import is_main_process
 from mixweight.core.jsonio import write_json_atomic
 
@@ -60,6 +61,9 @@ class Stage:
     # Decides whether a finished or interrupted stage may continue in place after `changed` keys changed
     # (None: no change is resumable). Given the saved and the new values.
     resumable: Optional[Callable[[dict, dict, list[str]], bool]] = None
+    # The saved values of a marker an older mixweight wrote, in today's spelling (renamed keys): the same config
+    # spelled as it was then is the same stage.
+    upgrade: Optional[Callable[[dict], dict]] = None
 
     @property
     def key(self) -> str:
@@ -84,9 +88,14 @@ class Stage:
         old_values, old_inputs = state.get("values"), state.get("inputs")
         if not isinstance(old_values, dict) or not isinstance(old_inputs, dict):
             return Plan(CHANGED, ["made by an older mixweight that did not record its config"], ["unknown"])
+        if self.upgrade is not None:
+            old_values = _plain(self.upgrade(old_values))
+            if stage_key(old_values, old_inputs) == self.key:
+                return Plan(DONE if state.get("finished") else RESUME)
         new_values, new_inputs = _plain(self.values), _plain(self.inputs)
-        changed = sorted(k for k in set(old_values) | set(new_values) if old_values.get(k) != new_values.get(k))
-        changes = [f"{k}: {old_values.get(k)!r} -> {new_values.get(k)!r}" for k in changed]
+        old_flat, new_flat = dotted_keys(old_values), dotted_keys(new_values)  # a block's change names its key
+        changed = sorted(k for k in set(old_flat) | set(new_flat) if old_flat.get(k) != new_flat.get(k))
+        changes = [f"{k}: {old_flat.get(k)!r} -> {new_flat.get(k)!r}" for k in changed]
         inputs = sorted(k for k in set(old_inputs) | set(new_inputs) if old_inputs.get(k) != new_inputs.get(k))
         changes += [f"input '{k}' changed" for k in inputs]
         if not inputs and self.resumable is not None and self.resumable(old_values, new_values, changed):

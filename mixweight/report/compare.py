@@ -43,16 +43,15 @@ def _model_name(spec) -> str:
 
 
 def _weighting(config: dict) -> str:
-    kind = str(config.get("sample_weighting", "none"))
+    block = config.get("sample_weighting") or {}
+    kind = str(block.get("name", "none"))
     if kind in ("none", "uniform"):
         return kind
-    warmup = config.get("r_warmup_steps", 0)  # a config without the key is older than the curriculum default: 0
+    warmup = block.get("warmup_steps", 0)  # a config without the key is older than the curriculum default: 0
     if warmup is None:
         warmup = default_warmup_steps(int(config.get("steps") or 0))
-    schedule = (
-        f", {config.get('r_schedule', 'step')} from r={config.get('r_start')} for {warmup} steps" if warmup else ""
-    )
-    return f"{kind} (r={config.get('r')}{schedule})"
+    schedule = f", {block.get('schedule', 'step')} from r={block.get('start')} for {warmup} steps" if warmup else ""
+    return f"{kind} (r={block.get('r')}{schedule})"
 
 
 def _arm_info(arm: Arm) -> dict:
@@ -270,7 +269,7 @@ def render_markdown(
         if "online_trajectories" in figs:
             parts += [
                 "### Online mixing: the weights of each phase",
-                "Arms with online domain weights chose a new mixture every `mixing_every` steps from their own "
+                "Arms with online domain weights chose a new mixture every `mixing.every` steps from their own "
                 "losses; each line is a domain's sampling weight per phase, the levels in the same colour are the "
                 "offline mixtures' weights for that domain. In the table above their weights are the proportions "
                 "averaged over the trained steps.",

@@ -42,7 +42,7 @@ def weights_stage(run: Run) -> tuple[float | None, str]:
     if spec in NO_WEIGHTS_STAGE:
         return 0.0, "none"
     if spec == "online:doremi":
-        reference = run.config.get("doremi_reference")
+        reference = ((run.config.get("mixing") or {}).get("doremi") or {}).get("reference")
         record = _eval_compute(reference) if reference else None
         return (record.get("flops") if record else None), "reference run"
     try:

@@ -18,12 +18,13 @@ from mixweight.data.corpus import SYNTHETIC_ALIAS
 from mixweight.data.manifest import MANIFEST_NAME, Manifest
 from mixweight.data.synthetic import default_corpus_dir
 from mixweight.errors import MixweightError
+from mixweight.train.config import saved_config_values
 
 
 @dataclass
 class Run:
     path: Path
-    config: dict  # the resolved TrainConfig as written to config.yaml
+    config: dict  # the resolved TrainConfig as written to config.yaml, in today's spelling (saved_config_values)
     final: dict  # eval.json: {"step", "domains", "average_loss", ...}
     records: list[dict]  # metrics.jsonl, one record per step (last one wins on duplicates)
     manifest: Manifest | None  # None when the corpus is not on this machine
@@ -91,7 +92,7 @@ def load_run(path: str | Path) -> Run:
             f"{path}: no eval.json, so the run has not finished; let `mixweight train` finish (--resume continues it)"
         )
     config = load_yaml_file(path / "config.yaml", "the run's config")
-    config = config if isinstance(config, dict) else {}
+    config = saved_config_values(config, str(path / "config.yaml")) if isinstance(config, dict) else {}
     try:
         final = json.loads((path / "eval.json").read_text())
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:

@@ -100,6 +100,10 @@ def speedups(curves: dict[str, dict], finals: dict[str, dict], baseline: str) ->
     return out
 
 
+def _weighting_name(config: dict) -> str:
+    return str((config.get("sample_weighting") or {}).get("name", "none"))
+
+
 def sample_weight_diagnostics(arm: Arm) -> dict | None:
     """max_weight_x_n and effective sample size over training; None for an arm on the plain mean."""
     per_run = []
@@ -109,7 +113,7 @@ def sample_weight_diagnostics(arm: Arm) -> dict | None:
         max_w = [r["weights"]["max_weight_x_n"] for r in records]
         ess = [r["weights"]["ess_fraction"] for r in records]
         per_run.append((steps, max_w, ess))
-    configured = any(r.config.get("sample_weighting", "none") not in (None, "none") for r in arm.runs)
+    configured = any(_weighting_name(r.config) != "none" for r in arm.runs)
     nonuniform = any(abs(v - 1.0) > UNIFORM_WEIGHT_TOL for _, max_w, _ in per_run for v in max_w)
     if not (configured or nonuniform) or not any(steps for steps, _, _ in per_run):
         return None
@@ -122,7 +126,7 @@ def sample_weight_diagnostics(arm: Arm) -> dict | None:
         return [float(np.mean([lk[s] for lk in lookups])) for s in common]
 
     return {
-        "sample_weighting": sorted({str(r.config.get("sample_weighting", "none")) for r in arm.runs}),
+        "sample_weighting": sorted({_weighting_name(r.config) for r in arm.runs}),
         "mean_max_weight_x_n": float(np.mean(all_max)),
         "max_max_weight_x_n": float(np.max(all_max)),
         "mean_ess_fraction": float(np.mean(all_ess)),

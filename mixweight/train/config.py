@@ -2,16 +2,47 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import ClassVar, Optional, Union
 
+from mixweight.core.config import HELP, build_config, rename_keys, require
 from mixweight.core.config import option as _f
-from mixweight.core.config import require
 from mixweight.sampling.spec import MixtureSpec
+from mixweight.train.mixing import MixingConfig
+from mixweight.weighting.config import SampleWeightingConfig
+
+# The flat keys of before the blocks (0.1): read for one release with one deprecation line, hidden from --help.
+RENAMED = {
+    "r": "sample_weighting.r",
+    "temperature": "sample_weighting.r",  # the flag --temperature, torchrun's spelling of --r
+    "r_schedule": "sample_weighting.schedule",
+    "r_warmup_steps": "sample_weighting.warmup_steps",
+    "r_start": "sample_weighting.start",
+    "weight_cap": "sample_weighting.cap",
+    "weighting_scope": "sample_weighting.scope",
+    "weight_histogram_every": "sample_weighting.histogram_every",
+    "mixing_every": "mixing.every",
+    "mixing_prior": "mixing.prior",
+    "odm_reward": "mixing.odm.reward",
+    "odm_alpha": "mixing.odm.alpha",
+    "odm_exploration": "mixing.odm.exploration",
+    "doremi_reference": "mixing.doremi.reference",
+    "doremi_eta": "mixing.doremi.eta",
+    "doremi_smoothing": "mixing.doremi.smoothing",
+    "doremi_exploration": "mixing.doremi.exploration",
+}
+
+
+def _block(cls, help_text: str):
+    """A typed block: its class's defaults unless given (YAML: a mapping; flags: --BLOCK.KEY)."""
+    return dataclasses.field(default_factory=cls, metadata={HELP: help_text})
 
 
 @dataclass
 class TrainConfig:
+    RENAMED_KEYS: ClassVar[dict] = RENAMED
+
     data: str = _f(
         None,
         "corpus directory (made by `mixweight data synth` or `data prepare`), a corpus URL (s3://, gs://, ..., "
@@ -37,7 +68,7 @@ class TrainConfig:
         "natural",
         "sampling proportions of the domains: natural (by token count), uniform, a domain_weights.json, a schedule "
         "file (.yaml/.json list of {start_step, weights}), or online:odm / online:doremi (updated from this run's "
-        "own losses every --mixing-every steps)",
+        "own losses every --mixing.every steps)",
     )
     domain_weights_every: int = _f(
         0, "follow the weights file's trajectory, entry i from step i*N (0: use its final weights)"
@@ -47,68 +78,20 @@ class TrainConfig:
         "at most this many passes over any domain's training tokens in this run (T = steps x global batch x "
         "seq_len): every phase's weights are moved onto w_d <= E * tokens_d / T by a KL projection (default: none)",
     )
-    mixing_every: int = _f(
-        0, "online domain weights: steps per phase; the mixture is re-chosen every N steps (needs online:...)"
-    )
-    mixing_prior: str = _f(
-        "uniform", "online domain weights: the first phase's mixture: uniform, natural or a domain_weights.json"
-    )
-    odm_reward: str = _f(
-        "smoothed",
-        "online:odm: smoothed (the official code's smoothed-mean updater: R <- alpha R + (1 - alpha) exp(loss), "
-        "policy linear in R) or exp3 (its EXP3 updater: R += importance-weighted loss / 10, exponential weights)",
-    )
-    odm_alpha: float = _f(0.9, "online:odm: reward smoothing of odm_reward smoothed, R <- alpha R + (1 - alpha) exp(L)")
-    odm_exploration: Optional[float] = _f(
-        None,
-        "online:odm: a fixed exploration rate in (0, 1/k], mass k eps spread as the prior (default: min(1/k, "
-        "sqrt(ln k / (k t))), decaying)",
-    )
-    doremi_reference: Optional[str] = _f(
-        None,
-        "online:doremi: the reference run directory (`mixweight weights doremi` leaves it at "
-        "<out stem>.work/round-0/reference), trained on this corpus",
-    )
-    doremi_eta: float = _f(1.0, "online:doremi: step size of the exponentiated-gradient update")
-    doremi_smoothing: float = _f(1e-3, "online:doremi: smoothing c, c/k of uniform mixed into the weights")
-    doremi_exploration: float = _f(
-        0.1,
-        "online:doremi: each phase samples (1 - g) alpha + g prior, so no domain leaves the batches and freezes its "
-        "excess loss (0: sample alpha itself)",
+    mixing: MixingConfig = _block(
+        MixingConfig,
+        "online domain mixing (domain_weights online:NAME): every, prior, and each mixer's options under its name "
+        "(odm: {reward, alpha, exploration}, doremi: {reference, eta, smoothing, exploration})",
     )
     batching: str = _f(
         "random",
         "how micro-batches mix domains: random (shuffled together) or per_stream (each micro-batch from one domain); "
         "stratified is refused, it drops samples",
     )
-    sample_weighting: str = _f(
-        "none", "loss-based sample weights inside each step: none, linupper, quadratic or extremes"
-    )
-    r: float = _f(
-        0.4,
-        "sample-weight temperature, the paper's r (YAML key r): large -> uniform weights; the max/min "
-        "weight ratio is at most e^(1/r). --r is an alias that torchrun's own parser refuses (it reads it as "
-        "--rdzv-*), so under torchrun write --temperature",
-        flags=("--temperature", "--r"),
-    )
-    r_schedule: str = _f(
-        "step",
-        "how r reaches its target: step (r_start, then r after r_warmup_steps), linear or cosine (anneal from r_start "
-        "to r over r_warmup_steps), or burnin (plain mean loss for r_warmup_steps, then r)",
-    )
-    r_warmup_steps: Optional[int] = _f(
-        None,
-        "optimizer steps before r reaches its target (default: 5% of --steps, the paper's curriculum: near-uniform "
-        "weights at r_start while every loss is high, then r; the GPT-2 code burns in 1000 of 20000 steps, the "
-        "1.4B/7B code (fms-fsdp, branch reweighted-train) holds r_start 100 for 2000; 0: the target r from the first "
-        "step, the default before 0.2: a sample-weighted run made then resumes with --r-warmup-steps 0)",
-    )
-    r_start: float = _f(100.0, "r during the warmup (step) or at step 0 (linear, cosine); unused by burnin")
-    weight_cap: Optional[float] = _f(
-        None, "optional cap c: no sample weight above c/N (the convergence theorem's condition with c=2)"
-    )
-    weight_histogram_every: int = _f(
-        100, "log a histogram of the sample weights (each times the batch size) every this many steps"
+    sample_weighting: SampleWeightingConfig = _block(
+        SampleWeightingConfig,
+        "loss-based sample weights inside each step: a name (none, linupper, quadratic, extremes) or {name, r, "
+        "schedule, warmup_steps, start, cap, scope, histogram_every}",
     )
     max_nonfinite_steps: int = _f(
         20, "stop the run after this many consecutive steps skipped for non-finite losses or gradients"
@@ -136,11 +119,6 @@ class TrainConfig:
         "wrap the model with torch.compile (module.compile(), after DDP/FSDP wrapping; checkpoints keep plain "
         "parameter names)",
     )
-    weighting_scope: str = _f(
-        "step",
-        "the group sample weights are normalized over: step (all micro-batches on all processes, exact; with "
-        "grad_accum > 1 one extra no-grad forward) or micro_batch (each micro-batch on all processes, no extra cost)",
-    )
     resume: bool = _f(False, "continue from the newest checkpoint in --out")
     progress: bool = _f(True, "show a progress bar (only on a terminal)")
     report_to: Union[list[str], str] = _f(
@@ -154,8 +132,13 @@ class TrainConfig:
         from mixweight.core.tracking import parse_report_to
 
         self.report_to = parse_report_to(self.report_to)  # one form in config.yaml: a list of names
-        if isinstance(self.sample_weighting, str):  # names are case-insensitive: lower-cased here, where they enter
-            self.sample_weighting = self.sample_weighting.lower()
+        # Python callers may give a block as its shorthand or a mapping: built (and checked) as the YAML's
+        if isinstance(self.sample_weighting, (str, dict)):
+            self.sample_weighting = build_config(
+                SampleWeightingConfig, _mapping(self.sample_weighting), "train", "sample_weighting."
+            )
+        if isinstance(self.mixing, dict):
+            self.mixing = build_config(MixingConfig, self.mixing, "train", "mixing.")
 
     @property
     def mixture(self) -> MixtureSpec:
@@ -166,8 +149,6 @@ class TrainConfig:
         """Check every value once, where it enters. `require_paths=False`: a config that a caller completes before
         training (the pipeline's train and arm sections): data, out and an online DoReMi reference may be unset."""
         from mixweight.core.tracking import check_report_to
-        from mixweight.errors import did_you_mean
-        from mixweight.weighting import SAMPLE_WEIGHTINGS, SCHEDULES
 
         check_report_to(self.report_to, "train")
 
@@ -183,28 +164,12 @@ class TrainConfig:
             "keep_checkpoints",
             "log_every",
             "checkpoint_every",
-            "weight_histogram_every",
         ):
             value = getattr(self, name)
             require(value > 0, f"train: '{name}' must be a positive integer, got {value}")
-        require(
-            self.sample_weighting in SAMPLE_WEIGHTINGS,
-            f"train: unknown 'sample_weighting' {self.sample_weighting!r}; "
-            f"{did_you_mean(self.sample_weighting, SAMPLE_WEIGHTINGS)}valid: {', '.join(SAMPLE_WEIGHTINGS)}",
-        )
-        require(
-            self.r_schedule in SCHEDULES,
-            f"train: unknown 'r_schedule' {self.r_schedule!r}; "
-            f"{did_you_mean(self.r_schedule, SCHEDULES)}valid: {', '.join(SCHEDULES)}",
-        )
-        # Checked here once for a run (NaN fails every comparison); the weighting functions assume valid values.
-        require(self.r > 0, f"train: 'r' (--temperature) must be > 0, got {self.r}")
-        require(self.r_start > 0, f"train: 'r_start' must be > 0, got {self.r_start}")
-        require(
-            self.weight_cap is None or self.weight_cap >= 1,
-            f"train: 'weight_cap' must be >= 1 (c/N can be no less than the uniform 1/N), got {self.weight_cap}",
-        )
-        for name in ("warmup_steps", "eval_every", "r_warmup_steps"):
+        self.sample_weighting.validate()
+        self.mixing.validate()
+        for name in ("warmup_steps", "eval_every"):
             value = getattr(self, name)
             require(value is None or value >= 0, f"train: '{name}' must be >= 0, got {value}")
         require(self.lr > 0, f"train: 'lr' must be > 0, got {self.lr}")
@@ -234,7 +199,16 @@ class TrainConfig:
             self.loss_impl in ("auto", "full", "chunked"),
             f"train: 'loss_impl' must be auto, full or chunked, got {self.loss_impl!r}",
         )
-        require(
-            self.weighting_scope in ("step", "micro_batch"),
-            f"train: 'weighting_scope' must be step or micro_batch, got {self.weighting_scope!r}",
-        )
+
+
+def saved_config_values(values: dict, where: str) -> dict:
+    """A run's config.yaml as a mapping in today's spelling: the flat keys of before the blocks moved into them
+    (quietly: an older mixweight wrote it), the sample_weighting shorthand as its block."""
+    values = rename_keys(TrainConfig, values, where, quiet=True)
+    if isinstance(values.get("sample_weighting"), str):
+        values = {**values, "sample_weighting": {"name": values["sample_weighting"]}}
+    return values
+
+
+def _mapping(value) -> dict:
+    return {"name": value} if isinstance(value, str) else value

@@ -366,7 +366,7 @@ def _train(config: TrainConfig, objective: StepObjective | None, world: World, l
             tokens_per_s = tokens_per_step / max(time.perf_counter() - started, 1e-9)
             bar.update(1)
             bar.set_postfix(loss=f"{result.mean_loss:.3f}", tok_s=f"{tokens_per_s:,.0f}")
-            histogram = done % config.weight_histogram_every == 0
+            histogram = done % config.sample_weighting.histogram_every == 0
             if done % config.log_every == 0 or done == config.steps or histogram or new_phase:
                 record = _step_record(
                     done,

@@ -93,17 +93,18 @@ class OnlineMixer(Mixer):
     Domains whose prior weight is 0 (a DoGE artifact's held-out targets) stay at 0 and out of the
     update; the method runs over the `active` domains only, centred on the prior renormalized over them.
 
-    A method subclass sets `name` (online:NAME), `KEYS` (the TrainConfig keys it reads, which a
-    weights method's proxy runs refuse) and `RECORDED` (the artifact's `method` keys `from_record`
-    needs), and implements `observe`, `policy`, `signal`, `options`, `check_config`, `from_config`
+    A method subclass sets `name` (online:NAME), `Options` (the dataclass of its options, the
+    config's `mixing.NAME` block, checked by its own `validate`; None: it takes none) and `RECORDED`
+    (the artifact's `method` keys `from_record` needs), and implements `observe`, `policy`, `signal`,
+    `options`, `check_config`, `from_config`
     and `from_record`; `phase_state` and the `_method_state` pair when it keeps more than the phases.
     """
 
     name = "online"
-    KEYS: tuple[str, ...] = ()
+    Options: type | None = None
     RECORDED: tuple[str, ...] = ()
     # A weights stage whose work the pipeline gives this mixer when the arm leaves `STAGE_KEY` unset (online
-    # DoReMi: the doremi stage's reference run as doremi_reference); None: it reads no stage.
+    # DoReMi: the doremi stage's reference run as mixing.doremi.reference, a dotted key); None: it reads no stage.
     READS_STAGE: str | None = None
     STAGE_KEY: str | None = None
 
@@ -146,7 +147,8 @@ class OnlineMixer(Mixer):
     # what a method implements
     @classmethod
     def check_config(cls, config, require_paths: bool = True) -> None:
-        """Its keys of a TrainConfig that names it (`require_paths=False`: paths the caller sets later)."""
+        """What its options (checked by their own validate) need of the rest of a TrainConfig that names it
+        (`require_paths=False`: paths the caller sets later)."""
 
     @classmethod
     def check_unused(cls, config) -> None:
@@ -302,9 +304,8 @@ def mixers() -> dict[str, type[OnlineMixer]]:
     global _loaded
     if not _loaded:
         _loaded = True
-        builtin_mixers()
         load_plugins(PLUGIN_GROUP, "online mixer")  # each module registers its mixers
-    return dict(MIXERS)
+    return {**builtin_mixers(), **MIXERS}  # the built-in ones first, in BUILTIN's order, whatever imported them
 
 
 def mixer_class(name: str, where: str = "train") -> type[OnlineMixer]:

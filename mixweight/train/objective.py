@@ -53,7 +53,7 @@ class WeightedLoss:
         """The config's sample weighting; `probe`: the run's mixer's (online DoReMi's excess signal)."""
         from mixweight.train.step_weighting import step_weighting_from_config
 
-        return cls(step_weighting_from_config(config), config.loss_impl, config.weighting_scope, probe)
+        return cls(step_weighting_from_config(config), config.loss_impl, config.sample_weighting.scope, probe)
 
     def compute_gradients(self, model, micro_batches, step, world, autocast, lr) -> StepResult:
         return accumulate_gradients(

@@ -6,9 +6,12 @@ forward. docs/algorithms.md section 6.2.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Optional
+
 import torch
 
-from mixweight.core.config import require
+from mixweight.core.config import option, require
 from mixweight.errors import MixweightError
 from mixweight.train.mixers import EARLIER, OnlineMixer, register_mixer, state_vector
 from mixweight.train.step import StepResult
@@ -22,6 +25,36 @@ from mixweight.weighting.domain_update import (
 )
 
 REWARDS = ("smoothed", "exp3")
+
+
+@dataclass
+class ODMOptions:
+    """`mixing: {odm: {...}}`: ODM's options."""
+
+    reward: str = option(
+        "smoothed",
+        "online:odm: smoothed (the official code's smoothed-mean updater: R <- alpha R + (1 - alpha) exp(loss), "
+        "policy linear in R) or exp3 (its EXP3 updater: R += importance-weighted loss / 10, exponential weights)",
+    )
+    alpha: float = option(0.9, "online:odm: reward smoothing of reward smoothed, R <- alpha R + (1 - alpha) exp(L)")
+    exploration: Optional[float] = option(
+        None,
+        "online:odm: a fixed exploration rate in (0, 1/k], mass k eps spread as the prior (default: min(1/k, "
+        "sqrt(ln k / (k t))), decaying)",
+    )
+
+    def validate(self) -> None:
+        require(0 <= self.alpha < 1, f"train: 'mixing.odm.alpha' must be in [0, 1), got {self.alpha}")
+        require(
+            self.exploration is None or 0 < self.exploration < 1,
+            f"train: 'mixing.odm.exploration' must be in (0, 1/k] for k domains, got {self.exploration}",
+        )
+        require(
+            self.reward in REWARDS,
+            f"train: 'mixing.odm.reward' must be one of {', '.join(REWARDS)}, got {self.reward!r}",
+        )
+
+
 DECAYING = "min(1/k, sqrt(ln k / (k t)))"  # the recorded `exploration` when it decays (a number when fixed)
 
 
@@ -35,38 +68,26 @@ class ODMMixer(OnlineMixer):
     the prior. docs/algorithms.md section 6.2."""
 
     name = "odm"
-    KEYS = ("odm_reward", "odm_alpha", "odm_exploration")
+    Options = ODMOptions
     RECORDED = ("reward", "alpha", "exploration")
 
     def __init__(self, domains, prior, every, alpha: float = 0.9, exploration: float | None = None, reward="smoothed"):
         super().__init__(domains, prior, every)
         if reward not in REWARDS:
-            raise MixweightError(f"train: 'odm_reward' must be one of {', '.join(REWARDS)}, got {reward!r}")
+            raise MixweightError(f"train: 'mixing.odm.reward' must be one of {', '.join(REWARDS)}, got {reward!r}")
         self.alpha, self.fixed, self.reward = float(alpha), exploration, reward
         k = int(self.active.sum())
         if exploration is not None and not 0 < exploration <= 1.0 / k:
             raise MixweightError(
-                f"train: 'odm_exploration' must be in (0, 1/k] = (0, {1.0 / k:.6g}] for the {k} sampled domains "
+                f"train: 'mixing.odm.exploration' must be in (0, 1/k] = (0, {1.0 / k:.6g}] for the {k} sampled domains "
                 f"(the exploration mass k * epsilon cannot exceed 1), got {exploration}"
             )
         self.rewards = torch.zeros(len(self.domains), dtype=torch.float64)
 
     @classmethod
-    def check_config(cls, config, require_paths: bool = True) -> None:
-        require(0 <= config.odm_alpha < 1, f"train: 'odm_alpha' must be in [0, 1), got {config.odm_alpha}")
-        require(
-            config.odm_exploration is None or 0 < config.odm_exploration < 1,
-            f"train: 'odm_exploration' must be in (0, 1/k] for k domains, got {config.odm_exploration}",
-        )
-        require(
-            config.odm_reward in REWARDS,
-            f"train: 'odm_reward' must be one of {', '.join(REWARDS)}, got {config.odm_reward!r}",
-        )
-
-    @classmethod
     def from_config(cls, config, corpus, prior: list[float]) -> "ODMMixer":
-        domains = corpus.manifest.domains
-        return cls(domains, prior, config.mixing_every, config.odm_alpha, config.odm_exploration, config.odm_reward)
+        odm = config.mixing.options(cls.name)
+        return cls(corpus.manifest.domains, prior, config.mixing.every, odm.alpha, odm.exploration, odm.reward)
 
     @classmethod
     def from_record(cls, method: dict, domains: list[str], prior: list[float], every: int) -> "ODMMixer":

@@ -1,4 +1,4 @@
-"""Online domain mixing in the main run: `--domain-weights online:NAME --mixing-every K`.
+"""Online domain mixing in the main run: `--domain-weights online:NAME --mixing.every K`.
 
 The main model is the proxy. After every optimizer step the loop hands the run's mixer the step's
 result (every sample's loss and domain in global order, and the mixer's probe signal, gathered across
@@ -32,16 +32,9 @@ from mixweight.data.corpus import Corpus
 from mixweight.data.manifest import Manifest
 from mixweight.errors import MixweightError
 from mixweight.sampling.schedule import Phase, resolve_schedule
-from mixweight.train.mixers import Mixer, StaticMixer, builtin_mixers, mixer_class, mixers
+from mixweight.train.mixers import Mixer, StaticMixer, mixer_class, mixers
 
 ARTIFACT_NAME = "domain_weights.json"
-SHARED_KEYS = ("mixing_every", "mixing_prior")  # the online-mixing keys every online mixer reads
-
-
-def online_keys() -> tuple[str, ...]:
-    """Every TrainConfig key of online mixing (a weights method's proxy runs refuse them): the shared ones and the
-    built-in mixers' (a plug-in's options cannot be TrainConfig keys)."""
-    return (*SHARED_KEYS, *(key for cls in builtin_mixers().values() for key in cls.KEYS))
 
 
 # --- the config ---------------------------------------------------------------------------------
@@ -51,8 +44,8 @@ def check_online_config(config, require_reference: bool = True) -> None:
     spec = config.mixture
     if not spec.online:
         require(
-            config.mixing_every == 0,
-            f"train: 'mixing_every' {config.mixing_every} is for online domain weights (domain_weights online:odm or "
+            config.mixing.every == 0,
+            f"train: 'mixing.every' {config.mixing.every} is for online domain weights (domain_weights online:odm or "
             f"online:doremi), not '{config.domain_weights}'; drop it or use domain_weights_every for a weights file",
         )
         for cls in mixers().values():
@@ -60,14 +53,14 @@ def check_online_config(config, require_reference: bool = True) -> None:
         return
     method = mixer_class(spec.name)
     require(
-        config.mixing_every > 0,
-        f"train: domain_weights {config.domain_weights} needs 'mixing_every' > 0 (steps per phase: the mixture is "
-        f"re-chosen every that many steps), got {config.mixing_every}",
+        config.mixing.every > 0,
+        f"train: domain_weights {config.domain_weights} needs 'mixing.every' > 0 (steps per phase: the mixture is "
+        f"re-chosen every that many steps), got {config.mixing.every}",
     )
     require(
         config.domain_weights_every == 0,
         f"train: 'domain_weights_every' follows a weights file's trajectory; online weights make their own phases "
-        f"(mixing_every), so drop domain_weights_every {config.domain_weights_every}",
+        f"(mixing.every), so drop domain_weights_every {config.domain_weights_every}",
     )
     require(
         config.max_epochs is None,
@@ -75,8 +68,8 @@ def check_online_config(config, require_reference: bool = True) -> None:
         "decide their phases during the run, so the two cannot be combined: drop max_epochs",
     )
     require(
-        config.mixing_prior in ("natural", "uniform") or Path(config.mixing_prior).is_file(),
-        f"train: 'mixing_prior' must be natural, uniform or a domain_weights.json file; {config.mixing_prior!r} is "
+        config.mixing.prior in ("natural", "uniform") or Path(config.mixing.prior).is_file(),
+        f"train: 'mixing.prior' must be natural, uniform or a domain_weights.json file; {config.mixing.prior!r} is "
         "none of these",
     )
     method.check_config(config, require_reference)
@@ -87,9 +80,9 @@ def resolve_phases(manifest: Manifest, config) -> list[Phase]:
     if not config.mixture.online:
         return resolve_schedule(manifest, config.domain_weights, config.domain_weights_every)
     try:
-        return [Phase(0, resolve_proportions(manifest, config.mixing_prior))]
+        return [Phase(0, resolve_proportions(manifest, config.mixing.prior))]
     except MixweightError as exc:
-        raise MixweightError(f"train: mixing_prior: {exc}") from exc
+        raise MixweightError(f"train: mixing.prior: {exc}") from exc
 
 
 def build_mixer(config, corpus: Corpus, phases: list[Phase]) -> Mixer:
@@ -100,5 +93,5 @@ def build_mixer(config, corpus: Corpus, phases: list[Phase]) -> Mixer:
         return StaticMixer()
     prior = [phases[0].weights[d] for d in corpus.manifest.domains]
     if not any(w > 0 for w in prior) or not all(math.isfinite(w) for w in prior):
-        raise MixweightError(f"train: mixing_prior {config.mixing_prior}: no domain has a weight above 0")
+        raise MixweightError(f"train: mixing.prior {config.mixing.prior}: no domain has a weight above 0")
     return mixer_class(spec.name).from_config(config, corpus, prior)

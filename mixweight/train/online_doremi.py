@@ -8,10 +8,13 @@ and processes into `StepResult.signal`. docs/algorithms.md section 6.3.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Optional
+
 import torch
 
 from mixweight.core.chunked_loss import lm_token_losses
-from mixweight.core.config import require
+from mixweight.core.config import option, require
 from mixweight.errors import MixweightError
 from mixweight.train.compute import reference_forward
 from mixweight.train.mixers import EARLIER, OnlineMixer, register_mixer, state_vector
@@ -20,11 +23,41 @@ from mixweight.train.step import StepResult
 from mixweight.weighting.domain_update import domain_means, doremi_update, toward_prior
 
 
+@dataclass
+class OnlineDoReMiOptions:
+    """`mixing: {doremi: {...}}`: online DoReMi's options."""
+
+    reference: Optional[str] = option(
+        None,
+        "online:doremi: the reference run directory (`mixweight weights doremi` leaves it at "
+        "<out stem>.work/round-0/reference), trained on this corpus",
+    )
+    eta: float = option(1.0, "online:doremi: step size of the exponentiated-gradient update")
+    smoothing: float = option(1e-3, "online:doremi: smoothing c, c/k of uniform mixed into the weights")
+    exploration: float = option(
+        0.1,
+        "online:doremi: each phase samples (1 - g) alpha + g prior, so no domain leaves the batches and freezes its "
+        "excess loss (0: sample alpha itself)",
+    )
+
+    def validate(self) -> None:
+        require(self.eta > 0, f"train: 'mixing.doremi.eta' must be > 0, got {self.eta}")
+        require(
+            0 <= self.smoothing < 1,
+            f"train: 'mixing.doremi.smoothing' must be in [0, 1), got {self.smoothing}",
+        )
+        require(
+            0 <= self.exploration <= 1,
+            f"train: 'mixing.doremi.exploration' must be in [0, 1] (the prior's share of each phase), got "
+            f"{self.exploration}",
+        )
+
+
 def load_reference(run_dir, corpus):
     """The reference run's newest model, after `check_reference_run` (this corpus, this vocabulary)."""
     from mixweight.core.model import load_model
 
-    latest = check_reference_run(run_dir, corpus, "train: doremi_reference")
+    latest = check_reference_run(run_dir, corpus, "train: mixing.doremi.reference")
     return load_model(latest / "model").eval().requires_grad_(False)
 
 
@@ -56,9 +89,9 @@ class DoReMiMixer(OnlineMixer):
     docs/algorithms.md section 6.3."""
 
     name = "doremi"
-    KEYS = ("doremi_reference", "doremi_eta", "doremi_smoothing", "doremi_exploration")
+    Options = OnlineDoReMiOptions
     RECORDED = ("eta", "smoothing", "exploration")
-    READS_STAGE, STAGE_KEY = "doremi", "doremi_reference"
+    READS_STAGE, STAGE_KEY = "doremi", "mixing.doremi.reference"
 
     def __init__(
         self,
@@ -90,38 +123,29 @@ class DoReMiMixer(OnlineMixer):
     @classmethod
     def check_config(cls, config, require_paths: bool = True) -> None:
         require(
-            config.doremi_reference is not None or not require_paths,
-            "train: domain_weights online:doremi needs 'doremi_reference', the reference run directory (`mixweight "
-            "weights doremi` leaves it at <out stem>.work/round-0/reference; the pipeline passes its own)",
-        )
-        require(config.doremi_eta > 0, f"train: 'doremi_eta' must be > 0, got {config.doremi_eta}")
-        require(
-            0 <= config.doremi_smoothing < 1,
-            f"train: 'doremi_smoothing' must be in [0, 1), got {config.doremi_smoothing}",
+            config.mixing.options(cls.name).reference is not None or not require_paths,
+            "train: domain_weights online:doremi needs 'mixing.doremi.reference', the reference run directory "
+            "(`mixweight weights doremi` leaves it at <out stem>.work/round-0/reference; the pipeline passes its own)",
         )
         require(
-            0 <= config.doremi_exploration <= 1,
-            f"train: 'doremi_exploration' must be in [0, 1] (the prior's share of each phase), got "
-            f"{config.doremi_exploration}",
-        )
-        require(
-            config.weighting_scope == "step",
-            "train: online:doremi measures the excess loss of the whole step (a sample signal); weighting_scope "
-            "micro_batch cannot carry it: use weighting_scope step",
+            config.sample_weighting.scope == "step",
+            "train: online:doremi measures the excess loss of the whole step (a sample signal); sample_weighting."
+            "scope micro_batch cannot carry it: use sample_weighting.scope step",
         )
 
     @classmethod
     def check_unused(cls, config) -> None:
         require(
-            config.doremi_reference is None,
-            f"train: 'doremi_reference' is for domain_weights online:doremi, not '{config.domain_weights}'",
+            config.mixing.options(cls.name).reference is None,
+            f"train: 'mixing.doremi.reference' is for domain_weights online:doremi, not '{config.domain_weights}'",
         )
 
     @classmethod
     def from_config(cls, config, corpus, prior: list[float]) -> "DoReMiMixer":
-        probe = ExcessProbe(load_reference(config.doremi_reference, corpus), config.loss_impl)
-        every, eta, smoothing = config.mixing_every, config.doremi_eta, config.doremi_smoothing
-        return cls(corpus.manifest.domains, prior, every, eta, smoothing, config.doremi_exploration, probe)
+        options = config.mixing.options(cls.name)
+        probe = ExcessProbe(load_reference(options.reference, corpus), config.loss_impl)
+        every, eta, smoothing = config.mixing.every, options.eta, options.smoothing
+        return cls(corpus.manifest.domains, prior, every, eta, smoothing, options.exploration, probe)
 
     @classmethod
     def from_record(cls, method: dict, domains: list[str], prior: list[float], every: int) -> "DoReMiMixer":

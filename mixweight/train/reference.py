@@ -1,7 +1,7 @@
 """A reference run: a finished `mixweight train` run whose model scores the main model's losses.
 
 DoReMi's proxy (`weights doremi --reference RUN`, or the round's own reference) and online
-DoReMi (`--doremi-reference RUN`) both measure an excess loss over a reference model, so both
+DoReMi (`--mixing.doremi.reference RUN`) both measure an excess loss over a reference model, so both
 check a reference the same way, here, before anything is written:
 
 - it is a run directory: config.yaml and a checkpoint;

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import yaml
 
+from mixweight.core.config import config_dict, dotted_keys
 from mixweight.core.jsonio import write_text_atomic
 from mixweight.core.locks import DirectoryLock
 from mixweight.core.outputs import RUN, RUN_MARKER, check_output_path
@@ -25,6 +26,7 @@ from mixweight.core.yamlio import load_yaml
 from mixweight.data.manifest import shards_stamp
 from mixweight.data.remote import remote_of
 from mixweight.errors import MixweightError, first_line
+from mixweight.train.config import TrainConfig, saved_config_values
 
 CONFIG_NAME = "config.yaml"
 INPUTS_NAME = "inputs.json"
@@ -49,18 +51,18 @@ RESUMABLE_CHANGES = {
     "report_to",
 }
 # Keys whose default changed: a saved config without the key was written before it existed, and its run had the
-# value of then (not today's default). r_warmup_steps: 0 before the curriculum became the default (0.2).
-DEFAULTS_OF_BEFORE = {"r_warmup_steps": 0}
+# value of then (not today's default). The warm-up: 0 before the curriculum became the default (0.2).
+DEFAULTS_OF_BEFORE = {"sample_weighting.warmup_steps": 0}
 # The sample-weighting schedule's keys act only on a sample-weighted run: between two runs on the plain mean
 # (sample_weighting none or uniform) they change nothing, so they are not compared.
-SAMPLE_WEIGHTING_KEYS = ("r", "r_schedule", "r_start", "r_warmup_steps", "weight_cap")
+SAMPLE_WEIGHTING_KEYS = tuple(f"sample_weighting.{key}" for key in ("r", "schedule", "start", "warmup_steps", "cap"))
 PLAIN_MEAN = ("none", "uniform")
 CONFIG_KEY_OF_INPUT = {
     "corpus": "data",
     "corpus_shards": "data",
     "model": "model",
     "domain_weights": "domain_weights",
-    "doremi_reference": "doremi_reference",
+    "doremi_reference": "mixing.doremi.reference",
 }
 
 
@@ -108,7 +110,7 @@ def check_out_dir(run_dir: Path, config) -> None:
     # never inside a corpus or another run; its own files are checked below
     check_output_path(config.out, "--out", kind="dir", what="the run directory", owned=lambda path: True, store=RUN)
     config_path = run_dir / CONFIG_NAME
-    names = {f.name for f in dataclasses.fields(config)}
+    names = {f.name for f in dataclasses.fields(config)} | set(TrainConfig.RENAMED_KEYS)  # a flat file of before
     if config_path.is_file() and not config_path.read_bytes().strip():
         raise MixweightError(
             f"{config_path}: is empty (a write cut short?); restore the run's config.yaml, or choose another --out"
@@ -170,7 +172,7 @@ def input_hashes(config, corpus: str | Path, manifest, phases, spec: dict) -> di
     if remote_of(corpus) is None:  # a URL's cache copy fills with training shards as they are read: not pinned
         # the shard files' sizes and modification times: bytes edited in place (the same size) are a change too
         hashes["corpus_shards"] = {"path": str(corpus), "sha256": shards_stamp(corpus, manifest)}
-    reference = getattr(config, "doremi_reference", None)
+    reference = config.mixing.options("doremi").reference if "doremi" in config.mixing.mixers else None
     if reference is not None:  # online DoReMi: a reference run trained further is another reference
         hashes["doremi_reference"] = {"path": str(reference), "sha256": reference_hash(reference)}
     return hashes
@@ -236,13 +238,14 @@ def _saved_inputs(run_dir: Path) -> dict:
 def config_changes(run_dir: str | Path, config, inputs: dict | None = None) -> str:
     """The trajectory-changing differences between a run's saved config and inputs and `config` ('' if none)."""
     run_dir = Path(run_dir)
-    saved = _saved_config(run_dir)
-    current = dataclasses.asdict(config)
+    saved = dotted_keys(saved_config_values(_saved_config(run_dir), str(run_dir / CONFIG_NAME)))
+    current = dotted_keys(config_dict(config))
     # A key the saved config lacks was added to mixweight after the run began: the run had its default of then.
-    defaults = {f.name: f.default for f in dataclasses.fields(config) if f.default is not dataclasses.MISSING}
+    defaults = dotted_keys(config_dict(TrainConfig()))
     saved = {**defaults, **DEFAULTS_OF_BEFORE, **saved}
     ignored = set(RESUMABLE_CHANGES)
-    if saved.get("sample_weighting", "none") in PLAIN_MEAN and current.get("sample_weighting") in PLAIN_MEAN:
+    plain = (saved.get("sample_weighting.name"), current.get("sample_weighting.name"))
+    if all(name in PLAIN_MEAN for name in plain):
         ignored.update(SAMPLE_WEIGHTING_KEYS)
     changed = sorted(k for k in current if k not in ignored and saved.get(k) != current[k])
     details = [f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed]

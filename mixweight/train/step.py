@@ -22,7 +22,7 @@ How accumulation stays exact:
   and weighted. Cost: one extra forward pass (about a third of a step). This assumes
   the forward is deterministic (no dropout: mixweight's model specs set it to 0).
 
-`weighting_scope="micro_batch"` trades exactness for that third: each micro-batch (on all
+`sample_weighting.scope="micro_batch"` trades exactness for that third: each micro-batch (on all
 processes) is its own weighting group, weighted from its own gathered losses, and the step's
 weighted loss is the mean of the micro-batches' weighted losses, (1/M) sum_m sum_{i in m} w_i l_i.
 No extra forward. With one micro-batch both scopes are the same computation.
@@ -236,8 +236,8 @@ def accumulate_gradients(
         losses = _forward_losses(model, mb, autocast, (signals, probed) if record else (), loss_impl)
         if scope == "micro_batch" and signals.parts:  # its state (DoReMi's alpha) would update M times a step
             raise MixweightError(
-                "train: weighting_scope micro_batch is for loss-based sample weights; a step weighting "
-                "with a sample signal (DoReMi) weights the whole step: use weighting_scope step"
+                "train: sample_weighting.scope micro_batch is for loss-based sample weights; a step weighting "
+                "with a sample signal (DoReMi) weights the whole step: use sample_weighting.scope step"
             )
         return losses
 

@@ -23,7 +23,8 @@ class SampleWeightingStep(StepWeighting):
 
 def step_weighting_from_config(config: TrainConfig) -> StepWeighting:
     """The config's sample weighting (validated by TrainConfig.validate); "none" is the plain mean."""
-    warmup = config.r_warmup_steps if config.r_warmup_steps is not None else default_warmup_steps(config.steps)
-    schedule = RSchedule(kind=config.r_schedule, r=config.r, r_start=config.r_start, warmup_steps=warmup)
-    weighting = SampleWeighting(config.sample_weighting, schedule, cap=config.weight_cap)
+    block = config.sample_weighting
+    warmup = block.warmup_steps if block.warmup_steps is not None else default_warmup_steps(config.steps)
+    schedule = RSchedule(kind=block.schedule, r=block.r, r_start=block.start, warmup_steps=warmup)
+    weighting = SampleWeighting(block.name, schedule, cap=block.cap)
     return MeanWeighting() if weighting.is_uniform else SampleWeightingStep(weighting)

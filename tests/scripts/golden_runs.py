@@ -61,24 +61,33 @@ TRAIN_CASES = {
     "schedule": ["--domain-weights", "{R}/schedule.yaml"],
     "per-stream": ["--domain-weights", "uniform", "--batching", "per_stream"],
     "max-epochs": ["--domain-weights", "uniform", "--max-epochs", "2.5"],
-    "linupper-step": "--sample-weighting linupper --temperature 0.4 --r-warmup-steps 2 --r-start 100".split(),
-    "quadratic-linear": "--sample-weighting quadratic --r-schedule linear --r-warmup-steps 3".split(),
+    "linupper-step": (
+        "--sample-weighting linupper --sample-weighting.r 0.4 --sample-weighting.warmup-steps 2 "
+        "--sample-weighting.start 100"
+    ).split(),
+    "quadratic-linear": (
+        "--sample-weighting quadratic --sample-weighting.schedule linear --sample-weighting.warmup-steps 3"
+    ).split(),
     "extremes-cap-micro": (
-        "--sample-weighting extremes --weight-cap 2 --weighting-scope micro_batch --grad-accum 2 --batch-size 4"
+        "--sample-weighting extremes --sample-weighting.cap 2 --sample-weighting.scope micro_batch --grad-accum 2 "
+        "--batch-size 4"
     ).split(),
     "linupper-burnin-accum2": (
-        "--sample-weighting linupper --r-schedule burnin --r-warmup-steps 2 --grad-accum 2 --batch-size 4"
+        "--sample-weighting linupper --sample-weighting.schedule burnin --sample-weighting.warmup-steps 2 "
+        "--grad-accum 2 --batch-size 4"
     ).split(),
     "doremi-trajectory": ["--domain-weights", "{R}/weights/doremi.json", "--domain-weights-every", "2"],
     "doge-weights": ["--domain-weights", "{R}/weights/doge.json", "--sample-weighting", "linupper"],
     "regmix-weights": ["--domain-weights", "{R}/weights/regmix.json"],
-    "odm": ["--domain-weights", "online:odm", "--mixing-every", "2"],
+    "odm": ["--domain-weights", "online:odm", "--mixing.every", "2"],
     "odm-natural-fixed": (
-        "--domain-weights online:odm --mixing-every 2 --mixing-prior natural --odm-exploration 0.1 --odm-alpha 0.5"
+        "--domain-weights online:odm --mixing.every 2 --mixing.prior natural --mixing.odm.exploration 0.1 "
+        "--mixing.odm.alpha 0.5"
     ).split(),
     "online-doremi": [
-        *"--domain-weights online:doremi --mixing-every 2 --doremi-eta 0.02 --doremi-smoothing 0.1".split(),
-        *"--doremi-reference {R}/weights/doremi.work/round-0/reference --sample-weighting linupper".split(),
+        *"--domain-weights online:doremi --mixing.every 2 --mixing.doremi.eta 0.02".split(),
+        *"--mixing.doremi.smoothing 0.1 --mixing.doremi.reference {R}/weights/doremi.work/round-0/reference".split(),
+        *"--sample-weighting linupper".split(),
     ],
 }
 NEEDS = {
@@ -121,12 +130,12 @@ PIPELINE = {
     "regmix": {"runs": 8, "steps": 2, "train": {"batch_size": 8}},
     "arms": {
         "uniform": {"domain_weights": "uniform"},
-        "linupper": {"domain_weights": "uniform", "sample_weighting": "linupper", "r_warmup_steps": 1},
+        "linupper": {"domain_weights": "uniform", "sample_weighting": {"name": "linupper", "warmup_steps": 1}},
         "doremi": {"domain_weights": "doremi"},
         "doge+linupper": {"domain_weights": "doge", "sample_weighting": "linupper"},
         "regmix": {"domain_weights": "regmix"},
-        "odm": {"domain_weights": "online:odm", "mixing_every": 2},
-        "online-doremi": {"domain_weights": "online:doremi", "mixing_every": 2, "doremi_eta": 0.05},
+        "odm": {"domain_weights": "online:odm", "mixing": {"every": 2}},
+        "online-doremi": {"domain_weights": "online:doremi", "mixing": {"every": 2, "doremi": {"eta": 0.05}}},
     },
     "seeds": [0, 1],
     "report": {"baseline": "uniform"},

@@ -87,6 +87,9 @@ def test_the_yaml_blocks_and_their_flags_make_the_same_config(tmp_path):
     assert from_yaml.sample_weighting.scope == "micro_batch" and from_yaml.mixing.options("odm").reward == "exp3"
     # config.yaml holds the blocks, and reads back as the same config
     assert load_config(TrainConfig, None, yaml.safe_load(to_yaml(from_yaml))) == from_yaml
+    dashed = tmp_path / "dashed.yaml"  # dashes read as underscores inside a block as at the top level
+    dashed.write_text(yaml.safe_dump({**BASE, "sample-weighting": {"name": "linupper", "warmup-steps": 0}}))
+    assert load_config(TrainConfig, dashed, {}).sample_weighting.warmup_steps == 0
 
 
 def test_a_bare_name_is_the_sample_weighting_shorthand_and_a_flag_key_merges_into_the_yaml_block(tmp_path):
@@ -149,12 +152,12 @@ def test_the_temperature_alias_and_r_both_given_are_refused(capsys):
     [
         ({"sample_weighting": {"name": "linuper"}}, "'sample_weighting.name' 'linuper' is not a sample weighting"),
         ({"sample_weighting": {"r": 0}}, "'sample_weighting.r' must be > 0"),
-        ({"sample_weighting": {"rr": 1}}, "unknown key 'sample_weighting.rr'; did you mean 'r'"),
+        ({"sample_weighting": {"rr": 1}}, "unknown key 'sample_weighting.rr'; did you mean 'sample_weighting.r'"),
         ({"sample_weighting": 3.5}, "'sample_weighting': expected a name or a mapping of SampleWeightingConfig keys"),
         ({"sample_weighting": [1]}, "'sample_weighting': expected a name or a mapping"),
         ({"mixing": {"odm": {"alpha": 1.5}}}, "'mixing.odm.alpha' must be in [0, 1)"),
-        ({"mixing": {"odm": {"alfa": 0.5}}}, "unknown key 'mixing.odm.alfa'; did you mean 'alpha'"),
-        ({"mixing": {"adm": {}}}, "unknown key 'mixing.adm'; did you mean 'odm'"),
+        ({"mixing": {"odm": {"alfa": 0.5}}}, "unknown key 'mixing.odm.alfa'; did you mean 'mixing.odm.alpha'"),
+        ({"mixing": {"adm": {}}}, "unknown key 'mixing.adm'; did you mean 'mixing.odm'"),
         ({"mixing": {"every": "x"}}, "'mixing.every': expected an integer"),
     ],
 )
@@ -277,3 +280,61 @@ def test_every_shipped_config_and_docs_example_uses_the_block_spelling(capsys):
             if ("mixweight " in line or "torchrun " in line) and "deprecated" not in line:
                 shown = set(re.findall(r"--[a-z][a-z0-9-]*(?![a-z0-9.-])", line))
                 assert not shown & old_flags, (path.name, line)
+
+
+def test_a_flag_overrides_the_yaml_in_either_spelling(tmp_path, capsys):
+    flat, block = tmp_path / "flat.yaml", tmp_path / "block.yaml"
+    flat.write_text("data: c\nout: o\nr: 0.3\n")
+    block.write_text("data: c\nout: o\nsample_weighting: {r: 0.3}\n")
+    with held_deprecations():
+        assert load_config(TrainConfig, flat, {"sample_weighting": {"r": 0.5}}).sample_weighting.r == 0.5
+        assert load_config(TrainConfig, block, {"r": 0.6}).sample_weighting.r == 0.6
+    with pytest.raises(MixweightError, match="both given"):  # within one source, two spellings are refused
+        load_config(TrainConfig, None, {"r": 0.6, "sample_weighting": {"r": 0.5}})
+
+
+def _stages(tmp_path, arm: dict, lm_eval: bool = False):
+    from mixweight.pipeline.build import _arm_stage, _downstream_stage
+    from mixweight.pipeline.config import pipeline_config
+
+    values = {
+        "train": {"steps": 10, "sample_weighting": {"r": 0.3}},
+        "arms": {"lin": arm},
+        "doremi": None,
+        "doge": None,
+        "regmix": None,
+    }
+    config = pipeline_config(values, "p.yaml")
+    config.validate()
+    stage = _arm_stage(config, "lin", 0, "corpus", {"data": "abc"}, tmp_path)
+    options = {"tasks": ["t"], "num_fewshot": 0, "include_path": None, "limit": None, "batch_size": 1}
+    return stage, _downstream_stage(options, stage)
+
+
+def test_two_spellings_of_one_arm_are_one_stage(tmp_path):
+    first, _ = _stages(tmp_path, {"domain_weights": "uniform", "sample_weighting": "linupper"})
+    second, _ = _stages(tmp_path, {"domain_weights": "uniform", "sample_weighting": {"name": "LinUpper", "r": 0.3}})
+    assert first.key == second.key
+    other, _ = _stages(tmp_path, {"domain_weights": "uniform", "sample_weighting": {"name": "linupper", "r": 0.5}})
+    assert other.key != first.key
+
+
+def test_a_downstream_stage_of_before_stays_cached_with_its_arm(tmp_path):
+    from mixweight.pipeline.build import _trajectory
+    from mixweight.pipeline.stages import DONE, MARKER, stage_key
+
+    arm, downstream = _stages(tmp_path, {"domain_weights": "uniform", "sample_weighting": "linupper"})
+    then = {"seed": 0, "steps": 10, "r": 0.3, "domain_weights": "uniform", "sample_weighting": "linupper"}
+    arm.directory.mkdir(parents=True)
+    marker = {"key": stage_key(then, arm.inputs), "values": then, "inputs": arm.inputs, "finished": True}
+    (arm.directory / MARKER).write_text(json.dumps(marker))
+    old_inputs = {"arm": _trajectory(then, arm.inputs)}
+    downstream.directory.mkdir(parents=True)
+    values = downstream.values
+    marker = {"key": stage_key(values, old_inputs), "values": values, "inputs": old_inputs, "finished": True}
+    (downstream.directory / MARKER).write_text(json.dumps(marker))
+    assert arm.plan().state == DONE and downstream.plan().state == DONE
+    old_inputs["arm"] = "0" * 16  # another trajectory of before: not this arm's
+    marker = {"key": stage_key(values, old_inputs), "values": values, "inputs": old_inputs, "finished": True}
+    (downstream.directory / MARKER).write_text(json.dumps(marker))
+    assert downstream.plan().state != DONE

@@ -206,7 +206,7 @@ def test_a_key_moved_into_a_block_is_one_line_to_adapt(tmp_path, monkeypatch):
     monkeypatch.setitem(features.FEATURES, "sample_weighting", "sample_weighting.name")
     settings = plan.TRAIN_ARMS["linupper"][1]
     config = plan.train_config(plan.PROFILES["cpu"], tmp_path / "c", tmp_path / "r", "fp32", settings)
-    assert config["sample_weighting"] == {"name": "linupper"} and config["steps"] == plan.PROFILES["cpu"]["steps"]
+    assert config["sample_weighting"]["name"] == "linupper" and config["steps"] == plan.PROFILES["cpu"]["steps"]
     assert report.arm_label("linupper") == "mixweight train, sample_weighting.name: linupper"
 
     monkeypatch.setattr(train_config, "TrainConfig", _config_class(_Block))  # the block exists: the arm runs
@@ -215,7 +215,7 @@ def test_a_key_moved_into_a_block_is_one_line_to_adapt(tmp_path, monkeypatch):
     check.measure()
     assert check.result["flags"] == {"sample_weighting": True, "loss_impl": True, "compile": True}
     arm = next(spec for name, _, spec in calls if name == "linupper")
-    assert arm["train_config"]["sample_weighting"] == {"name": "linupper"}
+    assert arm["train_config"]["sample_weighting"]["name"] == "linupper"
 
     monkeypatch.setattr(train_config, "TrainConfig", _config_class(str))  # a flat field has no key "name"
     check, calls = _check(tmp_path / "flat", monkeypatch)

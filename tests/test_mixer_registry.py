@@ -149,3 +149,11 @@ def test_a_static_run_has_a_mixer_that_decides_nothing():
     assert static.checkpoint_state() == {} and static.resume({"step": 3}, 1) == []
     with pytest.raises(NotImplementedError):
         static.start_phase(4)
+
+
+def test_a_mixer_may_not_take_the_name_of_a_mixing_key():
+    class Every(registry.OnlineMixer):
+        name = "every"
+
+    with pytest.raises(ValueError, match="'every' names a key of the mixing block"):
+        registry.register_mixer(Every)

@@ -95,7 +95,7 @@ def train_config(profile: dict, corpus: Path, run_dir: Path, precision: str, set
         "checkpoint_every": 10**9,
         "keep_checkpoints": 1,
         "log_every": 1,
-        "weight_histogram_every": 10**9,
+        "sample_weighting": {"histogram_every": 10**9},  # no histograms inside the timed steps
         "precision": precision,
         "seed": 0,
         "progress": False,

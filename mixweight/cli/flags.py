@@ -72,8 +72,11 @@ def add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
 
 
 def _add_block_flags(parser, dest: str, cls, help_text: str) -> None:
-    """--BLOCK.KEY for every key of a typed block (and of the blocks inside it); --BLOCK VALUE for its shorthand."""
+    """--BLOCK.KEY for every key of a typed block (and of the blocks inside it); --BLOCK VALUE for its shorthand.
+    A top-level block's flags are one group of --help, described by the block's help text."""
     flag = "--" + dest.replace("_", "-")
+    if "." not in dest and isinstance(parser, argparse.ArgumentParser):
+        parser = parser.add_argument_group(f"{flag} (YAML: {dest}: {{...}})", help_text or None)
     defaults = cls()
     shorthand = getattr(cls, SHORTHAND, None)
     if shorthand is not None:
@@ -84,7 +87,7 @@ def _add_block_flags(parser, dest: str, cls, help_text: str) -> None:
         inner = f"{dest}.{field.name}"
         if INLINE in field.metadata:
             for key, block in field.metadata[INLINE]().items():
-                _add_block_flags(parser, f"{dest}.{key}", block, f"{block.__doc__ or key}")
+                _add_block_flags(parser, f"{dest}.{key}", block, "")
         elif dataclasses.is_dataclass(hints[field.name]):
             _add_block_flags(parser, inner, hints[field.name], field.metadata.get(HELP, ""))
         elif field.name != shorthand:

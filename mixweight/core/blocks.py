@@ -70,6 +70,27 @@ def dotted_keys(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def undotted(flat: dict[str, Any]) -> dict[str, Any]:
+    """One level of dotted keys as nested mappings: `dotted_keys` undone."""
+    nested: dict[str, Any] = {}
+    for dotted, value in flat.items():
+        *blocks, last = dotted.split(".")
+        target = nested
+        for block in blocks:
+            target = target.setdefault(block, {})
+        target[last] = value
+    return nested
+
+
+def value_at(config, dotted: str):
+    """The value of a dotted key of a built config (``mixing.odm.reward``), through inline blocks too."""
+    for part in dotted.split("."):
+        inline = inline_field(type(config))
+        blocks = getattr(config, inline.name) if inline is not None else {}
+        config = blocks[part] if part in blocks else getattr(config, part)
+    return config
+
+
 def merge_values(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     """`override` over `base`, blocks (mappings) merged key by key at every depth; a bare value over a block (or a
     block over a bare value) is the block's shorthand, its 'name' (``sample_weighting: linupper`` over

@@ -27,6 +27,8 @@ from mixweight.core.blocks import (  # noqa: F401 - re-exported: configs are mad
     inline_blocks,
     inline_field,
     merge_values,
+    undotted,
+    value_at,
     with_values,
 )
 from mixweight.core.renames import (  # noqa: F401 - the block helpers, re-exported for their callers
@@ -262,6 +264,8 @@ def _coerce(value: Any, annotation: Any, where: str, limits: Limits = DEFAULT_LI
 def build_config(cls: type[C], values: dict[str, Any], where: str, block: str = "") -> C:
     """Make a `cls` from a mapping, refusing unknown keys and values of the wrong type. `block` is the dotted path
     of a typed block inside another config (``mixing.``), named in messages."""
+    if block:  # dashes read as underscores inside a block too, as load_config reads the top level
+        values = {str(k).replace("-", "_"): v for k, v in values.items()}
     values = rename_keys(cls, values, where)
     values = nest_moved_keys(cls, values, where)
     types_ = _field_types(cls)
@@ -271,7 +275,8 @@ def build_config(cls: type[C], values: dict[str, Any], where: str, block: str = 
     valid = [name for name in fields if inline is None or name != inline.name] + list(inline_classes)
     for key in values:
         if key not in valid:
-            raise MixweightError(f"{where}: unknown key '{block}{key}'; {closest_hint(key, valid)}")
+            hint = closest_hint(f"{block}{key}", [f"{block}{name}" for name in valid])
+            raise MixweightError(f"{where}: unknown key '{block}{key}'; {hint}")
     blocks = {f.name: f for f in nested_fields(cls)}
     coerced = {
         k: _build_nested(blocks[k], v, where)
@@ -320,14 +325,17 @@ def load_config(cls: type[C], yaml_path: str | Path | None, overrides: dict[str,
     """Defaults < YAML file < explicit overrides (flags); dashes in keys are read as underscores.
 
     A block (`train:`, `sample_weighting:`) is merged key by key at every depth (`merge_values`):
-    ``--train.lr`` overrides the YAML's ``train: {lr: ...}`` and keeps its other keys. `where` names the
-    source in messages when there is no YAML file.
+    ``--train.lr`` overrides the YAML's ``train: {lr: ...}`` and keeps its other keys. Each source's old
+    spellings are renamed before the merge, so a flag overrides the YAML in either spelling. `where` names
+    the source in messages when there is no YAML file.
     """
     values: dict[str, Any] = {}
+    source = str(yaml_path) if yaml_path else where
     if yaml_path is not None:
         values.update({str(k).replace("-", "_"): v for k, v in read_yaml(yaml_path).items()})
-    values = merge_values(values, overrides)
-    return build_config(cls, values, where=str(yaml_path) if yaml_path else where)
+        values = rename_keys(cls, values, source)
+    values = merge_values(values, rename_keys(cls, overrides, where))
+    return build_config(cls, values, where=source)
 
 
 def to_yaml(config) -> str:

@@ -27,8 +27,8 @@ from mixweight.pipeline.config import (
     used_methods,
 )
 from mixweight.pipeline.inputs import file_fingerprints, input_fingerprints, manifest_sha256
-from mixweight.pipeline.stages import Stage, stage_key
-from mixweight.train.config import TrainConfig
+from mixweight.pipeline.stages import Stage, as_stored, stage_key
+from mixweight.train.config import TrainConfig, canonical_values
 from mixweight.train.loop import RESUMABLE_CHANGES, train
 
 WEIGHTS_FILE = "domain_weights.json"
@@ -144,8 +144,10 @@ def _arm_stage(config: PipelineConfig, name: str, seed: int, corpus: str, upstre
         resume = (directory / "checkpoints").is_dir()  # interrupted, or continued to more steps
         train(dataclasses.replace(train_cfg, resume=resume))
 
-    # progress is display only: it must not rerun a stage; steps always recorded, to tell "more steps" from "fewer"
-    key_values = {**{k: v for k, v in values.items() if k not in NOT_IN_STAGE_KEY}, "steps": train_cfg.steps}
+    # progress is display only: it must not rerun a stage; steps always recorded, to tell "more steps" from "fewer";
+    # blocks at their typed values, so two spellings of one config are one stage
+    key_values = {**canonical_values({k: v for k, v in values.items() if k not in NOT_IN_STAGE_KEY})}
+    key_values["steps"] = train_cfg.steps
     return Stage(
         f"arm {name} (seed {seed})",
         directory,
@@ -158,9 +160,15 @@ def _arm_stage(config: PipelineConfig, name: str, seed: int, corpus: str, upstre
     )
 
 
-def _today_spelling(values: dict) -> dict:
-    """An arm's stage values as a marker of before the blocks (0.1) holds them, in today's spelling."""
-    return rename_keys(TrainConfig, values, "stage marker", quiet=True)
+def _today_spelling(values: dict, inputs: dict) -> tuple[dict, dict]:
+    """An arm's stage values as a marker of before (the flat keys of 0.1, a block as written) holds them, in
+    today's spelling."""
+    return canonical_values(rename_keys(TrainConfig, values, "stage marker", quiet=True)), inputs
+
+
+def _trajectory(values: dict, inputs: dict) -> str:
+    """An arm's trajectory: its key without the keys a resume may change."""
+    return stage_key({k: v for k, v in values.items() if k not in RESUMABLE_CHANGES}, inputs)
 
 
 def _downstream_stage(options: dict, arm: Stage) -> Stage:
@@ -188,7 +196,22 @@ def _downstream_stage(options: dict, arm: Stage) -> Stage:
         write_json_atomic(run_dir / DOWNSTREAM_FILE, result)
         write_json_atomic(directory / DOWNSTREAM_FILE, result)
 
-    trajectory = stage_key({k: v for k, v in arm.values.items() if k not in RESUMABLE_CHANGES}, arm.inputs)
+    trajectory = _trajectory(arm.values, arm.inputs)
+
+    def today(values: dict, inputs: dict) -> tuple[dict, dict]:
+        """A marker of before names the arm's trajectory as the arm's marker of then spelled it: the same
+        trajectory when that marker, in today's spelling, is the arm's config now."""
+        saved = arm.state()
+        then, then_inputs = saved.get("values"), saved.get("inputs")
+        if not isinstance(then, dict) or not isinstance(then_inputs, dict) or arm.upgrade is None:
+            return values, inputs
+        same = as_stored(arm.upgrade(then, then_inputs)[0]) == as_stored(arm.values) and then_inputs == as_stored(
+            arm.inputs
+        )
+        if same and inputs.get("arm") == _trajectory(then, then_inputs):
+            return values, {**inputs, "arm": trajectory}
+        return values, inputs
+
     return Stage(
         f"lm-eval {run_dir.name}",
         directory,
@@ -197,6 +220,7 @@ def _downstream_stage(options: dict, arm: Stage) -> Stage:
         0,
         run,
         resumable=lambda old, new, changed: changed == ["arm_steps"],
+        upgrade=today,
     )
 
 

@@ -38,7 +38,7 @@ def stage_key(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _plain(value):
+def as_stored(value):
     """`value` as the marker file stores it (JSON types), so a saved and a fresh config compare equal."""
     return json.loads(json.dumps(value, sort_keys=True, default=str))
 
@@ -61,9 +61,9 @@ class Stage:
     # Decides whether a finished or interrupted stage may continue in place after `changed` keys changed
     # (None: no change is resumable). Given the saved and the new values.
     resumable: Optional[Callable[[dict, dict, list[str]], bool]] = None
-    # The saved values of a marker an older mixweight wrote, in today's spelling (renamed keys): the same config
-    # spelled as it was then is the same stage.
-    upgrade: Optional[Callable[[dict], dict]] = None
+    # The saved values and inputs of a marker an older mixweight wrote, in today's spelling (renamed keys): the same
+    # config spelled as it was then is the same stage.
+    upgrade: Optional[Callable[[dict, dict], tuple[dict, dict]]] = None
 
     @property
     def key(self) -> str:
@@ -89,10 +89,10 @@ class Stage:
         if not isinstance(old_values, dict) or not isinstance(old_inputs, dict):
             return Plan(CHANGED, ["made by an older mixweight that did not record its config"], ["unknown"])
         if self.upgrade is not None:
-            old_values = _plain(self.upgrade(old_values))
+            old_values, old_inputs = (as_stored(part) for part in self.upgrade(old_values, old_inputs))
             if stage_key(old_values, old_inputs) == self.key:
                 return Plan(DONE if state.get("finished") else RESUME)
-        new_values, new_inputs = _plain(self.values), _plain(self.inputs)
+        new_values, new_inputs = as_stored(self.values), as_stored(self.inputs)
         old_flat, new_flat = dotted_keys(old_values), dotted_keys(new_values)  # a block's change names its key
         changed = sorted(k for k in set(old_flat) | set(new_flat) if old_flat.get(k) != new_flat.get(k))
         changes = [f"{k}: {old_flat.get(k)!r} -> {new_flat.get(k)!r}" for k in changed]
@@ -118,7 +118,7 @@ class Stage:
         """Every rank runs the action (training is collective); rank 0 alone writes the marker."""
         main = is_main_process()
         self.directory.mkdir(parents=True, exist_ok=True)
-        marker = {"key": self.key, "values": _plain(self.values), "inputs": _plain(self.inputs)}
+        marker = {"key": self.key, "values": as_stored(self.values), "inputs": as_stored(self.inputs)}
         if main:
             write_json_atomic(self.directory / MARKER, {**marker, "finished": False})
         self.action()

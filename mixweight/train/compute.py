@@ -2,7 +2,7 @@
 
     flops_per_step = forward+backward of the model on the step's tokens   (core/flops.py)
                    + the step's extra work, as the step objective declares it (`extra_flops`):
-                       whole_step_forward   sample weights over several micro-batches (weighting_scope step):
+                       whole_step_forward   sample weights over several micro-batches (sample_weighting.scope step):
                                             one more no-grad forward of the model
                        reference_forward    DoReMi's proxy and online DoReMi: one no-grad forward of the reference
                        domain_gradients     DoGE: the rows' inner products and the mixed gradient

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass
 from typing import ClassVar, Optional, Union
 
-from mixweight.core.config import HELP, build_config, rename_keys, require
+from mixweight.core.config import HELP, build_config, dotted_keys, rename_keys, require, undotted, value_at
 from mixweight.core.config import option as _f
+from mixweight.errors import MixweightError
 from mixweight.sampling.spec import MixtureSpec
 from mixweight.train.mixing import MixingConfig
 from mixweight.weighting.config import SampleWeightingConfig
@@ -208,6 +210,26 @@ def saved_config_values(values: dict, where: str) -> dict:
     if isinstance(values.get("sample_weighting"), str):
         values = {**values, "sample_weighting": {"name": values["sample_weighting"]}}
     return values
+
+
+def canonical_values(values: dict) -> dict:
+    """Train keys as given, each block's keys at their typed values (the shorthand expanded, a name lower-cased,
+    1 as 1.0): two spellings of one config compare equal (a pipeline stage's key). A block that does not build is
+    kept as given (its stage was refused when read)."""
+    hints = typing.get_type_hints(TrainConfig)
+    canonical = dict(values)
+    for key, value in values.items():
+        cls = hints.get(key)
+        if not dataclasses.is_dataclass(cls) or not isinstance(value, (str, dict)):
+            continue
+        given = {cls.SHORTHAND: value} if isinstance(value, str) and hasattr(cls, "SHORTHAND") else value
+        try:
+            typed = build_config(cls, given, "train", f"{key}.")
+        except MixweightError:
+            continue
+        flat = {path: value_at(typed, path) for path, v in dotted_keys(given).items() if v != {}}
+        canonical[key] = undotted(flat)
+    return canonical
 
 
 def _mapping(value) -> dict:

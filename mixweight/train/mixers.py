@@ -288,6 +288,8 @@ def register_mixer(cls: type[OnlineMixer]) -> type[OnlineMixer]:
     """Make `online:<cls.name>` a value of domain_weights (a class decorator; a plug-in calls it when imported)."""
     if not (isinstance(cls.name, str) and cls.name and cls.name != OnlineMixer.name):
         raise ValueError(f"{cls.__name__}: an online mixer needs its own `name`")
+    if cls.name in ("every", "prior", "mixers"):  # its options block would be mixing.<name>: a shared key's name
+        raise ValueError(f"{cls.__name__}: '{cls.name}' names a key of the mixing block; choose another name")
     MIXERS[cls.name] = cls
     return cls
 

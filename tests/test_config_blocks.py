@@ -221,23 +221,10 @@ def test_a_pipeline_arm_merges_its_blocks_over_the_train_sections(tmp_path, caps
 
 
 def test_a_stage_marker_of_the_flat_spelling_is_the_same_stage(tmp_path):
-    from mixweight.pipeline.build import _arm_stage
-    from mixweight.pipeline.config import pipeline_config
-    from mixweight.pipeline.stages import DONE, MARKER
+    from mixweight.pipeline.stages import DONE, MARKER, stage_key
 
-    values = {
-        "train": {"steps": 10, "sample_weighting": {"r": 0.3}},
-        "arms": {"lin": {"domain_weights": "uniform", "sample_weighting": "linupper"}},
-        "doremi": None,
-        "doge": None,
-        "regmix": None,
-    }
-    config = pipeline_config(values, "p.yaml")
-    config.validate()
-    stage = _arm_stage(config, "lin", 0, "corpus", {"data": "abc"}, tmp_path)
+    stage, _ = _stages(tmp_path, {"domain_weights": "uniform", "sample_weighting": "linupper"})
     old_values = {"seed": 0, "steps": 10, "r": 0.3, "domain_weights": "uniform", "sample_weighting": "linupper"}
-    from mixweight.pipeline.stages import stage_key
-
     stage.directory.mkdir(parents=True)
     marker = {"key": stage_key(old_values, stage.inputs), "values": old_values, "inputs": stage.inputs}
     (stage.directory / MARKER).write_text(json.dumps({**marker, "finished": True}))

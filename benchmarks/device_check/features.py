@@ -64,14 +64,9 @@ def absent_reason(settings: dict, have: dict[str, bool]) -> str | None:
 
 def as_config(settings: dict, base: dict | None = None) -> dict:
     """`base` (a config mapping, not changed) with each {feature: value} under its key, nested along the dots."""
-    mapping = copy.deepcopy(base or {})
-    for feature, value in settings.items():
-        *blocks, last = FEATURES[feature].split(".")
-        target = mapping
-        for block in blocks:
-            target = target.setdefault(block, {})
-        target[last] = value
-    return mapping
+    from mixweight.core.config import merge_values, undotted
+
+    return merge_values(copy.deepcopy(base or {}), undotted({FEATURES[f]: value for f, value in settings.items()}))
 
 
 def label(settings: dict) -> str:

@@ -237,12 +237,15 @@ def test_bad_data_sections_are_refused_at_load(tmp_path, data, message):
 @pytest.mark.parametrize(
     "section, message",
     [
-        ({"report": {"baselin": "uniform"}}, r"'report': unknown key 'baselin'; did you mean 'baseline'"),
+        ({"report": {"baselin": "uniform"}}, r"unknown key 'report.baselin'; did you mean 'report.baseline'"),
         ({"report": {"baseline": "nosuch"}}, r"report baseline 'nosuch' is not an arm"),
-        ({"eval": {"lm_evl": {}}}, r"'eval': unknown key 'lm_evl'; did you mean 'lm_eval'"),
-        ({"eval": {"lm_eval": {"tasks": ["x"], "num_fewshots": 5}}}, r"'num_fewshots'; did you mean 'num_fewshot'"),
+        ({"eval": {"lm_evl": {}}}, r"unknown key 'eval.lm_evl'; did you mean 'eval.lm_eval'"),
+        (
+            {"eval": {"lm_eval": {"tasks": ["x"], "num_fewshots": 5}}},
+            r"'eval.lm_eval.num_fewshots'; did you mean 'eval.lm_eval.num_fewshot'",
+        ),
         ({"data": {1: {}, "a": {}}}, r"'data' needs exactly one of .*got \[1, 'a'\]"),
-        ({"eval": {"lm_eval": {"tasks": "hellaswag"}}}, r"'tasks': expected a list"),
+        ({"eval": {"lm_eval": {"tasks": "hellaswag"}}}, r"'eval.lm_eval.tasks': expected a list"),
         ({"seeds": ["a"]}, r"'seeds'\[0\]: expected an integer"),
     ],
 )

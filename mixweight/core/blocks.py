@@ -59,6 +59,12 @@ def _plain(value):
     return value
 
 
+def expand_shorthand(cls, value):
+    """`value` for a block of `cls`: a bare value as the mapping its SHORTHAND key means, anything else as it is."""
+    shorthand = getattr(cls, SHORTHAND, None)
+    return {shorthand: value} if shorthand is not None and isinstance(value, str) else value
+
+
 def dotted_keys(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """Nested mappings as one level of dotted keys (``{"mixing": {"every": 5}}`` -> ``{"mixing.every": 5}``)."""
     flat = {}

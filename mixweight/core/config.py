@@ -24,6 +24,7 @@ from mixweight.core.blocks import (  # noqa: F401 - re-exported: configs are mad
     SHORTHAND,
     config_dict,
     dotted_keys,
+    expand_shorthand,
     inline_blocks,
     inline_field,
     merge_values,
@@ -227,8 +228,7 @@ def _coerce(value: Any, annotation: Any, where: str, limits: Limits = DEFAULT_LI
         if value is None:
             value = {}
         shorthand = getattr(annotation, SHORTHAND, None)
-        if shorthand is not None and isinstance(value, str):
-            value = {shorthand: value}
+        value = expand_shorthand(annotation, value)
         if not isinstance(value, dict):
             hint = f"a {shorthand} or " if shorthand else ""
             raise MixweightError(f"{where}: expected {hint}a mapping of {annotation.__name__} keys, got {brief(value)}")

@@ -7,7 +7,16 @@ import typing
 from dataclasses import dataclass
 from typing import ClassVar, Optional, Union
 
-from mixweight.core.config import HELP, build_config, dotted_keys, rename_keys, require, undotted, value_at
+from mixweight.core.config import (
+    HELP,
+    build_config,
+    dotted_keys,
+    expand_shorthand,
+    rename_keys,
+    require,
+    undotted,
+    value_at,
+)
 from mixweight.core.config import option as _f
 from mixweight.errors import MixweightError
 from mixweight.sampling.spec import MixtureSpec
@@ -137,7 +146,10 @@ class TrainConfig:
         # Python callers may give a block as its shorthand or a mapping: built (and checked) as the YAML's
         if isinstance(self.sample_weighting, (str, dict)):
             self.sample_weighting = build_config(
-                SampleWeightingConfig, _mapping(self.sample_weighting), "train", "sample_weighting."
+                SampleWeightingConfig,
+                expand_shorthand(SampleWeightingConfig, self.sample_weighting),
+                "train",
+                "sample_weighting.",
             )
         if isinstance(self.mixing, dict):
             self.mixing = build_config(MixingConfig, self.mixing, "train", "mixing.")
@@ -207,8 +219,8 @@ def saved_config_values(values: dict, where: str) -> dict:
     """A run's config.yaml as a mapping in today's spelling: the flat keys of before the blocks moved into them
     (quietly: an older mixweight wrote it), the sample_weighting shorthand as its block."""
     values = rename_keys(TrainConfig, values, where, quiet=True)
-    if isinstance(values.get("sample_weighting"), str):
-        values = {**values, "sample_weighting": {"name": values["sample_weighting"]}}
+    if "sample_weighting" in values:
+        values = {**values, "sample_weighting": expand_shorthand(SampleWeightingConfig, values["sample_weighting"])}
     return values
 
 
@@ -222,7 +234,7 @@ def canonical_values(values: dict) -> dict:
         cls = hints.get(key)
         if not dataclasses.is_dataclass(cls) or not isinstance(value, (str, dict)):
             continue
-        given = {cls.SHORTHAND: value} if isinstance(value, str) and hasattr(cls, "SHORTHAND") else value
+        given = expand_shorthand(cls, value)
         try:
             typed = build_config(cls, given, "train", f"{key}.")
         except MixweightError:
@@ -230,7 +242,3 @@ def canonical_values(values: dict) -> dict:
         flat = {path: value_at(typed, path) for path, v in dotted_keys(given).items() if v != {}}
         canonical[key] = undotted(flat)
     return canonical
-
-
-def _mapping(value) -> dict:
-    return {"name": value} if isinstance(value, str) else value

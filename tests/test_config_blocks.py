@@ -5,15 +5,25 @@ written in the flat spelling continuing as the same run."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
+from typing import ClassVar, Optional
 
 import pytest
 import yaml
 
 from mixweight.cli import build_parser, main
 from mixweight.cli.flags import overrides
-from mixweight.core.config import config_dict, held_deprecations, load_config, merge_values, to_yaml, with_values
+from mixweight.core.config import (
+    config_dict,
+    held_deprecations,
+    load_config,
+    merge_values,
+    rename_keys,
+    to_yaml,
+    with_values,
+)
 from mixweight.errors import MixweightError
 from mixweight.train.config import RENAMED, TrainConfig, saved_config_values
 from mixweight.train.rundir import config_changes
@@ -106,6 +116,34 @@ def test_a_bare_name_is_the_sample_weighting_shorthand_and_a_flag_key_merges_int
     assert TrainConfig(sample_weighting="extremes").sample_weighting.name == "extremes"  # the Python spelling
 
 
+@dataclasses.dataclass
+class _Kinded:  # a block whose shorthand is not `name`
+    SHORTHAND: ClassVar[str] = "kind"
+    kind: str = "a"
+    size: int = 1
+
+
+@dataclasses.dataclass
+class _Plain:  # a block with no shorthand
+    size: int = 1
+
+
+@dataclasses.dataclass
+class _Outer:
+    RENAMED_KEYS: ClassVar[dict] = {"old_size": "kinded.size"}
+    kinded: _Kinded = dataclasses.field(default_factory=_Kinded)
+    plain: Optional[_Plain] = None
+
+
+def test_a_bare_value_over_a_block_is_that_block_class_s_shorthand_key():
+    merged = merge_values({"kinded": {"size": 2}, "plain": {"size": 2}}, {"kinded": "b", "plain": "x"}, _Outer)
+    assert merged == {"kinded": {"size": 2, "kind": "b"}, "plain": "x"}  # no shorthand: the bare value replaces
+    assert merge_values({"kinded": "b"}, {"kinded": {"size": 3}}, _Outer) == {"kinded": {"kind": "b", "size": 3}}
+    assert rename_keys(_Outer, {"kinded": "b", "old_size": 3}, "t", quiet=True) == {"kinded": {"kind": "b", "size": 3}}
+    with pytest.raises(MixweightError, match="'plain' must be a mapping to hold 'old'"):
+        rename_keys(type("_O", (), {"RENAMED_KEYS": {"old": "plain.size"}}), {"plain": "x", "old": 3}, "t", quiet=True)
+
+
 @pytest.mark.parametrize("old", sorted(FLAT))
 def test_every_flat_key_of_before_is_read_once_with_one_deprecation_line(old, capsys):
     new = RENAMED[old]
@@ -124,12 +162,12 @@ def test_every_flat_key_of_before_is_read_once_with_one_deprecation_line(old, ca
     for block in blocks:
         target = target.setdefault(block, {})
     target[last] = value
-    assert flat == _config(merge_values(base, nested))
+    assert flat == _config(merge_values(base, nested, TrainConfig))
     # the flag of before: the same config
     with held_deprecations():
         assert _from_flags([*_flags(base), *_flags({old: value})]) == flat
     with pytest.raises(MixweightError, match=f"'{old}' \\(deprecated\\) and '{new}' both given"):
-        _config(merge_values({**base, old: value}, nested))
+        _config(merge_values({**base, old: value}, nested, TrainConfig))
 
 
 def test_help_shows_one_spelling_per_option_and_no_flat_key_of_before(capsys):

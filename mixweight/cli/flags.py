@@ -244,7 +244,7 @@ def overrides(args: argparse.Namespace, cls) -> dict:
             continue
         for part in reversed(inner):
             value = {part: value}
-        values = merge_values(values, {block: value})
+        values = merge_values(values, {block: value}, cls)
     return values
 
 

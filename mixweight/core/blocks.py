@@ -11,6 +11,8 @@ written to config.yaml, `merge_values` layers one set of values over another blo
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from typing import Any, TypeVar
 
 C = TypeVar("C")
@@ -97,19 +99,30 @@ def value_at(config, dotted: str):
     return config
 
 
-def merge_values(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """`override` over `base`, blocks (mappings) merged key by key at every depth; a bare value over a block (or a
-    block over a bare value) is the block's shorthand, its 'name' (``sample_weighting: linupper`` over
-    ``sample_weighting: {r: 0.2}`` is ``{name: linupper, r: 0.2}``)."""
+def block_class(cls, key: str):
+    """The config class of `cls`'s block `key` (a typed field or an inline block), None where `key` is no block."""
+    if cls is None or not dataclasses.is_dataclass(cls):
+        return None
+    inline = inline_field(cls)
+    if inline is not None and key in (classes := inline.metadata[INLINE]()):
+        return classes[key]
+    annotation = typing.get_type_hints(cls).get(key)
+    union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    options = typing.get_args(annotation) if union else (annotation,)
+    return next((option for option in options if dataclasses.is_dataclass(option)), None)
+
+
+def merge_values(base: dict[str, Any], override: dict[str, Any], cls=None) -> dict[str, Any]:
+    """`override` over `base` (values of config class `cls`), blocks (mappings) merged key by key at every depth;
+    a bare value over a block (or a block over a bare value) is the block's SHORTHAND (``sample_weighting:
+    linupper`` over ``sample_weighting: {r: 0.2}`` is ``{name: linupper, r: 0.2}``)."""
     merged = dict(base)
     for key, value in override.items():
-        before = merged.get(key)
+        before, block = merged.get(key), block_class(cls, key)
+        if isinstance(before, dict) or isinstance(value, dict):
+            before, value = expand_shorthand(block, before), expand_shorthand(block, value)
         if isinstance(value, dict) and isinstance(before, dict):
-            value = merge_values(before, value)
-        elif isinstance(value, dict) and isinstance(before, str):
-            value = {"name": before, **value}
-        elif isinstance(before, dict) and isinstance(value, str):
-            value = {**before, "name": value}
+            value = merge_values(before, value, block)
         merged[key] = value
     return merged
 

@@ -334,7 +334,7 @@ def load_config(cls: type[C], yaml_path: str | Path | None, overrides: dict[str,
     if yaml_path is not None:
         values.update({str(k).replace("-", "_"): v for k, v in read_yaml(yaml_path).items()})
         values = rename_keys(cls, values, source)
-    values = merge_values(values, rename_keys(cls, overrides, where))
+    values = merge_values(values, rename_keys(cls, overrides, where), cls)
     return build_config(cls, values, where=source)
 
 

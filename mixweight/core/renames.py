@@ -12,7 +12,8 @@ import dataclasses
 import sys
 from typing import Any
 
-from mixweight.errors import MixweightError
+from mixweight.core.blocks import block_class, expand_shorthand
+from mixweight.errors import MixweightError, brief
 
 NESTED = "nested"  # field metadata key: the config class whose keys a nested block (a mapping) may hold
 MOVED = "moved"  # field metadata key of a nested block: its keys that used to be top-level (deprecated aliases)
@@ -87,13 +88,12 @@ def rename_keys(cls, values: dict[str, Any], where: str, quiet: bool = False) ->
             continue
         value = values.pop(old)
         *blocks, last = new.split(".")
-        target = values
+        target, target_cls = values, cls
         for block in blocks:
-            inner = target.get(block)
+            target_cls = block_class(target_cls, block)
+            inner = expand_shorthand(target_cls, target.get(block) or {})  # a bare block name: kept as its key
             if not isinstance(inner, dict):
-                inner = {} if inner is None else inner
-            if not isinstance(inner, dict):  # a shorthand value (a block's name): kept as its first key
-                inner = {"name": inner}
+                raise MixweightError(f"{where}: '{block}' must be a mapping to hold '{old}', got {brief(inner)}")
             target[block] = inner = dict(inner)
             target = inner
         if last in target:

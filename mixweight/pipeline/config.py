@@ -270,7 +270,7 @@ def online_stage(arm: dict) -> Optional[str]:
 
 def arm_values(config: PipelineConfig, name: str) -> dict[str, Any]:
     """The arm's train keys as given: the train section's, the arm's over them (blocks merged key by key)."""
-    return merge_values(config.train, config.arms[name])
+    return merge_values(config.train, config.arms[name], TrainConfig)
 
 
 def load_pipeline_config(path: str | Path) -> PipelineConfig:

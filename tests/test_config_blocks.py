@@ -363,3 +363,21 @@ def test_a_downstream_stage_of_before_stays_cached_with_its_arm(tmp_path):
     marker = {"key": stage_key(values, old_inputs), "values": values, "inputs": old_inputs, "finished": True}
     (downstream.directory / MARKER).write_text(json.dumps(marker))
     assert downstream.plan().state != DONE
+
+
+def test_a_pipeline_record_of_the_flat_spelling_is_the_same_config(tmp_path, capsys):
+    from mixweight.pipeline.config import pipeline_config
+    from mixweight.pipeline.outdir import CONFIG_FILE, _config_text, record_config
+
+    values = {"train": {"steps": 10, "sample_weighting": {"r": 0.3}}, "arms": {"lin": {"sample_weighting": "linupper"}}}
+    config = pipeline_config({**values, "doremi": None, "doge": None, "regmix": None}, "p.yaml")
+    then = yaml.safe_load(_config_text(config))
+    then["train"] = {"steps": 10, "r": 0.3}  # what a 0.1 pipeline recorded for the same config
+    (tmp_path / CONFIG_FILE).write_text(yaml.safe_dump(then, sort_keys=False))
+    record_config(config, tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == [CONFIG_FILE] and "differs" not in capsys.readouterr().out
+    assert (tmp_path / CONFIG_FILE).read_text() == _config_text(config)  # rewritten in today's spelling
+    then["train"] = {"steps": 10, "r": 0.5}  # another config of before: kept beside the new record
+    (tmp_path / CONFIG_FILE).write_text(yaml.safe_dump(then, sort_keys=False))
+    record_config(config, tmp_path)
+    assert len(list(tmp_path.glob("pipeline.replaced-*.yaml"))) == 1 and "sections: train" in capsys.readouterr().out

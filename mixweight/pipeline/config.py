@@ -285,6 +285,20 @@ def load_pipeline_config(path: str | Path) -> PipelineConfig:
     return pipeline_config(values, str(path))
 
 
+def in_todays_spelling(values: dict, where: str, quiet: bool = False) -> dict:
+    """A pipeline's mapping with the flat train keys of before the blocks, in train and in every arm, moved into
+    their blocks (one deprecation line unless `quiet`: a record an older mixweight wrote)."""
+    values = dict(values)
+    if isinstance(values.get("train"), dict):
+        values["train"] = rename_keys(TrainConfig, values["train"], f"{where}: 'train'", quiet)
+    if isinstance(values.get("arms"), dict):
+        values["arms"] = {
+            arm: rename_keys(TrainConfig, keys, f"{where}: arm '{arm}'", quiet) if isinstance(keys, dict) else keys
+            for arm, keys in values["arms"].items()
+        }
+    return values
+
+
 def pipeline_config(values: dict, where: str) -> PipelineConfig:
     """A PipelineConfig from the YAML's mapping; a registered weights method's name is its section's key."""
     raw = dict(values)
@@ -293,14 +307,7 @@ def pipeline_config(values: dict, where: str) -> PipelineConfig:
     for key in raw:
         if key not in valid:
             raise MixweightError(f"{where}: unknown key '{key}'; {closest_hint(str(key), valid)}")
-    # the flat train keys of before the blocks, in train and in every arm: moved into their blocks once, here
-    if isinstance(raw.get("train"), dict):
-        raw["train"] = rename_keys(TrainConfig, raw["train"], f"{where}: 'train'")
-    if isinstance(raw.get("arms"), dict):
-        raw["arms"] = {
-            arm: rename_keys(TrainConfig, keys, f"{where}: arm '{arm}'") if isinstance(keys, dict) else keys
-            for arm, keys in raw["arms"].items()
-        }
+    raw = in_todays_spelling(raw, where)
     sections = {}
     for name, method in registered.items():
         if name in raw:

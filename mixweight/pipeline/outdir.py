@@ -17,7 +17,8 @@ from mixweight.core.locks import DirectoryLock
 from mixweight.core.outputs import check_output_path
 from mixweight.core.yamlio import load_yaml
 from mixweight.data.remote import is_url
-from mixweight.pipeline.config import PipelineConfig, data_form
+from mixweight.errors import MixweightError
+from mixweight.pipeline.config import PipelineConfig, data_form, in_todays_spelling
 
 CONFIG_FILE = "pipeline.yaml"
 LOCK_FILE = ".pipeline.lock"
@@ -58,7 +59,8 @@ def _config_text(config: PipelineConfig) -> str:
 
 
 def record_config(config: PipelineConfig, out: Path) -> None:
-    """OUT/pipeline.yaml: the config that made this directory; a different earlier one is kept beside it."""
+    """OUT/pipeline.yaml: the config that made this directory; a different earlier one is kept beside it (the same
+    config in an older mixweight's spelling is rewritten in today's)."""
     path, text = out / CONFIG_FILE, _config_text(config)
     if path.is_file():
         old = path.read_text()
@@ -68,20 +70,30 @@ def record_config(config: PipelineConfig, out: Path) -> None:
             previous = load_yaml(old)
         except yaml.YAMLError:
             previous = None
-        previous = previous if isinstance(previous, dict) else {}
+        previous = _todays_spelling(previous) if isinstance(previous, dict) else {}
         current = load_yaml(text)
         sections = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        kept = out / f"pipeline.replaced-{stamp}.yaml"
-        path.rename(kept)
-        print(
-            f"[pipeline] config differs from the one that made {out} (sections: {', '.join(sections)}); "
-            f"the earlier config is kept as {kept.name}",
-            flush=True,
-        )
+        if sections:
+            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+            kept = out / f"pipeline.replaced-{stamp}.yaml"
+            path.rename(kept)
+            print(
+                f"[pipeline] config differs from the one that made {out} (sections: {', '.join(sections)}); "
+                f"the earlier config is kept as {kept.name}",
+                flush=True,
+            )
     tmp = path.with_name(f".{CONFIG_FILE}.tmp")
     tmp.write_text(text)
     tmp.replace(path)
+
+
+def _todays_spelling(record: dict) -> dict:
+    """A recorded config as today's mixweight reads it (its flat train keys of before in their blocks); a record
+    it cannot read so is compared as written."""
+    try:
+        return in_todays_spelling(record, CONFIG_FILE, quiet=True)
+    except MixweightError:
+        return record
 
 
 def is_pipeline_dir(path: Path) -> bool:

@@ -1,7 +1,7 @@
 """Clustered domains on local real text: how well `data prepare --domains cluster:K` finds known kinds of text.
 
     nice -n 10 .venv/bin/python benchmarks/clustering.py --out /tmp/clustering-bench [--per-kind 400] \
-        [--seeds 0,1,2,3,4] [--pipeline]
+        [--seeds 0,1,2,3,4] [--pipeline] [--pipeline-seeds 0,1,2]
 
 No hub downloads: the corpus is text found on this machine, four kinds whose label the clustering never
 reads (it is the `kind` field, given only to --compare-field):
@@ -20,8 +20,9 @@ Measured, each over `--seeds` (the sample, the SVD and k-means seeds):
 3. ARI of K=8 clusters (more clusters than kinds: ARI drops by construction; the contingency says whether
    each cluster still holds one kind);
 and the assignment pass's documents/s per core. With `--pipeline`: the pipeline (gpt2-tiny, arms
-`--arms`, default uniform and regmix) on the labelled corpus and on the K=4 clustered one, and their reports
-side by side; `--pipeline-only` skips the ARI runs (and reuses OUT/local-text.jsonl when it is there).
+`--arms`, default uniform and regmix, seeds `--pipeline-seeds`, default 0, 1, 2) on the labelled corpus and
+on the K=4 clustered one, and their reports side by side; `--pipeline-only` skips the ARI runs (and reuses
+OUT/local-text.jsonl when it is there).
 """
 
 from __future__ import annotations
@@ -122,7 +123,7 @@ ARMS = {
 }
 
 
-def run_pipelines(out: Path, raw: Path, arms: list[str]) -> dict:
+def run_pipelines(out: Path, raw: Path, arms: list[str], seeds: list[int]) -> dict:
     import yaml
 
     from mixweight.pipeline import load_pipeline_config, run_pipeline
@@ -151,7 +152,7 @@ def run_pipelines(out: Path, raw: Path, arms: list[str]) -> dict:
             "doge": None,
             "regmix": {"proxy": "gpt2-micro", "runs": 16, "steps": 30, "train": {"batch_size": 16}},
             "arms": {name: ARMS[name] for name in arms},
-            "seeds": [0],
+            "seeds": seeds,
             "report": {"baseline": "uniform"},
             "progress": False,
         }
@@ -171,6 +172,7 @@ def run_pipelines(out: Path, raw: Path, arms: list[str]) -> dict:
             },
             "weights": {n: m.get("weights") for n, m in report["domain_weights"].items()},
             "steps_to_target": report["steps_to_target"],
+            "paired": report["paired"],
             "report": str(out / f"pipeline-{name}" / "report" / "report.md"),
         }
         print(f"pipeline {name}: {json.dumps(results[name]['final'])}", flush=True)
@@ -185,6 +187,7 @@ def main() -> None:
     parser.add_argument("--pipeline", action="store_true")
     parser.add_argument("--pipeline-only", action="store_true")
     parser.add_argument("--arms", default="uniform,regmix", help=f"pipeline arms, of {','.join(ARMS)}")
+    parser.add_argument("--pipeline-seeds", default="0,1,2", help="each arm's seeds (the report pairs them)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     raw = args.out / "local-text.jsonl"
@@ -218,7 +221,8 @@ def main() -> None:
         }
         print(f"== {label}: ARI {results['settings'][label]['ari']}", flush=True)
     if args.pipeline or args.pipeline_only:
-        results["pipeline"] = run_pipelines(args.out, raw, args.arms.split(","))
+        pipeline_seeds = [int(s) for s in args.pipeline_seeds.split(",")]
+        results["pipeline"] = run_pipelines(args.out, raw, args.arms.split(","), pipeline_seeds)
     name = "pipeline-results.json" if args.pipeline_only else "results.json"
     (args.out / name).write_text(json.dumps(results, indent=2))
     print(f"wrote {args.out / name}")

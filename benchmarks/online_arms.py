@@ -119,9 +119,9 @@ def main() -> None:
         for arm in arms:
             extra = dict(ARMS[arm])
             if extra["domain_weights"].startswith("online:"):
-                extra = merge_values(extra, {"mixing": {"every": args.mixing_every}})
+                extra = merge_values(extra, {"mixing": {"every": args.mixing_every}}, TrainConfig)
             if extra["domain_weights"] == "online:doremi":
-                extra = merge_values(extra, {"mixing": {"doremi": {"reference": str(reference)}}})
+                extra = merge_values(extra, {"mixing": {"doremi": {"reference": str(reference)}}}, TrainConfig)
             run = out / f"{arm}-seed{seed}"
             _train_once(_config(args, corpus, run, seed, args.steps, **extra))
             losses[arm][seed] = _final_loss(run)

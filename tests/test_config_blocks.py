@@ -381,3 +381,30 @@ def test_a_pipeline_record_of_the_flat_spelling_is_the_same_config(tmp_path, cap
     (tmp_path / CONFIG_FILE).write_text(yaml.safe_dump(then, sort_keys=False))
     record_config(config, tmp_path)
     assert len(list(tmp_path.glob("pipeline.replaced-*.yaml"))) == 1 and "sections: train" in capsys.readouterr().out
+
+
+def test_a_pipeline_record_with_a_method_key_of_before_is_the_same_config(tmp_path, capsys):
+    from mixweight.pipeline.config import pipeline_config
+    from mixweight.pipeline.outdir import CONFIG_FILE, _config_text, record_config
+
+    arms = {"u": {"domain_weights": "uniform"}, "d": {"domain_weights": "doremi"}}
+    config = pipeline_config({"train": {"steps": 10}, "arms": arms, "doremi": {}, "doge": None, "regmix": None}, "p")
+    then = yaml.safe_load(_config_text(config))
+    then["doremi"]["objective"] = then["doremi"].pop("proxy_loss")  # DoReMi's key of before
+    (tmp_path / CONFIG_FILE).write_text(yaml.safe_dump(then, sort_keys=False))
+    record_config(config, tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == [CONFIG_FILE] and "differs" not in capsys.readouterr().out
+
+
+def test_an_empty_shorthand_beside_a_key_of_before_is_still_refused():
+    with held_deprecations(), pytest.raises(MixweightError, match="is not a sample weighting"):
+        _config({**BASE, "sample_weighting": "", "r": 0.3})
+
+
+def test_the_block_class_of_a_method_s_train_overrides_is_train_config():
+    from mixweight.core.blocks import block_class
+    from mixweight.domain.doremi_run import DoReMiConfig
+
+    assert block_class(DoReMiConfig, "train") is TrainConfig
+    assert block_class(TrainConfig, "sample_weighting").SHORTHAND == "name"
+    assert block_class(TrainConfig, "steps") is None

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import typing
 
 # feature -> its TrainConfig key. When a field moves into a nested block, its line here is what changes.
 FEATURES = {
@@ -39,13 +38,9 @@ def has_key(cls, dotted: str) -> bool:
 
 def _block_class(cls, field: dataclasses.Field):
     """The config class of a nested block, or None for a plain field."""
-    from mixweight.core.config import NESTED
+    from mixweight.core.blocks import block_class
 
-    if NESTED in field.metadata:
-        return field.metadata[NESTED]
-    annotation = typing.get_type_hints(cls)[field.name]
-    options = typing.get_args(annotation) or (annotation,)  # Optional[Block], Block | str: the dataclass in it
-    return next((t for t in options if dataclasses.is_dataclass(t)), None)
+    return block_class(cls, field.name)
 
 
 def present() -> dict[str, bool]:
@@ -66,7 +61,8 @@ def as_config(settings: dict, base: dict | None = None) -> dict:
     """`base` (a config mapping, not changed) with each {feature: value} under its key, nested along the dots."""
     from mixweight.core.config import merge_values, undotted
 
-    return merge_values(copy.deepcopy(base or {}), undotted({FEATURES[f]: value for f, value in settings.items()}))
+    values = undotted({FEATURES[f]: value for f, value in settings.items()})
+    return merge_values(copy.deepcopy(base or {}), values, config_class())
 
 
 def label(settings: dict) -> str:

@@ -19,6 +19,7 @@ C = TypeVar("C")
 HELP = "help"  # dataclass field metadata key: the flag's help text in `mixweight ... --help`
 
 INLINE = "inline"  # field metadata key: a callable giving {key: config class} of the typed blocks the field holds
+NESTED = "nested"  # field metadata key: the config class whose keys a nested block (a mapping) may hold
 SHORTHAND = "SHORTHAND"  # a config class's key that a bare value sets: `sample_weighting: linupper` is {name: ...}
 
 
@@ -100,12 +101,16 @@ def value_at(config, dotted: str):
 
 
 def block_class(cls, key: str):
-    """The config class of `cls`'s block `key` (a typed field or an inline block), None where `key` is no block."""
+    """The config class of `cls`'s block `key` (a typed field, a nested block of overrides or an inline block),
+    None where `key` is no block."""
     if cls is None or not dataclasses.is_dataclass(cls):
         return None
     inline = inline_field(cls)
     if inline is not None and key in (classes := inline.metadata[INLINE]()):
         return classes[key]
+    field = next((f for f in dataclasses.fields(cls) if f.name == key), None)
+    if field is not None and NESTED in field.metadata:
+        return field.metadata[NESTED]
     annotation = typing.get_type_hints(cls).get(key)
     union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
     options = typing.get_args(annotation) if union else (annotation,)
@@ -115,7 +120,8 @@ def block_class(cls, key: str):
 def merge_values(base: dict[str, Any], override: dict[str, Any], cls=None) -> dict[str, Any]:
     """`override` over `base` (values of config class `cls`), blocks (mappings) merged key by key at every depth;
     a bare value over a block (or a block over a bare value) is the block's SHORTHAND (``sample_weighting:
-    linupper`` over ``sample_weighting: {r: 0.2}`` is ``{name: linupper, r: 0.2}``)."""
+    linupper`` over ``sample_weighting: {r: 0.2}`` is ``{name: linupper, r: 0.2}``); for a block class without
+    one the later value replaces the earlier, and building the config refuses a bare value."""
     merged = dict(base)
     for key, value in override.items():
         before, block = merged.get(key), block_class(cls, key)

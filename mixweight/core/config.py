@@ -21,6 +21,7 @@ import yaml
 from mixweight.core.blocks import (  # noqa: F401 - re-exported: configs are made and read through this module
     HELP,
     INLINE,
+    NESTED,
     SHORTHAND,
     config_dict,
     dotted_keys,
@@ -34,7 +35,6 @@ from mixweight.core.blocks import (  # noqa: F401 - re-exported: configs are mad
 )
 from mixweight.core.renames import (  # noqa: F401 - the block helpers, re-exported for their callers
     MOVED,
-    NESTED,
     OWNED,
     held_deprecations,
     nest_moved_keys,

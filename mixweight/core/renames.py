@@ -12,10 +12,9 @@ import dataclasses
 import sys
 from typing import Any
 
-from mixweight.core.blocks import block_class, expand_shorthand
+from mixweight.core.blocks import NESTED, SHORTHAND, block_class, expand_shorthand
 from mixweight.errors import MixweightError, brief
 
-NESTED = "nested"  # field metadata key: the config class whose keys a nested block (a mapping) may hold
 MOVED = "moved"  # field metadata key of a nested block: its keys that used to be top-level (deprecated aliases)
 OWNED = "owned"  # field metadata key of a nested block: {key: why it is refused} for keys the outer config sets
 
@@ -91,9 +90,12 @@ def rename_keys(cls, values: dict[str, Any], where: str, quiet: bool = False) ->
         target, target_cls = values, cls
         for block in blocks:
             target_cls = block_class(target_cls, block)
-            inner = expand_shorthand(target_cls, target.get(block) or {})  # a bare block name: kept as its key
+            inner = target.get(block)
+            inner = {} if inner is None else expand_shorthand(target_cls, inner)  # a bare value: its SHORTHAND key
             if not isinstance(inner, dict):
-                raise MixweightError(f"{where}: '{block}' must be a mapping to hold '{old}', got {brief(inner)}")
+                shorthand = getattr(target_cls, SHORTHAND, None)
+                expected = f"a {shorthand} or a mapping" if shorthand else "a mapping"
+                raise MixweightError(f"{where}: '{block}' must be {expected} to hold '{old}', got {brief(inner)}")
             target[block] = inner = dict(inner)
             target = inner
         if last in target:

@@ -286,9 +286,13 @@ def load_pipeline_config(path: str | Path) -> PipelineConfig:
 
 
 def in_todays_spelling(values: dict, where: str, quiet: bool = False) -> dict:
-    """A pipeline's mapping with the flat train keys of before the blocks, in train and in every arm, moved into
-    their blocks (one deprecation line unless `quiet`: a record an older mixweight wrote)."""
+    """A pipeline's mapping with the renamed keys of before under today's names: the flat train keys (in train and
+    in every arm) in their blocks, a method section's old keys (one deprecation line unless `quiet`: a record
+    an older mixweight wrote)."""
     values = dict(values)
+    for name, method in methods().items():
+        if isinstance(values.get(name), dict):
+            values[name] = rename_keys(method.config, values[name], f"{where}: '{name}'", quiet)
     if isinstance(values.get("train"), dict):
         values["train"] = rename_keys(TrainConfig, values["train"], f"{where}: 'train'", quiet)
     if isinstance(values.get("arms"), dict):

@@ -32,15 +32,10 @@ def has_key(cls, dotted: str) -> bool:
     field = next((f for f in dataclasses.fields(cls) if f.name == head), None)
     if field is None or not rest:
         return field is not None
-    inner = _block_class(cls, field)
-    return inner is not None and has_key(inner, rest)
-
-
-def _block_class(cls, field: dataclasses.Field):
-    """The config class of a nested block, or None for a plain field."""
     from mixweight.core.blocks import block_class
 
-    return block_class(cls, field.name)
+    inner = block_class(cls, head)
+    return inner is not None and has_key(inner, rest)
 
 
 def present() -> dict[str, bool]:
